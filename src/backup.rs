@@ -1,0 +1,384 @@
+//! Volume backup: takes a block device or image file and a volume name; gives a snapshot in
+//! the repository.
+//!
+//! The volume is cut into fixed blocks of the repository's chunk size. Holes and all-zero
+//! blocks are recorded as zero and never stored. Against the newest snapshot of the same name
+//! (the parent) a block is either not read at all (outside `--changed-ranges`), or read and
+//! hashed and skipped when its keyed id equals the parent's (hash-compare). What remains is
+//! compressed, sealed and packed. Reading, hashing and sealing run on the blocking pool, several
+//! blocks at a time, while packs upload in the background; memory is bounded by the number of
+//! blocks in flight plus the packs in flight, whatever the volume's size. The block map is
+//! written in segments that are shared with the parent when unchanged. The snapshot object is
+//! written last, after every pack and index object it needs. Must not write to the source.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::StreamExt;
+use indicatif::ProgressBar;
+use time::OffsetDateTime;
+
+use crate::crypto::{Keys, Role};
+use crate::diff::{data_extents, is_hole, read_ranges_file, validate_ranges, BlockSet, RangeError};
+use crate::format::{
+    decode_map, encode_map, BackupStats, BlobId, BlobKind, BlockRef, Snapshot, SnapshotId, SnapshotKind, FORMAT_VERSION,
+    MAP_SEGMENT_ENTRIES,
+};
+use crate::repository::{cpu, Index, RepoError, Repository};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("cannot read source {path}: {source}")]
+    Source { path: String, source: std::io::Error },
+    #[error("source {path} is empty (0 bytes): nothing to back up")]
+    EmptySource { path: String },
+    #[error("invalid volume name `{name}`: {reason}")]
+    BadName { name: String, reason: &'static str },
+    #[error(transparent)]
+    Ranges(#[from] RangeError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+impl BackupError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, BackupError::Repo(e) if e.is_retryable())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub name: String,
+    pub source: PathBuf,
+    pub changed_ranges: Option<PathBuf>,
+    /// Ignore the parent: read and hash every block (still deduplicated).
+    pub full: bool,
+    /// Blocks read and sealed at once.
+    pub concurrency: usize,
+    /// Pack uploads in flight.
+    pub max_uploads: usize,
+}
+
+impl BackupOptions {
+    pub fn new(name: impl Into<String>, source: impl Into<PathBuf>) -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        BackupOptions {
+            name: name.into(),
+            source: source.into(),
+            changed_ranges: None,
+            full: false,
+            concurrency: cores * 2,
+            max_uploads: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackupOutcome {
+    pub snapshot_id: SnapshotId,
+    pub parent: Option<SnapshotId>,
+    pub change_source: String,
+    #[serde(flatten)]
+    pub stats: BackupStats,
+}
+
+/// Validates a volume name: what `NAME:latest` and listings can show unambiguously.
+pub fn check_name(name: &str) -> Result<(), BackupError> {
+    let bad = |reason| BackupError::BadName {
+        name: name.to_string(),
+        reason,
+    };
+    if name.is_empty() || name.len() > 253 {
+        return Err(bad("must be 1 to 253 characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+    {
+        return Err(bad("use letters, digits, `-`, `_`, `.` and `/` only"));
+    }
+    Ok(())
+}
+
+enum Outcome {
+    Zero,
+    Unchanged(BlobId),
+    Known(BlobId),
+    New { id: BlobId, sealed: Vec<u8>, raw: u32 },
+}
+
+pub(crate) fn is_zero(buf: &[u8]) -> bool {
+    let (chunks, rest) = buf.split_at(buf.len() / 16 * 16);
+    chunks
+        .chunks_exact(16)
+        .all(|c| u128::from_ne_bytes(c.try_into().unwrap()) == 0)
+        && rest.iter().all(|&b| b == 0)
+}
+
+struct BlockJob {
+    slot: usize,
+    start: u64,
+    end: u64,
+    parent: BlockRef,
+}
+
+struct Shared {
+    file: File,
+    keys: Arc<Keys>,
+    index: Index,
+    claimed: Mutex<HashSet<BlobId>>,
+    level: i32,
+}
+
+fn process_block(s: &Shared, job: &BlockJob) -> std::io::Result<Outcome> {
+    let mut buf = vec![0u8; (job.end - job.start) as usize];
+    s.file.read_exact_at(&mut buf, job.start)?;
+    if is_zero(&buf) {
+        return Ok(Outcome::Zero);
+    }
+    let id = s.keys.blob_id(&buf);
+    if job.parent == BlockRef::Blob(id) {
+        return Ok(Outcome::Unchanged(id));
+    }
+    if s.index.contains(&id) || !s.claimed.lock().unwrap().insert(id) {
+        return Ok(Outcome::Known(id));
+    }
+    let sealed = s.keys.seal(Role::Blob(BlobKind::Data, id), &buf, s.level);
+    Ok(Outcome::New {
+        id,
+        sealed,
+        raw: buf.len() as u32,
+    })
+}
+
+/// Size of a regular file or block device.
+pub(crate) fn source_size(file: &File) -> std::io::Result<u64> {
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        return Ok(meta.len());
+    }
+    let mut f = file;
+    f.seek(SeekFrom::End(0))
+}
+
+fn open_source(path: &Path) -> Result<(File, u64), BackupError> {
+    let err = |source| BackupError::Source {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = File::open(path).map_err(err)?;
+    if file.metadata().map_err(err)?.is_dir() {
+        return Err(err(std::io::Error::other(
+            "is a directory; give an image file or a block device",
+        )));
+    }
+    let size = source_size(&file).map_err(err)?;
+    if size == 0 {
+        return Err(BackupError::EmptySource {
+            path: path.display().to_string(),
+        });
+    }
+    Ok((file, size))
+}
+
+/// Backs up one volume. See the module documentation.
+pub async fn backup_volume(
+    repo: Arc<Repository>,
+    opts: &BackupOptions,
+    progress: &ProgressBar,
+) -> Result<BackupOutcome, BackupError> {
+    let started = Instant::now();
+    check_name(&opts.name)?;
+    let (file, size) = open_source(&opts.source)?;
+    let chunk = repo.config().chunk_size as u64;
+    let nblocks = size.div_ceil(chunk);
+    let span = tracing::info_span!("volume_backup", volume = %opts.name);
+    let _g = span.enter();
+
+    let parent = if opts.full {
+        None
+    } else {
+        repo.latest_of(&opts.name)
+            .await?
+            .filter(|(_, p)| p.chunk_size as u64 == chunk)
+    };
+    let ranges = match &opts.changed_ranges {
+        Some(p) => {
+            let r = read_ranges_file(p)?;
+            validate_ranges(&p.display().to_string(), &r, size)?;
+            Some(r)
+        }
+        None => None,
+    };
+    let (change_source, to_read) = match (&parent, ranges) {
+        (Some((_, p)), Some(r)) => {
+            // Blocks past the parent's end (or its partial last block) are new: read them too.
+            let mut from = p.blocks();
+            if p.size % chunk != 0 || p.size != size {
+                from = from.saturating_sub(1);
+            }
+            let set = BlockSet::from_byte_ranges(&r, chunk).union(&BlockSet::span(from.min(nblocks), nblocks));
+            ("changed-ranges", Some(set))
+        }
+        (None, Some(_)) => {
+            tracing::warn!("no earlier snapshot of this volume: --changed-ranges ignored, reading every block");
+            ("full", None)
+        }
+        (Some(_), None) => ("hash-compare", None),
+        (None, None) => ("full", None),
+    };
+    let parent_map = parent.as_ref().map(|(_, p)| (p.map.clone(), p.blocks()));
+
+    let extents = {
+        let f = file.try_clone().map_err(|source| BackupError::Source {
+            path: opts.source.display().to_string(),
+            source,
+        })?;
+        cpu(move || data_extents(&f, size)).await?
+    };
+    let index = repo.load_index().await?;
+    let shared = Arc::new(Shared {
+        file,
+        keys: repo.keys().clone(),
+        index,
+        claimed: Mutex::new(HashSet::new()),
+        level: repo.config().compression_level,
+    });
+    let mut writer = repo.writer(opts.max_uploads);
+    let mut stats = BackupStats {
+        blocks_total: nblocks,
+        ..Default::default()
+    };
+    progress.set_length(to_read.as_ref().map(|s| s.len() * chunk).unwrap_or(size).min(size));
+
+    let nsegments = nblocks.div_ceil(MAP_SEGMENT_ENTRIES as u64);
+    let mut map_ids = Vec::with_capacity(nsegments as usize);
+    for seg in 0..nsegments {
+        let first = seg * MAP_SEGMENT_ENTRIES as u64;
+        let last = (first + MAP_SEGMENT_ENTRIES as u64).min(nblocks);
+        let parent_entries: Vec<BlockRef> = match &parent_map {
+            Some((segs, pblocks)) if (seg as usize) < segs.len() => {
+                let bytes = repo.read_blob(&shared.index, BlobKind::Map, &segs[seg as usize]).await?;
+                let mut e = decode_map(&bytes)
+                    .map_err(|e| RepoError::Corrupt {
+                        object: format!("block-map segment {}", segs[seg as usize]),
+                        reason: e,
+                    })?;
+                // Blocks the parent did not have count as zero there.
+                e.resize((last - first) as usize, BlockRef::Zero);
+                let _ = pblocks;
+                e
+            }
+            _ => vec![BlockRef::Zero; (last - first) as usize],
+        };
+        let mut entries = parent_entries.clone();
+        let mut jobs = Vec::new();
+        for b in first..last {
+            let slot = (b - first) as usize;
+            let start = b * chunk;
+            let end = (start + chunk).min(size);
+            if let Some(set) = &to_read {
+                if !set.contains(b) {
+                    continue; // unchanged since the parent: keep its entry
+                }
+            }
+            if is_hole(&extents, start, end) {
+                entries[slot] = BlockRef::Zero;
+                progress.inc(end - start);
+                continue;
+            }
+            jobs.push(BlockJob {
+                slot,
+                start,
+                end,
+                parent: parent_entries[slot],
+            });
+        }
+
+        let mut results = futures::stream::iter(jobs)
+            .map(|job| {
+                let s = shared.clone();
+                async move {
+                    let (job, out) = cpu(move || {
+                        let out = process_block(&s, &job);
+                        (job, out)
+                    })
+                    .await?;
+                    Ok::<_, BackupError>((job, out))
+                }
+            })
+            .buffered(opts.concurrency.max(1));
+        while let Some(r) = results.next().await {
+            let (job, out) = r?;
+            let out = out.map_err(|source| BackupError::Source {
+                path: format!("{} (at byte {})", opts.source.display(), job.start),
+                source,
+            })?;
+            let len = job.end - job.start;
+            stats.bytes_read += len;
+            progress.inc(len);
+            entries[job.slot] = match out {
+                Outcome::Zero => BlockRef::Zero,
+                Outcome::Unchanged(id) | Outcome::Known(id) => BlockRef::Blob(id),
+                Outcome::New { id, sealed, raw } => {
+                    writer.add(BlobKind::Data, id, sealed, raw).await?;
+                    BlockRef::Blob(id)
+                }
+            };
+        }
+        drop(results);
+
+        stats.blocks_zero += entries.iter().filter(|e| **e == BlockRef::Zero).count() as u64;
+        stats.blocks_changed += entries.iter().zip(&parent_entries).filter(|(a, b)| a != b).count() as u64;
+
+        let map_bytes = encode_map(&entries);
+        let keys = shared.keys.clone();
+        let (id, map_bytes) = cpu(move || (keys.blob_id(&map_bytes), map_bytes)).await?;
+        let reused = parent_map.as_ref().and_then(|(segs, _)| segs.get(seg as usize)) == Some(&id);
+        if !reused && !shared.index.contains(&id) && !writer.has(&id) {
+            let keys = shared.keys.clone();
+            let level = shared.level;
+            let raw = map_bytes.len() as u32;
+            let sealed = cpu(move || keys.seal(Role::Blob(BlobKind::Map, id), &map_bytes, level)).await?;
+            writer.add(BlobKind::Map, id, sealed, raw).await?;
+        }
+        map_ids.push(id);
+    }
+
+    let written = writer.finish().await?;
+    stats.bytes_new = written.bytes_new;
+    stats.bytes_uploaded = written.bytes_uploaded;
+    stats.duration_seconds = started.elapsed().as_secs_f64();
+    let mut snap = Snapshot {
+        version: FORMAT_VERSION,
+        kind: SnapshotKind::Volume,
+        name: opts.name.clone(),
+        time: OffsetDateTime::now_utc(),
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        source: opts.source.display().to_string(),
+        parent: parent.as_ref().map(|(id, _)| *id),
+        size,
+        chunk_size: chunk as u32,
+        map: map_ids,
+        change_source: change_source.to_string(),
+        stats: stats.clone(),
+        program_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let (snapshot_id, len) = repo.write_snapshot(&snap).await?;
+    snap.stats.bytes_uploaded += len;
+    snap.stats.duration_seconds = started.elapsed().as_secs_f64();
+    tracing::info!(snapshot = %snapshot_id.short(), bytes_read = stats.bytes_read, bytes_new = stats.bytes_new, "volume backed up");
+    Ok(BackupOutcome {
+        snapshot_id,
+        parent: snap.parent,
+        change_source: change_source.to_string(),
+        stats: snap.stats,
+    })
+}

@@ -1,0 +1,366 @@
+//! The on-store format, version 1: every struct that is written to a repository lives here,
+//! and `schema/FORMAT.md` plus `schema/*.schema.json` document it for other implementations.
+//!
+//! Takes nothing and does no IO: these are plain data types with (de)serialisation and the
+//! binary block-map codec. Changing a field here changes the format: bump
+//! [`FORMAT_VERSION`] and document it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// The repository format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Entries in one block-map segment: 4096 blocks = 4 GiB of volume at 1 MiB blocks.
+pub const MAP_SEGMENT_ENTRIES: usize = 4096;
+
+/// Magic at the end of every pack, after the trailer length.
+pub const PACK_MAGIC: &[u8; 8] = b"LBPACK01";
+/// Magic at the start of every block-map segment.
+pub const MAP_MAGIC: &[u8; 8] = b"LBMAP001";
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+            /// The first 8 hex digits, as shown in listings.
+            pub fn short(&self) -> String {
+                hex::encode(&self.0[..4])
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.short())
+            }
+        }
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                let mut b = [0u8; 32];
+                hex::decode_to_slice(s, &mut b)
+                    .map_err(|_| format!("`{s}` is not a 64-digit hex id"))?;
+                Ok($name(b))
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_hex())
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// Keyed BLAKE3 of a blob's plaintext: names content without revealing it.
+    BlobId
+);
+id_type!(
+    /// BLAKE3 of a pack object's bytes; the object is `data/<2 hex>/<id>`.
+    PackId
+);
+id_type!(
+    /// BLAKE3 of a snapshot object's bytes; the object is `snapshots/<id>`.
+    SnapshotId
+);
+id_type!(
+    /// BLAKE3 of an index object's bytes; the object is `index/<id>`.
+    IndexId
+);
+id_type!(
+    /// BLAKE3 of a key object's bytes; the object is `keys/<id>`.
+    KeyId
+);
+
+impl PackId {
+    pub fn key(&self) -> String {
+        let h = self.to_hex();
+        format!("data/{}/{}", &h[..2], h)
+    }
+}
+impl SnapshotId {
+    pub fn key(&self) -> String {
+        format!("snapshots/{}", self.to_hex())
+    }
+}
+impl IndexId {
+    pub fn key(&self) -> String {
+        format!("index/{}", self.to_hex())
+    }
+}
+impl KeyId {
+    pub fn key(&self) -> String {
+        format!("keys/{}", self.to_hex())
+    }
+}
+
+/// The plain-BLAKE3 name of stored bytes (packs, index, snapshots, keys).
+pub fn object_hash(bytes: &[u8]) -> [u8; 32] {
+    *blake3::hash(bytes).as_bytes()
+}
+
+/// `config`: the one object that is not content-addressed. Written once by `repo init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    pub version: u32,
+    /// 16 random bytes, hex: tells repositories apart (and names the local cache).
+    pub id: String,
+    /// Fixed block size of volume snapshots, a power of two in [64 KiB, 8 MiB].
+    pub chunk_size: u32,
+    /// Packs are sealed once they reach this many bytes.
+    pub pack_size: u32,
+    /// zstd level for blobs (0: no compression).
+    pub compression_level: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    /// Keyed BLAKE3 (key derived from the master secret) over the fields above, hex: a
+    /// config changed by anyone without a password is refused.
+    pub mac: String,
+}
+
+impl RepoConfig {
+    /// The bytes the MAC covers: every field but `mac`, in a fixed order.
+    pub fn mac_input(&self) -> Vec<u8> {
+        format!(
+            "lifeboat-config-v{}|{}|{}|{}|{}|{}",
+            self.version,
+            self.id,
+            self.chunk_size,
+            self.pack_size,
+            self.compression_level,
+            self.created.unix_timestamp()
+        )
+        .into_bytes()
+    }
+}
+
+/// Argon2id parameters of a key object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KdfParams {
+    pub algorithm: KdfAlgorithm,
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KdfAlgorithm {
+    Argon2id,
+}
+
+impl KdfParams {
+    /// What `repo init` and `repo key add` use: Argon2id, 64 MiB, 3 passes, 4 lanes.
+    pub const DEFAULT: KdfParams = KdfParams {
+        algorithm: KdfAlgorithm::Argon2id,
+        memory_kib: 64 * 1024,
+        iterations: 3,
+        parallelism: 4,
+    };
+    /// For tests only: cheap enough to run hundreds of times.
+    pub const INSECURE_FAST: KdfParams = KdfParams {
+        algorithm: KdfAlgorithm::Argon2id,
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+}
+
+/// `keys/<id>`: the master secret wrapped by a key derived from one password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    pub version: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    pub hostname: String,
+    pub kdf: KdfParams,
+    /// 32 random bytes, hex.
+    pub salt: String,
+    /// AES-256-GCM nonce, 12 bytes, hex.
+    pub nonce: String,
+    /// AES-256-GCM ciphertext and tag of the 64-byte master secret, hex.
+    pub wrapped: String,
+}
+
+/// What a stored blob holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobKind {
+    /// A block of volume data.
+    Data,
+    /// A block-map segment of a volume snapshot.
+    Map,
+}
+
+impl BlobKind {
+    pub fn tag(self) -> u8 {
+        match self {
+            BlobKind::Data => 1,
+            BlobKind::Map => 2,
+        }
+    }
+}
+
+/// One blob inside a pack, as a pack trailer and an index list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackedBlob {
+    pub id: BlobId,
+    pub kind: BlobKind,
+    /// Byte offset of the blob's sealed envelope in the pack.
+    pub offset: u64,
+    /// Length of the sealed envelope.
+    pub length: u32,
+    /// Length of the plaintext.
+    pub raw_length: u32,
+}
+
+/// A pack and its blobs, inside an index object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexPack {
+    pub id: PackId,
+    /// Size of the pack object in bytes.
+    pub size: u64,
+    pub blobs: Vec<PackedBlob>,
+}
+
+/// `index/<id>` (sealed): where the blobs of some packs are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexFile {
+    pub version: u32,
+    pub packs: Vec<IndexPack>,
+}
+
+/// The sealed trailer at the end of a pack: its blob list, so indexes can be rebuilt from packs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackTrailer {
+    pub version: u32,
+    pub blobs: Vec<PackedBlob>,
+}
+
+/// Counters of one volume backup, stored with its snapshot and printed by `--json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupStats {
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Plaintext bytes of blobs that were new to the repository.
+    pub bytes_new: u64,
+    /// Bytes written to the store (packs, index, snapshot).
+    pub bytes_uploaded: u64,
+    pub blocks_total: u64,
+    /// Blocks whose content differs from the parent snapshot (all non-zero blocks without one).
+    pub blocks_changed: u64,
+    /// Blocks that are all zeros or holes, stored as nothing.
+    pub blocks_zero: u64,
+    pub duration_seconds: f64,
+}
+
+/// `snapshots/<id>` (sealed): one volume at one instant. Written last: its existence is the
+/// commit point of a backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub version: u32,
+    pub kind: SnapshotKind,
+    /// Volume name; incrementals chain by name.
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    pub hostname: String,
+    /// Path or device the data came from.
+    pub source: String,
+    pub parent: Option<SnapshotId>,
+    /// Volume size in bytes.
+    pub size: u64,
+    pub chunk_size: u32,
+    /// Block-map segments in order, each covering [`MAP_SEGMENT_ENTRIES`] blocks.
+    pub map: Vec<BlobId>,
+    /// How changed blocks were found: `full`, `hash-compare` or `changed-ranges`.
+    pub change_source: String,
+    pub stats: BackupStats,
+    pub program_version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    Volume,
+}
+
+impl Snapshot {
+    pub fn blocks(&self) -> u64 {
+        self.size.div_ceil(self.chunk_size as u64)
+    }
+}
+
+/// One entry of a block map: where a block's content is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlockRef {
+    /// All zeros (or a hole): nothing stored.
+    Zero,
+    Blob(BlobId),
+}
+
+/// Encodes a block-map segment: `LBMAP001`, u32 LE count, then 32 bytes per entry
+/// (all-zero bytes for a [`BlockRef::Zero`]).
+pub fn encode_map(entries: &[BlockRef]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + entries.len() * 32);
+    out.extend_from_slice(MAP_MAGIC);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        match e {
+            BlockRef::Zero => out.extend_from_slice(&[0u8; 32]),
+            BlockRef::Blob(id) => out.extend_from_slice(&id.0),
+        }
+    }
+    out
+}
+
+pub fn decode_map(bytes: &[u8]) -> Result<Vec<BlockRef>, String> {
+    if bytes.len() < 12 || &bytes[..8] != MAP_MAGIC {
+        return Err("not a block-map segment (bad magic)".into());
+    }
+    let n = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    let body = &bytes[12..];
+    if body.len() != n * 32 {
+        return Err(format!("block-map segment says {n} entries but holds {} bytes", body.len()));
+    }
+    Ok(body
+        .chunks_exact(32)
+        .map(|c| {
+            let id: [u8; 32] = c.try_into().unwrap();
+            if id == [0u8; 32] {
+                BlockRef::Zero
+            } else {
+                BlockRef::Blob(BlobId(id))
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,30 @@
+//! lifeboat: disaster recovery for Kubernetes applications.
+//!
+//! The data flow of a volume backup, in the order the modules are declared:
+//!
+//! ```text
+//!  source volume ──► diff ──────────► backup ─────────────► repository ──► store
+//!  (image, device)   which blocks     read, hash, skip       packs, index,   local dir,
+//!                    to read:         zero/unchanged,        snapshots;      S3, memory
+//!                    changed ranges,  seal new blocks        keys, check     (+ retry,
+//!                    holes                  │                     ▲            faults)
+//!                                          crypto: keyed ids,    │
+//!                                          zstd + AES-GCM        │
+//!  target volume ◄──────────────── restore: plan reads per pack ─┘
+//! ```
+//!
+//! `format` holds every struct that is stored (documented in `schema/`); `cli` turns commands
+//! into calls of the modules above; `demo` makes the generated data the demo and the benchmark
+//! use. Scheduling, application hooks and the catalog come later and sit upstream of `diff`
+//! and downstream of `repository` respectively.
+
+pub mod diff;
+pub mod backup;
+pub mod crypto;
+pub mod format;
+pub mod repository;
+pub mod store;
+pub mod restore;
+
+pub mod cli;
+pub mod demo;

@@ -1,0 +1,570 @@
+//! The repository: an encrypted, deduplicating, write-once object layout on a [`Store`].
+//!
+//! Takes a store and a password; gives sealed blobs in packs, index objects, snapshots and
+//! key management (see `schema/FORMAT.md`). Every object read is verified against its name
+//! (BLAKE3 of its bytes) and every blob against its keyed content id; damage is an error that
+//! names the object, never wrong data. Writes follow packs → index → snapshot, so a crash at
+//! any instant leaves only unreferenced packs behind. Must not overwrite any object, and must
+//! not do CPU-heavy work (hashing, sealing, parsing) on the async runtime.
+
+mod check;
+mod index;
+mod writer;
+
+pub use check::{CheckOptions, CheckReport};
+pub use index::{BlobLocation, Index};
+pub use writer::{BlobWriter, WriterStats};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::crypto::{CryptoError, Keys, Role, Wrapped};
+use crate::format::{
+    object_hash, BlobId, BlobKind, KdfParams, KeyFile, KeyId, RepoConfig, Snapshot, SnapshotId, FORMAT_VERSION,
+};
+use crate::store::{Store, StoreError};
+
+/// Parallel small-object fetches (index, snapshots).
+const METADATA_CONCURRENCY: usize = 8;
+/// Bound on a decompressed metadata object.
+const MAX_METADATA_BYTES: usize = 512 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no lifeboat repository at {location} (no `config` object); create one with `lifeboat repo init`")]
+    NotARepository { location: String },
+    #[error("{location} already holds a lifeboat repository; `repo init` never overwrites one (choose another location or prefix)")]
+    AlreadyInitialized { location: String },
+    #[error("{location} holds objects but no lifeboat `config`: refusing to initialise a repository over foreign data (choose an empty location or prefix)")]
+    NotEmpty { location: String },
+    #[error("the password does not open any key of the repository at {location}; check LIFEBOAT_PASSWORD or --password-file")]
+    WrongPassword { location: String },
+    #[error("repository at {location} has format version {found}; this lifeboat reads version {supported}: upgrade lifeboat")]
+    UnsupportedVersion { location: String, found: u32, supported: u32 },
+    #[error("corrupt object `{object}`: {reason}")]
+    Corrupt { object: String, reason: String },
+    #[error("no snapshot matches `{spec}`; `lifeboat snapshots` lists them (use an id, a unique id prefix, or NAME:latest)")]
+    SnapshotNotFound { spec: String },
+    #[error("`{spec}` matches {count} snapshots; give more digits of the id")]
+    AmbiguousSnapshot { spec: String, count: usize },
+    #[error("blob {id} is referenced but not in any index (object `{referenced_by}`); run `lifeboat repo check`")]
+    BlobMissing { id: BlobId, referenced_by: String },
+    #[error("no key `{spec}` in this repository; `lifeboat repo key list` shows them")]
+    KeyNotFound { spec: String },
+    #[error("refusing to remove the last key: the repository would become unreadable")]
+    LastKey,
+    #[error("invalid repository settings: {0}")]
+    BadSettings(String),
+    #[error("local cache {path}: {source}")]
+    Cache { path: String, source: std::io::Error },
+    #[error("internal worker failed: {0}")]
+    Worker(String),
+}
+
+impl RepoError {
+    /// Worth retrying later (network, throttling); everything else needs a person.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RepoError::Store(e) if e.is_retryable())
+    }
+
+    fn corrupt(object: impl Into<String>, reason: impl std::fmt::Display) -> RepoError {
+        RepoError::Corrupt {
+            object: object.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Runs CPU-bound work on the blocking pool.
+pub(crate) async fn cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, RepoError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| RepoError::Worker(e.to_string()))
+}
+
+/// Settings chosen once at `repo init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub chunk_size: u32,
+    pub pack_size: u32,
+    pub compression_level: i32,
+    pub kdf: KdfParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunk_size: 1 << 20,
+            pack_size: 16 << 20,
+            compression_level: 1,
+            kdf: KdfParams::DEFAULT,
+        }
+    }
+}
+
+impl InitOptions {
+    pub fn validate(&self) -> Result<(), RepoError> {
+        let c = self.chunk_size;
+        if !c.is_power_of_two() || !(64 << 10..=8 << 20).contains(&c) {
+            return Err(RepoError::BadSettings(format!(
+                "chunk size {c} must be a power of two between 64 KiB and 8 MiB"
+            )));
+        }
+        if !(1 << 20..=1 << 30).contains(&self.pack_size) {
+            return Err(RepoError::BadSettings(format!(
+                "pack size {} must be between 1 MiB and 1 GiB",
+                self.pack_size
+            )));
+        }
+        if !(0..=19).contains(&self.compression_level) {
+            return Err(RepoError::BadSettings(format!(
+                "compression level {} must be 0 (off) to 19",
+                self.compression_level
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One key object, as `repo key list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyInfo {
+    pub id: KeyId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    pub hostname: String,
+    pub current: bool,
+}
+
+/// An open repository. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Repository {
+    store: Arc<dyn Store>,
+    config: RepoConfig,
+    keys: Arc<Keys>,
+    key_id: KeyId,
+    cache: Option<PathBuf>,
+    cancel: CancellationToken,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl Repository {
+    /// Creates a repository in an empty location.
+    pub async fn init(
+        store: Arc<dyn Store>,
+        password: &[u8],
+        options: &InitOptions,
+        cancel: CancellationToken,
+    ) -> Result<Repository, RepoError> {
+        options.validate()?;
+        let location = store.location();
+        if store.head("config", &cancel).await?.is_some() {
+            return Err(RepoError::AlreadyInitialized { location });
+        }
+        if !store.list("", &cancel).await?.is_empty() {
+            return Err(RepoError::NotEmpty { location });
+        }
+        let keys = Keys::generate();
+        let mut config = RepoConfig {
+            version: FORMAT_VERSION,
+            id: hex::encode(rand::random::<[u8; 16]>()),
+            chunk_size: options.chunk_size,
+            pack_size: options.pack_size,
+            compression_level: options.compression_level,
+            created: OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 ns is valid"),
+            mac: String::new(),
+        };
+        config.mac = keys.config_mac(&config.mac_input());
+        // The key first: a config without a key would be a repository nobody can open.
+        let kdf = options.kdf;
+        let pw = password.to_vec();
+        let (keys, wrapped) = cpu(move || {
+            let w = keys.wrap(&pw, kdf);
+            (keys, w)
+        })
+        .await?;
+        let key_id = write_key(&store, wrapped.map_err(kdf_err)?, kdf, &cancel).await?;
+        let json = serde_json::to_vec_pretty(&config).expect("config serialises");
+        match store.put("config", Bytes::from(json), &cancel).await {
+            Err(StoreError::AlreadyExists { .. }) => return Err(RepoError::AlreadyInitialized { location }),
+            r => r?,
+        }
+        tracing::info!(%location, id = %config.id, "repository initialised");
+        Ok(Repository {
+            store,
+            config,
+            keys: Arc::new(keys),
+            key_id,
+            cache: None,
+            cancel,
+        })
+    }
+
+    /// Opens a repository with one of its passwords.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        password: &[u8],
+        cache_root: Option<PathBuf>,
+        cancel: CancellationToken,
+    ) -> Result<Repository, RepoError> {
+        let location = store.location();
+        let raw = match store.get("config", &cancel).await {
+            Err(StoreError::NotFound { .. }) => return Err(RepoError::NotARepository { location }),
+            r => r?,
+        };
+        // Read the version alone first, so a newer format gets a useful message.
+        #[derive(serde::Deserialize)]
+        struct VersionOnly {
+            version: u32,
+        }
+        let v: VersionOnly =
+            serde_json::from_slice(&raw).map_err(|e| RepoError::corrupt("config", format!("not a lifeboat config: {e}")))?;
+        if v.version != FORMAT_VERSION {
+            return Err(RepoError::UnsupportedVersion {
+                location,
+                found: v.version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let config: RepoConfig = serde_json::from_slice(&raw).map_err(|e| RepoError::corrupt("config", e))?;
+        let key_objects = store.list("keys/", &cancel).await?;
+        if key_objects.is_empty() {
+            return Err(RepoError::corrupt("keys/", "the repository has no key objects"));
+        }
+        let mut found = None;
+        for o in &key_objects {
+            let (id, kf) = read_key(&store, &o.key, &cancel).await?;
+            let pw = password.to_vec();
+            let kdf = kf.kdf;
+            let w = Wrapped {
+                salt: kf.salt,
+                nonce: kf.nonce,
+                wrapped: kf.wrapped,
+            };
+            match cpu(move || Keys::unwrap(&pw, kdf, &w)).await? {
+                Ok(keys) => {
+                    found = Some((id, keys));
+                    break;
+                }
+                Err(CryptoError::WrongPassword) => continue,
+                Err(e) => return Err(RepoError::corrupt(o.key.clone(), e)),
+            }
+        }
+        let (key_id, keys) = found.ok_or(RepoError::WrongPassword {
+            location: location.clone(),
+        })?;
+        if keys.config_mac(&config.mac_input()) != config.mac {
+            return Err(RepoError::corrupt(
+                "config",
+                "its MAC does not match: it was altered, or it belongs to another repository than the keys",
+            ));
+        }
+        let cache = cache_root.map(|root| root.join(&config.id));
+        Ok(Repository {
+            store,
+            config,
+            keys: Arc::new(keys),
+            key_id,
+            cache,
+            cancel,
+        })
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
+    }
+    pub fn cancel(&self) -> &CancellationToken {
+        &self.cancel
+    }
+    pub fn location(&self) -> String {
+        self.store.location()
+    }
+
+    // ----- keys ---------------------------------------------------------------------------
+
+    /// Adds a password: a new key object wrapping the same master secret. No data is re-encrypted.
+    pub async fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<KeyId, RepoError> {
+        let keys = self.keys.clone();
+        let pw = password.to_vec();
+        let wrapped = cpu(move || keys.wrap(&pw, kdf)).await?.map_err(kdf_err)?;
+        write_key(&self.store, wrapped, kdf, &self.cancel).await
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<KeyInfo>, RepoError> {
+        let mut out = Vec::new();
+        for o in self.store.list("keys/", &self.cancel).await? {
+            let (id, kf) = read_key(&self.store, &o.key, &self.cancel).await?;
+            out.push(KeyInfo {
+                id,
+                created: kf.created,
+                hostname: kf.hostname,
+                current: id == self.key_id,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes a password's key object (by id or unique id prefix). The last key stays.
+    pub async fn remove_key(&self, spec: &str) -> Result<KeyId, RepoError> {
+        let keys = self.list_keys().await?;
+        let matches: Vec<&KeyInfo> = keys.iter().filter(|k| k.id.to_hex().starts_with(spec)).collect();
+        let k = match matches.as_slice() {
+            [k] if !spec.is_empty() => *k,
+            [] | [_] => return Err(RepoError::KeyNotFound { spec: spec.into() }),
+            _ => {
+                return Err(RepoError::BadSettings(format!(
+                    "key prefix `{spec}` matches {} keys; give more digits",
+                    matches.len()
+                )))
+            }
+        };
+        if keys.len() == 1 {
+            return Err(RepoError::LastKey);
+        }
+        self.store.delete(&k.id.key(), &self.cancel).await?;
+        Ok(k.id)
+    }
+
+    // ----- verified reads -----------------------------------------------------------------
+
+    /// Reads a content-addressed object (`index/…`, `snapshots/…`), from the local cache when
+    /// it is there, and checks its bytes against its name.
+    pub(crate) async fn read_verified(&self, key: &str, hash: &[u8; 32]) -> Result<Bytes, RepoError> {
+        let cached = self.cache.as_ref().map(|c| c.join(key));
+        if let Some(path) = &cached {
+            if let Ok(bytes) = tokio::fs::read(path).await {
+                if object_hash(&bytes) == *hash {
+                    return Ok(Bytes::from(bytes));
+                }
+                tracing::warn!(path = %path.display(), "damaged cache entry; fetching it again");
+                let _ = tokio::fs::remove_file(path).await;
+            }
+        }
+        let bytes = self.store.get(key, &self.cancel).await?;
+        let data = bytes.clone();
+        if cpu(move || object_hash(&data)).await? != *hash {
+            return Err(RepoError::corrupt(key, "content does not match its name (BLAKE3)"));
+        }
+        if let Some(path) = cached {
+            if let Err(e) = write_cache(&path, &bytes).await {
+                tracing::debug!(path = %path.display(), error = %e, "could not cache object");
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Reads and unseals a JSON metadata object.
+    pub(crate) async fn read_sealed_json<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        key: &str,
+        hash: &[u8; 32],
+        role: Role,
+    ) -> Result<T, RepoError> {
+        let bytes = self.read_verified(key, hash).await?;
+        let keys = self.keys.clone();
+        let k = key.to_string();
+        cpu(move || {
+            let plain = keys
+                .open(role, &bytes, MAX_METADATA_BYTES)
+                .map_err(|e| RepoError::corrupt(k.clone(), e))?;
+            serde_json::from_slice(&plain).map_err(|e| RepoError::corrupt(k, format!("unexpected content: {e}")))
+        })
+        .await?
+    }
+
+    /// Seals and writes a JSON metadata object under `<dir>/<hash>`; returns the hash.
+    pub(crate) async fn write_sealed_json<T: serde::Serialize>(
+        &self,
+        dir: &str,
+        value: &T,
+        role: Role,
+    ) -> Result<([u8; 32], u64), RepoError> {
+        let json = serde_json::to_vec(value).expect("metadata serialises");
+        let keys = self.keys.clone();
+        let level = self.config.compression_level.max(1);
+        let (sealed, hash) = cpu(move || {
+            let s = keys.seal(role, &json, level);
+            let h = object_hash(&s);
+            (s, h)
+        })
+        .await?;
+        let len = sealed.len() as u64;
+        let key = format!("{dir}/{}", hex::encode(hash));
+        match self.store.put(&key, Bytes::from(sealed), &self.cancel).await {
+            Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok((hash, len)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads one blob through the index and verifies it.
+    pub async fn read_blob(&self, index: &Index, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>, RepoError> {
+        let loc = index.get(id).ok_or_else(|| RepoError::BlobMissing {
+            id: *id,
+            referenced_by: "(read)".into(),
+        })?;
+        let pack = index.pack_id(loc.pack);
+        let bytes = self
+            .store
+            .get_range(&pack.key(), loc.offset, loc.length as u64, &self.cancel)
+            .await?;
+        let keys = self.keys.clone();
+        let id = *id;
+        let raw = loc.raw_length as usize;
+        cpu(move || {
+            keys.open_blob(kind, &id, &bytes, raw)
+                .map_err(|e| RepoError::corrupt(pack.key(), format!("blob {id}: {e}")))
+        })
+        .await?
+    }
+
+    // ----- snapshots ----------------------------------------------------------------------
+
+    pub async fn write_snapshot(&self, snap: &Snapshot) -> Result<(SnapshotId, u64), RepoError> {
+        let (hash, len) = self.write_sealed_json("snapshots", snap, Role::Snapshot).await?;
+        Ok((SnapshotId(hash), len))
+    }
+
+    pub async fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, RepoError> {
+        self.read_sealed_json(&id.key(), &id.0, Role::Snapshot).await
+    }
+
+    /// Every snapshot, oldest first.
+    pub async fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
+        let ids = self.snapshot_ids().await?;
+        let mut all: Vec<(SnapshotId, Snapshot)> = futures::stream::iter(ids)
+            .map(|id| async move { Ok::<_, RepoError>((id, self.load_snapshot(&id).await?)) })
+            .buffer_unordered(METADATA_CONCURRENCY)
+            .try_collect()
+            .await?;
+        all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(all)
+    }
+
+    pub async fn snapshot_ids(&self) -> Result<Vec<SnapshotId>, RepoError> {
+        let listed = self.store.list("snapshots/", &self.cancel).await?;
+        listed
+            .iter()
+            .map(|o| {
+                o.key["snapshots/".len()..]
+                    .parse()
+                    .map_err(|e| RepoError::corrupt(o.key.clone(), format!("unexpected object name: {e}")))
+            })
+            .collect()
+    }
+
+    /// The newest snapshot of volume `name`, if any.
+    pub async fn latest_of(&self, name: &str) -> Result<Option<(SnapshotId, Snapshot)>, RepoError> {
+        Ok(self.list_snapshots().await?.into_iter().filter(|(_, s)| s.name == name).next_back())
+    }
+
+    /// Resolves `SPEC`: a full id, a unique id prefix, or `NAME:latest`.
+    pub async fn resolve_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot), RepoError> {
+        let not_found = || RepoError::SnapshotNotFound { spec: spec.into() };
+        if let Some(name) = spec.strip_suffix(":latest") {
+            return self.latest_of(name).await?.ok_or_else(not_found);
+        }
+        if spec.is_empty() || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(not_found());
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        let ids: Vec<SnapshotId> = self
+            .snapshot_ids()
+            .await?
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&spec_l))
+            .collect();
+        match ids.as_slice() {
+            [id] => Ok((*id, self.load_snapshot(id).await?)),
+            [] => Err(not_found()),
+            many => Err(RepoError::AmbiguousSnapshot {
+                spec: spec.into(),
+                count: many.len(),
+            }),
+        }
+    }
+
+    // ----- index --------------------------------------------------------------------------
+
+    /// Loads every index object (from the local cache where it can) into memory.
+    pub async fn load_index(&self) -> Result<Index, RepoError> {
+        let listed = self.store.list("index/", &self.cancel).await?;
+        let files: Vec<crate::format::IndexFile> = futures::stream::iter(listed)
+            .map(|o| async move {
+                let id: crate::format::IndexId = o.key["index/".len()..]
+                    .parse()
+                    .map_err(|e| RepoError::corrupt(o.key.clone(), format!("unexpected object name: {e}")))?;
+                self.read_sealed_json(&o.key, &id.0, Role::Index).await
+            })
+            .buffer_unordered(METADATA_CONCURRENCY)
+            .try_collect()
+            .await?;
+        cpu(move || Index::from_files(files)).await
+    }
+
+    /// A writer that packs blobs and uploads packs in the background.
+    pub fn writer(self: &Arc<Self>, max_uploads: usize) -> BlobWriter {
+        BlobWriter::new(self.clone(), max_uploads)
+    }
+}
+
+fn kdf_err(e: CryptoError) -> RepoError {
+    RepoError::BadSettings(format!("key derivation: {e}"))
+}
+
+async fn write_key(
+    store: &Arc<dyn Store>,
+    w: Wrapped,
+    kdf: KdfParams,
+    cancel: &CancellationToken,
+) -> Result<KeyId, RepoError> {
+    let kf = KeyFile {
+        version: FORMAT_VERSION,
+        created: OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 ns is valid"),
+        hostname: hostname(),
+        kdf,
+        salt: w.salt,
+        nonce: w.nonce,
+        wrapped: w.wrapped,
+    };
+    let json = serde_json::to_vec_pretty(&kf).expect("key serialises");
+    let id = KeyId(object_hash(&json));
+    store.put(&id.key(), Bytes::from(json), cancel).await?;
+    Ok(id)
+}
+
+async fn read_key(store: &Arc<dyn Store>, key: &str, cancel: &CancellationToken) -> Result<(KeyId, KeyFile), RepoError> {
+    let id: KeyId = key["keys/".len()..]
+        .parse()
+        .map_err(|e| RepoError::corrupt(key, format!("unexpected object name: {e}")))?;
+    let bytes = store.get(key, cancel).await?;
+    if object_hash(&bytes) != id.0 {
+        return Err(RepoError::corrupt(key, "content does not match its name (BLAKE3)"));
+    }
+    let kf: KeyFile = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(key, e))?;
+    Ok((id, kf))
+}
+
+async fn write_cache(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let tmp = path.with_extension(format!("tmp{:08x}", rand::random::<u32>()));
+    tokio::fs::write(&tmp, bytes).await?;
+    tokio::fs::rename(&tmp, path).await
+}

@@ -1,0 +1,213 @@
+//! The `lifeboat` binary as scripts call it: commands, --json, exit codes, messages, SIGKILL.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use lifeboat::demo::{generate_image, mutate, write_ranges};
+
+use crate::support::{garage, lifeboat, run, tmp, Run};
+use crate::volume::same;
+
+fn with_repo(repo: &str) -> Command {
+    let mut c = lifeboat();
+    c.env("LIFEBOAT_REPOSITORY", repo)
+        .env("LIFEBOAT_PASSWORD", "pw")
+        .arg("--no-cache");
+    c
+}
+
+fn ok(r: Run) -> Run {
+    assert_eq!(r.code, 0, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    r
+}
+
+fn json(r: &Run) -> serde_json::Value {
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.stdout))
+}
+
+fn init(repo: &str) {
+    ok(run(with_repo(repo).args(["repo", "init", "--insecure-fast-kdf", "--chunk-size-kib", "64", "--pack-size-mib", "1"])));
+}
+
+#[test]
+fn backup_restore_list_check_with_json() {
+    let d = tmp();
+    let repo = d.path().join("repo").display().to_string();
+    let src = d.path().join("v.img");
+    generate_image(&src, 5 << 20, 21).unwrap();
+    init(&repo);
+
+    // --json after the subcommand, --repo before it: global options go anywhere.
+    let r = ok(run(lifeboat()
+        .env("LIFEBOAT_PASSWORD", "pw")
+        .args(["--repo", &repo, "volume", "backup", "--name", "pg-data"])
+        .arg(&src)
+        .arg("--json")));
+    let v = json(&r);
+    for field in ["snapshot_id", "bytes_read", "bytes_new", "bytes_uploaded", "blocks_total", "blocks_changed", "duration_seconds"] {
+        assert!(v.get(field).is_some(), "missing {field}: {v}");
+    }
+    assert_eq!(v["blocks_total"], 80);
+    let first = v["snapshot_id"].as_str().unwrap().to_string();
+
+    let ranges = mutate(&src, 0.01, 64 << 10, 3).unwrap();
+    let rf = d.path().join("ranges.json");
+    write_ranges(&rf, &ranges).unwrap();
+    let v = json(&ok(run(with_repo(&repo)
+        .args(["volume", "backup", "--json", "--name", "pg-data", "--changed-ranges"])
+        .arg(&rf)
+        .arg(&src))));
+    assert_eq!(v["change_source"], "changed-ranges");
+    assert_eq!(v["bytes_read"], ranges.len() as u64 * 65536);
+
+    let list = json(&ok(run(with_repo(&repo).args(["snapshots", "--json"]))));
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[1]["parent"], first.as_str());
+    let human = ok(run(with_repo(&repo).arg("snapshots")));
+    assert!(human.stdout.contains("pg-data") && human.stdout.contains(&first[..8]), "{}", human.stdout);
+
+    let out = d.path().join("out.img");
+    let v = json(&ok(run(with_repo(&repo).args(["volume", "restore", "pg-data:latest", "--json"]).arg(&out))));
+    assert_eq!(v["mode"], "new");
+    assert!(same(&src, &out));
+    // By unique prefix, onto the newer copy: only the changed blocks are written back.
+    let v = json(&ok(run(with_repo(&repo).args(["volume", "restore", &first[..8], "--json"]).arg(&out))));
+    assert_eq!(v["mode"], "in-place");
+    assert_eq!(v["blocks_written"].as_u64().unwrap(), ranges.len() as u64);
+
+    let check = ok(run(with_repo(&repo).args(["repo", "check", "--read-data"])));
+    assert!(check.stdout.contains("no damage found"), "{}", check.stdout);
+}
+
+#[test]
+fn errors_name_the_problem_and_exit_nonzero() {
+    let d = tmp();
+    let repo = d.path().join("repo").display().to_string();
+
+    let r = run(with_repo(&repo).arg("snapshots"));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no lifeboat repository") && r.stderr.contains("repo init"), "{}", r.stderr);
+
+    init(&repo);
+    let r = run(with_repo(&repo).args(["repo", "init", "--insecure-fast-kdf"]));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("already holds a lifeboat repository"), "{}", r.stderr);
+
+    let r = run(with_repo(&repo).env("LIFEBOAT_PASSWORD", "wrong").arg("snapshots"));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("password does not open"), "{}", r.stderr);
+
+    let r = run(lifeboat().args(["--repo", &repo, "snapshots"]));
+    assert!(r.stderr.contains("LIFEBOAT_PASSWORD"), "{}", r.stderr);
+    let r = run(lifeboat().env("LIFEBOAT_PASSWORD", "pw").arg("snapshots"));
+    assert!(r.stderr.contains("--repo"), "{}", r.stderr);
+
+    let r = run(with_repo(&repo).args(["volume", "restore", "ghost:latest"]).arg(d.path().join("x")));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no snapshot matches `ghost:latest`"), "{}", r.stderr);
+
+    let r = run(with_repo(&repo).args(["volume", "backup", "--name", "v"]).arg(d.path().join("missing.img")));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("cannot read source") && r.stderr.contains("missing.img"), "{}", r.stderr);
+
+    let r = run(lifeboat().args(["--repo", "ftp://x", "snapshots"]).env("LIFEBOAT_PASSWORD", "pw"));
+    assert!(r.stderr.contains("unknown scheme"), "{}", r.stderr);
+
+    let r = run(lifeboat().args(["volume", "backup"]));
+    assert_eq!(r.code, 2, "usage errors exit 2");
+}
+
+#[test]
+fn password_file_and_key_management() {
+    let d = tmp();
+    let repo = d.path().join("repo").display().to_string();
+    init(&repo);
+    let pwf = d.path().join("pw2");
+    std::fs::write(&pwf, "second password\n").unwrap();
+    ok(run(with_repo(&repo).args(["repo", "key", "add", "--insecure-fast-kdf", "--new-password-file"]).arg(&pwf)));
+    let keys = json(&ok(run(lifeboat().args(["--repo", &repo, "--password-file"]).arg(&pwf).args(["repo", "key", "list", "--json"]))));
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+    let old = keys.as_array().unwrap().iter().find(|k| k["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(run(lifeboat().args(["--repo", &repo, "--password-file"]).arg(&pwf).args(["repo", "key", "remove", &old])));
+    let r = run(with_repo(&repo).arg("snapshots"));
+    assert!(r.stderr.contains("password does not open"), "old password is gone: {}", r.stderr);
+}
+
+#[test]
+fn dead_s3_endpoint_gives_one_clear_message() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let r = run(lifeboat()
+        .env("LIFEBOAT_PASSWORD", "pw")
+        .env("AWS_ENDPOINT_URL_S3", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .env("AWS_REGION", "us-east-1")
+        .args(["--repo", "s3://bucket/prefix", "--timeout", "2", "snapshots"]));
+    assert_eq!(r.code, 3, "transient failure: {}", r.stderr);
+    assert!(r.stderr.contains("config") && r.stderr.contains("transient"), "{}", r.stderr);
+}
+
+fn kill_after(cmd: &mut Command, after: Duration) {
+    let mut child = cmd.spawn().unwrap();
+    std::thread::sleep(after);
+    // SIGKILL: no cleanup of any kind.
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn killed_backups_leave_a_clean_repository(repo: &str, envs: &[(&'static str, String)], dir: &Path) {
+    let src = dir.join("v.img");
+    generate_image(&src, 48 << 20, 31).unwrap();
+    let cmd = |args: &[&str]| {
+        let mut c = with_repo(repo);
+        c.envs(envs.iter().map(|(k, v)| (*k, v.as_str()))).args(args);
+        c
+    };
+    ok(run(&mut cmd(&["repo", "init", "--insecure-fast-kdf", "--pack-size-mib", "1"])));
+    ok(run(cmd(&["volume", "backup", "--name", "v"]).arg(&src)));
+    let original = dir.join("orig.img");
+    std::fs::copy(&src, &original).unwrap();
+    mutate(&src, 0.5, 1 << 20, 2).unwrap();
+    for ms in [30, 120, 250, 500] {
+        kill_after(cmd(&["volume", "backup", "--name", "v"]).arg(&src), Duration::from_millis(ms));
+        let r = run(&mut cmd(&["repo", "check", "--read-data"]));
+        assert_eq!(r.code, 0, "killed after {ms} ms: {}{}", r.stdout, r.stderr);
+    }
+    let out = dir.join("first.img");
+    let list = json(&ok(run(&mut cmd(&["snapshots", "--json"]))));
+    let first = list[0]["id"].as_str().unwrap().to_string();
+    ok(run(cmd(&["volume", "restore", &first]).arg(&out)));
+    assert!(same(&original, &out), "the earlier snapshot restores bit-identical");
+    ok(run(cmd(&["volume", "backup", "--name", "v"]).arg(&src)));
+    let out2 = dir.join("latest.img");
+    ok(run(cmd(&["volume", "restore", "v:latest"]).arg(&out2)));
+    assert!(same(&src, &out2));
+}
+
+#[test]
+fn sigkilled_backups_local() {
+    let d = tmp();
+    killed_backups_leave_a_clean_repository(&d.path().join("repo").display().to_string(), &[], d.path());
+}
+
+#[test]
+fn sigkilled_backups_s3() {
+    let g = garage();
+    let d = tmp();
+    let url = format!("s3://{}/{}", g.bucket, g.unique_prefix());
+    killed_backups_leave_a_clean_repository(&url, &g.env(), d.path());
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let d = tmp();
+    let dir = d.path().join("demo");
+    let r = ok(run(lifeboat().args(["demo", "--size-mib", "16", "--dir"]).arg(&dir)));
+    assert!(r.stdout.contains("bit-identical") && r.stdout.contains("no damage"), "{}", r.stdout);
+    let r = run(lifeboat().args(["demo", "--size-mib", "16", "--dir"]).arg(&dir));
+    assert_eq!(r.code, 1, "a used scratch directory is refused");
+}

@@ -1,0 +1,96 @@
+//! The stored objects match the JSON Schemas in `schema/`, and the on-store layout is what
+//! FORMAT.md says, as a DR site with only the bucket and the password would find it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use lifeboat::crypto::Role;
+use lifeboat::demo::generate_image;
+use lifeboat::format::{object_hash, SnapshotId, PACK_MAGIC};
+use lifeboat::store::memory::MemoryStore;
+use lifeboat::store::Store;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{new_repo, tmp};
+use crate::volume::backup;
+
+fn schema(name: &str) -> Value {
+    let path = format!("{}/schema/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// The object's keys are exactly the schema's properties, and every required one is there.
+fn conforms(obj: &Value, schema: &Value, what: &str) {
+    let props: BTreeSet<String> = schema["properties"].as_object().unwrap().keys().cloned().collect();
+    let keys: BTreeSet<String> = obj.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys, props, "{what}: fields differ from the schema");
+    for r in schema["required"].as_array().unwrap() {
+        assert!(keys.contains(r.as_str().unwrap()), "{what}: missing {r}");
+    }
+    if let Some(v) = schema["properties"]["version"]["const"].as_u64() {
+        assert_eq!(obj["version"].as_u64(), Some(v), "{what}: version");
+    }
+}
+
+#[tokio::test]
+async fn stored_objects_match_the_schemas_and_the_layout() {
+    let d = tmp();
+    let src = d.path().join("v.img");
+    generate_image(&src, 2 << 20, 5).unwrap();
+    let mem = MemoryStore::new();
+    let repo = new_repo(Arc::new(mem.clone())).await;
+    backup(&repo, "vol", &src).await;
+    let c = CancellationToken::new();
+
+    let cfg: Value = serde_json::from_slice(&mem.get("config", &c).await.unwrap()).unwrap();
+    conforms(&cfg, &schema("config.schema.json"), "config");
+
+    for o in mem.list("", &c).await.unwrap() {
+        let bytes = mem.get(&o.key, &c).await.unwrap();
+        if o.key == "config" {
+            continue;
+        }
+        // Every other object is named by the BLAKE3 of its bytes.
+        let name = o.key.rsplit('/').next().unwrap();
+        assert_eq!(name, hex::encode(object_hash(&bytes)), "{} is named by its hash", o.key);
+        let keys = repo.keys();
+        if o.key.starts_with("keys/") {
+            conforms(&serde_json::from_slice(&bytes).unwrap(), &schema("key.schema.json"), &o.key);
+        } else if o.key.starts_with("index/") {
+            let v: Value = serde_json::from_slice(&keys.open(Role::Index, &bytes, 1 << 24).unwrap()).unwrap();
+            conforms(&v, &schema("index.schema.json"), &o.key);
+            let packed = &schema("index.schema.json")["$defs"]["packedBlob"];
+            conforms(&v["packs"][0]["blobs"][0], packed, "packed blob");
+        } else if o.key.starts_with("snapshots/") {
+            let v: Value = serde_json::from_slice(&keys.open(Role::Snapshot, &bytes, 1 << 24).unwrap()).unwrap();
+            let s = schema("snapshot.schema.json");
+            conforms(&v, &s, &o.key);
+            conforms(&v["stats"], &s["properties"]["stats"], "stats");
+            let id: SnapshotId = name.parse().unwrap();
+            assert_eq!(id.key(), o.key);
+        } else if o.key.starts_with("data/") {
+            assert_eq!(&o.key[5..7], &name[..2], "packs fan out by the first two hex digits");
+            assert_eq!(&bytes[bytes.len() - 8..], PACK_MAGIC);
+            let tlen = u32::from_le_bytes(bytes[bytes.len() - 12..bytes.len() - 8].try_into().unwrap()) as usize;
+            let trailer = &bytes[bytes.len() - 12 - tlen..bytes.len() - 12];
+            let v: Value = serde_json::from_slice(&keys.open(Role::PackTrailer, trailer, 1 << 24).unwrap()).unwrap();
+            conforms(&v, &schema("index.schema.json")["$defs"]["packTrailer"], "pack trailer");
+        } else {
+            panic!("unexpected object {}", o.key);
+        }
+    }
+}
+
+#[test]
+fn block_map_codec_round_trips_and_rejects_damage() {
+    use lifeboat::format::{decode_map, encode_map, BlobId, BlockRef};
+    let entries = vec![BlockRef::Zero, BlockRef::Blob(BlobId([7; 32])), BlockRef::Zero];
+    let bytes = encode_map(&entries);
+    assert_eq!(bytes.len(), 12 + 3 * 32);
+    assert_eq!(decode_map(&bytes).unwrap(), entries);
+    assert!(decode_map(&bytes[..bytes.len() - 1]).is_err());
+    let mut bad = bytes.clone();
+    bad[0] = b'X';
+    assert!(decode_map(&bad).is_err());
+}

@@ -1,0 +1,11 @@
+//! lifeboat's integration tests: one binary, a module per area.
+//!
+//! The S3 tests start a real Garage server on loopback (see `support::garage`); `tests/run.sh`
+//! installs Garage when it is missing.
+
+mod cli;
+mod format;
+mod repository;
+mod store_conformance;
+mod support;
+mod volume;

@@ -1,0 +1,268 @@
+//! Shared test helpers: scratch repositories, and a real Garage S3 server on loopback.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use lifeboat::format::KdfParams;
+use lifeboat::repository::{InitOptions, Repository};
+use lifeboat::store::s3::{S3Settings, S3Store};
+use lifeboat::store::{Store, StoreOptions};
+use tokio_util::sync::CancellationToken;
+
+pub const PASSWORD: &[u8] = b"correct horse battery staple";
+
+/// Small blocks and packs so that small test volumes still span many blocks, segments and packs.
+pub fn test_init_options() -> InitOptions {
+    InitOptions {
+        chunk_size: 64 << 10,
+        pack_size: 1 << 20,
+        compression_level: 1,
+        kdf: KdfParams::INSECURE_FAST,
+    }
+}
+
+pub async fn new_repo(store: Arc<dyn Store>) -> Arc<Repository> {
+    Arc::new(
+        Repository::init(store, PASSWORD, &test_init_options(), CancellationToken::new())
+            .await
+            .expect("init"),
+    )
+}
+
+pub async fn reopen(store: Arc<dyn Store>) -> Arc<Repository> {
+    Arc::new(
+        Repository::open(store, PASSWORD, None, CancellationToken::new())
+            .await
+            .expect("open"),
+    )
+}
+
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("lifeboat-test-").tempdir().expect("tempdir")
+}
+
+// ----- Garage -------------------------------------------------------------------------------
+
+pub struct Garage {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub bucket: String,
+}
+
+impl Garage {
+    pub fn settings(&self) -> S3Settings {
+        S3Settings {
+            endpoint: Some(self.endpoint.clone()),
+            region: Some("garage".into()),
+            access_key_id: Some(self.access_key.clone()),
+            secret_access_key: Some(self.secret_key.clone()),
+        }
+    }
+
+    /// A fresh, empty prefix of the test bucket.
+    pub fn unique_prefix(&self) -> String {
+        format!("t{:016x}", rand::random::<u64>())
+    }
+
+    pub async fn store(&self, options: StoreOptions) -> (S3Store, String) {
+        let prefix = self.unique_prefix();
+        let s = S3Store::new(&self.bucket, &prefix, self.settings(), options)
+            .await
+            .expect("s3 store");
+        (s, prefix)
+    }
+
+    /// Environment for a `lifeboat` child process using this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL_S3", self.endpoint.clone()),
+            ("AWS_REGION", "garage".into()),
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+        ]
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn garage_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LIFEBOAT_GARAGE_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join("garage")).find(|p| p.is_file())
+}
+
+fn garage_cli(bin: &Path, cfg: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(bin)
+        .arg("-c")
+        .arg(cfg)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running garage {args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "garage {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn start_garage() -> Result<Garage, String> {
+    let bin = garage_binary().ok_or_else(|| {
+        "the S3 tests need Garage on loopback and no `garage` binary was found: run `tests/run.sh` \
+         (installs it), or `cargo install garage --locked`, or set LIFEBOAT_GARAGE_BIN"
+            .to_string()
+    })?;
+    let dir = std::env::temp_dir().join(format!("lifeboat-garage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+    let cfg = dir.join("garage.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"metadata_dir = "{d}/meta"
+data_dir = "{d}/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secret}"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:{s3}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+"#,
+            d = dir.display(),
+            secret = hex::encode(rand::random::<[u8; 32]>()),
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+
+    // The server lives in a thread that never ends, and dies with this process (PDEATHSIG
+    // fires when the spawning thread exits, which is only at process exit).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (b, c, d) = (bin.clone(), cfg.clone(), dir.clone());
+    std::thread::spawn(move || {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::File::create(d.join("garage.log")).unwrap();
+        let mut cmd = Command::new(&b);
+        cmd.arg("-c")
+            .arg(&c)
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(mut child) => {
+                let _ = tx.send(Ok(()));
+                let _ = child.wait();
+                std::thread::park();
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+            }
+        }
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().map_err(|e| e.to_string())??;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let node = loop {
+        match garage_cli(&bin, &cfg, &["node", "id", "-q"]) {
+            Ok(out) => break out.trim().split('@').next().unwrap_or_default().to_string(),
+            Err(e) if Instant::now() > deadline => return Err(format!("garage did not start: {e}")),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    garage_cli(&bin, &cfg, &["layout", "assign", "-z", "dc1", "-c", "10G", &node])?;
+    garage_cli(&bin, &cfg, &["layout", "apply", "--version", "1"])?;
+    let access_key = format!("GK{}", hex::encode(rand::random::<[u8; 12]>()));
+    let secret_key = hex::encode(rand::random::<[u8; 32]>());
+    garage_cli(&bin, &cfg, &["key", "import", "--yes", "-n", "lifeboat-test", &access_key, &secret_key])?;
+    let bucket = "lifeboat-test".to_string();
+    garage_cli(&bin, &cfg, &["bucket", "create", &bucket])?;
+    garage_cli(
+        &bin,
+        &cfg,
+        &["bucket", "allow", "--read", "--write", "--owner", &bucket, "--key", &access_key],
+    )?;
+    let endpoint = format!("http://127.0.0.1:{s3}");
+    // Wait until the S3 API answers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", s3)).is_err() {
+        if Instant::now() > deadline {
+            return Err("garage S3 API did not come up".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Garage {
+        endpoint,
+        access_key,
+        secret_key,
+        bucket,
+    })
+}
+
+/// The shared Garage server; panics with how to get Garage when it cannot start.
+pub fn garage() -> &'static Garage {
+    static G: OnceLock<Result<Garage, String>> = OnceLock::new();
+    match G.get_or_init(start_garage) {
+        Ok(g) => g,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+// ----- the binary ---------------------------------------------------------------------------
+
+pub fn lifeboat() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+    c.env_remove("LIFEBOAT_REPOSITORY")
+        .env_remove("LIFEBOAT_PASSWORD")
+        .env("LIFEBOAT_LOG", "warn")
+        .stdin(Stdio::null());
+    c
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(cmd: &mut Command) -> Run {
+    let out = cmd.output().expect("run lifeboat");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need, then runs them.
+# - Garage (the S3-compatible server the S3 tests start on loopback): built with
+#   `cargo install garage --locked` only when no `garage` binary is found (about 15 minutes on
+#   2 cores; later runs reuse it).
+# Usage: tests/run.sh [extra cargo test arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+if ! command -v garage >/dev/null 2>&1 && [ -z "${LIFEBOAT_GARAGE_BIN:-}" ]; then
+  echo "tests/run.sh: Garage not found; installing it (cargo install garage --locked, ~15 min)" >&2
+  cargo install garage --locked --version '^2' >&2
+fi
+garage --version 2>/dev/null | head -n1 >&2 || true
+
+# Two test threads: the machine has 2 cores and several tests run pipelines of their own.
+cargo test --all-targets "$@" -- --test-threads="${LIFEBOAT_TEST_THREADS:-2}"
