@@ -26,15 +26,18 @@ use time::OffsetDateTime;
 use crate::crypto::{Keys, Role};
 use crate::diff::{data_extents, is_hole, read_ranges_file, validate_ranges, BlockSet, RangeError};
 use crate::format::{
-    decode_map, encode_map, BackupStats, BlobId, BlobKind, BlockRef, Snapshot, SnapshotId, SnapshotKind, FORMAT_VERSION,
-    MAP_SEGMENT_ENTRIES,
+    decode_map, encode_map, BackupStats, BlobId, BlobKind, BlockRef, Snapshot, SnapshotId,
+    SnapshotKind, FORMAT_VERSION, MAP_SEGMENT_ENTRIES,
 };
 use crate::repository::{cpu, Index, RepoError, Repository};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     #[error("cannot read source {path}: {source}")]
-    Source { path: String, source: std::io::Error },
+    Source {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("source {path} is empty (0 bytes): nothing to back up")]
     EmptySource { path: String },
     #[error("invalid volume name `{name}`: {reason}")]
@@ -66,7 +69,9 @@ pub struct BackupOptions {
 
 impl BackupOptions {
     pub fn new(name: impl Into<String>, source: impl Into<PathBuf>) -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         BackupOptions {
             name: name.into(),
             source: source.into(),
@@ -109,7 +114,11 @@ enum Outcome {
     Zero,
     Unchanged(BlobId),
     Known(BlobId),
-    New { id: BlobId, sealed: Vec<u8>, raw: u32 },
+    New {
+        id: BlobId,
+        sealed: Vec<u8>,
+        raw: u32,
+    },
 }
 
 pub(crate) fn is_zero(buf: &[u8]) -> bool {
@@ -222,11 +231,14 @@ pub async fn backup_volume(
             if p.size % chunk != 0 || p.size != size {
                 from = from.saturating_sub(1);
             }
-            let set = BlockSet::from_byte_ranges(&r, chunk).union(&BlockSet::span(from.min(nblocks), nblocks));
+            let set = BlockSet::from_byte_ranges(&r, chunk)
+                .union(&BlockSet::span(from.min(nblocks), nblocks));
             ("changed-ranges", Some(set))
         }
         (None, Some(_)) => {
-            tracing::warn!("no earlier snapshot of this volume: --changed-ranges ignored, reading every block");
+            tracing::warn!(
+                "no earlier snapshot of this volume: --changed-ranges ignored, reading every block"
+            );
             ("full", None)
         }
         (Some(_), None) => ("hash-compare", None),
@@ -254,7 +266,13 @@ pub async fn backup_volume(
         blocks_total: nblocks,
         ..Default::default()
     };
-    progress.set_length(to_read.as_ref().map(|s| s.len() * chunk).unwrap_or(size).min(size));
+    progress.set_length(
+        to_read
+            .as_ref()
+            .map(|s| s.len() * chunk)
+            .unwrap_or(size)
+            .min(size),
+    );
 
     let nsegments = nblocks.div_ceil(MAP_SEGMENT_ENTRIES as u64);
     let mut map_ids = Vec::with_capacity(nsegments as usize);
@@ -263,12 +281,13 @@ pub async fn backup_volume(
         let last = (first + MAP_SEGMENT_ENTRIES as u64).min(nblocks);
         let parent_entries: Vec<BlockRef> = match &parent_map {
             Some((segs, pblocks)) if (seg as usize) < segs.len() => {
-                let bytes = repo.read_blob(&shared.index, BlobKind::Map, &segs[seg as usize]).await?;
-                let mut e = decode_map(&bytes)
-                    .map_err(|e| RepoError::Corrupt {
-                        object: format!("block-map segment {}", segs[seg as usize]),
-                        reason: e,
-                    })?;
+                let bytes = repo
+                    .read_blob(&shared.index, BlobKind::Map, &segs[seg as usize])
+                    .await?;
+                let mut e = decode_map(&bytes).map_err(|e| RepoError::Corrupt {
+                    object: format!("block-map segment {}", segs[seg as usize]),
+                    reason: e,
+                })?;
                 // Blocks the parent did not have count as zero there.
                 e.resize((last - first) as usize, BlockRef::Zero);
                 let _ = pblocks;
@@ -334,17 +353,25 @@ pub async fn backup_volume(
         drop(results);
 
         stats.blocks_zero += entries.iter().filter(|e| **e == BlockRef::Zero).count() as u64;
-        stats.blocks_changed += entries.iter().zip(&parent_entries).filter(|(a, b)| a != b).count() as u64;
+        stats.blocks_changed += entries
+            .iter()
+            .zip(&parent_entries)
+            .filter(|(a, b)| a != b)
+            .count() as u64;
 
         let map_bytes = encode_map(&entries);
         let keys = shared.keys.clone();
         let (id, map_bytes) = cpu(move || (keys.blob_id(&map_bytes), map_bytes)).await?;
-        let reused = parent_map.as_ref().and_then(|(segs, _)| segs.get(seg as usize)) == Some(&id);
+        let reused = parent_map
+            .as_ref()
+            .and_then(|(segs, _)| segs.get(seg as usize))
+            == Some(&id);
         if !reused && !shared.index.contains(&id) && !writer.has(&id) {
             let keys = shared.keys.clone();
             let level = shared.level;
             let raw = map_bytes.len() as u32;
-            let sealed = cpu(move || keys.seal(Role::Blob(BlobKind::Map, id), &map_bytes, level)).await?;
+            let sealed =
+                cpu(move || keys.seal(Role::Blob(BlobKind::Map, id), &map_bytes, level)).await?;
             writer.add(BlobKind::Map, id, sealed, raw).await?;
         }
         map_ids.push(id);

@@ -16,7 +16,8 @@ use crate::repository::{CheckOptions, InitOptions, RepoError, Repository};
 use crate::restore::{restore_volume, RestoreError};
 use crate::store::{self, StoreError, StoreOptions};
 
-const ABOUT: &str = "Disaster recovery for Kubernetes applications: encrypted, deduplicated, incremental \
+const ABOUT: &str =
+    "Disaster recovery for Kubernetes applications: encrypted, deduplicated, incremental \
 backups of volumes to a local directory or an S3 bucket.";
 
 const AFTER: &str = "Environment: LIFEBOAT_REPOSITORY (--repo), LIFEBOAT_PASSWORD (or --password-file), \
@@ -169,7 +170,10 @@ pub enum Error {
     #[error("no new password given: set LIFEBOAT_NEW_PASSWORD or pass --new-password-file FILE")]
     NoNewPassword,
     #[error("cannot read password file {path}: {source}")]
-    PasswordFile { path: String, source: std::io::Error },
+    PasswordFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the repository check found {0} problem(s); see the list above")]
     CheckFailed(usize),
     #[error("demo: {0}")]
@@ -208,7 +212,9 @@ fn read_secret(file: Option<&Path>, env: &str) -> Result<Option<Vec<u8>>, Error>
             source,
         })?;
         let trimmed = s.strip_suffix(b"\n").unwrap_or(&s);
-        return Ok(Some(trimmed.strip_suffix(b"\r").unwrap_or(trimmed).to_vec()));
+        return Ok(Some(
+            trimmed.strip_suffix(b"\r").unwrap_or(trimmed).to_vec(),
+        ));
     }
     Ok(std::env::var_os(env).map(|v| v.into_encoded_bytes()))
 }
@@ -261,9 +267,11 @@ impl Ctx<'_> {
         }
         let pb = ProgressBar::new(0);
         pb.set_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         pb.set_message(what.to_string());
         pb
@@ -271,7 +279,10 @@ impl Ctx<'_> {
 
     fn emit<T: serde::Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
         if self.g.json {
-            println!("{}", serde_json::to_string_pretty(value).expect("output serialises"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).expect("output serialises")
+            );
         } else {
             println!("{}", human());
         }
@@ -289,7 +300,10 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             c.cancel();
         }
     });
-    let ctx = Ctx { g: &cli.global, cancel };
+    let ctx = Ctx {
+        g: &cli.global,
+        cancel,
+    };
     match &cli.command {
         Command::Repo { command } => repo_command(&ctx, command).await,
         Command::Volume { command } => volume_command(&ctx, command).await,
@@ -312,7 +326,11 @@ async fn repo_command(ctx: &Ctx<'_>, cmd: &RepoCommand) -> Result<(), Error> {
                 chunk_size: chunk_size_kib.saturating_mul(1024),
                 pack_size: pack_size_mib.saturating_mul(1 << 20),
                 compression_level: *compression,
-                kdf: if *insecure_fast_kdf { KdfParams::INSECURE_FAST } else { KdfParams::DEFAULT },
+                kdf: if *insecure_fast_kdf {
+                    KdfParams::INSECURE_FAST
+                } else {
+                    KdfParams::DEFAULT
+                },
             };
             let repo = Repository::init(store, &pw, &opts, ctx.cancel.clone()).await?;
             let cfg = repo.config();
@@ -330,7 +348,11 @@ async fn repo_command(ctx: &Ctx<'_>, cmd: &RepoCommand) -> Result<(), Error> {
         }
         RepoCommand::Check { read_data } => {
             let repo = ctx.open().await?;
-            let report = repo.check(&CheckOptions { read_data: *read_data }).await?;
+            let report = repo
+                .check(&CheckOptions {
+                    read_data: *read_data,
+                })
+                .await?;
             if !ctx.g.json {
                 for w in &report.warnings {
                     eprintln!("warning: {w}");
@@ -342,13 +364,20 @@ async fn repo_command(ctx: &Ctx<'_>, cmd: &RepoCommand) -> Result<(), Error> {
             ctx.emit(&report, || {
                 format!(
                     "{}: {} snapshots, {} index objects, {} packs, {} blobs{}",
-                    if report.ok() { "no damage found" } else { "DAMAGE FOUND" },
+                    if report.ok() {
+                        "no damage found"
+                    } else {
+                        "DAMAGE FOUND"
+                    },
                     report.snapshots,
                     report.index_files,
                     report.packs,
                     report.blobs,
                     if *read_data {
-                        format!(", {} packs ({} bytes) read and verified", report.packs_read, report.bytes_read)
+                        format!(
+                            ", {} packs ({} bytes) read and verified",
+                            report.packs_read, report.bytes_read
+                        )
                     } else {
                         String::new()
                     }
@@ -369,9 +398,15 @@ async fn repo_command(ctx: &Ctx<'_>, cmd: &RepoCommand) -> Result<(), Error> {
                 } => {
                     let pw = read_secret(new_password_file.as_deref(), "LIFEBOAT_NEW_PASSWORD")?
                         .ok_or(Error::NoNewPassword)?;
-                    let kdf = if *insecure_fast_kdf { KdfParams::INSECURE_FAST } else { KdfParams::DEFAULT };
+                    let kdf = if *insecure_fast_kdf {
+                        KdfParams::INSECURE_FAST
+                    } else {
+                        KdfParams::DEFAULT
+                    };
                     let id = repo.add_key(&pw, kdf).await?;
-                    ctx.emit(&serde_json::json!({"added": id}), || format!("added key {}", id.short()));
+                    ctx.emit(&serde_json::json!({"added": id}), || {
+                        format!("added key {}", id.short())
+                    });
                 }
                 KeyCommand::Remove { id } => {
                     let removed = repo.remove_key(id).await?;
@@ -480,12 +515,17 @@ async fn snapshots(ctx: &Ctx<'_>) -> Result<(), Error> {
     } else if all.is_empty() {
         println!("no snapshots");
     } else {
-        println!("{:<10} {:<25} {:<20} {:>10} {:<10}", "ID", "TIME", "NAME", "SIZE", "PARENT");
+        println!(
+            "{:<10} {:<25} {:<20} {:>10} {:<10}",
+            "ID", "TIME", "NAME", "SIZE", "PARENT"
+        );
         for (id, s) in &all {
             println!(
                 "{:<10} {:<25} {:<20} {:>10} {:<10}",
                 id.short(),
-                s.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                s.time
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
                 s.name,
                 human(s.size),
                 s.parent.map(|p| p.short()).unwrap_or_else(|| "-".into())
@@ -516,7 +556,11 @@ async fn demo(ctx: &Ctx<'_>, dir: Option<PathBuf>, size_mib: u64) -> Result<(), 
     let derr = |what: &str, e: std::io::Error| Error::Demo(format!("{what}: {e}"));
     let dir = match dir {
         Some(d) => {
-            if d.exists() && std::fs::read_dir(&d).map(|mut r| r.next().is_some()).unwrap_or(true) {
+            if d.exists()
+                && std::fs::read_dir(&d)
+                    .map(|mut r| r.next().is_some())
+                    .unwrap_or(true)
+            {
                 return Err(Error::Demo(format!(
                     "{} is not empty; give a new or empty directory",
                     d.display()
@@ -532,7 +576,10 @@ async fn demo(ctx: &Ctx<'_>, dir: Option<PathBuf>, size_mib: u64) -> Result<(), 
             println!("{s}");
         }
     };
-    say(format!("lifeboat demo in {} (password \"demo\")", dir.display()));
+    say(format!(
+        "lifeboat demo in {} (password \"demo\")",
+        dir.display()
+    ));
     let image = dir.join("volume.img");
     let size = size_mib.max(1) << 20;
     {
@@ -542,14 +589,28 @@ async fn demo(ctx: &Ctx<'_>, dir: Option<PathBuf>, size_mib: u64) -> Result<(), 
             .map_err(|e| Error::Demo(e.to_string()))?
             .map_err(|e| derr("generate volume", e))?;
     }
-    say(format!("1. generated a {size_mib} MiB volume of mixed content (holes, text, random, duplicates)"));
-    let store = store::open(&dir.join("repo").display().to_string(), &ctx.store_options()).await?;
+    say(format!(
+        "1. generated a {size_mib} MiB volume of mixed content (holes, text, random, duplicates)"
+    ));
+    let store = store::open(
+        &dir.join("repo").display().to_string(),
+        &ctx.store_options(),
+    )
+    .await?;
     let repo = Arc::new(
         Repository::init(store, b"demo", &InitOptions::default(), ctx.cancel.clone()).await?,
     );
-    say(format!("2. created an encrypted repository at {}", dir.join("repo").display()));
+    say(format!(
+        "2. created an encrypted repository at {}",
+        dir.join("repo").display()
+    ));
     let pb = ctx.progress("full backup");
-    let full = backup_volume(repo.clone(), &BackupOptions::new("demo-volume", &image), &pb).await?;
+    let full = backup_volume(
+        repo.clone(),
+        &BackupOptions::new("demo-volume", &image),
+        &pb,
+    )
+    .await?;
     pb.finish_and_clear();
     say(format!(
         "3. full backup {}: read {}, stored {} ({:.2}s)",
@@ -584,17 +645,26 @@ async fn demo(ctx: &Ctx<'_>, dir: Option<PathBuf>, size_mib: u64) -> Result<(), 
     let pb = ctx.progress("restore");
     let rs = restore_volume(repo.clone(), id, &snap, &restored, 4, &pb).await?;
     pb.finish_and_clear();
-    let same = file_hash(&image).map_err(|e| derr("hash", e))? == file_hash(&restored).map_err(|e| derr("hash", e))?;
+    let same = file_hash(&image).map_err(|e| derr("hash", e))?
+        == file_hash(&restored).map_err(|e| derr("hash", e))?;
     say(format!(
         "5. restored demo-volume:latest to {} ({:.2}s): {}",
         restored.display(),
         rs.duration_seconds,
-        if same { "bit-identical to the source" } else { "DIFFERS from the source" }
+        if same {
+            "bit-identical to the source"
+        } else {
+            "DIFFERS from the source"
+        }
     ));
     let report = repo.check(&CheckOptions { read_data: true }).await?;
     say(format!(
         "6. repo check --read-data: {} ({} packs verified)",
-        if report.ok() { "no damage" } else { "DAMAGE FOUND" },
+        if report.ok() {
+            "no damage"
+        } else {
+            "DAMAGE FOUND"
+        },
         report.packs_read
     ));
     if ctx.g.json {
@@ -608,7 +678,9 @@ async fn demo(ctx: &Ctx<'_>, dir: Option<PathBuf>, size_mib: u64) -> Result<(), 
         );
     }
     if !same {
-        return Err(Error::Demo("the restored volume differs from the source".into()));
+        return Err(Error::Demo(
+            "the restored volume differs from the source".into(),
+        ));
     }
     if !report.ok() {
         return Err(Error::CheckFailed(report.errors.len()));

@@ -137,7 +137,9 @@ impl Keys {
 
     /// MAC of the repository config, hex.
     pub fn config_mac(&self, input: &[u8]) -> String {
-        blake3::keyed_hash(&self.mac_key, input).to_hex().to_string()
+        blake3::keyed_hash(&self.mac_key, input)
+            .to_hex()
+            .to_string()
     }
 
     /// Compresses (when `level` > 0 and it pays: at least 3 % smaller) and seals `plaintext`.
@@ -164,7 +166,11 @@ impl Keys {
         out.extend_from_slice(body);
         let tag = self
             .session
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(role.aad()), &mut out[HEADER..])
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(role.aad()),
+                &mut out[HEADER..],
+            )
             .expect("AES-GCM sealing cannot fail for in-range lengths");
         out.extend_from_slice(tag.as_ref());
         out
@@ -174,28 +180,47 @@ impl Keys {
     /// decompressed size (a damaged length must not exhaust memory).
     pub fn open(&self, role: Role, sealed: &[u8], max_len: usize) -> Result<Vec<u8>, CryptoError> {
         if sealed.len() < HEADER + 1 + TAG {
-            return Err(CryptoError::Malformed(format!("{} bytes is too short", sealed.len())));
+            return Err(CryptoError::Malformed(format!(
+                "{} bytes is too short",
+                sealed.len()
+            )));
         }
         if sealed[0] != ENVELOPE_VERSION {
-            return Err(CryptoError::Malformed(format!("unknown envelope version {}", sealed[0])));
+            return Err(CryptoError::Malformed(format!(
+                "unknown envelope version {}",
+                sealed[0]
+            )));
         }
         let session_id = &sealed[1..17];
         let key = aes_key(&hkdf32(&self.data_key, session_id, b"session key v1"));
         let nonce: [u8; 12] = sealed[17..29].try_into().unwrap();
         let mut buf = sealed[HEADER..].to_vec();
         let plain = key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(role.aad()), &mut buf)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(role.aad()),
+                &mut buf,
+            )
             .map_err(|_| CryptoError::Tampered)?;
-        let (flag, body) = plain.split_first().ok_or_else(|| CryptoError::Malformed("empty".into()))?;
+        let (flag, body) = plain
+            .split_first()
+            .ok_or_else(|| CryptoError::Malformed("empty".into()))?;
         match flag {
             0 => Ok(body.to_vec()),
-            1 => zstd::bulk::decompress(body, max_len).map_err(|e| CryptoError::Decompress(e.to_string())),
+            1 => zstd::bulk::decompress(body, max_len)
+                .map_err(|e| CryptoError::Decompress(e.to_string())),
             f => Err(CryptoError::Malformed(format!("unknown compression {f}"))),
         }
     }
 
     /// Opens a blob and checks that its plaintext hashes to `id`.
-    pub fn open_blob(&self, kind: BlobKind, id: &BlobId, sealed: &[u8], raw_len: usize) -> Result<Vec<u8>, CryptoError> {
+    pub fn open_blob(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        sealed: &[u8],
+        raw_len: usize,
+    ) -> Result<Vec<u8>, CryptoError> {
         let plain = self.open(Role::Blob(kind, *id), sealed, raw_len.max(1))?;
         if plain.len() != raw_len || self.blob_id(&plain) != *id {
             return Err(CryptoError::Tampered);
@@ -212,7 +237,11 @@ impl Keys {
         rand::thread_rng().fill_bytes(&mut nonce);
         let mut buf = self.master.to_vec();
         aes_key(&kek)
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(b"lifeboat/v1/master"), &mut buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(b"lifeboat/v1/master"),
+                &mut buf,
+            )
             .expect("sealing 64 bytes cannot fail");
         Ok(Wrapped {
             salt: hex::encode(salt),
@@ -232,7 +261,11 @@ impl Keys {
         let mut buf = hex::decode(&w.wrapped).map_err(|_| bad("wrapped secret"))?;
         let kek = derive_kek(password, &salt, kdf)?;
         let plain = aes_key(&kek)
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(b"lifeboat/v1/master"), &mut buf)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(b"lifeboat/v1/master"),
+                &mut buf,
+            )
             .map_err(|_| CryptoError::WrongPassword)?;
         let master: [u8; 64] = plain.try_into().map_err(|_| bad("secret length"))?;
         Ok(Keys::from_master(master))
@@ -269,16 +302,25 @@ mod tests {
         let id = k.blob_id(&data);
         let sealed = k.seal(Role::Blob(BlobKind::Data, id), &data, 1);
         assert!(sealed.len() < data.len(), "compressible data shrinks");
-        assert_eq!(k.open_blob(BlobKind::Data, &id, &sealed, data.len()).unwrap(), data);
+        assert_eq!(
+            k.open_blob(BlobKind::Data, &id, &sealed, data.len())
+                .unwrap(),
+            data
+        );
         // The same bytes cannot pass for another role or id.
         assert!(k.open(Role::Index, &sealed, 1 << 20).is_err());
         let other = k.blob_id(b"other");
-        assert!(k.open_blob(BlobKind::Data, &other, &sealed, data.len()).is_err());
+        assert!(k
+            .open_blob(BlobKind::Data, &other, &sealed, data.len())
+            .is_err());
         // A flipped bit anywhere is caught.
         for i in [0, 5, 20, sealed.len() / 2, sealed.len() - 1] {
             let mut bad = sealed.clone();
             bad[i] ^= 1;
-            assert!(k.open_blob(BlobKind::Data, &id, &bad, data.len()).is_err(), "flip at {i}");
+            assert!(
+                k.open_blob(BlobKind::Data, &id, &bad, data.len()).is_err(),
+                "flip at {i}"
+            );
         }
     }
 

@@ -39,10 +39,51 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "apiVersion", "kind", "metadata", "namespace", "cassandra", "replica", "volume", "snapshot", "the", "of",
-    "and", "backup", "restore", "cluster", "node", "pod", "INFO", "WARN", "2026-11-24T10:00:00Z", "commit",
-    "log", "segment", "flush", "compaction", "key", "value", "row", "table", "index", "select", "insert",
-    "update", "where", "id", "=", "{", "}", ":", "\"", "0", "1", "42", "lifeboat", "tokens", "status",
+    "apiVersion",
+    "kind",
+    "metadata",
+    "namespace",
+    "cassandra",
+    "replica",
+    "volume",
+    "snapshot",
+    "the",
+    "of",
+    "and",
+    "backup",
+    "restore",
+    "cluster",
+    "node",
+    "pod",
+    "INFO",
+    "WARN",
+    "2026-11-24T10:00:00Z",
+    "commit",
+    "log",
+    "segment",
+    "flush",
+    "compaction",
+    "key",
+    "value",
+    "row",
+    "table",
+    "index",
+    "select",
+    "insert",
+    "update",
+    "where",
+    "id",
+    "=",
+    "{",
+    "}",
+    ":",
+    "\"",
+    "0",
+    "1",
+    "42",
+    "lifeboat",
+    "tokens",
+    "status",
 ];
 
 fn text(rng: &mut Rng, buf: &mut [u8]) {
@@ -61,7 +102,12 @@ fn text(rng: &mut Rng, buf: &mut [u8]) {
 
 /// Writes a new sparse image of `size` bytes at `path`.
 pub fn generate_image(path: &Path, size: u64, seed: u64) -> io::Result<()> {
-    let f = OpenOptions::new().write(true).read(true).create(true).truncate(true).open(path)?;
+    let f = OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
     f.set_len(size)?;
     let mut rng = Rng::new(seed);
     let regions = size.div_ceil(REGION);

@@ -14,7 +14,10 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum RangeError {
     #[error("cannot read changed-ranges file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("changed-ranges file {path} is not a JSON array of {{\"offset\": N, \"length\": N}} objects: {reason}")]
     Malformed { path: String, reason: String },
     #[error("changed-ranges file {path}: range #{index} (offset {offset}, length {length}) reaches past the end of the volume ({size} bytes); pass the ranges of this volume's snapshot, or omit --changed-ranges to compare every block")]
@@ -88,7 +91,11 @@ impl BlockSet {
 
     /// Blocks `start..end`.
     pub fn span(start: u64, end: u64) -> BlockSet {
-        BlockSet::merge(if start < end { vec![(start, end)] } else { vec![] })
+        BlockSet::merge(if start < end {
+            vec![(start, end)]
+        } else {
+            vec![]
+        })
     }
 
     fn merge(sorted: Vec<(u64, u64)>) -> BlockSet {
@@ -149,7 +156,11 @@ pub fn data_extents(file: &File, size: u64) -> Vec<(u64, u64)> {
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        let hole = if hole < 0 { size } else { (hole as u64).min(size) };
+        let hole = if hole < 0 {
+            size
+        } else {
+            (hole as u64).min(size)
+        };
         out.push((data, hole));
         pos = hole;
     }
@@ -170,9 +181,18 @@ mod tests {
     #[test]
     fn block_set_basics() {
         let r = [
-            ByteRange { offset: 0, length: 1 },
-            ByteRange { offset: 4095, length: 2 },
-            ByteRange { offset: 10 * 4096, length: 0 },
+            ByteRange {
+                offset: 0,
+                length: 1,
+            },
+            ByteRange {
+                offset: 4095,
+                length: 2,
+            },
+            ByteRange {
+                offset: 10 * 4096,
+                length: 0,
+            },
         ];
         let s = BlockSet::from_byte_ranges(&r, 4096);
         assert_eq!(s.runs(), &[(0, 2)]);
@@ -182,17 +202,29 @@ mod tests {
 
     #[test]
     fn ranges_past_end_are_refused() {
-        let r = parse_ranges("f", r#"[{"offset": 0, "length": 10}, {"offset": 8, "length": 4}]"#).unwrap();
+        let r = parse_ranges(
+            "f",
+            r#"[{"offset": 0, "length": 10}, {"offset": 8, "length": 4}]"#,
+        )
+        .unwrap();
         assert!(validate_ranges("f", &r, 12).is_ok());
         let e = validate_ranges("f", &r, 11).unwrap_err().to_string();
         assert!(e.contains("range #1") && e.contains("past the end"), "{e}");
-        let overflow = [ByteRange { offset: u64::MAX, length: 2 }];
+        let overflow = [ByteRange {
+            offset: u64::MAX,
+            length: 2,
+        }];
         assert!(validate_ranges("f", &overflow, u64::MAX).is_err());
     }
 
     #[test]
     fn malformed_ranges_are_named() {
-        for bad in ["{}", "[{\"offset\": -1, \"length\": 1}]", "[{\"off\": 1}]", "not json"] {
+        for bad in [
+            "{}",
+            "[{\"offset\": -1, \"length\": 1}]",
+            "[{\"off\": 1}]",
+            "not json",
+        ] {
             let e = parse_ranges("r.json", bad).unwrap_err().to_string();
             assert!(e.contains("r.json"), "{e}");
         }

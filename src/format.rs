@@ -350,7 +350,10 @@ pub fn decode_map(bytes: &[u8]) -> Result<Vec<BlockRef>, String> {
     let n = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
     let body = &bytes[12..];
     if body.len() != n * 32 {
-        return Err(format!("block-map segment says {n} entries but holds {} bytes", body.len()));
+        return Err(format!(
+            "block-map segment says {n} entries but holds {} bytes",
+            body.len()
+        ));
     }
     Ok(body
         .chunks_exact(32)

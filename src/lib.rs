@@ -18,13 +18,13 @@
 //! use. Scheduling, application hooks and the catalog come later and sit upstream of `diff`
 //! and downstream of `repository` respectively.
 
-pub mod diff;
 pub mod backup;
 pub mod crypto;
+pub mod diff;
 pub mod format;
 pub mod repository;
-pub mod store;
 pub mod restore;
+pub mod store;
 
 pub mod cli;
 pub mod demo;

@@ -22,7 +22,9 @@ use futures::StreamExt;
 use indicatif::ProgressBar;
 
 use crate::backup::{is_zero, source_size};
-use crate::format::{decode_map, BlobId, BlobKind, BlockRef, Snapshot, SnapshotId, MAP_SEGMENT_ENTRIES};
+use crate::format::{
+    decode_map, BlobId, BlobKind, BlockRef, Snapshot, SnapshotId, MAP_SEGMENT_ENTRIES,
+};
 use crate::repository::{cpu, BlobLocation, RepoError, Repository};
 
 /// Ranged reads merge blobs whose gap is at most this many bytes…
@@ -33,7 +35,10 @@ pub const MAX_RANGE: u64 = 16 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     #[error("restore target {path}: {source}")]
-    Target { path: String, source: std::io::Error },
+    Target {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("restore target {path} holds {have} bytes but the snapshot needs {need}; use a larger device")]
     TargetTooSmall { path: String, have: u64, need: u64 },
     #[error(transparent)]
@@ -74,14 +79,22 @@ pub struct Fetch {
 
 /// Groups blobs by pack and coalesces neighbours into reads of at most [`MAX_RANGE`] bytes
 /// (a single larger blob gets a read of its own) with gaps of at most [`MAX_GAP`].
-pub fn plan_fetches(mut blobs: Vec<(BlobId, BlobLocation)>, max_gap: u64, max_range: u64) -> Vec<Fetch> {
+pub fn plan_fetches(
+    mut blobs: Vec<(BlobId, BlobLocation)>,
+    max_gap: u64,
+    max_range: u64,
+) -> Vec<Fetch> {
     blobs.sort_by_key(|(_, l)| (l.pack, l.offset));
     blobs.dedup_by_key(|(id, _)| *id);
     let mut out: Vec<Fetch> = Vec::new();
     for (id, loc) in blobs {
         let end = loc.offset + loc.length as u64;
         if let Some(f) = out.last_mut() {
-            if f.pack == loc.pack && loc.offset >= f.end && loc.offset - f.end <= max_gap && end - f.start <= max_range {
+            if f.pack == loc.pack
+                && loc.offset >= f.end
+                && loc.offset - f.end <= max_gap
+                && end - f.start <= max_range
+            {
                 f.end = end;
                 f.blobs.push((id, loc));
                 continue;
@@ -158,7 +171,11 @@ pub async fn restore_volume(
             )))
         }
         Ok(m) => {
-            let f = OpenOptions::new().read(true).write(true).open(target).map_err(terr)?;
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(target)
+                .map_err(terr)?;
             let device = !m.is_file();
             if device {
                 let have = source_size(&f).map_err(terr)?;
@@ -294,9 +311,11 @@ pub async fn restore_volume(
                         let (mut blocks, mut bytes) = (0u64, 0u64);
                         for (id, loc) in &f.blobs {
                             let s = (loc.offset - f.start) as usize;
-                            let sealed = data.get(s..s + loc.length as usize).ok_or_else(|| RepoError::Corrupt {
-                                object: pack.key(),
-                                reason: format!("pack ends before blob {id}"),
+                            let sealed = data.get(s..s + loc.length as usize).ok_or_else(|| {
+                                RepoError::Corrupt {
+                                    object: pack.key(),
+                                    reason: format!("pack ends before blob {id}"),
+                                }
                             })?;
                             let plain = keys
                                 .open_blob(BlobKind::Data, id, sealed, loc.raw_length as usize)
@@ -310,13 +329,18 @@ pub async fn restore_volume(
                                 if plain.len() as u64 != len {
                                     return Err(RepoError::Corrupt {
                                         object: pack.key(),
-                                        reason: format!("blob {id} has {} bytes, block {b} needs {len}", plain.len()),
+                                        reason: format!(
+                                            "blob {id} has {} bytes, block {b} needs {len}",
+                                            plain.len()
+                                        ),
                                     }
                                     .into());
                                 }
-                                file.write_all_at(&plain, off).map_err(|source| RestoreError::Target {
-                                    path: format!("(at byte {off})"),
-                                    source,
+                                file.write_all_at(&plain, off).map_err(|source| {
+                                    RestoreError::Target {
+                                        path: format!("(at byte {off})"),
+                                        source,
+                                    }
                                 })?;
                                 blocks += 1;
                                 bytes += len;
@@ -410,11 +434,19 @@ mod tests {
     fn neighbours_coalesce_and_far_blobs_do_not() {
         let id = |n: u8| BlobId([n; 32]);
         let plan = plan_fetches(
-            vec![(id(1), loc(0, 0, 10)), (id(2), loc(0, 10, 10)), (id(3), loc(0, 1000, 10)), (id(4), loc(1, 0, 10))],
+            vec![
+                (id(1), loc(0, 0, 10)),
+                (id(2), loc(0, 10, 10)),
+                (id(3), loc(0, 1000, 10)),
+                (id(4), loc(1, 0, 10)),
+            ],
             100,
             1 << 20,
         );
         assert_eq!(plan.len(), 3);
-        assert_eq!((plan[0].start, plan[0].end, plan[0].blobs.len()), (0, 20, 2));
+        assert_eq!(
+            (plan[0].start, plan[0].end, plan[0].blobs.len()),
+            (0, 20, 2)
+        );
     }
 }

@@ -12,8 +12,8 @@ use futures::StreamExt;
 use super::{cpu, Index, RepoError, Repository};
 use crate::crypto::Role;
 use crate::format::{
-    decode_map, object_hash, BlobId, BlobKind, BlockRef, IndexFile, IndexId, KeyFile, PackId, PackTrailer, PACK_MAGIC,
-    MAP_SEGMENT_ENTRIES,
+    decode_map, object_hash, BlobId, BlobKind, BlockRef, IndexFile, IndexId, KeyFile, PackId,
+    PackTrailer, MAP_SEGMENT_ENTRIES, PACK_MAGIC,
 };
 
 #[derive(Debug, Clone, Default)]
@@ -62,7 +62,9 @@ impl Repository {
                             r.errors.push(format!("{}: not a key object", o.key));
                         }
                     }
-                    _ => r.errors.push(format!("{}: content does not match its name", o.key)),
+                    _ => r
+                        .errors
+                        .push(format!("{}: content does not match its name", o.key)),
                 },
                 Err(e) => r.errors.push(format!("{}: {e}", o.key)),
             }
@@ -75,7 +77,9 @@ impl Repository {
                 Some(id) if id.key() == o.key => {
                     stored.insert(id, o.size);
                 }
-                _ => r.warnings.push(format!("{}: unexpected object in data/", o.key)),
+                _ => r
+                    .warnings
+                    .push(format!("{}: unexpected object in data/", o.key)),
             }
         }
 
@@ -99,7 +103,10 @@ impl Repository {
         for (id, size) in index.packs() {
             indexed.insert(*id);
             match stored.get(id) {
-                None => r.errors.push(format!("{}: listed in the index but missing from the store", id.key())),
+                None => r.errors.push(format!(
+                    "{}: listed in the index but missing from the store",
+                    id.key()
+                )),
                 Some(s) if s != size => r.errors.push(format!(
                     "{}: {s} bytes in the store, {size} in the index (truncated or replaced)",
                     id.key()
@@ -136,7 +143,9 @@ impl Repository {
             }
             for (i, seg) in snap.map.iter().enumerate() {
                 if !index.contains(seg) {
-                    r.errors.push(format!("{skey}: block-map segment {i} (blob {seg}) is in no index"));
+                    r.errors.push(format!(
+                        "{skey}: block-map segment {i} (blob {seg}) is in no index"
+                    ));
                     continue;
                 }
                 let entries = match self.read_blob(&index, BlobKind::Map, seg).await {
@@ -185,7 +194,10 @@ impl Repository {
         let (key, id) = (key.to_string(), *id);
         cpu(move || {
             if object_hash(&bytes) != id.0 {
-                return Err(RepoError::corrupt(key, "content does not match its name (BLAKE3)"));
+                return Err(RepoError::corrupt(
+                    key,
+                    "content does not match its name (BLAKE3)",
+                ));
             }
             let plain = keys
                 .open(Role::Index, &bytes, super::MAX_METADATA_BYTES)
@@ -195,13 +207,19 @@ impl Repository {
         .await?
     }
 
-    async fn load_snapshot_uncached(&self, id: &crate::format::SnapshotId) -> Result<crate::format::Snapshot, RepoError> {
+    async fn load_snapshot_uncached(
+        &self,
+        id: &crate::format::SnapshotId,
+    ) -> Result<crate::format::Snapshot, RepoError> {
         let bytes = self.store().get(&id.key(), self.cancel()).await?;
         let keys = self.keys().clone();
         let id = *id;
         cpu(move || {
             if object_hash(&bytes) != id.0 {
-                return Err(RepoError::corrupt(id.key(), "content does not match its name (BLAKE3)"));
+                return Err(RepoError::corrupt(
+                    id.key(),
+                    "content does not match its name (BLAKE3)",
+                ));
             }
             let plain = keys
                 .open(Role::Snapshot, &bytes, super::MAX_METADATA_BYTES)
@@ -218,12 +236,16 @@ impl Repository {
         r: &mut CheckReport,
     ) -> Result<(), RepoError> {
         // Expected blobs per pack, from the index.
-        let mut by_pack: HashMap<PackId, Vec<(BlobId, crate::repository::BlobLocation)>> = HashMap::new();
+        let mut by_pack: HashMap<PackId, Vec<(BlobId, crate::repository::BlobLocation)>> =
+            HashMap::new();
         for (id, _) in index.packs() {
             by_pack.entry(*id).or_default();
         }
         for (blob, loc) in index.iter().map(|(id, loc)| (*id, *loc)) {
-            by_pack.entry(index.pack_id(loc.pack)).or_default().push((blob, loc));
+            by_pack
+                .entry(index.pack_id(loc.pack))
+                .or_default()
+                .push((blob, loc));
         }
         let packs: Vec<PackId> = stored.keys().copied().collect();
         let mut results = futures::stream::iter(packs)
@@ -235,7 +257,10 @@ impl Repository {
                     let n = bytes.as_ref().map(|b| b.len() as u64).unwrap_or(0);
                     let errs = match bytes {
                         Err(e) => vec![format!("{}: {e}", pid.key())],
-                        Ok(bytes) => cpu(move || verify_pack(&keys, pid, &bytes, expected.as_deref())).await?,
+                        Ok(bytes) => {
+                            cpu(move || verify_pack(&keys, pid, &bytes, expected.as_deref()))
+                                .await?
+                        }
                     };
                     Ok::<_, RepoError>((n, errs))
                 }
@@ -261,7 +286,9 @@ fn verify_pack(
     let key = pid.key();
     let mut errs = Vec::new();
     if object_hash(bytes) != pid.0 {
-        errs.push(format!("{key}: content does not match its name (BLAKE3): the pack is damaged"));
+        errs.push(format!(
+            "{key}: content does not match its name (BLAKE3): the pack is damaged"
+        ));
     }
     let n = bytes.len();
     if n < 12 || &bytes[n - 8..] != PACK_MAGIC {
@@ -297,11 +324,16 @@ fn verify_pack(
         }
     }
     if let Some(expected) = expected {
-        let in_trailer: HashMap<BlobId, (u64, u32)> =
-            trailer.blobs.iter().map(|b| (b.id, (b.offset, b.length))).collect();
+        let in_trailer: HashMap<BlobId, (u64, u32)> = trailer
+            .blobs
+            .iter()
+            .map(|b| (b.id, (b.offset, b.length)))
+            .collect();
         for (id, loc) in expected {
             if in_trailer.get(id) != Some(&(loc.offset, loc.length)) {
-                errs.push(format!("{key}: the index places blob {id} where the pack does not hold it"));
+                errs.push(format!(
+                    "{key}: the index places blob {id} where the pack does not hold it"
+                ));
             }
         }
     }

@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::crypto::{CryptoError, Keys, Role, Wrapped};
 use crate::format::{
-    object_hash, BlobId, BlobKind, KdfParams, KeyFile, KeyId, RepoConfig, Snapshot, SnapshotId, FORMAT_VERSION,
+    object_hash, BlobId, BlobKind, KdfParams, KeyFile, KeyId, RepoConfig, Snapshot, SnapshotId,
+    FORMAT_VERSION,
 };
 use crate::store::{Store, StoreError};
 
@@ -47,7 +48,11 @@ pub enum RepoError {
     #[error("the password does not open any key of the repository at {location}; check LIFEBOAT_PASSWORD or --password-file")]
     WrongPassword { location: String },
     #[error("repository at {location} has format version {found}; this lifeboat reads version {supported}: upgrade lifeboat")]
-    UnsupportedVersion { location: String, found: u32, supported: u32 },
+    UnsupportedVersion {
+        location: String,
+        found: u32,
+        supported: u32,
+    },
     #[error("corrupt object `{object}`: {reason}")]
     Corrupt { object: String, reason: String },
     #[error("no snapshot matches `{spec}`; `lifeboat snapshots` lists them (use an id, a unique id prefix, or NAME:latest)")]
@@ -63,7 +68,10 @@ pub enum RepoError {
     #[error("invalid repository settings: {0}")]
     BadSettings(String),
     #[error("local cache {path}: {source}")]
-    Cache { path: String, source: std::io::Error },
+    Cache {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("internal worker failed: {0}")]
     Worker(String),
 }
@@ -83,8 +91,12 @@ impl RepoError {
 }
 
 /// Runs CPU-bound work on the blocking pool.
-pub(crate) async fn cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, RepoError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| RepoError::Worker(e.to_string()))
+pub(crate) async fn cpu<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RepoError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RepoError::Worker(e.to_string()))
 }
 
 /// Settings chosen once at `repo init`.
@@ -181,7 +193,9 @@ impl Repository {
             chunk_size: options.chunk_size,
             pack_size: options.pack_size,
             compression_level: options.compression_level,
-            created: OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 ns is valid"),
+            created: OffsetDateTime::now_utc()
+                .replace_nanosecond(0)
+                .expect("0 ns is valid"),
             mac: String::new(),
         };
         config.mac = keys.config_mac(&config.mac_input());
@@ -196,7 +210,9 @@ impl Repository {
         let key_id = write_key(&store, wrapped.map_err(kdf_err)?, kdf, &cancel).await?;
         let json = serde_json::to_vec_pretty(&config).expect("config serialises");
         match store.put("config", Bytes::from(json), &cancel).await {
-            Err(StoreError::AlreadyExists { .. }) => return Err(RepoError::AlreadyInitialized { location }),
+            Err(StoreError::AlreadyExists { .. }) => {
+                return Err(RepoError::AlreadyInitialized { location })
+            }
             r => r?,
         }
         tracing::info!(%location, id = %config.id, "repository initialised");
@@ -227,8 +243,8 @@ impl Repository {
         struct VersionOnly {
             version: u32,
         }
-        let v: VersionOnly =
-            serde_json::from_slice(&raw).map_err(|e| RepoError::corrupt("config", format!("not a lifeboat config: {e}")))?;
+        let v: VersionOnly = serde_json::from_slice(&raw)
+            .map_err(|e| RepoError::corrupt("config", format!("not a lifeboat config: {e}")))?;
         if v.version != FORMAT_VERSION {
             return Err(RepoError::UnsupportedVersion {
                 location,
@@ -236,10 +252,14 @@ impl Repository {
                 supported: FORMAT_VERSION,
             });
         }
-        let config: RepoConfig = serde_json::from_slice(&raw).map_err(|e| RepoError::corrupt("config", e))?;
+        let config: RepoConfig =
+            serde_json::from_slice(&raw).map_err(|e| RepoError::corrupt("config", e))?;
         let key_objects = store.list("keys/", &cancel).await?;
         if key_objects.is_empty() {
-            return Err(RepoError::corrupt("keys/", "the repository has no key objects"));
+            return Err(RepoError::corrupt(
+                "keys/",
+                "the repository has no key objects",
+            ));
         }
         let mut found = None;
         for o in &key_objects {
@@ -323,7 +343,10 @@ impl Repository {
     /// Removes a password's key object (by id or unique id prefix). The last key stays.
     pub async fn remove_key(&self, spec: &str) -> Result<KeyId, RepoError> {
         let keys = self.list_keys().await?;
-        let matches: Vec<&KeyInfo> = keys.iter().filter(|k| k.id.to_hex().starts_with(spec)).collect();
+        let matches: Vec<&KeyInfo> = keys
+            .iter()
+            .filter(|k| k.id.to_hex().starts_with(spec))
+            .collect();
         let k = match matches.as_slice() {
             [k] if !spec.is_empty() => *k,
             [] | [_] => return Err(RepoError::KeyNotFound { spec: spec.into() }),
@@ -345,7 +368,11 @@ impl Repository {
 
     /// Reads a content-addressed object (`index/…`, `snapshots/…`), from the local cache when
     /// it is there, and checks its bytes against its name.
-    pub(crate) async fn read_verified(&self, key: &str, hash: &[u8; 32]) -> Result<Bytes, RepoError> {
+    pub(crate) async fn read_verified(
+        &self,
+        key: &str,
+        hash: &[u8; 32],
+    ) -> Result<Bytes, RepoError> {
         let cached = self.cache.as_ref().map(|c| c.join(key));
         if let Some(path) = &cached {
             if let Ok(bytes) = tokio::fs::read(path).await {
@@ -359,7 +386,10 @@ impl Repository {
         let bytes = self.store.get(key, &self.cancel).await?;
         let data = bytes.clone();
         if cpu(move || object_hash(&data)).await? != *hash {
-            return Err(RepoError::corrupt(key, "content does not match its name (BLAKE3)"));
+            return Err(RepoError::corrupt(
+                key,
+                "content does not match its name (BLAKE3)",
+            ));
         }
         if let Some(path) = cached {
             if let Err(e) = write_cache(&path, &bytes).await {
@@ -383,7 +413,8 @@ impl Repository {
             let plain = keys
                 .open(role, &bytes, MAX_METADATA_BYTES)
                 .map_err(|e| RepoError::corrupt(k.clone(), e))?;
-            serde_json::from_slice(&plain).map_err(|e| RepoError::corrupt(k, format!("unexpected content: {e}")))
+            serde_json::from_slice(&plain)
+                .map_err(|e| RepoError::corrupt(k, format!("unexpected content: {e}")))
         })
         .await?
     }
@@ -406,14 +437,23 @@ impl Repository {
         .await?;
         let len = sealed.len() as u64;
         let key = format!("{dir}/{}", hex::encode(hash));
-        match self.store.put(&key, Bytes::from(sealed), &self.cancel).await {
+        match self
+            .store
+            .put(&key, Bytes::from(sealed), &self.cancel)
+            .await
+        {
             Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok((hash, len)),
             Err(e) => Err(e.into()),
         }
     }
 
     /// Reads one blob through the index and verifies it.
-    pub async fn read_blob(&self, index: &Index, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>, RepoError> {
+    pub async fn read_blob(
+        &self,
+        index: &Index,
+        kind: BlobKind,
+        id: &BlobId,
+    ) -> Result<Vec<u8>, RepoError> {
         let loc = index.get(id).ok_or_else(|| RepoError::BlobMissing {
             id: *id,
             referenced_by: "(read)".into(),
@@ -436,12 +476,15 @@ impl Repository {
     // ----- snapshots ----------------------------------------------------------------------
 
     pub async fn write_snapshot(&self, snap: &Snapshot) -> Result<(SnapshotId, u64), RepoError> {
-        let (hash, len) = self.write_sealed_json("snapshots", snap, Role::Snapshot).await?;
+        let (hash, len) = self
+            .write_sealed_json("snapshots", snap, Role::Snapshot)
+            .await?;
         Ok((SnapshotId(hash), len))
     }
 
     pub async fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot, RepoError> {
-        self.read_sealed_json(&id.key(), &id.0, Role::Snapshot).await
+        self.read_sealed_json(&id.key(), &id.0, Role::Snapshot)
+            .await
     }
 
     /// Every snapshot, oldest first.
@@ -461,16 +504,20 @@ impl Repository {
         listed
             .iter()
             .map(|o| {
-                o.key["snapshots/".len()..]
-                    .parse()
-                    .map_err(|e| RepoError::corrupt(o.key.clone(), format!("unexpected object name: {e}")))
+                o.key["snapshots/".len()..].parse().map_err(|e| {
+                    RepoError::corrupt(o.key.clone(), format!("unexpected object name: {e}"))
+                })
             })
             .collect()
     }
 
     /// The newest snapshot of volume `name`, if any.
     pub async fn latest_of(&self, name: &str) -> Result<Option<(SnapshotId, Snapshot)>, RepoError> {
-        Ok(self.list_snapshots().await?.into_iter().filter(|(_, s)| s.name == name).next_back())
+        Ok(self
+            .list_snapshots()
+            .await?
+            .into_iter()
+            .rfind(|(_, s)| s.name == name))
     }
 
     /// Resolves `SPEC`: a full id, a unique id prefix, or `NAME:latest`.
@@ -506,9 +553,9 @@ impl Repository {
         let listed = self.store.list("index/", &self.cancel).await?;
         let files: Vec<crate::format::IndexFile> = futures::stream::iter(listed)
             .map(|o| async move {
-                let id: crate::format::IndexId = o.key["index/".len()..]
-                    .parse()
-                    .map_err(|e| RepoError::corrupt(o.key.clone(), format!("unexpected object name: {e}")))?;
+                let id: crate::format::IndexId = o.key["index/".len()..].parse().map_err(|e| {
+                    RepoError::corrupt(o.key.clone(), format!("unexpected object name: {e}"))
+                })?;
                 self.read_sealed_json(&o.key, &id.0, Role::Index).await
             })
             .buffer_unordered(METADATA_CONCURRENCY)
@@ -535,7 +582,9 @@ async fn write_key(
 ) -> Result<KeyId, RepoError> {
     let kf = KeyFile {
         version: FORMAT_VERSION,
-        created: OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 ns is valid"),
+        created: OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .expect("0 ns is valid"),
         hostname: hostname(),
         kdf,
         salt: w.salt,
@@ -548,13 +597,20 @@ async fn write_key(
     Ok(id)
 }
 
-async fn read_key(store: &Arc<dyn Store>, key: &str, cancel: &CancellationToken) -> Result<(KeyId, KeyFile), RepoError> {
+async fn read_key(
+    store: &Arc<dyn Store>,
+    key: &str,
+    cancel: &CancellationToken,
+) -> Result<(KeyId, KeyFile), RepoError> {
     let id: KeyId = key["keys/".len()..]
         .parse()
         .map_err(|e| RepoError::corrupt(key, format!("unexpected object name: {e}")))?;
     let bytes = store.get(key, cancel).await?;
     if object_hash(&bytes) != id.0 {
-        return Err(RepoError::corrupt(key, "content does not match its name (BLAKE3)"));
+        return Err(RepoError::corrupt(
+            key,
+            "content does not match its name (BLAKE3)",
+        ));
     }
     let kf: KeyFile = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(key, e))?;
     Ok((id, kf))

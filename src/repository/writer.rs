@@ -14,7 +14,8 @@ use tokio::task::JoinSet;
 use super::{cpu, RepoError, Repository};
 use crate::crypto::Role;
 use crate::format::{
-    object_hash, BlobId, BlobKind, IndexFile, IndexPack, PackId, PackTrailer, PackedBlob, FORMAT_VERSION, PACK_MAGIC,
+    object_hash, BlobId, BlobKind, IndexFile, IndexPack, PackId, PackTrailer, PackedBlob,
+    FORMAT_VERSION, PACK_MAGIC,
 };
 use crate::store::StoreError;
 
@@ -70,7 +71,13 @@ impl BlobWriter {
     }
 
     /// Adds a sealed blob; returns false (and stores nothing) when this writer already has it.
-    pub async fn add(&mut self, kind: BlobKind, id: BlobId, sealed: Vec<u8>, raw_length: u32) -> Result<bool, RepoError> {
+    pub async fn add(
+        &mut self,
+        kind: BlobKind,
+        id: BlobId,
+        sealed: Vec<u8>,
+        raw_length: u32,
+    ) -> Result<bool, RepoError> {
         if !self.seen.insert(id) {
             return Ok(false);
         }
@@ -124,7 +131,11 @@ impl BlobWriter {
             })
             .await?;
             let size = buf.len() as u64;
-            match repo.store().put(&id.key(), Bytes::from(buf), repo.cancel()).await {
+            match repo
+                .store()
+                .put(&id.key(), Bytes::from(buf), repo.cancel())
+                .await
+            {
                 // Same name, same bytes: the pack is there already.
                 Ok(()) | Err(StoreError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e.into()),
@@ -156,7 +167,10 @@ impl BlobWriter {
             version: FORMAT_VERSION,
             packs: std::mem::take(&mut self.uploaded),
         };
-        let (_, len) = self.repo.write_sealed_json("index", &file, Role::Index).await?;
+        let (_, len) = self
+            .repo
+            .write_sealed_json("index", &file, Role::Index)
+            .await?;
         self.stats.index_files += 1;
         self.stats.bytes_uploaded += len;
         Ok(())

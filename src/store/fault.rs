@@ -128,7 +128,12 @@ impl Store for Faulty {
         self.inner.location()
     }
 
-    async fn put(&self, key: &str, data: Bytes, cancel: &CancellationToken) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
         match self.fault_for(Op::Put, key) {
             Some(Fault::LoseAnswer) => {
                 self.inner.put(key, data, cancel).await?;
@@ -160,22 +165,34 @@ impl Store for Faulty {
         cancel: &CancellationToken,
     ) -> Result<Bytes, StoreError> {
         match self.fault_for(Op::Get, key) {
-            Some(Fault::FlipBit) => Ok(flip(self.inner.get_range(key, offset, length, cancel).await?)),
-            Some(Fault::LoseAnswer) | None => self.inner.get_range(key, offset, length, cancel).await,
+            Some(Fault::FlipBit) => Ok(flip(
+                self.inner.get_range(key, offset, length, cancel).await?,
+            )),
+            Some(Fault::LoseAnswer) | None => {
+                self.inner.get_range(key, offset, length, cancel).await
+            }
             Some(f) => Err(Self::error("get_range", key, f)),
         }
     }
 
     async fn head(&self, key: &str, cancel: &CancellationToken) -> Result<Option<u64>, StoreError> {
         match self.fault_for(Op::Head, key) {
-            Some(Fault::LoseAnswer) | Some(Fault::FlipBit) | None => self.inner.head(key, cancel).await,
+            Some(Fault::LoseAnswer) | Some(Fault::FlipBit) | None => {
+                self.inner.head(key, cancel).await
+            }
             Some(f) => Err(Self::error("head", key, f)),
         }
     }
 
-    async fn list(&self, prefix: &str, cancel: &CancellationToken) -> Result<Vec<ObjectInfo>, StoreError> {
+    async fn list(
+        &self,
+        prefix: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
         match self.fault_for(Op::List, prefix) {
-            Some(Fault::LoseAnswer) | Some(Fault::FlipBit) | None => self.inner.list(prefix, cancel).await,
+            Some(Fault::LoseAnswer) | Some(Fault::FlipBit) | None => {
+                self.inner.list(prefix, cancel).await
+            }
             Some(f) => Err(Self::error("list", prefix, f)),
         }
     }

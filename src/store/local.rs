@@ -38,11 +38,13 @@ impl LocalStore {
         if cancel.is_cancelled() {
             return Err(StoreError::Cancelled);
         }
-        tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Permanent {
-            op: "local",
-            key: String::new(),
-            message: format!("worker failed: {e}"),
-        })?
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StoreError::Permanent {
+                op: "local",
+                key: String::new(),
+                message: format!("worker failed: {e}"),
+            })?
     }
 }
 
@@ -51,11 +53,15 @@ fn write_new(path: &Path, key: &str, data: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().expect("object path has a parent");
     fs::create_dir_all(dir).map_err(io)?;
     if path.exists() {
-        return Err(StoreError::AlreadyExists { key: key.to_string() });
+        return Err(StoreError::AlreadyExists {
+            key: key.to_string(),
+        });
     }
     let tmp = dir.join(format!(
         ".tmp-{}-{:016x}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("object"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("object"),
         rand::random::<u64>()
     ));
     let result = (|| {
@@ -114,10 +120,16 @@ impl Store for LocalStore {
         self.root.display().to_string()
     }
 
-    async fn put(&self, key: &str, data: Bytes, cancel: &CancellationToken) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
         let path = self.path(key)?;
         let key = key.to_string();
-        self.blocking(cancel, move || write_new(&path, &key, &data)).await
+        self.blocking(cancel, move || write_new(&path, &key, &data))
+            .await
     }
 
     async fn get(&self, key: &str, cancel: &CancellationToken) -> Result<Bytes, StoreError> {
@@ -162,12 +174,17 @@ impl Store for LocalStore {
         .await
     }
 
-    async fn list(&self, prefix: &str, cancel: &CancellationToken) -> Result<Vec<ObjectInfo>, StoreError> {
+    async fn list(
+        &self,
+        prefix: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
         let root = self.root.clone();
         let prefix = prefix.to_string();
         self.blocking(cancel, move || {
             let mut out = Vec::new();
-            walk(&root, &root, &prefix, &mut out).map_err(|e| StoreError::from_io("list", &prefix, e))?;
+            walk(&root, &root, &prefix, &mut out)
+                .map_err(|e| StoreError::from_io("list", &prefix, e))?;
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
         })

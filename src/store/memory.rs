@@ -38,11 +38,18 @@ impl Store for MemoryStore {
         "memory://".into()
     }
 
-    async fn put(&self, key: &str, data: Bytes, cancel: &CancellationToken) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
         Self::enter(cancel, key)?;
         let mut map = self.objects.lock().unwrap();
         if map.contains_key(key) {
-            return Err(StoreError::AlreadyExists { key: key.to_string() });
+            return Err(StoreError::AlreadyExists {
+                key: key.to_string(),
+            });
         }
         map.insert(key.to_string(), data);
         Ok(())
@@ -55,7 +62,9 @@ impl Store for MemoryStore {
             .unwrap()
             .get(key)
             .cloned()
-            .ok_or_else(|| StoreError::NotFound { key: key.to_string() })
+            .ok_or_else(|| StoreError::NotFound {
+                key: key.to_string(),
+            })
     }
 
     async fn get_range(
@@ -73,10 +82,19 @@ impl Store for MemoryStore {
 
     async fn head(&self, key: &str, cancel: &CancellationToken) -> Result<Option<u64>, StoreError> {
         Self::enter(cancel, key)?;
-        Ok(self.objects.lock().unwrap().get(key).map(|b| b.len() as u64))
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|b| b.len() as u64))
     }
 
-    async fn list(&self, prefix: &str, cancel: &CancellationToken) -> Result<Vec<ObjectInfo>, StoreError> {
+    async fn list(
+        &self,
+        prefix: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
         if cancel.is_cancelled() {
             return Err(StoreError::Cancelled);
         }

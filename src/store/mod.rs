@@ -62,7 +62,10 @@ pub enum StoreError {
 impl StoreError {
     /// True for faults worth another attempt: timeouts and transient server or network errors.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Timeout { .. } | StoreError::Transient { .. })
+        matches!(
+            self,
+            StoreError::Timeout { .. } | StoreError::Transient { .. }
+        )
     }
 
     pub(crate) fn from_io(op: &'static str, key: &str, e: std::io::Error) -> StoreError {
@@ -78,7 +81,9 @@ impl StoreError {
                     message: e.to_string(),
                 }
             }
-            _ if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) => {
+            _ if e.raw_os_error() == Some(libc::ENOSPC)
+                || e.raw_os_error() == Some(libc::EDQUOT) =>
+            {
                 StoreError::NoSpace {
                     op,
                     key,
@@ -108,7 +113,12 @@ pub trait Store: Send + Sync + Debug {
     fn location(&self) -> String;
     /// Creates `key`. Fails with [`StoreError::AlreadyExists`] when it exists and the store can
     /// tell; never replaces an object's content with different bytes.
-    async fn put(&self, key: &str, data: Bytes, cancel: &CancellationToken) -> Result<(), StoreError>;
+    async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError>;
     async fn get(&self, key: &str, cancel: &CancellationToken) -> Result<Bytes, StoreError>;
     /// `length` bytes from `offset`; fewer only when the object ends first.
     async fn get_range(
@@ -121,7 +131,11 @@ pub trait Store: Send + Sync + Debug {
     /// The object's size, or `None` when it does not exist.
     async fn head(&self, key: &str, cancel: &CancellationToken) -> Result<Option<u64>, StoreError>;
     /// Every object whose key starts with `prefix`, sorted by key.
-    async fn list(&self, prefix: &str, cancel: &CancellationToken) -> Result<Vec<ObjectInfo>, StoreError>;
+    async fn list(
+        &self,
+        prefix: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<ObjectInfo>, StoreError>;
     /// Removes `key`; removing a missing object is not an error.
     async fn delete(&self, key: &str, cancel: &CancellationToken) -> Result<(), StoreError>;
 }
@@ -183,7 +197,11 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, S
     } else {
         Arc::new(local::LocalStore::new(url))
     };
-    Ok(Arc::new(retry::Retry::new(inner, options.max_attempts, options.base_delay)))
+    Ok(Arc::new(retry::Retry::new(
+        inner,
+        options.max_attempts,
+        options.base_delay,
+    )))
 }
 
 /// Runs `fut` unless `cancel` fires first or `after` elapses.
@@ -209,7 +227,9 @@ where
 pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
     let ok = !key.is_empty()
         && !key.starts_with('/')
-        && key.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
+        && key
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..")
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));

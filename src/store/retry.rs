@@ -36,7 +36,13 @@ impl Retry {
         }
     }
 
-    async fn run<T, F, Fut>(&self, op: &str, key: &str, cancel: &CancellationToken, mut f: F) -> Result<T, StoreError>
+    async fn run<T, F, Fut>(
+        &self,
+        op: &str,
+        key: &str,
+        cancel: &CancellationToken,
+        mut f: F,
+    ) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -74,7 +80,12 @@ impl Store for Retry {
         self.inner.location()
     }
 
-    async fn put(&self, key: &str, data: Bytes, cancel: &CancellationToken) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
         let mut attempt = 0;
         self.run("put", key, cancel, || {
             attempt += 1;
@@ -92,7 +103,8 @@ impl Store for Retry {
     }
 
     async fn get(&self, key: &str, cancel: &CancellationToken) -> Result<Bytes, StoreError> {
-        self.run("get", key, cancel, || self.inner.get(key, cancel)).await
+        self.run("get", key, cancel, || self.inner.get(key, cancel))
+            .await
     }
 
     async fn get_range(
@@ -102,19 +114,28 @@ impl Store for Retry {
         length: u64,
         cancel: &CancellationToken,
     ) -> Result<Bytes, StoreError> {
-        self.run("get_range", key, cancel, || self.inner.get_range(key, offset, length, cancel))
-            .await
+        self.run("get_range", key, cancel, || {
+            self.inner.get_range(key, offset, length, cancel)
+        })
+        .await
     }
 
     async fn head(&self, key: &str, cancel: &CancellationToken) -> Result<Option<u64>, StoreError> {
-        self.run("head", key, cancel, || self.inner.head(key, cancel)).await
+        self.run("head", key, cancel, || self.inner.head(key, cancel))
+            .await
     }
 
-    async fn list(&self, prefix: &str, cancel: &CancellationToken) -> Result<Vec<ObjectInfo>, StoreError> {
-        self.run("list", prefix, cancel, || self.inner.list(prefix, cancel)).await
+    async fn list(
+        &self,
+        prefix: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.run("list", prefix, cancel, || self.inner.list(prefix, cancel))
+            .await
     }
 
     async fn delete(&self, key: &str, cancel: &CancellationToken) -> Result<(), StoreError> {
-        self.run("delete", key, cancel, || self.inner.delete(key, cancel)).await
+        self.run("delete", key, cancel, || self.inner.delete(key, cancel))
+            .await
     }
 }

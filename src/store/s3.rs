@@ -5,6 +5,7 @@
 //! custom endpoint, requests use path-style addressing. Only the S3 API that both AWS and the
 //! S3-compatible servers speak is used; checksums are sent only where a request requires them
 //! (newer SDK defaults break several S3-compatible servers), and single PUTs carry Content-MD5.
+//! A PUT is create-only: a HEAD first, and `If-None-Match: *` for servers that enforce it.
 //! The SDK's own retries are off: [`super::retry::Retry`] retries, and every call here is bounded
 //! by the timeout in [`StoreOptions`] and the caller's cancellation token.
 
@@ -13,7 +14,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -55,7 +58,11 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    pub async fn from_env(bucket: &str, prefix: &str, options: StoreOptions) -> Result<Self, StoreError> {
+    pub async fn from_env(
+        bucket: &str,
+        prefix: &str,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
         Self::new(bucket, prefix, S3Settings::from_env(), options).await
     }
 
@@ -67,10 +74,15 @@ impl S3Store {
     ) -> Result<Self, StoreError> {
         // No region in the environment: S3-compatible servers accept any, AWS redirects. Never
         // let the SDK probe instance metadata, which hangs off-cloud.
-        let region = settings.region.clone().unwrap_or_else(|| "us-east-1".into());
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(Region::new(region));
+        let region = settings
+            .region
+            .clone()
+            .unwrap_or_else(|| "us-east-1".into());
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).region(Region::new(region));
         if let (Some(id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
-            loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "lifeboat"));
+            loader =
+                loader.credentials_provider(Credentials::new(id, secret, None, None, "lifeboat"));
         }
         let sdk = loader.load().await;
         let mut b = aws_sdk_s3::config::Builder::from(&sdk)
@@ -84,7 +96,11 @@ impl S3Store {
         Ok(S3Store {
             client: Client::from_conf(b.build()),
             bucket: bucket.to_string(),
-            prefix: if prefix.is_empty() { String::new() } else { format!("{prefix}/") },
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
             options,
         })
     }
@@ -139,7 +155,11 @@ impl S3Store {
                 .key(full)
                 .upload_id(&upload_id)
                 .if_none_match("*")
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
                 .send()
                 .await
                 .map_err(|e| map_err("put", key, e))?;
@@ -169,7 +189,11 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let key = key.to_string();
-    let transient = |message: String| StoreError::Transient { op, key: key.clone(), message };
+    let transient = |message: String| StoreError::Transient {
+        op,
+        key: key.clone(),
+        message,
+    };
     match &e {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             transient(aws_sdk_s3::error::DisplayErrorContext(&e).to_string())
@@ -179,14 +203,20 @@ where
             let code = e.code().unwrap_or("").to_string();
             let message = format!(
                 "HTTP {status}{}{}",
-                if code.is_empty() { String::new() } else { format!(" {code}") },
+                if code.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {code}")
+                },
                 e.message().map(|m| format!(": {m}")).unwrap_or_default()
             );
             match status {
                 404 => StoreError::NotFound { key },
                 412 => StoreError::AlreadyExists { key },
                 408 | 409 | 429 | 500 | 502 | 503 | 504 => transient(message),
-                _ if code == "SlowDown" || code == "RequestTimeout" || code == "InternalError" => transient(message),
+                _ if code == "SlowDown" || code == "RequestTimeout" || code == "InternalError" => {
+                    transient(message)
+                }
                 _ => StoreError::Permanent { op, key, message },
             }
         }
@@ -204,12 +234,32 @@ impl Store for S3Store {
         format!("s3://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))
     }
 
-    async fn put(&self, key: &str, data: Bytes, cancel: &CancellationToken) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
         let full = self.full(key)?;
+        // `If-None-Match: *` makes the PUT create-only where the server honours it (AWS, MinIO);
+        // some S3-compatible servers (Garage 2.x) ignore it, so ask first. The window between
+        // the two only matters for identical bytes: every key but `config` is content-addressed.
+        if self.head(key, cancel).await?.is_some() {
+            return Err(StoreError::AlreadyExists {
+                key: key.to_string(),
+            });
+        }
         // Multipart moves more bytes per call: give it time in proportion.
         let parts = data.len() as u64 / self.options.multipart_part_size.max(1) + 1;
         if data.len() as u64 >= self.options.multipart_threshold {
-            return bounded("put", key, self.timeout() * parts as u32, cancel, self.multipart_put(key, &full, data)).await;
+            return bounded(
+                "put",
+                key,
+                self.timeout() * parts as u32,
+                cancel,
+                self.multipart_put(key, &full, data),
+            )
+            .await;
         }
         bounded("put", key, self.timeout(), cancel, async {
             self.client
@@ -238,11 +288,15 @@ impl Store for S3Store {
                 .send()
                 .await
                 .map_err(|e| map_err("get", key, e))?;
-            let body = out.body.collect().await.map_err(|e| StoreError::Transient {
-                op: "get",
-                key: key.to_string(),
-                message: e.to_string(),
-            })?;
+            let body = out
+                .body
+                .collect()
+                .await
+                .map_err(|e| StoreError::Transient {
+                    op: "get",
+                    key: key.to_string(),
+                    message: e.to_string(),
+                })?;
             Ok(body.into_bytes())
         })
         .await
@@ -270,14 +324,20 @@ impl Store for S3Store {
                 .await;
             let out = match out {
                 Ok(o) => o,
-                Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 416 => return Ok(Bytes::new()),
+                Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 416 => {
+                    return Ok(Bytes::new())
+                }
                 Err(e) => return Err(map_err("get_range", key, e)),
             };
-            let body = out.body.collect().await.map_err(|e| StoreError::Transient {
-                op: "get_range",
-                key: key.to_string(),
-                message: e.to_string(),
-            })?;
+            let body = out
+                .body
+                .collect()
+                .await
+                .map_err(|e| StoreError::Transient {
+                    op: "get_range",
+                    key: key.to_string(),
+                    message: e.to_string(),
+                })?;
             Ok(body.into_bytes())
         })
         .await
@@ -286,7 +346,14 @@ impl Store for S3Store {
     async fn head(&self, key: &str, cancel: &CancellationToken) -> Result<Option<u64>, StoreError> {
         let full = self.full(key)?;
         bounded("head", key, self.timeout(), cancel, async {
-            match self.client.head_object().bucket(&self.bucket).key(&full).send().await {
+            match self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .send()
+                .await
+            {
                 Ok(o) => Ok(Some(o.content_length().unwrap_or(0).max(0) as u64)),
                 Err(e) => match map_err("head", key, e) {
                     StoreError::NotFound { .. } => Ok(None),
@@ -297,7 +364,11 @@ impl Store for S3Store {
         .await
     }
 
-    async fn list(&self, prefix: &str, cancel: &CancellationToken) -> Result<Vec<ObjectInfo>, StoreError> {
+    async fn list(
+        &self,
+        prefix: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
         let full_prefix = format!("{}{prefix}", self.prefix);
         bounded("list", prefix, self.timeout(), cancel, async {
             let mut out = Vec::new();
@@ -334,7 +405,14 @@ impl Store for S3Store {
     async fn delete(&self, key: &str, cancel: &CancellationToken) -> Result<(), StoreError> {
         let full = self.full(key)?;
         bounded("delete", key, self.timeout(), cancel, async {
-            match self.client.delete_object().bucket(&self.bucket).key(&full).send().await {
+            match self
+                .client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .send()
+                .await
+            {
                 Ok(_) => Ok(()),
                 Err(e) => match map_err("delete", key, e) {
                     StoreError::NotFound { .. } => Ok(()),

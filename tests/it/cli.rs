@@ -27,7 +27,15 @@ fn json(r: &Run) -> serde_json::Value {
 }
 
 fn init(repo: &str) {
-    ok(run(with_repo(repo).args(["repo", "init", "--insecure-fast-kdf", "--chunk-size-kib", "64", "--pack-size-mib", "1"])));
+    ok(run(with_repo(repo).args([
+        "repo",
+        "init",
+        "--insecure-fast-kdf",
+        "--chunk-size-kib",
+        "64",
+        "--pack-size-mib",
+        "1",
+    ])));
 }
 
 #[test]
@@ -45,7 +53,15 @@ fn backup_restore_list_check_with_json() {
         .arg(&src)
         .arg("--json")));
     let v = json(&r);
-    for field in ["snapshot_id", "bytes_read", "bytes_new", "bytes_uploaded", "blocks_total", "blocks_changed", "duration_seconds"] {
+    for field in [
+        "snapshot_id",
+        "bytes_read",
+        "bytes_new",
+        "bytes_uploaded",
+        "blocks_total",
+        "blocks_changed",
+        "duration_seconds",
+    ] {
         assert!(v.get(field).is_some(), "missing {field}: {v}");
     }
     assert_eq!(v["blocks_total"], 80);
@@ -55,7 +71,14 @@ fn backup_restore_list_check_with_json() {
     let rf = d.path().join("ranges.json");
     write_ranges(&rf, &ranges).unwrap();
     let v = json(&ok(run(with_repo(&repo)
-        .args(["volume", "backup", "--json", "--name", "pg-data", "--changed-ranges"])
+        .args([
+            "volume",
+            "backup",
+            "--json",
+            "--name",
+            "pg-data",
+            "--changed-ranges",
+        ])
         .arg(&rf)
         .arg(&src))));
     assert_eq!(v["change_source"], "changed-ranges");
@@ -65,14 +88,22 @@ fn backup_restore_list_check_with_json() {
     assert_eq!(list.as_array().unwrap().len(), 2);
     assert_eq!(list[1]["parent"], first.as_str());
     let human = ok(run(with_repo(&repo).arg("snapshots")));
-    assert!(human.stdout.contains("pg-data") && human.stdout.contains(&first[..8]), "{}", human.stdout);
+    assert!(
+        human.stdout.contains("pg-data") && human.stdout.contains(&first[..8]),
+        "{}",
+        human.stdout
+    );
 
     let out = d.path().join("out.img");
-    let v = json(&ok(run(with_repo(&repo).args(["volume", "restore", "pg-data:latest", "--json"]).arg(&out))));
+    let v = json(&ok(run(with_repo(&repo)
+        .args(["volume", "restore", "pg-data:latest", "--json"])
+        .arg(&out))));
     assert_eq!(v["mode"], "new");
     assert!(same(&src, &out));
     // By unique prefix, onto the newer copy: only the changed blocks are written back.
-    let v = json(&ok(run(with_repo(&repo).args(["volume", "restore", &first[..8], "--json"]).arg(&out))));
+    let v = json(&ok(run(with_repo(&repo)
+        .args(["volume", "restore", &first[..8], "--json"])
+        .arg(&out))));
     assert_eq!(v["mode"], "in-place");
     assert_eq!(v["blocks_written"].as_u64().unwrap(), ranges.len() as u64);
 
@@ -87,14 +118,24 @@ fn errors_name_the_problem_and_exit_nonzero() {
 
     let r = run(with_repo(&repo).arg("snapshots"));
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("no lifeboat repository") && r.stderr.contains("repo init"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no lifeboat repository") && r.stderr.contains("repo init"),
+        "{}",
+        r.stderr
+    );
 
     init(&repo);
     let r = run(with_repo(&repo).args(["repo", "init", "--insecure-fast-kdf"]));
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("already holds a lifeboat repository"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("already holds a lifeboat repository"),
+        "{}",
+        r.stderr
+    );
 
-    let r = run(with_repo(&repo).env("LIFEBOAT_PASSWORD", "wrong").arg("snapshots"));
+    let r = run(with_repo(&repo)
+        .env("LIFEBOAT_PASSWORD", "wrong")
+        .arg("snapshots"));
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("password does not open"), "{}", r.stderr);
 
@@ -103,15 +144,29 @@ fn errors_name_the_problem_and_exit_nonzero() {
     let r = run(lifeboat().env("LIFEBOAT_PASSWORD", "pw").arg("snapshots"));
     assert!(r.stderr.contains("--repo"), "{}", r.stderr);
 
-    let r = run(with_repo(&repo).args(["volume", "restore", "ghost:latest"]).arg(d.path().join("x")));
+    let r = run(with_repo(&repo)
+        .args(["volume", "restore", "ghost:latest"])
+        .arg(d.path().join("x")));
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("no snapshot matches `ghost:latest`"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no snapshot matches `ghost:latest`"),
+        "{}",
+        r.stderr
+    );
 
-    let r = run(with_repo(&repo).args(["volume", "backup", "--name", "v"]).arg(d.path().join("missing.img")));
+    let r = run(with_repo(&repo)
+        .args(["volume", "backup", "--name", "v"])
+        .arg(d.path().join("missing.img")));
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("cannot read source") && r.stderr.contains("missing.img"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot read source") && r.stderr.contains("missing.img"),
+        "{}",
+        r.stderr
+    );
 
-    let r = run(lifeboat().args(["--repo", "ftp://x", "snapshots"]).env("LIFEBOAT_PASSWORD", "pw"));
+    let r = run(lifeboat()
+        .args(["--repo", "ftp://x", "snapshots"])
+        .env("LIFEBOAT_PASSWORD", "pw"));
     assert!(r.stderr.contains("unknown scheme"), "{}", r.stderr);
 
     let r = run(lifeboat().args(["volume", "backup"]));
@@ -125,30 +180,67 @@ fn password_file_and_key_management() {
     init(&repo);
     let pwf = d.path().join("pw2");
     std::fs::write(&pwf, "second password\n").unwrap();
-    ok(run(with_repo(&repo).args(["repo", "key", "add", "--insecure-fast-kdf", "--new-password-file"]).arg(&pwf)));
-    let keys = json(&ok(run(lifeboat().args(["--repo", &repo, "--password-file"]).arg(&pwf).args(["repo", "key", "list", "--json"]))));
+    ok(run(with_repo(&repo)
+        .args([
+            "repo",
+            "key",
+            "add",
+            "--insecure-fast-kdf",
+            "--new-password-file",
+        ])
+        .arg(&pwf)));
+    let keys = json(&ok(run(lifeboat()
+        .args(["--repo", &repo, "--password-file"])
+        .arg(&pwf)
+        .args(["repo", "key", "list", "--json"]))));
     assert_eq!(keys.as_array().unwrap().len(), 2);
-    let old = keys.as_array().unwrap().iter().find(|k| k["current"] == false).unwrap()["id"]
+    let old = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["current"] == false)
+        .unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
-    ok(run(lifeboat().args(["--repo", &repo, "--password-file"]).arg(&pwf).args(["repo", "key", "remove", &old])));
+    ok(run(lifeboat()
+        .args(["--repo", &repo, "--password-file"])
+        .arg(&pwf)
+        .args(["repo", "key", "remove", &old])));
     let r = run(with_repo(&repo).arg("snapshots"));
-    assert!(r.stderr.contains("password does not open"), "old password is gone: {}", r.stderr);
+    assert!(
+        r.stderr.contains("password does not open"),
+        "old password is gone: {}",
+        r.stderr
+    );
 }
 
 #[test]
 fn dead_s3_endpoint_gives_one_clear_message() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let r = run(lifeboat()
         .env("LIFEBOAT_PASSWORD", "pw")
         .env("AWS_ENDPOINT_URL_S3", format!("http://127.0.0.1:{port}"))
         .env("AWS_ACCESS_KEY_ID", "x")
         .env("AWS_SECRET_ACCESS_KEY", "y")
         .env("AWS_REGION", "us-east-1")
-        .args(["--repo", "s3://bucket/prefix", "--timeout", "2", "snapshots"]));
+        .args([
+            "--repo",
+            "s3://bucket/prefix",
+            "--timeout",
+            "2",
+            "snapshots",
+        ]));
     assert_eq!(r.code, 3, "transient failure: {}", r.stderr);
-    assert!(r.stderr.contains("config") && r.stderr.contains("transient"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("config") && r.stderr.contains("transient"),
+        "{}",
+        r.stderr
+    );
 }
 
 fn kill_after(cmd: &mut Command, after: Duration) {
@@ -159,21 +251,35 @@ fn kill_after(cmd: &mut Command, after: Duration) {
     let _ = child.wait();
 }
 
-fn killed_backups_leave_a_clean_repository(repo: &str, envs: &[(&'static str, String)], dir: &Path) {
+fn killed_backups_leave_a_clean_repository(
+    repo: &str,
+    envs: &[(&'static str, String)],
+    dir: &Path,
+) {
     let src = dir.join("v.img");
     generate_image(&src, 48 << 20, 31).unwrap();
     let cmd = |args: &[&str]| {
         let mut c = with_repo(repo);
-        c.envs(envs.iter().map(|(k, v)| (*k, v.as_str()))).args(args);
+        c.envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .args(args);
         c
     };
-    ok(run(&mut cmd(&["repo", "init", "--insecure-fast-kdf", "--pack-size-mib", "1"])));
+    ok(run(&mut cmd(&[
+        "repo",
+        "init",
+        "--insecure-fast-kdf",
+        "--pack-size-mib",
+        "1",
+    ])));
     ok(run(cmd(&["volume", "backup", "--name", "v"]).arg(&src)));
     let original = dir.join("orig.img");
     std::fs::copy(&src, &original).unwrap();
     mutate(&src, 0.5, 1 << 20, 2).unwrap();
     for ms in [30, 120, 250, 500] {
-        kill_after(cmd(&["volume", "backup", "--name", "v"]).arg(&src), Duration::from_millis(ms));
+        kill_after(
+            cmd(&["volume", "backup", "--name", "v"]).arg(&src),
+            Duration::from_millis(ms),
+        );
         let r = run(&mut cmd(&["repo", "check", "--read-data"]));
         assert_eq!(r.code, 0, "killed after {ms} ms: {}{}", r.stdout, r.stderr);
     }
@@ -181,7 +287,10 @@ fn killed_backups_leave_a_clean_repository(repo: &str, envs: &[(&'static str, St
     let list = json(&ok(run(&mut cmd(&["snapshots", "--json"]))));
     let first = list[0]["id"].as_str().unwrap().to_string();
     ok(run(cmd(&["volume", "restore", &first]).arg(&out)));
-    assert!(same(&original, &out), "the earlier snapshot restores bit-identical");
+    assert!(
+        same(&original, &out),
+        "the earlier snapshot restores bit-identical"
+    );
     ok(run(cmd(&["volume", "backup", "--name", "v"]).arg(&src)));
     let out2 = dir.join("latest.img");
     ok(run(cmd(&["volume", "restore", "v:latest"]).arg(&out2)));
@@ -191,7 +300,11 @@ fn killed_backups_leave_a_clean_repository(repo: &str, envs: &[(&'static str, St
 #[test]
 fn sigkilled_backups_local() {
     let d = tmp();
-    killed_backups_leave_a_clean_repository(&d.path().join("repo").display().to_string(), &[], d.path());
+    killed_backups_leave_a_clean_repository(
+        &d.path().join("repo").display().to_string(),
+        &[],
+        d.path(),
+    );
 }
 
 #[test]
@@ -206,8 +319,16 @@ fn sigkilled_backups_s3() {
 fn demo_runs_end_to_end() {
     let d = tmp();
     let dir = d.path().join("demo");
-    let r = ok(run(lifeboat().args(["demo", "--size-mib", "16", "--dir"]).arg(&dir)));
-    assert!(r.stdout.contains("bit-identical") && r.stdout.contains("no damage"), "{}", r.stdout);
-    let r = run(lifeboat().args(["demo", "--size-mib", "16", "--dir"]).arg(&dir));
+    let r = ok(run(lifeboat()
+        .args(["demo", "--size-mib", "16", "--dir"])
+        .arg(&dir)));
+    assert!(
+        r.stdout.contains("bit-identical") && r.stdout.contains("no damage"),
+        "{}",
+        r.stdout
+    );
+    let r = run(lifeboat()
+        .args(["demo", "--size-mib", "16", "--dir"])
+        .arg(&dir));
     assert_eq!(r.code, 1, "a used scratch directory is refused");
 }

@@ -22,7 +22,12 @@ fn schema(name: &str) -> Value {
 
 /// The object's keys are exactly the schema's properties, and every required one is there.
 fn conforms(obj: &Value, schema: &Value, what: &str) {
-    let props: BTreeSet<String> = schema["properties"].as_object().unwrap().keys().cloned().collect();
+    let props: BTreeSet<String> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
     let keys: BTreeSet<String> = obj.as_object().unwrap().keys().cloned().collect();
     assert_eq!(keys, props, "{what}: fields differ from the schema");
     for r in schema["required"].as_array().unwrap() {
@@ -53,29 +58,53 @@ async fn stored_objects_match_the_schemas_and_the_layout() {
         }
         // Every other object is named by the BLAKE3 of its bytes.
         let name = o.key.rsplit('/').next().unwrap();
-        assert_eq!(name, hex::encode(object_hash(&bytes)), "{} is named by its hash", o.key);
+        assert_eq!(
+            name,
+            hex::encode(object_hash(&bytes)),
+            "{} is named by its hash",
+            o.key
+        );
         let keys = repo.keys();
         if o.key.starts_with("keys/") {
-            conforms(&serde_json::from_slice(&bytes).unwrap(), &schema("key.schema.json"), &o.key);
+            conforms(
+                &serde_json::from_slice(&bytes).unwrap(),
+                &schema("key.schema.json"),
+                &o.key,
+            );
         } else if o.key.starts_with("index/") {
-            let v: Value = serde_json::from_slice(&keys.open(Role::Index, &bytes, 1 << 24).unwrap()).unwrap();
+            let v: Value =
+                serde_json::from_slice(&keys.open(Role::Index, &bytes, 1 << 24).unwrap()).unwrap();
             conforms(&v, &schema("index.schema.json"), &o.key);
             let packed = &schema("index.schema.json")["$defs"]["packedBlob"];
             conforms(&v["packs"][0]["blobs"][0], packed, "packed blob");
         } else if o.key.starts_with("snapshots/") {
-            let v: Value = serde_json::from_slice(&keys.open(Role::Snapshot, &bytes, 1 << 24).unwrap()).unwrap();
+            let v: Value =
+                serde_json::from_slice(&keys.open(Role::Snapshot, &bytes, 1 << 24).unwrap())
+                    .unwrap();
             let s = schema("snapshot.schema.json");
             conforms(&v, &s, &o.key);
             conforms(&v["stats"], &s["properties"]["stats"], "stats");
             let id: SnapshotId = name.parse().unwrap();
             assert_eq!(id.key(), o.key);
         } else if o.key.starts_with("data/") {
-            assert_eq!(&o.key[5..7], &name[..2], "packs fan out by the first two hex digits");
+            assert_eq!(
+                &o.key[5..7],
+                &name[..2],
+                "packs fan out by the first two hex digits"
+            );
             assert_eq!(&bytes[bytes.len() - 8..], PACK_MAGIC);
-            let tlen = u32::from_le_bytes(bytes[bytes.len() - 12..bytes.len() - 8].try_into().unwrap()) as usize;
+            let tlen =
+                u32::from_le_bytes(bytes[bytes.len() - 12..bytes.len() - 8].try_into().unwrap())
+                    as usize;
             let trailer = &bytes[bytes.len() - 12 - tlen..bytes.len() - 12];
-            let v: Value = serde_json::from_slice(&keys.open(Role::PackTrailer, trailer, 1 << 24).unwrap()).unwrap();
-            conforms(&v, &schema("index.schema.json")["$defs"]["packTrailer"], "pack trailer");
+            let v: Value =
+                serde_json::from_slice(&keys.open(Role::PackTrailer, trailer, 1 << 24).unwrap())
+                    .unwrap();
+            conforms(
+                &v,
+                &schema("index.schema.json")["$defs"]["packTrailer"],
+                "pack trailer",
+            );
         } else {
             panic!("unexpected object {}", o.key);
         }
@@ -85,7 +114,11 @@ async fn stored_objects_match_the_schemas_and_the_layout() {
 #[test]
 fn block_map_codec_round_trips_and_rejects_damage() {
     use lifeboat::format::{decode_map, encode_map, BlobId, BlockRef};
-    let entries = vec![BlockRef::Zero, BlockRef::Blob(BlobId([7; 32])), BlockRef::Zero];
+    let entries = vec![
+        BlockRef::Zero,
+        BlockRef::Blob(BlobId([7; 32])),
+        BlockRef::Zero,
+    ];
     let bytes = encode_map(&entries);
     assert_eq!(bytes.len(), 12 + 3 * 32);
     assert_eq!(decode_map(&bytes).unwrap(), entries);

@@ -34,18 +34,27 @@ async fn init_refuses_existing_repository_and_foreign_data() {
     assert_eq!(mem.list("", &c()).await.unwrap(), before, "nothing changed");
 
     let foreign = MemoryStore::new();
-    foreign.put("photos/cat.jpg", Bytes::from_static(b"meow"), &c()).await.unwrap();
-    let e = Repository::init(Arc::new(foreign), PASSWORD, &test_init_options(), c()).await.unwrap_err();
+    foreign
+        .put("photos/cat.jpg", Bytes::from_static(b"meow"), &c())
+        .await
+        .unwrap();
+    let e = Repository::init(Arc::new(foreign), PASSWORD, &test_init_options(), c())
+        .await
+        .unwrap_err();
     assert!(matches!(e, RepoError::NotEmpty { .. }), "{e}");
 }
 
 #[tokio::test]
 async fn missing_repository_and_wrong_password_are_clear() {
-    let e = Repository::open(Arc::new(MemoryStore::new()), PASSWORD, None, c()).await.unwrap_err();
+    let e = Repository::open(Arc::new(MemoryStore::new()), PASSWORD, None, c())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("no lifeboat repository"), "{e}");
     let mem = MemoryStore::new();
     new_repo(Arc::new(mem.clone())).await;
-    let e = Repository::open(Arc::new(mem), b"wrong", None, c()).await.unwrap_err();
+    let e = Repository::open(Arc::new(mem), b"wrong", None, c())
+        .await
+        .unwrap_err();
     assert!(matches!(e, RepoError::WrongPassword { .. }), "{e}");
 }
 
@@ -59,22 +68,46 @@ async fn keys_can_be_added_and_removed_without_touching_data() {
     backup(&repo, "v", &src).await;
     let data_before = mem.list("data/", &c()).await.unwrap();
 
-    let new_id = repo.add_key(b"second", KdfParams::INSECURE_FAST).await.unwrap();
-    let second = Arc::new(Repository::open(Arc::new(mem.clone()), b"second", None, c()).await.unwrap());
+    let new_id = repo
+        .add_key(b"second", KdfParams::INSECURE_FAST)
+        .await
+        .unwrap();
+    let second = Arc::new(
+        Repository::open(Arc::new(mem.clone()), b"second", None, c())
+            .await
+            .unwrap(),
+    );
     let out = d.path().join("o.img");
     restore(&second, "v:latest", &out).await;
     assert!(same(&src, &out));
 
     // Remove the first password's key using the second.
-    let first_id = repo.list_keys().await.unwrap().into_iter().find(|k| k.id != new_id).unwrap().id;
+    let first_id = repo
+        .list_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.id != new_id)
+        .unwrap()
+        .id;
     second.remove_key(&first_id.to_hex()[..12]).await.unwrap();
     assert!(matches!(
         Repository::open(Arc::new(mem.clone()), PASSWORD, None, c()).await,
         Err(RepoError::WrongPassword { .. })
     ));
-    assert!(matches!(second.remove_key(&new_id.to_hex()).await, Err(RepoError::LastKey)));
-    assert!(matches!(second.remove_key("ffff").await, Err(RepoError::KeyNotFound { .. })));
-    assert_eq!(mem.list("data/", &c()).await.unwrap(), data_before, "no data re-encrypted");
+    assert!(matches!(
+        second.remove_key(&new_id.to_hex()).await,
+        Err(RepoError::LastKey)
+    ));
+    assert!(matches!(
+        second.remove_key("ffff").await,
+        Err(RepoError::KeyNotFound { .. })
+    ));
+    assert_eq!(
+        mem.list("data/", &c()).await.unwrap(),
+        data_before,
+        "no data re-encrypted"
+    );
 }
 
 #[tokio::test]
@@ -82,9 +115,13 @@ async fn tampered_config_is_refused() {
     let mem = MemoryStore::new();
     new_repo(Arc::new(mem.clone())).await;
     let cfg = mem.get("config", &c()).await.unwrap();
-    let text = String::from_utf8(cfg.to_vec()).unwrap().replace("\"chunk_size\": 65536", "\"chunk_size\": 131072");
+    let text = String::from_utf8(cfg.to_vec())
+        .unwrap()
+        .replace("\"chunk_size\": 65536", "\"chunk_size\": 131072");
     mem.tamper("config", Bytes::from(text));
-    let e = Repository::open(Arc::new(mem), PASSWORD, None, c()).await.unwrap_err();
+    let e = Repository::open(Arc::new(mem), PASSWORD, None, c())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("corrupt object `config`"), "{e}");
 }
 
@@ -118,14 +155,21 @@ async fn check_read_data_finds_a_flipped_bit_in_a_pack_and_restore_refuses_it() 
     assert!(quick.ok(), "structure is intact: {:?}", quick.errors);
     let deep = repo.check(&CheckOptions { read_data: true }).await.unwrap();
     assert!(!deep.ok());
-    assert!(deep.errors.iter().any(|e| e.contains(&victim)), "{:?}", deep.errors);
+    assert!(
+        deep.errors.iter().any(|e| e.contains(&victim)),
+        "{:?}",
+        deep.errors
+    );
 
     let (id, snap) = repo.resolve_snapshot("v:latest").await.unwrap();
     let target = d.path().join("r.img");
     let e = restore_volume(repo.clone(), id, &snap, &target, 2, &ProgressBar::hidden())
         .await
         .unwrap_err();
-    assert!(matches!(e, RestoreError::Repo(RepoError::Corrupt { .. })), "{e}");
+    assert!(
+        matches!(e, RestoreError::Repo(RepoError::Corrupt { .. })),
+        "{e}"
+    );
     assert!(e.to_string().contains(&victim), "{e}");
     assert!(!target.exists(), "no plausible-looking partial target");
 }
@@ -136,15 +180,29 @@ async fn check_names_missing_packs_damaged_index_and_damaged_snapshots() {
     let (_d, mem, _) = one_snapshot().await;
     let pack = mem.list("data/", &c()).await.unwrap()[0].key.clone();
     mem.delete(&pack, &c()).await.unwrap();
-    let r = reopen(Arc::new(mem)).await.check(&CheckOptions::default()).await.unwrap();
-    assert!(r.errors.iter().any(|e| e.contains(&pack) && e.contains("missing")), "{:?}", r.errors);
+    let r = reopen(Arc::new(mem))
+        .await
+        .check(&CheckOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains(&pack) && e.contains("missing")),
+        "{:?}",
+        r.errors
+    );
 
     // Damaged index object.
     let (_d, mem, _) = one_snapshot().await;
     let idx = mem.list("index/", &c()).await.unwrap()[0].key.clone();
     let b = mem.get(&idx, &c()).await.unwrap();
     mem.tamper(&idx, flip_at(&b, b.len() / 2));
-    let r = reopen(Arc::new(mem)).await.check(&CheckOptions::default()).await.unwrap();
+    let r = reopen(Arc::new(mem))
+        .await
+        .check(&CheckOptions::default())
+        .await
+        .unwrap();
     assert!(r.errors.iter().any(|e| e.contains(&idx)), "{:?}", r.errors);
 
     // Damaged snapshot.
@@ -152,7 +210,11 @@ async fn check_names_missing_packs_damaged_index_and_damaged_snapshots() {
     let snap = mem.list("snapshots/", &c()).await.unwrap()[0].key.clone();
     let b = mem.get(&snap, &c()).await.unwrap();
     mem.tamper(&snap, flip_at(&b, 3));
-    let r = reopen(Arc::new(mem)).await.check(&CheckOptions::default()).await.unwrap();
+    let r = reopen(Arc::new(mem))
+        .await
+        .check(&CheckOptions::default())
+        .await
+        .unwrap();
     assert!(r.errors.iter().any(|e| e.contains(&snap)), "{:?}", r.errors);
 }
 
@@ -162,7 +224,11 @@ async fn transient_faults_are_retried_and_the_backup_is_intact() {
     let src = d.path().join("v.img");
     generate_image(&src, 4 << 20, 12).unwrap();
     let faulty = Arc::new(Faulty::new(Arc::new(MemoryStore::new())));
-    let store: Arc<dyn Store> = Arc::new(Retry::new(faulty.clone(), 6, std::time::Duration::from_millis(1)));
+    let store: Arc<dyn Store> = Arc::new(Retry::new(
+        faulty.clone(),
+        6,
+        std::time::Duration::from_millis(1),
+    ));
     let repo = new_repo(store.clone()).await;
     faulty.inject(Op::Put, "data/", 1, 3, Fault::Transient);
     faulty.inject(Op::Put, "data/", 0, 2, Fault::LoseAnswer);
@@ -184,9 +250,16 @@ async fn a_read_that_returns_damaged_bytes_is_caught() {
     let repo = reopen(faulty.clone()).await;
     faulty.inject(Op::Get, "data/", 0, u64::MAX, Fault::FlipBit);
     let (id, snap) = repo.resolve_snapshot("v:latest").await.unwrap();
-    let e = restore_volume(repo.clone(), id, &snap, &d.path().join("x"), 2, &ProgressBar::hidden())
-        .await
-        .unwrap_err();
+    let e = restore_volume(
+        repo.clone(),
+        id,
+        &snap,
+        &d.path().join("x"),
+        2,
+        &ProgressBar::hidden(),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("corrupt object"), "{e}");
 }
 
@@ -207,7 +280,10 @@ async fn a_backup_interrupted_at_any_write_leaves_the_repository_consistent() {
     // How many writes does a whole incremental take? Count them on a copy.
     let probe_mem = MemoryStore::new();
     for o in mem.list("", &c()).await.unwrap() {
-        probe_mem.put(&o.key, mem.get(&o.key, &c()).await.unwrap(), &c()).await.unwrap();
+        probe_mem
+            .put(&o.key, mem.get(&o.key, &c()).await.unwrap(), &c())
+            .await
+            .unwrap();
     }
     let probe = Arc::new(Faulty::new(Arc::new(probe_mem)));
     backup(&reopen(probe.clone()).await, "v", &src).await;
@@ -217,12 +293,27 @@ async fn a_backup_interrupted_at_any_write_leaves_the_repository_consistent() {
     for crash_after in 0..total {
         let faulty = Arc::new(Faulty::new(Arc::new(mem.clone())));
         faulty.inject(Op::Put, "", crash_after, u64::MAX, Fault::Permanent);
-        let r = backup_volume(reopen(faulty).await, &BackupOptions::new("v", &src), &ProgressBar::hidden()).await;
-        assert!(r.is_err(), "crash after {crash_after} writes must fail the backup");
+        let r = backup_volume(
+            reopen(faulty).await,
+            &BackupOptions::new("v", &src),
+            &ProgressBar::hidden(),
+        )
+        .await;
+        assert!(
+            r.is_err(),
+            "crash after {crash_after} writes must fail the backup"
+        );
         let repo = reopen(Arc::new(mem.clone())).await;
         let report = repo.check(&CheckOptions { read_data: true }).await.unwrap();
-        assert!(report.ok(), "after crash at write {crash_after}: {:?}", report.errors);
-        assert_eq!(report.snapshots, 1, "no snapshot committed by a crashed backup");
+        assert!(
+            report.ok(),
+            "after crash at write {crash_after}: {:?}",
+            report.errors
+        );
+        assert_eq!(
+            report.snapshots, 1,
+            "no snapshot committed by a crashed backup"
+        );
     }
     let repo = reopen(Arc::new(mem.clone())).await;
     let out = d.path().join("first.img");

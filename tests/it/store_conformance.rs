@@ -16,29 +16,63 @@ use crate::support::{garage, tmp};
 async fn conformance(s: &dyn Store) {
     let c = CancellationToken::new();
     // Empty store.
-    assert!(s.list("", &c).await.unwrap().is_empty(), "{}: starts empty", s.location());
+    assert!(
+        s.list("", &c).await.unwrap().is_empty(),
+        "{}: starts empty",
+        s.location()
+    );
     assert_eq!(s.head("a/b", &c).await.unwrap(), None);
-    assert!(matches!(s.get("a/b", &c).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        s.get("a/b", &c).await,
+        Err(StoreError::NotFound { .. })
+    ));
 
     // Put, get, head, ranges.
-    let data = Bytes::from((0..100_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let data = Bytes::from(
+        (0..100_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
     s.put("data/ab/obj1", data.clone(), &c).await.unwrap();
     assert_eq!(s.get("data/ab/obj1", &c).await.unwrap(), data);
     assert_eq!(s.head("data/ab/obj1", &c).await.unwrap(), Some(100_000));
-    assert_eq!(s.get_range("data/ab/obj1", 10, 20, &c).await.unwrap(), data.slice(10..30));
-    assert_eq!(s.get_range("data/ab/obj1", 99_990, 100, &c).await.unwrap(), data.slice(99_990..));
-    assert!(s.get_range("data/ab/obj1", 200_000, 10, &c).await.unwrap().is_empty());
-    assert!(s.get_range("data/ab/obj1", 5, 0, &c).await.unwrap().is_empty());
+    assert_eq!(
+        s.get_range("data/ab/obj1", 10, 20, &c).await.unwrap(),
+        data.slice(10..30)
+    );
+    assert_eq!(
+        s.get_range("data/ab/obj1", 99_990, 100, &c).await.unwrap(),
+        data.slice(99_990..)
+    );
+    assert!(s
+        .get_range("data/ab/obj1", 200_000, 10, &c)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s
+        .get_range("data/ab/obj1", 5, 0, &c)
+        .await
+        .unwrap()
+        .is_empty());
 
     // Create-only: a second put of the same key never replaces the first.
-    let second = s.put("data/ab/obj1", Bytes::from_static(b"other"), &c).await;
-    assert!(matches!(second, Err(StoreError::AlreadyExists { .. })), "{second:?}");
+    let second = s
+        .put("data/ab/obj1", Bytes::from_static(b"other"), &c)
+        .await;
+    assert!(
+        matches!(second, Err(StoreError::AlreadyExists { .. })),
+        "{second:?}"
+    );
     assert_eq!(s.get("data/ab/obj1", &c).await.unwrap(), data);
 
     // Empty objects and listing with prefixes, sorted.
     s.put("index/2", Bytes::new(), &c).await.unwrap();
-    s.put("index/1", Bytes::from_static(b"x"), &c).await.unwrap();
-    s.put("indexer", Bytes::from_static(b"y"), &c).await.unwrap();
+    s.put("index/1", Bytes::from_static(b"x"), &c)
+        .await
+        .unwrap();
+    s.put("indexer", Bytes::from_static(b"y"), &c)
+        .await
+        .unwrap();
     assert_eq!(s.get("index/2", &c).await.unwrap(), Bytes::new());
     let l = s.list("index/", &c).await.unwrap();
     let keys: Vec<&str> = l.iter().map(|o| o.key.as_str()).collect();
@@ -54,7 +88,10 @@ async fn conformance(s: &dyn Store) {
 
     // Invalid keys are refused before any IO.
     for bad in ["../x", "/abs", "a//b", "a/./b", "sp ace"] {
-        assert!(s.put(bad, Bytes::new(), &c).await.is_err(), "key {bad:?} refused");
+        assert!(
+            s.put(bad, Bytes::new(), &c).await.is_err(),
+            "key {bad:?} refused"
+        );
     }
 
     // A cancelled token stops calls.
@@ -73,7 +110,10 @@ async fn local_store() {
     let d = tmp();
     conformance(&LocalStore::new(d.path())).await;
     // No temporary files are left behind.
-    let leftovers: Vec<_> = walk(d.path()).into_iter().filter(|p| p.contains(".tmp-")).collect();
+    let leftovers: Vec<_> = walk(d.path())
+        .into_iter()
+        .filter(|p| p.contains(".tmp-"))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -105,17 +145,31 @@ async fn s3_multipart_upload_on_garage() {
     };
     let (s, _) = garage().store(opts).await;
     let c = CancellationToken::new();
-    let big = Bytes::from((0..(12u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect::<Vec<u8>>());
+    let big = Bytes::from(
+        (0..(12u32 << 20))
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect::<Vec<u8>>(),
+    );
     s.put("data/big", big.clone(), &c).await.unwrap();
-    assert_eq!(s.head("data/big", &c).await.unwrap(), Some(big.len() as u64));
+    assert_eq!(
+        s.head("data/big", &c).await.unwrap(),
+        Some(big.len() as u64)
+    );
     assert_eq!(s.get("data/big", &c).await.unwrap(), big);
-    assert_eq!(s.get_range("data/big", (5 << 20) - 3, 6, &c).await.unwrap(), big.slice((5 << 20) - 3..(5 << 20) + 3));
+    assert_eq!(
+        s.get_range("data/big", (5 << 20) - 3, 6, &c).await.unwrap(),
+        big.slice((5 << 20) - 3..(5 << 20) + 3)
+    );
 }
 
 #[tokio::test]
 async fn s3_dead_endpoint_is_a_timeout_or_transient_error() {
     // Nothing listens on this port: connection refused is transient (worth a retry).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let settings = lifeboat::store::s3::S3Settings {
         endpoint: Some(format!("http://127.0.0.1:{port}")),
         region: Some("x".into()),
@@ -126,8 +180,13 @@ async fn s3_dead_endpoint_is_a_timeout_or_transient_error() {
         op_timeout: Duration::from_secs(2),
         ..Default::default()
     };
-    let s = lifeboat::store::s3::S3Store::new("b", "", settings, opts).await.unwrap();
-    let e = s.get("config", &CancellationToken::new()).await.unwrap_err();
+    let s = lifeboat::store::s3::S3Store::new("b", "", settings, opts)
+        .await
+        .unwrap();
+    let e = s
+        .get("config", &CancellationToken::new())
+        .await
+        .unwrap_err();
     assert!(e.is_retryable(), "{e}");
 }
 
@@ -140,19 +199,40 @@ async fn retry_over_faults_conforms_and_recovers() {
     let c = CancellationToken::new();
     // Two transient failures, then success.
     faulty.inject(Op::Put, "flaky", 0, 2, Fault::Transient);
-    retry.put("flaky/1", Bytes::from_static(b"v"), &c).await.unwrap();
-    assert_eq!(retry.get("flaky/1", &c).await.unwrap(), Bytes::from_static(b"v"));
+    retry
+        .put("flaky/1", Bytes::from_static(b"v"), &c)
+        .await
+        .unwrap();
+    assert_eq!(
+        retry.get("flaky/1", &c).await.unwrap(),
+        Bytes::from_static(b"v")
+    );
     // The answer to a put is lost: the retry finds the object and reports success.
     faulty.inject(Op::Put, "lost", 0, 1, Fault::LoseAnswer);
-    retry.put("lost/1", Bytes::from_static(b"w"), &c).await.unwrap();
+    retry
+        .put("lost/1", Bytes::from_static(b"w"), &c)
+        .await
+        .unwrap();
     // Permanent errors are not retried.
     faulty.inject(Op::Get, "perm", 0, 1, Fault::Permanent);
-    retry.put("perm/1", Bytes::from_static(b"p"), &c).await.unwrap();
-    assert!(matches!(retry.get("perm/1", &c).await, Err(StoreError::Permanent { .. })));
-    assert_eq!(retry.get("perm/1", &c).await.unwrap(), Bytes::from_static(b"p"));
+    retry
+        .put("perm/1", Bytes::from_static(b"p"), &c)
+        .await
+        .unwrap();
+    assert!(matches!(
+        retry.get("perm/1", &c).await,
+        Err(StoreError::Permanent { .. })
+    ));
+    assert_eq!(
+        retry.get("perm/1", &c).await.unwrap(),
+        Bytes::from_static(b"p")
+    );
     // Retries are bounded.
     faulty.inject(Op::Get, "always", 0, u64::MAX, Fault::Transient);
-    retry.put("always/1", Bytes::from_static(b"a"), &c).await.unwrap();
+    retry
+        .put("always/1", Bytes::from_static(b"a"), &c)
+        .await
+        .unwrap();
     assert!(retry.get("always/1", &c).await.unwrap_err().is_retryable());
 }
 
@@ -162,7 +242,9 @@ fn backoff_grows_and_is_capped() {
     let base = Duration::from_millis(100);
     for attempt in 1..30 {
         let d = backoff(base, attempt);
-        let full = base.saturating_mul(1 << (attempt - 1).min(16)).min(Duration::from_secs(30));
+        let full = base
+            .saturating_mul(1 << (attempt - 1).min(16))
+            .min(Duration::from_secs(30));
         assert!(d <= full && d >= full / 2, "attempt {attempt}: {d:?}");
     }
 }

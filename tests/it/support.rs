@@ -26,9 +26,14 @@ pub fn test_init_options() -> InitOptions {
 
 pub async fn new_repo(store: Arc<dyn Store>) -> Arc<Repository> {
     Arc::new(
-        Repository::init(store, PASSWORD, &test_init_options(), CancellationToken::new())
-            .await
-            .expect("init"),
+        Repository::init(
+            store,
+            PASSWORD,
+            &test_init_options(),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("init"),
     )
 }
 
@@ -41,7 +46,10 @@ pub async fn reopen(store: Arc<dyn Store>) -> Arc<Repository> {
 }
 
 pub fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("lifeboat-test-").tempdir().expect("tempdir")
+    tempfile::Builder::new()
+        .prefix("lifeboat-test-")
+        .tempdir()
+        .expect("tempdir")
 }
 
 // ----- Garage -------------------------------------------------------------------------------
@@ -88,7 +96,11 @@ impl Garage {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn garage_binary() -> Option<PathBuf> {
@@ -101,7 +113,9 @@ fn garage_binary() -> Option<PathBuf> {
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(Path::new(&home).join(".cargo/bin"));
     }
-    dirs.into_iter().map(|d| d.join("garage")).find(|p| p.is_file())
+    dirs.into_iter()
+        .map(|d| d.join("garage"))
+        .find(|p| p.is_file())
 }
 
 fn garage_cli(bin: &Path, cfg: &Path, args: &[&str]) -> Result<String, String> {
@@ -199,21 +213,48 @@ api_bind_addr = "127.0.0.1:{admin}"
     let node = loop {
         match garage_cli(&bin, &cfg, &["node", "id", "-q"]) {
             Ok(out) => break out.trim().split('@').next().unwrap_or_default().to_string(),
-            Err(e) if Instant::now() > deadline => return Err(format!("garage did not start: {e}")),
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("garage did not start: {e}"))
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     };
-    garage_cli(&bin, &cfg, &["layout", "assign", "-z", "dc1", "-c", "10G", &node])?;
+    garage_cli(
+        &bin,
+        &cfg,
+        &["layout", "assign", "-z", "dc1", "-c", "10G", &node],
+    )?;
     garage_cli(&bin, &cfg, &["layout", "apply", "--version", "1"])?;
     let access_key = format!("GK{}", hex::encode(rand::random::<[u8; 12]>()));
     let secret_key = hex::encode(rand::random::<[u8; 32]>());
-    garage_cli(&bin, &cfg, &["key", "import", "--yes", "-n", "lifeboat-test", &access_key, &secret_key])?;
+    garage_cli(
+        &bin,
+        &cfg,
+        &[
+            "key",
+            "import",
+            "--yes",
+            "-n",
+            "lifeboat-test",
+            &access_key,
+            &secret_key,
+        ],
+    )?;
     let bucket = "lifeboat-test".to_string();
     garage_cli(&bin, &cfg, &["bucket", "create", &bucket])?;
     garage_cli(
         &bin,
         &cfg,
-        &["bucket", "allow", "--read", "--write", "--owner", &bucket, "--key", &access_key],
+        &[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            &bucket,
+            "--key",
+            &access_key,
+        ],
     )?;
     let endpoint = format!("http://127.0.0.1:{s3}");
     // Wait until the S3 API answers.

@@ -17,9 +17,13 @@ use lifeboat::store::{Store, StoreOptions};
 use crate::support::{garage, new_repo, tmp};
 
 pub async fn backup(repo: &Arc<Repository>, name: &str, src: &Path) -> BackupOutcome {
-    backup_volume(repo.clone(), &BackupOptions::new(name, src), &ProgressBar::hidden())
-        .await
-        .expect("backup")
+    backup_volume(
+        repo.clone(),
+        &BackupOptions::new(name, src),
+        &ProgressBar::hidden(),
+    )
+    .await
+    .expect("backup")
 }
 
 pub async fn restore(repo: &Arc<Repository>, spec: &str, target: &Path) -> RestoreStats {
@@ -58,7 +62,11 @@ async fn round_trip(store: Arc<dyn Store>) {
     let inc = backup(&repo, "db", &src).await;
     assert_eq!(inc.change_source, "hash-compare");
     assert_eq!(inc.parent, Some(full.snapshot_id));
-    assert!(inc.stats.blocks_changed >= 16 && inc.stats.blocks_changed <= 16 + 3, "{:?}", inc.stats);
+    assert!(
+        inc.stats.blocks_changed >= 16 && inc.stats.blocks_changed <= 16 + 3,
+        "{:?}",
+        inc.stats
+    );
     assert!(inc.stats.bytes_new <= 19 * (64 << 10), "{:?}", inc.stats);
 
     // Restoring the new snapshot onto the old copy writes only what differs.
@@ -108,9 +116,15 @@ async fn changed_ranges_read_only_those_blocks() {
     write_ranges(&rf, &ranges).unwrap();
     let mut opts = BackupOptions::new("v", &src);
     opts.changed_ranges = Some(rf);
-    let inc = backup_volume(repo.clone(), &opts, &ProgressBar::hidden()).await.unwrap();
+    let inc = backup_volume(repo.clone(), &opts, &ProgressBar::hidden())
+        .await
+        .unwrap();
     assert_eq!(inc.change_source, "changed-ranges");
-    assert_eq!(inc.stats.bytes_read, ranges.len() as u64 * (64 << 10), "only the ranges are read");
+    assert_eq!(
+        inc.stats.bytes_read,
+        ranges.len() as u64 * (64 << 10),
+        "only the ranges are read"
+    );
     let out = d.path().join("out.img");
     restore(&repo, "v:latest", &out).await;
     assert!(same(&src, &out));
@@ -135,11 +149,20 @@ async fn ranges_file_errors_are_clear_and_store_nothing() {
         std::fs::write(&rf, text).unwrap();
         let mut opts = BackupOptions::new("v", &src);
         opts.changed_ranges = Some(rf.clone());
-        let e = backup_volume(repo.clone(), &opts, &ProgressBar::hidden()).await.unwrap_err();
+        let e = backup_volume(repo.clone(), &opts, &ProgressBar::hidden())
+            .await
+            .unwrap_err();
         assert!(matches!(e, BackupError::Ranges(_)), "{e}");
-        assert!(e.to_string().contains(needle) && e.to_string().contains("r.json"), "{e}");
+        assert!(
+            e.to_string().contains(needle) && e.to_string().contains("r.json"),
+            "{e}"
+        );
     }
-    assert_eq!(mem.list("", &Default::default()).await.unwrap(), before, "nothing stored");
+    assert_eq!(
+        mem.list("", &Default::default()).await.unwrap(),
+        before,
+        "nothing stored"
+    );
 }
 
 #[tokio::test]
@@ -153,7 +176,11 @@ async fn identical_content_is_stored_once_across_volumes() {
     let first = backup(&repo, "a", &a).await;
     let second = backup(&repo, "b", &b).await;
     assert!(first.stats.bytes_new > 1 << 20);
-    assert_eq!(second.stats.bytes_new, 0, "volume b adds no data blobs: {:?}", second.stats);
+    assert_eq!(
+        second.stats.bytes_new, 0,
+        "volume b adds no data blobs: {:?}",
+        second.stats
+    );
     assert_eq!(second.stats.blocks_changed, first.stats.blocks_changed);
 }
 
@@ -167,13 +194,21 @@ async fn restore_of_a_sparse_volume_stays_sparse() {
     drop(f);
     let repo = new_repo(Arc::new(MemoryStore::new())).await;
     let out = backup(&repo, "s", &src).await;
-    assert_eq!(out.stats.bytes_read, 2 * (64 << 10), "only the two data blocks are read");
+    assert_eq!(
+        out.stats.bytes_read,
+        2 * (64 << 10),
+        "only the two data blocks are read"
+    );
     let target = d.path().join("t.img");
     restore(&repo, "s:latest", &target).await;
     assert!(same(&src, &target));
     let m = std::fs::metadata(&target).unwrap();
     assert_eq!(m.len(), 64 << 20);
-    assert!(m.blocks() * 512 < 1 << 20, "restored file allocates {} bytes", m.blocks() * 512);
+    assert!(
+        m.blocks() * 512 < 1 << 20,
+        "restored file allocates {} bytes",
+        m.blocks() * 512
+    );
 }
 
 #[tokio::test]
@@ -197,22 +232,38 @@ async fn in_place_restore_zeroes_blocks_that_became_zero_and_truncates() {
 async fn unknown_snapshot_and_empty_or_missing_sources_are_errors() {
     let d = tmp();
     let repo = new_repo(Arc::new(MemoryStore::new())).await;
-    let e = repo.resolve_snapshot("nope:latest").await.unwrap_err().to_string();
+    let e = repo
+        .resolve_snapshot("nope:latest")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no snapshot matches `nope:latest`"), "{e}");
     assert!(repo.resolve_snapshot("abcdef").await.is_err());
     let empty = d.path().join("empty.img");
     std::fs::write(&empty, b"").unwrap();
-    let e = backup_volume(repo.clone(), &BackupOptions::new("v", &empty), &ProgressBar::hidden())
-        .await
-        .unwrap_err();
+    let e = backup_volume(
+        repo.clone(),
+        &BackupOptions::new("v", &empty),
+        &ProgressBar::hidden(),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("empty"), "{e}");
-    let e = backup_volume(repo.clone(), &BackupOptions::new("v", d.path().join("missing")), &ProgressBar::hidden())
-        .await
-        .unwrap_err();
+    let e = backup_volume(
+        repo.clone(),
+        &BackupOptions::new("v", d.path().join("missing")),
+        &ProgressBar::hidden(),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("cannot read source"), "{e}");
-    let e = backup_volume(repo.clone(), &BackupOptions::new("bad:name", &empty), &ProgressBar::hidden())
-        .await
-        .unwrap_err();
+    let e = backup_volume(
+        repo.clone(),
+        &BackupOptions::new("bad:name", &empty),
+        &ProgressBar::hidden(),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("invalid volume name"), "{e}");
 }
 
@@ -229,10 +280,19 @@ async fn changed_ranges_with_growing_volume_reads_the_new_tail() {
     f.write_all_at(&[2u8; 70_000], 3 << 20).unwrap();
     drop(f);
     let rf = d.path().join("r.json");
-    write_ranges(&rf, &[ByteRange { offset: 100, length: 10 }]).unwrap();
+    write_ranges(
+        &rf,
+        &[ByteRange {
+            offset: 100,
+            length: 10,
+        }],
+    )
+    .unwrap();
     let mut opts = BackupOptions::new("v", &src);
     opts.changed_ranges = Some(rf);
-    backup_volume(repo.clone(), &opts, &ProgressBar::hidden()).await.unwrap();
+    backup_volume(repo.clone(), &opts, &ProgressBar::hidden())
+        .await
+        .unwrap();
     let out = d.path().join("o.img");
     restore(&repo, "v:latest", &out).await;
     assert!(same(&src, &out));
