@@ -244,7 +244,7 @@ pub async fn backup_volume(
         (Some(_), None) => ("hash-compare", None),
         (None, None) => ("full", None),
     };
-    let parent_map = parent.as_ref().map(|(_, p)| (p.map.clone(), p.blocks()));
+    let parent_map = parent.as_ref().map(|(_, p)| p.map.clone());
 
     let extents = {
         let f = file.try_clone().map_err(|source| BackupError::Source {
@@ -279,22 +279,20 @@ pub async fn backup_volume(
     for seg in 0..nsegments {
         let first = seg * MAP_SEGMENT_ENTRIES as u64;
         let last = (first + MAP_SEGMENT_ENTRIES as u64).min(nblocks);
-        let parent_entries: Vec<BlockRef> = match &parent_map {
-            Some((segs, pblocks)) if (seg as usize) < segs.len() => {
-                let bytes = repo
-                    .read_blob(&shared.index, BlobKind::Map, &segs[seg as usize])
-                    .await?;
-                let mut e = decode_map(&bytes).map_err(|e| RepoError::Corrupt {
-                    object: format!("block-map segment {}", segs[seg as usize]),
-                    reason: e,
-                })?;
-                // Blocks the parent did not have count as zero there.
-                e.resize((last - first) as usize, BlockRef::Zero);
-                let _ = pblocks;
-                e
-            }
-            _ => vec![BlockRef::Zero; (last - first) as usize],
-        };
+        let parent_entries: Vec<BlockRef> =
+            match parent_map.as_ref().and_then(|m| m.get(seg as usize)) {
+                Some(seg_id) => {
+                    let bytes = repo.read_blob(&shared.index, BlobKind::Map, seg_id).await?;
+                    let mut e = decode_map(&bytes).map_err(|reason| RepoError::Corrupt {
+                        object: format!("block-map segment {seg_id}"),
+                        reason,
+                    })?;
+                    // Blocks the parent did not have count as zero there.
+                    e.resize((last - first) as usize, BlockRef::Zero);
+                    e
+                }
+                None => vec![BlockRef::Zero; (last - first) as usize],
+            };
         let mut entries = parent_entries.clone();
         let mut jobs = Vec::new();
         for b in first..last {
@@ -362,10 +360,7 @@ pub async fn backup_volume(
         let map_bytes = encode_map(&entries);
         let keys = shared.keys.clone();
         let (id, map_bytes) = cpu(move || (keys.blob_id(&map_bytes), map_bytes)).await?;
-        let reused = parent_map
-            .as_ref()
-            .and_then(|(segs, _)| segs.get(seg as usize))
-            == Some(&id);
+        let reused = parent_map.as_ref().and_then(|m| m.get(seg as usize)) == Some(&id);
         if !reused && !shared.index.contains(&id) && !writer.has(&id) {
             let keys = shared.keys.clone();
             let level = shared.level;

@@ -84,6 +84,37 @@ pub enum Command {
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
     },
+    /// Generate or change demo volume data (for the benchmark and scripts).
+    #[command(hide = true)]
+    DemoData {
+        #[command(subcommand)]
+        command: DemoDataCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemoDataCommand {
+    /// Write a sparse image of mixed content (holes, duplicates, text-like, random).
+    Generate {
+        out: PathBuf,
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Overwrite a fraction of an image with random data in aligned extents; write the
+    /// changed ranges as a --changed-ranges file.
+    Mutate {
+        image: PathBuf,
+        #[arg(long, default_value_t = 0.01)]
+        fraction: f64,
+        #[arg(long, default_value_t = 64)]
+        extent_kib: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        ranges_out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -309,6 +340,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Volume { command } => volume_command(&ctx, command).await,
         Command::Snapshots => snapshots(&ctx).await,
         Command::Demo { dir, size_mib } => demo(&ctx, dir.clone(), *size_mib).await,
+        Command::DemoData { command } => demo_data(command),
     }
 }
 
@@ -548,6 +580,28 @@ pub fn human(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", U[i])
+    }
+}
+
+fn demo_data(cmd: &DemoDataCommand) -> Result<(), Error> {
+    use crate::demo::{generate_image, mutate, write_ranges};
+    let derr = |e: std::io::Error| Error::Demo(e.to_string());
+    match cmd {
+        DemoDataCommand::Generate {
+            out,
+            size_mib,
+            seed,
+        } => generate_image(out, size_mib << 20, *seed).map_err(derr),
+        DemoDataCommand::Mutate {
+            image,
+            fraction,
+            extent_kib,
+            seed,
+            ranges_out,
+        } => {
+            let ranges = mutate(image, *fraction, extent_kib << 10, *seed).map_err(derr)?;
+            write_ranges(ranges_out, &ranges).map_err(derr)
+        }
     }
 }
 
