@@ -127,3 +127,13 @@ fn block_map_codec_round_trips_and_rejects_damage() {
     bad[0] = b'X';
     assert!(decode_map(&bad).is_err());
 }
+
+#[test]
+fn the_example_ranges_file_parses() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/changed-ranges.json");
+    let r = lifeboat::diff::read_ranges_file(&path).unwrap();
+    assert_eq!(r.len(), 3);
+    lifeboat::diff::validate_ranges("example", &r, 16 << 20).unwrap();
+    assert!(lifeboat::diff::validate_ranges("example", &r, 13 << 20).is_err());
+}
