@@ -11,17 +11,17 @@
 //! written in segments that are shared with the parent when unchanged. The snapshot object is
 //! written last, after every pack and index object it needs. Must not write to the source.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
 use indicatif::ProgressBar;
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use crate::crypto::{Keys, Role};
 use crate::diff::{data_extents, is_hole, read_ranges_file, validate_ranges, BlockSet, RangeError};
@@ -29,7 +29,7 @@ use crate::format::{
     decode_map, encode_map, BackupStats, BlobId, BlobKind, BlockRef, Snapshot, SnapshotId,
     SnapshotKind, FORMAT_VERSION, MAP_SEGMENT_ENTRIES,
 };
-use crate::repository::{cpu, Index, RepoError, Repository};
+use crate::repository::{cpu, Claims, Index, RepoError, Repository};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -140,7 +140,7 @@ struct Shared {
     file: File,
     keys: Arc<Keys>,
     index: Index,
-    claimed: Mutex<HashSet<BlobId>>,
+    claims: Arc<Claims>,
     level: i32,
 }
 
@@ -154,7 +154,7 @@ fn process_block(s: &Shared, job: &BlockJob) -> std::io::Result<Outcome> {
     if job.parent == BlockRef::Blob(id) {
         return Ok(Outcome::Unchanged(id));
     }
-    if s.index.contains(&id) || !s.claimed.lock().unwrap().insert(id) {
+    if s.index.contains(&id) || !s.claims.claim(id) {
         return Ok(Outcome::Known(id));
     }
     let sealed = s.keys.seal(Role::Blob(BlobKind::Data, id), &buf, s.level);
@@ -201,13 +201,20 @@ pub async fn backup_volume(
     opts: &BackupOptions,
     progress: &ProgressBar,
 ) -> Result<BackupOutcome, BackupError> {
+    let span = tracing::info_span!("volume_backup", volume = %opts.name);
+    backup_inner(repo, opts, progress).instrument(span).await
+}
+
+async fn backup_inner(
+    repo: Arc<Repository>,
+    opts: &BackupOptions,
+    progress: &ProgressBar,
+) -> Result<BackupOutcome, BackupError> {
     let started = Instant::now();
     check_name(&opts.name)?;
     let (file, size) = open_source(&opts.source)?;
     let chunk = repo.config().chunk_size as u64;
     let nblocks = size.div_ceil(chunk);
-    let span = tracing::info_span!("volume_backup", volume = %opts.name);
-    let _g = span.enter();
 
     let parent = if opts.full {
         None
@@ -254,14 +261,14 @@ pub async fn backup_volume(
         cpu(move || data_extents(&f, size)).await?
     };
     let index = repo.load_index().await?;
+    let mut writer = repo.writer(opts.max_uploads);
     let shared = Arc::new(Shared {
         file,
         keys: repo.keys().clone(),
         index,
-        claimed: Mutex::new(HashSet::new()),
+        claims: writer.claims(),
         level: repo.config().compression_level,
     });
-    let mut writer = repo.writer(opts.max_uploads);
     let mut stats = BackupStats {
         blocks_total: nblocks,
         ..Default::default()
@@ -361,7 +368,7 @@ pub async fn backup_volume(
         let keys = shared.keys.clone();
         let (id, map_bytes) = cpu(move || (keys.blob_id(&map_bytes), map_bytes)).await?;
         let reused = parent_map.as_ref().and_then(|m| m.get(seg as usize)) == Some(&id);
-        if !reused && !shared.index.contains(&id) && !writer.has(&id) {
+        if !reused && !shared.index.contains(&id) && shared.claims.claim(id) {
             let keys = shared.keys.clone();
             let level = shared.level;
             let raw = map_bytes.len() as u32;

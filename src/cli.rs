@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backup::{backup_volume, BackupError, BackupOptions};
 use crate::format::KdfParams;
 use crate::repository::{CheckOptions, InitOptions, RepoError, Repository};
-use crate::restore::{restore_volume, RestoreError};
+use crate::restore::{restore_volume, RestoreError, RestoreOptions};
 use crate::store::{self, StoreError, StoreOptions};
 
 const ABOUT: &str =
@@ -122,7 +122,7 @@ pub enum RepoCommand {
     /// Create a new repository at --repo (refused where one exists or other objects are).
     Init {
         /// Block size of volume snapshots in KiB (power of two, 64..=8192). Fixed for the repository.
-        #[arg(long, default_value_t = 1024)]
+        #[arg(long, default_value_t = 512)]
         chunk_size_kib: u32,
         /// Target size of pack objects in MiB.
         #[arg(long, default_value_t = 16)]
@@ -180,11 +180,15 @@ pub enum VolumeCommand {
         #[arg(long, conflicts_with = "changed_ranges")]
         full: bool,
     },
-    /// Restore a snapshot (id, unique id prefix, or NAME:latest) to a file or block device.
-    /// An existing target is updated in place: only differing blocks are written.
+    /// Restore a snapshot (id, unique id prefix, or NAME:latest) to a new file, or with
+    /// --overwrite onto an existing file or block device.
     Restore {
         snapshot: String,
         target: PathBuf,
+        /// Update an existing target in place (e.g. an older copy, or a block device): only
+        /// blocks that differ are written.
+        #[arg(long)]
+        overwrite: bool,
         /// Ranged reads in flight.
         #[arg(long, default_value_t = 4)]
         downloads: usize,
@@ -503,12 +507,17 @@ async fn volume_command(ctx: &Ctx<'_>, cmd: &VolumeCommand) -> Result<(), Error>
         VolumeCommand::Restore {
             snapshot,
             target,
+            overwrite,
             downloads,
         } => {
             let repo = ctx.open().await?;
             let (id, snap) = repo.resolve_snapshot(snapshot).await?;
             let pb = ctx.progress(&format!("restore {}", id.short()));
-            let stats = restore_volume(repo, id, &snap, target, *downloads, &pb).await?;
+            let opts = RestoreOptions {
+                downloads: *downloads,
+                overwrite: *overwrite,
+            };
+            let stats = restore_volume(repo, id, &snap, target, &opts, &pb).await?;
             pb.finish_and_clear();
             ctx.emit(&stats, || {
                 format!(
@@ -697,7 +706,15 @@ async fn demo(ctx: &Ctx<'_>, dir: Option<PathBuf>, size_mib: u64) -> Result<(), 
     let (id, snap) = repo.resolve_snapshot("demo-volume:latest").await?;
     let restored = dir.join("restored.img");
     let pb = ctx.progress("restore");
-    let rs = restore_volume(repo.clone(), id, &snap, &restored, 4, &pb).await?;
+    let rs = restore_volume(
+        repo.clone(),
+        id,
+        &snap,
+        &restored,
+        &RestoreOptions::default(),
+        &pb,
+    )
+    .await?;
     pb.finish_and_clear();
     let same = file_hash(&image).map_err(|e| derr("hash", e))?
         == file_hash(&restored).map_err(|e| derr("hash", e))?;

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 /// The repository format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Entries in one block-map segment: 4096 blocks = 4 GiB of volume at 1 MiB blocks.
+/// Entries in one block-map segment: 4096 blocks = 2 GiB of volume at 512 KiB blocks.
 pub const MAP_SEGMENT_ENTRIES: usize = 4096;
 
 /// Magic at the end of every pack, after the trailer length.

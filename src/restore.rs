@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use indicatif::ProgressBar;
+use tracing::Instrument;
 
 use crate::backup::{is_zero, source_size};
 use crate::format::{
@@ -41,6 +42,8 @@ pub enum RestoreError {
     },
     #[error("restore target {path} holds {have} bytes but the snapshot needs {need}; use a larger device")]
     TargetTooSmall { path: String, have: u64, need: u64 },
+    #[error("restore target {path} exists; pass --overwrite to update it in place (only blocks that differ are written), or choose a new path")]
+    TargetExists { path: String },
     #[error(transparent)]
     Repo(#[from] RepoError),
 }
@@ -139,18 +142,48 @@ pub async fn restore_volume(
     id: SnapshotId,
     snap: &Snapshot,
     target: &Path,
-    downloads: usize,
+    options: &RestoreOptions,
     progress: &ProgressBar,
 ) -> Result<RestoreStats, RestoreError> {
+    let span = tracing::info_span!("volume_restore", snapshot = %id.short(), volume = %snap.name);
+    restore_inner(repo, id, snap, target, options, progress)
+        .instrument(span)
+        .await
+}
+
+/// How a restore may treat its target.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Ranged reads in flight.
+    pub downloads: usize,
+    /// Allow an existing target (file or device) to be updated in place.
+    pub overwrite: bool,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            downloads: 4,
+            overwrite: false,
+        }
+    }
+}
+
+async fn restore_inner(
+    repo: Arc<Repository>,
+    id: SnapshotId,
+    snap: &Snapshot,
+    target: &Path,
+    options: &RestoreOptions,
+    progress: &ProgressBar,
+) -> Result<RestoreStats, RestoreError> {
+    let downloads = options.downloads;
     let started = Instant::now();
     let shown = target.display().to_string();
     let terr = |source| RestoreError::Target {
         path: shown.clone(),
         source,
     };
-    let span = tracing::info_span!("volume_restore", snapshot = %id.short(), volume = %snap.name);
-    let _g = span.enter();
-
     let (file, in_place, is_device, write_path) = match std::fs::metadata(target) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let partial = partial_path(target);
@@ -169,6 +202,11 @@ pub async fn restore_volume(
             return Err(terr(std::io::Error::other(
                 "is a directory; give the path of an image file or a block device",
             )))
+        }
+        Ok(_) if !options.overwrite => {
+            return Err(RestoreError::TargetExists {
+                path: shown.clone(),
+            })
         }
         Ok(m) => {
             let f = OpenOptions::new()

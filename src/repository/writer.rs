@@ -6,7 +6,7 @@
 //! loses at most the packs not yet indexed, which `repo check` reports as unreferenced.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::task::JoinSet;
@@ -47,8 +47,25 @@ pub struct BlobWriter {
     uploads: JoinSet<Result<IndexPack, RepoError>>,
     max_uploads: usize,
     uploaded: Vec<IndexPack>,
-    seen: HashSet<BlobId>,
+    claims: Arc<Claims>,
     stats: WriterStats,
+}
+
+/// The blobs a writer session has taken, shared with the workers that seal them: a worker
+/// claims an id before sealing, so each new blob is compressed and sealed once even when the
+/// same content shows up in several places at the same time.
+#[derive(Debug, Default)]
+pub struct Claims(Mutex<HashSet<BlobId>>);
+
+impl Claims {
+    /// True when `id` was not claimed before (the caller should seal and add it).
+    pub fn claim(&self, id: BlobId) -> bool {
+        self.0.lock().unwrap().insert(id)
+    }
+
+    pub fn contains(&self, id: &BlobId) -> bool {
+        self.0.lock().unwrap().contains(id)
+    }
 }
 
 impl BlobWriter {
@@ -60,27 +77,25 @@ impl BlobWriter {
             uploads: JoinSet::new(),
             max_uploads: max_uploads.max(1),
             uploaded: Vec::new(),
-            seen: HashSet::new(),
+            claims: Arc::new(Claims::default()),
             stats: WriterStats::default(),
         }
     }
 
-    /// True when this writer already took blob `id`.
-    pub fn has(&self, id: &BlobId) -> bool {
-        self.seen.contains(id)
+    /// The claim set of this session, for the workers that seal blobs.
+    pub fn claims(&self) -> Arc<Claims> {
+        self.claims.clone()
     }
 
-    /// Adds a sealed blob; returns false (and stores nothing) when this writer already has it.
+    /// Adds a sealed blob that the caller has claimed (see [`Claims::claim`]).
     pub async fn add(
         &mut self,
         kind: BlobKind,
         id: BlobId,
         sealed: Vec<u8>,
         raw_length: u32,
-    ) -> Result<bool, RepoError> {
-        if !self.seen.insert(id) {
-            return Ok(false);
-        }
+    ) -> Result<(), RepoError> {
+        debug_assert!(self.claims.contains(&id), "blob {id} added without a claim");
         self.stats.blobs_new += 1;
         self.stats.bytes_new += raw_length as u64;
         let packer = match kind {
@@ -98,7 +113,7 @@ impl BlobWriter {
         if packer.buf.len() >= self.repo.config().pack_size as usize {
             self.seal(kind).await?;
         }
-        Ok(true)
+        Ok(())
     }
 
     async fn seal(&mut self, kind: BlobKind) -> Result<(), RepoError> {

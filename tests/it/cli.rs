@@ -100,9 +100,15 @@ fn backup_restore_list_check_with_json() {
         .arg(&out))));
     assert_eq!(v["mode"], "new");
     assert!(same(&src, &out));
+    // An existing target needs --overwrite.
+    let r = run(with_repo(&repo)
+        .args(["volume", "restore", &first[..8]])
+        .arg(&out));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("--overwrite"), "{}", r.stderr);
     // By unique prefix, onto the newer copy: only the changed blocks are written back.
     let v = json(&ok(run(with_repo(&repo)
-        .args(["volume", "restore", &first[..8], "--json"])
+        .args(["volume", "restore", &first[..8], "--overwrite", "--json"])
         .arg(&out))));
     assert_eq!(v["mode"], "in-place");
     assert_eq!(v["blocks_written"].as_u64().unwrap(), ranges.len() as u64);

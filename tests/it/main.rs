@@ -4,6 +4,7 @@
 //! installs Garage when it is missing.
 
 mod cli;
+mod devices;
 mod fixtures;
 mod format;
 mod repository;

@@ -8,7 +8,7 @@ use lifeboat::backup::{backup_volume, BackupOptions};
 use lifeboat::demo::generate_image;
 use lifeboat::format::KdfParams;
 use lifeboat::repository::{CheckOptions, RepoError, Repository};
-use lifeboat::restore::{restore_volume, RestoreError};
+use lifeboat::restore::{restore_volume, RestoreError, RestoreOptions};
 use lifeboat::store::fault::{Fault, Faulty, Op};
 use lifeboat::store::memory::MemoryStore;
 use lifeboat::store::retry::Retry;
@@ -163,9 +163,16 @@ async fn check_read_data_finds_a_flipped_bit_in_a_pack_and_restore_refuses_it() 
 
     let (id, snap) = repo.resolve_snapshot("v:latest").await.unwrap();
     let target = d.path().join("r.img");
-    let e = restore_volume(repo.clone(), id, &snap, &target, 2, &ProgressBar::hidden())
-        .await
-        .unwrap_err();
+    let e = restore_volume(
+        repo.clone(),
+        id,
+        &snap,
+        &target,
+        &RestoreOptions::default(),
+        &ProgressBar::hidden(),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(e, RestoreError::Repo(RepoError::Corrupt { .. })),
         "{e}"
@@ -255,7 +262,7 @@ async fn a_read_that_returns_damaged_bytes_is_caught() {
         id,
         &snap,
         &d.path().join("x"),
-        2,
+        &RestoreOptions::default(),
         &ProgressBar::hidden(),
     )
     .await
@@ -325,4 +332,56 @@ async fn a_backup_interrupted_at_any_write_leaves_the_repository_consistent() {
     assert!(same(&src, &out2));
     let report = repo.check(&CheckOptions { read_data: true }).await.unwrap();
     assert!(report.ok(), "{:?}", report.errors);
+}
+
+#[tokio::test]
+async fn later_runs_read_index_objects_from_the_local_cache_and_verify_them() {
+    let (d, mem, _) = one_snapshot().await;
+    let cache = d.path().join("cache");
+    let faulty = Arc::new(Faulty::new(Arc::new(mem)));
+    let open = || async {
+        Arc::new(
+            Repository::open(faulty.clone(), PASSWORD, Some(cache.clone()), c())
+                .await
+                .unwrap(),
+        )
+    };
+    let first = open().await.load_index().await.unwrap();
+    // The bucket now refuses to serve index objects: only the cache can answer.
+    faulty.inject(Op::Get, "index/", 0, u64::MAX, Fault::Permanent);
+    let second = open().await.load_index().await.unwrap();
+    assert_eq!(first.blob_count(), second.blob_count());
+    assert!(first.blob_count() > 0);
+
+    // A damaged cache entry is never used: it is dropped and fetched again.
+    let cached: Vec<_> = walk(&cache)
+        .into_iter()
+        .filter(|p| p.contains("/index/"))
+        .collect();
+    assert!(!cached.is_empty());
+    let mut b = std::fs::read(&cached[0]).unwrap();
+    b[10] ^= 1;
+    std::fs::write(&cached[0], b).unwrap();
+    assert!(
+        open().await.load_index().await.is_err(),
+        "damaged cache + refusing store: an error"
+    );
+    faulty.clear();
+    assert_eq!(
+        open().await.load_index().await.unwrap().blob_count(),
+        first.blob_count()
+    );
+}
+
+fn walk(p: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path().display().to_string());
+        }
+    }
+    out
 }

@@ -9,7 +9,7 @@ use lifeboat::backup::{backup_volume, BackupError, BackupOptions, BackupOutcome}
 use lifeboat::demo::{file_hash, generate_image, mutate, write_ranges};
 use lifeboat::diff::ByteRange;
 use lifeboat::repository::{CheckOptions, Repository};
-use lifeboat::restore::{restore_volume, RestoreStats};
+use lifeboat::restore::{restore_volume, RestoreError, RestoreOptions, RestoreStats};
 use lifeboat::store::local::LocalStore;
 use lifeboat::store::memory::MemoryStore;
 use lifeboat::store::{Store, StoreOptions};
@@ -28,9 +28,20 @@ pub async fn backup(repo: &Arc<Repository>, name: &str, src: &Path) -> BackupOut
 
 pub async fn restore(repo: &Arc<Repository>, spec: &str, target: &Path) -> RestoreStats {
     let (id, snap) = repo.resolve_snapshot(spec).await.expect("resolve");
-    restore_volume(repo.clone(), id, &snap, target, 4, &ProgressBar::hidden())
-        .await
-        .expect("restore")
+    let opts = RestoreOptions {
+        overwrite: true,
+        ..Default::default()
+    };
+    restore_volume(
+        repo.clone(),
+        id,
+        &snap,
+        target,
+        &opts,
+        &ProgressBar::hidden(),
+    )
+    .await
+    .expect("restore")
 }
 
 pub fn same(a: &Path, b: &Path) -> bool {
@@ -296,4 +307,29 @@ async fn changed_ranges_with_growing_volume_reads_the_new_tail() {
     let out = d.path().join("o.img");
     restore(&repo, "v:latest", &out).await;
     assert!(same(&src, &out));
+}
+
+#[tokio::test]
+async fn an_existing_target_is_refused_without_overwrite() {
+    let d = tmp();
+    let src = d.path().join("v.img");
+    generate_image(&src, 1 << 20, 14).unwrap();
+    let repo = new_repo(Arc::new(MemoryStore::new())).await;
+    backup(&repo, "v", &src).await;
+    let target = d.path().join("precious.img");
+    std::fs::write(&target, b"do not touch").unwrap();
+    let (id, snap) = repo.resolve_snapshot("v:latest").await.unwrap();
+    let e = restore_volume(
+        repo.clone(),
+        id,
+        &snap,
+        &target,
+        &RestoreOptions::default(),
+        &ProgressBar::hidden(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, RestoreError::TargetExists { .. }), "{e}");
+    assert!(e.to_string().contains("--overwrite"), "{e}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"do not touch");
 }
