@@ -43,6 +43,8 @@ pub enum RepoError {
     NotARepository { location: String },
     #[error("{location} already holds a lifeboat repository; `repo init` never overwrites one (choose another location or prefix)")]
     AlreadyInitialized { location: String },
+    #[error("{location} is not a lifeboat repository: its `config` object is another tool's or damaged ({reason}); check --repo")]
+    Foreign { location: String, reason: String },
     #[error("{location} holds objects but no lifeboat `config`: refusing to initialise a repository over foreign data (choose an empty location or prefix)")]
     NotEmpty { location: String },
     #[error("the password does not open any key of the repository at {location}; check LIFEBOAT_PASSWORD or --password-file")]
@@ -245,8 +247,10 @@ impl Repository {
         struct VersionOnly {
             version: u32,
         }
-        let v: VersionOnly = serde_json::from_slice(&raw)
-            .map_err(|e| RepoError::corrupt("config", format!("not a lifeboat config: {e}")))?;
+        let v: VersionOnly = serde_json::from_slice(&raw).map_err(|e| RepoError::Foreign {
+            location: location.clone(),
+            reason: e.to_string(),
+        })?;
         if v.version != FORMAT_VERSION {
             return Err(RepoError::UnsupportedVersion {
                 location,

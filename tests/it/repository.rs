@@ -385,3 +385,28 @@ fn walk(p: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+#[tokio::test]
+async fn another_tools_repository_is_named_as_foreign() {
+    let mem = MemoryStore::new();
+    // A restic repository's `config` is an encrypted binary object.
+    mem.put(
+        "config",
+        Bytes::from_static(&[0x8a, 0x01, 0xff, 0x42, 0x00]),
+        &c(),
+    )
+    .await
+    .unwrap();
+    let e = Repository::open(Arc::new(mem.clone()), PASSWORD, None, c())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RepoError::Foreign { .. }), "{e}");
+    assert!(e.to_string().contains("not a lifeboat repository"), "{e}");
+    let e = Repository::init(Arc::new(mem), PASSWORD, &test_init_options(), c())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, RepoError::AlreadyInitialized { .. }),
+        "init never overwrites it: {e}"
+    );
+}

@@ -333,3 +333,81 @@ async fn an_existing_target_is_refused_without_overwrite() {
     assert!(e.to_string().contains("--overwrite"), "{e}");
     assert_eq!(std::fs::read(&target).unwrap(), b"do not touch");
 }
+
+/// A large, mostly sparse volume (3 block-map segments) with one changed block: the incremental
+/// stores that block and one new segment; the two unchanged segments are the parent's.
+#[tokio::test]
+async fn unchanged_map_segments_are_shared_with_the_parent() {
+    let d = tmp();
+    let src = d.path().join("big.img");
+    let seg_bytes = 4096 * (64u64 << 10); // one segment at 64 KiB blocks: 256 MiB
+    let f = std::fs::File::create(&src).unwrap();
+    f.set_len(3 * seg_bytes - 4096).unwrap();
+    for s in 0..3 {
+        f.write_all_at(&[s as u8 + 1; 5000], s * seg_bytes + 12345)
+            .unwrap();
+    }
+    let repo = new_repo(Arc::new(MemoryStore::new())).await;
+    let first = backup(&repo, "big", &src).await;
+    assert_eq!(
+        first.stats.blocks_total,
+        3 * 4096,
+        "the last block is a partial one"
+    );
+    f.write_all_at(&[9u8; 100], seg_bytes + 77).unwrap();
+    drop(f);
+    let inc = backup(&repo, "big", &src).await;
+    assert_eq!(inc.stats.blocks_changed, 1);
+    let (_, s1) = repo
+        .resolve_snapshot(&first.snapshot_id.to_hex())
+        .await
+        .unwrap();
+    let (_, s2) = repo
+        .resolve_snapshot(&inc.snapshot_id.to_hex())
+        .await
+        .unwrap();
+    assert_eq!(s1.map.len(), 3);
+    assert_eq!(s1.map[0], s2.map[0]);
+    assert_ne!(s1.map[1], s2.map[1]);
+    assert_eq!(s1.map[2], s2.map[2]);
+    // New plaintext: one 64 KiB block and one 128 KiB segment, not three segments.
+    let segment = 12 + 4096 * 32;
+    assert_eq!(
+        inc.stats.bytes_new,
+        (64 << 10) + segment as u64,
+        "{:?}",
+        inc.stats
+    );
+    let out = d.path().join("out.img");
+    restore(&repo, "big:latest", &out).await;
+    assert!(same(&src, &out));
+}
+
+#[tokio::test]
+async fn round_trip_s3_through_injected_faults() {
+    use lifeboat::store::fault::{Fault, Faulty, Op};
+    use lifeboat::store::retry::Retry;
+    let (s3, _) = garage().store(StoreOptions::default()).await;
+    let faulty = Arc::new(Faulty::new(Arc::new(s3)));
+    let store: Arc<dyn Store> = Arc::new(Retry::new(
+        faulty.clone(),
+        6,
+        std::time::Duration::from_millis(5),
+    ));
+    let repo = new_repo(store).await;
+    faulty.inject(Op::Put, "data/", 0, 2, Fault::Transient);
+    faulty.inject(Op::Put, "data/", 1, 1, Fault::LoseAnswer);
+    faulty.inject(Op::Put, "snapshots/", 0, 1, Fault::LoseAnswer);
+    faulty.inject(Op::Get, "data/", 0, 3, Fault::Transient);
+    faulty.inject(Op::List, "index/", 0, 1, Fault::Transient);
+    let d = tmp();
+    let src = d.path().join("v.img");
+    generate_image(&src, 6 << 20, 17).unwrap();
+    backup(&repo, "v", &src).await;
+    let out = d.path().join("o.img");
+    restore(&repo, "v:latest", &out).await;
+    assert!(same(&src, &out));
+    faulty.clear();
+    let r = repo.check(&CheckOptions { read_data: true }).await.unwrap();
+    assert!(r.ok() && r.snapshots == 1, "{r:?}");
+}
