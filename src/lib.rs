@@ -23,6 +23,7 @@ pub mod crypto;
 pub mod diff;
 pub mod format;
 pub mod repository;
+pub mod resources;
 pub mod restore;
 pub mod store;
 
