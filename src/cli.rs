@@ -10,9 +10,15 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
+use crate::appbackup::{self, AppBackupError, RestorePlanOptions};
 use crate::backup::{backup_volume, BackupError, BackupOptions};
+use crate::cluster::{
+    self as kcluster, ClusterDir, ClusterError, ExistingPolicy, Outcome, ResourceFilter, Selector,
+};
+use crate::format::BackupFilters;
 use crate::format::KdfParams;
 use crate::repository::{CheckOptions, InitOptions, RepoError, Repository};
+use crate::resources::{Mapping, ResourceError, SanitiseOptions};
 use crate::restore::{restore_volume, RestoreError, RestoreOptions};
 use crate::store::{self, StoreError, StoreOptions};
 
@@ -74,6 +80,16 @@ pub enum Command {
     },
     /// List snapshots, oldest first.
     Snapshots,
+    /// Application backups: a namespace's objects (and the cluster-scoped objects it needs).
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+    /// Restore an application backup: sanitised, mapped and in dependency order.
+    Restore {
+        #[command(subcommand)]
+        command: RestoreCommand,
+    },
     /// Run the whole flow on generated data in a scratch directory: init, full and incremental
     /// backup, restore, verify, check. Needs no cluster and no cloud account.
     Demo {
@@ -89,6 +105,77 @@ pub enum Command {
     DemoData {
         #[command(subcommand)]
         command: DemoDataCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Capture the objects of one or more namespaces from a cluster directory.
+    Create {
+        /// Backup name (unique in the repository).
+        name: String,
+        /// Namespace to capture (repeatable).
+        #[arg(long = "namespace", short = 'n', required = true)]
+        namespaces: Vec<String>,
+        /// Label selector for namespaced objects: k=v, k!=v, k, !k, comma-separated.
+        #[arg(long, default_value = "")]
+        selector: String,
+        /// Only these objects: kind/name or kind/namespace/name, comma-separated.
+        #[arg(long, default_value = "")]
+        include_resources: String,
+        /// Leave out these kinds, comma-separated.
+        #[arg(long, default_value = "")]
+        exclude_resource_types: String,
+        /// The cluster directory to capture from (DIR/resources/ holds exported objects).
+        #[arg(long, value_name = "DIR")]
+        cluster_dir: PathBuf,
+    },
+    /// List application backups, oldest first.
+    List,
+    /// Show what one backup holds.
+    Describe { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RestoreCommand {
+    /// Restore a backup to a directory of YAML (apply order), into a cluster directory, or
+    /// print the plan (--dry-run).
+    Create {
+        #[arg(long, value_name = "NAME")]
+        from_backup: String,
+        /// old:new namespace renames, comma-separated.
+        #[arg(long, default_value = "")]
+        namespace_mapping: String,
+        /// old:new storage class renames, comma-separated.
+        #[arg(long, default_value = "")]
+        storage_class_mapping: String,
+        /// Only these objects: kind/name or kind/namespace/name, comma-separated.
+        #[arg(long, default_value = "")]
+        include_resources: String,
+        /// Label selector for namespaced objects.
+        #[arg(long, default_value = "")]
+        selector: String,
+        /// false: workloads at 0 replicas (original count recorded), CronJobs suspended.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        start_applications: bool,
+        /// What to do with objects that exist on the target.
+        #[arg(long, value_enum, default_value_t = ExistingPolicy::Skip)]
+        existing_resource_policy: ExistingPolicy,
+        /// Keep the objects' status.
+        #[arg(long)]
+        keep_status: bool,
+        /// Keep Service node ports.
+        #[arg(long)]
+        keep_node_ports: bool,
+        /// Print the ordered plan and conflicts; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write YAML files whose lexical order is the apply order (for kubectl apply -f).
+        #[arg(long, value_name = "DIR", conflicts_with = "cluster_dir")]
+        output_dir: Option<PathBuf>,
+        /// Apply into a cluster directory.
+        #[arg(long, value_name = "DIR")]
+        cluster_dir: Option<PathBuf>,
     },
 }
 
@@ -221,6 +308,16 @@ pub enum Error {
     Backup(#[from] BackupError),
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    #[error(transparent)]
+    App(#[from] AppBackupError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
+    #[error("restore create needs a target: --output-dir DIR, --cluster-dir DIR, or --dry-run")]
+    NoRestoreTarget,
+    #[error("{0} object(s) failed to restore; see the results above")]
+    ObjectsFailed(usize),
 }
 
 impl Error {
@@ -230,6 +327,7 @@ impl Error {
             Error::Repo(e) => e.is_retryable(),
             Error::Backup(e) => e.is_retryable(),
             Error::Restore(e) => e.is_retryable(),
+            Error::App(e) => e.is_retryable(),
             _ => false,
         };
         match self {
@@ -343,6 +441,8 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Repo { command } => repo_command(&ctx, command).await,
         Command::Volume { command } => volume_command(&ctx, command).await,
         Command::Snapshots => snapshots(&ctx).await,
+        Command::Backup { command } => backup_command(&ctx, command).await,
+        Command::Restore { command } => restore_command(&ctx, command).await,
         Command::Demo { dir, size_mib } => demo(&ctx, dir.clone(), *size_mib).await,
         Command::DemoData { command } => demo_data(command),
     }
@@ -572,6 +672,260 @@ async fn snapshots(ctx: &Ctx<'_>) -> Result<(), Error> {
                 s.parent.map(|p| p.short()).unwrap_or_else(|| "-".into())
             );
         }
+    }
+    Ok(())
+}
+
+fn csv(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error> {
+    match cmd {
+        BackupCommand::Create {
+            name,
+            namespaces,
+            selector,
+            include_resources,
+            exclude_resource_types,
+            cluster_dir,
+        } => {
+            let scope = kcluster::Scope {
+                namespaces: namespaces.clone(),
+                selector: Selector::parse(selector)?,
+                include: ResourceFilter::parse_list("--include-resources", include_resources)?,
+                exclude_types: csv(exclude_resource_types),
+            };
+            let cluster = ClusterDir::new(cluster_dir);
+            let source = cluster.describe();
+            let all = {
+                let c = cluster.clone();
+                tokio::task::spawn_blocking(move || c.load())
+                    .await
+                    .map_err(|e| Error::Demo(e.to_string()))??
+            };
+            let selected = kcluster::select(&all, &scope, &source)?;
+            let repo = ctx.open().await?;
+            let filters = BackupFilters {
+                namespaces: namespaces.clone(),
+                selector: selector.clone(),
+                include_resources: csv(include_resources),
+                exclude_resource_types: csv(exclude_resource_types),
+            };
+            let out = appbackup::create_backup(repo, name, &source, filters, selected).await?;
+            ctx.emit(&out, || {
+                format!(
+                    "backup {name} ({}): {} objects, {} new, uploaded {}, {:.2}s",
+                    out.id.short(),
+                    out.objects,
+                    out.objects_new,
+                    human(out.bytes_uploaded),
+                    out.duration_seconds
+                )
+            });
+            Ok(())
+        }
+        BackupCommand::List => {
+            let repo = ctx.open().await?;
+            let all = appbackup::list_backups(&repo).await?;
+            let rows: Vec<serde_json::Value> = all
+                .iter()
+                .map(|(id, b)| {
+                    serde_json::json!({"id": id, "name": b.name, "time": b.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                        "source": b.source, "namespaces": b.filters.namespaces, "objects": b.objects.len()})
+                })
+                .collect();
+            ctx.emit(&rows, || {
+                if all.is_empty() {
+                    return "no backups".into();
+                }
+                let mut out = format!(
+                    "{:<10} {:<25} {:<24} {:>8}  NAMESPACES",
+                    "ID", "TIME", "NAME", "OBJECTS"
+                );
+                for (id, b) in &all {
+                    out.push_str(&format!(
+                        "\n{:<10} {:<25} {:<24} {:>8}  {}",
+                        id.short(),
+                        b.time
+                            .format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default(),
+                        b.name,
+                        b.objects.len(),
+                        b.filters.namespaces.join(",")
+                    ));
+                }
+                out
+            });
+            Ok(())
+        }
+        BackupCommand::Describe { name } => {
+            let repo = ctx.open().await?;
+            let (id, b) = appbackup::find_backup(&repo, name).await?;
+            ctx.emit(&serde_json::json!({"id": id, "backup": b}), || {
+                let mut out = format!(
+                    "backup {} ({})\ntime: {}\nsource: {}\nnamespaces: {}\nselector: {}\nobjects: {}",
+                    b.name,
+                    id.short(),
+                    b.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                    b.source,
+                    b.filters.namespaces.join(","),
+                    if b.filters.selector.is_empty() { "-" } else { &b.filters.selector },
+                    b.objects.len()
+                );
+                for o in &b.objects {
+                    out.push_str(&format!(
+                        "\n  {}/{}{} ({} bytes)",
+                        o.kind,
+                        o.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default(),
+                        o.name,
+                        o.size
+                    ));
+                }
+                out
+            });
+            Ok(())
+        }
+    }
+}
+
+async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Error> {
+    let RestoreCommand::Create {
+        from_backup,
+        namespace_mapping,
+        storage_class_mapping,
+        include_resources,
+        selector,
+        start_applications,
+        existing_resource_policy,
+        keep_status,
+        keep_node_ports,
+        dry_run,
+        output_dir,
+        cluster_dir,
+    } = cmd;
+    let opts = RestorePlanOptions {
+        namespaces: Mapping::parse("--namespace-mapping", namespace_mapping)?,
+        storage_classes: Mapping::parse("--storage-class-mapping", storage_class_mapping)?,
+        include: ResourceFilter::parse_list("--include-resources", include_resources)?,
+        selector: Selector::parse(selector)?,
+        start_applications: *start_applications,
+        sanitise: SanitiseOptions {
+            keep_status: *keep_status,
+            keep_node_ports: *keep_node_ports,
+        },
+    };
+    if !dry_run && output_dir.is_none() && cluster_dir.is_none() {
+        return Err(Error::NoRestoreTarget);
+    }
+    let repo = ctx.open().await?;
+    let (_, backup) = appbackup::find_backup(&repo, from_backup).await?;
+    let objects = appbackup::load_objects(&repo, &backup).await?;
+    let known: Vec<kcluster::Exported> = objects
+        .iter()
+        .map(|(r, v)| kcluster::Exported {
+            r: r.clone(),
+            value: v.clone(),
+            origin: String::new(),
+        })
+        .collect();
+    kcluster::check_kinds(
+        "--include-resources",
+        opts.include.iter().map(|f| f.kind.as_str()),
+        &known,
+    )?;
+    let plan = appbackup::plan_restore(objects, &opts);
+    let target = cluster_dir.as_ref().map(ClusterDir::new);
+
+    if *dry_run {
+        let conflicts = match &target {
+            Some(t) => appbackup::conflicts(t, &plan)?,
+            None => Vec::new(),
+        };
+        let rows: Vec<serde_json::Value> = plan
+            .iter()
+            .map(|p| {
+                serde_json::json!({"source": p.source, "target": p.target, "skipped": p.skipped,
+                    "exists": conflicts.contains(&p.target), "object": if p.skipped.is_none() { p.value.clone() } else { serde_json::Value::Null }})
+            })
+            .collect();
+        ctx.emit(&rows, || {
+            let mut out = String::new();
+            let mut n = 0;
+            for p in &plan {
+                match &p.skipped {
+                    None => {
+                        n += 1;
+                        let renamed = if p.source != p.target {
+                            format!(" (from {})", p.source.display())
+                        } else {
+                            String::new()
+                        };
+                        let exists = if conflicts.contains(&p.target) {
+                            format!(
+                                "  CONFLICT: exists on the target ({:?} policy)",
+                                existing_resource_policy
+                            )
+                        } else {
+                            String::new()
+                        };
+                        out.push_str(&format!(
+                            "{n:>4}. apply {}{renamed}{exists}\n",
+                            p.target.display()
+                        ));
+                    }
+                    Some(why) => {
+                        out.push_str(&format!("      skip  {}: {why}\n", p.source.display()))
+                    }
+                }
+            }
+            out.push_str(&format!(
+                "dry run: {n} objects would be applied; nothing was changed"
+            ));
+            out
+        });
+        return Ok(());
+    }
+
+    let results = match (output_dir, &target) {
+        (Some(dir), _) => appbackup::write_output_dir(dir, &plan)?,
+        (None, Some(t)) => appbackup::apply_to_cluster_dir(t, &plan, *existing_resource_policy)?,
+        (None, None) => unreachable!("checked above"),
+    };
+    let failed = results
+        .iter()
+        .filter(|r| r.outcome == Outcome::Failed)
+        .count();
+    let skipped: Vec<serde_json::Value> = plan
+        .iter()
+        .filter_map(|p| {
+            p.skipped
+                .as_ref()
+                .map(|why| serde_json::json!({"object": p.source, "reason": why}))
+        })
+        .collect();
+    ctx.emit(&serde_json::json!({"results": results, "not_restored": skipped}), || {
+        let mut out = String::new();
+        for r in &results {
+            out.push_str(&format!("{:<8} {} {}\n", format!("{:?}", r.outcome).to_lowercase(), r.r.display(), r.detail));
+        }
+        let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
+        out.push_str(&format!(
+            "restored from {from_backup}: {} created, {} updated, {} skipped, {} failed; {} objects not restored by rule",
+            count(Outcome::Created),
+            count(Outcome::Updated),
+            count(Outcome::Skipped),
+            failed,
+            skipped.len()
+        ));
+        out
+    });
+    if failed > 0 {
+        return Err(Error::ObjectsFailed(failed));
     }
     Ok(())
 }

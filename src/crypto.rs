@@ -47,6 +47,7 @@ pub enum Role {
     PackTrailer,
     Index,
     Snapshot,
+    Backup,
 }
 
 impl Role {
@@ -61,6 +62,7 @@ impl Role {
             Role::PackTrailer => v.extend_from_slice(b"pack-trailer"),
             Role::Index => v.extend_from_slice(b"index"),
             Role::Snapshot => v.extend_from_slice(b"snapshot"),
+            Role::Backup => v.extend_from_slice(b"backup"),
         }
         v
     }

@@ -90,6 +90,10 @@ id_type!(
     /// BLAKE3 of a key object's bytes; the object is `keys/<id>`.
     KeyId
 );
+id_type!(
+    /// BLAKE3 of an application backup record's bytes; the object is `backups/<id>`.
+    BackupId
+);
 
 impl PackId {
     pub fn key(&self) -> String {
@@ -110,6 +114,11 @@ impl IndexId {
 impl KeyId {
     pub fn key(&self) -> String {
         format!("keys/{}", self.to_hex())
+    }
+}
+impl BackupId {
+    pub fn key(&self) -> String {
+        format!("backups/{}", self.to_hex())
     }
 }
 
@@ -213,6 +222,8 @@ pub enum BlobKind {
     Data,
     /// A block-map segment of a volume snapshot.
     Map,
+    /// One Kubernetes object as the cluster exported it (JSON).
+    Object,
 }
 
 impl BlobKind {
@@ -220,6 +231,7 @@ impl BlobKind {
         match self {
             BlobKind::Data => 1,
             BlobKind::Map => 2,
+            BlobKind::Object => 3,
         }
     }
 }
@@ -366,4 +378,44 @@ pub fn decode_map(bytes: &[u8]) -> Result<Vec<BlockRef>, String> {
             }
         })
         .collect())
+}
+
+/// One captured object of an application backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackedUpObject {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    /// Blob (kind `object`) holding the object as exported, JSON.
+    pub blob: BlobId,
+    pub size: u32,
+}
+
+/// What an application backup was asked to capture.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupFilters {
+    pub namespaces: Vec<String>,
+    pub selector: String,
+    pub include_resources: Vec<String>,
+    pub exclude_resource_types: Vec<String>,
+}
+
+/// `backups/<id>` (sealed): an application backup: the objects of some namespaces (and the
+/// cluster-scoped objects they need) at one instant. Written after every blob it names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppBackup {
+    pub version: u32,
+    /// Unique among the repository's backups.
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// Where the objects came from (`cluster-dir:/path`, later a kube context).
+    pub source: String,
+    pub filters: BackupFilters,
+    pub objects: Vec<BackedUpObject>,
+    pub program_version: String,
 }

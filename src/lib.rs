@@ -18,7 +18,9 @@
 //! use. Scheduling, application hooks and the catalog come later and sit upstream of `diff`
 //! and downstream of `repository` respectively.
 
+pub mod appbackup;
 pub mod backup;
+pub mod cluster;
 pub mod crypto;
 pub mod diff;
 pub mod format;

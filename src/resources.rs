@@ -353,7 +353,7 @@ pub fn skip_reason(r: &ObjRef, v: &Value, set: &HashSet<ObjRef>) -> Option<Strin
                 .unwrap_or(false);
             if controller && set.contains(&owner) {
                 return Some(format!(
-                    "owned by {} which is restored and recreates it",
+                    "owned by {}: restored with its controller, which recreates it",
                     owner.display()
                 ));
             }
@@ -450,20 +450,17 @@ pub fn map_object(r: &ObjRef, v: &mut Value, namespaces: &Mapping, storage_class
             "/spec/storageClassName",
             storage_classes,
         ),
-        ("storage.k8s.io", "StorageClass") => map_str(v, "/metadata/name", storage_classes),
         _ => {}
     }
 }
 
 /// The identity an object will have on the target.
-pub fn mapped_ref(r: &ObjRef, namespaces: &Mapping, storage_classes: &Mapping) -> ObjRef {
+/// (A mapped StorageClass keeps its name: it is not restored at all; see the restore plan.)
+pub fn mapped_ref(r: &ObjRef, namespaces: &Mapping) -> ObjRef {
     let mut out = r.clone();
     out.namespace = r.namespace.as_ref().map(|n| namespaces.get(n).to_string());
     if r.group().is_empty() && r.kind == "Namespace" {
         out.name = namespaces.get(&r.name).to_string();
-    }
-    if r.group() == "storage.k8s.io" && r.kind == "StorageClass" {
-        out.name = storage_classes.get(&r.name).to_string();
     }
     out
 }

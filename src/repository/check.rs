@@ -13,7 +13,7 @@ use super::{cpu, Index, RepoError, Repository};
 use crate::crypto::Role;
 use crate::format::{
     decode_map, object_hash, BlobId, BlobKind, BlockRef, IndexFile, IndexId, KeyFile, PackId,
-    PackTrailer, MAP_SEGMENT_ENTRIES, PACK_MAGIC,
+    PackTrailer, Snapshot, MAP_SEGMENT_ENTRIES, PACK_MAGIC,
 };
 
 #[derive(Debug, Clone, Default)]
@@ -28,6 +28,7 @@ pub struct CheckReport {
     /// Harmless findings (e.g. packs left by an interrupted backup).
     pub warnings: Vec<String>,
     pub snapshots: usize,
+    pub backups: usize,
     pub index_files: usize,
     pub packs: usize,
     pub blobs: usize,
@@ -91,7 +92,10 @@ impl Repository {
                 r.errors.push(format!("{}: unexpected object name", o.key));
                 continue;
             };
-            match self.read_index_uncached(&o.key, &id).await {
+            match self
+                .read_sealed_uncached::<IndexFile>(&o.key, &id.0, Role::Index)
+                .await
+            {
                 Ok(f) => files.push(f),
                 Err(e) => r.errors.push(e.to_string()),
             }
@@ -125,7 +129,10 @@ impl Repository {
         let ids = self.snapshot_ids().await?;
         r.snapshots = ids.len();
         for id in ids {
-            let snap = match self.load_snapshot_uncached(&id).await {
+            let snap = match self
+                .read_sealed_uncached::<Snapshot>(&id.key(), &id.0, Role::Snapshot)
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     r.errors.push(e.to_string());
@@ -182,49 +189,56 @@ impl Repository {
             }
         }
 
+        // Application backups: each record, and every object blob it names.
+        for o in self.store().list("backups/", cancel).await? {
+            r.backups += 1;
+            let Some(h) = name_of(&o.key, "backups/") else {
+                r.errors.push(format!("{}: unexpected object name", o.key));
+                continue;
+            };
+            let record: Result<crate::format::AppBackup, RepoError> =
+                self.read_sealed_uncached(&o.key, &h, Role::Backup).await;
+            match record {
+                Err(e) => r.errors.push(e.to_string()),
+                Ok(b) => {
+                    for obj in &b.objects {
+                        if !index.contains(&obj.blob) {
+                            r.errors.push(format!(
+                                "{}: object {}/{} (blob {}) is in no index",
+                                o.key, obj.kind, obj.name, obj.blob
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+
         if options.read_data {
             self.read_all_packs(&index, &stored, &mut r).await?;
         }
         Ok(r)
     }
 
-    async fn read_index_uncached(&self, key: &str, id: &IndexId) -> Result<IndexFile, RepoError> {
+    async fn read_sealed_uncached<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        key: &str,
+        hash: &[u8; 32],
+        role: Role,
+    ) -> Result<T, RepoError> {
         let bytes = self.store().get(key, self.cancel()).await?;
         let keys = self.keys().clone();
-        let (key, id) = (key.to_string(), *id);
+        let (key, hash) = (key.to_string(), *hash);
         cpu(move || {
-            if object_hash(&bytes) != id.0 {
+            if object_hash(&bytes) != hash {
                 return Err(RepoError::corrupt(
                     key,
                     "content does not match its name (BLAKE3)",
                 ));
             }
             let plain = keys
-                .open(Role::Index, &bytes, super::MAX_METADATA_BYTES)
+                .open(role, &bytes, super::MAX_METADATA_BYTES)
                 .map_err(|e| RepoError::corrupt(key.clone(), e))?;
             serde_json::from_slice(&plain).map_err(|e| RepoError::corrupt(key, e))
-        })
-        .await?
-    }
-
-    async fn load_snapshot_uncached(
-        &self,
-        id: &crate::format::SnapshotId,
-    ) -> Result<crate::format::Snapshot, RepoError> {
-        let bytes = self.store().get(&id.key(), self.cancel()).await?;
-        let keys = self.keys().clone();
-        let id = *id;
-        cpu(move || {
-            if object_hash(&bytes) != id.0 {
-                return Err(RepoError::corrupt(
-                    id.key(),
-                    "content does not match its name (BLAKE3)",
-                ));
-            }
-            let plain = keys
-                .open(Role::Snapshot, &bytes, super::MAX_METADATA_BYTES)
-                .map_err(|e| RepoError::corrupt(id.key(), e))?;
-            serde_json::from_slice(&plain).map_err(|e| RepoError::corrupt(id.key(), e))
         })
         .await?
     }

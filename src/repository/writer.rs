@@ -100,7 +100,7 @@ impl BlobWriter {
         self.stats.bytes_new += raw_length as u64;
         let packer = match kind {
             BlobKind::Data => &mut self.data,
-            BlobKind::Map => &mut self.meta,
+            BlobKind::Map | BlobKind::Object => &mut self.meta,
         };
         packer.blobs.push(PackedBlob {
             id,
@@ -119,7 +119,7 @@ impl BlobWriter {
     async fn seal(&mut self, kind: BlobKind) -> Result<(), RepoError> {
         let packer = std::mem::take(match kind {
             BlobKind::Data => &mut self.data,
-            BlobKind::Map => &mut self.meta,
+            BlobKind::Map | BlobKind::Object => &mut self.meta,
         });
         if packer.blobs.is_empty() {
             return Ok(());

@@ -3,6 +3,7 @@
 //! The S3 tests start a real Garage server on loopback (see `support::garage`); `tests/run.sh`
 //! installs Garage when it is missing.
 
+mod appbackup;
 mod cli;
 mod devices;
 mod fixtures;

@@ -1,0 +1,379 @@
+//! Application backups: takes the objects a [`crate::cluster`] source yields for a scope;
+//! gives a named backup record in the repository, each object stored raw as its own
+//! content-addressed, sealed blob (an unchanged object costs nothing the next time). Restore
+//! planning ([`plan_restore`]) is pure: filter, skip, sanitise, map, hold, order. The outputs
+//! (a plan, a directory of YAML in apply order, a cluster directory) are thin. Must not write
+//! any object's content unsealed to the repository or to logs.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::cluster::{
+    ApplyResult, ClusterDir, ClusterError, ExistingPolicy, Exported, Outcome, ResourceFilter,
+    Selector,
+};
+use crate::crypto::Role;
+use crate::format::{AppBackup, BackedUpObject, BackupFilters, BackupId, BlobKind, FORMAT_VERSION};
+use crate::repository::{cpu, RepoError, Repository};
+use crate::resources::{
+    apply_order, hold_applications, map_object, mapped_ref, sanitise, skip_reason, Mapping, ObjRef,
+    SanitiseOptions,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppBackupError {
+    #[error("a backup named `{0}` exists already; choose another name")]
+    NameTaken(String),
+    #[error("invalid backup name `{0}`: use 1 to 253 letters, digits, `-`, `_` or `.`")]
+    BadName(String),
+    #[error("no backup named `{0}`; `lifeboat backup list` shows them")]
+    NotFound(String),
+    #[error("output directory {0} is not empty; choose a new or empty directory")]
+    OutputNotEmpty(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+impl AppBackupError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, AppBackupError::Repo(e) if e.is_retryable())
+    }
+}
+
+fn check_name(name: &str) -> Result<(), AppBackupError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AppBackupError::BadName(name.to_string()))
+    }
+}
+
+/// What `backup create` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackupSummary {
+    pub id: BackupId,
+    pub name: String,
+    pub objects: usize,
+    pub objects_new: u64,
+    pub bytes_uploaded: u64,
+    pub duration_seconds: f64,
+}
+
+/// Every backup record, oldest first.
+pub async fn list_backups(repo: &Repository) -> Result<Vec<(BackupId, AppBackup)>, AppBackupError> {
+    let listed = repo
+        .store()
+        .list("backups/", repo.cancel())
+        .await
+        .map_err(RepoError::from)?;
+    let mut all: Vec<(BackupId, AppBackup)> = futures::stream::iter(listed)
+        .map(|o| async move {
+            let id: BackupId =
+                o.key["backups/".len()..]
+                    .parse()
+                    .map_err(|e| RepoError::Corrupt {
+                        object: o.key.clone(),
+                        reason: format!("unexpected object name: {e}"),
+                    })?;
+            let b: AppBackup = repo.read_sealed_json(&o.key, &id.0, Role::Backup).await?;
+            Ok::<_, AppBackupError>((id, b))
+        })
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+    all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+    Ok(all)
+}
+
+pub async fn find_backup(
+    repo: &Repository,
+    name: &str,
+) -> Result<(BackupId, AppBackup), AppBackupError> {
+    list_backups(repo)
+        .await?
+        .into_iter()
+        .find(|(_, b)| b.name == name)
+        .ok_or_else(|| AppBackupError::NotFound(name.to_string()))
+}
+
+/// Stores `objects` as backup `name`.
+pub async fn create_backup(
+    repo: Arc<Repository>,
+    name: &str,
+    source: &str,
+    filters: BackupFilters,
+    objects: Vec<Exported>,
+) -> Result<BackupSummary, AppBackupError> {
+    let started = std::time::Instant::now();
+    check_name(name)?;
+    if list_backups(&repo)
+        .await?
+        .iter()
+        .any(|(_, b)| b.name == name)
+    {
+        return Err(AppBackupError::NameTaken(name.to_string()));
+    }
+    let index = repo.load_index().await?;
+    let mut writer = repo.writer(4);
+    let claims = writer.claims();
+    let mut records = Vec::with_capacity(objects.len());
+    for e in objects {
+        let keys = repo.keys().clone();
+        let level = repo.config().compression_level.max(1);
+        let (id, sealed, len) = cpu(move || {
+            let json = serde_json::to_vec(&e.value).expect("a parsed object serialises");
+            let id = keys.blob_id(&json);
+            (
+                id,
+                keys.seal(Role::Blob(BlobKind::Object, id), &json, level),
+                json.len(),
+            )
+        })
+        .await?;
+        if !index.contains(&id) && claims.claim(id) {
+            writer.add(BlobKind::Object, id, sealed, len as u32).await?;
+        }
+        records.push(BackedUpObject {
+            api_version: e.r.api_version,
+            kind: e.r.kind,
+            namespace: e.r.namespace,
+            name: e.r.name,
+            blob: id,
+            size: len as u32,
+        });
+    }
+    let stats = writer.finish().await?;
+    let record = AppBackup {
+        version: FORMAT_VERSION,
+        name: name.to_string(),
+        time: OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .expect("0 ns is valid"),
+        source: source.to_string(),
+        filters,
+        objects: records,
+        program_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let (hash, len) = repo
+        .write_sealed_json("backups", &record, Role::Backup)
+        .await?;
+    Ok(BackupSummary {
+        id: BackupId(hash),
+        name: name.to_string(),
+        objects: record.objects.len(),
+        objects_new: stats.blobs_new,
+        bytes_uploaded: stats.bytes_uploaded + len,
+        duration_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The objects of a backup, read and verified from the repository.
+pub async fn load_objects(
+    repo: &Repository,
+    backup: &AppBackup,
+) -> Result<Vec<(ObjRef, Value)>, AppBackupError> {
+    let index = repo.load_index().await?;
+    let index = &index;
+    futures::stream::iter(&backup.objects)
+        .map(|o| async move {
+            let bytes = repo.read_blob(index, BlobKind::Object, &o.blob).await?;
+            let v: Value = serde_json::from_slice(&bytes).map_err(|e| RepoError::Corrupt {
+                object: format!("object blob {}", o.blob),
+                reason: e.to_string(),
+            })?;
+            let r = ObjRef {
+                api_version: o.api_version.clone(),
+                kind: o.kind.clone(),
+                namespace: o.namespace.clone(),
+                name: o.name.clone(),
+            };
+            Ok::<_, AppBackupError>((r, v))
+        })
+        .buffered(8)
+        .try_collect()
+        .await
+}
+
+/// Choices of a restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestorePlanOptions {
+    pub namespaces: Mapping,
+    pub storage_classes: Mapping,
+    pub include: Vec<ResourceFilter>,
+    pub selector: Selector,
+    pub start_applications: bool,
+    pub sanitise: SanitiseOptions,
+}
+
+/// One object of a restore plan.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Planned {
+    /// As backed up.
+    pub source: ObjRef,
+    /// As it will be on the target.
+    pub target: ObjRef,
+    /// None: restored; Some: why not.
+    pub skipped: Option<String>,
+    #[serde(skip)]
+    pub value: Value,
+}
+
+/// Filters, skips, sanitises, maps and orders a backup's objects. Restored objects come first,
+/// in apply order; skipped ones follow with their reasons.
+pub fn plan_restore(objects: Vec<(ObjRef, Value)>, o: &RestorePlanOptions) -> Vec<Planned> {
+    let set: HashSet<ObjRef> = objects.iter().map(|(r, _)| r.clone()).collect();
+    let mut kept = Vec::new();
+    let mut skipped = Vec::new();
+    for (r, mut v) in objects {
+        let target = mapped_ref(&r, &o.namespaces);
+        // Filters apply to namespaced objects; the cluster-scoped ones a restore needs follow
+        // the objects that need them only where a filter names them.
+        let filtered_out = (!o.include.is_empty() && !o.include.iter().any(|f| f.matches(&r)))
+            || (r.namespace.is_some() && !o.selector.matches(&v));
+        if filtered_out {
+            skipped.push(Planned {
+                source: r,
+                target,
+                skipped: Some("not selected by --include-resources/--selector".into()),
+                value: v,
+            });
+            continue;
+        }
+        let mapped_class = r.group() == "storage.k8s.io"
+            && r.kind == "StorageClass"
+            && o.storage_classes.0.contains_key(&r.name);
+        let reason = if mapped_class {
+            Some(format!(
+                "mapped to `{}` by --storage-class-mapping: the target's class is used",
+                o.storage_classes.get(&r.name)
+            ))
+        } else {
+            skip_reason(&r, &v, &set)
+        };
+        if let Some(reason) = reason {
+            skipped.push(Planned {
+                source: r,
+                target,
+                skipped: Some(reason),
+                value: v,
+            });
+            continue;
+        }
+        sanitise(&r, &mut v, &o.sanitise);
+        map_object(&r, &mut v, &o.namespaces, &o.storage_classes);
+        if !o.start_applications {
+            hold_applications(&r, &mut v);
+        }
+        kept.push((r, target, v));
+    }
+    let for_order: Vec<(ObjRef, Value)> = kept
+        .iter()
+        .map(|(r, _, v)| (r.clone(), v.clone()))
+        .collect();
+    let order = apply_order(&for_order);
+    let mut kept: Vec<Option<(ObjRef, ObjRef, Value)>> = kept.into_iter().map(Some).collect();
+    let mut out: Vec<Planned> = order
+        .into_iter()
+        .map(|i| {
+            let (source, target, value) = kept[i].take().expect("each index once");
+            Planned {
+                source,
+                target,
+                skipped: None,
+                value,
+            }
+        })
+        .collect();
+    out.extend(skipped);
+    out
+}
+
+fn file_name(i: usize, r: &ObjRef) -> String {
+    let ns = r.namespace.as_deref().unwrap_or("_cluster");
+    format!(
+        "{:04}-{}-{}-{}.yaml",
+        i + 1,
+        r.kind.to_ascii_lowercase(),
+        ns,
+        r.name
+    )
+}
+
+/// Writes the restored objects as YAML files whose lexical order is the apply order, so that
+/// `kubectl apply -f DIR` restores correctly. Secrets are written readable by the owner only.
+pub fn write_output_dir(dir: &Path, plan: &[Planned]) -> Result<Vec<ApplyResult>, AppBackupError> {
+    let io = |source| AppBackupError::Io {
+        path: dir.display().to_string(),
+        source,
+    };
+    if dir.exists() && std::fs::read_dir(dir).map_err(io)?.next().is_some() {
+        return Err(AppBackupError::OutputNotEmpty(dir.display().to_string()));
+    }
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut results = Vec::new();
+    for (i, p) in plan.iter().filter(|p| p.skipped.is_none()).enumerate() {
+        let path = dir.join(file_name(i, &p.target));
+        let write = || -> std::io::Result<()> {
+            let yaml = serde_yaml::to_string(&p.value).map_err(std::io::Error::other)?;
+            crate::cluster::write_private(&path, yaml.as_bytes(), p.target.kind == "Secret")
+        };
+        results.push(ApplyResult {
+            r: p.target.clone(),
+            outcome: if write().is_ok() {
+                Outcome::Created
+            } else {
+                Outcome::Failed
+            },
+            detail: path.display().to_string(),
+        });
+    }
+    Ok(results)
+}
+
+/// Applies the plan to a cluster directory with the chosen policy for existing objects.
+pub fn apply_to_cluster_dir(
+    target: &ClusterDir,
+    plan: &[Planned],
+    policy: ExistingPolicy,
+) -> Result<Vec<ApplyResult>, AppBackupError> {
+    let objects: Vec<(ObjRef, Value)> = plan
+        .iter()
+        .filter(|p| p.skipped.is_none())
+        .map(|p| (p.target.clone(), p.value.clone()))
+        .collect();
+    Ok(target.apply(&objects, policy)?)
+}
+
+/// Objects of the plan that already exist on a target cluster directory.
+pub fn conflicts(target: &ClusterDir, plan: &[Planned]) -> Result<Vec<ObjRef>, AppBackupError> {
+    if !target_exists(target) {
+        return Ok(Vec::new());
+    }
+    let existing: HashSet<ObjRef> = target.load()?.into_iter().map(|e| e.r).collect();
+    Ok(plan
+        .iter()
+        .filter(|p| p.skipped.is_none() && existing.contains(&p.target))
+        .map(|p| p.target.clone())
+        .collect())
+}
+
+fn target_exists(target: &ClusterDir) -> bool {
+    target.load().is_ok()
+}

@@ -1,0 +1,526 @@
+//! Application backups of the fixture cluster (`fixtures/clusters/prod`): capture, list,
+//! describe, restore sanitised / mapped / ordered to a YAML directory and into a cluster
+//! directory, and bad input that changes nothing.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::{lifeboat, run, tmp, Run};
+
+fn prod() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/clusters/prod")
+}
+
+fn lb(repo: &Path) -> Command {
+    let mut c = lifeboat();
+    c.env("LIFEBOAT_PASSWORD", "pw")
+        .arg("--repo")
+        .arg(repo)
+        .arg("--no-cache");
+    c
+}
+
+fn ok(r: Run) -> Run {
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    r
+}
+
+fn json(r: &Run) -> Value {
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.stdout))
+}
+
+fn repo_with_backup(d: &Path) -> PathBuf {
+    let repo = d.join("repo");
+    ok(run(lb(&repo).args(["repo", "init", "--insecure-fast-kdf"])));
+    ok(run(lb(&repo)
+        .args([
+            "backup",
+            "create",
+            "apps-1",
+            "-n",
+            "pg",
+            "-n",
+            "cassandra",
+            "--cluster-dir",
+        ])
+        .arg(prod())));
+    repo
+}
+
+fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+fn yaml(path: &Path) -> Value {
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn backup_captures_scope_dedups_and_never_stores_secrets_in_plaintext() {
+    let d = tmp();
+    let repo = repo_with_backup(d.path());
+    let desc = json(&ok(run(
+        lb(&repo).args(["backup", "describe", "apps-1", "--json"])
+    )));
+    let objects: Vec<String> = desc["backup"]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for want in [
+        "Namespace/pg",
+        "Namespace/cassandra",
+        "StatefulSet/cassandra",
+        "Deployment/postgres",
+        "Secret/postgres-credentials",
+        "PostgresCluster/main",
+        "CustomResourceDefinition/postgresclusters.db.example.com",
+        "PersistentVolume/pvc-c1c1c1c1-0000-4000-8000-000000000018",
+        "StorageClass/fast-ssd",
+        "ClusterRoleBinding/postgres-node-reader",
+        "ClusterRole/postgres-node-reader",
+        "ValidatingWebhookConfiguration/pg-operator",
+    ] {
+        assert!(
+            objects.contains(&want.to_string()),
+            "{want} captured: {objects:?}"
+        );
+    }
+    for unwanted in [
+        "Node/node-1",
+        "StorageClass/slow-hdd",
+        "ClusterRole/cluster-admin",
+        "CustomResourceDefinition/widgets.unrelated.example.org",
+    ] {
+        assert!(
+            !objects.contains(&unwanted.to_string()),
+            "{unwanted} is out of scope"
+        );
+    }
+
+    // A second backup of unchanged objects stores no object again.
+    let v = json(&ok(run(lb(&repo)
+        .args([
+            "backup",
+            "create",
+            "apps-2",
+            "--json",
+            "-n",
+            "pg",
+            "-n",
+            "cassandra",
+            "--cluster-dir",
+        ])
+        .arg(prod()))));
+    assert_eq!(v["objects_new"], 0, "{v}");
+    let list = json(&ok(run(lb(&repo).args(["backup", "list", "--json"]))));
+    assert_eq!(list.as_array().unwrap().len(), 2);
+
+    // The Secret's value appears nowhere in the repository, encoded or decoded.
+    for f in files(&repo) {
+        let bytes = std::fs::read(&f).unwrap();
+        for needle in [
+            &b"c3VwZXItc2VjcmV0LXBhc3N3b3Jk"[..],
+            b"super-secret-password",
+        ] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "plaintext secret in {}",
+                f.display()
+            );
+        }
+    }
+    let check = ok(run(lb(&repo).args([
+        "repo",
+        "check",
+        "--read-data",
+        "--json",
+    ])));
+    assert_eq!(json(&check)["backups"], 2);
+}
+
+#[test]
+fn restore_to_a_yaml_directory_is_sanitised_mapped_held_and_ordered() {
+    let d = tmp();
+    let repo = repo_with_backup(d.path());
+    let out = d.path().join("out");
+    ok(run(lb(&repo)
+        .args([
+            "restore",
+            "create",
+            "--from-backup",
+            "apps-1",
+            "--namespace-mapping",
+            "pg:pg-dr,cassandra:cassandra-dr",
+            "--storage-class-mapping",
+            "fast-ssd:standard",
+            "--start-applications=false",
+            "--output-dir",
+        ])
+        .arg(&out)));
+    let paths = read_dir_sorted(&out);
+    let objs: Vec<(String, Value)> = paths
+        .iter()
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                yaml(p),
+            )
+        })
+        .collect();
+    let pos = |kind: &str, name: &str| {
+        objs.iter()
+            .position(|(_, v)| v["kind"] == kind && v["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind}/{name} restored"))
+    };
+    // Order: CRD → namespaces → PV → PVC → SA → secrets → RBAC → services → workloads → CRs → webhooks.
+    assert_eq!(objs[0].1["kind"], "CustomResourceDefinition");
+    assert!(
+        pos("Namespace", "pg-dr")
+            < pos(
+                "PersistentVolume",
+                "pvc-c1c1c1c1-0000-4000-8000-000000000018"
+            )
+    );
+    assert!(
+        pos(
+            "PersistentVolume",
+            "pvc-c1c1c1c1-0000-4000-8000-000000000018"
+        ) < pos("PersistentVolumeClaim", "postgres-data")
+    );
+    assert!(pos("PersistentVolumeClaim", "postgres-data") < pos("ServiceAccount", "postgres"));
+    assert!(pos("ServiceAccount", "postgres") < pos("Secret", "postgres-credentials"));
+    assert!(pos("Secret", "postgres-credentials") < pos("RoleBinding", "postgres-leader"));
+    assert!(pos("RoleBinding", "postgres-leader") < pos("Service", "postgres"));
+    assert!(pos("Service", "postgres") < pos("Deployment", "postgres"));
+    assert!(pos("Deployment", "postgres") < pos("PostgresCluster", "main"));
+    assert_eq!(
+        objs.last().unwrap().1["kind"],
+        "ValidatingWebhookConfiguration"
+    );
+
+    let get = |kind: &str, name: &str| objs[pos(kind, name)].1.clone();
+    // Sanitised.
+    for (_, v) in &objs {
+        let m = &v["metadata"];
+        for f in [
+            "uid",
+            "resourceVersion",
+            "managedFields",
+            "creationTimestamp",
+            "ownerReferences",
+            "generation",
+        ] {
+            assert!(m.get(f).is_none(), "{f} left on {}", m["name"]);
+        }
+        assert!(v.get("status").is_none(), "status left on {}", m["name"]);
+    }
+    let svc = get("Service", "postgres");
+    assert!(
+        svc["spec"].get("clusterIP").is_none() && svc["spec"]["ports"][0].get("nodePort").is_none(),
+        "{svc}"
+    );
+    assert_eq!(
+        get("Service", "cassandra")["spec"]["clusterIP"],
+        "None",
+        "headless stays headless"
+    );
+    let pvc = get("PersistentVolumeClaim", "data-cassandra-0");
+    assert!(pvc["metadata"]["annotations"]
+        .get("pv.kubernetes.io/bind-completed")
+        .is_none());
+    assert!(get(
+        "PersistentVolume",
+        "pvc-c1c1c1c1-0000-4000-8000-000000000018"
+    )["spec"]["claimRef"]
+        .get("uid")
+        .is_none());
+    // Mapped.
+    assert_eq!(
+        get("Deployment", "postgres")["metadata"]["namespace"],
+        "pg-dr"
+    );
+    assert_eq!(
+        get("RoleBinding", "postgres-leader")["subjects"][0]["namespace"],
+        "pg-dr"
+    );
+    assert_eq!(
+        get("ClusterRoleBinding", "postgres-node-reader")["subjects"][0]["namespace"],
+        "pg-dr"
+    );
+    assert_eq!(
+        get("ValidatingWebhookConfiguration", "pg-operator")["webhooks"][0]["clientConfig"]
+            ["service"]["namespace"],
+        "pg-dr"
+    );
+    assert_eq!(pvc["spec"]["storageClassName"], "standard");
+    assert_eq!(pvc["metadata"]["namespace"], "cassandra-dr");
+    assert_eq!(
+        get("StatefulSet", "cassandra")["spec"]["volumeClaimTemplates"][0]["spec"]
+            ["storageClassName"],
+        "standard"
+    );
+    assert!(
+        !objs.iter().any(|(_, v)| v["kind"] == "StorageClass"),
+        "a mapped class is not restored"
+    );
+    // Held: replicas 0 with the count recorded; CronJob suspended.
+    let dep = get("Deployment", "postgres");
+    assert_eq!(dep["spec"]["replicas"], 0);
+    assert_eq!(
+        dep["metadata"]["annotations"]["lifeboat.dev/original-replicas"],
+        "2"
+    );
+    assert_eq!(
+        get("StatefulSet", "cassandra")["metadata"]["annotations"]
+            ["lifeboat.dev/original-replicas"],
+        "3"
+    );
+    let cj = get("CronJob", "pg-dump");
+    assert_eq!(cj["spec"]["suspend"], true);
+    assert_eq!(
+        cj["metadata"]["annotations"]["lifeboat.dev/original-suspend"],
+        "false"
+    );
+    // Never restored.
+    for (kind, name) in [
+        ("Pod", "cassandra-0"),
+        ("ReplicaSet", "postgres-7c9d8f6b5"),
+        ("Secret", "postgres-token-abcde"),
+        ("Job", "pg-dump-29400180"),
+        ("Event", "cassandra-0.17f3a"),
+        ("Lease", "cassandra-leader"),
+        ("ControllerRevision", "cassandra-5d8f7c9b6"),
+        ("Endpoints", "cassandra"),
+    ] {
+        assert!(
+            !objs
+                .iter()
+                .any(|(_, v)| v["kind"] == kind && v["metadata"]["name"] == name),
+            "{kind}/{name} not restored"
+        );
+    }
+    // Secrets are written for the owner only.
+    let secret_file = &paths[pos("Secret", "postgres-credentials")];
+    assert_eq!(
+        std::fs::metadata(secret_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn restore_into_a_cluster_directory_with_existing_resource_policies_and_dry_run() {
+    let d = tmp();
+    let repo = repo_with_backup(d.path());
+    let target = d.path().join("dr");
+    std::fs::create_dir_all(target.join("resources")).unwrap();
+    let restore = |policy: &str| {
+        let mut c = lb(&repo);
+        c.args([
+            "restore",
+            "create",
+            "--from-backup",
+            "apps-1",
+            "--include-resources",
+        ])
+        .arg("deployment/pg/postgres,configmap/pg/postgres-config,namespace/pg")
+        .args([
+            "--json",
+            "--existing-resource-policy",
+            policy,
+            "--cluster-dir",
+        ])
+        .arg(&target);
+        json(&ok(run(&mut c)))
+    };
+    let first = restore("skip");
+    let outcomes: Vec<&str> = first["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["created", "created", "created"], "{first}");
+    let dep = target.join("resources/pg/deployment.postgres.yaml");
+    assert_eq!(yaml(&dep)["spec"]["replicas"], 2, "started by default");
+
+    // Dry run: prints the plan with the conflicts and changes nothing.
+    let before: Vec<(PathBuf, Vec<u8>)> = files(&target)
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    let plan = ok(run(lb(&repo)
+        .args([
+            "restore",
+            "create",
+            "--from-backup",
+            "apps-1",
+            "--dry-run",
+            "--cluster-dir",
+        ])
+        .arg(&target)));
+    assert!(
+        plan.stdout.contains("CONFLICT") && plan.stdout.contains("Deployment/pg/postgres"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("nothing was changed"));
+    let after: Vec<(PathBuf, Vec<u8>)> = files(&target)
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    assert_eq!(before, after);
+
+    let again = restore("skip");
+    assert!(
+        again["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["outcome"] == "skipped"),
+        "{again}"
+    );
+    std::fs::write(&dep, "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: postgres, namespace: pg}\nspec: {replicas: 7}\n").unwrap();
+    let updated = restore("update");
+    assert!(
+        updated["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["outcome"] == "updated"),
+        "{updated}"
+    );
+    assert_eq!(yaml(&dep)["spec"]["replicas"], 2);
+}
+
+#[test]
+fn bad_input_is_named_and_changes_nothing() {
+    let d = tmp();
+    let repo = repo_with_backup(d.path());
+    let snapshot = |repo: &Path| -> Vec<PathBuf> {
+        let mut f = files(repo);
+        f.sort();
+        f
+    };
+    let before = snapshot(&repo);
+
+    // A malformed manifest names its file.
+    let broken = d.path().join("broken");
+    std::fs::create_dir_all(broken.join("resources")).unwrap();
+    std::fs::write(
+        broken.join("resources/bad.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: [oops\n",
+    )
+    .unwrap();
+    let r = run(lb(&repo)
+        .args(["backup", "create", "x", "-n", "default", "--cluster-dir"])
+        .arg(&broken));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("bad.yaml"), "{}", r.stderr);
+
+    for (args, needle) in [
+        (
+            vec![
+                "backup",
+                "create",
+                "y",
+                "-n",
+                "pg",
+                "--include-resources",
+                "gizmo/x",
+            ],
+            "unknown kind `gizmo`",
+        ),
+        (
+            vec!["backup", "create", "y", "-n", "nope"],
+            "namespace `nope` does not exist",
+        ),
+        (
+            vec!["backup", "create", "apps-1", "-n", "pg"],
+            "exists already",
+        ),
+        (
+            vec!["backup", "create", "y", "-n", "pg", "--selector", "=x"],
+            "--selector",
+        ),
+    ] {
+        let r = run(lb(&repo).args(&args).arg("--cluster-dir").arg(prod()));
+        assert_eq!(r.code, 1, "{args:?}");
+        assert!(r.stderr.contains(needle), "{args:?}: {}", r.stderr);
+    }
+    for (args, needle) in [
+        (
+            vec![
+                "--from-backup",
+                "apps-1",
+                "--namespace-mapping",
+                "pgdr",
+                "--dry-run",
+            ],
+            "--namespace-mapping",
+        ),
+        (
+            vec!["--from-backup", "ghost", "--dry-run"],
+            "no backup named `ghost`",
+        ),
+        (
+            vec![
+                "--from-backup",
+                "apps-1",
+                "--include-resources",
+                "gizmo/x",
+                "--dry-run",
+            ],
+            "unknown kind",
+        ),
+        (vec!["--from-backup", "apps-1"], "needs a target"),
+    ] {
+        let r = run(lb(&repo).args(["restore", "create"]).args(&args));
+        assert_eq!(r.code, 1, "{args:?}");
+        assert!(r.stderr.contains(needle), "{args:?}: {}", r.stderr);
+    }
+    let out = d.path().join("nonempty");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), "mine").unwrap();
+    let r = run(lb(&repo)
+        .args([
+            "restore",
+            "create",
+            "--from-backup",
+            "apps-1",
+            "--output-dir",
+        ])
+        .arg(&out));
+    assert!(r.stderr.contains("not empty"), "{}", r.stderr);
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+
+    assert_eq!(snapshot(&repo), before, "nothing in the repository changed");
+}
