@@ -13,6 +13,13 @@
 //!  target volume ◄──────────────── restore: plan reads per pack ─┘
 //! ```
 //!
+//! Application configuration flows beside it:
+//!
+//! ```text
+//!  cluster (a cluster directory; later the API) ──► cluster::select ──► appbackup ──► repository
+//!  target ◄── cluster / YAML dir ◄── resources: skip, sanitise, map, hold, order ◄── appbackup
+//! ```
+//!
 //! `format` holds every struct that is stored (documented in `schema/`); `cli` turns commands
 //! into calls of the modules above; `demo` makes the generated data the demo and the benchmark
 //! use. Scheduling, application hooks and the catalog come later and sit upstream of `diff`

@@ -46,6 +46,21 @@ async fn stored_objects_match_the_schemas_and_the_layout() {
     let mem = MemoryStore::new();
     let repo = new_repo(Arc::new(mem.clone())).await;
     backup(&repo, "vol", &src).await;
+    let cluster = lifeboat::cluster::ClusterDir::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/clusters/prod"),
+    );
+    let objects = lifeboat::cluster::select(
+        &cluster.load().unwrap(),
+        &lifeboat::cluster::Scope {
+            namespaces: vec!["pg".into()],
+            ..Default::default()
+        },
+        "test",
+    )
+    .unwrap();
+    lifeboat::appbackup::create_backup(repo.clone(), "app", "test", Default::default(), objects)
+        .await
+        .unwrap();
     let c = CancellationToken::new();
 
     let cfg: Value = serde_json::from_slice(&mem.get("config", &c).await.unwrap()).unwrap();
@@ -86,6 +101,17 @@ async fn stored_objects_match_the_schemas_and_the_layout() {
             conforms(&v["stats"], &s["properties"]["stats"], "stats");
             let id: SnapshotId = name.parse().unwrap();
             assert_eq!(id.key(), o.key);
+        } else if o.key.starts_with("backups/") {
+            let v: Value =
+                serde_json::from_slice(&keys.open(Role::Backup, &bytes, 1 << 24).unwrap()).unwrap();
+            let s = schema("backup.schema.json");
+            conforms(&v, &s, &o.key);
+            conforms(&v["filters"], &s["properties"]["filters"], "filters");
+            conforms(
+                &v["objects"][0],
+                &s["properties"]["objects"]["items"],
+                "backed-up object",
+            );
         } else if o.key.starts_with("data/") {
             assert_eq!(
                 &o.key[5..7],
