@@ -93,24 +93,16 @@ run_tool() {
     s3-*) repo=$tool-$target; target=s3 ;;
   esac
   case $tool in
-    lifeboat)
+    lifeboat|lifeboat-hashcmp)
+      # lifeboat-hashcmp: the incremental without --changed-ranges (every block read and hashed).
       local r=$repo; [ "$target" = s3 ] && r=s3://bench/$repo
       local lb=("$LB" --repo "$r" --no-cache)
       local envs=(); [ "$target" = s3 ] && envs=(env AWS_ENDPOINT_URL_S3="$S3URL")
+      local ranges=(--changed-ranges "$WORK/ranges.json"); [ "$tool" = lifeboat-hashcmp ] && ranges=()
       "${envs[@]}" "${lb[@]}" repo init >/dev/null
       measure "$tool" full "$target" "${envs[@]}" "${lb[@]}" volume backup --name bench "$img"
       "$LB" demo-data mutate "$img" --fraction 0.01 --extent-kib 64 --seed 2 --ranges-out "$WORK/ranges.json"
-      measure "$tool" incremental "$target" "${envs[@]}" "${lb[@]}" volume backup --name bench --changed-ranges "$WORK/ranges.json" "$img"
-      measure "$tool" restore "$target" "${envs[@]}" "${lb[@]}" volume restore bench:latest "$out/image.img"
-      ;;
-    lifeboat-hashcmp)   # the same without --changed-ranges: every block read and hashed
-      local r=$repo; [ "$target" = s3 ] && r=s3://bench/$repo
-      local lb=("$LB" --repo "$r" --no-cache)
-      local envs=(); [ "$target" = s3 ] && envs=(env AWS_ENDPOINT_URL_S3="$S3URL")
-      "${envs[@]}" "${lb[@]}" repo init >/dev/null
-      measure "$tool" full "$target" "${envs[@]}" "${lb[@]}" volume backup --name bench "$img"
-      "$LB" demo-data mutate "$img" --fraction 0.01 --extent-kib 64 --seed 2 --ranges-out "$WORK/ranges.json"
-      measure "$tool" incremental "$target" "${envs[@]}" "${lb[@]}" volume backup --name bench "$img"
+      measure "$tool" incremental "$target" "${envs[@]}" "${lb[@]}" volume backup --name bench "${ranges[@]}" "$img"
       measure "$tool" restore "$target" "${envs[@]}" "${lb[@]}" volume restore bench:latest "$out/image.img"
       ;;
     restic)

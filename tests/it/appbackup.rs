@@ -4,32 +4,13 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{lifeboat, run, tmp, Run};
+use crate::support::{files, json, lb, ok, run, tmp};
 
 fn prod() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/clusters/prod")
-}
-
-fn lb(repo: &Path) -> Command {
-    let mut c = lifeboat();
-    c.env("LIFEBOAT_PASSWORD", "pw")
-        .arg("--repo")
-        .arg(repo)
-        .arg("--no-cache");
-    c
-}
-
-fn ok(r: Run) -> Run {
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    r
-}
-
-fn json(r: &Run) -> Value {
-    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.stdout))
 }
 
 fn repo_with_backup(d: &Path) -> PathBuf {
@@ -61,19 +42,6 @@ fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
 
 fn yaml(path: &Path) -> Value {
     serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

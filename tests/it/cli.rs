@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lifeboat::demo::{generate_image, mutate, write_ranges};
 
-use crate::support::{garage, lifeboat, run, tmp, Run};
+use crate::support::{garage, json, lifeboat, ok, run, tmp};
 use crate::volume::same;
 
 fn with_repo(repo: &str) -> Command {
@@ -15,15 +15,6 @@ fn with_repo(repo: &str) -> Command {
         .env("LIFEBOAT_PASSWORD", "pw")
         .arg("--no-cache");
     c
-}
-
-fn ok(r: Run) -> Run {
-    assert_eq!(r.code, 0, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
-    r
-}
-
-fn json(r: &Run) -> serde_json::Value {
-    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.stdout))
 }
 
 fn init(repo: &str) {

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use lifeboat::demo::{generate_image, mutate, Rng};
 
-use crate::support::{lifeboat, run, tmp, Run};
+use crate::support::{lb, ok, run, tmp};
 use crate::volume::same;
 
 fn require_root() {
@@ -70,20 +70,6 @@ impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
     }
-}
-
-fn lb(repo: &Path) -> Command {
-    let mut c = lifeboat();
-    c.env("LIFEBOAT_PASSWORD", "pw")
-        .arg("--repo")
-        .arg(repo)
-        .arg("--no-cache");
-    c
-}
-
-fn ok(r: Run) -> Run {
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    r
 }
 
 #[test]

@@ -15,7 +15,7 @@ use lifeboat::store::retry::Retry;
 use lifeboat::store::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{new_repo, reopen, test_init_options, tmp, PASSWORD};
+use crate::support::{files, new_repo, reopen, test_init_options, tmp, PASSWORD};
 use crate::volume::{backup, restore, same};
 
 fn c() -> CancellationToken {
@@ -354,9 +354,9 @@ async fn later_runs_read_index_objects_from_the_local_cache_and_verify_them() {
     assert!(first.blob_count() > 0);
 
     // A damaged cache entry is never used: it is dropped and fetched again.
-    let cached: Vec<_> = walk(&cache)
+    let cached: Vec<_> = files(&cache)
         .into_iter()
-        .filter(|p| p.contains("/index/"))
+        .filter(|p| p.to_string_lossy().contains("/index/"))
         .collect();
     assert!(!cached.is_empty());
     let mut b = std::fs::read(&cached[0]).unwrap();
@@ -371,19 +371,6 @@ async fn later_runs_read_index_objects_from_the_local_cache_and_verify_them() {
         open().await.load_index().await.unwrap().blob_count(),
         first.blob_count()
     );
-}
-
-fn walk(p: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(p).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path().display().to_string());
-        }
-    }
-    out
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use lifeboat::store::retry::Retry;
 use lifeboat::store::{Store, StoreError, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{garage, tmp};
+use crate::support::{files, garage, tmp};
 
 async fn conformance(s: &dyn Store) {
     let c = CancellationToken::new();
@@ -110,24 +110,11 @@ async fn local_store() {
     let d = tmp();
     conformance(&LocalStore::new(d.path())).await;
     // No temporary files are left behind.
-    let leftovers: Vec<_> = walk(d.path())
+    let leftovers: Vec<_> = files(d.path())
         .into_iter()
-        .filter(|p| p.contains(".tmp-"))
+        .filter(|p| p.to_string_lossy().contains(".tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-}
-
-fn walk(p: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(p).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path().display().to_string());
-        }
-    }
-    out
 }
 
 #[tokio::test]

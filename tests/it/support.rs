@@ -307,3 +307,38 @@ pub fn run(cmd: &mut Command) -> Run {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// `lifeboat` with a password and `--repo REPO --no-cache`.
+pub fn lb(repo: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = lifeboat();
+    c.env("LIFEBOAT_PASSWORD", "pw")
+        .arg("--repo")
+        .arg(repo)
+        .arg("--no-cache");
+    c
+}
+
+/// Asserts a run succeeded, showing its output otherwise.
+pub fn ok(r: Run) -> Run {
+    assert_eq!(r.code, 0, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    r
+}
+
+pub fn json(r: &Run) -> serde_json::Value {
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.stdout))
+}
+
+/// Every file below `dir`, sorted.
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
