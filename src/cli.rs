@@ -17,6 +17,7 @@ use crate::cluster::{
 };
 use crate::format::BackupFilters;
 use crate::format::KdfParams;
+use crate::live::{LiveCluster, LiveError};
 use crate::repository::{CheckOptions, InitOptions, RepoError, Repository};
 use crate::resources::{Mapping, ResourceError, SanitiseOptions};
 use crate::restore::{restore_volume, RestoreError, RestoreOptions};
@@ -126,9 +127,13 @@ pub enum BackupCommand {
         /// Leave out these kinds, comma-separated.
         #[arg(long, default_value = "")]
         exclude_resource_types: String,
-        /// The cluster directory to capture from (DIR/resources/ holds exported objects).
+        /// Capture from a cluster directory (DIR/resources/ holds exported objects).
         #[arg(long, value_name = "DIR")]
-        cluster_dir: PathBuf,
+        cluster_dir: Option<PathBuf>,
+        /// Capture from a live cluster through this kubeconfig context [default: the current
+        /// context, or the in-cluster configuration].
+        #[arg(long, value_name = "CTX", conflicts_with = "cluster_dir")]
+        context: Option<String>,
     },
     /// List application backups, oldest first.
     List,
@@ -314,6 +319,8 @@ pub enum Error {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Resource(#[from] ResourceError),
+    #[error(transparent)]
+    Live(#[from] LiveError),
     #[error("restore create needs a target: --output-dir DIR, --cluster-dir DIR, or --dry-run")]
     NoRestoreTarget,
     #[error("{0} object(s) failed to restore; see the results above")]
@@ -328,6 +335,7 @@ impl Error {
             Error::Backup(e) => e.is_retryable(),
             Error::Restore(e) => e.is_retryable(),
             Error::App(e) => e.is_retryable(),
+            Error::Live(e) => e.is_retryable(),
             _ => false,
         };
         match self {
@@ -693,6 +701,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
             include_resources,
             exclude_resource_types,
             cluster_dir,
+            context,
         } => {
             let scope = kcluster::Scope {
                 namespaces: namespaces.clone(),
@@ -700,13 +709,19 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                 include: ResourceFilter::parse_list("--include-resources", include_resources)?,
                 exclude_types: csv(exclude_resource_types),
             };
-            let cluster = ClusterDir::new(cluster_dir);
-            let source = cluster.describe();
-            let all = {
-                let c = cluster.clone();
-                tokio::task::spawn_blocking(move || c.load())
-                    .await
-                    .map_err(|e| Error::Demo(e.to_string()))??
+            let (source, all) = match cluster_dir {
+                Some(dir) => {
+                    let cluster = ClusterDir::new(dir);
+                    let source = cluster.describe();
+                    let all = tokio::task::spawn_blocking(move || cluster.load())
+                        .await
+                        .map_err(|e| Error::Demo(e.to_string()))??;
+                    (source, all)
+                }
+                None => {
+                    let live = LiveCluster::connect(context.as_deref()).await?;
+                    (live.describe(), live.load(namespaces).await?)
+                }
             };
             let selected = kcluster::select(&all, &scope, &source)?;
             let repo = ctx.open().await?;

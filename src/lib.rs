@@ -31,6 +31,7 @@ pub mod cluster;
 pub mod crypto;
 pub mod diff;
 pub mod format;
+pub mod live;
 pub mod repository;
 pub mod resources;
 pub mod restore;

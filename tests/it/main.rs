@@ -8,6 +8,7 @@ mod cli;
 mod devices;
 mod fixtures;
 mod format;
+mod live;
 mod repository;
 mod store_conformance;
 mod support;

@@ -1,0 +1,253 @@
+//! The live-cluster source through `kube`'s client over a mocked API server (tower-test):
+//! discovery of built-in and custom resource types, paginated lists, and an API server that
+//! refuses. No kube-apiserver runs here; the mock answers as one does.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+use lifeboat::cluster::{select, Scope};
+use lifeboat::live::LiveCluster;
+use lifeboat::store::memory::MemoryStore;
+use serde_json::{json, Value};
+
+use crate::support::new_repo;
+
+fn group(name: &str) -> Value {
+    json!({"name": name, "versions": [{"groupVersion": format!("{name}/v1"), "version": "v1"}],
+           "preferredVersion": {"groupVersion": format!("{name}/v1"), "version": "v1"}})
+}
+
+fn resource(name: &str, kind: &str, namespaced: bool) -> Value {
+    json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind,
+           "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]})
+}
+
+fn list(kind: &str, items: Vec<Value>, cont: Option<&str>) -> Value {
+    json!({"apiVersion": "v1", "kind": format!("{kind}List"),
+           "metadata": {"resourceVersion": "1000", "continue": cont.unwrap_or("")}, "items": items})
+}
+
+fn meta(name: &str, ns: Option<&str>) -> Value {
+    let mut m = json!({"name": name, "uid": format!("uid-{name}"), "resourceVersion": "77",
+                       "managedFields": [{"manager": "kubectl", "operation": "Update"}]});
+    if let Some(ns) = ns {
+        m["namespace"] = json!(ns);
+    }
+    m
+}
+
+/// What the fake API server answers, and what it was asked.
+struct FakeApi {
+    refuse_secrets: bool,
+    requests: Mutex<Vec<String>>,
+}
+
+impl FakeApi {
+    fn answer(&self, uri: &http::Uri) -> (StatusCode, Value) {
+        let path = uri.path();
+        let query = uri.query().unwrap_or("");
+        self.requests
+            .lock()
+            .unwrap()
+            .push(format!("{path}?{query}"));
+        let ok = |v| (StatusCode::OK, v);
+        match path {
+            "/apis" => ok(
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group("apps"), group("db.example.com"), group("apiextensions.k8s.io")]}),
+            ),
+            "/apis/apps/v1" => ok(json!({"kind": "APIResourceList", "groupVersion": "apps/v1",
+                "resources": [resource("deployments", "Deployment", true), resource("deployments/scale", "Scale", true)]})),
+            "/apis/db.example.com/v1" => ok(
+                json!({"kind": "APIResourceList", "groupVersion": "db.example.com/v1",
+                "resources": [resource("postgresclusters", "PostgresCluster", true)]}),
+            ),
+            "/apis/apiextensions.k8s.io/v1" => ok(
+                json!({"kind": "APIResourceList", "groupVersion": "apiextensions.k8s.io/v1",
+                "resources": [resource("customresourcedefinitions", "CustomResourceDefinition", false)]}),
+            ),
+            "/api" => ok(
+                json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
+            ),
+            "/api/v1" => ok(
+                json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                resource("namespaces", "Namespace", false), resource("configmaps", "ConfigMap", true),
+                resource("secrets", "Secret", true), resource("events", "Event", true), resource("nodes", "Node", false)]}),
+            ),
+            "/api/v1/namespaces" => ok(list(
+                "Namespace",
+                vec![
+                    json!({"metadata": meta("pg", None)}),
+                    json!({"metadata": meta("other", None)}),
+                ],
+                None,
+            )),
+            "/api/v1/namespaces/pg/configmaps" => {
+                // Two pages: the client must follow the continue token.
+                assert!(query.contains("limit=2"), "paginated: {query}");
+                if query.contains("continue=page-2") {
+                    ok(list(
+                        "ConfigMap",
+                        vec![json!({"metadata": meta("c3", Some("pg")), "data": {"k": "3"}})],
+                        None,
+                    ))
+                } else {
+                    ok(list(
+                        "ConfigMap",
+                        vec![
+                            json!({"metadata": meta("c1", Some("pg"))}),
+                            json!({"metadata": meta("c2", Some("pg"))}),
+                        ],
+                        Some("page-2"),
+                    ))
+                }
+            }
+            "/api/v1/namespaces/pg/secrets" if self.refuse_secrets => (
+                StatusCode::FORBIDDEN,
+                json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                "message": "secrets is forbidden: User \"system:serviceaccount:lifeboat:lifeboat\" cannot list resource \"secrets\" in API group \"\" in the namespace \"pg\""}),
+            ),
+            "/api/v1/namespaces/pg/secrets" => ok(list(
+                "Secret",
+                vec![
+                    json!({"metadata": meta("creds", Some("pg")), "type": "Opaque", "data": {"p": "cHc="}}),
+                ],
+                None,
+            )),
+            "/api/v1/namespaces/pg/events" => panic!("events are never captured, so never listed"),
+            "/apis/apps/v1/namespaces/pg/deployments" => ok(list(
+                "Deployment",
+                vec![
+                    json!({"metadata": meta("postgres", Some("pg")), "spec": {"replicas": 2}, "status": {"replicas": 2}}),
+                ],
+                None,
+            )),
+            "/apis/db.example.com/v1/namespaces/pg/postgresclusters" => ok(list(
+                "PostgresCluster",
+                vec![json!({"metadata": meta("main", Some("pg")), "spec": {"instances": 2}})],
+                None,
+            )),
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions" => ok(list(
+                "CustomResourceDefinition",
+                vec![
+                    json!({"metadata": meta("postgresclusters.db.example.com", None), "spec": {"group": "db.example.com", "names": {"kind": "PostgresCluster", "plural": "postgresclusters"}, "scope": "Namespaced"}}),
+                    json!({"metadata": meta("widgets.other.example.org", None), "spec": {"group": "other.example.org", "names": {"kind": "Widget", "plural": "widgets"}, "scope": "Namespaced"}}),
+                ],
+                None,
+            )),
+            other => (
+                StatusCode::NOT_FOUND,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": format!("{other} not found")}),
+            ),
+        }
+    }
+}
+
+fn fake_cluster(refuse_secrets: bool) -> (LiveCluster, Arc<FakeApi>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let api = Arc::new(FakeApi {
+        refuse_secrets,
+        requests: Mutex::new(Vec::new()),
+    });
+    let a = api.clone();
+    tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let (status, body) = a.answer(req.uri());
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    let client = kube::Client::new(service, "default");
+    (
+        LiveCluster::from_client(client, "fake").with_page_size(2),
+        api,
+    )
+}
+
+#[tokio::test]
+async fn discovery_and_pagination_feed_the_same_backup_as_a_cluster_directory() {
+    let (cluster, api) = fake_cluster(false);
+    let all = cluster.load(&["pg".to_string()]).await.unwrap();
+    let names: Vec<String> = all.iter().map(|e| e.r.display()).collect();
+    for want in [
+        "ConfigMap/pg/c1",
+        "ConfigMap/pg/c2",
+        "ConfigMap/pg/c3",
+        "Secret/pg/creds",
+        "Deployment/pg/postgres",
+        "PostgresCluster/pg/main",
+        "Namespace/pg",
+        "CustomResourceDefinition/postgresclusters.db.example.com",
+    ] {
+        assert!(names.contains(&want.to_string()), "{want} in {names:?}");
+    }
+    // List items come without their type; the source puts it back, as kubectl does.
+    let cr = all.iter().find(|e| e.r.kind == "PostgresCluster").unwrap();
+    assert_eq!(cr.value["apiVersion"], "db.example.com/v1");
+    assert_eq!(
+        cr.value["metadata"]["uid"], "uid-main",
+        "captured raw, lossless"
+    );
+    let requests = api.requests.lock().unwrap().clone();
+    assert!(
+        requests.iter().any(|r| r.contains("continue=page-2")),
+        "second page fetched: {requests:?}"
+    );
+    assert!(
+        !requests.iter().any(|r| r.contains("/nodes")),
+        "cluster-scoped kinds not needed are not listed"
+    );
+
+    // The same scope selection and backup as for a cluster directory.
+    let selected = select(
+        &all,
+        &Scope {
+            namespaces: vec!["pg".into()],
+            ..Default::default()
+        },
+        &cluster.describe(),
+    )
+    .unwrap();
+    let kinds: Vec<&str> = selected.iter().map(|e| e.r.name.as_str()).collect();
+    assert!(
+        kinds.contains(&"postgresclusters.db.example.com"),
+        "the CRD of a captured CR: {kinds:?}"
+    );
+    assert!(
+        !kinds.contains(&"widgets.other.example.org") && !kinds.contains(&"other"),
+        "{kinds:?}"
+    );
+    let repo = new_repo(Arc::new(MemoryStore::new())).await;
+    let out = lifeboat::appbackup::create_backup(
+        repo.clone(),
+        "live-1",
+        &cluster.describe(),
+        Default::default(),
+        selected,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.objects, 8);
+    let (_, b) = lifeboat::appbackup::find_backup(&repo, "live-1")
+        .await
+        .unwrap();
+    assert_eq!(b.source, "context:fake");
+}
+
+#[tokio::test]
+async fn an_api_server_that_refuses_is_named() {
+    let (cluster, _) = fake_cluster(true);
+    let e = cluster.load(&["pg".to_string()]).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("list secrets in namespace pg") && msg.contains("forbidden"),
+        "{msg}"
+    );
+    assert!(!e.is_retryable(), "403 needs a person, not a retry");
+}
