@@ -179,8 +179,11 @@ pub enum RestoreCommand {
         #[arg(long, value_name = "DIR", conflicts_with = "cluster_dir")]
         output_dir: Option<PathBuf>,
         /// Apply into a cluster directory.
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", conflicts_with = "context")]
         cluster_dir: Option<PathBuf>,
+        /// Apply to a live cluster through this kubeconfig context (server-side apply).
+        #[arg(long, value_name = "CTX", conflicts_with = "output_dir")]
+        context: Option<String>,
     },
 }
 
@@ -321,7 +324,7 @@ pub enum Error {
     Resource(#[from] ResourceError),
     #[error(transparent)]
     Live(#[from] LiveError),
-    #[error("restore create needs a target: --output-dir DIR, --cluster-dir DIR, or --dry-run")]
+    #[error("restore create needs a target: --output-dir DIR, --cluster-dir DIR, --context CTX, or --dry-run")]
     NoRestoreTarget,
     #[error("{0} object(s) failed to restore; see the results above")]
     ObjectsFailed(usize),
@@ -822,6 +825,7 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
         dry_run,
         output_dir,
         cluster_dir,
+        context,
     } = cmd;
     let opts = RestorePlanOptions {
         namespaces: Mapping::parse("--namespace-mapping", namespace_mapping)?,
@@ -834,7 +838,7 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
             keep_node_ports: *keep_node_ports,
         },
     };
-    if !dry_run && output_dir.is_none() && cluster_dir.is_none() {
+    if !dry_run && output_dir.is_none() && cluster_dir.is_none() && context.is_none() {
         return Err(Error::NoRestoreTarget);
     }
     let repo = ctx.open().await?;
@@ -855,11 +859,23 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
     )?;
     let plan = appbackup::plan_restore(objects, &opts);
     let target = cluster_dir.as_ref().map(ClusterDir::new);
+    let live = match context {
+        Some(ctx) => Some(LiveCluster::connect(Some(ctx)).await?),
+        None => None,
+    };
 
     if *dry_run {
-        let conflicts = match &target {
-            Some(t) => appbackup::conflicts(t, &plan)?,
-            None => Vec::new(),
+        let conflicts = match (&target, &live) {
+            (Some(t), _) => appbackup::conflicts(t, &plan)?,
+            (None, Some(l)) => {
+                let refs: Vec<_> = plan
+                    .iter()
+                    .filter(|p| p.skipped.is_none())
+                    .map(|p| p.target.clone())
+                    .collect();
+                l.existing(&refs).await?
+            }
+            (None, None) => Vec::new(),
         };
         let rows: Vec<serde_json::Value> = plan
             .iter()
@@ -906,10 +922,23 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
         return Ok(());
     }
 
-    let results = match (output_dir, &target) {
-        (Some(dir), _) => appbackup::write_output_dir(dir, &plan)?,
-        (None, Some(t)) => appbackup::apply_to_cluster_dir(t, &plan, *existing_resource_policy)?,
-        (None, None) => unreachable!("checked above"),
+    let results = match (output_dir, &target, &live) {
+        (Some(dir), _, _) => appbackup::write_output_dir(dir, &plan)?,
+        (None, Some(t), _) => appbackup::apply_to_cluster_dir(t, &plan, *existing_resource_policy)?,
+        (None, None, Some(l)) => {
+            let objects: Vec<_> = plan
+                .iter()
+                .filter(|p| p.skipped.is_none())
+                .map(|p| (p.target.clone(), p.value.clone()))
+                .collect();
+            l.apply(
+                &objects,
+                *existing_resource_policy,
+                Duration::from_secs(120),
+            )
+            .await?
+        }
+        (None, None, None) => unreachable!("checked above"),
     };
     let failed = results
         .iter()

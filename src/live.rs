@@ -2,16 +2,20 @@
 //! in-cluster configuration) and namespaces; gives the objects a backup may capture, as
 //! [`Exported`] values that [`crate::cluster::select`] then scopes exactly as it does for a
 //! cluster directory. API discovery finds every resource type the server serves, built-in and
-//! custom; lists are paginated. Must not write to the cluster (applying comes with the restore
-//! path through the API).
+//! custom; lists are paginated. Restores apply through server-side apply (field manager
+//! `lifeboat`) in the plan's order, with the chosen policy for existing objects, and wait for
+//! restored CRDs to be Established before their custom resources. Writes only in `apply`.
 
-use kube::api::{Api, DynamicObject, ListParams};
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersionKind;
 use kube::discovery::{verbs, ApiResource, Discovery, Scope};
 use kube::Client;
 use serde_json::Value;
 
-use crate::cluster::Exported;
+use crate::cluster::{ApplyResult, ExistingPolicy, Exported, Outcome};
 use crate::resources::ObjRef;
 
 /// Cluster-scoped kinds a backup of namespaces may need (see [`crate::cluster::select`]).
@@ -38,6 +42,8 @@ pub enum LiveError {
     },
     #[error("the API server refused to {what}: {source}")]
     Api { what: String, source: kube::Error },
+    #[error("CustomResourceDefinition {name} was not Established within {after:?}; its custom resources cannot be restored yet")]
+    NotEstablished { name: String, after: Duration },
 }
 
 impl LiveError {
@@ -109,6 +115,151 @@ impl LiveCluster {
 
     pub fn describe(&self) -> String {
         format!("context:{}", self.name)
+    }
+
+    async fn discover(&self) -> Result<Discovery, LiveError> {
+        Discovery::new(self.client.clone())
+            .run()
+            .await
+            .map_err(|source| LiveError::Api {
+                what: "serve API discovery".into(),
+                source,
+            })
+    }
+
+    fn api_for(&self, ar: &ApiResource, namespaced: bool, r: &ObjRef) -> Api<DynamicObject> {
+        match (&r.namespace, namespaced) {
+            (Some(ns), true) => Api::namespaced_with(self.client.clone(), ns, ar),
+            _ => Api::all_with(self.client.clone(), ar),
+        }
+    }
+
+    /// Applies `objects` in the given order. Each object's result is reported; one failure
+    /// does not stop the others. After the CRDs among them, waits (up to `crd_wait`) until
+    /// each is Established and discovers again, so their custom resources can be applied.
+    pub async fn apply(
+        &self,
+        objects: &[(ObjRef, Value)],
+        policy: ExistingPolicy,
+        crd_wait: Duration,
+    ) -> Result<Vec<ApplyResult>, LiveError> {
+        let mut discovery = self.discover().await?;
+        let mut results = Vec::with_capacity(objects.len());
+        let mut crds_pending: Vec<String> = Vec::new();
+        for (r, v) in objects {
+            let is_crd =
+                r.kind == "CustomResourceDefinition" && r.group() == "apiextensions.k8s.io";
+            if !is_crd && !crds_pending.is_empty() {
+                for name in std::mem::take(&mut crds_pending) {
+                    self.wait_established(&discovery, &name, crd_wait).await?;
+                }
+                discovery = self.discover().await?;
+            }
+            let (version, group) = match r.api_version.rsplit_once('/') {
+                Some((g, v)) => (v, g),
+                None => (r.api_version.as_str(), ""),
+            };
+            let gvk = GroupVersionKind::gvk(group, version, &r.kind);
+            let result = match discovery.resolve_gvk(&gvk) {
+                None => ApplyResult {
+                    r: r.clone(),
+                    outcome: Outcome::Failed,
+                    detail: format!(
+                        "the target cluster serves no {} in {}",
+                        r.kind, r.api_version
+                    ),
+                },
+                Some((ar, caps)) => {
+                    let api = self.api_for(&ar, caps.scope == Scope::Namespaced, r);
+                    match apply_one(&api, &r.name, v, policy).await {
+                        Ok((outcome, detail)) => ApplyResult {
+                            r: r.clone(),
+                            outcome,
+                            detail,
+                        },
+                        Err(e) => ApplyResult {
+                            r: r.clone(),
+                            outcome: Outcome::Failed,
+                            detail: e.to_string(),
+                        },
+                    }
+                }
+            };
+            if is_crd && result.outcome != Outcome::Failed && result.outcome != Outcome::Skipped {
+                crds_pending.push(r.name.clone());
+            }
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    /// Which of `refs` exist on the cluster (for a dry run's conflicts).
+    pub async fn existing(&self, refs: &[ObjRef]) -> Result<Vec<ObjRef>, LiveError> {
+        let discovery = self.discover().await?;
+        let mut out = Vec::new();
+        for r in refs {
+            let (group, version) = match r.api_version.rsplit_once('/') {
+                Some((g, v)) => (g, v),
+                None => ("", r.api_version.as_str()),
+            };
+            let Some((ar, caps)) =
+                discovery.resolve_gvk(&GroupVersionKind::gvk(group, version, &r.kind))
+            else {
+                continue; // a type the target does not serve yet (a CRD in the same restore)
+            };
+            let api = self.api_for(&ar, caps.scope == Scope::Namespaced, r);
+            let found = api
+                .get_opt(&r.name)
+                .await
+                .map_err(|source| LiveError::Api {
+                    what: format!("read {}", r.display()),
+                    source,
+                })?;
+            if found.is_some() {
+                out.push(r.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn wait_established(
+        &self,
+        discovery: &Discovery,
+        name: &str,
+        limit: Duration,
+    ) -> Result<(), LiveError> {
+        let gvk = GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition");
+        let Some((ar, _)) = discovery.resolve_gvk(&gvk) else {
+            return Ok(());
+        };
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let crd = api.get_opt(name).await.map_err(|source| LiveError::Api {
+                what: format!("read CustomResourceDefinition {name}"),
+                source,
+            })?;
+            let established = crd
+                .as_ref()
+                .and_then(|c| c.data.pointer("/status/conditions"))
+                .and_then(Value::as_array)
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.get("type").and_then(Value::as_str) == Some("Established")
+                            && c.get("status").and_then(Value::as_str) == Some("True")
+                    })
+                });
+            if established {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LiveError::NotEstablished {
+                    name: name.to_string(),
+                    after: limit,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Every object of `namespaces`, of every listable namespaced type the server serves, plus
@@ -192,4 +343,37 @@ impl LiveCluster {
             }
         }
     }
+}
+
+/// One object: server-side apply under `policy`. Returns the outcome and a detail line.
+async fn apply_one(
+    api: &Api<DynamicObject>,
+    name: &str,
+    v: &Value,
+    policy: ExistingPolicy,
+) -> Result<(Outcome, String), kube::Error> {
+    let exists = api.get_opt(name).await?.is_some();
+    let ssa = PatchParams::apply("lifeboat").force();
+    match (exists, policy) {
+        (true, ExistingPolicy::Skip) => {
+            return Ok((Outcome::Skipped, "exists on the target".into()))
+        }
+        (true, ExistingPolicy::Recreate) => {
+            api.delete(name, &DeleteParams::foreground()).await?;
+            // Wait (bounded) until the old object is gone.
+            for _ in 0..120 {
+                if api.get_opt(name).await?.is_none() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        _ => {}
+    }
+    api.patch(name, &ssa, &Patch::Apply(v)).await?;
+    Ok(match (exists, policy) {
+        (false, _) => (Outcome::Created, "server-side apply".into()),
+        (true, ExistingPolicy::Recreate) => (Outcome::Updated, "deleted and created again".into()),
+        (true, _) => (Outcome::Updated, "server-side apply (forced)".into()),
+    })
 }

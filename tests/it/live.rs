@@ -251,3 +251,215 @@ async fn an_api_server_that_refuses_is_named() {
     );
     assert!(!e.is_retryable(), "403 needs a person, not a retry");
 }
+
+/// A fake API server that keeps objects: GET, server-side-apply PATCH and DELETE by path. An
+/// applied CRD reads back Established, as the API server reports once it serves the type.
+#[derive(Default)]
+struct Stateful {
+    objects: Mutex<std::collections::BTreeMap<String, Value>>,
+    log: Mutex<Vec<String>>,
+}
+
+impl Stateful {
+    fn discovery(path: &str) -> Option<Value> {
+        Some(match path {
+            "/apis" => {
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group("apps"), group("db.example.com"), group("apiextensions.k8s.io")]})
+            }
+            "/apis/apps/v1" => {
+                json!({"kind": "APIResourceList", "groupVersion": "apps/v1", "resources": [resource("deployments", "Deployment", true)]})
+            }
+            "/apis/db.example.com/v1" => {
+                json!({"kind": "APIResourceList", "groupVersion": "db.example.com/v1", "resources": [resource("postgresclusters", "PostgresCluster", true)]})
+            }
+            "/apis/apiextensions.k8s.io/v1" => {
+                json!({"kind": "APIResourceList", "groupVersion": "apiextensions.k8s.io/v1", "resources": [resource("customresourcedefinitions", "CustomResourceDefinition", false)]})
+            }
+            "/api" => {
+                json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+            }
+            "/api/v1" => {
+                json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [resource("namespaces", "Namespace", false), resource("configmaps", "ConfigMap", true)]})
+            }
+            _ => return None,
+        })
+    }
+
+    async fn answer(&self, req: Request<Body>) -> (StatusCode, Value) {
+        use http_body_util::BodyExt;
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        if let Some(d) = Self::discovery(&path) {
+            return (StatusCode::OK, d);
+        }
+        self.log.lock().unwrap().push(format!("{method} {path}"));
+        let not_found = (
+            StatusCode::NOT_FOUND,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not found"}),
+        );
+        match method.as_str() {
+            "GET" => match self.objects.lock().unwrap().get(&path) {
+                Some(v) => (StatusCode::OK, v.clone()),
+                None => not_found,
+            },
+            "PATCH" => {
+                assert!(
+                    query.contains("fieldManager=lifeboat") && query.contains("force=true"),
+                    "server-side apply: {query}"
+                );
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let mut v: Value = serde_json::from_slice(&body).unwrap();
+                if v["kind"] == "CustomResourceDefinition" {
+                    v["status"] =
+                        json!({"conditions": [{"type": "Established", "status": "True"}]});
+                }
+                self.objects.lock().unwrap().insert(path, v.clone());
+                (StatusCode::OK, v)
+            }
+            "DELETE" => match self.objects.lock().unwrap().remove(&path) {
+                Some(_) => (
+                    StatusCode::OK,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+                ),
+                None => not_found,
+            },
+            m => panic!("unexpected {m} {path}"),
+        }
+    }
+}
+
+fn stateful_cluster() -> (LiveCluster, Arc<Stateful>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let api = Arc::new(Stateful::default());
+    let a = api.clone();
+    tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let (status, body) = a.answer(req).await;
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    (
+        LiveCluster::from_client(kube::Client::new(service, "default"), "fake"),
+        api,
+    )
+}
+
+#[tokio::test]
+async fn restore_applies_in_order_waits_for_crds_and_honours_the_policy() {
+    use lifeboat::cluster::{ExistingPolicy, Outcome};
+    use lifeboat::resources::ObjRef;
+    let (cluster, api) = stateful_cluster();
+    let obj = |v: Value| (ObjRef::of(&v, "test").unwrap(), v);
+    let plan = vec![
+        obj(
+            json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "postgresclusters.db.example.com"},
+                   "spec": {"group": "db.example.com", "names": {"kind": "PostgresCluster", "plural": "postgresclusters"}, "scope": "Namespaced"}}),
+        ),
+        obj(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "pg-dr"}})),
+        obj(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "pg-dr"}, "data": {"a": "new"}}),
+        ),
+        obj(
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "postgres", "namespace": "pg-dr"}, "spec": {"replicas": 0}}),
+        ),
+        obj(
+            json!({"apiVersion": "db.example.com/v1", "kind": "PostgresCluster", "metadata": {"name": "main", "namespace": "pg-dr"}, "spec": {"instances": 2}}),
+        ),
+        obj(
+            json!({"apiVersion": "other.example.org/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "pg-dr"}}),
+        ),
+    ];
+    let cm_path = "/api/v1/namespaces/pg-dr/configmaps/cfg".to_string();
+    api.objects.lock().unwrap().insert(cm_path.clone(), json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "pg-dr"}, "data": {"a": "old"}}));
+
+    let results = cluster
+        .apply(
+            &plan,
+            ExistingPolicy::Skip,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let outcomes: Vec<Outcome> = results.iter().map(|r| r.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Created,
+            Outcome::Created,
+            Outcome::Skipped,
+            Outcome::Created,
+            Outcome::Created,
+            Outcome::Failed
+        ]
+    );
+    assert!(
+        results[5].detail.contains("serves no Widget"),
+        "{}",
+        results[5].detail
+    );
+    assert_eq!(
+        api.objects.lock().unwrap()[&cm_path]["data"]["a"],
+        "old",
+        "skip keeps the existing object"
+    );
+    // The custom resource is applied only after its CRD was read back Established.
+    let log = api.log.lock().unwrap().clone();
+    let crd_get = log.iter().rposition(|l| l == "GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/postgresclusters.db.example.com").unwrap();
+    let cr_patch = log
+        .iter()
+        .position(|l| l == "PATCH /apis/db.example.com/v1/namespaces/pg-dr/postgresclusters/main")
+        .unwrap();
+    assert!(crd_get < cr_patch, "{log:?}");
+    let patches: Vec<&String> = log.iter().filter(|l| l.starts_with("PATCH")).collect();
+    assert!(
+        patches[0].contains("customresourcedefinitions")
+            && patches[1].contains("/namespaces/pg-dr")
+            && patches[1].starts_with("PATCH /api/v1/namespaces/pg-dr"),
+        "{patches:?}"
+    );
+
+    // update replaces it; recreate deletes first.
+    let results = cluster
+        .apply(
+            &plan[2..3],
+            ExistingPolicy::Update,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(results[0].outcome, Outcome::Updated);
+    assert_eq!(api.objects.lock().unwrap()[&cm_path]["data"]["a"], "new");
+    api.log.lock().unwrap().clear();
+    let results = cluster
+        .apply(
+            &plan[2..3],
+            ExistingPolicy::Recreate,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(results[0].outcome, Outcome::Updated);
+    let log = api.log.lock().unwrap().clone();
+    let del = log
+        .iter()
+        .position(|l| l.starts_with("DELETE"))
+        .expect("deleted first");
+    let patch = log.iter().position(|l| l.starts_with("PATCH")).unwrap();
+    assert!(del < patch, "{log:?}");
+
+    // A dry run's conflicts come from the same lookups.
+    let refs: Vec<ObjRef> = plan.iter().map(|(r, _)| r.clone()).collect();
+    let existing = cluster.existing(&refs).await.unwrap();
+    assert_eq!(
+        existing.len(),
+        5,
+        "everything but the unserved Widget exists now: {existing:?}"
+    );
+}
