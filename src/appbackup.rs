@@ -361,19 +361,17 @@ pub fn apply_to_cluster_dir(
     Ok(target.apply(&objects, policy)?)
 }
 
-/// Objects of the plan that already exist on a target cluster directory.
+/// Objects of the plan that already exist on a target cluster directory (none when the
+/// directory is not a cluster directory yet).
 pub fn conflicts(target: &ClusterDir, plan: &[Planned]) -> Result<Vec<ObjRef>, AppBackupError> {
-    if !target_exists(target) {
-        return Ok(Vec::new());
-    }
-    let existing: HashSet<ObjRef> = target.load()?.into_iter().map(|e| e.r).collect();
+    let existing: HashSet<ObjRef> = match target.load() {
+        Ok(objects) => objects.into_iter().map(|e| e.r).collect(),
+        Err(ClusterError::NotAClusterDir { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
     Ok(plan
         .iter()
         .filter(|p| p.skipped.is_none() && existing.contains(&p.target))
         .map(|p| p.target.clone())
         .collect())
-}
-
-fn target_exists(target: &ClusterDir) -> bool {
-    target.load().is_ok()
 }

@@ -308,6 +308,8 @@ pub enum Error {
     CheckFailed(usize),
     #[error("demo: {0}")]
     Demo(String),
+    #[error("internal worker failed: {0}")]
+    Worker(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -718,7 +720,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                     let source = cluster.describe();
                     let all = tokio::task::spawn_blocking(move || cluster.load())
                         .await
-                        .map_err(|e| Error::Demo(e.to_string()))??;
+                        .map_err(|e| Error::Worker(e.to_string()))??;
                     (source, all)
                 }
                 None => {

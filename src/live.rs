@@ -42,6 +42,8 @@ pub enum LiveError {
     },
     #[error("the API server refused to {what}: {source}")]
     Api { what: String, source: kube::Error },
+    #[error(transparent)]
+    Malformed(#[from] crate::resources::ResourceError),
     #[error("CustomResourceDefinition {name} was not Established within {after:?}; its custom resources cannot be restored yet")]
     NotEstablished { name: String, after: Duration },
 }
@@ -327,10 +329,7 @@ impl LiveCluster {
                     m.insert("kind".into(), Value::String(ar.kind.clone()));
                 }
                 let origin = format!("{} {}", self.describe(), what());
-                let r = ObjRef::of(&v, &origin).map_err(|e| LiveError::Api {
-                    what: what(),
-                    source: kube::Error::Service(e.to_string().into()),
-                })?;
+                let r = ObjRef::of(&v, &origin)?;
                 out.push(Exported {
                     r,
                     value: v,
