@@ -113,32 +113,50 @@ pub async fn find_backup(
         .ok_or_else(|| AppBackupError::NotFound(name.to_string()))
 }
 
-/// Stores `objects` as backup `name`.
-pub async fn create_backup(
+/// Builds one backup object by object, so that a capture can stream: only the list of
+/// records (about 150 bytes an object) is held, never the objects.
+pub struct BackupBuilder {
     repo: Arc<Repository>,
-    name: &str,
-    source: &str,
-    filters: BackupFilters,
-    objects: Vec<Exported>,
-) -> Result<BackupSummary, AppBackupError> {
-    let started = std::time::Instant::now();
-    check_name(name)?;
-    if list_backups(&repo)
-        .await?
-        .iter()
-        .any(|(_, b)| b.name == name)
-    {
-        return Err(AppBackupError::NameTaken(name.to_string()));
+    name: String,
+    index: crate::repository::Index,
+    writer: crate::repository::BlobWriter,
+    claims: Arc<crate::repository::Claims>,
+    records: Vec<BackedUpObject>,
+    started: std::time::Instant,
+}
+
+impl BackupBuilder {
+    /// Starts backup `name`; refuses a bad or taken name before anything is stored.
+    pub async fn new(repo: Arc<Repository>, name: &str) -> Result<Self, AppBackupError> {
+        check_name(name)?;
+        if list_backups(&repo)
+            .await?
+            .iter()
+            .any(|(_, b)| b.name == name)
+        {
+            return Err(AppBackupError::NameTaken(name.to_string()));
+        }
+        let index = repo.load_index().await?;
+        let writer = repo.writer(4);
+        let claims = writer.claims();
+        Ok(BackupBuilder {
+            repo,
+            name: name.to_string(),
+            index,
+            writer,
+            claims,
+            records: Vec::new(),
+            started: std::time::Instant::now(),
+        })
     }
-    let index = repo.load_index().await?;
-    let mut writer = repo.writer(4);
-    let claims = writer.claims();
-    let mut records = Vec::with_capacity(objects.len());
-    for e in objects {
-        let keys = repo.keys().clone();
-        let level = repo.config().compression_level.max(1);
+
+    /// Stores one object (once: an unchanged object is only referenced).
+    pub async fn add(&mut self, e: Exported) -> Result<(), AppBackupError> {
+        let keys = self.repo.keys().clone();
+        let level = self.repo.config().compression_level.max(1);
+        let value = e.value;
         let (id, sealed, len) = cpu(move || {
-            let json = serde_json::to_vec(&e.value).expect("a parsed object serialises");
+            let json = serde_json::to_vec(&value).expect("a parsed object serialises");
             let id = keys.blob_id(&json);
             (
                 id,
@@ -147,10 +165,12 @@ pub async fn create_backup(
             )
         })
         .await?;
-        if !index.contains(&id) && claims.claim(id) {
-            writer.add(BlobKind::Object, id, sealed, len as u32).await?;
+        if !self.index.contains(&id) && self.claims.claim(id) {
+            self.writer
+                .add(BlobKind::Object, id, sealed, len as u32)
+                .await?;
         }
-        records.push(BackedUpObject {
+        self.records.push(BackedUpObject {
             api_version: e.r.api_version,
             kind: e.r.kind,
             namespace: e.r.namespace,
@@ -158,30 +178,55 @@ pub async fn create_backup(
             blob: id,
             size: len as u32,
         });
+        Ok(())
     }
-    let stats = writer.finish().await?;
-    let record = AppBackup {
-        version: FORMAT_VERSION,
-        name: name.to_string(),
-        time: OffsetDateTime::now_utc()
-            .replace_nanosecond(0)
-            .expect("0 ns is valid"),
-        source: source.to_string(),
-        filters,
-        objects: records,
-        program_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    let (hash, len) = repo
-        .write_sealed_json("backups", &record, Role::Backup)
-        .await?;
-    Ok(BackupSummary {
-        id: BackupId(hash),
-        name: name.to_string(),
-        objects: record.objects.len(),
-        objects_new: stats.blobs_new,
-        bytes_uploaded: stats.bytes_uploaded + len,
-        duration_seconds: started.elapsed().as_secs_f64(),
-    })
+
+    /// Writes the record, after every blob it names.
+    pub async fn finish(
+        self,
+        source: &str,
+        filters: BackupFilters,
+    ) -> Result<BackupSummary, AppBackupError> {
+        let stats = self.writer.finish().await?;
+        let record = AppBackup {
+            version: FORMAT_VERSION,
+            name: self.name.clone(),
+            time: OffsetDateTime::now_utc()
+                .replace_nanosecond(0)
+                .expect("0 ns is valid"),
+            source: source.to_string(),
+            filters,
+            objects: self.records,
+            program_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let (hash, len) = self
+            .repo
+            .write_sealed_json("backups", &record, Role::Backup)
+            .await?;
+        Ok(BackupSummary {
+            id: BackupId(hash),
+            name: self.name,
+            objects: record.objects.len(),
+            objects_new: stats.blobs_new,
+            bytes_uploaded: stats.bytes_uploaded + len,
+            duration_seconds: self.started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Stores `objects` as backup `name`.
+pub async fn create_backup(
+    repo: Arc<Repository>,
+    name: &str,
+    source: &str,
+    filters: BackupFilters,
+    objects: Vec<Exported>,
+) -> Result<BackupSummary, AppBackupError> {
+    let mut b = BackupBuilder::new(repo, name).await?;
+    for e in objects {
+        b.add(e).await?;
+    }
+    b.finish(source, filters).await
 }
 
 /// The objects of a backup, read and verified from the repository.

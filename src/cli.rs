@@ -714,29 +714,45 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                 include: ResourceFilter::parse_list("--include-resources", include_resources)?,
                 exclude_types: csv(exclude_resource_types),
             };
-            let (source, all) = match cluster_dir {
-                Some(dir) => {
-                    let cluster = ClusterDir::new(dir);
-                    let source = cluster.describe();
-                    let all = tokio::task::spawn_blocking(move || cluster.load())
-                        .await
-                        .map_err(|e| Error::Worker(e.to_string()))??;
-                    (source, all)
-                }
-                None => {
-                    let live = LiveCluster::connect(context.as_deref()).await?;
-                    (live.describe(), live.load(namespaces).await?)
-                }
-            };
-            let selected = kcluster::select(&all, &scope, &source)?;
-            let repo = ctx.open().await?;
             let filters = BackupFilters {
                 namespaces: namespaces.clone(),
                 selector: selector.clone(),
                 include_resources: csv(include_resources),
                 exclude_resource_types: csv(exclude_resource_types),
             };
-            let out = appbackup::create_backup(repo, name, &source, filters, selected).await?;
+            let out = match cluster_dir {
+                Some(dir) => {
+                    let cluster = ClusterDir::new(dir);
+                    let source = cluster.describe();
+                    let all = tokio::task::spawn_blocking(move || cluster.load())
+                        .await
+                        .map_err(|e| Error::Worker(e.to_string()))??;
+                    let selected = kcluster::select(&all, &scope, &source)?;
+                    let repo = ctx.open().await?;
+                    appbackup::create_backup(repo, name, &source, filters, selected).await?
+                }
+                None => {
+                    // Objects stream from the API into the repository a page at a time.
+                    let live = LiveCluster::connect(context.as_deref()).await?;
+                    let repo = ctx.open().await?;
+                    let mut builder = appbackup::BackupBuilder::new(repo, name).await?;
+                    let (tx, rx) = tokio::sync::mpsc::channel(256);
+                    let consume = async {
+                        // Owning the receiver: if the builder fails, the channel closes and
+                        // the capture stops instead of waiting on a full channel.
+                        let mut rx = rx;
+                        while let Some(e) = rx.recv().await {
+                            builder.add(e).await?;
+                        }
+                        Ok::<_, Error>(())
+                    };
+                    let (captured, consumed) = tokio::join!(live.capture(&scope, tx), consume);
+                    // The builder's own error explains a stopped capture best.
+                    consumed?;
+                    captured?;
+                    builder.finish(&live.describe(), filters).await?
+                }
+            };
             ctx.emit(&out, || {
                 format!(
                     "backup {name} ({}): {} objects, {} new, uploaded {}, {:.2}s",

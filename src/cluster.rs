@@ -460,11 +460,16 @@ pub fn check_kinds<'a>(
     kinds: impl IntoIterator<Item = &'a str>,
     objects: &[Exported],
 ) -> Result<(), ClusterError> {
-    let known: BTreeSet<&str> = objects
-        .iter()
-        .map(|e| e.r.kind.as_str())
-        .chain(BUILTIN_KINDS.iter().copied())
-        .collect();
+    check_known_kinds(flag, kinds, objects.iter().map(|e| e.r.kind.as_str()))
+}
+
+/// Checks `kinds` against the kinds a source serves (`known`) and the built-in kinds.
+pub fn check_known_kinds<'a, 'b>(
+    flag: &'static str,
+    kinds: impl IntoIterator<Item = &'a str>,
+    known: impl Iterator<Item = &'b str>,
+) -> Result<(), ClusterError> {
+    let known: BTreeSet<&str> = known.chain(BUILTIN_KINDS.iter().copied()).collect();
     for k in kinds {
         if !known.iter().any(|known| kind_matches(k, known)) {
             return Err(ClusterError::UnknownKind {
@@ -495,63 +500,122 @@ pub fn select(
     scope: &Scope,
     cluster: &str,
 ) -> Result<Vec<Exported>, ClusterError> {
+    let namespaces: HashSet<&str> = all
+        .iter()
+        .filter_map(|e| {
+            e.r.namespace
+                .as_deref()
+                .or((e.r.kind == "Namespace").then_some(e.r.name.as_str()))
+        })
+        .collect();
+    validate_scope(
+        scope,
+        cluster,
+        |ns| namespaces.contains(ns),
+        all.iter().map(|e| e.r.kind.as_str()),
+    )?;
+    let mut sel = ScopeSelector::new(scope);
+    let mut out: Vec<Exported> = all
+        .iter()
+        .filter(|e| e.r.namespace.is_some() && sel.offer(e))
+        .cloned()
+        .collect();
+    let cluster_scoped: Vec<Exported> = all
+        .iter()
+        .filter(|e| e.r.namespace.is_none())
+        .cloned()
+        .collect();
+    out.extend(sel.cluster_scoped(&cluster_scoped));
+    Ok(out)
+}
+
+/// Refuses a scope naming a namespace that does not exist or a kind nobody serves.
+pub fn validate_scope<'a>(
+    scope: &Scope,
+    cluster: &str,
+    namespace_exists: impl Fn(&str) -> bool,
+    kinds: impl Iterator<Item = &'a str> + Clone,
+) -> Result<(), ClusterError> {
     for ns in &scope.namespaces {
-        if !all.iter().any(|e| {
-            e.r.namespace.as_deref() == Some(ns) || (e.r.kind == "Namespace" && &e.r.name == ns)
-        }) {
+        if !namespace_exists(ns) {
             return Err(ClusterError::NoSuchNamespace {
                 namespace: ns.clone(),
                 cluster: cluster.to_string(),
             });
         }
     }
-    check_kinds(
+    check_known_kinds(
         "--include-resources",
         scope.include.iter().map(|f| f.kind.as_str()),
-        all,
+        kinds.clone(),
     )?;
-    check_kinds(
+    check_known_kinds(
         "--exclude-resource-types",
         scope.exclude_types.iter().map(String::as_str),
-        all,
-    )?;
-    let in_ns = |e: &Exported| {
-        e.r.namespace
-            .as_ref()
-            .is_some_and(|n| scope.namespaces.contains(n))
-    };
-    let excluded = |r: &ObjRef| scope.exclude_types.iter().any(|k| kind_matches(k, &r.kind));
-    let included =
-        |r: &ObjRef| scope.include.is_empty() || scope.include.iter().any(|f| f.matches(r));
+        kinds,
+    )
+}
 
-    let mut out: Vec<Exported> = all
-        .iter()
-        .filter(|e| {
-            in_ns(e) && !excluded(&e.r) && included(&e.r) && scope.selector.matches(&e.value)
-        })
-        .cloned()
-        .collect();
-    let s = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
+/// Scope selection one object at a time, so a live capture can stream: offer every namespaced
+/// object (in any order) to [`ScopeSelector::offer`], then pass the cluster-scoped objects to
+/// [`ScopeSelector::cluster_scoped`]. It keeps only names, never objects.
+pub struct ScopeSelector<'a> {
+    scope: &'a Scope,
+    crds: HashSet<(String, String)>,
+    pv_names: HashSet<String>,
+    claims: HashSet<(String, String)>,
+    storage_classes: HashSet<String>,
+    cluster_roles: HashSet<String>,
+}
 
-    // Needed cluster-scoped objects, derived from what was selected.
-    let mut crds = HashSet::new();
-    let mut pv_names = HashSet::new();
-    let mut claims = HashSet::new();
-    let mut storage_classes = HashSet::new();
-    let mut cluster_roles = HashSet::new();
-    for e in &out {
+fn text(v: &Value, p: &str) -> Option<String> {
+    v.pointer(p).and_then(Value::as_str).map(str::to_string)
+}
+
+impl<'a> ScopeSelector<'a> {
+    pub fn new(scope: &'a Scope) -> Self {
+        ScopeSelector {
+            scope,
+            crds: HashSet::new(),
+            pv_names: HashSet::new(),
+            claims: HashSet::new(),
+            storage_classes: HashSet::new(),
+            cluster_roles: HashSet::new(),
+        }
+    }
+
+    fn excluded(&self, r: &ObjRef) -> bool {
+        self.scope
+            .exclude_types
+            .iter()
+            .any(|k| kind_matches(k, &r.kind))
+    }
+
+    /// A namespaced object: true when the backup takes it. Notes what it needs.
+    pub fn offer(&mut self, e: &Exported) -> bool {
+        let scope = self.scope;
+        let in_ns =
+            e.r.namespace
+                .as_ref()
+                .is_some_and(|n| scope.namespaces.contains(n));
+        let included = scope.include.is_empty() || scope.include.iter().any(|f| f.matches(&e.r));
+        if !in_ns || self.excluded(&e.r) || !included || !scope.selector.matches(&e.value) {
+            return false;
+        }
         let g = e.r.group();
         if !g.is_empty()
             && !g.ends_with(".k8s.io")
             && !["apps", "batch", "policy", "autoscaling"].contains(&g)
         {
-            crds.insert((g.to_string(), e.r.kind.clone()));
+            self.crds.insert((g.to_string(), e.r.kind.clone()));
         }
         match e.r.kind.as_str() {
             "PersistentVolumeClaim" => {
-                claims.insert((e.r.namespace.clone().unwrap_or_default(), e.r.name.clone()));
-                pv_names.extend(s(&e.value, "/spec/volumeName"));
-                storage_classes.extend(s(&e.value, "/spec/storageClassName"));
+                self.claims
+                    .insert((e.r.namespace.clone().unwrap_or_default(), e.r.name.clone()));
+                self.pv_names.extend(text(&e.value, "/spec/volumeName"));
+                self.storage_classes
+                    .extend(text(&e.value, "/spec/storageClassName"));
             }
             "StatefulSet" => {
                 for t in e
@@ -561,74 +625,81 @@ pub fn select(
                     .into_iter()
                     .flatten()
                 {
-                    storage_classes.extend(s(t, "/spec/storageClassName"));
+                    self.storage_classes
+                        .extend(text(t, "/spec/storageClassName"));
                 }
             }
-            "RoleBinding" if s(&e.value, "/roleRef/kind").as_deref() == Some("ClusterRole") => {
-                cluster_roles.extend(s(&e.value, "/roleRef/name"));
+            "RoleBinding" if text(&e.value, "/roleRef/kind").as_deref() == Some("ClusterRole") => {
+                self.cluster_roles.extend(text(&e.value, "/roleRef/name"));
             }
             _ => {}
         }
+        true
     }
-    let mut extra = Vec::new();
-    for e in all.iter().filter(|e| e.r.namespace.is_none()) {
-        let v = &e.value;
-        let wanted = match (e.r.group(), e.r.kind.as_str()) {
-            ("", "Namespace") => scope.namespaces.contains(&e.r.name),
-            ("apiextensions.k8s.io", "CustomResourceDefinition") => {
-                let g = s(v, "/spec/group").unwrap_or_default();
-                let k = s(v, "/spec/names/kind").unwrap_or_default();
-                crds.contains(&(g, k))
+
+    /// The cluster-scoped objects the offered namespaced objects need.
+    pub fn cluster_scoped(&mut self, cluster: &[Exported]) -> Vec<Exported> {
+        let namespaces = &self.scope.namespaces;
+        let mut out = Vec::new();
+        for e in cluster {
+            let v = &e.value;
+            let wanted = match (e.r.group(), e.r.kind.as_str()) {
+                ("", "Namespace") => namespaces.contains(&e.r.name),
+                ("apiextensions.k8s.io", "CustomResourceDefinition") => self.crds.contains(&(
+                    text(v, "/spec/group").unwrap_or_default(),
+                    text(v, "/spec/names/kind").unwrap_or_default(),
+                )),
+                ("", "PersistentVolume") => {
+                    self.pv_names.contains(&e.r.name)
+                        || self.claims.contains(&(
+                            text(v, "/spec/claimRef/namespace").unwrap_or_default(),
+                            text(v, "/spec/claimRef/name").unwrap_or_default(),
+                        ))
+                }
+                ("rbac.authorization.k8s.io", "ClusterRoleBinding") => v
+                    .get("subjects")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|sub| text(sub, "/namespace").is_some_and(|n| namespaces.contains(&n))),
+                (
+                    "admissionregistration.k8s.io",
+                    "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration",
+                ) => v
+                    .get("webhooks")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|w| {
+                        text(w, "/clientConfig/service/namespace")
+                            .is_some_and(|n| namespaces.contains(&n))
+                    }),
+                _ => false,
+            };
+            if wanted && !self.excluded(&e.r) {
+                if e.r.kind == "ClusterRoleBinding" {
+                    self.cluster_roles.extend(text(v, "/roleRef/name"));
+                }
+                if e.r.kind == "PersistentVolume" {
+                    self.storage_classes
+                        .extend(text(v, "/spec/storageClassName"));
+                }
+                out.push(e.clone());
             }
-            ("", "PersistentVolume") => {
-                pv_names.contains(&e.r.name)
-                    || claims.contains(&(
-                        s(v, "/spec/claimRef/namespace").unwrap_or_default(),
-                        s(v, "/spec/claimRef/name").unwrap_or_default(),
-                    ))
-            }
-            ("rbac.authorization.k8s.io", "ClusterRoleBinding") => v
-                .get("subjects")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .any(|sub| s(sub, "/namespace").is_some_and(|n| scope.namespaces.contains(&n))),
-            (
-                "admissionregistration.k8s.io",
-                "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration",
-            ) => v
-                .get("webhooks")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .any(|w| {
-                    s(w, "/clientConfig/service/namespace")
-                        .is_some_and(|n| scope.namespaces.contains(&n))
-                }),
-            _ => false,
-        };
-        if wanted && !excluded(&e.r) {
-            if e.r.kind == "ClusterRoleBinding" {
-                cluster_roles.extend(s(v, "/roleRef/name"));
-            }
-            if e.r.kind == "PersistentVolume" {
-                storage_classes.extend(s(v, "/spec/storageClassName"));
-            }
-            extra.push(e.clone());
         }
-    }
-    for e in all.iter().filter(|e| e.r.namespace.is_none()) {
-        let wanted = match e.r.kind.as_str() {
-            "ClusterRole" => cluster_roles.contains(&e.r.name),
-            "StorageClass" => storage_classes.contains(&e.r.name),
-            _ => false,
-        };
-        if wanted && !excluded(&e.r) {
-            extra.push(e.clone());
+        // Second pass: what the bindings and volumes chosen above name.
+        for e in cluster {
+            let wanted = match e.r.kind.as_str() {
+                "ClusterRole" => self.cluster_roles.contains(&e.r.name),
+                "StorageClass" => self.storage_classes.contains(&e.r.name),
+                _ => false,
+            };
+            if wanted && !self.excluded(&e.r) {
+                out.push(e.clone());
+            }
         }
+        out
     }
-    out.extend(extra);
-    Ok(out)
 }
 
 #[cfg(test)]

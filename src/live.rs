@@ -15,8 +15,12 @@ use kube::discovery::{verbs, ApiResource, Discovery, Scope};
 use kube::Client;
 use serde_json::Value;
 
-use crate::cluster::{ApplyResult, ExistingPolicy, Exported, Outcome};
+use crate::cluster::{
+    ApplyResult, ClusterError, ExistingPolicy, Exported, Outcome, Scope as BackupScope,
+    ScopeSelector,
+};
 use crate::resources::ObjRef;
+use tokio::sync::mpsc;
 
 /// Cluster-scoped kinds a backup of namespaces may need (see [`crate::cluster::select`]).
 const CLUSTER_KINDS: &[&str] = &[
@@ -44,6 +48,10 @@ pub enum LiveError {
     Api { what: String, source: kube::Error },
     #[error(transparent)]
     Malformed(#[from] crate::resources::ResourceError),
+    #[error(transparent)]
+    Scope(#[from] ClusterError),
+    #[error("the capture was stopped: the backup it fed failed")]
+    Stopped,
     #[error("CustomResourceDefinition {name} was not Established within {after:?}; its custom resources cannot be restored yet")]
     NotEstablished { name: String, after: Duration },
 }
@@ -300,6 +308,47 @@ impl LiveCluster {
         Ok(out)
     }
 
+    /// One page of a list: the objects and the token of the next page.
+    async fn page(
+        &self,
+        api: &Api<DynamicObject>,
+        ar: &ApiResource,
+        namespace: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<(Vec<Exported>, Option<String>), LiveError> {
+        let what = || match namespace {
+            Some(ns) => format!("list {} in namespace {ns}", ar.plural),
+            None => format!("list {}", ar.plural),
+        };
+        let mut lp = ListParams::default().limit(self.page_size);
+        if let Some(t) = token {
+            lp = lp.continue_token(t);
+        }
+        let page = api.list(&lp).await.map_err(|source| LiveError::Api {
+            what: what(),
+            source,
+        })?;
+        let mut out = Vec::with_capacity(page.items.len());
+        for obj in page.items {
+            let mut v = serde_json::to_value(&obj).expect("a listed object serialises");
+            // List items come without their type; put it back, as `kubectl get -o yaml` does.
+            if let Some(m) = v.as_object_mut() {
+                m.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
+                m.insert("kind".into(), Value::String(ar.kind.clone()));
+            }
+            let origin = format!("{} {}", self.describe(), what());
+            let r = ObjRef::of(&v, &origin)?;
+            out.push(Exported {
+                r,
+                value: v,
+                origin,
+            });
+        }
+        let next = page.metadata.continue_.filter(|t| !t.is_empty());
+        Ok((out, next))
+    }
+
+    /// Every page of a list.
     async fn list_all(
         &self,
         api: &Api<DynamicObject>,
@@ -307,40 +356,77 @@ impl LiveCluster {
         namespace: Option<&str>,
         out: &mut Vec<Exported>,
     ) -> Result<(), LiveError> {
-        let what = || match namespace {
-            Some(ns) => format!("list {} in namespace {ns}", ar.plural),
-            None => format!("list {}", ar.plural),
-        };
-        let mut token: Option<String> = None;
+        let mut token = None;
         loop {
-            let mut lp = ListParams::default().limit(self.page_size);
-            if let Some(t) = &token {
-                lp = lp.continue_token(t);
-            }
-            let page = api.list(&lp).await.map_err(|source| LiveError::Api {
-                what: what(),
-                source,
-            })?;
-            for obj in page.items {
-                let mut v = serde_json::to_value(&obj).expect("a listed object serialises");
-                // List items come without their type; put it back, as `kubectl get -o yaml` does.
-                if let Some(m) = v.as_object_mut() {
-                    m.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
-                    m.insert("kind".into(), Value::String(ar.kind.clone()));
-                }
-                let origin = format!("{} {}", self.describe(), what());
-                let r = ObjRef::of(&v, &origin)?;
-                out.push(Exported {
-                    r,
-                    value: v,
-                    origin,
-                });
-            }
-            match page.metadata.continue_ {
-                Some(t) if !t.is_empty() => token = Some(t),
-                _ => return Ok(()),
+            let (items, next) = self.page(api, ar, namespace, token.as_deref()).await?;
+            out.extend(items);
+            match next {
+                Some(t) => token = Some(t),
+                None => return Ok(()),
             }
         }
+    }
+
+    /// Streams the objects of `scope` into `tx`, one page at a time: memory stays bounded by
+    /// the page size and the channel, whatever the number of objects. Cluster-scoped objects
+    /// of the kinds a backup may need (few) are listed first and sent last, once the
+    /// namespaced objects have said what they need.
+    pub async fn capture(
+        &self,
+        scope: &BackupScope,
+        tx: mpsc::Sender<Exported>,
+    ) -> Result<(), LiveError> {
+        let discovery = self.discover().await?;
+        let types: Vec<(ApiResource, bool)> = discovery
+            .groups()
+            .flat_map(|g| g.recommended_resources())
+            .filter(|(ar, caps)| {
+                caps.supports_operation(verbs::LIST) && !NOT_CAPTURED.contains(&ar.kind.as_str())
+            })
+            .map(|(ar, caps)| (ar, caps.scope == Scope::Namespaced))
+            .collect();
+        let mut cluster = Vec::new();
+        for (ar, _) in types
+            .iter()
+            .filter(|(ar, namespaced)| !namespaced && CLUSTER_KINDS.contains(&ar.kind.as_str()))
+        {
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
+            self.list_all(&api, ar, None, &mut cluster).await?;
+        }
+        let namespaces: Vec<&str> = cluster
+            .iter()
+            .filter(|e| e.r.kind == "Namespace")
+            .map(|e| e.r.name.as_str())
+            .collect();
+        crate::cluster::validate_scope(
+            scope,
+            &self.describe(),
+            |ns| namespaces.contains(&ns),
+            types.iter().map(|(ar, _)| ar.kind.as_str()),
+        )?;
+        let mut sel = ScopeSelector::new(scope);
+        for (ar, _) in types.iter().filter(|(_, namespaced)| *namespaced) {
+            for ns in &scope.namespaces {
+                let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, ar);
+                let mut token = None;
+                loop {
+                    let (items, next) = self.page(&api, ar, Some(ns), token.as_deref()).await?;
+                    for e in items {
+                        if sel.offer(&e) {
+                            tx.send(e).await.map_err(|_| LiveError::Stopped)?;
+                        }
+                    }
+                    match next {
+                        Some(t) => token = Some(t),
+                        None => break,
+                    }
+                }
+            }
+        }
+        for e in sel.cluster_scoped(&cluster) {
+            tx.send(e).await.map_err(|_| LiveError::Stopped)?;
+        }
+        Ok(())
     }
 }
 

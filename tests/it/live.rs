@@ -463,3 +463,70 @@ async fn restore_applies_in_order_waits_for_crds_and_honours_the_policy() {
         "everything but the unserved Widget exists now: {existing:?}"
     );
 }
+
+#[tokio::test]
+async fn capture_streams_exactly_what_load_and_select_give() {
+    let scope = Scope {
+        namespaces: vec!["pg".into()],
+        ..Default::default()
+    };
+    let (cluster, _) = fake_cluster(false);
+    let all = cluster.load(&["pg".to_string()]).await.unwrap();
+    let mut want: Vec<String> = select(&all, &scope, "x")
+        .unwrap()
+        .iter()
+        .map(|e| e.r.display())
+        .collect();
+    want.sort();
+
+    let (cluster, api) = fake_cluster(false);
+    // A channel of one: the capture can only run ahead by one object.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<lifeboat::cluster::Exported>(1);
+    let consumer = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Some(e) = rx.recv().await {
+            got.push(e.r.display());
+        }
+        got
+    });
+    cluster.capture(&scope, tx).await.unwrap();
+    let mut got = consumer.await.unwrap();
+    got.sort();
+    assert_eq!(got, want);
+    assert!(api
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.contains("continue=page-2")));
+}
+
+#[tokio::test]
+async fn a_capture_whose_consumer_stops_ends_instead_of_waiting() {
+    let scope = Scope {
+        namespaces: vec!["pg".into()],
+        ..Default::default()
+    };
+    let (cluster, _) = fake_cluster(false);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    drop(rx);
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        cluster.capture(&scope, tx),
+    )
+    .await
+    .expect("no hang");
+    assert!(
+        matches!(r, Err(lifeboat::live::LiveError::Stopped)),
+        "{r:?}"
+    );
+
+    let (cluster, _) = fake_cluster(false);
+    let (tx, _rx) = tokio::sync::mpsc::channel(8);
+    let bad = Scope {
+        namespaces: vec!["ghost".into()],
+        ..Default::default()
+    };
+    let e = cluster.capture(&bad, tx).await.unwrap_err().to_string();
+    assert!(e.contains("namespace `ghost` does not exist"), "{e}");
+}
