@@ -21,8 +21,8 @@ use crate::crypto::Role;
 use crate::format::{AppBackup, BackedUpObject, BackupFilters, BackupId, BlobKind, FORMAT_VERSION};
 use crate::repository::{cpu, RepoError, Repository};
 use crate::resources::{
-    apply_order, hold_applications, map_object, mapped_ref, sanitise, skip_reason, Mapping, ObjRef,
-    SanitiseOptions,
+    apply_order, hold_applications, map_object, mapped_ref, owner_links, sanitise, skip_reason,
+    Mapping, ObjRef, OwnerLink, SanitiseOptions,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -276,6 +276,8 @@ pub struct Planned {
     pub target: ObjRef,
     /// None: restored; Some: why not.
     pub skipped: Option<String>,
+    /// Owners restored too: the target re-makes these references with the owners' new uids.
+    pub owners: Vec<OwnerLink>,
     #[serde(skip)]
     pub value: Value,
 }
@@ -297,6 +299,7 @@ pub fn plan_restore(objects: Vec<(ObjRef, Value)>, o: &RestorePlanOptions) -> Ve
                 source: r,
                 target,
                 skipped: Some("not selected by --include-resources/--selector".into()),
+                owners: Vec::new(),
                 value: v,
             });
             continue;
@@ -317,31 +320,51 @@ pub fn plan_restore(objects: Vec<(ObjRef, Value)>, o: &RestorePlanOptions) -> Ve
                 source: r,
                 target,
                 skipped: Some(reason),
+                owners: Vec::new(),
                 value: v,
             });
             continue;
         }
+        // Sanitising drops ownerReferences; ordering and re-linking need the originals.
+        let owner_refs = v
+            .pointer("/metadata/ownerReferences")
+            .cloned()
+            .unwrap_or(Value::Null);
         sanitise(&r, &mut v, &o.sanitise);
         map_object(&r, &mut v, &o.namespaces, &o.storage_classes);
         if !o.start_applications {
             hold_applications(&r, &mut v);
         }
-        kept.push((r, target, v));
+        kept.push((r, target, v, owner_refs));
     }
+    let restored: HashSet<ObjRef> = kept.iter().map(|(r, ..)| r.clone()).collect();
     let for_order: Vec<(ObjRef, Value)> = kept
         .iter()
-        .map(|(r, _, v)| (r.clone(), v.clone()))
+        .map(|(r, _, _, owners)| {
+            (
+                r.clone(),
+                serde_json::json!({"metadata": {"ownerReferences": owners}}),
+            )
+        })
         .collect();
     let order = apply_order(&for_order);
-    let mut kept: Vec<Option<(ObjRef, ObjRef, Value)>> = kept.into_iter().map(Some).collect();
+    let mut kept: Vec<Option<(ObjRef, ObjRef, Value, Value)>> =
+        kept.into_iter().map(Some).collect();
     let mut out: Vec<Planned> = order
         .into_iter()
         .map(|i| {
-            let (source, target, value) = kept[i].take().expect("each index once");
+            let (source, target, value, owner_refs) = kept[i].take().expect("each index once");
+            let owners = owner_links(
+                &source,
+                &serde_json::json!({"metadata": {"ownerReferences": owner_refs}}),
+                &restored,
+                &o.namespaces,
+            );
             Planned {
                 source,
                 target,
                 skipped: None,
+                owners,
                 value,
             }
         })

@@ -947,7 +947,11 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
             let objects: Vec<_> = plan
                 .iter()
                 .filter(|p| p.skipped.is_none())
-                .map(|p| (p.target.clone(), p.value.clone()))
+                .map(|p| kcluster::ApplyItem {
+                    r: p.target.clone(),
+                    value: p.value.clone(),
+                    owners: p.owners.clone(),
+                })
                 .collect();
             l.apply(
                 &objects,

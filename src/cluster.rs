@@ -288,6 +288,14 @@ pub enum Outcome {
     Failed,
 }
 
+/// One object to apply, with the owners whose references it gets back on the target.
+#[derive(Debug, Clone)]
+pub struct ApplyItem {
+    pub r: ObjRef,
+    pub value: Value,
+    pub owners: Vec<crate::resources::OwnerLink>,
+}
+
 /// The result of one object of a restore.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ApplyResult {

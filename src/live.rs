@@ -16,7 +16,7 @@ use kube::Client;
 use serde_json::Value;
 
 use crate::cluster::{
-    ApplyResult, ClusterError, ExistingPolicy, Exported, Outcome, Scope as BackupScope,
+    ApplyItem, ApplyResult, ClusterError, ExistingPolicy, Exported, Outcome, Scope as BackupScope,
     ScopeSelector,
 };
 use crate::resources::ObjRef;
@@ -149,14 +149,18 @@ impl LiveCluster {
     /// each is Established and discovers again, so their custom resources can be applied.
     pub async fn apply(
         &self,
-        objects: &[(ObjRef, Value)],
+        objects: &[ApplyItem],
         policy: ExistingPolicy,
         crd_wait: Duration,
     ) -> Result<Vec<ApplyResult>, LiveError> {
         let mut discovery = self.discover().await?;
         let mut results = Vec::with_capacity(objects.len());
         let mut crds_pending: Vec<String> = Vec::new();
-        for (r, v) in objects {
+        // New uids of what was applied: owned objects reference their owners by uid.
+        let mut uids: std::collections::HashMap<ObjRef, String> = std::collections::HashMap::new();
+        for item in objects {
+            let r = &item.r;
+            let v = &with_owner_refs(&item.value, &item.owners, &uids);
             let is_crd =
                 r.kind == "CustomResourceDefinition" && r.group() == "apiextensions.k8s.io";
             if !is_crd && !crds_pending.is_empty() {
@@ -182,11 +186,16 @@ impl LiveCluster {
                 Some((ar, caps)) => {
                     let api = self.api_for(&ar, caps.scope == Scope::Namespaced, r);
                     match apply_one(&api, &r.name, v, policy).await {
-                        Ok((outcome, detail)) => ApplyResult {
-                            r: r.clone(),
-                            outcome,
-                            detail,
-                        },
+                        Ok((outcome, detail, uid)) => {
+                            if let Some(uid) = uid {
+                                uids.insert(r.clone(), uid);
+                            }
+                            ApplyResult {
+                                r: r.clone(),
+                                outcome,
+                                detail,
+                            }
+                        }
                         Err(e) => ApplyResult {
                             r: r.clone(),
                             outcome: Outcome::Failed,
@@ -430,20 +439,25 @@ impl LiveCluster {
     }
 }
 
-/// One object: server-side apply under `policy`. Returns the outcome and a detail line.
+/// One object: server-side apply under `policy`. Returns the outcome, a detail line, and the
+/// object's uid on the target.
 async fn apply_one(
     api: &Api<DynamicObject>,
     name: &str,
     v: &Value,
     policy: ExistingPolicy,
-) -> Result<(Outcome, String), kube::Error> {
-    let exists = api.get_opt(name).await?.is_some();
-    let ssa = PatchParams::apply("lifeboat").force();
-    match (exists, policy) {
-        (true, ExistingPolicy::Skip) => {
-            return Ok((Outcome::Skipped, "exists on the target".into()))
+) -> Result<(Outcome, String, Option<String>), kube::Error> {
+    let current = api.get_opt(name).await?;
+    let exists = current.is_some();
+    match (current, policy) {
+        (Some(existing), ExistingPolicy::Skip) => {
+            return Ok((
+                Outcome::Skipped,
+                "exists on the target".into(),
+                existing.metadata.uid,
+            ));
         }
-        (true, ExistingPolicy::Recreate) => {
+        (Some(_), ExistingPolicy::Recreate) => {
             api.delete(name, &DeleteParams::foreground()).await?;
             // Wait (bounded) until the old object is gone.
             for _ in 0..120 {
@@ -455,10 +469,42 @@ async fn apply_one(
         }
         _ => {}
     }
-    api.patch(name, &ssa, &Patch::Apply(v)).await?;
-    Ok(match (exists, policy) {
-        (false, _) => (Outcome::Created, "server-side apply".into()),
-        (true, ExistingPolicy::Recreate) => (Outcome::Updated, "deleted and created again".into()),
-        (true, _) => (Outcome::Updated, "server-side apply (forced)".into()),
-    })
+    let applied = api
+        .patch(
+            name,
+            &PatchParams::apply("lifeboat").force(),
+            &Patch::Apply(v),
+        )
+        .await?;
+    let (outcome, detail) = match (exists, policy) {
+        (false, _) => (Outcome::Created, "server-side apply"),
+        (true, ExistingPolicy::Recreate) => (Outcome::Updated, "deleted and created again"),
+        (true, _) => (Outcome::Updated, "server-side apply (forced)"),
+    };
+    Ok((outcome, detail.into(), applied.metadata.uid))
+}
+
+/// `v` with `metadata.ownerReferences` re-made for the owners already applied (by new uid).
+fn with_owner_refs(
+    v: &Value,
+    owners: &[crate::resources::OwnerLink],
+    uids: &std::collections::HashMap<ObjRef, String>,
+) -> Value {
+    let refs: Vec<Value> = owners
+        .iter()
+        .filter_map(|o| {
+            let uid = uids.get(&o.owner)?;
+            Some(serde_json::json!({
+                "apiVersion": o.owner.api_version, "kind": o.owner.kind, "name": o.owner.name, "uid": uid,
+                "controller": o.controller, "blockOwnerDeletion": o.block_owner_deletion,
+            }))
+        })
+        .collect();
+    let mut v = v.clone();
+    if !refs.is_empty() {
+        if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("ownerReferences".into(), Value::Array(refs));
+        }
+    }
+    v
 }

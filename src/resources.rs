@@ -362,6 +362,55 @@ pub fn skip_reason(r: &ObjRef, v: &Value, set: &HashSet<ObjRef>) -> Option<Strin
     None
 }
 
+/// An owner an object keeps on the target: restored too, so that its reference can be re-made
+/// with the owner's new uid (file targets have no uids and leave it out).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OwnerLink {
+    /// The owner as it is on the target.
+    pub owner: ObjRef,
+    pub controller: bool,
+    pub block_owner_deletion: bool,
+}
+
+/// The owner references of `v` (as exported) whose owners are in `restored` (by source
+/// identity), mapped to the owners' target identities.
+pub fn owner_links(
+    r: &ObjRef,
+    v: &Value,
+    restored: &HashSet<ObjRef>,
+    namespaces: &Mapping,
+) -> Vec<OwnerLink> {
+    let Some(refs) = v
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    refs.iter()
+        .filter_map(|o| {
+            let s = |k: &str| {
+                o.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let flag = |k: &str| o.get(k).and_then(Value::as_bool).unwrap_or(false);
+            let candidates = [r.namespace.clone(), None].map(|namespace| ObjRef {
+                api_version: s("apiVersion"),
+                kind: s("kind"),
+                namespace,
+                name: s("name"),
+            });
+            let owner = candidates.into_iter().find(|c| restored.contains(c))?;
+            Some(OwnerLink {
+                owner: mapped_ref(&owner, namespaces),
+                controller: flag("controller"),
+                block_owner_deletion: flag("blockOwnerDeletion"),
+            })
+        })
+        .collect()
+}
+
 // ----- mapping ------------------------------------------------------------------------------
 
 /// `old:new,old2:new2` mappings, as the restore flags take them.

@@ -492,3 +492,35 @@ fn bad_input_is_named_and_changes_nothing() {
 
     assert_eq!(snapshot(&repo), before, "nothing in the repository changed");
 }
+
+#[test]
+fn owners_come_first_and_are_linked_across_a_namespace_mapping() {
+    use lifeboat::appbackup::{plan_restore, RestorePlanOptions};
+    use lifeboat::resources::{Mapping, ObjRef};
+    let obj = |v: Value| (ObjRef::of(&v, "t").unwrap(), v);
+    let objects = vec![
+        // The owned ConfigMap ranks before custom resources, but its owner must exist first.
+        obj(
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "main-settings", "namespace": "pg",
+            "ownerReferences": [{"apiVersion": "db.example.com/v1", "kind": "PostgresCluster", "name": "main", "uid": "old", "blockOwnerDeletion": true}]}}),
+        ),
+        obj(
+            serde_json::json!({"apiVersion": "db.example.com/v1", "kind": "PostgresCluster", "metadata": {"name": "main", "namespace": "pg", "uid": "old"}}),
+        ),
+    ];
+    let opts = RestorePlanOptions {
+        namespaces: Mapping::parse("--namespace-mapping", "pg:pg-dr").unwrap(),
+        start_applications: true,
+        ..Default::default()
+    };
+    let plan = plan_restore(objects, &opts);
+    assert_eq!(plan[0].target.kind, "PostgresCluster", "owner first");
+    assert_eq!(plan[1].target.name, "main-settings");
+    assert!(
+        plan[1].value["metadata"].get("ownerReferences").is_none(),
+        "the old uid is gone"
+    );
+    assert_eq!(plan[1].owners.len(), 1);
+    assert_eq!(plan[1].owners[0].owner.namespace.as_deref(), Some("pg-dr"));
+    assert!(plan[1].owners[0].block_owner_deletion && !plan[1].owners[0].controller);
+}

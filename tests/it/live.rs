@@ -310,6 +310,11 @@ impl Stateful {
                 );
                 let body = req.into_body().collect().await.unwrap().to_bytes();
                 let mut v: Value = serde_json::from_slice(&body).unwrap();
+                let name = v["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                v["metadata"]["uid"] = json!(format!("new-uid-{name}"));
                 if v["kind"] == "CustomResourceDefinition" {
                     v["status"] =
                         json!({"conditions": [{"type": "Established", "status": "True"}]});
@@ -353,8 +358,8 @@ fn stateful_cluster() -> (LiveCluster, Arc<Stateful>) {
 
 #[tokio::test]
 async fn restore_applies_in_order_waits_for_crds_and_honours_the_policy() {
-    use lifeboat::cluster::{ExistingPolicy, Outcome};
-    use lifeboat::resources::ObjRef;
+    use lifeboat::cluster::{ApplyItem, ExistingPolicy, Outcome};
+    use lifeboat::resources::{ObjRef, OwnerLink};
     let (cluster, api) = stateful_cluster();
     let obj = |v: Value| (ObjRef::of(&v, "test").unwrap(), v);
     let plan = vec![
@@ -375,7 +380,27 @@ async fn restore_applies_in_order_waits_for_crds_and_honours_the_policy() {
         obj(
             json!({"apiVersion": "other.example.org/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "pg-dr"}}),
         ),
+        obj(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "main-settings", "namespace": "pg-dr"}}),
+        ),
     ];
+    let cr = plan[4].0.clone();
+    let plan: Vec<ApplyItem> = plan
+        .into_iter()
+        .map(|(r, value)| {
+            // The operator's settings ConfigMap is owned (not controlled) by the custom resource.
+            let owners = if r.name == "main-settings" {
+                vec![OwnerLink {
+                    owner: cr.clone(),
+                    controller: false,
+                    block_owner_deletion: true,
+                }]
+            } else {
+                Vec::new()
+            };
+            ApplyItem { r, value, owners }
+        })
+        .collect();
     let cm_path = "/api/v1/namespaces/pg-dr/configmaps/cfg".to_string();
     api.objects.lock().unwrap().insert(cm_path.clone(), json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "pg-dr"}, "data": {"a": "old"}}));
 
@@ -396,8 +421,16 @@ async fn restore_applies_in_order_waits_for_crds_and_honours_the_policy() {
             Outcome::Skipped,
             Outcome::Created,
             Outcome::Created,
-            Outcome::Failed
+            Outcome::Failed,
+            Outcome::Created
         ]
+    );
+    // The owner reference is re-made with the owner's new uid on the target.
+    let settings =
+        api.objects.lock().unwrap()["/api/v1/namespaces/pg-dr/configmaps/main-settings"].clone();
+    assert_eq!(
+        settings["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "db.example.com/v1", "kind": "PostgresCluster", "name": "main", "uid": "new-uid-main", "controller": false, "blockOwnerDeletion": true}])
     );
     assert!(
         results[5].detail.contains("serves no Widget"),
@@ -455,11 +488,11 @@ async fn restore_applies_in_order_waits_for_crds_and_honours_the_policy() {
     assert!(del < patch, "{log:?}");
 
     // A dry run's conflicts come from the same lookups.
-    let refs: Vec<ObjRef> = plan.iter().map(|(r, _)| r.clone()).collect();
+    let refs: Vec<ObjRef> = plan.iter().map(|i| i.r.clone()).collect();
     let existing = cluster.existing(&refs).await.unwrap();
     assert_eq!(
         existing.len(),
-        5,
+        6,
         "everything but the unserved Widget exists now: {existing:?}"
     );
 }
