@@ -18,7 +18,9 @@ use crate::cluster::{
     Selector,
 };
 use crate::crypto::Role;
-use crate::format::{AppBackup, BackedUpObject, BackupFilters, BackupId, BlobKind, FORMAT_VERSION};
+use crate::format::{
+    AppBackup, BackedUpObject, BackupFilters, BackupId, BlobKind, CaptureFailure, FORMAT_VERSION,
+};
 use crate::repository::{cpu, RepoError, Repository};
 use crate::resources::{
     apply_order, hold_applications, map_object, mapped_ref, owner_links, sanitise, skip_reason,
@@ -74,6 +76,8 @@ pub struct BackupSummary {
     pub objects_new: u64,
     pub bytes_uploaded: u64,
     pub duration_seconds: f64,
+    /// Parts of the scope not captured; not empty: the backup is partially failed.
+    pub failures: Vec<CaptureFailure>,
 }
 
 /// Every backup record, oldest first.
@@ -186,6 +190,7 @@ impl BackupBuilder {
         self,
         source: &str,
         filters: BackupFilters,
+        failures: Vec<CaptureFailure>,
     ) -> Result<BackupSummary, AppBackupError> {
         let stats = self.writer.finish().await?;
         let record = AppBackup {
@@ -197,6 +202,7 @@ impl BackupBuilder {
             source: source.to_string(),
             filters,
             objects: self.records,
+            failures: failures.clone(),
             program_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let (hash, len) = self
@@ -210,6 +216,7 @@ impl BackupBuilder {
             objects_new: stats.blobs_new,
             bytes_uploaded: stats.bytes_uploaded + len,
             duration_seconds: self.started.elapsed().as_secs_f64(),
+            failures,
         })
     }
 }
@@ -226,7 +233,7 @@ pub async fn create_backup(
     for e in objects {
         b.add(e).await?;
     }
-    b.finish(source, filters).await
+    b.finish(source, filters, Vec::new()).await
 }
 
 /// The objects of a backup, read and verified from the repository.

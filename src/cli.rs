@@ -328,6 +328,8 @@ pub enum Error {
     Live(#[from] LiveError),
     #[error("restore create needs a target: --output-dir DIR, --cluster-dir DIR, --context CTX, or --dry-run")]
     NoRestoreTarget,
+    #[error("the backup was recorded, partially failed: {0} part(s) of the scope could not be captured (listed above); fix access and back up again")]
+    PartialBackup(usize),
     #[error("{0} object(s) failed to restore; see the results above")]
     ObjectsFailed(usize),
 }
@@ -749,21 +751,29 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                     let (captured, consumed) = tokio::join!(live.capture(&scope, tx), consume);
                     // The builder's own error explains a stopped capture best.
                     consumed?;
-                    captured?;
-                    builder.finish(&live.describe(), filters).await?
+                    let failures = captured?;
+                    builder.finish(&live.describe(), filters, failures).await?
                 }
             };
             ctx.emit(&out, || {
-                format!(
+                let mut text = format!(
                     "backup {name} ({}): {} objects, {} new, uploaded {}, {:.2}s",
                     out.id.short(),
                     out.objects,
                     out.objects_new,
                     human(out.bytes_uploaded),
                     out.duration_seconds
-                )
+                );
+                for f in &out.failures {
+                    text.push_str(&format!("\nnot captured: {}: {}", f.what, f.reason));
+                }
+                text
             });
-            Ok(())
+            if out.failures.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::PartialBackup(out.failures.len()))
+            }
         }
         BackupCommand::List => {
             let repo = ctx.open().await?;
@@ -813,6 +823,9 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                     if b.filters.selector.is_empty() { "-" } else { &b.filters.selector },
                     b.objects.len()
                 );
+                for f in &b.failures {
+                    out.push_str(&format!("\nNOT CAPTURED: {}: {}", f.what, f.reason));
+                }
                 for o in &b.objects {
                     out.push_str(&format!(
                         "\n  {}/{}{} ({} bytes)",

@@ -417,5 +417,17 @@ pub struct AppBackup {
     pub source: String,
     pub filters: BackupFilters,
     pub objects: Vec<BackedUpObject>,
+    /// What could not be captured (a list the API server refused, ...): a backup with
+    /// failures is partially failed, and says exactly what it lacks.
+    pub failures: Vec<CaptureFailure>,
     pub program_version: String,
+}
+
+/// One part of a scope that a backup could not capture.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureFailure {
+    /// What was attempted, e.g. `list secrets in namespace pg`.
+    pub what: String,
+    pub reason: String,
 }

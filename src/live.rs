@@ -19,6 +19,7 @@ use crate::cluster::{
     ApplyItem, ApplyResult, ClusterError, ExistingPolicy, Exported, Outcome, Scope as BackupScope,
     ScopeSelector,
 };
+use crate::format::CaptureFailure;
 use crate::resources::ObjRef;
 use tokio::sync::mpsc;
 
@@ -379,12 +380,14 @@ impl LiveCluster {
     /// Streams the objects of `scope` into `tx`, one page at a time: memory stays bounded by
     /// the page size and the channel, whatever the number of objects. Cluster-scoped objects
     /// of the kinds a backup may need (few) are listed first and sent last, once the
-    /// namespaced objects have said what they need.
+    /// namespaced objects have said what they need. A list the API server refuses is recorded
+    /// as a failure and the capture goes on; the Namespace list is needed to check the scope
+    /// and stops it.
     pub async fn capture(
         &self,
         scope: &BackupScope,
         tx: mpsc::Sender<Exported>,
-    ) -> Result<(), LiveError> {
+    ) -> Result<Vec<CaptureFailure>, LiveError> {
         let discovery = self.discover().await?;
         let types: Vec<(ApiResource, bool)> = discovery
             .groups()
@@ -394,13 +397,17 @@ impl LiveCluster {
             })
             .map(|(ar, caps)| (ar, caps.scope == Scope::Namespaced))
             .collect();
+        let mut failures = Vec::new();
         let mut cluster = Vec::new();
         for (ar, _) in types
             .iter()
             .filter(|(ar, namespaced)| !namespaced && CLUSTER_KINDS.contains(&ar.kind.as_str()))
         {
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
-            self.list_all(&api, ar, None, &mut cluster).await?;
+            match self.list_all(&api, ar, None, &mut cluster).await {
+                Err(e) if ar.kind != "Namespace" => failures.push(failure(e)?),
+                r => r?,
+            }
         }
         let namespaces: Vec<&str> = cluster
             .iter()
@@ -419,7 +426,14 @@ impl LiveCluster {
                 let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, ar);
                 let mut token = None;
                 loop {
-                    let (items, next) = self.page(&api, ar, Some(ns), token.as_deref()).await?;
+                    let (items, next) = match self.page(&api, ar, Some(ns), token.as_deref()).await
+                    {
+                        Ok(page) => page,
+                        Err(e) => {
+                            failures.push(failure(e)?);
+                            break;
+                        }
+                    };
                     for e in items {
                         if sel.offer(&e) {
                             tx.send(e).await.map_err(|_| LiveError::Stopped)?;
@@ -435,7 +449,18 @@ impl LiveCluster {
         for e in sel.cluster_scoped(&cluster) {
             tx.send(e).await.map_err(|_| LiveError::Stopped)?;
         }
-        Ok(())
+        Ok(failures)
+    }
+}
+
+/// A refused list becomes a recorded failure; anything else stops the capture.
+fn failure(e: LiveError) -> Result<CaptureFailure, LiveError> {
+    match e {
+        LiveError::Api { what, source } => Ok(CaptureFailure {
+            what,
+            reason: source.to_string(),
+        }),
+        other => Err(other),
     }
 }
 

@@ -563,3 +563,41 @@ async fn a_capture_whose_consumer_stops_ends_instead_of_waiting() {
     let e = cluster.capture(&bad, tx).await.unwrap_err().to_string();
     assert!(e.contains("namespace `ghost` does not exist"), "{e}");
 }
+
+#[tokio::test]
+async fn a_refused_list_is_recorded_and_the_rest_is_captured() {
+    let scope = Scope {
+        namespaces: vec!["pg".into()],
+        ..Default::default()
+    };
+    let (cluster, _) = fake_cluster(true);
+    let repo = new_repo(Arc::new(MemoryStore::new())).await;
+    let mut builder = lifeboat::appbackup::BackupBuilder::new(repo.clone(), "partial")
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<lifeboat::cluster::Exported>(4);
+    let consume = async {
+        while let Some(e) = rx.recv().await {
+            builder.add(e).await.unwrap();
+        }
+    };
+    let (failures, ()) = tokio::join!(cluster.capture(&scope, tx), consume);
+    let failures = failures.unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].what, "list secrets in namespace pg");
+    assert!(
+        failures[0].reason.contains("forbidden"),
+        "{}",
+        failures[0].reason
+    );
+    let out = builder
+        .finish(&cluster.describe(), Default::default(), failures)
+        .await
+        .unwrap();
+    assert_eq!(out.objects, 7, "everything but the secret");
+    let (_, b) = lifeboat::appbackup::find_backup(&repo, "partial")
+        .await
+        .unwrap();
+    assert_eq!(b.failures.len(), 1);
+    assert!(!b.objects.iter().any(|o| o.kind == "Secret"));
+}
