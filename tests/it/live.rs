@@ -44,7 +44,7 @@ struct FakeApi {
 }
 
 impl FakeApi {
-    fn answer(&self, uri: &http::Uri) -> (StatusCode, Value) {
+    fn answer_uri(&self, uri: &http::Uri) -> (StatusCode, Value) {
         let path = uri.path();
         let query = uri.query().unwrap_or("");
         self.requests
@@ -144,16 +144,26 @@ impl FakeApi {
     }
 }
 
-fn fake_cluster(refuse_secrets: bool) -> (LiveCluster, Arc<FakeApi>) {
+/// A fake API server: answers one request.
+trait Answer: Send + Sync + 'static {
+    fn answer(
+        &self,
+        req: Request<Body>,
+    ) -> impl std::future::Future<Output = (StatusCode, Value)> + Send;
+}
+
+impl Answer for FakeApi {
+    async fn answer(&self, req: Request<Body>) -> (StatusCode, Value) {
+        self.answer_uri(req.uri())
+    }
+}
+
+/// A kube client whose API server is `api`, answering on the test's runtime.
+fn serve<A: Answer>(api: Arc<A>) -> kube::Client {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let api = Arc::new(FakeApi {
-        refuse_secrets,
-        requests: Mutex::new(Vec::new()),
-    });
-    let a = api.clone();
     tokio::spawn(async move {
         while let Some((req, send)) = handle.next_request().await {
-            let (status, body) = a.answer(req.uri());
+            let (status, body) = api.answer(req).await;
             send.send_response(
                 Response::builder()
                     .status(status)
@@ -163,11 +173,16 @@ fn fake_cluster(refuse_secrets: bool) -> (LiveCluster, Arc<FakeApi>) {
             );
         }
     });
-    let client = kube::Client::new(service, "default");
-    (
-        LiveCluster::from_client(client, "fake").with_page_size(2),
-        api,
-    )
+    kube::Client::new(service, "default")
+}
+
+fn fake_cluster(refuse_secrets: bool) -> (LiveCluster, Arc<FakeApi>) {
+    let api = Arc::new(FakeApi {
+        refuse_secrets,
+        requests: Mutex::new(Vec::new()),
+    });
+    let cluster = LiveCluster::from_client(serve(api.clone()), "fake").with_page_size(2);
+    (cluster, api)
 }
 
 #[tokio::test]
@@ -285,7 +300,7 @@ impl Stateful {
         })
     }
 
-    async fn answer(&self, req: Request<Body>) -> (StatusCode, Value) {
+    async fn answer_request(&self, req: Request<Body>) -> (StatusCode, Value) {
         use http_body_util::BodyExt;
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -334,26 +349,15 @@ impl Stateful {
     }
 }
 
+impl Answer for Stateful {
+    async fn answer(&self, req: Request<Body>) -> (StatusCode, Value) {
+        self.answer_request(req).await
+    }
+}
+
 fn stateful_cluster() -> (LiveCluster, Arc<Stateful>) {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let api = Arc::new(Stateful::default());
-    let a = api.clone();
-    tokio::spawn(async move {
-        while let Some((req, send)) = handle.next_request().await {
-            let (status, body) = a.answer(req).await;
-            send.send_response(
-                Response::builder()
-                    .status(status)
-                    .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                    .unwrap(),
-            );
-        }
-    });
-    (
-        LiveCluster::from_client(kube::Client::new(service, "default"), "fake"),
-        api,
-    )
+    (LiveCluster::from_client(serve(api.clone()), "fake"), api)
 }
 
 #[tokio::test]
