@@ -82,26 +82,12 @@ pub struct BackupSummary {
 
 /// Every backup record, oldest first.
 pub async fn list_backups(repo: &Repository) -> Result<Vec<(BackupId, AppBackup)>, AppBackupError> {
-    let listed = repo
-        .store()
-        .list("backups/", repo.cancel())
-        .await
-        .map_err(RepoError::from)?;
-    let mut all: Vec<(BackupId, AppBackup)> = futures::stream::iter(listed)
-        .map(|o| async move {
-            let id: BackupId =
-                o.key["backups/".len()..]
-                    .parse()
-                    .map_err(|e| RepoError::Corrupt {
-                        object: o.key.clone(),
-                        reason: format!("unexpected object name: {e}"),
-                    })?;
-            let b: AppBackup = repo.read_sealed_json(&o.key, &id.0, Role::Backup).await?;
-            Ok::<_, AppBackupError>((id, b))
-        })
-        .buffer_unordered(8)
-        .try_collect()
-        .await?;
+    let mut all: Vec<(BackupId, AppBackup)> = repo
+        .load_all("backups", Role::Backup)
+        .await?
+        .into_iter()
+        .map(|(h, b)| (BackupId(h), b))
+        .collect();
     all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
     Ok(all)
 }

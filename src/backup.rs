@@ -388,9 +388,7 @@ async fn backup_inner(
         kind: SnapshotKind::Volume,
         name: opts.name.clone(),
         time: OffsetDateTime::now_utc(),
-        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default(),
+        hostname: crate::repository::hostname(),
         source: opts.source.display().to_string(),
         parent: parent.as_ref().map(|(id, _)| *id),
         size,

@@ -661,7 +661,7 @@ async fn snapshots(ctx: &Ctx<'_>) -> Result<(), Error> {
             .iter()
             .map(|(id, s)| {
                 serde_json::json!({
-                    "id": id, "name": s.name, "time": s.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                    "id": id, "name": s.name, "time": rfc3339(s.time),
                     "size": s.size, "parent": s.parent, "hostname": s.hostname, "source": s.source,
                     "change_source": s.change_source, "stats": s.stats,
                 })
@@ -679,9 +679,7 @@ async fn snapshots(ctx: &Ctx<'_>) -> Result<(), Error> {
             println!(
                 "{:<10} {:<25} {:<20} {:>10} {:<10}",
                 id.short(),
-                s.time
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
+                rfc3339(s.time),
                 s.name,
                 human(s.size),
                 s.parent.map(|p| p.short()).unwrap_or_else(|| "-".into())
@@ -781,7 +779,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
             let rows: Vec<serde_json::Value> = all
                 .iter()
                 .map(|(id, b)| {
-                    serde_json::json!({"id": id, "name": b.name, "time": b.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                    serde_json::json!({"id": id, "name": b.name, "time": rfc3339(b.time),
                         "source": b.source, "namespaces": b.filters.namespaces, "objects": b.objects.len()})
                 })
                 .collect();
@@ -797,9 +795,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                     out.push_str(&format!(
                         "\n{:<10} {:<25} {:<24} {:>8}  {}",
                         id.short(),
-                        b.time
-                            .format(&time::format_description::well_known::Rfc3339)
-                            .unwrap_or_default(),
+                        rfc3339(b.time),
                         b.name,
                         b.objects.len(),
                         b.filters.namespaces.join(",")
@@ -817,7 +813,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                     "backup {} ({})\ntime: {}\nsource: {}\nnamespaces: {}\nselector: {}\nobjects: {}",
                     b.name,
                     id.short(),
-                    b.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                    rfc3339(b.time),
                     b.source,
                     b.filters.namespaces.join(","),
                     if b.filters.selector.is_empty() { "-" } else { &b.filters.selector },
@@ -1007,6 +1003,12 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
         return Err(Error::ObjectsFailed(failed));
     }
     Ok(())
+}
+
+/// A time as RFC 3339 text, for listings.
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Bytes in binary units.

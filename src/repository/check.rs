@@ -93,7 +93,7 @@ impl Repository {
                 continue;
             };
             match self
-                .read_sealed_uncached::<IndexFile>(&o.key, &id.0, Role::Index)
+                .read_sealed_json_from::<IndexFile>(&o.key, &id.0, Role::Index, false)
                 .await
             {
                 Ok(f) => files.push(f),
@@ -130,7 +130,7 @@ impl Repository {
         r.snapshots = ids.len();
         for id in ids {
             let snap = match self
-                .read_sealed_uncached::<Snapshot>(&id.key(), &id.0, Role::Snapshot)
+                .read_sealed_json_from::<Snapshot>(&id.key(), &id.0, Role::Snapshot, false)
                 .await
             {
                 Ok(s) => s,
@@ -196,8 +196,9 @@ impl Repository {
                 r.errors.push(format!("{}: unexpected object name", o.key));
                 continue;
             };
-            let record: Result<crate::format::AppBackup, RepoError> =
-                self.read_sealed_uncached(&o.key, &h, Role::Backup).await;
+            let record: Result<crate::format::AppBackup, RepoError> = self
+                .read_sealed_json_from(&o.key, &h, Role::Backup, false)
+                .await;
             match record {
                 Err(e) => r.errors.push(e.to_string()),
                 Ok(b) => {
@@ -217,30 +218,6 @@ impl Repository {
             self.read_all_packs(&index, &stored, &mut r).await?;
         }
         Ok(r)
-    }
-
-    async fn read_sealed_uncached<T: serde::de::DeserializeOwned + Send + 'static>(
-        &self,
-        key: &str,
-        hash: &[u8; 32],
-        role: Role,
-    ) -> Result<T, RepoError> {
-        let bytes = self.store().get(key, self.cancel()).await?;
-        let keys = self.keys().clone();
-        let (key, hash) = (key.to_string(), *hash);
-        cpu(move || {
-            if object_hash(&bytes) != hash {
-                return Err(RepoError::corrupt(
-                    key,
-                    "content does not match its name (BLAKE3)",
-                ));
-            }
-            let plain = keys
-                .open(role, &bytes, super::MAX_METADATA_BYTES)
-                .map_err(|e| RepoError::corrupt(key.clone(), e))?;
-            serde_json::from_slice(&plain).map_err(|e| RepoError::corrupt(key, e))
-        })
-        .await?
     }
 
     async fn read_all_packs(

@@ -168,7 +168,7 @@ pub struct Repository {
     cancel: CancellationToken,
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
@@ -373,13 +373,18 @@ impl Repository {
     // ----- verified reads -----------------------------------------------------------------
 
     /// Reads a content-addressed object (`index/…`, `snapshots/…`), from the local cache when
-    /// it is there, and checks its bytes against its name.
+    /// it is there and `use_cache` allows, and checks its bytes against its name.
     pub(crate) async fn read_verified(
         &self,
         key: &str,
         hash: &[u8; 32],
+        use_cache: bool,
     ) -> Result<Bytes, RepoError> {
-        let cached = self.cache.as_ref().map(|c| c.join(key));
+        let cached = self
+            .cache
+            .as_ref()
+            .filter(|_| use_cache)
+            .map(|c| c.join(key));
         if let Some(path) = &cached {
             if let Ok(bytes) = tokio::fs::read(path).await {
                 if object_hash(&bytes) == *hash {
@@ -405,14 +410,26 @@ impl Repository {
         Ok(bytes)
     }
 
-    /// Reads and unseals a JSON metadata object.
+    /// Reads and unseals a JSON metadata object (through the local cache).
     pub(crate) async fn read_sealed_json<T: serde::de::DeserializeOwned + Send + 'static>(
         &self,
         key: &str,
         hash: &[u8; 32],
         role: Role,
     ) -> Result<T, RepoError> {
-        let bytes = self.read_verified(key, hash).await?;
+        self.read_sealed_json_from(key, hash, role, true).await
+    }
+
+    /// Reads and unseals a JSON metadata object; `use_cache: false` reads the store itself,
+    /// as `repo check` must.
+    pub(crate) async fn read_sealed_json_from<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        key: &str,
+        hash: &[u8; 32],
+        role: Role,
+        use_cache: bool,
+    ) -> Result<T, RepoError> {
+        let bytes = self.read_verified(key, hash, use_cache).await?;
         let keys = self.keys.clone();
         let k = key.to_string();
         cpu(move || {
@@ -495,12 +512,12 @@ impl Repository {
 
     /// Every snapshot, oldest first.
     pub async fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
-        let ids = self.snapshot_ids().await?;
-        let mut all: Vec<(SnapshotId, Snapshot)> = futures::stream::iter(ids)
-            .map(|id| async move { Ok::<_, RepoError>((id, self.load_snapshot(&id).await?)) })
-            .buffer_unordered(METADATA_CONCURRENCY)
-            .try_collect()
-            .await?;
+        let mut all: Vec<(SnapshotId, Snapshot)> = self
+            .load_all("snapshots", Role::Snapshot)
+            .await?
+            .into_iter()
+            .map(|(h, s)| (SnapshotId(h), s))
+            .collect();
         all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
         Ok(all)
     }
@@ -556,18 +573,35 @@ impl Repository {
 
     /// Loads every index object (from the local cache where it can) into memory.
     pub async fn load_index(&self) -> Result<Index, RepoError> {
-        let listed = self.store.list("index/", &self.cancel).await?;
-        let files: Vec<crate::format::IndexFile> = futures::stream::iter(listed)
+        let files: Vec<crate::format::IndexFile> = self
+            .load_all("index", Role::Index)
+            .await?
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect();
+        cpu(move || Index::from_files(files)).await
+    }
+
+    /// Every sealed JSON object under `dir/` (each named by the BLAKE3 of its bytes), read and
+    /// verified several at a time, through the local cache; in no particular order.
+    pub(crate) async fn load_all<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        dir: &str,
+        role: Role,
+    ) -> Result<Vec<([u8; 32], T)>, RepoError> {
+        let listed = self.store.list(&format!("{dir}/"), &self.cancel).await?;
+        futures::stream::iter(listed)
             .map(|o| async move {
-                let id: crate::format::IndexId = o.key["index/".len()..].parse().map_err(|e| {
+                let mut hash = [0u8; 32];
+                hex::decode_to_slice(&o.key[dir.len() + 1..], &mut hash).map_err(|e| {
                     RepoError::corrupt(o.key.clone(), format!("unexpected object name: {e}"))
                 })?;
-                self.read_sealed_json(&o.key, &id.0, Role::Index).await
+                let value = self.read_sealed_json(&o.key, &hash, role).await?;
+                Ok((hash, value))
             })
             .buffer_unordered(METADATA_CONCURRENCY)
             .try_collect()
-            .await?;
-        cpu(move || Index::from_files(files)).await
+            .await
     }
 
     /// A writer that packs blobs and uploads packs in the background.
