@@ -19,13 +19,16 @@ use crate::cluster::{
 };
 use crate::crypto::Role;
 use crate::format::{
-    AppBackup, BackedUpObject, BackupFilters, BackupId, BlobKind, CaptureFailure, FORMAT_VERSION,
+    ActionRecord, AppBackup, BackedUpObject, BackedUpVolume, BackupFilters, BackupId, BlobKind,
+    CaptureFailure, FORMAT_VERSION,
 };
+use crate::hooks::{HookError, RulesReport};
 use crate::repository::{cpu, RepoError, Repository};
 use crate::resources::{
     apply_order, hold_applications, map_object, mapped_ref, owner_links, sanitise, skip_reason,
     Mapping, ObjRef, OwnerLink, SanitiseOptions,
 };
+use crate::snapshot::SnapshotError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppBackupError {
@@ -46,11 +49,29 @@ pub enum AppBackupError {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Repo(#[from] RepoError),
+    #[error(transparent)]
+    Rules(#[from] HookError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("volume data of PersistentVolumeClaim {namespace}/{pvc}: {source}")]
+    Volume {
+        namespace: String,
+        pvc: String,
+        source: crate::backup::BackupError,
+    },
+    #[error("cancelled")]
+    Cancelled,
+    #[error("internal worker failed: {0}")]
+    Worker(String),
 }
 
 impl AppBackupError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, AppBackupError::Repo(e) if e.is_retryable())
+        match self {
+            AppBackupError::Repo(e) => e.is_retryable(),
+            AppBackupError::Volume { source, .. } => source.is_retryable(),
+            _ => false,
+        }
     }
 }
 
@@ -78,6 +99,9 @@ pub struct BackupSummary {
     pub duration_seconds: f64,
     /// Parts of the scope not captured; not empty: the backup is partially failed.
     pub failures: Vec<CaptureFailure>,
+    pub volumes: Vec<BackedUpVolume>,
+    pub rules: Vec<ActionRecord>,
+    pub warnings: Vec<String>,
 }
 
 /// Every backup record, oldest first.
@@ -112,6 +136,8 @@ pub struct BackupBuilder {
     writer: crate::repository::BlobWriter,
     claims: Arc<crate::repository::Claims>,
     records: Vec<BackedUpObject>,
+    volumes: Vec<BackedUpVolume>,
+    rules: RulesReport,
     started: std::time::Instant,
 }
 
@@ -136,6 +162,8 @@ impl BackupBuilder {
             writer,
             claims,
             records: Vec::new(),
+            volumes: Vec::new(),
+            rules: RulesReport::default(),
             started: std::time::Instant::now(),
         })
     }
@@ -171,6 +199,16 @@ impl BackupBuilder {
         Ok(())
     }
 
+    /// Records the volumes of the group snapshot and what the rules did around it.
+    pub fn set_volumes(&mut self, volumes: Vec<BackedUpVolume>, rules: RulesReport) {
+        self.volumes = volumes;
+        self.rules = rules;
+    }
+
+    pub fn repository(&self) -> &Arc<Repository> {
+        &self.repo
+    }
+
     /// Writes the record, after every blob it names.
     pub async fn finish(
         self,
@@ -189,6 +227,9 @@ impl BackupBuilder {
             filters,
             objects: self.records,
             failures: failures.clone(),
+            volumes: self.volumes,
+            rules: self.rules.records,
+            warnings: self.rules.warnings,
             program_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let (hash, len) = self
@@ -203,6 +244,9 @@ impl BackupBuilder {
             bytes_uploaded: stats.bytes_uploaded + len,
             duration_seconds: self.started.elapsed().as_secs_f64(),
             failures,
+            volumes: record.volumes,
+            rules: record.rules,
+            warnings: record.warnings,
         })
     }
 }

@@ -65,6 +65,8 @@ pub struct BackupOptions {
     pub concurrency: usize,
     /// Pack uploads in flight.
     pub max_uploads: usize,
+    /// What the snapshot records as its source, when `source` is only a temporary copy.
+    pub label: Option<String>,
 }
 
 impl BackupOptions {
@@ -79,6 +81,7 @@ impl BackupOptions {
             full: false,
             concurrency: cores * 2,
             max_uploads: 4,
+            label: None,
         }
     }
 }
@@ -389,7 +392,10 @@ async fn backup_inner(
         name: opts.name.clone(),
         time: OffsetDateTime::now_utc(),
         hostname: crate::repository::hostname(),
-        source: opts.source.display().to_string(),
+        source: opts
+            .label
+            .clone()
+            .unwrap_or_else(|| opts.source.display().to_string()),
         parent: parent.as_ref().map(|(id, _)| *id),
         size,
         chunk_size: chunk as u32,

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use crate::appbackup::{self, AppBackupError, RestorePlanOptions};
+use crate::appvolumes::{self, ConsistencyOptions};
 use crate::backup::{backup_volume, BackupError, BackupOptions};
 use crate::cluster::{
     self as kcluster, ClusterDir, ClusterError, ExistingPolicy, Outcome, ResourceFilter, Selector,
@@ -111,7 +112,9 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
-    /// Capture the objects of one or more namespaces from a cluster directory.
+    /// Back up one or more namespaces: their objects and the data of their
+    /// PersistentVolumeClaims, the volumes copied together while the pre rules hold the
+    /// application quiet.
     Create {
         /// Backup name (unique in the repository).
         name: String,
@@ -134,6 +137,17 @@ pub enum BackupCommand {
         /// context, or the in-cluster configuration].
         #[arg(long, value_name = "CTX", conflicts_with = "cluster_dir")]
         context: Option<String>,
+        /// Rule file (kind: Rule) whose actions run before the volumes are snapshotted
+        /// (repeatable).
+        #[arg(long = "pre-rule", value_name = "FILE")]
+        pre_rules: Vec<PathBuf>,
+        /// Rule file whose actions run after the snapshot, and always once pre rules started
+        /// (repeatable).
+        #[arg(long = "post-rule", value_name = "FILE")]
+        post_rules: Vec<PathBuf>,
+        /// Back up the data of every PersistentVolumeClaim in scope.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        include_volumes: bool,
     },
     /// List application backups, oldest first.
     List,
@@ -326,6 +340,8 @@ pub enum Error {
     Resource(#[from] ResourceError),
     #[error(transparent)]
     Live(#[from] LiveError),
+    #[error(transparent)]
+    Rules(#[from] crate::hooks::HookError),
     #[error("restore create needs a target: --output-dir DIR, --cluster-dir DIR, --context CTX, or --dry-run")]
     NoRestoreTarget,
     #[error("the backup was recorded, partially failed: {0} part(s) of the scope could not be captured (listed above); fix access and back up again")]
@@ -443,10 +459,21 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::warn!("interrupted: cancelling");
-            c.cancel();
+        // SIGINT or SIGTERM (a pod being stopped): cancel; post rules still run.
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
         }
+        tracing::warn!("interrupted: cancelling");
+        c.cancel();
     });
     let ctx = Ctx {
         g: &cli.global,
@@ -707,7 +734,23 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
             exclude_resource_types,
             cluster_dir,
             context,
+            pre_rules,
+            post_rules,
+            include_volumes,
         } => {
+            let load = |files: &[PathBuf]| -> Result<Vec<crate::hooks::Rule>, Error> {
+                let mut out = Vec::new();
+                for f in files {
+                    out.extend(crate::hooks::load_rules(f)?);
+                }
+                Ok(out)
+            };
+            let consistency = ConsistencyOptions {
+                include_volumes: *include_volumes,
+                pre: load(pre_rules)?,
+                post: load(post_rules)?,
+                allow_reflink: true,
+            };
             let scope = kcluster::Scope {
                 namespaces: namespaces.clone(),
                 selector: Selector::parse(selector)?,
@@ -729,7 +772,17 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                         .map_err(|e| Error::Worker(e.to_string()))??;
                     let selected = kcluster::select(&all, &scope, &source)?;
                     let repo = ctx.open().await?;
-                    appbackup::create_backup(repo, name, &source, filters, selected).await?
+                    let dir = ClusterDir::new(dir);
+                    appvolumes::backup_cluster_dir(
+                        repo,
+                        name,
+                        &dir,
+                        selected,
+                        filters,
+                        &consistency,
+                        &ctx.cancel,
+                    )
+                    .await?
                 }
                 None => {
                     // Objects stream from the API into the repository a page at a time.
@@ -762,6 +815,25 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                     human(out.bytes_uploaded),
                     out.duration_seconds
                 );
+                for v in &out.volumes {
+                    text.push_str(&format!(
+                        "\nvolume {}/{}: snapshot {} ({}, {})",
+                        v.namespace,
+                        v.pvc,
+                        v.snapshot.short(),
+                        human(v.size),
+                        v.method
+                    ));
+                }
+                for r in &out.rules {
+                    text.push_str(&format!(
+                        "\n{} rule {} in {}/{}: `{}` {}",
+                        r.phase, r.rule, r.namespace, r.pod, r.command, r.outcome
+                    ));
+                }
+                for w in &out.warnings {
+                    text.push_str(&format!("\nwarning: {w}"));
+                }
                 for f in &out.failures {
                     text.push_str(&format!("\nnot captured: {}: {}", f.what, f.reason));
                 }
@@ -821,6 +893,34 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                 );
                 for f in &b.failures {
                     out.push_str(&format!("\nNOT CAPTURED: {}: {}", f.what, f.reason));
+                }
+                for w in &b.warnings {
+                    out.push_str(&format!("\nwarning: {w}"));
+                }
+                for v in &b.volumes {
+                    out.push_str(&format!(
+                        "\n  volume {}/{}: snapshot {} ({}, {})",
+                        v.namespace,
+                        v.pvc,
+                        v.snapshot.short(),
+                        human(v.size),
+                        v.method
+                    ));
+                }
+                for r in &b.rules {
+                    out.push_str(&format!(
+                        "\n  {} rule {} {}/{} [{}] `{}`: {}{} ({} → {})",
+                        r.phase,
+                        r.rule,
+                        r.namespace,
+                        r.pod,
+                        r.container,
+                        r.command,
+                        r.outcome,
+                        r.exit_code.map(|c| format!(" exit {c}")).unwrap_or_default(),
+                        rfc3339(r.started),
+                        rfc3339(r.ended)
+                    ));
                 }
                 for o in &b.objects {
                     out.push_str(&format!(
@@ -950,8 +1050,37 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
     }
 
     let results = match (output_dir, &target, &live) {
-        (Some(dir), _, _) => appbackup::write_output_dir(dir, &plan)?,
-        (None, Some(t), _) => appbackup::apply_to_cluster_dir(t, &plan, *existing_resource_policy)?,
+        (Some(dir), _, _) => {
+            let mut r = appbackup::write_output_dir(dir, &plan)?;
+            r.extend(
+                appvolumes::restore_volumes_to_dir(
+                    repo.clone(),
+                    &backup,
+                    &plan,
+                    dir,
+                    ExistingPolicy::Skip,
+                )
+                .await,
+            );
+            r
+        }
+        (None, Some(t), _) => {
+            // The data first: a workload must not start on an empty volume.
+            let mut r = appvolumes::restore_volumes_to_dir(
+                repo.clone(),
+                &backup,
+                &plan,
+                t.root(),
+                *existing_resource_policy,
+            )
+            .await;
+            r.extend(appbackup::apply_to_cluster_dir(
+                t,
+                &plan,
+                *existing_resource_policy,
+            )?);
+            r
+        }
         (None, None, Some(l)) => {
             let objects: Vec<_> = plan
                 .iter()

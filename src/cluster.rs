@@ -132,6 +132,10 @@ impl ClusterDir {
         ClusterDir { root: root.into() }
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn describe(&self) -> String {
         format!("cluster-dir:{}", self.root.display())
     }

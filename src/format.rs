@@ -420,7 +420,58 @@ pub struct AppBackup {
     /// What could not be captured (a list the API server refused, ...): a backup with
     /// failures is partially failed, and says exactly what it lacks.
     pub failures: Vec<CaptureFailure>,
+    /// The data of each captured PersistentVolumeClaim: one volume snapshot each, all taken
+    /// in one group while the pre rules held the application quiet. Absent in records of
+    /// configuration-only backups.
+    #[serde(default)]
+    pub volumes: Vec<BackedUpVolume>,
+    /// What each pre and post rule action did, per pod, in start order.
+    #[serde(default)]
+    pub rules: Vec<ActionRecord>,
+    /// Things that did not fail the backup but weaken it (a rule action that failed under
+    /// `onError: Continue`, a rule that selected no pod, ...).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     pub program_version: String,
+}
+
+/// One PersistentVolumeClaim's data in an application backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackedUpVolume {
+    pub namespace: String,
+    /// The claim's name; its object is among the backup's objects.
+    pub pvc: String,
+    /// The volume snapshot holding the data (its name is `pvc/<namespace>/<pvc>`).
+    pub snapshot: SnapshotId,
+    pub size: u64,
+    /// How the point-in-time copy was taken: `reflink`, `copy`, `csi-group`, `csi`.
+    pub method: String,
+}
+
+/// What one rule action did in one pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRecord {
+    /// `pre` or `post`.
+    pub phase: String,
+    /// The Rule object's name.
+    pub rule: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub command: String,
+    pub background: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub ended: OffsetDateTime,
+    /// `succeeded`, `failed`, `timed-out`, `not-started`, `cancelled`; a background action
+    /// that was ready and then stopped is `succeeded`.
+    pub outcome: String,
+    pub exit_code: Option<i32>,
+    /// The last few KiB of its stdout and stderr.
+    pub output_tail: String,
 }
 
 /// One part of a scope that a backup could not capture.

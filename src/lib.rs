@@ -26,15 +26,18 @@
 //! and downstream of `repository` respectively.
 
 pub mod appbackup;
+pub mod appvolumes;
 pub mod backup;
 pub mod cluster;
 pub mod crypto;
 pub mod diff;
 pub mod format;
+pub mod hooks;
 pub mod live;
 pub mod repository;
 pub mod resources;
 pub mod restore;
+pub mod snapshot;
 pub mod store;
 
 pub mod cli;

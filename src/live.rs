@@ -102,11 +102,19 @@ impl LiveCluster {
                 .await
                 .map_err(|e| cfg_err(e.to_string()))?,
         };
-        let client = Client::try_from(config).map_err(|e| cfg_err(e.to_string()))?;
-        Ok(LiveCluster::from_client(
-            client,
-            context.unwrap_or("current-context"),
-        ))
+        LiveCluster::from_config(config, context.unwrap_or("current-context"))
+    }
+
+    /// A cluster from a resolved configuration. Selects the TLS crypto provider first: two
+    /// are linked in (ring here, aws-lc-rs through the S3 SDK), and rustls refuses to guess,
+    /// panicking on the first TLS connection otherwise.
+    pub fn from_config(config: kube::Config, name: &str) -> Result<LiveCluster, LiveError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = Client::try_from(config).map_err(|e| LiveError::Config {
+            context: Some(name.to_string()),
+            reason: e.to_string(),
+        })?;
+        Ok(LiveCluster::from_client(client, name))
     }
 
     /// A cluster behind an existing client (tests use a mocked API).
@@ -532,4 +540,151 @@ fn with_owner_refs(
         }
     }
     v
+}
+
+/// Runs rule actions in pods through the API (`pods/exec`, WebSocket): `sh -c COMMAND` in the
+/// named container, stdout and stderr captured, the exit code read from the status channel.
+/// Killing closes the stream; a command still running in the container is not signalled by
+/// the API server, which is why background actions end through their marker file instead.
+pub struct KubeExec {
+    client: Client,
+}
+
+impl LiveCluster {
+    /// An [`Exec`](crate::hooks::Exec) over this cluster's API.
+    pub fn exec(&self) -> KubeExec {
+        KubeExec {
+            client: self.client.clone(),
+        }
+    }
+
+    /// The pods and PersistentVolumeClaims of `namespaces`, for rules and volume snapshots.
+    pub async fn pods_and_claims(&self, namespaces: &[String]) -> Result<Vec<Value>, LiveError> {
+        use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+        let mut out = Vec::new();
+        for ns in namespaces {
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+            let list =
+                pods.list(&ListParams::default())
+                    .await
+                    .map_err(|source| LiveError::Api {
+                        what: format!("list pods in namespace {ns}"),
+                        source,
+                    })?;
+            for p in list.items {
+                let mut v = serde_json::to_value(p).expect("a Pod serialises");
+                v["kind"] = "Pod".into();
+                v["apiVersion"] = "v1".into();
+                out.push(v);
+            }
+            let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
+            let list = claims
+                .list(&ListParams::default())
+                .await
+                .map_err(|source| LiveError::Api {
+                    what: format!("list persistentvolumeclaims in namespace {ns}"),
+                    source,
+                })?;
+            for c in list.items {
+                let mut v = serde_json::to_value(c).expect("a claim serialises");
+                v["kind"] = "PersistentVolumeClaim".into();
+                v["apiVersion"] = "v1".into();
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The exit code in an exec's final status: `Success` is 0; `NonZeroExitCode` carries the
+/// code as the `ExitCode` cause.
+pub fn exit_code_of(
+    status: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Status,
+) -> Result<i32, String> {
+    if status.status.as_deref() == Some("Success") {
+        return Ok(0);
+    }
+    let code = status
+        .details
+        .as_ref()
+        .and_then(|d| d.causes.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.reason.as_deref() == Some("ExitCode")))
+        .and_then(|c| c.message.as_deref())
+        .and_then(|m| m.parse::<i32>().ok());
+    match code {
+        Some(c) => Ok(c),
+        None => Err(status
+            .message
+            .clone()
+            .unwrap_or_else(|| "the exec failed without a message".into())),
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::hooks::Exec for KubeExec {
+    async fn start(
+        &self,
+        pod: &crate::hooks::PodTarget,
+        container: &str,
+        command: &str,
+    ) -> Result<crate::hooks::Process, String> {
+        use k8s_openapi::api::core::v1::Pod;
+        use kube::api::AttachParams;
+        use tokio::io::AsyncReadExt;
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let ap = AttachParams::default()
+            .container(container)
+            .stdin(false)
+            .stdout(true)
+            .stderr(true);
+        let mut attached = api
+            .exec(&pod.name, vec!["sh", "-c", command], &ap)
+            .await
+            .map_err(|e| format!("exec in pod {}/{} refused: {e}", pod.namespace, pod.name))?;
+        let (tx, output) = mpsc::channel(16);
+        let (exit_tx, exit) = tokio::sync::oneshot::channel();
+        let kill = tokio_util::sync::CancellationToken::new();
+        let mut pumps = Vec::new();
+        let streams: Vec<Box<dyn tokio::io::AsyncRead + Unpin + Send>> = [
+            attached.stdout().map(|s| Box::new(s) as Box<_>),
+            attached.stderr().map(|s| Box::new(s) as Box<_>),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for mut r in streams {
+            let tx = tx.clone();
+            pumps.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = r.read(&mut buf).await {
+                    if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        drop(tx);
+        let status = attached.take_status();
+        let k = kill.clone();
+        tokio::spawn(async move {
+            let result = match status {
+                None => Err("the exec gave no status channel".to_string()),
+                Some(status) => tokio::select! {
+                    s = status => match s {
+                        Some(s) => exit_code_of(&s),
+                        None => Err("the exec stream ended without a status".into()),
+                    },
+                    _ = k.cancelled() => {
+                        attached.abort();
+                        Err("stopped".into())
+                    }
+                },
+            };
+            for p in pumps {
+                let _ = p.await;
+            }
+            let _ = exit_tx.send(result);
+        });
+        Ok(crate::hooks::Process { output, exit, kill })
+    }
 }

@@ -202,6 +202,15 @@ impl Repository {
             match record {
                 Err(e) => r.errors.push(e.to_string()),
                 Ok(b) => {
+                    for v in &b.volumes {
+                        let key = format!("snapshots/{}", v.snapshot);
+                        if self.store().head(&key, cancel).await?.is_none() {
+                            r.errors.push(format!(
+                                "{}: the data of PersistentVolumeClaim {}/{} (snapshot {}) is missing",
+                                o.key, v.namespace, v.pvc, v.snapshot.short()
+                            ));
+                        }
+                    }
                     for obj in &b.objects {
                         if !index.contains(&obj.blob) {
                             r.errors.push(format!(

@@ -154,7 +154,23 @@ fn restore_to_a_yaml_directory_is_sanitised_mapped_held_and_ordered() {
             "--output-dir",
         ])
         .arg(&out)));
-    let paths = read_dir_sorted(&out);
+    // The claims' data comes along, under the mapped namespaces, beside the YAML.
+    for v in [
+        "cassandra-dr/data-cassandra-0",
+        "cassandra-dr/data-cassandra-2",
+        "pg-dr/postgres-data",
+    ] {
+        let restored = std::fs::read(out.join(format!("volumes/{v}.img"))).unwrap();
+        let source = v.replace("-dr/", "/");
+        assert_eq!(
+            restored,
+            std::fs::read(prod().join(format!("volumes/{source}.img"))).unwrap()
+        );
+    }
+    let paths: Vec<PathBuf> = read_dir_sorted(&out)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
     let objs: Vec<(String, Value)> = paths
         .iter()
         .map(|p| {

@@ -183,3 +183,38 @@ fn a_full_disk_is_one_clear_error_and_loses_nothing() {
         .arg(&out)));
     assert!(same(&small, &out), "the earlier snapshot is intact");
 }
+
+/// A filesystem of `fstype` on a loop-mounted image file, unmounted on drop.
+fn filesystem(d: &Path, fstype: &str) -> Mount {
+    let image = d.join(format!("{fstype}.fs"));
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(320 << 20)
+        .unwrap();
+    sh(&format!("mkfs.{fstype}"), &["-q", image.to_str().unwrap()]);
+    let at = d.join(format!("{fstype}-mnt"));
+    std::fs::create_dir_all(&at).unwrap();
+    sh(
+        "mount",
+        &["-o", "loop", image.to_str().unwrap(), at.to_str().unwrap()],
+    );
+    Mount(at)
+}
+
+#[test]
+fn group_snapshots_on_xfs_are_reflinks() {
+    require_root();
+    let d = tmp();
+    let m = filesystem(d.path(), "xfs");
+    let methods = crate::consistency::markers_in_and_out(&m.0.join("cluster"), d.path());
+    assert_eq!(methods, vec!["reflink"; 3]);
+}
+
+#[test]
+fn group_snapshots_on_ext4_fall_back_to_copies() {
+    require_root();
+    let d = tmp();
+    let m = filesystem(d.path(), "ext4");
+    let methods = crate::consistency::markers_in_and_out(&m.0.join("cluster"), d.path());
+    assert_eq!(methods, vec!["copy"; 3]);
+}

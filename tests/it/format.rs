@@ -58,9 +58,35 @@ async fn stored_objects_match_the_schemas_and_the_layout() {
         "test",
     )
     .unwrap();
-    lifeboat::appbackup::create_backup(repo.clone(), "app", "test", Default::default(), objects)
-        .await
-        .unwrap();
+    let rule = lifeboat::hooks::parse_rules(
+        "pre.yaml",
+        "apiVersion: lifeboat.dev/v1alpha1\nkind: Rule\nmetadata: {name: flush}\nspec:\n  rules:\n  - podSelector: {app: postgres}\n    actions:\n    - {type: command, value: 'true'}\n",
+    )
+    .unwrap();
+    let opts = lifeboat::appvolumes::ConsistencyOptions {
+        pre: rule,
+        allow_reflink: false,
+        ..Default::default()
+    };
+    // A copy of the fixture, so the snapshot copies are not made in the source tree.
+    let copy = d.path().join("cluster");
+    for f in crate::support::files(cluster.root()) {
+        let to = copy.join(f.strip_prefix(cluster.root()).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &to).unwrap();
+    }
+    let summary = lifeboat::appvolumes::backup_cluster_dir(
+        repo.clone(),
+        "app",
+        &lifeboat::cluster::ClusterDir::new(&copy),
+        objects,
+        Default::default(),
+        &opts,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((summary.volumes.len(), summary.rules.len()), (1, 1));
     let c = CancellationToken::new();
 
     let cfg: Value = serde_json::from_slice(&mem.get("config", &c).await.unwrap()).unwrap();
@@ -111,6 +137,16 @@ async fn stored_objects_match_the_schemas_and_the_layout() {
                 &v["objects"][0],
                 &s["properties"]["objects"]["items"],
                 "backed-up object",
+            );
+            conforms(
+                &v["volumes"][0],
+                &s["properties"]["volumes"]["items"],
+                "backed-up volume",
+            );
+            conforms(
+                &v["rules"][0],
+                &s["properties"]["rules"]["items"],
+                "rule action record",
             );
         } else if o.key.starts_with("data/") {
             assert_eq!(

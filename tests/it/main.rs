@@ -5,9 +5,11 @@
 
 mod appbackup;
 mod cli;
+mod consistency;
 mod devices;
 mod fixtures;
 mod format;
+mod kube_exec;
 mod live;
 mod repository;
 mod store_conformance;
