@@ -61,6 +61,8 @@ pub enum AppBackupError {
     },
     #[error("cancelled")]
     Cancelled,
+    #[error(transparent)]
+    Live(#[from] crate::live::LiveError),
     #[error("internal worker failed: {0}")]
     Worker(String),
 }
@@ -70,6 +72,7 @@ impl AppBackupError {
         match self {
             AppBackupError::Repo(e) => e.is_retryable(),
             AppBackupError::Volume { source, .. } => source.is_retryable(),
+            AppBackupError::Live(e) => e.is_retryable(),
             _ => false,
         }
     }

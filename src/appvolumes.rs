@@ -253,3 +253,188 @@ pub async fn restore_volumes_to_dir(
     }
     out
 }
+
+/// Backs up namespaces of a live cluster: the pre rules run by exec in the pods, every bound
+/// claim in scope is snapshotted by CSI behind the barrier, the post rules run, mover Jobs
+/// copy each snapshot into the repository, then the objects are captured (streamed a page at
+/// a time) and the record written.
+#[allow(clippy::too_many_arguments)]
+pub async fn backup_live(
+    repo: Arc<Repository>,
+    name: &str,
+    live: &crate::live::LiveCluster,
+    scope: &crate::cluster::Scope,
+    filters: BackupFilters,
+    opts: &ConsistencyOptions,
+    movers: crate::csi::MoverSettings,
+    cancel: &CancellationToken,
+) -> Result<BackupSummary, AppBackupError> {
+    let mut builder = BackupBuilder::new(repo.clone(), name).await?;
+    let listed = live.pods_and_claims(&scope.namespaces).await?;
+    let pods = pod_targets(&listed);
+    let claims: Vec<crate::csi::Claim> = if opts.include_volumes {
+        crate::csi::claims_of(
+            &listed
+                .iter()
+                .filter(|v| scope.selector.matches(v))
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        Vec::new()
+    };
+    let csi = live.csi(movers);
+    let exec: Arc<dyn Exec> = Arc::new(live.exec());
+    let (outcome, report) = around(exec, &pods, &opts.pre, &opts.post, cancel, || {
+        csi.snapshot_claims(name, &claims)
+    })
+    .await;
+    for w in &report.warnings {
+        tracing::warn!(backup = name, "{w}");
+    }
+    let snaps = outcome??;
+    let mut backed_up = Vec::new();
+    let mut moved = Ok(());
+    for s in &snaps {
+        if cancel.is_cancelled() {
+            moved = Err(AppBackupError::Cancelled);
+            break;
+        }
+        let volume = volume_name(&s.claim.namespace, &s.claim.name);
+        let label = match csi.move_to_repository(name, s, &volume).await {
+            Ok(l) => l,
+            Err(e) => {
+                moved = Err(e.into());
+                break;
+            }
+        };
+        let found = repo
+            .list_snapshots()
+            .await?
+            .into_iter()
+            .rev()
+            .find(|(_, snap)| snap.name == volume && snap.source == label);
+        let Some((id, snap)) = found else {
+            moved = Err(AppBackupError::Live(crate::live::LiveError::Volume {
+                what: format!("mover for claim {}/{}", s.claim.namespace, s.claim.name),
+                reason: format!("succeeded but no snapshot `{volume}` labelled `{label}` is in the repository; is its Secret pointing at this repository?"),
+            }));
+            break;
+        };
+        backed_up.push(BackedUpVolume {
+            namespace: s.claim.namespace.clone(),
+            pvc: s.claim.name.clone(),
+            snapshot: id,
+            size: snap.size,
+            method: s.method.to_string(),
+        });
+    }
+    csi.remove_snapshots(&snaps).await;
+    moved?;
+    builder.set_volumes(backed_up, report);
+
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let consume = async {
+        // Owning the receiver: if the builder fails, the channel closes and the capture
+        // stops instead of waiting on a full channel.
+        let mut rx = rx;
+        while let Some(e) = rx.recv().await {
+            builder.add(e).await?;
+        }
+        Ok::<_, AppBackupError>(())
+    };
+    let (captured, consumed) = tokio::join!(live.capture(scope, tx), consume);
+    // The builder's own error explains a stopped capture best.
+    consumed?;
+    let failures = captured?;
+    builder.finish(&live.describe(), filters, failures).await
+}
+
+/// Restores the data of each claim the plan restores on a live cluster, before the objects
+/// are applied: a claim that exists on the target is left alone (its data is not
+/// overwritten); a block-mode claim is created and written here (returned, so that it is not
+/// applied again); a
+/// filesystem-mode claim is written through a block-mode one and its planned object is bound
+/// to the volume (`spec.volumeName`).
+pub async fn restore_volumes_live(
+    live: &crate::live::LiveCluster,
+    movers: crate::csi::MoverSettings,
+    backup: &AppBackup,
+    plan: &mut [Planned],
+) -> (Vec<ApplyResult>, Vec<ObjRef>) {
+    let csi = live.csi(movers);
+    let mut out = Vec::new();
+    let mut created = Vec::new();
+    for v in &backup.volumes {
+        let Some(p) = plan.iter_mut().find(|p| {
+            p.skipped.is_none()
+                && p.source.kind == "PersistentVolumeClaim"
+                && p.source.namespace.as_deref() == Some(&v.namespace)
+                && p.source.name == v.pvc
+        }) else {
+            continue;
+        };
+        let r = p.target.clone();
+        let ns = r.namespace.clone().unwrap_or_default();
+        match live.existing(std::slice::from_ref(&r)).await {
+            Ok(found) if !found.is_empty() => {
+                out.push(ApplyResult {
+                    r,
+                    outcome: Outcome::Skipped,
+                    detail: "volume data: the claim exists on the target; its data is not overwritten (delete it to restore the data)".into(),
+                });
+                continue;
+            }
+            Err(e) => {
+                out.push(ApplyResult {
+                    r,
+                    outcome: Outcome::Failed,
+                    detail: format!("volume data: {e}"),
+                });
+                continue;
+            }
+            Ok(_) => {}
+        }
+        let Some(like) = crate::csi::claim_of(&p.value) else {
+            out.push(ApplyResult {
+                r,
+                outcome: Outcome::Failed,
+                detail: "volume data: the claim object has no size".into(),
+            });
+            continue;
+        };
+        match csi
+            .restore_claim(&ns, &r.name, &like, &v.snapshot.to_hex())
+            .await
+        {
+            Ok(None) => {
+                created.push(r.clone());
+                out.push(ApplyResult {
+                    r,
+                    outcome: Outcome::Created,
+                    detail: format!("volume data: snapshot {} written", v.snapshot.short()),
+                });
+            }
+            Ok(Some(pv)) => {
+                p.value["spec"]["volumeName"] = serde_json::json!(pv);
+                out.push(ApplyResult {
+                    r,
+                    outcome: Outcome::Created,
+                    detail: format!(
+                        "volume data: snapshot {} written to volume {pv}",
+                        v.snapshot.short()
+                    ),
+                });
+            }
+            Err(e) => {
+                tracing::error!(claim = %format!("{ns}/{}", r.name), "volume restore failed: {e}");
+                out.push(ApplyResult {
+                    r,
+                    outcome: Outcome::Failed,
+                    detail: format!("volume data: {e}"),
+                });
+            }
+        }
+    }
+    (out, created)
+}

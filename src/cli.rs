@@ -111,6 +111,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 pub enum BackupCommand {
     /// Back up one or more namespaces: their objects and the data of their
     /// PersistentVolumeClaims, the volumes copied together while the pre rules hold the
@@ -148,6 +149,15 @@ pub enum BackupCommand {
         /// Back up the data of every PersistentVolumeClaim in scope.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         include_volumes: bool,
+        /// VolumeSnapshotClass for live clusters [default: the driver's default class].
+        #[arg(long, value_name = "CLASS")]
+        snapshot_class: Option<String>,
+        /// VolumeGroupSnapshotClass: take one CSI group snapshot per namespace instead of
+        /// snapshots back to back (for drivers that offer it).
+        #[arg(long, value_name = "CLASS")]
+        group_snapshot_class: Option<String>,
+        #[command(flatten)]
+        movers: MoverArgs,
     },
     /// List application backups, oldest first.
     List,
@@ -198,7 +208,35 @@ pub enum RestoreCommand {
         /// Apply to a live cluster through this kubeconfig context (server-side apply).
         #[arg(long, value_name = "CTX", conflicts_with = "output_dir")]
         context: Option<String>,
+        #[command(flatten)]
+        movers: MoverArgs,
     },
+}
+
+/// The Jobs that move volume data between a live cluster and the repository.
+#[derive(Debug, Clone, Args)]
+pub struct MoverArgs {
+    /// Image of the mover Jobs (runs `lifeboat volume backup|restore`).
+    #[arg(long, value_name = "IMAGE", default_value_t = crate::csi::MoverSettings::default().image)]
+    mover_image: String,
+    /// Secret in each claim's namespace holding the repository settings for the movers
+    /// (LIFEBOAT_REPOSITORY, LIFEBOAT_PASSWORD, AWS_*).
+    #[arg(long, value_name = "NAME", default_value = "lifeboat-repository")]
+    mover_secret: String,
+    /// How long a snapshot, a clone or a mover Job may take.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = crate::hooks::parse_duration)]
+    mover_timeout: Duration,
+}
+
+impl MoverArgs {
+    fn settings(&self) -> crate::csi::MoverSettings {
+        crate::csi::MoverSettings {
+            image: self.mover_image.clone(),
+            secret: self.mover_secret.clone(),
+            timeout: self.mover_timeout,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -288,6 +326,10 @@ pub enum VolumeCommand {
         /// Read and hash every block instead of comparing with the parent.
         #[arg(long, conflicts_with = "changed_ranges")]
         full: bool,
+        /// What the snapshot records as its source instead of the path (the mover Jobs
+        /// name the claim and snapshot they read).
+        #[arg(long, hide = true)]
+        label: Option<String>,
     },
     /// Restore a snapshot (id, unique id prefix, or NAME:latest) to a new file, or with
     /// --overwrite onto an existing file or block device.
@@ -622,11 +664,13 @@ async fn volume_command(ctx: &Ctx<'_>, cmd: &VolumeCommand) -> Result<(), Error>
             source,
             changed_ranges,
             full,
+            label,
         } => {
             let repo = ctx.open().await?;
             let mut opts = BackupOptions::new(name, source);
             opts.changed_ranges = changed_ranges.clone();
             opts.full = *full;
+            opts.label = label.clone();
             let pb = ctx.progress(&format!("backup {name}"));
             let out = backup_volume(repo, &opts, &pb).await?;
             pb.finish_and_clear();
@@ -737,6 +781,9 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
             pre_rules,
             post_rules,
             include_volumes,
+            snapshot_class,
+            group_snapshot_class,
+            movers,
         } => {
             let load = |files: &[PathBuf]| -> Result<Vec<crate::hooks::Rule>, Error> {
                 let mut out = Vec::new();
@@ -785,25 +832,22 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                     .await?
                 }
                 None => {
-                    // Objects stream from the API into the repository a page at a time.
                     let live = LiveCluster::connect(context.as_deref()).await?;
                     let repo = ctx.open().await?;
-                    let mut builder = appbackup::BackupBuilder::new(repo, name).await?;
-                    let (tx, rx) = tokio::sync::mpsc::channel(256);
-                    let consume = async {
-                        // Owning the receiver: if the builder fails, the channel closes and
-                        // the capture stops instead of waiting on a full channel.
-                        let mut rx = rx;
-                        while let Some(e) = rx.recv().await {
-                            builder.add(e).await?;
-                        }
-                        Ok::<_, Error>(())
-                    };
-                    let (captured, consumed) = tokio::join!(live.capture(&scope, tx), consume);
-                    // The builder's own error explains a stopped capture best.
-                    consumed?;
-                    let failures = captured?;
-                    builder.finish(&live.describe(), filters, failures).await?
+                    let mut settings = movers.settings();
+                    settings.snapshot_class = snapshot_class.clone();
+                    settings.group_snapshot_class = group_snapshot_class.clone();
+                    appvolumes::backup_live(
+                        repo,
+                        name,
+                        &live,
+                        &scope,
+                        filters,
+                        &consistency,
+                        settings,
+                        &ctx.cancel,
+                    )
+                    .await?
                 }
             };
             ctx.emit(&out, || {
@@ -953,6 +997,7 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
         output_dir,
         cluster_dir,
         context,
+        movers,
     } = cmd;
     let opts = RestorePlanOptions {
         namespaces: Mapping::parse("--namespace-mapping", namespace_mapping)?,
@@ -984,7 +1029,7 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
         opts.include.iter().map(|f| f.kind.as_str()),
         &known,
     )?;
-    let plan = appbackup::plan_restore(objects, &opts);
+    let mut plan = appbackup::plan_restore(objects, &opts);
     let target = cluster_dir.as_ref().map(ClusterDir::new);
     let live = match context {
         Some(ctx) => Some(LiveCluster::connect(Some(ctx)).await?),
@@ -1082,21 +1127,27 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
             r
         }
         (None, None, Some(l)) => {
+            // The data first: a workload must not start on an empty volume.
+            let (mut r, created) =
+                appvolumes::restore_volumes_live(l, movers.settings(), &backup, &mut plan).await;
             let objects: Vec<_> = plan
                 .iter()
-                .filter(|p| p.skipped.is_none())
+                .filter(|p| p.skipped.is_none() && !created.contains(&p.target))
                 .map(|p| kcluster::ApplyItem {
                     r: p.target.clone(),
                     value: p.value.clone(),
                     owners: p.owners.clone(),
                 })
                 .collect();
-            l.apply(
-                &objects,
-                *existing_resource_policy,
-                Duration::from_secs(120),
-            )
-            .await?
+            r.extend(
+                l.apply(
+                    &objects,
+                    *existing_resource_policy,
+                    Duration::from_secs(120),
+                )
+                .await?,
+            );
+            r
         }
         (None, None, None) => unreachable!("checked above"),
     };

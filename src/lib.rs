@@ -20,25 +20,53 @@
 //!  target ◄── cluster / YAML dir ◄── resources: skip, sanitise, map, hold, order ◄── appbackup
 //! ```
 //!
-//! `format` holds every struct that is stored (documented in `schema/`); `cli` turns commands
-//! into calls of the modules above; `demo` makes the generated data the demo and the benchmark
-//! use. Scheduling, application hooks and the catalog come later and sit upstream of `diff`
-//! and downstream of `repository` respectively.
+//! And an application backup's volumes, upstream of the volume flow:
+//!
+//! ```text
+//!  hooks: pre rules ─► barrier ─► snapshot (reflink/copy) or csi (VolumeSnapshots) ─► post rules
+//!                                      │ point-in-time copies
+//!                                      ▼
+//!  appvolumes: each copy ─► backup (as above; a mover Job on a live cluster) ─► record
+//! ```
+//!
+//! `format` holds every struct that is stored (documented in `schema/`); `live` is the
+//! Kubernetes API (capture, apply, exec); `cli` turns commands into calls of the modules
+//! above; `demo` makes the generated data the demo and the benchmark use. Scheduling and the
+//! catalog come later and sit upstream of `hooks` and downstream of `repository`.
 
-pub mod appbackup;
-pub mod appvolumes;
-pub mod backup;
-pub mod cluster;
-pub mod crypto;
-pub mod diff;
-pub mod format;
-pub mod hooks;
-pub mod live;
-pub mod repository;
-pub mod resources;
-pub mod restore;
-pub mod snapshot;
-pub mod store;
+// In flow order (rustfmt keeps the order of declarations separated by blank lines).
+pub mod hooks; // rules and the barrier around a group snapshot
 
+pub mod snapshot; // group copies of volume files (reflink or copy)
+
+pub mod csi; // CSI snapshots and the mover Jobs of a live cluster
+
+pub mod appvolumes; // the volumes of application backups and restores
+
+pub mod diff; // which blocks to read
+
+pub mod backup; // read, hash, compress, seal, pack
+
+pub mod crypto; // keyed ids, sealing, key wrapping
+
+pub mod format; // every stored struct
+
+pub mod repository; // packs, index, snapshots, keys, check
+
+pub mod store; // local, S3, memory; retry and faults
+
+pub mod restore; // planned pack reads, verified writes
+
+// Application configuration.
+pub mod appbackup; // backup records of objects, restore planning
+
+pub mod cluster; // cluster directories, scopes, filters
+
+pub mod live; // the Kubernetes API
+
+pub mod resources; // sanitise, map, hold, order (pure)
+
+// The shell.
 pub mod cli;
+
 pub mod demo;

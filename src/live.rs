@@ -53,6 +53,8 @@ pub enum LiveError {
     Scope(#[from] ClusterError),
     #[error("the capture was stopped: the backup it fed failed")]
     Stopped,
+    #[error("{what}: {reason}")]
+    Volume { what: String, reason: String },
     #[error("CustomResourceDefinition {name} was not Established within {after:?}; its custom resources cannot be restored yet")]
     NotEstablished { name: String, after: Duration },
 }
@@ -551,6 +553,11 @@ pub struct KubeExec {
 }
 
 impl LiveCluster {
+    /// Snapshots and data movers on this cluster.
+    pub fn csi(&self, settings: crate::csi::MoverSettings) -> crate::csi::Csi {
+        crate::csi::Csi::new(self.client.clone(), settings)
+    }
+
     /// An [`Exec`](crate::hooks::Exec) over this cluster's API.
     pub fn exec(&self) -> KubeExec {
         KubeExec {

@@ -493,3 +493,26 @@ fn an_incremental_application_backup_stores_only_the_changed_blocks() {
     assert!(new_bytes <= (64 << 10) * 2, "{new_bytes} new bytes");
     assert!(new_bytes >= 64 << 10, "{new_bytes} new bytes");
 }
+
+#[test]
+fn the_example_rules_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/rules");
+    let mut names = Vec::new();
+    for f in crate::support::files(&dir) {
+        let rules = lifeboat::hooks::load_rules(&f).unwrap_or_else(|e| panic!("{e}"));
+        names.extend(
+            rules
+                .into_iter()
+                .map(|r| (r.name, r.items[0].actions[0].background)),
+        );
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            ("cassandra-postsnap".to_string(), false),
+            ("cassandra-presnap".to_string(), false),
+            ("mysql-read-lock".to_string(), true)
+        ]
+    );
+}

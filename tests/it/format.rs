@@ -199,3 +199,50 @@ fn the_example_ranges_file_parses() {
     lifeboat::diff::validate_ranges("example", &r, 16 << 20).unwrap();
     assert!(lifeboat::diff::validate_ranges("example", &r, (13 << 20) - 1).is_err());
 }
+
+/// The manifests under deploy/ parse, and name what the code uses.
+#[test]
+fn deploy_manifests_parse_and_match_the_code() {
+    use serde::Deserialize;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let mut kinds = Vec::new();
+    for f in crate::support::files(&dir) {
+        if f.extension().and_then(|e| e.to_str()) != Some("yaml") || f.ends_with("compose.yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = serde_yaml::Value::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            let kind = v["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: no kind", f.display()));
+            kinds.push((kind.to_string(), v));
+        }
+    }
+    let secret = kinds
+        .iter()
+        .find(|(k, v)| k == "Secret" && v["metadata"]["namespace"].is_null())
+        .expect("the mover Secret");
+    assert_eq!(
+        secret.1["metadata"]["name"].as_str(),
+        Some(lifeboat::csi::MoverSettings::default().secret.as_str())
+    );
+    for key in ["LIFEBOAT_REPOSITORY", "LIFEBOAT_PASSWORD"] {
+        assert!(!secret.1["stringData"][key].is_null(), "{key}");
+    }
+    let role = kinds
+        .iter()
+        .find(|(k, _)| k == "ClusterRole")
+        .expect("a ClusterRole");
+    let rules = serde_json::to_string(&role.1["rules"]).unwrap();
+    for needed in [
+        "pods/exec",
+        "volumesnapshots",
+        "volumegroupsnapshots",
+        "jobs",
+        "persistentvolumes",
+    ] {
+        assert!(rules.contains(needed), "the ClusterRole grants {needed}");
+    }
+}

@@ -145,7 +145,7 @@ impl FakeApi {
 }
 
 /// A fake API server: answers one request.
-trait Answer: Send + Sync + 'static {
+pub(crate) trait Answer: Send + Sync + 'static {
     fn answer(
         &self,
         req: Request<Body>,
@@ -159,7 +159,7 @@ impl Answer for FakeApi {
 }
 
 /// A kube client whose API server is `api`, answering on the test's runtime.
-fn serve<A: Answer>(api: Arc<A>) -> kube::Client {
+pub(crate) fn serve<A: Answer>(api: Arc<A>) -> kube::Client {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     tokio::spawn(async move {
         while let Some((req, send)) = handle.next_request().await {

@@ -11,6 +11,7 @@ mod fixtures;
 mod format;
 mod kube_exec;
 mod live;
+mod live_volumes;
 mod repository;
 mod store_conformance;
 mod support;

@@ -1,0 +1,648 @@
+//! Volumes on a live cluster: takes the bound PersistentVolumeClaims of a backup's scope;
+//! gives CSI snapshots of all of them taken back to back (or one `VolumeGroupSnapshot` per
+//! namespace when a group class is given) inside the rules' barrier, then moves each
+//! snapshot's data into the repository with a mover Job, and on restore writes a claim's
+//! data with a restore Job before the workloads are applied. Must not touch the
+//! application's own claims or volumes: it reads from clones of snapshots and writes into
+//! new claims only.
+//!
+//! The movers run the lifeboat image (`--mover-image`) with the repository's settings from a
+//! Secret in the claim's namespace (`--mover-secret`, keys `LIFEBOAT_REPOSITORY`,
+//! `LIFEBOAT_PASSWORD` and the `AWS_*` settings of an S3 repository), because a pod can
+//! mount a claim of its own namespace only. A snapshot is read through a block-mode clone
+//! (`dataSource` the VolumeSnapshot) by `lifeboat volume backup`, which compares hashes with
+//! the claim's previous snapshot; the CSI SnapshotMetadata service (changed block tracking)
+//! is not used yet.
+//!
+//! On restore, a block-mode claim is created under the target's name and written directly.
+//! A filesystem-mode claim is written through a block-mode claim of the same class and size,
+//! and its volume is then handed to the restored claim: the PersistentVolume is retained,
+//! re-created in filesystem mode on the same CSI volume handle, and pre-bound to the claim.
+
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::ApiResource;
+use kube::Client;
+use serde_json::{json, Value};
+
+use crate::live::LiveError;
+
+/// Where the movers come from and how long they may take.
+#[derive(Debug, Clone)]
+pub struct MoverSettings {
+    pub image: String,
+    /// Secret (in each claim's namespace) with the repository settings, as environment.
+    pub secret: String,
+    /// VolumeSnapshotClass; None: the cluster's default class for the driver.
+    pub snapshot_class: Option<String>,
+    /// VolumeGroupSnapshotClass; Some: one group snapshot per namespace.
+    pub group_snapshot_class: Option<String>,
+    /// For each snapshot to be cut, each clone to bind, each Job to finish.
+    pub timeout: Duration,
+    pub poll: Duration,
+}
+
+impl Default for MoverSettings {
+    fn default() -> Self {
+        MoverSettings {
+            image: format!("ghcr.io/lifeboat-dr/lifeboat:{}", env!("CARGO_PKG_VERSION")),
+            secret: "lifeboat-repository".into(),
+            snapshot_class: None,
+            group_snapshot_class: None,
+            timeout: Duration::from_secs(1800),
+            poll: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A claim whose data a backup takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub namespace: String,
+    pub name: String,
+    pub storage_class: Option<String>,
+    /// `spec.resources.requests.storage`, e.g. `10Gi`.
+    pub size: String,
+    /// `Block` or `Filesystem`.
+    pub volume_mode: String,
+}
+
+/// A claim's shape from its object (as listed, or as planned for a restore).
+pub fn claim_of(v: &Value) -> Option<Claim> {
+    let s = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
+    Some(Claim {
+        namespace: s("/metadata/namespace")?,
+        name: s("/metadata/name")?,
+        storage_class: s("/spec/storageClassName"),
+        size: s("/status/capacity/storage").or_else(|| s("/spec/resources/requests/storage"))?,
+        volume_mode: s("/spec/volumeMode").unwrap_or_else(|| "Filesystem".into()),
+    })
+}
+
+/// The bound claims among listed objects (pure).
+pub fn claims_of(values: &[Value]) -> Vec<Claim> {
+    let mut out: Vec<Claim> = values
+        .iter()
+        .filter(|v| v["kind"] == "PersistentVolumeClaim")
+        .filter(|v| v.pointer("/status/phase").and_then(Value::as_str) == Some("Bound"))
+        .filter_map(claim_of)
+        .collect();
+    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    out
+}
+
+/// A claim's CSI snapshot.
+#[derive(Debug, Clone)]
+pub struct CsiSnapshot {
+    pub claim: Claim,
+    /// VolumeSnapshot name in the claim's namespace.
+    pub snapshot: String,
+    /// `csi` or `csi-group`.
+    pub method: &'static str,
+    /// The VolumeGroupSnapshot it belongs to.
+    pub group: Option<String>,
+}
+
+fn volume_snapshots() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshot"),
+        "volumesnapshots",
+    )
+}
+
+fn group_snapshots() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(
+            "groupsnapshot.storage.k8s.io",
+            "v1beta1",
+            "VolumeGroupSnapshot",
+        ),
+        "volumegroupsnapshots",
+    )
+}
+
+/// A Kubernetes name from parts: lowercase, at most 63 characters, unique by a hash suffix.
+pub fn object_name(prefix: &str, parts: &[&str]) -> String {
+    let joined = parts.join("-");
+    let hash = hex::encode(&blake3::hash(joined.as_bytes()).as_bytes()[..4]);
+    let mut clean = String::new();
+    for c in joined.to_ascii_lowercase().chars() {
+        let c = if c.is_ascii_alphanumeric() { c } else { '-' };
+        if !(c == '-' && clean.ends_with('-')) {
+            clean.push(c);
+        }
+    }
+    let room = 63 - prefix.len() - 1 - hash.len() - 1;
+    let clean = clean.trim_matches('-');
+    let clean = &clean[..clean.len().min(room)];
+    format!("{prefix}-{}-{hash}", clean.trim_end_matches('-'))
+}
+
+fn api_err(what: String) -> impl FnOnce(kube::Error) -> LiveError {
+    move |source| LiveError::Api { what, source }
+}
+
+/// The CSI side of one cluster.
+pub struct Csi {
+    client: Client,
+    pub settings: MoverSettings,
+}
+
+impl Csi {
+    pub fn new(client: Client, settings: MoverSettings) -> Csi {
+        Csi { client, settings }
+    }
+
+    async fn wait<F>(&self, what: &str, mut done: F) -> Result<(), LiveError>
+    where
+        F: AsyncFnMut() -> Result<Option<Result<(), String>>, LiveError>,
+    {
+        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        loop {
+            match done().await? {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(reason)) => {
+                    return Err(LiveError::Volume {
+                        what: what.to_string(),
+                        reason,
+                    })
+                }
+                None => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LiveError::Volume {
+                    what: what.to_string(),
+                    reason: format!("not done within {:?}", self.settings.timeout),
+                });
+            }
+            tokio::time::sleep(self.settings.poll).await;
+        }
+    }
+
+    /// Cuts a snapshot of every claim, back to back, and waits until each is cut
+    /// (`status.creationTime`): the instant the data is frozen. Call inside the barrier.
+    /// On failure, the snapshots already made are removed again.
+    pub async fn snapshot_claims(
+        &self,
+        backup: &str,
+        claims: &[Claim],
+    ) -> Result<Vec<CsiSnapshot>, LiveError> {
+        let mut out = Vec::new();
+        match self.snapshot_into(backup, claims, &mut out).await {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                self.remove_snapshots(&out).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn snapshot_into(
+        &self,
+        backup: &str,
+        claims: &[Claim],
+        out: &mut Vec<CsiSnapshot>,
+    ) -> Result<(), LiveError> {
+        if let Some(class) = &self.settings.group_snapshot_class {
+            let mut namespaces: Vec<&str> = claims.iter().map(|c| c.namespace.as_str()).collect();
+            namespaces.dedup();
+            for ns in namespaces {
+                out.extend(self.group_snapshot(backup, ns, class, claims).await?);
+            }
+            return Ok(());
+        }
+        for c in claims {
+            let name = object_name("lifeboat", &[backup, &c.name]);
+            let mut spec = json!({"source": {"persistentVolumeClaimName": c.name}});
+            if let Some(class) = &self.settings.snapshot_class {
+                spec["volumeSnapshotClassName"] = json!(class);
+            }
+            let obj: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                "metadata": {"name": name, "namespace": c.namespace,
+                    "labels": {"app.kubernetes.io/managed-by": "lifeboat", "lifeboat.dev/backup": backup}},
+                "spec": spec}))
+            .expect("a VolumeSnapshot");
+            Api::<DynamicObject>::namespaced_with(
+                self.client.clone(),
+                &c.namespace,
+                &volume_snapshots(),
+            )
+            .create(&PostParams::default(), &obj)
+            .await
+            .map_err(api_err(format!(
+                "create VolumeSnapshot {}/{name}",
+                c.namespace
+            )))?;
+            out.push(CsiSnapshot {
+                claim: c.clone(),
+                snapshot: name,
+                method: "csi",
+                group: None,
+            });
+        }
+        for s in out.iter() {
+            self.wait_snapshot(s, "cut", "/status/creationTime").await?;
+        }
+        Ok(())
+    }
+
+    async fn group_snapshot(
+        &self,
+        backup: &str,
+        ns: &str,
+        class: &str,
+        claims: &[Claim],
+    ) -> Result<Vec<CsiSnapshot>, LiveError> {
+        let group = object_name("lifeboat", &[backup, ns]);
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
+        let mine: Vec<&Claim> = claims.iter().filter(|c| c.namespace == ns).collect();
+        // The group selects by label: mark exactly the claims of this backup.
+        for c in &mine {
+            pvcs.patch(
+                &c.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"lifeboat.dev/group": group}}})),
+            )
+            .await
+            .map_err(api_err(format!(
+                "label PersistentVolumeClaim {ns}/{}",
+                c.name
+            )))?;
+        }
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "groupsnapshot.storage.k8s.io/v1beta1", "kind": "VolumeGroupSnapshot",
+            "metadata": {"name": group, "namespace": ns,
+                "labels": {"app.kubernetes.io/managed-by": "lifeboat", "lifeboat.dev/backup": backup}},
+            "spec": {"volumeGroupSnapshotClassName": class,
+                "source": {"selector": {"matchLabels": {"lifeboat.dev/group": group}}}}}))
+        .expect("a VolumeGroupSnapshot");
+        let api =
+            Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &group_snapshots());
+        api.create(&PostParams::default(), &obj)
+            .await
+            .map_err(api_err(format!("create VolumeGroupSnapshot {ns}/{group}")))?;
+        let mut pairs = Vec::new();
+        self.wait(&format!("VolumeGroupSnapshot {ns}/{group}"), async || {
+            let v = api
+                .get(&group)
+                .await
+                .map_err(api_err(format!("read VolumeGroupSnapshot {ns}/{group}")))?;
+            let v = serde_json::to_value(v).expect("serialises");
+            if let Some(e) = v.pointer("/status/error/message").and_then(Value::as_str) {
+                return Ok(Some(Err(e.to_string())));
+            }
+            if v.pointer("/status/creationTime").is_none() {
+                return Ok(None);
+            }
+            pairs = v
+                .pointer("/status/pvcVolumeSnapshotRefList")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            Ok(Some(Ok(())))
+        })
+        .await?;
+        let mut out = Vec::new();
+        for c in mine {
+            let snap = pairs.iter().find_map(|p| {
+                (p.pointer("/persistentVolumeClaimRef/name")
+                    .and_then(Value::as_str)
+                    == Some(&c.name))
+                .then(|| p.pointer("/volumeSnapshotRef/name").and_then(Value::as_str))
+                .flatten()
+            });
+            let Some(snap) = snap else {
+                return Err(LiveError::Volume {
+                    what: format!("VolumeGroupSnapshot {ns}/{group}"),
+                    reason: format!("has no snapshot of claim {}", c.name),
+                });
+            };
+            out.push(CsiSnapshot {
+                claim: c.clone(),
+                snapshot: snap.to_string(),
+                method: "csi-group",
+                group: Some(group.clone()),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn wait_snapshot(
+        &self,
+        s: &CsiSnapshot,
+        state: &str,
+        pointer: &str,
+    ) -> Result<(), LiveError> {
+        let ns = &s.claim.namespace;
+        let api =
+            Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &volume_snapshots());
+        self.wait(
+            &format!("VolumeSnapshot {ns}/{} to be {state}", s.snapshot),
+            async || {
+                let v = api
+                    .get(&s.snapshot)
+                    .await
+                    .map_err(api_err(format!("read VolumeSnapshot {ns}/{}", s.snapshot)))?;
+                let v = serde_json::to_value(v).expect("serialises");
+                if let Some(e) = v.pointer("/status/error/message").and_then(Value::as_str) {
+                    return Ok(Some(Err(e.to_string())));
+                }
+                let done = match v.pointer(pointer) {
+                    Some(Value::Bool(b)) => *b,
+                    Some(Value::Null) | None => false,
+                    Some(_) => true,
+                };
+                Ok(done.then_some(Ok(())))
+            },
+        )
+        .await
+    }
+
+    /// A block-mode claim: a clone of `snapshot` (backup) or an empty one (restore).
+    async fn block_claim(
+        &self,
+        ns: &str,
+        name: &str,
+        like: &Claim,
+        snapshot: Option<&str>,
+    ) -> Result<(), LiveError> {
+        let mut spec = json!({"accessModes": ["ReadWriteOnce"], "volumeMode": "Block",
+            "resources": {"requests": {"storage": like.size}}});
+        if let Some(class) = &like.storage_class {
+            spec["storageClassName"] = json!(class);
+        }
+        if let Some(s) = snapshot {
+            spec["dataSource"] =
+                json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": s});
+        }
+        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": ns,
+                "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
+            "spec": spec}))
+        .expect("a claim");
+        Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
+            .create(&PostParams::default(), &pvc)
+            .await
+            .map_err(api_err(format!("create PersistentVolumeClaim {ns}/{name}")))?;
+        Ok(())
+    }
+
+    /// Runs `lifeboat ARGS` in a Job with the claim `claim` as block device
+    /// `/dev/lifeboat-volume`, and waits for it to succeed.
+    async fn run_mover(
+        &self,
+        ns: &str,
+        job: &str,
+        claim: &str,
+        args: Vec<String>,
+    ) -> Result<(), LiveError> {
+        let spec = json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": job, "namespace": ns,
+                "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
+            "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 3600,
+                "template": {"metadata": {"labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
+                "spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "mover", "image": self.settings.image, "args": args,
+                        "envFrom": [{"secretRef": {"name": self.settings.secret}}],
+                        "volumeDevices": [{"name": "data", "devicePath": "/dev/lifeboat-volume"}]}],
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}}});
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), ns);
+        jobs.create(
+            &PostParams::default(),
+            &serde_json::from_value(spec).expect("a Job"),
+        )
+        .await
+        .map_err(api_err(format!("create Job {ns}/{job}")))?;
+        self.wait(&format!("Job {ns}/{job}"), async || {
+            let j = jobs
+                .get(job)
+                .await
+                .map_err(api_err(format!("read Job {ns}/{job}")))?;
+            let st = j.status.unwrap_or_default();
+            if st.succeeded.unwrap_or(0) > 0 {
+                return Ok(Some(Ok(())));
+            }
+            if st.failed.unwrap_or(0) > 0 {
+                return Ok(Some(Err(format!(
+                    "failed; see `kubectl logs -n {ns} job/{job}`"
+                ))));
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn delete_quietly<K>(&self, api: Api<K>, name: &str)
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        if let Err(e) = api.delete(name, &DeleteParams::background()).await {
+            tracing::warn!(object = name, "could not remove a mover object: {e}");
+        }
+    }
+
+    /// Moves one snapshot's data into the repository: clone → mover Job → `volume backup`.
+    /// Returns the label the mover gave the repository snapshot (unique per move).
+    pub async fn move_to_repository(
+        &self,
+        backup: &str,
+        s: &CsiSnapshot,
+        volume_name: &str,
+    ) -> Result<String, LiveError> {
+        let ns = &s.claim.namespace;
+        let clone = object_name("lifeboat-src", &[backup, &s.claim.name]);
+        let job = object_name("lifeboat-backup", &[backup, &s.claim.name]);
+        let label = format!(
+            "csi:{ns}/{} snapshot {} job {job}",
+            s.claim.name, s.snapshot
+        );
+        self.wait_snapshot(s, "ready", "/status/readyToUse").await?;
+        self.block_claim(ns, &clone, &s.claim, Some(&s.snapshot))
+            .await?;
+        let result = self
+            .run_mover(
+                ns,
+                &job,
+                &clone,
+                vec![
+                    "volume".into(),
+                    "backup".into(),
+                    "--name".into(),
+                    volume_name.into(),
+                    "--label".into(),
+                    label.clone(),
+                    "/dev/lifeboat-volume".into(),
+                ],
+            )
+            .await;
+        self.delete_quietly(Api::<Job>::namespaced(self.client.clone(), ns), &job)
+            .await;
+        self.delete_quietly(
+            Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns),
+            &clone,
+        )
+        .await;
+        result.map(|()| label)
+    }
+
+    /// Removes the snapshots of a backup (and their groups) once their data is in the
+    /// repository, or the backup failed.
+    pub async fn remove_snapshots(&self, snaps: &[CsiSnapshot]) {
+        let mut groups = Vec::new();
+        for s in snaps {
+            let ns = &s.claim.namespace;
+            let api =
+                Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &volume_snapshots());
+            self.delete_quietly(api, &s.snapshot).await;
+            if let Some(g) = &s.group {
+                if !groups.contains(&(ns, g)) {
+                    groups.push((ns, g));
+                }
+            }
+        }
+        for (ns, g) in groups {
+            let api =
+                Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &group_snapshots());
+            self.delete_quietly(api, g).await;
+        }
+    }
+
+    /// Writes a repository snapshot into a new claim `target` (namespace `ns`) shaped like
+    /// `like`, before the workloads are applied. See the module documentation. Returns the
+    /// PersistentVolume the restored claim must bind to (`spec.volumeName`) when it is a
+    /// filesystem-mode claim still to be applied; None when the claim exists already (block
+    /// mode: created and written here).
+    pub async fn restore_claim(
+        &self,
+        ns: &str,
+        target: &str,
+        like: &Claim,
+        snapshot_id: &str,
+    ) -> Result<Option<String>, LiveError> {
+        let block = like.volume_mode == "Block";
+        let writer_claim = if block {
+            target.to_string()
+        } else {
+            object_name("lifeboat-dst", &[ns, target])
+        };
+        self.block_claim(ns, &writer_claim, like, None).await?;
+        let job = object_name("lifeboat-restore", &[ns, target, snapshot_id]);
+        let result = self
+            .run_mover(
+                ns,
+                &job,
+                &writer_claim,
+                vec![
+                    "volume".into(),
+                    "restore".into(),
+                    snapshot_id.into(),
+                    "/dev/lifeboat-volume".into(),
+                    "--overwrite".into(),
+                ],
+            )
+            .await;
+        self.delete_quietly(Api::<Job>::namespaced(self.client.clone(), ns), &job)
+            .await;
+        result?;
+        if block {
+            return Ok(None);
+        }
+        self.hand_over(ns, &writer_claim, target).await.map(Some)
+    }
+
+    /// Gives the volume of claim `from` to claim `to` in filesystem mode: retain the PV,
+    /// release it, re-create it in filesystem mode pre-bound to `to`.
+    async fn hand_over(&self, ns: &str, from: &str, to: &str) -> Result<String, LiveError> {
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
+        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
+        let claim = pvcs
+            .get(from)
+            .await
+            .map_err(api_err(format!("read PersistentVolumeClaim {ns}/{from}")))?;
+        let pv_name = claim
+            .spec
+            .and_then(|s| s.volume_name)
+            .ok_or_else(|| LiveError::Volume {
+                what: format!("PersistentVolumeClaim {ns}/{from}"),
+                reason: "is not bound to a volume".into(),
+            })?;
+        pvs.patch(
+            &pv_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"persistentVolumeReclaimPolicy": "Retain"}})),
+        )
+        .await
+        .map_err(api_err(format!("retain PersistentVolume {pv_name}")))?;
+        let pv = pvs
+            .get(&pv_name)
+            .await
+            .map_err(api_err(format!("read PersistentVolume {pv_name}")))?;
+        pvcs.delete(from, &DeleteParams::default())
+            .await
+            .map_err(api_err(format!("delete PersistentVolumeClaim {ns}/{from}")))?;
+        pvs.delete(&pv_name, &DeleteParams::default())
+            .await
+            .map_err(api_err(format!("delete PersistentVolume {pv_name}")))?;
+        let mut v = serde_json::to_value(pv).expect("serialises");
+        let new_name = object_name("lifeboat-pv", &[ns, to]);
+        v["metadata"] =
+            json!({"name": new_name, "labels": {"app.kubernetes.io/managed-by": "lifeboat"}});
+        v["spec"]["volumeMode"] = json!("Filesystem");
+        v["spec"]["persistentVolumeReclaimPolicy"] = json!("Delete");
+        v["spec"]["claimRef"] = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns, "name": to});
+        if let Some(o) = v.as_object_mut() {
+            o.remove("status");
+        }
+        let pv: PersistentVolume = serde_json::from_value(v).expect("a PersistentVolume");
+        pvs.create(&PostParams::default(), &pv)
+            .await
+            .map_err(api_err(format!("create PersistentVolume {new_name}")))?;
+        Ok(new_name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_are_valid_and_unique() {
+        let a = object_name("lifeboat", &["nightly-2026-11-24", "data-cassandra-0"]);
+        let b = object_name("lifeboat", &["nightly-2026-11-24", "data-cassandra-1"]);
+        assert_ne!(a, b);
+        let long = object_name("lifeboat-backup", &[&"x".repeat(200), "Data_Claim"]);
+        for n in [&a, &b, &long] {
+            assert!(n.len() <= 63, "{n}");
+            assert!(
+                n.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'),
+                "{n}"
+            );
+            assert!(!n.ends_with('-') && !n.contains("--"), "{n}");
+        }
+    }
+
+    #[test]
+    fn only_bound_claims_are_taken() {
+        let v = vec![
+            json!({"kind": "PersistentVolumeClaim", "metadata": {"namespace": "a", "name": "x"},
+                "spec": {"storageClassName": "fast", "volumeMode": "Block", "resources": {"requests": {"storage": "1Gi"}}},
+                "status": {"phase": "Bound", "capacity": {"storage": "2Gi"}}}),
+            json!({"kind": "PersistentVolumeClaim", "metadata": {"namespace": "a", "name": "p"},
+                "spec": {"resources": {"requests": {"storage": "1Gi"}}}, "status": {"phase": "Pending"}}),
+        ];
+        let c = claims_of(&v);
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].size.as_str(), c[0].volume_mode.as_str()),
+            ("2Gi", "Block")
+        );
+    }
+}

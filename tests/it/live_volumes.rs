@@ -1,0 +1,618 @@
+//! Volumes on a live cluster through a mocked API server that plays the controllers too: the
+//! CSI snapshotter (a VolumeSnapshot copies its claim's backing file), the provisioner (a
+//! claim gets a backing file, cloned from a snapshot when it names one) and the Job
+//! controller, which runs the mover's `lifeboat` command line for real against the test's
+//! repository, with the mover's block device mapped to the claim's backing file. So a backup
+//! takes the rules, CSI snapshots and movers, and a restore writes the data through a restore
+//! Job, and both are checked byte for byte.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use kube::client::Body;
+use lifeboat::appbackup::{find_backup, load_objects, plan_restore, RestorePlanOptions};
+use lifeboat::appvolumes::{backup_live, restore_volumes_live, ConsistencyOptions};
+use lifeboat::cluster::{ApplyItem, ExistingPolicy, Scope};
+use lifeboat::csi::MoverSettings;
+use lifeboat::live::LiveCluster;
+use lifeboat::repository::Repository;
+use lifeboat::resources::Mapping;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::live::{serve, Answer};
+use crate::support::{lb, ok, run, tmp};
+
+struct CsiCluster {
+    dir: PathBuf,
+    repo: PathBuf,
+    objects: Mutex<BTreeMap<String, Value>>,
+    /// Backing file of each claim (`ns/name`) and of each snapshot (`ns/name`).
+    disks: Mutex<BTreeMap<String, PathBuf>>,
+    snapshots: Mutex<BTreeMap<String, PathBuf>>,
+    log: Mutex<Vec<String>>,
+}
+
+fn resource(name: &str, kind: &str, namespaced: bool) -> Value {
+    json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind,
+           "verbs": ["get", "list", "create", "patch", "delete"]})
+}
+
+fn size_of(q: &str) -> u64 {
+    let n: u64 = q
+        .trim_end_matches(|c: char| c.is_alphabetic())
+        .parse()
+        .unwrap();
+    match q.trim_start_matches(|c: char| c.is_ascii_digit()) {
+        "Mi" => n << 20,
+        "Gi" => n << 30,
+        "Ki" => n << 10,
+        u => panic!("unit {u}"),
+    }
+}
+
+impl CsiCluster {
+    fn new(dir: &Path, repo: &Path) -> CsiCluster {
+        CsiCluster {
+            dir: dir.to_path_buf(),
+            repo: repo.to_path_buf(),
+            objects: Mutex::default(),
+            disks: Mutex::default(),
+            snapshots: Mutex::default(),
+            log: Mutex::default(),
+        }
+    }
+
+    fn put(&self, path: String, v: Value) {
+        self.objects.lock().unwrap().insert(path, v);
+    }
+
+    /// A running application: namespace `db`, two pods, a block-mode and a filesystem-mode
+    /// claim with data.
+    fn with_app(self) -> Self {
+        self.put("/api/v1/namespaces/db".into(), json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "db", "uid": "u-ns", "resourceVersion": "1"}, "status": {"phase": "Active"}}));
+        for (i, (claim, mode)) in [("data-db-0", "Block"), ("logs-db-0", "Filesystem")]
+            .iter()
+            .enumerate()
+        {
+            let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": "db", "uid": format!("u-pvc-{i}"), "resourceVersion": "5",
+                    "labels": {"app": "db"}, "managedFields": [{"manager": "kube-controller-manager"}]},
+                "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": mode, "storageClassName": "csi-fast",
+                    "resources": {"requests": {"storage": "4Mi"}}, "volumeName": format!("pv-{claim}")},
+                "status": {"phase": "Bound", "capacity": {"storage": "4Mi"}}});
+            let disk = self.dir.join(format!("disk-{claim}.img"));
+            let data: Vec<u8> = (0..4u32 << 20).map(|b| (b % 251) as u8 ^ i as u8).collect();
+            std::fs::write(&disk, data).unwrap();
+            self.disks
+                .lock()
+                .unwrap()
+                .insert(format!("db/{claim}"), disk);
+            self.put(
+                format!("/api/v1/namespaces/db/persistentvolumeclaims/{claim}"),
+                pvc,
+            );
+        }
+        self.put("/api/v1/namespaces/db/pods/db-0".into(), json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "db-0", "namespace": "db", "uid": "u-pod", "resourceVersion": "9", "labels": {"app": "db"}},
+            "spec": {"containers": [{"name": "db", "image": "db:1"}]}, "status": {"phase": "Running"}}));
+        self
+    }
+
+    async fn run_job(&self, ns: &str, job: &Value) -> bool {
+        let spec = &job["spec"]["template"]["spec"];
+        let claim = spec["volumes"][0]["persistentVolumeClaim"]["claimName"]
+            .as_str()
+            .unwrap();
+        let disk = self
+            .disks
+            .lock()
+            .unwrap()
+            .get(&format!("{ns}/{claim}"))
+            .cloned()
+            .unwrap();
+        let c = &spec["containers"][0];
+        assert_eq!(c["envFrom"][0]["secretRef"]["name"], "lifeboat-repository");
+        assert_eq!(c["volumeDevices"][0]["devicePath"], "/dev/lifeboat-volume");
+        let args: Vec<String> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                a.as_str()
+                    .unwrap()
+                    .replace("/dev/lifeboat-volume", disk.to_str().unwrap())
+            })
+            .collect();
+        let r = run(lb(&self.repo).args(&args));
+        self.log.lock().unwrap().push(format!(
+            "job {}: exit {} {}",
+            args[..2].join(" "),
+            r.code,
+            r.stderr.trim()
+        ));
+        r.code == 0
+    }
+
+    async fn create(&self, path: &str, mut v: Value) -> (StatusCode, Value) {
+        let kind = v["kind"].as_str().unwrap().to_string();
+        let ns = v["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let name = v["metadata"]["name"].as_str().unwrap().to_string();
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("create {kind} {ns}/{name}"));
+        match kind.as_str() {
+            "VolumeSnapshot" => {
+                let claim = v["spec"]["source"]["persistentVolumeClaimName"]
+                    .as_str()
+                    .unwrap();
+                let from = self.disks.lock().unwrap()[&format!("{ns}/{claim}")].clone();
+                let to = self.dir.join(format!("snap-{name}.img"));
+                std::fs::copy(from, &to).unwrap();
+                self.snapshots
+                    .lock()
+                    .unwrap()
+                    .insert(format!("{ns}/{name}"), to);
+                v["status"] = json!({"creationTime": "2026-11-24T10:00:00Z", "readyToUse": true});
+            }
+            "VolumeGroupSnapshot" => {
+                // The group snapshotter: every claim the selector picks, at one instant.
+                let want =
+                    v["spec"]["source"]["selector"]["matchLabels"]["lifeboat.dev/group"].clone();
+                let claims: Vec<String> = self
+                    .objects
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(k, o)| {
+                        k.contains(&format!("/namespaces/{ns}/persistentvolumeclaims/"))
+                            && o["metadata"]["labels"]["lifeboat.dev/group"] == want
+                    })
+                    .map(|(_, o)| o["metadata"]["name"].as_str().unwrap().to_string())
+                    .collect();
+                let mut pairs = Vec::new();
+                for (i, claim) in claims.iter().enumerate() {
+                    let snap = format!("snapshot-{name}-{i}");
+                    let to = self.dir.join(format!("snap-{snap}.img"));
+                    std::fs::copy(&self.disks.lock().unwrap()[&format!("{ns}/{claim}")], &to)
+                        .unwrap();
+                    self.snapshots
+                        .lock()
+                        .unwrap()
+                        .insert(format!("{ns}/{snap}"), to);
+                    self.put(format!("/apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots/{snap}"),
+                        json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                            "metadata": {"name": snap, "namespace": ns},
+                            "status": {"creationTime": "2026-11-24T10:00:00Z", "readyToUse": true}}));
+                    pairs.push(json!({"persistentVolumeClaimRef": {"name": claim}, "volumeSnapshotRef": {"name": snap}}));
+                }
+                v["status"] = json!({"creationTime": "2026-11-24T10:00:00Z", "readyToUse": true, "pvcVolumeSnapshotRefList": pairs});
+            }
+            "PersistentVolumeClaim" => {
+                let disk = self.dir.join(format!("disk-{name}.img"));
+                match v["spec"]["dataSource"]["name"].as_str() {
+                    Some(s) => {
+                        std::fs::copy(&self.snapshots.lock().unwrap()[&format!("{ns}/{s}")], &disk)
+                            .unwrap();
+                    }
+                    None => std::fs::File::create(&disk)
+                        .unwrap()
+                        .set_len(size_of(
+                            v["spec"]["resources"]["requests"]["storage"]
+                                .as_str()
+                                .unwrap(),
+                        ))
+                        .unwrap(),
+                }
+                self.disks
+                    .lock()
+                    .unwrap()
+                    .insert(format!("{ns}/{name}"), disk.clone());
+                let pv = format!("pv-{name}");
+                v["spec"]["volumeName"] = json!(pv);
+                v["status"] = json!({"phase": "Bound"});
+                self.put(format!("/api/v1/persistentvolumes/{pv}"), json!({"apiVersion": "v1", "kind": "PersistentVolume",
+                    "metadata": {"name": pv}, "spec": {"capacity": {"storage": v["spec"]["resources"]["requests"]["storage"]},
+                    "accessModes": ["ReadWriteOnce"], "volumeMode": v["spec"]["volumeMode"], "storageClassName": v["spec"]["storageClassName"],
+                    "persistentVolumeReclaimPolicy": "Delete", "csi": {"driver": "fake.csi", "volumeHandle": disk.to_str().unwrap()}},
+                    "status": {"phase": "Bound"}}));
+            }
+            "Job" => {
+                let ok = self.run_job(&ns, &v).await;
+                v["status"] = if ok {
+                    json!({"succeeded": 1})
+                } else {
+                    json!({"failed": 1})
+                };
+            }
+            "PersistentVolume" => {
+                // Re-created on the same volume handle: the disk follows it.
+                let handle = PathBuf::from(v["spec"]["csi"]["volumeHandle"].as_str().unwrap());
+                let claim = &v["spec"]["claimRef"];
+                self.disks.lock().unwrap().insert(
+                    format!(
+                        "{}/{}",
+                        claim["namespace"].as_str().unwrap(),
+                        claim["name"].as_str().unwrap()
+                    ),
+                    handle,
+                );
+            }
+            _ => {}
+        }
+        self.put(format!("{path}/{name}"), v.clone());
+        (StatusCode::CREATED, v)
+    }
+
+    fn list(&self, path: &str) -> Value {
+        let objects = self.objects.lock().unwrap();
+        let depth = path.matches('/').count() + 1;
+        let items: Vec<Value> = objects
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{path}/")) && k.matches('/').count() == depth)
+            .map(|(_, v)| v.clone())
+            .collect();
+        json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "100"}, "items": items})
+    }
+}
+
+impl Answer for CsiCluster {
+    async fn answer(&self, req: Request<Body>) -> (StatusCode, Value) {
+        use http_body_util::BodyExt;
+        let method = req.method().as_str().to_string();
+        let path = req.uri().path().to_string();
+        let discovery = match path.as_str() {
+            "/api" => Some(
+                json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
+            ),
+            "/apis" => Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})),
+            "/api/v1" => Some(
+                json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                resource("namespaces", "Namespace", false), resource("pods", "Pod", true),
+                resource("persistentvolumeclaims", "PersistentVolumeClaim", true),
+                resource("persistentvolumes", "PersistentVolume", false)]}),
+            ),
+            _ => None,
+        };
+        if let Some(d) = discovery {
+            return (StatusCode::OK, d);
+        }
+        let not_found = (
+            StatusCode::NOT_FOUND,
+            json!({"kind": "Status", "apiVersion": "v1",
+            "status": "Failure", "code": 404, "reason": "NotFound", "message": format!("{path} not found")}),
+        );
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        match method.as_str() {
+            "GET" => {
+                if let Some(v) = self.objects.lock().unwrap().get(&path) {
+                    return (StatusCode::OK, v.clone());
+                }
+                if path.ends_with('s') && !path.contains("/persistentvolumes/") {
+                    return (StatusCode::OK, self.list(&path));
+                }
+                not_found
+            }
+            "POST" => {
+                self.create(&path, serde_json::from_slice(&body).unwrap())
+                    .await
+            }
+            "PATCH" => {
+                let patch: Value = serde_json::from_slice(&body).unwrap();
+                let mut objects = self.objects.lock().unwrap();
+                if let Some(v) = objects.get_mut(&path) {
+                    // A merge patch of the fields lifeboat patches (labels, reclaim policy).
+                    if let Some(l) = patch.pointer("/metadata/labels") {
+                        v["metadata"]["labels"] = l.clone();
+                    }
+                    if let Some(p) = patch.pointer("/spec/persistentVolumeReclaimPolicy") {
+                        v["spec"]["persistentVolumeReclaimPolicy"] = p.clone();
+                    }
+                    return (StatusCode::OK, v.clone());
+                }
+                // Server-side apply of a restored object.
+                let mut v = patch;
+                v["metadata"]["uid"] = json!("new-uid");
+                self.log.lock().unwrap().push(format!("apply {}", path));
+                objects.insert(path, v.clone());
+                (StatusCode::OK, v)
+            }
+            "DELETE" => {
+                self.log.lock().unwrap().push(format!("delete {path}"));
+                let mut objects = self.objects.lock().unwrap();
+                let removed = objects.remove(&path);
+                // The volume controller: a deleted claim's volume goes with it unless retained.
+                if let Some(pv) = removed
+                    .as_ref()
+                    .and_then(|v| v["spec"]["volumeName"].as_str())
+                {
+                    let key = format!("/api/v1/persistentvolumes/{pv}");
+                    if objects
+                        .get(&key)
+                        .map(|v| v["spec"]["persistentVolumeReclaimPolicy"] == "Delete")
+                        == Some(true)
+                    {
+                        objects.remove(&key);
+                    }
+                }
+                match removed {
+                    Some(_) => (
+                        StatusCode::OK,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+                    ),
+                    None => not_found,
+                }
+            }
+            m => panic!("unexpected {m} {path}"),
+        }
+    }
+}
+
+async fn open(path: &Path) -> Arc<Repository> {
+    let store = lifeboat::store::open(&path.to_string_lossy(), &Default::default())
+        .await
+        .unwrap();
+    Arc::new(
+        Repository::open(store, b"pw", None, CancellationToken::new())
+            .await
+            .unwrap(),
+    )
+}
+
+fn movers() -> MoverSettings {
+    MoverSettings {
+        timeout: Duration::from_secs(30),
+        poll: Duration::from_millis(20),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_backup_snapshots_moves_and_restores_every_claims_data() {
+    let d = tmp();
+    let repo_path = d.path().join("repo");
+    ok(run(lb(&repo_path).args([
+        "repo",
+        "init",
+        "--insecure-fast-kdf",
+        "--chunk-size-kib",
+        "64",
+    ])));
+    let api = Arc::new(CsiCluster::new(d.path(), &repo_path).with_app());
+    let live = LiveCluster::from_client(serve(api.clone()), "fake");
+    let repo = open(&repo_path).await;
+
+    let scope = Scope {
+        namespaces: vec!["db".into()],
+        ..Default::default()
+    };
+    let summary = backup_live(
+        repo.clone(),
+        "live-1",
+        &live,
+        &scope,
+        Default::default(),
+        &ConsistencyOptions::default(),
+        movers(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let log = api.log.lock().unwrap().clone();
+    assert_eq!(summary.volumes.len(), 2, "{log:#?}");
+    assert!(summary
+        .volumes
+        .iter()
+        .all(|v| v.method == "csi" && v.size == 4 << 20));
+    // Both snapshots were cut before any clone or mover started, and all were cleaned up.
+    let pos = |s: &str| {
+        log.iter()
+            .position(|l| l.starts_with(s))
+            .unwrap_or_else(|| panic!("no `{s}` in {log:#?}"))
+    };
+    assert!(pos("create VolumeSnapshot db/") < pos("create PersistentVolumeClaim"));
+    let snap_creates = log
+        .iter()
+        .filter(|l| l.starts_with("create VolumeSnapshot"))
+        .count();
+    assert_eq!(snap_creates, 2);
+    let leftovers: Vec<String> = api
+        .objects
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|k| k.contains("lifeboat"))
+        .cloned()
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "snapshots, clones and jobs removed: {leftovers:?}"
+    );
+
+    // Restore into another namespace: the data is written before the claims are applied.
+    let (_, backup) = find_backup(&repo, "live-1").await.unwrap();
+    let objects = load_objects(&repo, &backup).await.unwrap();
+    let opts = RestorePlanOptions {
+        namespaces: Mapping::parse("--namespace-mapping", "db:db-dr").unwrap(),
+        start_applications: false,
+        ..Default::default()
+    };
+    let mut plan = plan_restore(objects, &opts);
+    let (results, created) = restore_volumes_live(&live, movers(), &backup, &mut plan).await;
+    assert!(
+        results
+            .iter()
+            .all(|r| r.outcome == lifeboat::cluster::Outcome::Created),
+        "{results:#?}\n{:#?}",
+        api.log.lock().unwrap()
+    );
+    assert_eq!(
+        created.len(),
+        1,
+        "the block-mode claim was created with its data"
+    );
+    let items: Vec<ApplyItem> = plan
+        .iter()
+        .filter(|p| p.skipped.is_none() && !created.contains(&p.target))
+        .map(|p| ApplyItem {
+            r: p.target.clone(),
+            value: p.value.clone(),
+            owners: p.owners.clone(),
+        })
+        .collect();
+    live.apply(&items, ExistingPolicy::Skip, Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    let disks = api.disks.lock().unwrap().clone();
+    for claim in ["data-db-0", "logs-db-0"] {
+        let original = std::fs::read(&disks[&format!("db/{claim}")]).unwrap();
+        let restored = std::fs::read(&disks[&format!("db-dr/{claim}")]).unwrap();
+        assert!(original == restored, "{claim} restored byte for byte");
+    }
+    // The filesystem-mode claim was applied bound to the volume the restore wrote.
+    let objects = api.objects.lock().unwrap();
+    let logs = &objects["/api/v1/namespaces/db-dr/persistentvolumeclaims/logs-db-0"];
+    let pv = logs["spec"]["volumeName"].as_str().unwrap();
+    let pv_obj = &objects[&format!("/api/v1/persistentvolumes/{pv}")];
+    assert_eq!(pv_obj["spec"]["volumeMode"], "Filesystem");
+    assert_eq!(pv_obj["spec"]["claimRef"]["name"], "logs-db-0");
+    assert_eq!(pv_obj["spec"]["claimRef"]["namespace"], "db-dr");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_mover_fails_the_backup_and_records_nothing() {
+    let d = tmp();
+    let repo_path = d.path().join("repo");
+    ok(run(lb(&repo_path).args([
+        "repo",
+        "init",
+        "--insecure-fast-kdf",
+    ])));
+    // The movers are pointed at a repository that does not exist.
+    let api = Arc::new(CsiCluster::new(d.path(), &d.path().join("elsewhere")).with_app());
+    let live = LiveCluster::from_client(serve(api.clone()), "fake");
+    let repo = open(&repo_path).await;
+    let scope = Scope {
+        namespaces: vec!["db".into()],
+        ..Default::default()
+    };
+    let e = backup_live(
+        repo.clone(),
+        "live-1",
+        &live,
+        &scope,
+        Default::default(),
+        &ConsistencyOptions::default(),
+        movers(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("kubectl logs -n db job/lifeboat-backup-"),
+        "{e}"
+    );
+    assert!(lifeboat::appbackup::list_backups(&repo)
+        .await
+        .unwrap()
+        .is_empty());
+    let leftovers: Vec<String> = api
+        .objects
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|k| k.contains("lifeboat"))
+        .cloned()
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "cleaned up after a failure too: {leftovers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_snapshot_class_takes_one_volume_group_snapshot_per_namespace() {
+    let d = tmp();
+    let repo_path = d.path().join("repo");
+    ok(run(lb(&repo_path).args([
+        "repo",
+        "init",
+        "--insecure-fast-kdf",
+        "--chunk-size-kib",
+        "64",
+    ])));
+    let api = Arc::new(CsiCluster::new(d.path(), &repo_path).with_app());
+    let live = LiveCluster::from_client(serve(api.clone()), "fake");
+    let repo = open(&repo_path).await;
+    let scope = Scope {
+        namespaces: vec!["db".into()],
+        ..Default::default()
+    };
+    let settings = MoverSettings {
+        group_snapshot_class: Some("csi-fast-group".into()),
+        ..movers()
+    };
+    let summary = backup_live(
+        repo.clone(),
+        "g-1",
+        &live,
+        &scope,
+        Default::default(),
+        &ConsistencyOptions::default(),
+        settings,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        summary.volumes.iter().all(|v| v.method == "csi-group"),
+        "{:?}",
+        summary.volumes
+    );
+    assert_eq!(summary.volumes.len(), 2);
+    let log = api.log.lock().unwrap().clone();
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.starts_with("create VolumeGroupSnapshot"))
+            .count(),
+        1,
+        "{log:#?}"
+    );
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.starts_with("create VolumeSnapshot"))
+            .count(),
+        0,
+        "{log:#?}"
+    );
+    let disks = api.disks.lock().unwrap().clone();
+    for v in &summary.volumes {
+        let out = d.path().join(format!("check-{}.img", v.pvc));
+        ok(run(lb(&repo_path)
+            .args(["volume", "restore", &v.snapshot.to_hex()])
+            .arg(&out)));
+        assert!(
+            std::fs::read(&out).unwrap()
+                == std::fs::read(&disks[&format!("db/{}", v.pvc)]).unwrap()
+        );
+    }
+    let leftovers: Vec<String> = api
+        .objects
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|k| k.contains("lifeboat") || k.contains("snapshot-"))
+        .cloned()
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
