@@ -98,6 +98,8 @@ pub struct BackupSummary {
     pub name: String,
     pub objects: usize,
     pub objects_new: u64,
+    /// Bytes read from the volumes.
+    pub bytes_read: u64,
     pub bytes_uploaded: u64,
     pub duration_seconds: f64,
     /// Parts of the scope not captured; not empty: the backup is partially failed.
@@ -141,6 +143,8 @@ pub struct BackupBuilder {
     records: Vec<BackedUpObject>,
     volumes: Vec<BackedUpVolume>,
     rules: RulesReport,
+    schedule: Option<String>,
+    bytes_read: u64,
     started: std::time::Instant,
 }
 
@@ -167,6 +171,8 @@ impl BackupBuilder {
             records: Vec::new(),
             volumes: Vec::new(),
             rules: RulesReport::default(),
+            schedule: None,
+            bytes_read: 0,
             started: std::time::Instant::now(),
         })
     }
@@ -203,9 +209,20 @@ impl BackupBuilder {
     }
 
     /// Records the volumes of the group snapshot and what the rules did around it.
-    pub fn set_volumes(&mut self, volumes: Vec<BackedUpVolume>, rules: RulesReport) {
+    pub fn set_volumes(
+        &mut self,
+        volumes: Vec<BackedUpVolume>,
+        rules: RulesReport,
+        bytes_read: u64,
+    ) {
         self.volumes = volumes;
         self.rules = rules;
+        self.bytes_read = bytes_read;
+    }
+
+    /// Marks the backup as made by a schedule.
+    pub fn set_schedule(&mut self, schedule: Option<String>) {
+        self.schedule = schedule;
     }
 
     pub fn repository(&self) -> &Arc<Repository> {
@@ -223,10 +240,15 @@ impl BackupBuilder {
         let record = AppBackup {
             version: FORMAT_VERSION,
             name: self.name.clone(),
-            time: OffsetDateTime::now_utc()
-                .replace_nanosecond(0)
-                .expect("0 ns is valid"),
+            // Milliseconds: backups a second apart must still sort (retention keeps "the
+            // newest").
+            time: {
+                let t = OffsetDateTime::now_utc();
+                t.replace_millisecond(t.millisecond())
+                    .expect("a valid millisecond")
+            },
             source: source.to_string(),
+            schedule: self.schedule,
             filters,
             objects: self.records,
             failures: failures.clone(),
@@ -244,6 +266,7 @@ impl BackupBuilder {
             name: self.name,
             objects: record.objects.len(),
             objects_new: stats.blobs_new,
+            bytes_read: self.bytes_read,
             bytes_uploaded: stats.bytes_uploaded + len,
             duration_seconds: self.started.elapsed().as_secs_f64(),
             failures,

@@ -30,6 +30,11 @@ pub struct ConsistencyOptions {
     pub post: Vec<Rule>,
     /// Use reflinks where the filesystem allows (else copies).
     pub allow_reflink: bool,
+    /// Capture every object in scope; false: only the claims (and their volumes), which the
+    /// data needs to be restored.
+    pub include_resources: bool,
+    /// The BackupSchedule making this backup, recorded in it.
+    pub schedule: Option<String>,
 }
 
 impl Default for ConsistencyOptions {
@@ -39,8 +44,19 @@ impl Default for ConsistencyOptions {
             pre: Vec::new(),
             post: Vec::new(),
             allow_reflink: true,
+            include_resources: true,
+            schedule: None,
         }
     }
+}
+
+/// Whether an object goes into a backup that leaves the other resources out.
+fn needed_for_volumes(r: &ObjRef) -> bool {
+    r.group().is_empty()
+        && matches!(
+            r.kind.as_str(),
+            "PersistentVolumeClaim" | "PersistentVolume" | "Namespace"
+        )
 }
 
 /// The bound PersistentVolumeClaims among captured objects, as (namespace, name), sorted. A
@@ -82,6 +98,7 @@ pub async fn backup_cluster_dir(
 ) -> Result<BackupSummary, AppBackupError> {
     // A taken name fails here, before any rule runs.
     let mut builder = BackupBuilder::new(repo.clone(), name).await?;
+    builder.set_schedule(opts.schedule.clone());
     let mut failures = Vec::new();
     let mut volumes = Vec::new();
     if opts.include_volumes {
@@ -111,15 +128,21 @@ pub async fn backup_cluster_dir(
         .join("snapshots")
         .join(format!("{name}-{}", hex::encode(rand::random::<[u8; 4]>())));
     let allow_reflink = opts.allow_reflink;
-    let (outcome, report) = around(exec, &pods, &opts.pre, &opts.post, cancel, || {
-        let volumes = volumes.clone();
-        async move {
-            tokio::task::spawn_blocking(move || take_group(&volumes, &work, allow_reflink))
+    // The step owns what it uses: a future borrowing here would not be provably Send.
+    let step_volumes = volumes.clone();
+    let (outcome, report) = around(
+        exec,
+        &pods,
+        &opts.pre,
+        &opts.post,
+        cancel,
+        move || async move {
+            tokio::task::spawn_blocking(move || take_group(&step_volumes, &work, allow_reflink))
                 .await
                 .map_err(|e| AppBackupError::Worker(e.to_string()))?
                 .map_err(AppBackupError::from)
-        }
-    })
+        },
+    )
     .await;
     for w in &report.warnings {
         tracing::warn!(backup = name, "{w}");
@@ -127,6 +150,7 @@ pub async fn backup_cluster_dir(
     let group = outcome??;
 
     let mut backed_up = Vec::new();
+    let mut bytes_read = 0;
     for t in &group.taken {
         if cancel.is_cancelled() {
             return Err(AppBackupError::Cancelled);
@@ -148,6 +172,7 @@ pub async fn backup_cluster_dir(
                 pvc: t.volume.pvc.clone(),
                 source,
             })?;
+        bytes_read += out.stats.bytes_read;
         backed_up.push(BackedUpVolume {
             namespace: t.volume.namespace.clone(),
             pvc: t.volume.pvc.clone(),
@@ -157,9 +182,11 @@ pub async fn backup_cluster_dir(
         });
     }
     drop(group);
-    builder.set_volumes(backed_up, report);
+    builder.set_volumes(backed_up, report, bytes_read);
     for e in selected {
-        builder.add(e).await?;
+        if opts.include_resources || needed_for_volumes(&e.r) {
+            builder.add(e).await?;
+        }
     }
     builder.finish(&dir.describe(), filters, failures).await
 }
@@ -270,6 +297,7 @@ pub async fn backup_live(
     cancel: &CancellationToken,
 ) -> Result<BackupSummary, AppBackupError> {
     let mut builder = BackupBuilder::new(repo.clone(), name).await?;
+    builder.set_schedule(opts.schedule.clone());
     let listed = live.pods_and_claims(&scope.namespaces).await?;
     let pods = pod_targets(&listed);
     let claims: Vec<crate::csi::Claim> = if opts.include_volumes {
@@ -283,17 +311,24 @@ pub async fn backup_live(
     } else {
         Vec::new()
     };
-    let csi = live.csi(movers);
+    let csi = Arc::new(live.csi(movers));
     let exec: Arc<dyn Exec> = Arc::new(live.exec());
-    let (outcome, report) = around(exec, &pods, &opts.pre, &opts.post, cancel, || {
-        csi.snapshot_claims(name, &claims)
-    })
+    let (step_csi, step_name) = (csi.clone(), name.to_string());
+    let (outcome, report) = around(
+        exec,
+        &pods,
+        &opts.pre,
+        &opts.post,
+        cancel,
+        move || async move { step_csi.snapshot_claims(&step_name, &claims).await },
+    )
     .await;
     for w in &report.warnings {
         tracing::warn!(backup = name, "{w}");
     }
     let snaps = outcome??;
     let mut backed_up = Vec::new();
+    let mut bytes_read = 0;
     let mut moved = Ok(());
     for s in &snaps {
         if cancel.is_cancelled() {
@@ -321,6 +356,7 @@ pub async fn backup_live(
             }));
             break;
         };
+        bytes_read += snap.stats.bytes_read;
         backed_up.push(BackedUpVolume {
             namespace: s.claim.namespace.clone(),
             pvc: s.claim.name.clone(),
@@ -331,15 +367,17 @@ pub async fn backup_live(
     }
     csi.remove_snapshots(&snaps).await;
     moved?;
-    builder.set_volumes(backed_up, report);
+    builder.set_volumes(backed_up, report, bytes_read);
 
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let consume = async {
         // Owning the receiver: if the builder fails, the channel closes and the capture
         // stops instead of waiting on a full channel.
-        let mut rx = rx;
+        let mut rx: tokio::sync::mpsc::Receiver<Exported> = rx;
         while let Some(e) = rx.recv().await {
-            builder.add(e).await?;
+            if opts.include_resources || needed_for_volumes(&e.r) {
+                builder.add(e).await?;
+            }
         }
         Ok::<_, AppBackupError>(())
     };

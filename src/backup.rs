@@ -168,6 +168,18 @@ fn process_block(s: &Shared, job: &BlockJob) -> std::io::Result<Outcome> {
     })
 }
 
+/// Reads, hashes and seals one block on the blocking pool.
+async fn run_block(
+    s: Arc<Shared>,
+    job: BlockJob,
+) -> Result<(BlockJob, std::io::Result<Outcome>), BackupError> {
+    Ok(cpu(move || {
+        let out = process_block(&s, &job);
+        (job, out)
+    })
+    .await?)
+}
+
 /// Size of a regular file or block device.
 pub(crate) fn source_size(file: &File) -> std::io::Result<u64> {
     let meta = file.metadata()?;
@@ -327,20 +339,18 @@ async fn backup_inner(
             });
         }
 
-        let mut results = futures::stream::iter(jobs)
-            .map(|job| {
-                let s = shared.clone();
-                async move {
-                    let (job, out) = cpu(move || {
-                        let out = process_block(&s, &job);
-                        (job, out)
-                    })
-                    .await?;
-                    Ok::<_, BackupError>((job, out))
+        // A queue of named futures rather than a mapped stream: a closure returning a future,
+        // held across an await, keeps the backup future from being provably Send.
+        let mut pending = jobs.into_iter();
+        let mut results = futures::stream::FuturesOrdered::new();
+        loop {
+            while results.len() < opts.concurrency.max(1) {
+                match pending.next() {
+                    Some(job) => results.push_back(run_block(shared.clone(), job)),
+                    None => break,
                 }
-            })
-            .buffered(opts.concurrency.max(1));
-        while let Some(r) = results.next().await {
+            }
+            let Some(r) = results.next().await else { break };
             let (job, out) = r?;
             let out = out.map_err(|source| BackupError::Source {
                 path: format!("{} (at byte {})", opts.source.display(), job.start),
@@ -358,7 +368,6 @@ async fn backup_inner(
                 }
             };
         }
-        drop(results);
 
         stats.blocks_zero += entries.iter().filter(|e| **e == BlockRef::Zero).count() as u64;
         stats.blocks_changed += entries

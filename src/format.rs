@@ -413,8 +413,11 @@ pub struct AppBackup {
     pub name: String,
     #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
-    /// Where the objects came from (`cluster-dir:/path`, later a kube context).
+    /// Where the objects came from (`cluster-dir:/path`, `context:NAME`).
     pub source: String,
+    /// The BackupSchedule that made it (None: made by hand). Retention works per schedule.
+    #[serde(default)]
+    pub schedule: Option<String>,
     pub filters: BackupFilters,
     pub objects: Vec<BackedUpObject>,
     /// What could not be captured (a list the API server refused, ...): a backup with

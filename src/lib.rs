@@ -35,6 +35,8 @@
 //! catalog come later and sit upstream of `hooks` and downstream of `repository`.
 
 // In flow order (rustfmt keeps the order of declarations separated by blank lines).
+pub mod schedule; // policies, fire times, retention (pure)
+
 pub mod hooks; // rules and the barrier around a group snapshot
 
 pub mod snapshot; // group copies of volume files (reflink or copy)
@@ -56,6 +58,12 @@ pub mod repository; // packs, index, snapshots, keys, check
 pub mod store; // local, S3, memory; retry and faults
 
 pub mod restore; // planned pack reads, verified writes
+
+pub mod forget; // retention applied: records and their snapshots
+
+pub mod catalog; // SQLite: schedules, runs, backups seen
+
+pub mod server; // the scheduler loop, metrics
 
 // Application configuration.
 pub mod appbackup; // backup records of objects, restore planning

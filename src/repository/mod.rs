@@ -9,10 +9,14 @@
 
 mod check;
 mod index;
+mod lock;
+mod prune;
 mod writer;
 
 pub use check::{CheckOptions, CheckReport};
 pub use index::{BlobLocation, Index};
+pub use lock::{LockFile, LockGuard, LockKind, LOCK_REFRESH, LOCK_TTL};
+pub use prune::{PruneOptions, PruneReport};
 pub use writer::{BlobWriter, Claims, WriterStats};
 
 use std::path::PathBuf;
@@ -76,12 +80,18 @@ pub enum RepoError {
     },
     #[error("internal worker failed: {0}")]
     Worker(String),
+    #[error("the repository is locked: {holder}; try again when it is done (a lock of a process that died expires by itself)")]
+    Locked { holder: String },
 }
 
 impl RepoError {
     /// Worth retrying later (network, throttling); everything else needs a person.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, RepoError::Store(e) if e.is_retryable())
+        match self {
+            RepoError::Store(e) => e.is_retryable(),
+            RepoError::Locked { .. } => true,
+            _ => false,
+        }
     }
 
     fn corrupt(object: impl Into<String>, reason: impl std::fmt::Display) -> RepoError {
@@ -166,6 +176,12 @@ pub struct Repository {
     key_id: KeyId,
     cache: Option<PathBuf>,
     cancel: CancellationToken,
+}
+
+/// A time as RFC 3339 text, for listings and messages.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 pub(crate) fn hostname() -> String {

@@ -19,7 +19,7 @@ const VOLUME: u64 = 3 << 20;
 
 /// A cluster directory with namespace `db`: pods db-0..2 (label app=db, container db), one
 /// bound claim each, and their volume files.
-fn make_cluster(root: &Path) {
+pub(crate) fn make_cluster(root: &Path) {
     let res = root.join("resources/db");
     std::fs::create_dir_all(&res).unwrap();
     std::fs::create_dir_all(root.join("volumes/db")).unwrap();
@@ -38,7 +38,7 @@ fn make_cluster(root: &Path) {
     std::fs::write(res.join("app.yaml"), yaml).unwrap();
 }
 
-fn volume(root: &Path, pod: &str) -> PathBuf {
+pub(crate) fn volume(root: &Path, pod: &str) -> PathBuf {
     root.join(format!("volumes/db/data-{pod}.img"))
 }
 

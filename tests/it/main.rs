@@ -13,6 +13,7 @@ mod kube_exec;
 mod live;
 mod live_volumes;
 mod repository;
+mod schedules;
 mod store_conformance;
 mod support;
 mod volume;

@@ -1,6 +1,8 @@
 //! Commands: takes parsed arguments; calls the library; prints human or `--json` output.
 //! Holds no storage or format logic of its own.
 
+mod ops;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use crate::cluster::{
 use crate::format::BackupFilters;
 use crate::format::KdfParams;
 use crate::live::{LiveCluster, LiveError};
-use crate::repository::{CheckOptions, InitOptions, RepoError, Repository};
+use crate::repository::{rfc3339, CheckOptions, InitOptions, RepoError, Repository};
 use crate::resources::{Mapping, ResourceError, SanitiseOptions};
 use crate::restore::{restore_volume, RestoreError, RestoreOptions};
 use crate::store::{self, StoreError, StoreOptions};
@@ -66,6 +68,10 @@ pub struct Global {
     /// Timeout of one storage call, in seconds.
     #[arg(long, global = true, default_value_t = 120, value_name = "SECONDS")]
     pub timeout: u64,
+    /// Where the catalog (catalog.sqlite) lives [default: $XDG_STATE_HOME/lifeboat or
+    /// ~/.local/state/lifeboat].
+    #[arg(long, global = true, env = "LIFEBOAT_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +97,40 @@ pub enum Command {
     Restore {
         #[command(subcommand)]
         command: RestoreCommand,
+    },
+    /// Run scheduled backups (SchedulePolicy and BackupSchedule objects), apply their
+    /// retention, serve metrics. SIGTERM stops it (a running backup is cancelled, its post rules
+    /// still run); SIGHUP reloads the configuration.
+    Server(ops::ServerArgs),
+    /// The schedules the server runs.
+    Schedule {
+        #[command(subcommand)]
+        command: ops::ScheduleCommand,
+    },
+    /// Runs of schedules, oldest first.
+    Runs {
+        #[arg(long, value_name = "NAME")]
+        schedule: Option<String>,
+        /// The newest N runs.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// The local catalog.
+    Catalog {
+        #[command(subcommand)]
+        command: ops::CatalogCommand,
+    },
+    /// Remove application backups by retention rules (per schedule); never the newest complete
+    /// backup of a schedule. `prune` then gives the space back.
+    Forget(ops::ForgetArgs),
+    /// Remove the data nothing references any more (repacking packs that are mostly garbage);
+    /// new data is written before old data is deleted.
+    Prune {
+        #[arg(long)]
+        dry_run: bool,
+        /// Repack a pack when at least this fraction of it is garbage.
+        #[arg(long, default_value_t = 0.5, value_name = "FRACTION")]
+        repack_threshold: f64,
     },
     /// Run the whole flow on generated data in a scratch directory: init, full and incremental
     /// backup, restore, verify, check. Needs no cluster and no cloud account.
@@ -384,6 +424,14 @@ pub enum Error {
     Live(#[from] LiveError),
     #[error(transparent)]
     Rules(#[from] crate::hooks::HookError),
+    #[error(transparent)]
+    Schedule(#[from] crate::schedule::ScheduleError),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    #[error("{0}")]
+    Server(String),
+    #[error("{0}")]
+    Usage(String),
     #[error("restore create needs a target: --output-dir DIR, --cluster-dir DIR, --context CTX, or --dry-run")]
     NoRestoreTarget,
     #[error("the backup was recorded, partially failed: {0} part(s) of the scope could not be captured (listed above); fix access and back up again")]
@@ -405,6 +453,7 @@ impl Error {
         };
         match self {
             Error::CheckFailed(_) => 4,
+            Error::Usage(_) => 2,
             _ if retryable => 3,
             _ => 1,
         }
@@ -428,6 +477,8 @@ fn read_secret(file: Option<&Path>, env: &str) -> Result<Option<Vec<u8>>, Error>
 struct Ctx<'a> {
     g: &'a Global,
     cancel: CancellationToken,
+    /// Repository locks this command holds; released when it ends.
+    locks: std::sync::Mutex<Vec<crate::repository::LockGuard>>,
 }
 
 impl Ctx<'_> {
@@ -457,6 +508,26 @@ impl Ctx<'_> {
                 .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
                 .map(|d| d.join("lifeboat"))
         })
+    }
+
+    /// Opens the repository and takes a shared lock on it for the rest of the command, so a
+    /// concurrent `prune` cannot remove what this command reads or writes.
+    async fn open_shared(&self, purpose: &str) -> Result<Arc<Repository>, Error> {
+        let repo = self.open().await?;
+        let guard = repo
+            .lock(crate::repository::LockKind::Shared, purpose)
+            .await?;
+        self.locks.lock().unwrap().push(guard);
+        Ok(repo)
+    }
+
+    async fn release_locks(&self) {
+        let guards: Vec<_> = std::mem::take(&mut *self.locks.lock().unwrap());
+        for g in guards {
+            if let Err(e) = g.release().await {
+                tracing::warn!("could not release a repository lock (it expires by itself): {e}");
+            }
+        }
     }
 
     async fn open(&self) -> Result<Arc<Repository>, Error> {
@@ -520,16 +591,28 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     let ctx = Ctx {
         g: &cli.global,
         cancel,
+        locks: Default::default(),
     };
-    match &cli.command {
+    let result = match &cli.command {
         Command::Repo { command } => repo_command(&ctx, command).await,
         Command::Volume { command } => volume_command(&ctx, command).await,
         Command::Snapshots => snapshots(&ctx).await,
         Command::Backup { command } => backup_command(&ctx, command).await,
         Command::Restore { command } => restore_command(&ctx, command).await,
         Command::Demo { dir, size_mib } => demo(&ctx, dir.clone(), *size_mib).await,
+        Command::Server(a) => ops::server(&ctx, a).await,
+        Command::Schedule { command } => ops::schedule(&ctx, command).await,
+        Command::Runs { schedule, limit } => ops::runs(&ctx, schedule.clone(), *limit).await,
+        Command::Catalog { command } => ops::catalog(&ctx, command).await,
+        Command::Forget(a) => ops::forget(&ctx, a).await,
+        Command::Prune {
+            dry_run,
+            repack_threshold,
+        } => ops::prune(&ctx, *dry_run, *repack_threshold).await,
         Command::DemoData { command } => demo_data(command),
-    }
+    };
+    ctx.release_locks().await;
+    result
 }
 
 async fn repo_command(ctx: &Ctx<'_>, cmd: &RepoCommand) -> Result<(), Error> {
@@ -666,7 +749,7 @@ async fn volume_command(ctx: &Ctx<'_>, cmd: &VolumeCommand) -> Result<(), Error>
             full,
             label,
         } => {
-            let repo = ctx.open().await?;
+            let repo = ctx.open_shared(&format!("volume backup {name}")).await?;
             let mut opts = BackupOptions::new(name, source);
             opts.changed_ranges = changed_ranges.clone();
             opts.full = *full;
@@ -696,7 +779,9 @@ async fn volume_command(ctx: &Ctx<'_>, cmd: &VolumeCommand) -> Result<(), Error>
             overwrite,
             downloads,
         } => {
-            let repo = ctx.open().await?;
+            let repo = ctx
+                .open_shared(&format!("volume restore {snapshot}"))
+                .await?;
             let (id, snap) = repo.resolve_snapshot(snapshot).await?;
             let pb = ctx.progress(&format!("restore {}", id.short()));
             let opts = RestoreOptions {
@@ -796,7 +881,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                 include_volumes: *include_volumes,
                 pre: load(pre_rules)?,
                 post: load(post_rules)?,
-                allow_reflink: true,
+                ..Default::default()
             };
             let scope = kcluster::Scope {
                 namespaces: namespaces.clone(),
@@ -818,7 +903,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                         .await
                         .map_err(|e| Error::Worker(e.to_string()))??;
                     let selected = kcluster::select(&all, &scope, &source)?;
-                    let repo = ctx.open().await?;
+                    let repo = ctx.open_shared(&format!("backup {name}")).await?;
                     let dir = ClusterDir::new(dir);
                     appvolumes::backup_cluster_dir(
                         repo,
@@ -833,7 +918,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                 }
                 None => {
                     let live = LiveCluster::connect(context.as_deref()).await?;
-                    let repo = ctx.open().await?;
+                    let repo = ctx.open_shared(&format!("backup {name}")).await?;
                     let mut settings = movers.settings();
                     settings.snapshot_class = snapshot_class.clone();
                     settings.group_snapshot_class = group_snapshot_class.clone();
@@ -1013,7 +1098,7 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
     if !dry_run && output_dir.is_none() && cluster_dir.is_none() && context.is_none() {
         return Err(Error::NoRestoreTarget);
     }
-    let repo = ctx.open().await?;
+    let repo = ctx.open_shared(&format!("restore {from_backup}")).await?;
     let (_, backup) = appbackup::find_backup(&repo, from_backup).await?;
     let objects = appbackup::load_objects(&repo, &backup).await?;
     let known: Vec<kcluster::Exported> = objects
@@ -1183,12 +1268,6 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
         return Err(Error::ObjectsFailed(failed));
     }
     Ok(())
-}
-
-/// A time as RFC 3339 text, for listings.
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// Bytes in binary units.

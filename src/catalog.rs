@@ -1,0 +1,488 @@
+//! The catalog: takes schedules, runs and what the repository holds; gives a local SQLite
+//! database (`<state-dir>/catalog.sqlite`) that `schedule list`, `runs` and the server read.
+//! The repository stays the source of truth: [`Catalog::rebuild`] recreates the catalog's
+//! copy of it from the bucket. Schema and migrations: `schema/migrations/`. Blocking: call it
+//! through [`blocking`], off the async runtime. Must not be needed to restore anything.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::format::{AppBackup, BackupId, Snapshot, SnapshotId};
+use crate::repository::rfc3339;
+use crate::schedule::{Config, Retain, Template, Trigger};
+
+/// Migrations in order; the database's `user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[include_str!("../schema/migrations/0001_catalog.sql")];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("catalog: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("catalog {path} was written by a newer lifeboat (schema {found}, this one knows {known}); upgrade lifeboat")]
+    Newer {
+        path: String,
+        found: usize,
+        known: usize,
+    },
+    #[error("no schedule named `{0}` in the catalog; `lifeboat schedule list` shows them (the server records them when it loads its configuration)")]
+    NoSchedule(String),
+    #[error("catalog worker failed: {0}")]
+    Worker(String),
+}
+
+/// One schedule as the catalog knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleRow {
+    pub name: String,
+    pub policy: String,
+    pub trigger_kind: String,
+    pub expression: Option<String>,
+    pub timezone: Option<String>,
+    pub interval_seconds: Option<u64>,
+    pub template: Template,
+    pub retain: Retain,
+    pub suspended: bool,
+    pub active: bool,
+}
+
+impl ScheduleRow {
+    /// The trigger, rebuilt from what was stored.
+    pub fn trigger(&self) -> Option<Trigger> {
+        match self.trigger_kind.as_str() {
+            "interval" => Some(Trigger::Interval(std::time::Duration::from_secs(
+                self.interval_seconds?,
+            ))),
+            _ => Some(Trigger::Cron {
+                expression: self.expression.clone()?,
+                schedule: Box::new(crate::schedule::parse_cron(self.expression.as_deref()?).ok()?),
+                tz: self.timezone.as_deref()?.parse().ok()?,
+            }),
+        }
+    }
+
+    pub fn describe_trigger(&self) -> String {
+        match (&self.expression, self.interval_seconds) {
+            (Some(e), _) => format!("cron `{e}` {}", self.timezone.as_deref().unwrap_or("UTC")),
+            (None, Some(s)) => format!("every {s}s"),
+            _ => "?".into(),
+        }
+    }
+}
+
+/// One run of a schedule.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRow {
+    pub id: i64,
+    pub schedule: String,
+    pub backup: Option<String>,
+    pub scheduled: Option<String>,
+    pub started: String,
+    pub ended: Option<String>,
+    pub result: String,
+    pub bytes_read: Option<u64>,
+    pub bytes_uploaded: Option<u64>,
+    pub error: Option<String>,
+}
+
+pub struct Catalog {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+/// Runs `f` on the blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    cat: &Arc<Catalog>,
+    f: impl FnOnce(&Catalog) -> Result<T, CatalogError> + Send + 'static,
+) -> Result<T, CatalogError> {
+    let cat = cat.clone();
+    tokio::task::spawn_blocking(move || f(&cat))
+        .await
+        .map_err(|e| CatalogError::Worker(e.to_string()))?
+}
+
+fn now() -> String {
+    rfc3339(
+        OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .expect("0 ns"),
+    )
+}
+
+impl Catalog {
+    /// Opens (creating it and its directory when missing) and migrates the catalog.
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        let shown = path.display().to_string();
+        let open_err = |source| CatalogError::Open {
+            path: shown.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        }
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        let version: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(open_err)?;
+        if version > MIGRATIONS.len() {
+            return Err(CatalogError::Newer {
+                path: shown,
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.unchecked_transaction().map_err(open_err)?;
+            tx.execute_batch(m).map_err(open_err)?;
+            tx.pragma_update(None, "user_version", i + 1)
+                .map_err(open_err)?;
+            tx.commit().map_err(open_err)?;
+        }
+        Ok(Catalog {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the schedules of a (validated) configuration; schedules it no longer has are
+    /// kept, inactive, for their history.
+    pub fn sync_schedules(&self, cfg: &Config) -> Result<(), CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("UPDATE schedules SET active = 0", [])?;
+        for s in cfg.schedules.values() {
+            let p = cfg.policy_of(s);
+            let (kind, expr, tz, secs) = match &p.trigger {
+                Trigger::Cron { schedule, tz, .. } => (
+                    "cron",
+                    Some(schedule.to_string()),
+                    Some(tz.name().to_string()),
+                    None,
+                ),
+                Trigger::Interval(d) => ("interval", None, None, Some(d.as_secs() as i64)),
+            };
+            tx.execute(
+                "INSERT INTO schedules (name, policy, trigger_kind, expression, timezone, interval_seconds,
+                    template, retain, config_suspend, active, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10)
+                 ON CONFLICT(name) DO UPDATE SET policy = ?2, trigger_kind = ?3, expression = ?4,
+                    timezone = ?5, interval_seconds = ?6, template = ?7, retain = ?8,
+                    config_suspend = ?9, active = 1, updated = ?10",
+                params![
+                    s.name,
+                    p.name,
+                    kind,
+                    expr,
+                    tz,
+                    secs,
+                    serde_json::to_string(&s.template).expect("serialises"),
+                    serde_json::to_string(&p.retain).expect("serialises"),
+                    s.suspend,
+                    now()
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn schedules(&self) -> Result<Vec<ScheduleRow>, CatalogError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT name, policy, trigger_kind, expression, timezone, interval_seconds, template,
+                    retain, config_suspend, suspend_override, active
+             FROM schedules ORDER BY name",
+        )?;
+        let rows = st.query_map([], |r| {
+            let template: String = r.get(6)?;
+            let retain: String = r.get(7)?;
+            let config: bool = r.get(8)?;
+            let over: Option<bool> = r.get(9)?;
+            Ok(ScheduleRow {
+                name: r.get(0)?,
+                policy: r.get(1)?,
+                trigger_kind: r.get(2)?,
+                expression: r.get(3)?,
+                timezone: r.get(4)?,
+                interval_seconds: r.get::<_, Option<i64>>(5)?.map(|s| s as u64),
+                template: serde_json::from_str(&template).unwrap_or(Template {
+                    namespaces: vec![],
+                    selector: String::new(),
+                    pre_rules: vec![],
+                    post_rules: vec![],
+                    include_resources: true,
+                    include_volumes: true,
+                }),
+                retain: serde_json::from_str(&retain).unwrap_or_default(),
+                suspended: over.unwrap_or(config),
+                active: r.get(10)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn schedule(&self, name: &str) -> Result<ScheduleRow, CatalogError> {
+        self.schedules()?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| CatalogError::NoSchedule(name.to_string()))
+    }
+
+    /// `schedule suspend|resume`: overrides the configuration's `suspend` until the next
+    /// change of it by the same commands.
+    pub fn set_suspended(&self, name: &str, suspended: bool) -> Result<(), CatalogError> {
+        let n = self.conn().execute(
+            "UPDATE schedules SET suspend_override = ?2, updated = ?3 WHERE name = ?1",
+            params![name, suspended, now()],
+        )?;
+        if n == 0 {
+            return Err(CatalogError::NoSchedule(name.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn start_run(
+        &self,
+        schedule: &str,
+        backup: &str,
+        scheduled: OffsetDateTime,
+    ) -> Result<i64, CatalogError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO runs (schedule, backup, scheduled, started, result) VALUES (?1, ?2, ?3, ?4, 'running')",
+            params![schedule, backup, rfc3339(scheduled), now()],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish_run(
+        &self,
+        id: i64,
+        result: &str,
+        bytes_read: u64,
+        bytes_uploaded: u64,
+        stats: Option<&serde_json::Value>,
+        error: Option<&str>,
+    ) -> Result<(), CatalogError> {
+        self.conn().execute(
+            "UPDATE runs SET ended = ?2, result = ?3, bytes_read = ?4, bytes_uploaded = ?5, stats = ?6, error = ?7 WHERE id = ?1",
+            params![id, now(), result, bytes_read as i64, bytes_uploaded as i64, stats.map(|s| s.to_string()), error],
+        )?;
+        Ok(())
+    }
+
+    /// A run that did not happen, and why (overlap, suspended).
+    pub fn record_skip(
+        &self,
+        schedule: &str,
+        scheduled: OffsetDateTime,
+        reason: &str,
+    ) -> Result<(), CatalogError> {
+        let t = now();
+        self.conn().execute(
+            "INSERT INTO runs (schedule, scheduled, started, ended, result, error) VALUES (?1, ?2, ?3, ?3, 'skipped', ?4)",
+            params![schedule, rfc3339(scheduled), t, reason],
+        )?;
+        Ok(())
+    }
+
+    /// Runs left `running` by a server that stopped without finishing them.
+    pub fn close_interrupted_runs(&self) -> Result<usize, CatalogError> {
+        Ok(self.conn().execute(
+            "UPDATE runs SET result = 'failed', ended = ?1, error = 'the server stopped during the run' WHERE result = 'running'",
+            params![now()],
+        )?)
+    }
+
+    pub fn runs(&self, schedule: Option<&str>, limit: usize) -> Result<Vec<RunRow>, CatalogError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, schedule, backup, scheduled, started, ended, result, bytes_read, bytes_uploaded, error
+             FROM runs WHERE (?1 IS NULL OR schedule = ?1) ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![schedule, limit as i64], |r| {
+            Ok(RunRow {
+                id: r.get(0)?,
+                schedule: r.get(1)?,
+                backup: r.get(2)?,
+                scheduled: r.get(3)?,
+                started: r.get(4)?,
+                ended: r.get(5)?,
+                result: r.get(6)?,
+                bytes_read: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+                bytes_uploaded: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+                error: r.get(9)?,
+            })
+        })?;
+        let mut out: Vec<RunRow> = rows.collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The start of the newest run that was not skipped.
+    pub fn last_run(&self, schedule: &str) -> Result<Option<OffsetDateTime>, CatalogError> {
+        let t: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT started FROM runs WHERE schedule = ?1 AND result != 'skipped' ORDER BY id DESC LIMIT 1",
+                params![schedule],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(t.and_then(|t| parse_time(&t)))
+    }
+
+    /// The newest run's result.
+    pub fn last_result(&self, schedule: &str) -> Result<Option<RunRow>, CatalogError> {
+        Ok(self.runs(Some(schedule), 1)?.pop())
+    }
+
+    /// When the newest complete backup of a schedule was taken (the RPO clock).
+    pub fn last_good(&self, schedule: &str) -> Result<Option<OffsetDateTime>, CatalogError> {
+        let t: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT max(time) FROM backups WHERE schedule = ?1 AND complete = 1",
+                params![schedule],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        Ok(t.and_then(|t| parse_time(&t)))
+    }
+
+    pub fn record_backup(&self, id: &BackupId, b: &AppBackup) -> Result<(), CatalogError> {
+        record_backup(&self.conn(), id, b)
+    }
+
+    pub fn remove_backups(&self, ids: &[BackupId]) -> Result<(), CatalogError> {
+        let conn = self.conn();
+        for id in ids {
+            conn.execute("DELETE FROM backups WHERE id = ?1", params![id.to_hex()])?;
+        }
+        Ok(())
+    }
+
+    pub fn backup_count(&self) -> Result<usize, CatalogError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT count(*) FROM backups", [], |r| r.get::<_, i64>(0))?
+            as usize)
+    }
+
+    /// Replaces the catalog's copy of the repository with what the bucket holds, and gives each
+    /// scheduled backup that no run names a run (its result read from the record), so `runs`
+    /// shows history on a catalog recreated from the bucket alone.
+    pub fn rebuild(
+        &self,
+        backups: &[(BackupId, AppBackup)],
+        snapshots: &[(SnapshotId, Snapshot)],
+    ) -> Result<(usize, usize, usize), CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM backups", [])?;
+        tx.execute("DELETE FROM snapshots", [])?;
+        for (id, b) in backups {
+            record_backup(&tx, id, b)?;
+        }
+        for (id, s) in snapshots {
+            tx.execute(
+                "INSERT INTO snapshots (id, name, time, size) VALUES (?1, ?2, ?3, ?4)",
+                params![id.to_hex(), s.name, rfc3339(s.time), s.size as i64],
+            )?;
+        }
+        let mut runs = 0;
+        for (_, b) in backups {
+            let Some(s) = &b.schedule else { continue };
+            let known: i64 = tx.query_row(
+                "SELECT count(*) FROM runs WHERE backup = ?1",
+                params![b.name],
+                |r| r.get(0),
+            )?;
+            if known == 0 {
+                let t = rfc3339(b.time);
+                tx.execute(
+                    "INSERT INTO runs (schedule, backup, scheduled, started, ended, result, error)
+                     VALUES (?1, ?2, ?3, ?3, ?3, ?4, 'recovered from the repository by catalog rebuild')",
+                    params![s, b.name, t, if b.failures.is_empty() { "succeeded" } else { "partial" }],
+                )?;
+                runs += 1;
+            }
+        }
+        tx.commit()?;
+        Ok((backups.len(), snapshots.len(), runs))
+    }
+}
+
+fn record_backup(conn: &Connection, id: &BackupId, b: &AppBackup) -> Result<(), CatalogError> {
+    conn.execute(
+        "INSERT INTO backups (id, name, schedule, time, objects, volumes, complete) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT(id) DO NOTHING",
+        params![
+            id.to_hex(),
+            b.name,
+            b.schedule,
+            rfc3339(b.time),
+            b.objects.len() as i64,
+            b.volumes.len() as i64,
+            b.failures.is_empty()
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn parse_time(t: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// The catalog's place under a state directory.
+pub fn catalog_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("catalog.sqlite")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_a_newer_catalog_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state/catalog.sqlite");
+        let c = Catalog::open(&p).unwrap();
+        let id = c.start_run("s", "s-1", OffsetDateTime::now_utc()).unwrap();
+        c.finish_run(id, "succeeded", 1, 2, None, None).unwrap();
+        drop(c);
+        let c = Catalog::open(&p).unwrap();
+        assert_eq!(
+            c.runs(None, 10).unwrap().len(),
+            1,
+            "reopening keeps the data"
+        );
+        c.conn().pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        let e = Catalog::open(&p).err().unwrap().to_string();
+        assert!(e.contains("newer lifeboat"), "{e}");
+    }
+}

@@ -1,0 +1,220 @@
+//! Repository locks: takes a lock kind; gives a guard that holds a `locks/<hash>` object in the
+//! store while it lives. Backups and restores hold shared locks, `forget` and `prune`
+//! exclusive ones; an exclusive lock excludes every other lock. A lock expires
+//! [`LOCK_TTL`] after it was last refreshed (the guard refreshes it every [`LOCK_REFRESH`]),
+//! so a process that died does not block the repository forever: an expired lock is ignored
+//! and removed by the next locker. Must not be taken for granted across a store that lists
+//! stale results: both sides write first and check after, so two racing lockers back off
+//! rather than both proceed.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use super::{hostname, RepoError, Repository};
+use crate::format::{object_hash, FORMAT_VERSION};
+use crate::store::Store;
+
+/// A lock not refreshed for this long is stale.
+pub const LOCK_TTL: Duration = Duration::from_secs(30 * 60);
+/// How often a held lock is renewed.
+pub const LOCK_REFRESH: Duration = Duration::from_secs(5 * 60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockKind {
+    Shared,
+    Exclusive,
+}
+
+/// `locks/<hash>` (plain JSON: who holds it, no secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockFile {
+    pub version: u32,
+    pub kind: LockKind,
+    /// What it is for, e.g. `backup nightly` or `prune`.
+    pub purpose: String,
+    pub hostname: String,
+    pub pid: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: OffsetDateTime,
+    /// Makes each lock object unique.
+    pub nonce: String,
+}
+
+impl LockFile {
+    fn describe(&self) -> String {
+        format!(
+            "{} lock for `{}` by {} pid {} (taken {}, expires {})",
+            match self.kind {
+                LockKind::Shared => "a shared",
+                LockKind::Exclusive => "an exclusive",
+            },
+            self.purpose,
+            self.hostname,
+            self.pid,
+            crate::repository::rfc3339(self.time),
+            crate::repository::rfc3339(self.expires)
+        )
+    }
+}
+
+/// A held lock; released by [`LockGuard::release`] (or, less tidily, on drop).
+pub struct LockGuard {
+    store: Arc<dyn Store>,
+    key: Arc<Mutex<String>>,
+    stop: CancellationToken,
+    released: bool,
+}
+
+async fn write_lock(
+    store: &Arc<dyn Store>,
+    lock: &LockFile,
+    cancel: &CancellationToken,
+) -> Result<String, RepoError> {
+    let bytes = serde_json::to_vec(lock).expect("a lock serialises");
+    let key = format!("locks/{}", hex::encode(object_hash(&bytes)));
+    store.put(&key, Bytes::from(bytes), cancel).await?;
+    Ok(key)
+}
+
+fn new_lock(kind: LockKind, purpose: &str, ttl: Duration) -> LockFile {
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("0 ns");
+    LockFile {
+        version: FORMAT_VERSION,
+        kind,
+        purpose: purpose.to_string(),
+        hostname: hostname(),
+        pid: std::process::id(),
+        time: now,
+        expires: now + time::Duration::try_from(ttl).expect("ttl in range"),
+        nonce: hex::encode(rand::random::<[u8; 8]>()),
+    }
+}
+
+impl Repository {
+    /// Every lock in the store that has not expired, by key; expired ones are removed.
+    pub async fn live_locks(&self) -> Result<Vec<(String, LockFile)>, RepoError> {
+        let now = OffsetDateTime::now_utc();
+        let mut out = Vec::new();
+        for o in self.store().list("locks/", self.cancel()).await? {
+            let bytes = match self.store().get(&o.key, self.cancel()).await {
+                Ok(b) => b,
+                // Released between the list and the get.
+                Err(crate::store::StoreError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let lock: LockFile = match serde_json::from_slice(&bytes) {
+                Ok(l) => l,
+                Err(e) => {
+                    return Err(RepoError::Corrupt {
+                        object: o.key,
+                        reason: format!("not a lock: {e}"),
+                    })
+                }
+            };
+            if lock.expires < now {
+                tracing::warn!(lock = %o.key, "removing a stale lock: {}", lock.describe());
+                let _ = self.store().delete(&o.key, self.cancel()).await;
+                continue;
+            }
+            out.push((o.key, lock));
+        }
+        Ok(out)
+    }
+
+    /// Takes a lock, or fails at once naming who holds the conflicting one (retryable: try
+    /// again when it is released or expired).
+    pub async fn lock(&self, kind: LockKind, purpose: &str) -> Result<LockGuard, RepoError> {
+        self.lock_with_ttl(kind, purpose, LOCK_TTL).await
+    }
+
+    /// [`Repository::lock`] with a chosen expiry (tests use short ones).
+    pub async fn lock_with_ttl(
+        &self,
+        kind: LockKind,
+        purpose: &str,
+        ttl: Duration,
+    ) -> Result<LockGuard, RepoError> {
+        let conflicts = |mine: Option<&str>, locks: &[(String, LockFile)]| -> Option<String> {
+            locks
+                .iter()
+                .filter(|(k, _)| Some(k.as_str()) != mine)
+                .find(|(_, l)| kind == LockKind::Exclusive || l.kind == LockKind::Exclusive)
+                .map(|(_, l)| l.describe())
+        };
+        if let Some(holder) = conflicts(None, &self.live_locks().await?) {
+            return Err(RepoError::Locked { holder });
+        }
+        let store = self.store().clone();
+        let key = write_lock(&store, &new_lock(kind, purpose, ttl), self.cancel()).await?;
+        // Check again after writing: of two lockers racing, at least one sees the other.
+        if let Some(holder) = conflicts(Some(&key), &self.live_locks().await?) {
+            let _ = store.delete(&key, self.cancel()).await;
+            return Err(RepoError::Locked { holder });
+        }
+        let key = Arc::new(Mutex::new(key));
+        let stop = CancellationToken::new();
+        let (k, s, st) = (key.clone(), stop.clone(), store.clone());
+        let refresh = ttl.min(LOCK_REFRESH * 6) / 6;
+        let purpose = purpose.to_string();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = s.cancelled() => return,
+                    _ = tokio::time::sleep(refresh) => {}
+                }
+                let never = CancellationToken::new();
+                match write_lock(&st, &new_lock(kind, &purpose, ttl), &never).await {
+                    Ok(new_key) => {
+                        let old = std::mem::replace(&mut *k.lock().unwrap(), new_key);
+                        let _ = st.delete(&old, &never).await;
+                    }
+                    Err(e) => tracing::warn!("could not refresh the repository lock: {e}"),
+                }
+            }
+        });
+        Ok(LockGuard {
+            store,
+            key,
+            stop,
+            released: false,
+        })
+    }
+}
+
+impl LockGuard {
+    /// Removes the lock object.
+    pub async fn release(mut self) -> Result<(), RepoError> {
+        self.stop.cancel();
+        self.released = true;
+        let key = self.key.lock().unwrap().clone();
+        self.store.delete(&key, &CancellationToken::new()).await?;
+        Ok(())
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if !self.released {
+            let store = self.store.clone();
+            let key = self.key.lock().unwrap().clone();
+            // Best effort; a lock left behind expires.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = store.delete(&key, &CancellationToken::new()).await;
+                });
+            }
+        }
+    }
+}
