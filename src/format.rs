@@ -485,3 +485,32 @@ pub struct CaptureFailure {
     pub what: String,
     pub reason: String,
 }
+
+/// How a lock excludes others: shared locks (backups, restores) coexist; an exclusive one
+/// (forget, prune) excludes every other lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockKind {
+    Shared,
+    Exclusive,
+}
+
+/// `locks/<hash>` (plain JSON, not sealed: who holds it, no secrets). Deleted when released;
+/// ignored and removed once `expires` is past.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockFile {
+    pub version: u32,
+    pub kind: LockKind,
+    /// What it is for, e.g. `backup nightly` or `prune`.
+    pub purpose: String,
+    pub hostname: String,
+    pub pid: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: OffsetDateTime,
+    /// Makes each lock object unique.
+    pub nonce: String,
+}
+

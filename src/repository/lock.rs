@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::{hostname, RepoError, Repository};
+pub use crate::format::{LockFile, LockKind};
 use crate::format::{object_hash, FORMAT_VERSION};
 use crate::store::Store;
 
@@ -23,31 +23,6 @@ use crate::store::Store;
 pub const LOCK_TTL: Duration = Duration::from_secs(30 * 60);
 /// How often a held lock is renewed.
 pub const LOCK_REFRESH: Duration = Duration::from_secs(5 * 60);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LockKind {
-    Shared,
-    Exclusive,
-}
-
-/// `locks/<hash>` (plain JSON: who holds it, no secrets).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LockFile {
-    pub version: u32,
-    pub kind: LockKind,
-    /// What it is for, e.g. `backup nightly` or `prune`.
-    pub purpose: String,
-    pub hostname: String,
-    pub pid: u32,
-    #[serde(with = "time::serde::rfc3339")]
-    pub time: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub expires: OffsetDateTime,
-    /// Makes each lock object unique.
-    pub nonce: String,
-}
 
 impl LockFile {
     fn describe(&self) -> String {

@@ -88,6 +88,10 @@ async fn stored_objects_match_the_schemas_and_the_layout() {
     .unwrap();
     assert_eq!((summary.volumes.len(), summary.rules.len()), (1, 1));
     let c = CancellationToken::new();
+    let lock = repo
+        .lock(lifeboat::repository::LockKind::Shared, "format test")
+        .await
+        .unwrap();
 
     let cfg: Value = serde_json::from_slice(&mem.get("config", &c).await.unwrap()).unwrap();
     conforms(&cfg, &schema("config.schema.json"), "config");
@@ -106,7 +110,13 @@ async fn stored_objects_match_the_schemas_and_the_layout() {
             o.key
         );
         let keys = repo.keys();
-        if o.key.starts_with("keys/") {
+        if o.key.starts_with("locks/") {
+            conforms(
+                &serde_json::from_slice(&bytes).unwrap(),
+                &schema("lock.schema.json"),
+                &o.key,
+            );
+        } else if o.key.starts_with("keys/") {
             conforms(
                 &serde_json::from_slice(&bytes).unwrap(),
                 &schema("key.schema.json"),
@@ -171,6 +181,8 @@ async fn stored_objects_match_the_schemas_and_the_layout() {
             panic!("unexpected object {}", o.key);
         }
     }
+    lock.release().await.unwrap();
+    assert!(mem.list("locks/", &c).await.unwrap().is_empty());
 }
 
 #[test]
@@ -245,4 +257,11 @@ fn deploy_manifests_parse_and_match_the_code() {
     ] {
         assert!(rules.contains(needed), "the ClusterRole grants {needed}");
     }
+    // The server's own schedules are a valid configuration.
+    let cm = kinds
+        .iter()
+        .find(|(k, _)| k == "ConfigMap")
+        .expect("the schedules ConfigMap");
+    let text = cm.1["data"]["schedules.yaml"].as_str().unwrap();
+    lifeboat::schedule::parse_config(&[("deploy/server.yaml".into(), text.into())]).unwrap();
 }
