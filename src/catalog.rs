@@ -16,7 +16,10 @@ use crate::repository::rfc3339;
 use crate::schedule::{Config, Retain, Template, Trigger};
 
 /// Migrations in order; the database's `user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[include_str!("../schema/migrations/0001_catalog.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../schema/migrations/0001_catalog.sql"),
+    include_str!("../schema/migrations/0002_standby.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -37,6 +40,24 @@ pub enum CatalogError {
     NoSchedule(String),
     #[error("catalog worker failed: {0}")]
     Worker(String),
+    #[error("namespace `{0}` was never applied by standby on this site (`lifeboat standby status` lists what was); restore it with `lifeboat restore create`, or run standby first")]
+    NotStandby(String),
+}
+
+/// What standby knows of one namespace of this site.
+#[derive(Debug, Clone, Serialize)]
+pub struct StandbyRow {
+    pub namespace: String,
+    pub schedule: String,
+    pub source_namespace: String,
+    pub applied_backup: Option<String>,
+    pub applied_backup_time: Option<String>,
+    pub applied_at: Option<String>,
+    pub newest_backup: Option<String>,
+    pub newest_backup_time: Option<String>,
+    pub checked_at: Option<String>,
+    pub error: Option<String>,
+    pub activated: bool,
 }
 
 /// One schedule as the catalog knows it.
@@ -371,6 +392,94 @@ impl Catalog {
             .optional()?
             .flatten();
         Ok(t.and_then(|t| parse_time(&t)))
+    }
+
+    pub fn standby_rows(&self) -> Result<Vec<StandbyRow>, CatalogError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT namespace, schedule, source_namespace, applied_backup, applied_backup_time, applied_at,
+                    newest_backup, newest_backup_time, checked_at, error, activated
+             FROM standby ORDER BY namespace",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(StandbyRow {
+                namespace: r.get(0)?,
+                schedule: r.get(1)?,
+                source_namespace: r.get(2)?,
+                applied_backup: r.get(3)?,
+                applied_backup_time: r.get(4)?,
+                applied_at: r.get(5)?,
+                newest_backup: r.get(6)?,
+                newest_backup_time: r.get(7)?,
+                checked_at: r.get(8)?,
+                error: r.get(9)?,
+                activated: r.get(10)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn standby_row(&self, namespace: &str) -> Result<Option<StandbyRow>, CatalogError> {
+        Ok(self
+            .standby_rows()?
+            .into_iter()
+            .find(|r| r.namespace == namespace))
+    }
+
+    /// A standby cycle looked at the bucket: what it offers, and the cycle's error (None:
+    /// none). The applied state is left as it is.
+    pub fn standby_checked(
+        &self,
+        namespace: &str,
+        schedule: &str,
+        source_namespace: &str,
+        newest: Option<(&str, OffsetDateTime)>,
+        error: Option<&str>,
+    ) -> Result<(), CatalogError> {
+        self.conn().execute(
+            "INSERT INTO standby (namespace, schedule, source_namespace, newest_backup, newest_backup_time, checked_at, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(namespace) DO UPDATE SET schedule = ?2, source_namespace = ?3,
+                newest_backup = coalesce(?4, newest_backup), newest_backup_time = coalesce(?5, newest_backup_time),
+                checked_at = ?6, error = ?7",
+            params![namespace, schedule, source_namespace, newest.map(|n| n.0), newest.map(|n| rfc3339(n.1)), now(), error],
+        )?;
+        Ok(())
+    }
+
+    /// A backup was applied to a namespace of this site.
+    pub fn standby_applied(
+        &self,
+        namespace: &str,
+        backup: &str,
+        backup_time: OffsetDateTime,
+        volumes: &[(String, SnapshotId, u64)],
+    ) -> Result<(), CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let t = now();
+        tx.execute(
+            "UPDATE standby SET applied_backup = ?2, applied_backup_time = ?3, applied_at = ?4, error = NULL WHERE namespace = ?1",
+            params![namespace, backup, rfc3339(backup_time), t],
+        )?;
+        for (pvc, snap, size) in volumes {
+            tx.execute(
+                "INSERT INTO standby_volumes (namespace, pvc, snapshot, size, applied_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(namespace, pvc) DO UPDATE SET snapshot = ?3, size = ?4, applied_at = ?5",
+                params![namespace, pvc, snap.to_hex(), *size as i64, t],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// `activate` (true) or `deactivate` (false) of a namespace standby applied.
+    pub fn set_activated(&self, namespace: &str, activated: bool) -> Result<bool, CatalogError> {
+        let n = self.conn().execute(
+            "UPDATE standby SET activated = ?2 WHERE namespace = ?1",
+            params![namespace, activated],
+        )?;
+        Ok(n > 0)
     }
 
     pub fn record_backup(&self, id: &BackupId, b: &AppBackup) -> Result<(), CatalogError> {

@@ -513,4 +513,3 @@ pub struct LockFile {
     /// Makes each lock object unique.
     pub nonce: String,
 }
-

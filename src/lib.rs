@@ -65,6 +65,8 @@ pub mod catalog; // SQLite: schedules, runs, backups seen
 
 pub mod server; // the scheduler loop, metrics
 
+pub mod standby; // the DR site: warm standby, activate, drill
+
 // Application configuration.
 pub mod appbackup; // backup records of objects, restore planning
 

@@ -695,3 +695,77 @@ impl crate::hooks::Exec for KubeExec {
         Ok(crate::hooks::Process { output, exit, kill })
     }
 }
+
+impl LiveCluster {
+    /// `activate` (run) or `deactivate` (hold) the workloads of a namespace: Deployments,
+    /// StatefulSets and ReplicaSets get their recorded replica counts back (or 0, recording
+    /// them), CronJobs are resumed (or suspended). Merge patches of just those fields.
+    pub async fn set_running(
+        &self,
+        namespace: &str,
+        run: bool,
+    ) -> Result<Vec<crate::standby::Change>, LiveError> {
+        let kinds = [
+            ("apps", "v1", "Deployment", "deployments"),
+            ("apps", "v1", "StatefulSet", "statefulsets"),
+            ("apps", "v1", "ReplicaSet", "replicasets"),
+            ("batch", "v1", "CronJob", "cronjobs"),
+        ];
+        let mut changes = Vec::new();
+        for (g, v, k, plural) in kinds {
+            let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, k), plural);
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|source| LiveError::Api {
+                    what: format!("list {plural} in namespace {namespace}"),
+                    source,
+                })?;
+            for item in list.items {
+                let mut value = serde_json::to_value(&item).expect("an object serialises");
+                value["apiVersion"] = Value::from(format!("{g}/{v}"));
+                value["kind"] = Value::from(k);
+                let r = ObjRef::of(&value, "live")?;
+                // Controller-owned ReplicaSets follow their Deployment.
+                if k == "ReplicaSet" && value.pointer("/metadata/ownerReferences").is_some() {
+                    continue;
+                }
+                let before = value.clone();
+                let Some(change) = crate::standby::change_of(&r, &mut value, run) else {
+                    continue;
+                };
+                let mut annotations = serde_json::Map::new();
+                let old = before
+                    .pointer("/metadata/annotations")
+                    .and_then(Value::as_object);
+                let new = value
+                    .pointer("/metadata/annotations")
+                    .and_then(Value::as_object);
+                for key in old
+                    .iter()
+                    .flat_map(|m| m.keys())
+                    .chain(new.iter().flat_map(|m| m.keys()))
+                {
+                    let (a, b) = (old.and_then(|m| m.get(key)), new.and_then(|m| m.get(key)));
+                    if a != b {
+                        annotations.insert(key.clone(), b.cloned().unwrap_or(Value::Null));
+                    }
+                }
+                let field = change.field.trim_start_matches("spec.").to_string();
+                let patch = serde_json::json!({
+                    "metadata": {"annotations": annotations},
+                    "spec": {field.clone(): value["spec"][&field].clone()},
+                });
+                api.patch(&r.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|source| LiveError::Api {
+                        what: format!("patch {} {namespace}/{}", k, r.name),
+                        source,
+                    })?;
+                changes.push(change);
+            }
+        }
+        Ok(changes)
+    }
+}

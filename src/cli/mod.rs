@@ -1,6 +1,7 @@
 //! Commands: takes parsed arguments; calls the library; prints human or `--json` output.
 //! Holds no storage or format logic of its own.
 
+mod dr;
 mod ops;
 
 use std::io::IsTerminal;
@@ -132,6 +133,19 @@ pub enum Command {
         #[arg(long, default_value_t = 0.5, value_name = "FRACTION")]
         repack_threshold: f64,
     },
+    /// On the DR site: keep namespaces a warm standby of a schedule's newest backup
+    /// (volumes updated by block-map difference, workloads held at 0 replicas); or, with
+    /// `status`, show what each namespace holds and how old it is.
+    Standby(dr::StandbyArgs),
+    /// Failover: stop standby applying to a namespace and start its applications (recorded
+    /// replica counts back, CronJobs resumed). Idempotent.
+    Activate(dr::NamespaceArgs),
+    /// The reverse of activate: applications at 0 replicas (counts recorded), CronJobs
+    /// suspended; standby applies to the namespace again.
+    Deactivate(dr::NamespaceArgs),
+    /// A non-disruptive DR test: restore the newest backup into a scratch namespace, verify
+    /// every volume and object, report the time to ready.
+    Drill(dr::DrillArgs),
     /// Run the whole flow on generated data in a scratch directory: init, full and incremental
     /// backup, restore, verify, check. Needs no cluster and no cloud account.
     Demo {
@@ -189,6 +203,10 @@ pub enum BackupCommand {
         /// Back up the data of every PersistentVolumeClaim in scope.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         include_volumes: bool,
+        /// Record the backup as one of this BackupSchedule's (an extra run): its retention
+        /// and the DR sites that follow it take it into account.
+        #[arg(long, value_name = "NAME")]
+        schedule: Option<String>,
         /// VolumeSnapshotClass for live clusters [default: the driver's default class].
         #[arg(long, value_name = "CLASS")]
         snapshot_class: Option<String>,
@@ -432,6 +450,8 @@ pub enum Error {
     Server(String),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Standby(#[from] crate::standby::StandbyError),
     #[error("restore create needs a target: --output-dir DIR, --cluster-dir DIR, --context CTX, or --dry-run")]
     NoRestoreTarget,
     #[error("the backup was recorded, partially failed: {0} part(s) of the scope could not be captured (listed above); fix access and back up again")]
@@ -605,6 +625,10 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Runs { schedule, limit } => ops::runs(&ctx, schedule.clone(), *limit).await,
         Command::Catalog { command } => ops::catalog(&ctx, command).await,
         Command::Forget(a) => ops::forget(&ctx, a).await,
+        Command::Standby(a) => dr::standby(&ctx, a).await,
+        Command::Activate(a) => dr::set_running(&ctx, a, true).await,
+        Command::Deactivate(a) => dr::set_running(&ctx, a, false).await,
+        Command::Drill(a) => dr::drill(&ctx, a).await,
         Command::Prune {
             dry_run,
             repack_threshold,
@@ -866,6 +890,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
             pre_rules,
             post_rules,
             include_volumes,
+            schedule,
             snapshot_class,
             group_snapshot_class,
             movers,
@@ -881,6 +906,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                 include_volumes: *include_volumes,
                 pre: load(pre_rules)?,
                 post: load(post_rules)?,
+                schedule: schedule.clone(),
                 ..Default::default()
             };
             let scope = kcluster::Scope {

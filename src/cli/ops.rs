@@ -94,7 +94,7 @@ impl Ctx<'_> {
         })
     }
 
-    async fn catalog(&self) -> Result<Arc<Catalog>, Error> {
+    pub(super) async fn catalog(&self) -> Result<Arc<Catalog>, Error> {
         let path = catalog_path(&self.state_dir());
         let c = tokio::task::spawn_blocking(move || Catalog::open(&path))
             .await
@@ -134,12 +134,11 @@ pub(super) async fn server(ctx: &Ctx<'_>, a: &ServerArgs) -> Result<(), Error> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Error::Server(format!("cannot listen on {addr} for metrics: {e}")))?;
-        let n = names.clone();
+        let (n, m) = (names.clone(), metrics.clone());
+        let render = move || m.lock().unwrap().render(clock.now(), &n.lock().unwrap());
         tokio::spawn(serve_metrics(
             listener,
-            metrics.clone(),
-            Arc::new(move || n.lock().unwrap().clone()),
-            clock,
+            Arc::new(render),
             ctx.cancel.clone(),
         ));
         tracing::info!(%addr, "metrics on /metrics");

@@ -15,8 +15,8 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::{hostname, RepoError, Repository};
-pub use crate::format::{LockFile, LockKind};
 use crate::format::{object_hash, FORMAT_VERSION};
+pub use crate::format::{LockFile, LockKind};
 use crate::store::Store;
 
 /// A lock not refreshed for this long is stale.

@@ -7,6 +7,7 @@ mod appbackup;
 mod cli;
 mod consistency;
 mod devices;
+mod dr;
 mod fixtures;
 mod format;
 mod kube_exec;

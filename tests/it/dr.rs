@@ -1,0 +1,445 @@
+//! The DR site, with cluster directories for the primary and the DR site: standby following a
+//! schedule incrementally (on Garage), activate and deactivate, a standby killed mid-apply,
+//! a bucket lost, a damaged backup skipped, and a drill.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::consistency::{make_cluster, volume};
+use crate::support::{garage, json, lb, ok, run, tmp, Run};
+
+const PODS: [&str; 3] = ["db-0", "db-1", "db-2"];
+
+/// The primary: the marker cluster plus a Deployment of 3 replicas and a CronJob.
+fn primary(root: &Path) {
+    make_cluster(root);
+    std::fs::write(
+        root.join("resources/db/workloads.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: api, namespace: db, uid: 1d1d1d1d-0000-4000-8000-000000000001, resourceVersion: \"50\", generation: 4}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: api}}\n  template:\n    metadata: {labels: {app: api}}\n    spec: {containers: [{name: api, image: api:2}]}\nstatus: {replicas: 3, readyReplicas: 3}\n---\napiVersion: batch/v1\nkind: CronJob\nmetadata: {name: report, namespace: db, uid: 1d1d1d1d-0000-4000-8000-000000000002, resourceVersion: \"51\"}\nspec:\n  schedule: \"0 3 * * *\"\n  jobTemplate: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: r, image: report:1}]}}}}\n",
+    )
+    .unwrap();
+}
+
+fn change(root: &Path, pod: &str, at: u64, len: usize, seed: u8) {
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(volume(root, pod))
+        .unwrap()
+        .write_all_at(&data, at)
+        .unwrap();
+}
+
+/// The objects of the DR site as (kind/name → value).
+fn site_object(site: &Path, kind: &str, name: &str) -> Value {
+    for f in crate::support::files(&site.join("resources")) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let v: Value = serde_yaml::from_str(&text).unwrap();
+        if v["kind"] == kind && v["metadata"]["name"] == name {
+            return v;
+        }
+    }
+    panic!("no {kind}/{name} on the site")
+}
+
+fn same_volumes(a: &Path, b: &Path) -> bool {
+    PODS.iter()
+        .all(|p| std::fs::read(volume(a, p)).unwrap() == std::fs::read(volume(b, p)).unwrap())
+}
+
+struct Sites {
+    _d: tempfile::TempDir,
+    repo: String,
+    env: Vec<(&'static str, String)>,
+    primary: PathBuf,
+    dr: PathBuf,
+    state: PathBuf,
+    scratch: PathBuf,
+}
+
+impl Sites {
+    fn new(on_garage: bool) -> Sites {
+        let d = tmp();
+        let (repo, env) = if on_garage {
+            let g = garage();
+            (format!("s3://{}/{}", g.bucket, g.unique_prefix()), g.env())
+        } else {
+            (d.path().join("repo").display().to_string(), Vec::new())
+        };
+        let s = Sites {
+            primary: d.path().join("primary"),
+            dr: d.path().join("dr"),
+            state: d.path().join("dr-state"),
+            scratch: d.path().to_path_buf(),
+            repo,
+            env,
+            _d: d,
+        };
+        ok(run(s.lb().args([
+            "repo",
+            "init",
+            "--insecure-fast-kdf",
+            "--chunk-size-kib",
+            "64",
+        ])));
+        primary(&s.primary);
+        s
+    }
+
+    fn lb(&self) -> Command {
+        let mut c = lb(&self.repo);
+        c.envs(self.env.iter().map(|(k, v)| (k, v.as_str())));
+        c.arg("--state-dir").arg(&self.state);
+        c
+    }
+
+    fn backup(&self, name: &str) {
+        ok(run(self
+            .lb()
+            .args([
+                "backup",
+                "create",
+                name,
+                "-n",
+                "db",
+                "--schedule",
+                "db-hourly",
+                "--cluster-dir",
+            ])
+            .arg(&self.primary)));
+    }
+
+    fn standby(&self) -> Run {
+        run(self
+            .lb()
+            .args([
+                "standby",
+                "--schedule",
+                "db-hourly",
+                "--once",
+                "--json",
+                "--cluster-dir",
+            ])
+            .arg(&self.dr))
+    }
+
+    fn ns_report(&self) -> Value {
+        let out = json(&ok(self.standby()));
+        out.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["namespace"] == "db")
+            .unwrap()
+            .clone()
+    }
+}
+
+#[test]
+fn standby_follows_a_schedule_by_block_map_difference_and_activate_deactivate_toggle() {
+    let s = Sites::new(true);
+    s.backup("db-1");
+    let first = s.ns_report();
+    assert_eq!(first["state"], "applied", "{first:#}");
+    assert!(first["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v["mode"] == "full"));
+    assert!(
+        same_volumes(&s.primary, &s.dr),
+        "standby volumes hold the snapshot"
+    );
+    // Held: 0 replicas with the count recorded, the CronJob suspended.
+    let api = site_object(&s.dr, "Deployment", "api");
+    assert_eq!(api["spec"]["replicas"], 0);
+    assert_eq!(
+        api["metadata"]["annotations"]["lifeboat.dev/original-replicas"],
+        "3"
+    );
+    assert_eq!(
+        site_object(&s.dr, "CronJob", "report")["spec"]["suspend"],
+        true
+    );
+
+    // 128 KiB changed in one volume out of 9 MiB: the second apply writes about that much.
+    change(&s.primary, "db-0", 1 << 20, 128 << 10, 7);
+    s.backup("db-2");
+    let second = s.ns_report();
+    assert_eq!(second["state"], "applied");
+    assert!(
+        same_volumes(&s.primary, &s.dr),
+        "standby volumes hold the new snapshot"
+    );
+    let written: u64 = second["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["bytes_written"].as_u64().unwrap())
+        .sum();
+    let fetched: u64 = second["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["bytes_fetched"].as_u64().unwrap())
+        .sum();
+    assert!(
+        ((128 << 10)..=(192 << 10)).contains(&written),
+        "written {written} for 128 KiB changed: {second:#}"
+    );
+    assert!(fetched <= 512 << 10, "fetched {fetched}: {second:#}");
+    let modes: Vec<&str> = second["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["delta", "unchanged", "unchanged"]);
+    assert_eq!(s.ns_report()["state"], "up-to-date");
+
+    let status = json(&ok(run(s.lb().args(["standby", "status", "--json"]))));
+    assert_eq!(status[0]["applied_backup"], "db-2");
+    assert_eq!(status[0]["newest_backup"], "db-2");
+    assert!(status[0]["lag_seconds"].as_f64().unwrap() >= 0.0);
+    assert!(status[0]["error"].is_null());
+
+    // Failover.
+    let act = json(&ok(run(s
+        .lb()
+        .args(["activate", "-n", "db", "--json", "--cluster-dir"])
+        .arg(&s.dr))));
+    assert_eq!(act["changes"].as_array().unwrap().len(), 2, "{act:#}");
+    assert_eq!(
+        site_object(&s.dr, "Deployment", "api")["spec"]["replicas"],
+        3
+    );
+    assert_eq!(
+        site_object(&s.dr, "CronJob", "report")["spec"]["suspend"],
+        false
+    );
+    let again = json(&ok(run(s
+        .lb()
+        .args(["activate", "-n", "db", "--json", "--cluster-dir"])
+        .arg(&s.dr))));
+    assert_eq!(again["changes"], serde_json::json!([]), "idempotent");
+    // An activated namespace is left alone by standby.
+    change(&s.primary, "db-1", 0, 4096, 9);
+    s.backup("db-3");
+    assert_eq!(s.ns_report()["state"], "activated");
+    assert_eq!(
+        site_object(&s.dr, "Deployment", "api")["spec"]["replicas"],
+        3
+    );
+    // A namespace standby never applied cannot be activated.
+    let r = run(s
+        .lb()
+        .args(["activate", "-n", "other", "--cluster-dir"])
+        .arg(&s.dr));
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("`other` was never applied by standby"),
+        "{}",
+        r.stderr
+    );
+    // Failback's last step on this site: deactivate.
+    let deact = json(&ok(run(s
+        .lb()
+        .args(["deactivate", "-n", "db", "--json", "--cluster-dir"])
+        .arg(&s.dr))));
+    assert_eq!(deact["changes"].as_array().unwrap().len(), 2);
+    let api = site_object(&s.dr, "Deployment", "api");
+    assert_eq!(api["spec"]["replicas"], 0);
+    assert_eq!(
+        api["metadata"]["annotations"]["lifeboat.dev/original-replicas"],
+        "3"
+    );
+    // And standby applies again.
+    assert_eq!(s.ns_report()["state"], "applied");
+    assert!(same_volumes(&s.primary, &s.dr));
+}
+
+fn copy_volumes(from: &Path, to: &Path) {
+    for p in PODS {
+        std::fs::create_dir_all(volume(to, p).parent().unwrap()).unwrap();
+        std::fs::copy(volume(from, p), volume(to, p)).unwrap();
+    }
+}
+
+fn leftovers(dr: &Path) -> Vec<String> {
+    crate::support::files(&dr.join("volumes"))
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.contains("journal")
+                || n.contains("commit")
+                || n.contains("-new")
+                || n.contains("partial")
+        })
+        .collect()
+}
+
+#[test]
+fn a_standby_killed_mid_apply_resumes_to_a_consistent_state() {
+    let s = Sites::new(false);
+    s.backup("db-1");
+    ok(s.standby());
+    let before = s.scratch.join("before");
+    copy_volumes(&s.dr, &before);
+    change(&s.primary, "db-0", 0, 100 << 10, 1);
+    change(&s.primary, "db-2", 2 << 20, 64 << 10, 2);
+    s.backup("db-2");
+
+    // Killed while staging: nothing the site serves changed.
+    let r = run(s
+        .standby_cmd()
+        .env("LIFEBOAT_FAILPOINT", "standby-after-prepare-volume"));
+    assert_eq!(r.code, 99, "{}", r.stderr);
+    assert!(same_volumes(&before, &s.dr), "the previous state intact");
+    // Killed after the commit marker: the next standby finishes the apply.
+    let r = run(s
+        .standby_cmd()
+        .env("LIFEBOAT_FAILPOINT", "standby-after-commit"));
+    assert_eq!(r.code, 99, "{}", r.stderr);
+    assert!(s.dr.join("volumes/db/.lifeboat-commit.json").exists());
+    let report = s.ns_report();
+    assert_eq!(report["state"], "applied", "{report:#}");
+    assert!(same_volumes(&s.primary, &s.dr), "resumed to the new state");
+    assert!(leftovers(&s.dr).is_empty(), "{:?}", leftovers(&s.dr));
+}
+
+impl Sites {
+    fn standby_cmd(&self) -> Command {
+        let mut c = self.lb();
+        c.args([
+            "standby",
+            "--schedule",
+            "db-hourly",
+            "--once",
+            "--json",
+            "--cluster-dir",
+        ])
+        .arg(&self.dr);
+        c
+    }
+}
+
+#[test]
+fn a_damaged_backup_is_skipped_whole_and_a_lost_bucket_is_reported() {
+    let s = Sites::new(false);
+    let repo = PathBuf::from(&s.repo);
+    s.backup("db-1");
+    ok(s.standby());
+    let before = s.scratch.join("before");
+    copy_volumes(&s.dr, &before);
+    let packs_before = crate::support::files(&repo.join("data"));
+    change(&s.primary, "db-1", 0, 256 << 10, 3);
+    change(&s.primary, "db-2", 0, 256 << 10, 4);
+    s.backup("db-2");
+    // Damage one of the new data packs.
+    let new_packs: Vec<PathBuf> = crate::support::files(&repo.join("data"))
+        .into_iter()
+        .filter(|p| !packs_before.contains(p))
+        .collect();
+    let victim = new_packs
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(victim, bytes).unwrap();
+
+    let r = s.standby();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report = json(&r);
+    assert_eq!(report[0]["state"], "failed", "{report:#}");
+    assert!(
+        report[0]["error"].as_str().unwrap().contains("corrupt"),
+        "{report:#}"
+    );
+    assert!(
+        same_volumes(&before, &s.dr),
+        "not half-applied: every volume as before"
+    );
+    assert!(leftovers(&s.dr).is_empty(), "{:?}", leftovers(&s.dr));
+    let status = json(&ok(run(s.lb().args(["standby", "status", "--json"]))));
+    assert_eq!(status[0]["applied_backup"], "db-1");
+    assert_eq!(status[0]["newest_backup"], "db-2");
+    assert!(status[0]["error"].as_str().unwrap().contains("corrupt"));
+
+    // The bucket goes away: the site keeps its state and says why.
+    std::fs::rename(&repo, s.scratch.join("gone")).unwrap();
+    let r = s.standby();
+    assert_ne!(r.code, 0);
+    let status = json(&ok(run(s.lb().args(["standby", "status", "--json"]))));
+    assert_eq!(status[0]["applied_backup"], "db-1");
+    assert!(
+        status[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be opened"),
+        "{status:#}"
+    );
+    assert!(same_volumes(&before, &s.dr));
+}
+
+#[test]
+fn a_drill_restores_verifies_reports_an_rto_and_cleans_up() {
+    let s = Sites::new(false);
+    s.backup("db-1");
+    ok(s.standby());
+    let out = json(&ok(run(s
+        .lb()
+        .args([
+            "drill",
+            "-n",
+            "db",
+            "--into",
+            "db-drill",
+            "--json",
+            "--cluster-dir",
+        ])
+        .arg(&s.dr))));
+    assert_eq!(out["backup"], "db-1");
+    assert!(
+        out["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["verified"] == true),
+        "{out:#}"
+    );
+    assert_eq!(out["volumes"].as_array().unwrap().len(), 3);
+    assert!(out["objects_restored"].as_u64().unwrap() > 0);
+    assert_eq!(out["objects_verified"], out["objects_restored"]);
+    assert!(out["rto_seconds"].as_f64().unwrap() > 0.0);
+    // The drill runs its applications (a test of the real start) in its own namespace.
+    assert_eq!(
+        site_object(&s.dr, "Deployment", "api")["spec"]["replicas"],
+        0,
+        "standby untouched"
+    );
+    for p in PODS {
+        assert!(s.dr.join(format!("volumes/db-drill/data-{p}.img")).exists());
+    }
+    let out = json(&ok(run(s
+        .lb()
+        .args([
+            "drill",
+            "-n",
+            "db",
+            "--into",
+            "db-drill",
+            "--remove",
+            "--json",
+            "--cluster-dir",
+        ])
+        .arg(&s.dr))));
+    assert_eq!(out["removed"], true);
+    assert!(!s.dr.join("volumes/db-drill").exists());
+    assert!(!s.dr.join("resources/db-drill").exists());
+    assert!(same_volumes(&s.primary, &s.dr), "standby volumes untouched");
+}
