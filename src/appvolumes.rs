@@ -191,6 +191,14 @@ pub async fn backup_cluster_dir(
     builder.finish(&dir.describe(), filters, failures).await
 }
 
+/// Whether a planned object restores the claim whose data `v` is.
+fn restores_claim(p: &Planned, v: &BackedUpVolume) -> bool {
+    p.skipped.is_none()
+        && p.source.kind == "PersistentVolumeClaim"
+        && p.source.namespace.as_deref() == Some(&v.namespace)
+        && p.source.name == v.pvc
+}
+
 /// Restores the data of each claim the plan restores into `root` (a cluster directory or an
 /// output directory), at `volumes/<target namespace>/<claim>.img`. Call before the objects are
 /// applied. An existing volume file is kept under [`ExistingPolicy::Skip`] and updated in
@@ -205,12 +213,7 @@ pub async fn restore_volumes_to_dir(
 ) -> Vec<ApplyResult> {
     let mut out = Vec::new();
     for v in &backup.volumes {
-        let Some(p) = plan.iter().find(|p| {
-            p.skipped.is_none()
-                && p.source.kind == "PersistentVolumeClaim"
-                && p.source.namespace.as_deref() == Some(&v.namespace)
-                && p.source.name == v.pvc
-        }) else {
+        let Some(p) = plan.iter().find(|p| restores_claim(p, v)) else {
             continue;
         };
         let target_ns = p.target.namespace.clone().unwrap_or_default();
@@ -404,12 +407,7 @@ pub async fn restore_volumes_live(
     let mut out = Vec::new();
     let mut created = Vec::new();
     for v in &backup.volumes {
-        let Some(p) = plan.iter_mut().find(|p| {
-            p.skipped.is_none()
-                && p.source.kind == "PersistentVolumeClaim"
-                && p.source.namespace.as_deref() == Some(&v.namespace)
-                && p.source.name == v.pvc
-        }) else {
+        let Some(p) = plan.iter_mut().find(|p| restores_claim(p, v)) else {
             continue;
         };
         let r = p.target.clone();

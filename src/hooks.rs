@@ -107,16 +107,18 @@ struct RuleDoc {
     spec: SpecDoc,
 }
 
+/// The metadata of a Kubernetes-shaped configuration document (rules, schedules): a name,
+/// and the fields kubectl users write that lifeboat accepts and does not use.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MetaDoc {
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
+pub(crate) struct MetaDoc {
+    pub(crate) name: String,
+    #[serde(default, rename = "namespace")]
+    _namespace: Option<String>,
+    #[serde(default, rename = "labels")]
+    _labels: BTreeMap<String, String>,
+    #[serde(default, rename = "annotations")]
+    _annotations: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -323,11 +325,6 @@ fn validate(path: &str, d: RuleDoc) -> Result<Rule, HookError> {
             actions,
         });
     }
-    let _ = (
-        d.metadata.namespace,
-        d.metadata.labels,
-        d.metadata.annotations,
-    );
     Ok(Rule {
         name,
         file: path.to_string(),

@@ -34,24 +34,12 @@ pub enum ScheduleError {
 // ----- documents ----------------------------------------------------------------------------
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Meta {
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Doc {
     #[serde(default)]
     api_version: Option<String>,
     kind: String,
-    metadata: Meta,
+    metadata: crate::hooks::MetaDoc,
     spec: serde_yaml::Value,
 }
 
@@ -478,12 +466,7 @@ pub fn parse_config(files: &[(String, String)]) -> Result<Config, ScheduleError>
                     e.to_string(),
                 )
             })?;
-            let _ = (
-                doc.api_version,
-                doc.metadata.namespace,
-                doc.metadata.labels,
-                doc.metadata.annotations,
-            );
+            let _ = doc.api_version;
             let name = doc.metadata.name;
             match doc.kind.as_str() {
                 "SchedulePolicy" => {

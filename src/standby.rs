@@ -614,14 +614,15 @@ pub fn newest_of(
         .map(|(_, b)| b.clone())
 }
 
-/// One standby cycle on a cluster-directory site. Errors of the bucket are recorded per
-/// namespace and returned; what the site holds stays as it was.
-pub async fn cycle_cluster_dir(
+/// The first step of a cycle: the schedule's newest complete backup, what the bucket offers
+/// recorded for each of its namespaces, and which namespaces need it applied (source, site);
+/// the others are reported `activated` or `up-to-date`. `prepare` runs per namespace first.
+async fn triage(
     repo: &Arc<Repository>,
-    site: &ClusterDir,
     catalog: &Arc<Catalog>,
     o: &StandbyOptions,
-) -> Result<Vec<NamespaceReport>, StandbyError> {
+    prepare: impl Fn(&str) -> Result<(), StandbyError>,
+) -> Result<(AppBackup, Vec<NamespaceReport>, Vec<(String, String)>), StandbyError> {
     let backups = appbackup::list_backups(repo).await?;
     let Some(newest) = newest_of(&backups, &o.schedule) else {
         return Err(StandbyError::NoBackup(o.schedule.clone()));
@@ -638,8 +639,7 @@ pub async fn cycle_cluster_dir(
             backup: Some(newest.name.clone()),
             ..Default::default()
         };
-        // A commit a killed standby left behind is finished first.
-        recover(&site.root().join("volumes").join(&ns))?;
+        prepare(&ns)?;
         let (ns2, sched, src2, name, time) = (
             ns.clone(),
             o.schedule.clone(),
@@ -660,6 +660,22 @@ pub async fn cycle_cluster_dir(
         }
         reports.push(r);
     }
+    Ok((newest, reports, todo))
+}
+
+/// One standby cycle on a cluster-directory site. Errors of the bucket are recorded per
+/// namespace and returned; what the site holds stays as it was.
+pub async fn cycle_cluster_dir(
+    repo: &Arc<Repository>,
+    site: &ClusterDir,
+    catalog: &Arc<Catalog>,
+    o: &StandbyOptions,
+) -> Result<Vec<NamespaceReport>, StandbyError> {
+    let (newest, mut reports, todo) = triage(repo, catalog, o, |ns| {
+        // A commit a killed standby left behind is finished first.
+        recover(&site.root().join("volumes").join(ns)).map(|_| ())
+    })
+    .await?;
     if todo.is_empty() {
         return Ok(reports);
     }
@@ -805,7 +821,11 @@ async fn apply_backup(
         let mine: Vec<Planned> = plan
             .iter()
             .filter(|p| {
-                p.skipped.is_none() && p.target.namespace.as_deref().is_none_or(|n| n == ns)
+                p.skipped.is_none()
+                    && p.target
+                        .namespace
+                        .as_deref()
+                        .is_none_or(|n| n == ns.as_str())
             })
             .cloned()
             .collect();
@@ -830,42 +850,12 @@ pub async fn cycle_live(
     o: &StandbyOptions,
     movers: crate::csi::MoverSettings,
 ) -> Result<Vec<NamespaceReport>, StandbyError> {
-    let backups = appbackup::list_backups(repo).await?;
-    let Some(newest) = newest_of(&backups, &o.schedule) else {
-        return Err(StandbyError::NoBackup(o.schedule.clone()));
-    };
-    let rows = blocking(catalog, |c| c.standby_rows()).await?;
-    let mut reports = Vec::new();
-    for src in &newest.filters.namespaces {
-        let ns = o.namespaces.get(src).to_string();
-        let row = rows.iter().find(|r| r.namespace == ns);
-        let mut r = NamespaceReport {
-            namespace: ns.clone(),
-            source_namespace: src.clone(),
-            backup: Some(newest.name.clone()),
-            ..Default::default()
-        };
-        let (ns2, sched, src2, name, time) = (
-            ns.clone(),
-            o.schedule.clone(),
-            src.clone(),
-            newest.name.clone(),
-            newest.time,
-        );
-        blocking(catalog, move |c| {
-            c.standby_checked(&ns2, &sched, &src2, Some((&name, time)), None)
-        })
-        .await?;
-        if row.map(|r| r.activated).unwrap_or(false) {
-            r.state = "activated".into();
-            reports.push(r);
-            continue;
-        }
-        if row.and_then(|r| r.applied_backup.as_deref()) == Some(newest.name.as_str()) {
-            r.state = "up-to-date".into();
-            reports.push(r);
-            continue;
-        }
+    let (newest, mut reports, todo) = triage(repo, catalog, o, |_| Ok(())).await?;
+    for (src, ns) in &todo {
+        let r = reports
+            .iter_mut()
+            .find(|r| &r.namespace == ns)
+            .expect("a report per namespace");
         let applied = async {
             let objects = appbackup::load_objects(repo, &newest).await?;
             let mut plan: Vec<Planned> = appbackup::plan_restore(
@@ -878,7 +868,11 @@ pub async fn cycle_live(
             )
             .into_iter()
             .filter(|p| {
-                p.skipped.is_none() && p.target.namespace.as_deref().is_none_or(|n| n == ns)
+                p.skipped.is_none()
+                    && p.target
+                        .namespace
+                        .as_deref()
+                        .is_none_or(|n| n == ns.as_str())
             })
             .collect();
             let mut only = newest.clone();
@@ -945,7 +939,6 @@ pub async fn cycle_live(
                 .await?;
             }
         }
-        reports.push(r);
     }
     Ok(reports)
 }
