@@ -131,6 +131,14 @@ pub fn take_group(
         let path = path.display().to_string();
         move |source| SnapshotError::Io { path, source }
     };
+    if volumes.is_empty() {
+        // Nothing to copy: not even the work directory (the source may be read-only).
+        return Ok(GroupSnapshot {
+            dir: work_dir.to_path_buf(),
+            taken: Vec::new(),
+            window: Duration::ZERO,
+        });
+    }
     std::fs::create_dir_all(work_dir).map_err(io(work_dir))?;
     let mut group = GroupSnapshot {
         dir: work_dir.to_path_buf(),
