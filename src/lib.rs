@@ -16,8 +16,17 @@
 //! Application configuration flows beside it:
 //!
 //! ```text
-//!  cluster (a cluster directory; later the API) ──► cluster::select ──► appbackup ──► repository
+//!  cluster (a cluster directory, or the API: live) ──► cluster::select ──► appbackup ──► repository
 //!  target ◄── cluster / YAML dir ◄── resources: skip, sanitise, map, hold, order ◄── appbackup
+//! ```
+//!
+//! Scheduling drives it all, and the DR site reads it back:
+//!
+//! ```text
+//!  schedule (policies, fire times, retention) ─► server ─► hooks ─► … ─► repository
+//!                                                  │                       │
+//!                                                  └► catalog (SQLite) ◄──┘ forget, prune
+//!  repository ─► standby: block-map difference, journal, commit ─► DR site (held; activate)
 //! ```
 //!
 //! And an application backup's volumes, upstream of the volume flow:
@@ -31,8 +40,7 @@
 //!
 //! `format` holds every struct that is stored (documented in `schema/`); `live` is the
 //! Kubernetes API (capture, apply, exec); `cli` turns commands into calls of the modules
-//! above; `demo` makes the generated data the demo and the benchmark use. Scheduling and the
-//! catalog come later and sit upstream of `hooks` and downstream of `repository`.
+//! above; `demo` makes the generated data the demo and the benchmark use.
 
 // In flow order (rustfmt keeps the order of declarations separated by blank lines).
 pub mod schedule; // policies, fire times, retention (pure)
