@@ -443,3 +443,63 @@ fn a_drill_restores_verifies_reports_an_rto_and_cleans_up() {
     assert!(!s.dr.join("resources/db-drill").exists());
     assert!(same_volumes(&s.primary, &s.dr), "standby volumes untouched");
 }
+
+#[test]
+fn a_running_standby_serves_its_figures_on_metrics_and_stops_on_sigterm() {
+    use std::io::{Read, Write};
+    let s = Sites::new(false);
+    s.backup("db-1");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = s
+        .lb()
+        .args([
+            "standby",
+            "--schedule",
+            "db-hourly",
+            "--interval",
+            "1s",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+            "--cluster-dir",
+        ])
+        .arg(&s.dr)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let scrape = || -> Option<String> {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").ok()?;
+        let mut out = String::new();
+        c.read_to_string(&mut out).ok()?;
+        Some(out)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut text = String::new();
+    while std::time::Instant::now() < deadline {
+        if let Some(t) =
+            scrape().filter(|t| t.contains("lifeboat_standby_lag_seconds{namespace=\"db\"}"))
+        {
+            text = t;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(
+        text.contains("lifeboat_standby_behind{namespace=\"db\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lifeboat_standby_error{namespace=\"db\"} 0"),
+        "{text}"
+    );
+    assert!(status.success(), "standby stops cleanly on SIGTERM");
+    assert!(same_volumes(&s.primary, &s.dr));
+}
