@@ -107,6 +107,9 @@ pub struct BackupSummary {
     pub volumes: Vec<BackedUpVolume>,
     pub rules: Vec<ActionRecord>,
     pub warnings: Vec<String>,
+    /// The record as written (for the catalog; its parts are above).
+    #[serde(skip)]
+    pub record: AppBackup,
 }
 
 /// Every backup record, oldest first.
@@ -270,9 +273,10 @@ impl BackupBuilder {
             bytes_uploaded: stats.bytes_uploaded + len,
             duration_seconds: self.started.elapsed().as_secs_f64(),
             failures,
-            volumes: record.volumes,
-            rules: record.rules,
-            warnings: record.warnings,
+            volumes: record.volumes.clone(),
+            rules: record.rules.clone(),
+            warnings: record.warnings.clone(),
+            record,
         })
     }
 }

@@ -412,9 +412,9 @@ pub struct Chain {
 }
 
 /// Plans where each rule's actions run (pure). A rule item that selects no pod, or whose
-/// container a pod lacks, is a problem message instead; the caller decides whether it is an
-/// error (`onError`) or a warning.
-pub fn plan_chains(rules: &[Rule], pods: &[PodTarget]) -> (Vec<Chain>, Vec<(usize, String)>) {
+/// container a pod lacks, is a problem message instead, which the backup records as a
+/// warning: there is nothing to hold quiet there.
+pub fn plan_chains(rules: &[Rule], pods: &[PodTarget]) -> (Vec<Chain>, Vec<String>) {
     let mut chains = Vec::new();
     let mut problems = Vec::new();
     for (ri, rule) in rules.iter().enumerate() {
@@ -428,18 +428,15 @@ pub fn plan_chains(rules: &[Rule], pods: &[PodTarget]) -> (Vec<Chain>, Vec<(usiz
                 })
                 .collect();
             if selected.is_empty() {
-                problems.push((
-                    ri,
-                    format!(
-                        "rule {} ({}): spec.rules[{ii}] selects no running pod ({})",
-                        rule.name,
-                        rule.file,
-                        item.pod_selector
-                            .iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    ),
+                problems.push(format!(
+                    "rule {} ({}): spec.rules[{ii}] selects no running pod ({})",
+                    rule.name,
+                    rule.file,
+                    item.pod_selector
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ));
                 continue;
             }
@@ -457,27 +454,21 @@ pub fn plan_chains(rules: &[Rule], pods: &[PodTarget]) -> (Vec<Chain>, Vec<(usiz
                 let container = match &item.container {
                     Some(c) if pod.containers.iter().any(|x| x == c) => c.clone(),
                     Some(c) => {
-                        problems.push((
-                            ri,
-                            format!(
-                                "rule {}: pod {}/{} has no container `{c}` (it has {})",
-                                rule.name,
-                                pod.namespace,
-                                pod.name,
-                                pod.containers.join(", ")
-                            ),
+                        problems.push(format!(
+                            "rule {}: pod {}/{} has no container `{c}` (it has {})",
+                            rule.name,
+                            pod.namespace,
+                            pod.name,
+                            pod.containers.join(", ")
                         ));
                         continue;
                     }
                     None => match pod.containers.first() {
                         Some(c) => c.clone(),
                         None => {
-                            problems.push((
-                                ri,
-                                format!(
-                                    "rule {}: pod {}/{} lists no container",
-                                    rule.name, pod.namespace, pod.name
-                                ),
+                            problems.push(format!(
+                                "rule {}: pod {}/{} lists no container",
+                                rule.name, pod.namespace, pod.name
                             ));
                             continue;
                         }
@@ -791,7 +782,7 @@ async fn run_phase(
     pods: &[PodTarget],
     cancel: &CancellationToken,
     records: &mut Vec<ActionRecord>,
-    problems_out: &mut Vec<(usize, String)>,
+    problems_out: &mut Vec<String>,
 ) -> Vec<Held> {
     let (chains, problems) = plan_chains(rules, pods);
     problems_out.extend(problems);
@@ -910,14 +901,10 @@ where
     )
     .await;
 
-    // Barrier reached: decide.
+    // Barrier reached: decide. A rule with nothing to run in holds nothing quiet; the data is
+    // still consistent if the selected application has no pods, so it is a warning.
+    report.warnings.extend(problems);
     let mut abort = Vec::new();
-    for (ri, msg) in problems {
-        // A rule with nothing to run in holds nothing quiet; the data is still consistent
-        // if the selected application has no pods, so it is a warning, not a failure.
-        let _ = ri;
-        report.warnings.push(msg);
-    }
     for r in &report.records {
         if r.outcome != "succeeded" && r.outcome != "not-started" {
             let rule = pre.iter().find(|x| x.name == r.rule);
@@ -952,9 +939,7 @@ where
         &mut post_problems,
     )
     .await;
-    report
-        .warnings
-        .extend(post_problems.into_iter().map(|(_, m)| m));
+    report.warnings.extend(post_problems);
     let post_failed: Vec<String> = report
         .records
         .iter()
@@ -1101,11 +1086,9 @@ spec:
             .collect();
         assert_eq!(got, vec![("c-0".into(), 2), ("c-1".into(), 1)]);
         assert_eq!(problems.len(), 1);
-        assert!(problems[0].1.contains("c-2 has no container `cassandra`"));
+        assert!(problems[0].contains("c-2 has no container `cassandra`"));
         let (_, problems) = plan_chains(&rules, &pods[3..]);
-        assert!(problems[0]
-            .1
-            .contains("selects no running pod (app=cassandra)"));
+        assert!(problems[0].contains("selects no running pod (app=cassandra)"));
     }
 
     #[test]

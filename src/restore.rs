@@ -113,6 +113,86 @@ pub fn plan_fetches(
     out
 }
 
+/// The blocks each needed blob fills, and each blob's location once (for [`plan_fetches`]).
+/// `needed` is (block, blob); a blob in no index is an error naming `what` needs it.
+pub(crate) type Targets = HashMap<BlobId, Vec<u64>>;
+
+pub(crate) fn group_by_blob(
+    index: &crate::repository::Index,
+    needed: impl IntoIterator<Item = (u64, BlobId)>,
+    what: impl Fn(u64, &BlobId) -> String,
+) -> Result<(Targets, Vec<(BlobId, BlobLocation)>), RepoError> {
+    let mut targets: Targets = HashMap::new();
+    let mut locs = Vec::new();
+    for (b, id) in needed {
+        let loc = index.get(&id).ok_or_else(|| RepoError::BlobMissing {
+            id,
+            referenced_by: what(b, &id),
+        })?;
+        let t = targets.entry(id).or_default();
+        if t.is_empty() {
+            locs.push((id, loc));
+        }
+        t.push(b);
+    }
+    Ok((targets, locs))
+}
+
+/// Where the blocks of fetched blobs go: the blocks of each blob, in a volume of `size`
+/// bytes cut into `chunk`-byte blocks.
+pub(crate) struct Placement<'a> {
+    pub targets: &'a Targets,
+    pub chunk: u64,
+    pub size: u64,
+}
+
+/// Opens and verifies every data blob of a fetched range (`data`, read from `pack_key` at
+/// `f.start`) and hands its plaintext to `put` at the offset of each block it fills, after
+/// checking the block's length. Returns the blocks and bytes put.
+pub(crate) fn put_fetched<E: From<RepoError>>(
+    keys: &crate::crypto::Keys,
+    pack_key: &str,
+    f: &Fetch,
+    data: &[u8],
+    at: &Placement<'_>,
+    mut put: impl FnMut(u64, &[u8]) -> Result<(), E>,
+) -> Result<(u64, u64), E> {
+    let Placement {
+        targets,
+        chunk,
+        size,
+    } = *at;
+    let corrupt = |reason: String| RepoError::Corrupt {
+        object: pack_key.to_string(),
+        reason,
+    };
+    let (mut blocks, mut bytes) = (0u64, 0u64);
+    for (id, loc) in &f.blobs {
+        let s = (loc.offset - f.start) as usize;
+        let sealed = data
+            .get(s..s + loc.length as usize)
+            .ok_or_else(|| corrupt(format!("pack ends before blob {id}")))?;
+        let plain = keys
+            .open_blob(BlobKind::Data, id, sealed, loc.raw_length as usize)
+            .map_err(|e| corrupt(format!("blob {id}: {e}")))?;
+        for &b in &targets[id] {
+            let off = b * chunk;
+            let len = ((b + 1) * chunk).min(size) - off;
+            if plain.len() as u64 != len {
+                return Err(corrupt(format!(
+                    "blob {id} has {} bytes, block {b} needs {len}",
+                    plain.len()
+                ))
+                .into());
+            }
+            put(off, &plain)?;
+            blocks += 1;
+            bytes += len;
+        }
+    }
+    Ok((blocks, bytes))
+}
+
 fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     // SAFETY: fallocate on a valid fd; no memory is passed.
     let r = unsafe {
@@ -314,19 +394,7 @@ async fn restore_inner(
         }
 
         // Where each needed blob goes, and the reads that fetch them.
-        let mut targets: HashMap<BlobId, Vec<u64>> = HashMap::new();
-        let mut locs = Vec::new();
-        for (b, id) in needed {
-            let loc = index.get(&id).ok_or_else(|| RepoError::BlobMissing {
-                id,
-                referenced_by: id_key_block(&id, b),
-            })?;
-            let t = targets.entry(id).or_default();
-            if t.is_empty() {
-                locs.push((id, loc));
-            }
-            t.push(b);
-        }
+        let (targets, locs) = group_by_blob(&index, needed, |b, id| id_key_block(id, b))?;
         let targets = Arc::new(targets);
         let fetches = plan_fetches(locs, MAX_GAP, MAX_RANGE);
         let mut results = futures::stream::iter(fetches)
@@ -345,46 +413,26 @@ async fn restore_inner(
                         .map_err(RepoError::from)?;
                     let fetched = data.len() as u64;
                     let keys = repo.keys().clone();
-                    let written = cpu(move || -> Result<(u64, u64), RestoreError> {
-                        let (mut blocks, mut bytes) = (0u64, 0u64);
-                        for (id, loc) in &f.blobs {
-                            let s = (loc.offset - f.start) as usize;
-                            let sealed = data.get(s..s + loc.length as usize).ok_or_else(|| {
-                                RepoError::Corrupt {
-                                    object: pack.key(),
-                                    reason: format!("pack ends before blob {id}"),
-                                }
-                            })?;
-                            let plain = keys
-                                .open_blob(BlobKind::Data, id, sealed, loc.raw_length as usize)
-                                .map_err(|e| RepoError::Corrupt {
-                                    object: pack.key(),
-                                    reason: format!("blob {id}: {e}"),
-                                })?;
-                            for &b in &targets[id] {
-                                let off = b * chunk;
-                                let len = ((b + 1) * chunk).min(size) - off;
-                                if plain.len() as u64 != len {
-                                    return Err(RepoError::Corrupt {
-                                        object: pack.key(),
-                                        reason: format!(
-                                            "blob {id} has {} bytes, block {b} needs {len}",
-                                            plain.len()
-                                        ),
-                                    }
-                                    .into());
-                                }
-                                file.write_all_at(&plain, off).map_err(|source| {
+                    let written = cpu(move || {
+                        put_fetched(
+                            &keys,
+                            &pack.key(),
+                            &f,
+                            &data,
+                            &Placement {
+                                targets: &targets,
+                                chunk,
+                                size,
+                            },
+                            |off, plain| {
+                                file.write_all_at(plain, off).map_err(|source| {
                                     RestoreError::Target {
                                         path: format!("(at byte {off})"),
                                         source,
                                     }
-                                })?;
-                                blocks += 1;
-                                bytes += len;
-                            }
-                        }
-                        Ok((blocks, bytes))
+                                })
+                            },
+                        )
                     })
                     .await??;
                     Ok::<_, RestoreError>((fetched, written))

@@ -624,12 +624,10 @@ impl RepoRunner {
         {
             match me.backup(&s, &backup, &cancel).await {
                 Ok(summary) => {
-                    if let Ok((id, record)) = crate::appbackup::find_backup(&me.repo, &backup).await
-                    {
-                        let r = blocking(&me.catalog, move |c| c.record_backup(&id, &record)).await;
-                        if let Err(e) = r {
-                            tracing::warn!("could not record the backup in the catalog: {e}");
-                        }
+                    let (id, record) = (summary.id, summary.record.clone());
+                    let r = blocking(&me.catalog, move |c| c.record_backup(&id, &record)).await;
+                    if let Err(e) = r {
+                        tracing::warn!("could not record the backup in the catalog: {e}");
                     }
                     let partial = !summary.failures.is_empty();
                     RunOutcome {

@@ -39,12 +39,13 @@ use crate::appbackup::{self, AppBackupError, Planned, RestorePlanOptions};
 use crate::catalog::{blocking, Catalog, CatalogError};
 use crate::cluster::{ClusterDir, ClusterError, ExistingPolicy, Outcome};
 use crate::format::{
-    decode_map, AppBackup, BlobId, BlobKind, BlockRef, Snapshot, SnapshotId, MAP_SEGMENT_ENTRIES,
+    decode_map, AppBackup, BlobKind, BlockRef, Snapshot, SnapshotId, MAP_SEGMENT_ENTRIES,
 };
-use crate::repository::{rfc3339, Index, RepoError, Repository};
+use crate::repository::{Index, RepoError, Repository};
 use crate::resources::{hold_applications, release_applications, Mapping, ObjRef};
 use crate::restore::{
-    plan_fetches, restore_volume, RestoreError, RestoreOptions, MAX_GAP, MAX_RANGE,
+    group_by_blob, plan_fetches, put_fetched, restore_volume, Placement, RestoreError,
+    RestoreOptions, Targets, MAX_GAP, MAX_RANGE,
 };
 use crate::snapshot::volume_path;
 
@@ -65,8 +66,10 @@ pub enum StandbyError {
     BadJournal { path: String, reason: String },
     #[error("no complete backup of schedule `{0}` in the repository yet")]
     NoBackup(String),
+    /// A failure already told as text (a repository that cannot be opened, a plan that could
+    /// not be read for every namespace of the cycle).
     #[error("{0}")]
-    Unreachable(String),
+    Failed(String),
     #[error(transparent)]
     Repo(#[from] RepoError),
     #[error(transparent)]
@@ -367,7 +370,7 @@ async fn fetch_into_journal(
     repo: Arc<Repository>,
     pack_key: String,
     f: crate::restore::Fetch,
-    targets: Arc<HashMap<BlobId, Vec<u64>>>,
+    targets: Arc<Targets>,
     chunk: u64,
     size: u64,
     journal: Arc<Mutex<Journal>>,
@@ -380,41 +383,25 @@ async fn fetch_into_journal(
         .map_err(RepoError::from)?;
     let fetched = data.len() as u64;
     let keys = repo.keys().clone();
-    let written = crate::repository::cpu(move || -> Result<u64, StandbyError> {
-        let mut bytes = 0;
-        for (id, loc) in &f.blobs {
-            let s = (loc.offset - f.start) as usize;
-            let sealed =
-                data.get(s..s + loc.length as usize)
-                    .ok_or_else(|| RepoError::Corrupt {
-                        object: pack_key.clone(),
-                        reason: format!("pack ends before blob {id}"),
-                    })?;
-            let plain = keys
-                .open_blob(BlobKind::Data, id, sealed, loc.raw_length as usize)
-                .map_err(|e| RepoError::Corrupt {
-                    object: pack_key.clone(),
-                    reason: format!("blob {id}: {e}"),
-                })?;
-            let mut j = journal.lock().unwrap();
-            for &b in &targets[id] {
-                let off = b * chunk;
-                let len = ((b + 1) * chunk).min(size) - off;
-                if plain.len() as u64 != len {
-                    return Err(RepoError::Corrupt {
-                        object: pack_key.clone(),
-                        reason: format!(
-                            "blob {id} has {} bytes, block {b} needs {len}",
-                            plain.len()
-                        ),
-                    }
-                    .into());
-                }
-                j.entry(off, len as u32, Some(&plain)).map_err(io(&path))?;
-                bytes += len;
-            }
-        }
-        Ok(bytes)
+    let (_, written) = crate::repository::cpu(move || {
+        put_fetched(
+            &keys,
+            &pack_key,
+            &f,
+            &data,
+            &Placement {
+                targets: &targets,
+                chunk,
+                size,
+            },
+            |off, plain| {
+                journal
+                    .lock()
+                    .unwrap()
+                    .entry(off, plain.len() as u32, Some(plain))
+                    .map_err(io(&path))
+            },
+        )
     })
     .await??;
     Ok((fetched, written))
@@ -501,10 +488,9 @@ async fn prepare_volume(
         let old = map_segment(repo, index, &base, seg).await?;
         let cur = map_segment(repo, index, new, seg).await?;
         let changed = changed_blocks(first, &old, &cur);
-        let mut targets: HashMap<BlobId, Vec<u64>> = HashMap::new();
-        let mut locs = Vec::new();
+        report.blocks_changed += changed.len() as u64;
+        let mut needed = Vec::new();
         for (b, e) in changed {
-            report.blocks_changed += 1;
             match e {
                 BlockRef::Zero => {
                     let off = b * chunk;
@@ -516,19 +502,12 @@ async fn prepare_volume(
                         .map_err(io(&staged))?;
                     report.bytes_written += len;
                 }
-                BlockRef::Blob(id) => {
-                    let loc = index.get(&id).ok_or_else(|| RepoError::BlobMissing {
-                        id,
-                        referenced_by: format!("block {b} of snapshot {}", new_id.short()),
-                    })?;
-                    let t = targets.entry(id).or_default();
-                    if t.is_empty() {
-                        locs.push((id, loc));
-                    }
-                    t.push(b);
-                }
+                BlockRef::Blob(id) => needed.push((b, id)),
             }
         }
+        let (targets, locs) = group_by_blob(index, needed, |b, _| {
+            format!("block {b} of snapshot {}", new_id.short())
+        })?;
         let targets = Arc::new(targets);
         let mut fetches = futures::stream::FuturesUnordered::new();
         let mut plan = plan_fetches(locs, MAX_GAP, MAX_RANGE).into_iter();
@@ -663,6 +642,32 @@ async fn triage(
     Ok((newest, reports, todo))
 }
 
+/// A backup's restore plan as standby applies it: mapped, and with applications held.
+async fn held_plan(
+    repo: &Arc<Repository>,
+    backup: &AppBackup,
+    o: &StandbyOptions,
+) -> Result<Vec<Planned>, StandbyError> {
+    let objects = appbackup::load_objects(repo, backup).await?;
+    Ok(appbackup::plan_restore(
+        objects,
+        &RestorePlanOptions {
+            namespaces: o.namespaces.clone(),
+            start_applications: false,
+            ..Default::default()
+        },
+    ))
+}
+
+/// The restored objects of a plan that belong with site namespace `ns`: its own, and the
+/// cluster-scoped ones.
+fn for_namespace(plan: &[Planned], ns: &str) -> Vec<Planned> {
+    plan.iter()
+        .filter(|p| p.skipped.is_none() && p.target.namespace.as_deref().is_none_or(|n| n == ns))
+        .cloned()
+        .collect()
+}
+
 /// One standby cycle on a cluster-directory site. Errors of the bucket are recorded per
 /// namespace and returned; what the site holds stays as it was.
 pub async fn cycle_cluster_dir(
@@ -794,15 +799,7 @@ async fn apply_backup(
         return Err(e);
     }
     // Phase 2: commit each namespace's volumes, then its configuration.
-    let objects = appbackup::load_objects(repo, backup).await?;
-    let plan = appbackup::plan_restore(
-        objects,
-        &RestorePlanOptions {
-            namespaces: o.namespaces.clone(),
-            start_applications: false,
-            ..Default::default()
-        },
-    );
+    let plan = held_plan(repo, backup, o).await?;
     let mut out = Vec::new();
     for (ns, items, reports) in staged {
         let dir = site.root().join("volumes").join(&ns);
@@ -818,17 +815,7 @@ async fn apply_backup(
             replay(item)?;
         }
         std::fs::remove_file(&m).map_err(io(&m))?;
-        let mine: Vec<Planned> = plan
-            .iter()
-            .filter(|p| {
-                p.skipped.is_none()
-                    && p.target
-                        .namespace
-                        .as_deref()
-                        .is_none_or(|n| n == ns.as_str())
-            })
-            .cloned()
-            .collect();
+        let mine = for_namespace(&plan, &ns);
         let results = appbackup::apply_to_cluster_dir(site, &mine, ExistingPolicy::Update)?;
         let n = results
             .iter()
@@ -851,30 +838,19 @@ pub async fn cycle_live(
     movers: crate::csi::MoverSettings,
 ) -> Result<Vec<NamespaceReport>, StandbyError> {
     let (newest, mut reports, todo) = triage(repo, catalog, o, |_| Ok(())).await?;
+    if todo.is_empty() {
+        return Ok(reports);
+    }
+    // Read and planned once for every namespace of the backup; a failure is each one's.
+    let plan = held_plan(repo, &newest, o).await.map_err(|e| e.to_string());
     for (src, ns) in &todo {
         let r = reports
             .iter_mut()
             .find(|r| &r.namespace == ns)
             .expect("a report per namespace");
         let applied = async {
-            let objects = appbackup::load_objects(repo, &newest).await?;
-            let mut plan: Vec<Planned> = appbackup::plan_restore(
-                objects,
-                &RestorePlanOptions {
-                    namespaces: o.namespaces.clone(),
-                    start_applications: false,
-                    ..Default::default()
-                },
-            )
-            .into_iter()
-            .filter(|p| {
-                p.skipped.is_none()
-                    && p.target
-                        .namespace
-                        .as_deref()
-                        .is_none_or(|n| n == ns.as_str())
-            })
-            .collect();
+            let plan = plan.as_ref().map_err(|e| StandbyError::Failed(e.clone()))?;
+            let mut plan = for_namespace(plan, ns);
             let mut only = newest.clone();
             only.volumes.retain(|v| &v.namespace == src);
             let (vols, created) =
@@ -1197,13 +1173,10 @@ pub fn age_seconds(t: Option<&str>, now: OffsetDateTime) -> Option<f64> {
         .map(|t| (now - t).as_seconds_f64())
 }
 
-pub fn describe_time(t: OffsetDateTime) -> String {
-    rfc3339(t)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::BlobId;
     use proptest::prelude::*;
 
     #[test]

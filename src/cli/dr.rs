@@ -215,7 +215,7 @@ pub(super) async fn standby(ctx: &Ctx<'_>, a: &StandbyArgs) -> Result<(), Error>
             }
         }
         let result = match &repo {
-            None => Err(standby::StandbyError::Unreachable(
+            None => Err(standby::StandbyError::Failed(
                 "the repository cannot be opened (see the error above)".into(),
             )),
             Some(repo) => match repo

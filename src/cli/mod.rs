@@ -971,14 +971,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                     out.duration_seconds
                 );
                 for v in &out.volumes {
-                    text.push_str(&format!(
-                        "\nvolume {}/{}: snapshot {} ({}, {})",
-                        v.namespace,
-                        v.pvc,
-                        v.snapshot.short(),
-                        human(v.size),
-                        v.method
-                    ));
+                    text.push_str(&format!("\n{}", volume_line(v)));
                 }
                 for r in &out.rules {
                     text.push_str(&format!(
@@ -1053,14 +1046,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                     out.push_str(&format!("\nwarning: {w}"));
                 }
                 for v in &b.volumes {
-                    out.push_str(&format!(
-                        "\n  volume {}/{}: snapshot {} ({}, {})",
-                        v.namespace,
-                        v.pvc,
-                        v.snapshot.short(),
-                        human(v.size),
-                        v.method
-                    ));
+                    out.push_str(&format!("\n  {}", volume_line(v)));
                 }
                 for r in &b.rules {
                     out.push_str(&format!(
@@ -1294,6 +1280,18 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
         return Err(Error::ObjectsFailed(failed));
     }
     Ok(())
+}
+
+/// One claim's data in a backup, as listings show it.
+fn volume_line(v: &crate::format::BackedUpVolume) -> String {
+    format!(
+        "volume {}/{}: snapshot {} ({}, {})",
+        v.namespace,
+        v.pvc,
+        v.snapshot.short(),
+        human(v.size),
+        v.method
+    )
 }
 
 /// Bytes in binary units.

@@ -400,6 +400,36 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
+/// Backs up namespace `db` of `live` as `name`.
+async fn backup_db(
+    repo: &Arc<Repository>,
+    name: &str,
+    live: &LiveCluster,
+    opts: &ConsistencyOptions,
+    settings: MoverSettings,
+) -> Result<lifeboat::appbackup::BackupSummary, lifeboat::appbackup::AppBackupError> {
+    let scope = Scope {
+        namespaces: vec!["db".into()],
+        ..Default::default()
+    };
+    let filters = lifeboat::format::BackupFilters {
+        namespaces: vec!["db".into()],
+        ..Default::default()
+    };
+    let cancel = CancellationToken::new();
+    backup_live(
+        repo.clone(),
+        name,
+        live,
+        &scope,
+        filters,
+        opts,
+        settings,
+        &cancel,
+    )
+    .await
+}
+
 fn movers() -> MoverSettings {
     MoverSettings {
         timeout: Duration::from_secs(30),
@@ -422,20 +452,12 @@ async fn live_backup_snapshots_moves_and_restores_every_claims_data() {
     let api = Arc::new(CsiCluster::new(d.path(), &repo_path).with_app());
     let live = LiveCluster::from_client(serve(api.clone()), "fake");
     let repo = open(&repo_path).await;
-
-    let scope = Scope {
-        namespaces: vec!["db".into()],
-        ..Default::default()
-    };
-    let summary = backup_live(
-        repo.clone(),
+    let summary = backup_db(
+        &repo,
         "live-1",
         &live,
-        &scope,
-        Default::default(),
         &ConsistencyOptions::default(),
         movers(),
-        &CancellationToken::new(),
     )
     .await
     .unwrap();
@@ -534,19 +556,12 @@ async fn a_failing_mover_fails_the_backup_and_records_nothing() {
     let api = Arc::new(CsiCluster::new(d.path(), &d.path().join("elsewhere")).with_app());
     let live = LiveCluster::from_client(serve(api.clone()), "fake");
     let repo = open(&repo_path).await;
-    let scope = Scope {
-        namespaces: vec!["db".into()],
-        ..Default::default()
-    };
-    let e = backup_live(
-        repo.clone(),
+    let e = backup_db(
+        &repo,
         "live-1",
         &live,
-        &scope,
-        Default::default(),
         &ConsistencyOptions::default(),
         movers(),
-        &CancellationToken::new(),
     )
     .await
     .unwrap_err();
@@ -587,23 +602,16 @@ async fn a_group_snapshot_class_takes_one_volume_group_snapshot_per_namespace() 
     let api = Arc::new(CsiCluster::new(d.path(), &repo_path).with_app());
     let live = LiveCluster::from_client(serve(api.clone()), "fake");
     let repo = open(&repo_path).await;
-    let scope = Scope {
-        namespaces: vec!["db".into()],
-        ..Default::default()
-    };
     let settings = MoverSettings {
         group_snapshot_class: Some("csi-fast-group".into()),
         ..movers()
     };
-    let summary = backup_live(
-        repo.clone(),
+    let summary = backup_db(
+        &repo,
         "g-1",
         &live,
-        &scope,
-        Default::default(),
         &ConsistencyOptions::default(),
         settings,
-        &CancellationToken::new(),
     )
     .await
     .unwrap();
@@ -665,27 +673,16 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
     std::fs::create_dir_all(d.path().join("p")).unwrap();
     let primary = Arc::new(CsiCluster::new(&d.path().join("p"), &repo_path).with_app());
     let repo = open(&repo_path).await;
-    let scope = Scope {
-        namespaces: vec!["db".into()],
-        ..Default::default()
-    };
     let opts = ConsistencyOptions {
         schedule: Some("db-hourly".into()),
         ..Default::default()
     };
-    let filters = lifeboat::format::BackupFilters {
-        namespaces: vec!["db".into()],
-        ..Default::default()
-    };
-    backup_live(
-        repo.clone(),
+    backup_db(
+        &repo,
         "live-1",
         &LiveCluster::from_client(serve(primary.clone()), "p"),
-        &scope,
-        filters,
         &opts,
         movers(),
-        &CancellationToken::new(),
     )
     .await
     .unwrap();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::consistency::{make_cluster, volume};
-use crate::support::{garage, json, lb, lifeboat, ok, run, tmp};
+use crate::support::{garage, json, lb, ok, run, tmp};
 
 fn rule(path: &Path, name: &str, command: &str) {
     std::fs::write(
@@ -433,7 +433,6 @@ fn prune_and_backups_exclude_each_other_and_a_dead_processs_lock_expires() {
         .args(["backup", "create", "third", "-n", "db", "--cluster-dir"])
         .arg(&root)));
     assert!(!stale.exists());
-    let _ = lifeboat();
     let list: Value = json(&ok(run(lb(&repo).args(["backup", "list", "--json"]))));
     assert_eq!(list.as_array().unwrap().len(), 3);
 }
