@@ -777,6 +777,76 @@ mod tests {
         OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
     }
 
+    /// Counts the runs going at once.
+    struct Counting {
+        now: Arc<std::sync::atomic::AtomicUsize>,
+        max: Arc<std::sync::atomic::AtomicUsize>,
+        runs: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Runner for Counting {
+        fn run(
+            &self,
+            _s: Schedule,
+            _b: String,
+            _c: CancellationToken,
+        ) -> BoxFuture<'static, RunOutcome> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let (now, max, runs) = (self.now.clone(), self.max.clone(), self.runs.clone());
+            Box::pin(async move {
+                let n = now.fetch_add(1, SeqCst) + 1;
+                max.fetch_max(n, SeqCst);
+                runs.fetch_add(1, SeqCst);
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                now.fetch_sub(1, SeqCst);
+                RunOutcome {
+                    result: "succeeded".into(),
+                    ..Default::default()
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_across_schedules_is_bounded_and_waiting_runs_are_not_skipped() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let d = tempfile::tempdir().unwrap();
+        let catalog = Arc::new(Catalog::open(&d.path().join("c.sqlite")).unwrap());
+        let mut text = String::from("kind: SchedulePolicy\nmetadata: {name: p}\nspec: {cron: {expression: \"0 * * * *\"}}\n");
+        for n in ["a", "b", "c"] {
+            text.push_str(&format!("---\nkind: BackupSchedule\nmetadata: {{name: {n}}}\nspec: {{schedulePolicyName: p, template: {{namespaces: [x]}}}}\n"));
+        }
+        let config = parse_config(&[("s.yaml".into(), text)]).unwrap();
+        let counting = Counting {
+            now: Default::default(),
+            max: Default::default(),
+            runs: Default::default(),
+        };
+        let (max, runs) = (counting.max.clone(), counting.runs.clone());
+        let clock = Clock::new(t("2026-11-24T00:30:00Z"));
+        let server = Server {
+            config: Arc::new(config),
+            catalog: catalog.clone(),
+            runner: Arc::new(counting),
+            metrics: Default::default(),
+            clock,
+            max_concurrent: 2,
+        };
+        let stop = CancellationToken::new();
+        let (_tx, rx) = mpsc::channel(1);
+        let s2 = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
+            s2.cancel();
+        });
+        server.run(stop, rx).await.unwrap();
+        // Three schedules fire together each hour; two run at once, the third waits its turn.
+        assert_eq!(max.load(SeqCst), 2);
+        assert_eq!(runs.load(SeqCst), 9);
+        let rows = catalog.runs(None, 100).unwrap();
+        assert!(rows.iter().all(|r| r.result != "skipped"), "{rows:#?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_hourly_cron_runs_on_the_hour_for_a_day() {
         let d = tempfile::tempdir().unwrap();
