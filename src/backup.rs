@@ -59,6 +59,10 @@ pub struct BackupOptions {
     pub name: String,
     pub source: PathBuf,
     pub changed_ranges: Option<PathBuf>,
+    /// Changed ranges given directly (from the CSI SnapshotMetadata service), with where they
+    /// came from and the volume size they were computed for; used as `changed_ranges` when
+    /// that size is the source's, ignored (hash-compare) otherwise.
+    pub given_ranges: Option<GivenRanges>,
     /// Ignore the parent: read and hash every block (still deduplicated).
     pub full: bool,
     /// Blocks read and sealed at once.
@@ -78,12 +82,21 @@ impl BackupOptions {
             name: name.into(),
             source: source.into(),
             changed_ranges: None,
+            given_ranges: None,
             full: false,
             concurrency: cores * 2,
             max_uploads: 4,
             label: None,
         }
     }
+}
+
+/// Changed ranges from a service rather than a file.
+#[derive(Debug, Clone)]
+pub struct GivenRanges {
+    pub source: String,
+    pub capacity: u64,
+    pub ranges: Vec<crate::diff::ByteRange>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -238,13 +251,25 @@ async fn backup_inner(
             .await?
             .filter(|(_, p)| p.chunk_size as u64 == chunk)
     };
-    let ranges = match &opts.changed_ranges {
-        Some(p) => {
+    let ranges = match (&opts.changed_ranges, &opts.given_ranges) {
+        (Some(p), _) => {
             let r = read_ranges_file(p)?;
             validate_ranges(&p.display().to_string(), &r, size)?;
             Some(r)
         }
-        None => None,
+        (None, Some(g)) if g.capacity != size => {
+            tracing::warn!(
+                "{} describes a volume of {} bytes, the source has {size}: comparing hashes instead",
+                g.source,
+                g.capacity
+            );
+            None
+        }
+        (None, Some(g)) => {
+            validate_ranges(&g.source, &g.ranges, size)?;
+            Some(g.ranges.clone())
+        }
+        (None, None) => None,
     };
     let (change_source, to_read) = match (&parent, ranges) {
         (Some((_, p)), Some(r)) => {

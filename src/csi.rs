@@ -1,7 +1,8 @@
 //! Volumes on a live cluster: takes the bound PersistentVolumeClaims of a backup's scope;
-//! gives CSI snapshots of all of them taken back to back (or one `VolumeGroupSnapshot` per
-//! namespace when a group class is given) inside the rules' barrier, then moves each
-//! snapshot's data into the repository with a mover Job, and on restore writes a claim's
+//! gives CSI snapshots of all of them taken inside the rules' barrier: one
+//! `VolumeGroupSnapshot` per namespace where the driver offers it (its default
+//! VolumeGroupSnapshotClass, or a named one), else VolumeSnapshots back to back. It then moves
+//! each snapshot's data into the repository with a mover Job, and on restore writes a claim's
 //! data with a restore Job before the workloads are applied. Must not touch the
 //! application's own claims or volumes: it reads from clones of snapshots and writes into
 //! new claims only.
@@ -10,9 +11,13 @@
 //! Secret in the claim's namespace (`--mover-secret`, keys `LIFEBOAT_REPOSITORY`,
 //! `LIFEBOAT_PASSWORD` and the `AWS_*` settings of an S3 repository), because a pod can
 //! mount a claim of its own namespace only. A snapshot is read through a block-mode clone
-//! (`dataSource` the VolumeSnapshot) by `lifeboat volume backup`, which compares hashes with
-//! the claim's previous snapshot; the CSI SnapshotMetadata service (changed block tracking)
-//! is not used yet.
+//! (`dataSource` the VolumeSnapshot) by `lifeboat volume backup`. When the driver advertises
+//! a CSI SnapshotMetadata service (a `SnapshotMetadataService` named after it) and the
+//! namespace has the movers' ServiceAccount, the mover gets an audience-scoped token and asks
+//! the service for the blocks changed since the claim's previous VolumeSnapshot, which is kept
+//! for that (labelled `lifeboat.dev/base-of`, one per claim, the older one deleted once the
+//! next move succeeded); the mover reads only those blocks when the repository's newest
+//! snapshot of the claim was read from that base, and compares hashes otherwise.
 //!
 //! On restore, a block-mode claim is created under the target's name and written directly.
 //! A filesystem-mode claim is written through a block-mode claim of the same class and size,
@@ -39,8 +44,11 @@ pub struct MoverSettings {
     pub secret: String,
     /// VolumeSnapshotClass; None: the cluster's default class for the driver.
     pub snapshot_class: Option<String>,
-    /// VolumeGroupSnapshotClass; Some: one group snapshot per namespace.
-    pub group_snapshot_class: Option<String>,
+    /// Whether a namespace's claims are taken by one VolumeGroupSnapshot.
+    pub group_snapshots: GroupSnapshots,
+    /// ServiceAccount (in each claim's namespace) of mover Jobs that ask the CSI
+    /// SnapshotMetadata service for changed blocks; without it they compare hashes.
+    pub service_account: String,
     /// For each snapshot to be cut, each clone to bind, each Job to finish.
     pub timeout: Duration,
     pub poll: Duration,
@@ -52,11 +60,58 @@ impl Default for MoverSettings {
             image: format!("ghcr.io/lifeboat-dr/lifeboat:{}", env!("CARGO_PKG_VERSION")),
             secret: "lifeboat-repository".into(),
             snapshot_class: None,
-            group_snapshot_class: None,
+            group_snapshots: GroupSnapshots::Auto,
+            service_account: "lifeboat-mover".into(),
             timeout: Duration::from_secs(1800),
             poll: Duration::from_secs(2),
         }
     }
+}
+
+/// How the claims of one namespace are snapshotted together.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GroupSnapshots {
+    /// One VolumeGroupSnapshot per namespace when all its claims' driver has a default
+    /// VolumeGroupSnapshotClass (annotation `groupsnapshot.storage.kubernetes.io/is-default-class`),
+    /// else VolumeSnapshots back to back.
+    #[default]
+    Auto,
+    /// Always VolumeSnapshots back to back.
+    Off,
+    /// One VolumeGroupSnapshot per namespace of this class.
+    Class(String),
+}
+
+impl std::str::FromStr for GroupSnapshots {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "" => Err("give `auto`, `none` or a VolumeGroupSnapshotClass name".into()),
+            "auto" => Ok(GroupSnapshots::Auto),
+            "none" => Ok(GroupSnapshots::Off),
+            class => Ok(GroupSnapshots::Class(class.to_string())),
+        }
+    }
+}
+
+/// The annotation that marks a cluster's default VolumeGroupSnapshotClass for its driver.
+pub const DEFAULT_GROUP_CLASS: &str = "groupsnapshot.storage.kubernetes.io/is-default-class";
+
+/// The default VolumeGroupSnapshotClass of `driver` among listed classes (pure).
+pub fn default_group_class(classes: &[Value], driver: &str) -> Option<String> {
+    let mut found: Vec<&str> = classes
+        .iter()
+        .filter(|c| c["driver"] == driver)
+        .filter(|c| {
+            c.pointer("/metadata/annotations")
+                .and_then(|a| a.get(DEFAULT_GROUP_CLASS))
+                == Some(&json!("true"))
+        })
+        .filter_map(|c| c.pointer("/metadata/name").and_then(Value::as_str))
+        .collect();
+    found.sort();
+    // Two defaults for one driver is ambiguous, as Kubernetes itself treats it: use none.
+    (found.len() == 1).then(|| found[0].to_string())
 }
 
 /// A claim whose data a backup takes.
@@ -69,6 +124,8 @@ pub struct Claim {
     pub size: String,
     /// `Block` or `Filesystem`.
     pub volume_mode: String,
+    /// The PersistentVolume it is bound to (`spec.volumeName`).
+    pub volume: Option<String>,
 }
 
 /// A claim's shape from its object (as listed, or as planned for a restore).
@@ -80,6 +137,7 @@ pub fn claim_of(v: &Value) -> Option<Claim> {
         storage_class: s("/spec/storageClassName"),
         size: s("/status/capacity/storage").or_else(|| s("/spec/resources/requests/storage"))?,
         volume_mode: s("/spec/volumeMode").unwrap_or_else(|| "Filesystem".into()),
+        volume: s("/spec/volumeName"),
     })
 }
 
@@ -111,6 +169,66 @@ fn volume_snapshots() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshot"),
         "volumesnapshots",
+    )
+}
+
+fn snapshot_contents() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshotContent"),
+        "volumesnapshotcontents",
+    )
+}
+
+fn metadata_services(version: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("cbt.storage.k8s.io", version, "SnapshotMetadataService"),
+        "snapshotmetadataservices",
+    )
+}
+
+/// Where a mover Job's ServiceAccount token for the SnapshotMetadata service is mounted.
+pub const CBT_TOKEN_DIR: &str = "/var/run/secrets/lifeboat-cbt";
+
+/// Labels and annotations of a VolumeSnapshot kept as the base of a claim's next delta.
+const BASE_OF: &str = "lifeboat.dev/base-of";
+const BASE_LABEL: &str = "lifeboat.dev/base-label";
+const BASE_GROUP: &str = "lifeboat.dev/base-group";
+
+/// A driver's SnapshotMetadata service, from its `SnapshotMetadataService` object.
+#[derive(Debug, Clone)]
+pub struct MetadataService {
+    pub address: String,
+    /// `spec.caCert` as stored: PEM in base64.
+    pub ca_cert: String,
+    pub audience: String,
+    /// v1beta1 takes the base snapshot by CSI handle, v1alpha1 by VolumeSnapshot name.
+    pub base_by_handle: bool,
+}
+
+/// The base of a claim's next delta: the VolumeSnapshot its newest repository snapshot
+/// was read from.
+#[derive(Debug, Clone)]
+struct Base {
+    snapshot: String,
+    /// The source label of that repository snapshot.
+    label: String,
+    group: Option<String>,
+}
+
+/// The value of `lifeboat.dev/base-of` for a claim (label values are short).
+fn base_key(c: &Claim) -> String {
+    let id = format!("{}/{}", c.namespace, c.name);
+    hex::encode(&blake3::hash(id.as_bytes()).as_bytes()[..8])
+}
+
+fn group_snapshot_classes() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(
+            "groupsnapshot.storage.k8s.io",
+            "v1beta1",
+            "VolumeGroupSnapshotClass",
+        ),
+        "volumegroupsnapshotclasses",
     )
 }
 
@@ -150,11 +268,212 @@ fn api_err(what: String) -> impl FnOnce(kube::Error) -> LiveError {
 pub struct Csi {
     client: Client,
     pub settings: MoverSettings,
+    /// Snapshots kept as delta bases (`ns/name`): not removed with the backup's others.
+    kept: std::sync::Mutex<Vec<String>>,
+}
+
+/// What a mover Job needs to ask the SnapshotMetadata service.
+struct DeltaMount<'a> {
+    service: &'a MetadataService,
+    /// None on a claim's first move: the Job still gets the token, the base is kept after.
+    base: Option<(String, Base)>,
+    target: &'a str,
 }
 
 impl Csi {
     pub fn new(client: Client, settings: MoverSettings) -> Csi {
-        Csi { client, settings }
+        Csi {
+            client,
+            settings,
+            kept: Default::default(),
+        }
+    }
+
+    /// The SnapshotMetadata service of `driver`, if it advertises one.
+    pub async fn metadata_service(
+        &self,
+        driver: &str,
+    ) -> Result<Option<MetadataService>, LiveError> {
+        for (version, by_handle) in [("v1beta1", true), ("v1alpha1", false)] {
+            let api =
+                Api::<DynamicObject>::all_with(self.client.clone(), &metadata_services(version));
+            let found = match api.get_opt(driver).await {
+                Ok(f) => f,
+                // The API itself is not there: the cluster has no changed block tracking.
+                Err(kube::Error::Api(e)) if e.code == 404 => None,
+                Err(e) => return Err(api_err(format!("read SnapshotMetadataService {driver}"))(e)),
+            };
+            let Some(found) = found else { continue };
+            let v = serde_json::to_value(found).expect("serialises");
+            let s = |p: &str| {
+                v.pointer(p)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let svc = MetadataService {
+                address: s("/spec/address"),
+                ca_cert: s("/spec/caCert"),
+                audience: s("/spec/audience"),
+                base_by_handle: by_handle,
+            };
+            if svc.address.is_empty() || svc.ca_cert.is_empty() || svc.audience.is_empty() {
+                tracing::warn!(driver, "SnapshotMetadataService {driver} lacks an address, caCert or audience: not used");
+                return Ok(None);
+            }
+            return Ok(Some(svc));
+        }
+        Ok(None)
+    }
+
+    /// The delta base kept for a claim, if any.
+    async fn base_of(&self, c: &Claim) -> Result<Option<Base>, LiveError> {
+        let ns = &c.namespace;
+        let api =
+            Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &volume_snapshots());
+        let lp = kube::api::ListParams::default().labels(&format!("{BASE_OF}={}", base_key(c)));
+        let list = api
+            .list(&lp)
+            .await
+            .map_err(api_err(format!("list VolumeSnapshots in {ns}")))?;
+        let key = base_key(c);
+        let mut bases: Vec<Base> = list
+            .items
+            .into_iter()
+            .filter(|o| o.metadata.labels.as_ref().and_then(|l| l.get(BASE_OF)) == Some(&key))
+            .filter_map(|o| {
+                let a = o.metadata.annotations.clone().unwrap_or_default();
+                Some(Base {
+                    snapshot: o.metadata.name.clone()?,
+                    label: a.get(BASE_LABEL)?.clone(),
+                    group: a.get(BASE_GROUP).cloned(),
+                })
+            })
+            .collect();
+        // One base per claim; more only after an interrupted switch: use none of them.
+        Ok((bases.len() == 1).then(|| bases.remove(0)))
+    }
+
+    /// How the service names the base: its CSI snapshot handle (v1beta1), or its name.
+    async fn base_id(
+        &self,
+        ns: &str,
+        base: &Base,
+        svc: &MetadataService,
+    ) -> Result<Option<String>, LiveError> {
+        if !svc.base_by_handle {
+            return Ok(Some(base.snapshot.clone()));
+        }
+        let api =
+            Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &volume_snapshots());
+        let snap = api.get(&base.snapshot).await.map_err(api_err(format!(
+            "read VolumeSnapshot {ns}/{}",
+            base.snapshot
+        )))?;
+        let snap = serde_json::to_value(snap).expect("serialises");
+        let Some(content) = snap
+            .pointer("/status/boundVolumeSnapshotContentName")
+            .and_then(Value::as_str)
+        else {
+            return Ok(None);
+        };
+        let contents = Api::<DynamicObject>::all_with(self.client.clone(), &snapshot_contents());
+        let content = contents
+            .get(content)
+            .await
+            .map_err(api_err(format!("read VolumeSnapshotContent {content}")))?;
+        let content = serde_json::to_value(content).expect("serialises");
+        Ok(content
+            .pointer("/status/snapshotHandle")
+            .and_then(Value::as_str)
+            .map(str::to_string))
+    }
+
+    /// The delta a mover can ask for, when the claim's driver has a SnapshotMetadata
+    /// service and the mover's ServiceAccount exists; None: compare hashes.
+    async fn delta_for<'a>(
+        &self,
+        s: &'a CsiSnapshot,
+        svc: &'a MetadataService,
+    ) -> Result<Option<DeltaMount<'a>>, LiveError> {
+        let ns = &s.claim.namespace;
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), ns);
+        let sa = &self.settings.service_account;
+        if accounts
+            .get_opt(sa)
+            .await
+            .map_err(api_err(format!("read ServiceAccount {ns}/{sa}")))?
+            .is_none()
+        {
+            tracing::warn!(
+                namespace = %ns,
+                "the CSI driver offers changed block tracking, but ServiceAccount {ns}/{sa} for the movers is missing (deploy/mover-secret.yaml): comparing hashes"
+            );
+            return Ok(None);
+        }
+        let base = match self.base_of(&s.claim).await? {
+            Some(b) => self.base_id(ns, &b, svc).await?.map(|id| (id, b)),
+            None => None,
+        };
+        Ok(Some(DeltaMount {
+            service: svc,
+            base,
+            target: &s.snapshot,
+        }))
+    }
+
+    /// Makes `s` the claim's delta base, labelled with the repository snapshot read from it,
+    /// and retires the previous base (and its group, once no base is left in it).
+    async fn keep_as_base(&self, s: &CsiSnapshot, label: &str, old: Option<Base>) {
+        let ns = &s.claim.namespace;
+        let api =
+            Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &volume_snapshots());
+        let mut annotations =
+            json!({BASE_LABEL: label, "lifeboat.dev/claim": format!("{ns}/{}", s.claim.name)});
+        if let Some(g) = &s.group {
+            annotations[BASE_GROUP] = json!(g);
+        }
+        let patch = json!({"metadata": {"labels": {BASE_OF: base_key(&s.claim)}, "annotations": annotations}});
+        if let Err(e) = api
+            .patch(&s.snapshot, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            // Not kept: the next backup compares hashes; the snapshot goes with the others.
+            tracing::warn!(snapshot = %s.snapshot, "could not keep the snapshot as the next delta's base: {e}");
+            return;
+        }
+        self.kept
+            .lock()
+            .expect("kept")
+            .push(format!("{ns}/{}", s.snapshot));
+        let Some(old) = old.filter(|o| o.snapshot != s.snapshot) else {
+            return;
+        };
+        self.delete_quietly(api.clone(), &old.snapshot).await;
+        if let Some(g) = old.group {
+            let still = api
+                .list(&Default::default())
+                .await
+                .map(|l| {
+                    l.items.iter().any(|o| {
+                        o.metadata
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get(BASE_GROUP))
+                            == Some(&g)
+                    })
+                })
+                .unwrap_or(true);
+            if !still {
+                let groups = Api::<DynamicObject>::namespaced_with(
+                    self.client.clone(),
+                    ns,
+                    &group_snapshots(),
+                );
+                self.delete_quietly(groups, &g).await;
+            }
+        }
     }
 
     async fn wait<F>(&self, what: &str, mut done: F) -> Result<(), LiveError>
@@ -207,15 +526,18 @@ impl Csi {
         claims: &[Claim],
         out: &mut Vec<CsiSnapshot>,
     ) -> Result<(), LiveError> {
-        if let Some(class) = &self.settings.group_snapshot_class {
-            let mut namespaces: Vec<&str> = claims.iter().map(|c| c.namespace.as_str()).collect();
-            namespaces.dedup();
-            for ns in namespaces {
-                out.extend(self.group_snapshot(backup, ns, class, claims).await?);
+        let mut namespaces: Vec<&str> = claims.iter().map(|c| c.namespace.as_str()).collect();
+        namespaces.dedup();
+        let mut singles = Vec::new();
+        for ns in namespaces {
+            let mine: Vec<&Claim> = claims.iter().filter(|c| c.namespace == ns).collect();
+            match self.group_class(&mine).await? {
+                Some(class) => out.extend(self.group_snapshot(backup, ns, &class, &mine).await?),
+                None => singles.extend(mine),
             }
-            return Ok(());
         }
-        for c in claims {
+        let first_single = out.len();
+        for c in singles {
             let name = object_name("lifeboat", &[backup, &c.name]);
             let mut spec = json!({"source": {"persistentVolumeClaimName": c.name}});
             if let Some(class) = &self.settings.snapshot_class {
@@ -245,10 +567,69 @@ impl Csi {
                 group: None,
             });
         }
-        for s in out.iter() {
+        for s in &out[first_single..] {
             self.wait_snapshot(s, "cut", "/status/creationTime").await?;
         }
         Ok(())
+    }
+
+    /// The CSI driver of a claim's volume (`spec.csi.driver` of its PersistentVolume).
+    pub async fn driver_of(&self, c: &Claim) -> Result<Option<String>, LiveError> {
+        let Some(pv) = &c.volume else { return Ok(None) };
+        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
+        let found = pvs
+            .get_opt(pv)
+            .await
+            .map_err(api_err(format!("read PersistentVolume {pv}")))?;
+        Ok(found
+            .and_then(|v| v.spec)
+            .and_then(|s| s.csi)
+            .map(|csi| csi.driver))
+    }
+
+    /// The VolumeGroupSnapshotClass for one namespace's claims, if they are to be taken as a
+    /// group: the named class, or in `auto` the default class of their common driver (none
+    /// when the claims have different drivers or the cluster has no group snapshot API).
+    async fn group_class(&self, claims: &[&Claim]) -> Result<Option<String>, LiveError> {
+        match &self.settings.group_snapshots {
+            GroupSnapshots::Off => return Ok(None),
+            GroupSnapshots::Class(c) => return Ok(Some(c.clone())),
+            GroupSnapshots::Auto => {}
+        }
+        if claims.len() < 2 {
+            return Ok(None);
+        }
+        let mut drivers = Vec::new();
+        for c in claims {
+            match self.driver_of(c).await? {
+                Some(d) => drivers.push(d),
+                None => return Ok(None),
+            }
+        }
+        drivers.dedup();
+        if drivers.len() != 1 {
+            return Ok(None);
+        }
+        let api = Api::<DynamicObject>::all_with(self.client.clone(), &group_snapshot_classes());
+        let classes = match api.list(&Default::default()).await {
+            Ok(l) => l.items,
+            // No group snapshot API on this cluster (or not in this version).
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
+            Err(e) => return Err(api_err("list VolumeGroupSnapshotClasses".into())(e)),
+        };
+        let classes: Vec<Value> = classes
+            .into_iter()
+            .map(|c| serde_json::to_value(c).expect("serialises"))
+            .collect();
+        let class = default_group_class(&classes, &drivers[0]);
+        if let Some(class) = &class {
+            tracing::info!(
+                namespace = %claims[0].namespace,
+                class = %class,
+                "taking the claims as one VolumeGroupSnapshot (the driver's default class)"
+            );
+        }
+        Ok(class)
     }
 
     async fn group_snapshot(
@@ -256,13 +637,12 @@ impl Csi {
         backup: &str,
         ns: &str,
         class: &str,
-        claims: &[Claim],
+        mine: &[&Claim],
     ) -> Result<Vec<CsiSnapshot>, LiveError> {
         let group = object_name("lifeboat", &[backup, ns]);
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
-        let mine: Vec<&Claim> = claims.iter().filter(|c| c.namespace == ns).collect();
         // The group selects by label: mark exactly the claims of this backup.
-        for c in &mine {
+        for c in mine {
             pvcs.patch(
                 &c.name,
                 &PatchParams::default(),
@@ -323,7 +703,7 @@ impl Csi {
                 });
             };
             out.push(CsiSnapshot {
-                claim: c.clone(),
+                claim: (*c).clone(),
                 snapshot: snap.to_string(),
                 method: "csi-group",
                 group: Some(group.clone()),
@@ -400,9 +780,10 @@ impl Csi {
         ns: &str,
         job: &str,
         claim: &str,
-        args: Vec<String>,
+        mut args: Vec<String>,
+        delta: Option<&DeltaMount<'_>>,
     ) -> Result<(), LiveError> {
-        let spec = json!({
+        let mut spec = json!({
             "apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": job, "namespace": ns,
                 "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
@@ -413,6 +794,38 @@ impl Csi {
                         "envFrom": [{"secretRef": {"name": self.settings.secret}}],
                         "volumeDevices": [{"name": "data", "devicePath": "/dev/lifeboat-volume"}]}],
                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}}});
+        if let Some(d) = delta {
+            // An audience-scoped token of the mover's ServiceAccount, and the service's CA.
+            let pod = &mut spec["spec"]["template"]["spec"];
+            pod["serviceAccountName"] = json!(self.settings.service_account);
+            pod["volumes"]
+                .as_array_mut()
+                .expect("volumes")
+                .push(json!({"name": "cbt-token",
+                "projected": {"sources": [{"serviceAccountToken": {"audience": d.service.audience,
+                    "expirationSeconds": 3600, "path": "token"}}]}}));
+            let c = &mut pod["containers"][0];
+            c["volumeMounts"] =
+                json!([{"name": "cbt-token", "mountPath": CBT_TOKEN_DIR, "readOnly": true}]);
+            c["env"] = json!([{"name": "LIFEBOAT_CSI_DELTA_CA", "value": d.service.ca_cert}]);
+            if let Some((id, base)) = &d.base {
+                args.extend([
+                    "--csi-delta-address".into(),
+                    d.service.address.clone(),
+                    "--csi-delta-token-file".into(),
+                    format!("{CBT_TOKEN_DIR}/token"),
+                    "--csi-delta-namespace".into(),
+                    ns.to_string(),
+                    "--csi-delta-base".into(),
+                    id.clone(),
+                    "--csi-delta-target".into(),
+                    d.target.to_string(),
+                    "--csi-delta-parent".into(),
+                    base.label.clone(),
+                ]);
+            }
+            pod["containers"][0]["args"] = json!(args);
+        }
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), ns);
         jobs.create(
             &PostParams::default(),
@@ -464,6 +877,14 @@ impl Csi {
             s.claim.name, s.snapshot
         );
         self.wait_snapshot(s, "ready", "/status/readyToUse").await?;
+        let service = match self.driver_of(&s.claim).await? {
+            Some(driver) => self.metadata_service(&driver).await?,
+            None => None,
+        };
+        let delta = match &service {
+            Some(svc) => self.delta_for(s, svc).await?,
+            None => None,
+        };
         self.block_claim(ns, &clone, &s.claim, Some(&s.snapshot))
             .await?;
         let result = self
@@ -480,8 +901,12 @@ impl Csi {
                     label.clone(),
                     "/dev/lifeboat-volume".into(),
                 ],
+                delta.as_ref(),
             )
             .await;
+        if let (Ok(()), Some(d)) = (&result, delta) {
+            self.keep_as_base(s, &label, d.base.map(|(_, b)| b)).await;
+        }
         self.delete_quietly(Api::<Job>::namespaced(self.client.clone(), ns), &job)
             .await;
         self.delete_quietly(
@@ -495,14 +920,26 @@ impl Csi {
     /// Removes the snapshots of a backup (and their groups) once their data is in the
     /// repository, or the backup failed.
     pub async fn remove_snapshots(&self, snaps: &[CsiSnapshot]) {
+        let kept = self.kept.lock().expect("kept").clone();
+        let is_kept =
+            |s: &CsiSnapshot| kept.contains(&format!("{}/{}", s.claim.namespace, s.snapshot));
+        // A group with a kept member stays (deleting it would take the member along).
+        let kept_groups: Vec<(&String, &String)> = snaps
+            .iter()
+            .filter(|s| is_kept(s))
+            .filter_map(|s| Some((&s.claim.namespace, s.group.as_ref()?)))
+            .collect();
         let mut groups = Vec::new();
         for s in snaps {
+            if is_kept(s) {
+                continue;
+            }
             let ns = &s.claim.namespace;
             let api =
                 Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &volume_snapshots());
             self.delete_quietly(api, &s.snapshot).await;
             if let Some(g) = &s.group {
-                if !groups.contains(&(ns, g)) {
+                if !groups.contains(&(ns, g)) && !kept_groups.contains(&(ns, g)) {
                     groups.push((ns, g));
                 }
             }
@@ -546,6 +983,7 @@ impl Csi {
                     "/dev/lifeboat-volume".into(),
                     "--overwrite".into(),
                 ],
+                None,
             )
             .await;
         self.delete_quietly(Api::<Job>::namespaced(self.client.clone(), ns), &job)
@@ -627,6 +1065,37 @@ mod tests {
             );
             assert!(!n.ends_with('-') && !n.contains("--"), "{n}");
         }
+    }
+
+    #[test]
+    fn the_default_group_class_is_the_drivers_only_default() {
+        let class = |name: &str, driver: &str, default: bool| {
+            let mut v = json!({"metadata": {"name": name}, "driver": driver});
+            if default {
+                v["metadata"]["annotations"] = json!({DEFAULT_GROUP_CLASS: "true"});
+            }
+            v
+        };
+        let classes = vec![
+            class("a", "rbd.csi.ceph.com", false),
+            class("b", "rbd.csi.ceph.com", true),
+            class("c", "ebs.csi.aws.com", true),
+        ];
+        assert_eq!(
+            default_group_class(&classes, "rbd.csi.ceph.com").as_deref(),
+            Some("b")
+        );
+        assert_eq!(default_group_class(&classes, "pd.csi.storage.gke.io"), None);
+        let mut two = classes.clone();
+        two.push(class("d", "rbd.csi.ceph.com", true));
+        assert_eq!(
+            default_group_class(&two, "rbd.csi.ceph.com"),
+            None,
+            "ambiguous"
+        );
+        assert_eq!("none".parse(), Ok(GroupSnapshots::Off));
+        assert_eq!("auto".parse(), Ok(GroupSnapshots::Auto));
+        assert!("".parse::<GroupSnapshots>().is_err());
     }
 
     #[test]

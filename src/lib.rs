@@ -51,6 +51,8 @@ pub mod snapshot; // group copies of volume files (reflink or copy)
 
 pub mod csi; // CSI snapshots and the mover Jobs of a live cluster
 
+pub mod cbt; // changed blocks from the CSI SnapshotMetadata service
+
 pub mod appvolumes; // the volumes of application backups and restores
 
 pub mod diff; // which blocks to read

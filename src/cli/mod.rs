@@ -210,10 +210,11 @@ pub enum BackupCommand {
         /// VolumeSnapshotClass for live clusters [default: the driver's default class].
         #[arg(long, value_name = "CLASS")]
         snapshot_class: Option<String>,
-        /// VolumeGroupSnapshotClass: take one CSI group snapshot per namespace instead of
-        /// snapshots back to back (for drivers that offer it).
-        #[arg(long, value_name = "CLASS")]
-        group_snapshot_class: Option<String>,
+        /// One CSI VolumeGroupSnapshot per namespace: `auto` uses the claims' driver's
+        /// default VolumeGroupSnapshotClass when it has one, `none` takes VolumeSnapshots
+        /// back to back, anything else names the class.
+        #[arg(long, value_name = "CLASS|auto|none", default_value = "auto")]
+        group_snapshot_class: crate::csi::GroupSnapshots,
         #[command(flatten)]
         movers: MoverArgs,
     },
@@ -367,6 +368,123 @@ pub enum KeyCommand {
     List,
 }
 
+/// Changed blocks from the CSI SnapshotMetadata service, for `volume backup` in a mover Job
+/// (the Job is given these by lifeboat; anything that fails falls back to comparing hashes).
+#[derive(Debug, Clone, Args)]
+pub struct CsiDeltaArgs {
+    /// SnapshotMetadata service address (host:port).
+    #[arg(long, value_name = "HOST:PORT", hide = true, conflicts_with_all = ["changed_ranges", "full"],
+          requires_all = ["csi_delta_ca", "csi_delta_token_file", "csi_delta_namespace", "csi_delta_base", "csi_delta_target", "csi_delta_parent"])]
+    csi_delta_address: Option<String>,
+    /// Its CA bundle: PEM, or PEM in base64 as a SnapshotMetadataService's `spec.caCert`.
+    #[arg(
+        long,
+        env = "LIFEBOAT_CSI_DELTA_CA",
+        hide = true,
+        hide_env_values = true
+    )]
+    csi_delta_ca: Option<String>,
+    /// File holding a ServiceAccount token for the service's audience.
+    #[arg(long, value_name = "FILE", hide = true)]
+    csi_delta_token_file: Option<PathBuf>,
+    /// Namespace of the two VolumeSnapshots.
+    #[arg(long, hide = true)]
+    csi_delta_namespace: Option<String>,
+    /// The base snapshot (its CSI snapshot handle, or name for a v1alpha1 service).
+    #[arg(long, hide = true)]
+    csi_delta_base: Option<String>,
+    /// The VolumeSnapshot being read.
+    #[arg(long, hide = true)]
+    csi_delta_target: Option<String>,
+    /// The source label of the repository snapshot that was read from the base: the
+    /// ranges are used only when NAME's newest snapshot carries it.
+    #[arg(long, hide = true)]
+    csi_delta_parent: Option<String>,
+}
+
+impl CsiDeltaArgs {
+    /// Asks the service for the ranges when the parent is the base's snapshot; None (and a
+    /// warning) whenever that cannot be done, so that the backup compares hashes.
+    async fn ranges(
+        &self,
+        repo: &crate::repository::Repository,
+        name: &str,
+        cancel: &CancellationToken,
+    ) -> Option<crate::backup::GivenRanges> {
+        let address = self.csi_delta_address.as_ref()?;
+        let (Some(ca), Some(token_file), Some(ns), Some(base), Some(target), Some(parent)) = (
+            &self.csi_delta_ca,
+            &self.csi_delta_token_file,
+            &self.csi_delta_namespace,
+            &self.csi_delta_base,
+            &self.csi_delta_target,
+            &self.csi_delta_parent,
+        ) else {
+            return None;
+        };
+        match repo.latest_of(name).await {
+            Ok(Some((_, p))) if &p.source == parent => {}
+            Ok(found) => {
+                tracing::warn!(
+                    volume = name,
+                    newest = found.map(|(_, p)| p.source).unwrap_or_default(),
+                    expected = parent.as_str(),
+                    "the newest snapshot was not read from the base VolumeSnapshot: comparing hashes instead of asking for changed blocks"
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(volume = name, "{e}: comparing hashes instead");
+                return None;
+            }
+        }
+        use base64::Engine;
+        let ca_pem = match base64::engine::general_purpose::STANDARD.decode(ca.trim()) {
+            Ok(pem) => pem,
+            Err(_) => ca.as_bytes().to_vec(),
+        };
+        let token = match std::fs::read_to_string(token_file) {
+            Ok(t) => t.trim().to_string(),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read the ServiceAccount token {}: {e}; comparing hashes instead",
+                    token_file.display()
+                );
+                return None;
+            }
+        };
+        let ep = crate::cbt::Endpoint {
+            address: address.clone(),
+            ca_pem,
+            token,
+        };
+        let q = crate::cbt::DeltaQuery {
+            namespace: ns.clone(),
+            base: base.clone(),
+            target: target.clone(),
+        };
+        match crate::cbt::delta(&ep, &q, cancel, std::time::Duration::from_secs(600)).await {
+            Ok(d) => {
+                tracing::info!(
+                    volume = name,
+                    ranges = d.ranges.len(),
+                    changed_bytes = d.changed_bytes(),
+                    "changed blocks from the CSI SnapshotMetadata service"
+                );
+                Some(crate::backup::GivenRanges {
+                    source: format!("the SnapshotMetadata delta {base} → {ns}/{target}"),
+                    capacity: d.capacity,
+                    ranges: d.ranges,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(volume = name, "{e}: comparing hashes instead");
+                None
+            }
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
     /// Back up an image file or block device as snapshot of volume NAME, incrementally
@@ -388,6 +506,8 @@ pub enum VolumeCommand {
         /// name the claim and snapshot they read).
         #[arg(long, hide = true)]
         label: Option<String>,
+        #[command(flatten)]
+        csi_delta: Box<CsiDeltaArgs>,
     },
     /// Restore a snapshot (id, unique id prefix, or NAME:latest) to a new file, or with
     /// --overwrite onto an existing file or block device.
@@ -772,10 +892,12 @@ async fn volume_command(ctx: &Ctx<'_>, cmd: &VolumeCommand) -> Result<(), Error>
             changed_ranges,
             full,
             label,
+            csi_delta,
         } => {
             let repo = ctx.open_shared(&format!("volume backup {name}")).await?;
             let mut opts = BackupOptions::new(name, source);
             opts.changed_ranges = changed_ranges.clone();
+            opts.given_ranges = csi_delta.ranges(&repo, name, &ctx.cancel).await;
             opts.full = *full;
             opts.label = label.clone();
             let pb = ctx.progress(&format!("backup {name}"));
@@ -947,7 +1069,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                     let repo = ctx.open_shared(&format!("backup {name}")).await?;
                     let mut settings = movers.settings();
                     settings.snapshot_class = snapshot_class.clone();
-                    settings.group_snapshot_class = group_snapshot_class.clone();
+                    settings.group_snapshots = group_snapshot_class.clone();
                     appvolumes::backup_live(
                         repo,
                         name,

@@ -254,9 +254,27 @@ fn deploy_manifests_parse_and_match_the_code() {
         "volumegroupsnapshots",
         "jobs",
         "persistentvolumes",
+        "volumesnapshotcontents",
+        "volumegroupsnapshotclasses",
+        "snapshotmetadataservices",
+        "serviceaccounts",
     ] {
         assert!(rules.contains(needed), "the ClusterRole grants {needed}");
     }
+    let mover = kinds
+        .iter()
+        .filter(|(k, _)| k == "ServiceAccount")
+        .map(|(_, v)| v["metadata"]["name"].as_str().unwrap().to_string())
+        .find(|n| n != "lifeboat");
+    assert_eq!(
+        mover.as_deref(),
+        Some(
+            lifeboat::csi::MoverSettings::default()
+                .service_account
+                .as_str()
+        ),
+        "the movers' ServiceAccount"
+    );
     // The server's own schedules are a valid configuration.
     let cm = kinds
         .iter()

@@ -16,7 +16,7 @@ use kube::client::Body;
 use lifeboat::appbackup::{find_backup, load_objects, plan_restore, RestorePlanOptions};
 use lifeboat::appvolumes::{backup_live, restore_volumes_live, ConsistencyOptions};
 use lifeboat::cluster::{ApplyItem, ExistingPolicy, Scope};
-use lifeboat::csi::MoverSettings;
+use lifeboat::csi::{GroupSnapshots, MoverSettings};
 use lifeboat::live::LiveCluster;
 use lifeboat::repository::Repository;
 use lifeboat::resources::Mapping;
@@ -34,6 +34,8 @@ struct CsiCluster {
     disks: Mutex<BTreeMap<String, PathBuf>>,
     snapshots: Mutex<BTreeMap<String, PathBuf>>,
     log: Mutex<Vec<String>>,
+    /// Every object created, as posted.
+    created: Mutex<Vec<Value>>,
 }
 
 fn resource(name: &str, kind: &str, namespaced: bool) -> Value {
@@ -63,7 +65,18 @@ impl CsiCluster {
             disks: Mutex::default(),
             snapshots: Mutex::default(),
             log: Mutex::default(),
+            created: Mutex::default(),
         }
+    }
+
+    fn created(&self, kind: &str) -> Vec<Value> {
+        self.created
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["kind"] == kind)
+            .cloned()
+            .collect()
     }
 
     fn put(&self, path: String, v: Value) {
@@ -96,6 +109,13 @@ impl CsiCluster {
                 format!("/api/v1/namespaces/db/persistentvolumeclaims/{claim}"),
                 pvc,
             );
+            self.put(format!("/api/v1/persistentvolumes/pv-{claim}"), json!({"apiVersion": "v1", "kind": "PersistentVolume",
+                "metadata": {"name": format!("pv-{claim}"), "uid": format!("u-pv-{i}"), "resourceVersion": "4"},
+                "spec": {"capacity": {"storage": "4Mi"}, "accessModes": ["ReadWriteOnce"], "volumeMode": mode,
+                    "storageClassName": "csi-fast", "persistentVolumeReclaimPolicy": "Delete",
+                    "csi": {"driver": "fake.csi", "volumeHandle": format!("vol-{claim}")},
+                    "claimRef": {"namespace": "db", "name": claim}},
+                "status": {"phase": "Bound"}}));
         }
         self.put("/apis/apps/v1/namespaces/db/deployments/api".into(), json!({"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "api", "namespace": "db", "uid": "u-dep", "resourceVersion": "11"},
@@ -125,6 +145,18 @@ impl CsiCluster {
         let c = &spec["containers"][0];
         assert_eq!(c["envFrom"][0]["secretRef"]["name"], "lifeboat-repository");
         assert_eq!(c["volumeDevices"][0]["devicePath"], "/dev/lifeboat-volume");
+        // The kubelet's part: a projected ServiceAccount token for its audience.
+        let token = self.dir.join(format!("token-{ns}-{claim}"));
+        if let Some(p) = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| !v["projected"].is_null())
+        {
+            let t = &p["projected"]["sources"][0]["serviceAccountToken"];
+            let sa = spec["serviceAccountName"].as_str().unwrap();
+            std::fs::write(&token, format!("{sa}@{}", t["audience"].as_str().unwrap())).unwrap();
+        }
         let args: Vec<String> = c["args"]
             .as_array()
             .unwrap()
@@ -133,9 +165,17 @@ impl CsiCluster {
                 a.as_str()
                     .unwrap()
                     .replace("/dev/lifeboat-volume", disk.to_str().unwrap())
+                    .replace(
+                        &format!("{}/token", lifeboat::csi::CBT_TOKEN_DIR),
+                        token.to_str().unwrap(),
+                    )
             })
             .collect();
-        let r = run(lb(&self.repo).args(&args));
+        let mut cmd = lb(&self.repo);
+        for e in c["env"].as_array().into_iter().flatten() {
+            cmd.env(e["name"].as_str().unwrap(), e["value"].as_str().unwrap());
+        }
+        let r = run(cmd.args(&args));
         self.log.lock().unwrap().push(format!(
             "job {}: exit {} {}",
             args[..2].join(" "),
@@ -156,6 +196,7 @@ impl CsiCluster {
             .lock()
             .unwrap()
             .push(format!("create {kind} {ns}/{name}"));
+        self.created.lock().unwrap().push(v.clone());
         match kind.as_str() {
             "VolumeSnapshot" => {
                 let claim = v["spec"]["source"]["persistentVolumeClaimName"]
@@ -168,7 +209,13 @@ impl CsiCluster {
                     .lock()
                     .unwrap()
                     .insert(format!("{ns}/{name}"), to);
-                v["status"] = json!({"creationTime": "2026-11-24T10:00:00Z", "readyToUse": true});
+                // Its content, whose handle the SnapshotMetadata service takes as the base.
+                let content = format!("snapcontent-{name}");
+                self.put(format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents/{content}"),
+                    json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+                        "metadata": {"name": content}, "status": {"snapshotHandle": format!("csi-snap:{ns}/{name}"), "readyToUse": true}}));
+                v["status"] = json!({"creationTime": "2026-11-24T10:00:00Z", "readyToUse": true,
+                    "boundVolumeSnapshotContentName": content});
             }
             "VolumeGroupSnapshot" => {
                 // The group snapshotter: every claim the selector picks, at one instant.
@@ -343,6 +390,15 @@ impl Answer for CsiCluster {
                 self.log.lock().unwrap().push(format!("delete {path}"));
                 let mut objects = self.objects.lock().unwrap();
                 let removed = objects.remove(&path);
+                // The snapshot controller: a deleted VolumeSnapshot's content goes with it.
+                if let Some(c) = removed
+                    .as_ref()
+                    .and_then(|v| v["status"]["boundVolumeSnapshotContentName"].as_str())
+                {
+                    objects.remove(&format!(
+                        "/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents/{c}"
+                    ));
+                }
                 // The volume controller: a deleted claim's volume goes with it unless retained.
                 if let Some(pv) = removed
                     .as_ref()
@@ -588,8 +644,19 @@ async fn a_failing_mover_fails_the_backup_and_records_nothing() {
     );
 }
 
+/// A named VolumeGroupSnapshotClass, and in `auto` (the default) the driver's default class,
+/// take one group snapshot per namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_snapshot_class_takes_one_volume_group_snapshot_per_namespace() {
+    for (case, groups) in [
+        ("named", GroupSnapshots::Class("csi-fast-group".into())),
+        ("default", GroupSnapshots::Auto),
+    ] {
+        group_snapshot_case(case, groups).await;
+    }
+}
+
+async fn group_snapshot_case(case: &str, groups: GroupSnapshots) {
     let d = tmp();
     let repo_path = d.path().join("repo");
     ok(run(lb(&repo_path).args([
@@ -600,10 +667,17 @@ async fn a_group_snapshot_class_takes_one_volume_group_snapshot_per_namespace() 
         "64",
     ])));
     let api = Arc::new(CsiCluster::new(d.path(), &repo_path).with_app());
+    // The driver's classes: a default one, and another driver's default.
+    for (name, driver) in [("fake-group", "fake.csi"), ("other-group", "other.csi")] {
+        api.put(format!("/apis/groupsnapshot.storage.k8s.io/v1beta1/volumegroupsnapshotclasses/{name}"),
+            json!({"apiVersion": "groupsnapshot.storage.k8s.io/v1beta1", "kind": "VolumeGroupSnapshotClass",
+                "metadata": {"name": name, "annotations": {"groupsnapshot.storage.kubernetes.io/is-default-class": "true"}},
+                "driver": driver, "deletionPolicy": "Delete"}));
+    }
     let live = LiveCluster::from_client(serve(api.clone()), "fake");
     let repo = open(&repo_path).await;
     let settings = MoverSettings {
-        group_snapshot_class: Some("csi-fast-group".into()),
+        group_snapshots: groups.clone(),
         ..movers()
     };
     let summary = backup_db(
@@ -617,11 +691,32 @@ async fn a_group_snapshot_class_takes_one_volume_group_snapshot_per_namespace() 
     .unwrap();
     assert!(
         summary.volumes.iter().all(|v| v.method == "csi-group"),
-        "{:?}",
+        "{case}: {:?}",
         summary.volumes
     );
     assert_eq!(summary.volumes.len(), 2);
     let log = api.log.lock().unwrap().clone();
+    let class = match &groups {
+        GroupSnapshots::Class(c) => c.as_str(),
+        _ => "fake-group",
+    };
+    let group = api
+        .objects
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.contains("/volumegroupsnapshots/"))
+        .count();
+    assert_eq!(
+        group, 0,
+        "{case}: the group snapshot is removed after the move"
+    );
+    assert!(
+        api.created("VolumeGroupSnapshot")
+            .iter()
+            .all(|g| g["spec"]["volumeGroupSnapshotClassName"] == class),
+        "{case}"
+    );
     assert_eq!(
         log.iter()
             .filter(|l| l.starts_with("create VolumeGroupSnapshot"))
@@ -655,7 +750,150 @@ async fn a_group_snapshot_class_takes_one_volume_group_snapshot_per_namespace() 
         .filter(|k| k.contains("lifeboat") || k.contains("snapshot-"))
         .cloned()
         .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(leftovers.is_empty(), "{case}: {leftovers:?}");
+}
+
+/// A driver that advertises a SnapshotMetadata service: the first backup reads every block
+/// and keeps each claim's VolumeSnapshot as the base of the next; the second asks the service
+/// for the blocks changed since that base, reads only those, and retires the old base.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_block_tracking_feeds_the_movers_and_keeps_one_base_per_claim() {
+    let d = tmp();
+    let repo_path = d.path().join("repo");
+    ok(run(lb(&repo_path).args([
+        "repo",
+        "init",
+        "--insecure-fast-kdf",
+        "--chunk-size-kib",
+        "64",
+    ])));
+    let api = Arc::new(CsiCluster::new(d.path(), &repo_path).with_app());
+    // The service computes deltas from the fake's snapshot files.
+    let cluster = api.clone();
+    let answer: crate::cbt::Answerer = Arc::new(move |r: &lifeboat::cbt::DeltaRequest| {
+        if r.security_token != "lifeboat-mover@lifeboat-test-audience" {
+            return Err((16, format!("token {} rejected", r.security_token)));
+        }
+        let files = cluster.snapshots.lock().unwrap().clone();
+        let base = r
+            .base_snapshot
+            .strip_prefix("csi-snap:")
+            .expect("a CSI handle, not a name");
+        let target = format!("{}/{}", r.namespace, r.target_snapshot_name);
+        let (Some(a), Some(b)) = (files.get(base), files.get(&target)) else {
+            return Err((5, format!("{base} or {target} not found")));
+        };
+        let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+        crate::cbt::diff_answer(&a, &b, 4096, r.starting_offset as u64, 3)
+    });
+    let svc = crate::cbt::serve_metadata(answer, None);
+    api.put("/apis/cbt.storage.k8s.io/v1beta1/snapshotmetadataservices/fake.csi".into(),
+        json!({"apiVersion": "cbt.storage.k8s.io/v1beta1", "kind": "SnapshotMetadataService",
+            "metadata": {"name": "fake.csi"},
+            "spec": {"address": svc.address, "audience": "lifeboat-test-audience", "caCert": crate::cbt::ca_cert_base64()}}));
+    api.put("/api/v1/namespaces/db/serviceaccounts/lifeboat-mover".into(),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "lifeboat-mover", "namespace": "db"}}));
+    let live = LiveCluster::from_client(serve(api.clone()), "fake");
+    let repo = open(&repo_path).await;
+    let bases = || -> Vec<(String, Value)> {
+        api.objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, v)| {
+                k.contains("/volumesnapshots/")
+                    && !v["metadata"]["labels"]["lifeboat.dev/base-of"].is_null()
+            })
+            .map(|(k, v)| (k.rsplit('/').next().unwrap().to_string(), v.clone()))
+            .collect()
+    };
+
+    backup_db(
+        &repo,
+        "cbt-1",
+        &live,
+        &ConsistencyOptions::default(),
+        movers(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        svc.requests.lock().unwrap().is_empty(),
+        "nothing to ask on a first backup"
+    );
+    let first_bases = bases();
+    assert_eq!(
+        first_bases.len(),
+        2,
+        "one base per claim kept: {first_bases:?}"
+    );
+    let jobs = api.created("Job");
+    assert!(jobs
+        .iter()
+        .all(|j| j["spec"]["template"]["spec"]["serviceAccountName"] == "lifeboat-mover"));
+
+    // Three 4 KiB writes into the block-mode claim, in two 64 KiB blocks.
+    let disk = api.disks.lock().unwrap()["db/data-db-0"].clone();
+    let mut data = std::fs::read(&disk).unwrap();
+    for o in [8192usize, 12288, 2 << 20] {
+        data[o..o + 4096].fill(0x5A);
+    }
+    std::fs::write(&disk, &data).unwrap();
+
+    let second = backup_db(
+        &repo,
+        "cbt-2",
+        &live,
+        &ConsistencyOptions::default(),
+        movers(),
+    )
+    .await
+    .unwrap();
+    let log = api.log.lock().unwrap().clone();
+    let reqs = svc.requests.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 2, "one delta per claim: {log:#?}");
+    use lifeboat::csi::object_name;
+    for r in &reqs {
+        let claim = ["data-db-0", "logs-db-0"]
+            .into_iter()
+            .find(|c| r.target_snapshot_name == object_name("lifeboat", &["cbt-2", c]))
+            .unwrap_or_else(|| panic!("{r:?}"));
+        let base = object_name("lifeboat", &["cbt-1", claim]);
+        assert_eq!(r.base_snapshot, format!("csi-snap:db/{base}"), "by handle");
+        assert!(first_bases.iter().any(|(n, _)| *n == base));
+    }
+    let snaps = repo.list_snapshots().await.unwrap();
+    for v in &second.volumes {
+        let (_, s) = snaps.iter().find(|(id, _)| *id == v.snapshot).unwrap();
+        assert_eq!(s.change_source, "changed-ranges", "{}: {s:?}", v.pvc);
+        let expect = if v.pvc == "data-db-0" { 2 * 65536 } else { 0 };
+        assert_eq!(s.stats.bytes_read, expect, "{}", v.pvc);
+        let out = d.path().join(format!("check-{}.img", v.pvc));
+        ok(run(lb(&repo_path)
+            .args(["volume", "restore", &v.snapshot.to_hex()])
+            .arg(&out)));
+        let src = api.disks.lock().unwrap()[&format!("db/{}", v.pvc)].clone();
+        assert!(
+            std::fs::read(&out).unwrap() == std::fs::read(&src).unwrap(),
+            "{}",
+            v.pvc
+        );
+    }
+    // The new snapshots are the bases now; the old ones are gone.
+    let now: Vec<String> = bases().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(
+        first_bases.iter().all(|(n, _)| !now.contains(n)),
+        "{now:?} {first_bases:?}"
+    );
+    let remaining = api
+        .objects
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|k| k.contains("/volumesnapshots/"))
+        .count();
+    assert_eq!(remaining, 2, "only the bases remain");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

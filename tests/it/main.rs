@@ -4,6 +4,7 @@
 //! installs Garage when it is missing.
 
 mod appbackup;
+mod cbt;
 mod cli;
 mod consistency;
 mod devices;

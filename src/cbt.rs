@@ -1,0 +1,574 @@
+//! Changed blocks from the CSI SnapshotMetadata service (Kubernetes changed block tracking,
+//! KEP-3314). Takes the service's address and CA bundle (from its `SnapshotMetadataService`
+//! object), an audience-scoped ServiceAccount token and two snapshots of one volume; gives
+//! the byte ranges that differ between them, merged and checked, for the volume backup to
+//! read instead of comparing every block.
+//!
+//! It speaks the one streaming call it needs, `GetMetadataDelta`, as gRPC over HTTP/2 and TLS
+//! itself (messages in `prost`, frames here). An interrupted stream is resumed from the end of
+//! the last range received. Must not be trusted beyond that: the caller checks that the base
+//! snapshot is the one the repository's parent snapshot was read from, and whatever goes
+//! wrong here makes the caller compare hashes instead (slower, never wrong).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::diff::ByteRange;
+
+/// gRPC method path of `GetMetadataDelta` (package `snapshotmetadata`).
+pub const DELTA_PATH: &str = "/snapshotmetadata.SnapshotMetadata/GetMetadataDelta";
+
+/// The largest message accepted (gRPC's default limit).
+const MAX_MESSAGE: usize = 4 << 20;
+
+/// Attempts of one call, resuming after the last range received.
+const ATTEMPTS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CbtError {
+    #[error("cannot reach the SnapshotMetadata service at {address}: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("TLS with the SnapshotMetadata service at {address} failed: {reason}; is `spec.caCert` of its SnapshotMetadataService the CA that signed the service's certificate?")]
+    Tls { address: String, reason: String },
+    #[error("the SnapshotMetadata service answered {} ({code}): {message}{}", code_name(*code), hint(*code))]
+    Status { code: u32, message: String },
+    #[error("the SnapshotMetadata service at {address} broke the protocol: {reason}")]
+    Protocol { address: String, reason: String },
+    #[error("no complete answer from the SnapshotMetadata service within {0:?}")]
+    Timeout(Duration),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{0}")]
+    Input(String),
+}
+
+impl CbtError {
+    /// Worth another attempt: the network or the service may recover.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CbtError::Connect { .. } | CbtError::Timeout(_) => true,
+            // UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED
+            CbtError::Status { code, .. } => matches!(code, 4 | 8 | 10 | 14),
+            _ => false,
+        }
+    }
+}
+
+fn code_name(code: u32) -> &'static str {
+    match code {
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        16 => "UNAUTHENTICATED",
+        _ => "an error",
+    }
+}
+
+fn hint(code: u32) -> &'static str {
+    match code {
+        5 => "; one of the two snapshots is gone",
+        7 | 16 => "; the mover's ServiceAccount needs a token for the service's audience and `get` on VolumeSnapshots in its namespace (deploy/mover-secret.yaml)",
+        9 => "; changed block tracking is not enabled on the storage",
+        _ => "",
+    }
+}
+
+/// `GetMetadataDeltaRequest`.
+#[derive(Clone, PartialEq, Message)]
+pub struct DeltaRequest {
+    #[prost(string, tag = "1")]
+    pub security_token: String,
+    #[prost(string, tag = "2")]
+    pub namespace: String,
+    /// The base snapshot: its CSI snapshot handle (`base_snapshot_id`, API v1beta1), or its
+    /// VolumeSnapshot name (`base_snapshot_name`, v1alpha1); the same field on the wire.
+    #[prost(string, tag = "3")]
+    pub base_snapshot: String,
+    #[prost(string, tag = "4")]
+    pub target_snapshot_name: String,
+    #[prost(int64, tag = "5")]
+    pub starting_offset: i64,
+    #[prost(int32, tag = "6")]
+    pub max_results: i32,
+}
+
+/// `BlockMetadata`.
+#[derive(Clone, PartialEq, Message)]
+pub struct BlockMetadata {
+    #[prost(int64, tag = "1")]
+    pub byte_offset: i64,
+    #[prost(int64, tag = "2")]
+    pub size_bytes: i64,
+}
+
+/// `GetMetadataDeltaResponse`.
+#[derive(Clone, PartialEq, Message)]
+pub struct DeltaResponse {
+    /// `BlockMetadataType`: 1 fixed-length blocks, 2 variable-length extents.
+    #[prost(int32, tag = "1")]
+    pub block_metadata_type: i32,
+    #[prost(int64, tag = "2")]
+    pub volume_capacity_bytes: i64,
+    #[prost(message, repeated, tag = "3")]
+    pub block_metadata: Vec<BlockMetadata>,
+}
+
+/// One length-prefixed gRPC message (uncompressed).
+pub fn frame(message: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(5 + message.len());
+    b.extend_from_slice(&[0]);
+    b.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    b.extend_from_slice(message);
+    b.freeze()
+}
+
+/// Splits a byte stream into gRPC messages (pure).
+#[derive(Default)]
+pub struct Frames {
+    buf: BytesMut,
+}
+
+impl Frames {
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next whole message, if one has arrived.
+    pub fn next_message(&mut self) -> Result<Option<Bytes>, String> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        if self.buf[0] != 0 {
+            return Err("a compressed message, though none was asked for".into());
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > MAX_MESSAGE {
+            return Err(format!(
+                "a message of {len} bytes (the limit is {MAX_MESSAGE})"
+            ));
+        }
+        if self.buf.len() < 5 + len {
+            return Ok(None);
+        }
+        self.buf.advance(5);
+        Ok(Some(self.buf.split_to(len).freeze()))
+    }
+
+    /// Bytes of an unfinished message.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// Where the service is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `host:port`, as in the SnapshotMetadataService's `spec.address`.
+    pub address: String,
+    /// PEM CA bundle (`spec.caCert`).
+    pub ca_pem: Vec<u8>,
+    /// ServiceAccount token for the service's audience.
+    pub token: String,
+}
+
+/// Which delta to ask for.
+#[derive(Debug, Clone)]
+pub struct DeltaQuery {
+    pub namespace: String,
+    pub base: String,
+    pub target: String,
+}
+
+/// The answer: the volume's size, and the changed byte ranges, sorted and merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
+    pub capacity: u64,
+    pub ranges: Vec<ByteRange>,
+}
+
+impl Delta {
+    pub fn changed_bytes(&self) -> u64 {
+        self.ranges.iter().map(|r| r.length).sum()
+    }
+}
+
+/// Accumulates ranges across responses, checking the order the API promises (pure).
+#[derive(Debug, Default)]
+pub struct DeltaBuilder {
+    capacity: Option<u64>,
+    ranges: Vec<ByteRange>,
+    /// End of the last range: where a resumed call starts.
+    pub next_offset: u64,
+}
+
+impl DeltaBuilder {
+    pub fn add(&mut self, r: &DeltaResponse) -> Result<(), String> {
+        let cap = u64::try_from(r.volume_capacity_bytes)
+            .map_err(|_| format!("a negative capacity {}", r.volume_capacity_bytes))?;
+        match self.capacity {
+            None => self.capacity = Some(cap),
+            Some(c) if c != cap => {
+                return Err(format!("the capacity changed from {c} to {cap} bytes"));
+            }
+            Some(_) => {}
+        }
+        for b in &r.block_metadata {
+            let (Ok(offset), Ok(length)) =
+                (u64::try_from(b.byte_offset), u64::try_from(b.size_bytes))
+            else {
+                return Err(format!(
+                    "a negative range {}+{}",
+                    b.byte_offset, b.size_bytes
+                ));
+            };
+            let end = offset.checked_add(length).filter(|e| *e <= cap);
+            let Some(end) = end.filter(|_| length > 0) else {
+                return Err(format!(
+                    "range {offset}+{length} is empty or outside the volume ({cap} bytes)"
+                ));
+            };
+            if offset < self.next_offset && !self.ranges.is_empty() {
+                return Err(format!(
+                    "range {offset}+{length} starts before the end of the previous one ({})",
+                    self.next_offset
+                ));
+            }
+            match self.ranges.last_mut() {
+                Some(last) if last.offset + last.length == offset => last.length += length,
+                _ => self.ranges.push(ByteRange { offset, length }),
+            }
+            self.next_offset = end;
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<Delta, String> {
+        let capacity = self.capacity.ok_or("no response at all")?;
+        Ok(Delta {
+            capacity,
+            ranges: self.ranges,
+        })
+    }
+}
+
+/// Asks for the ranges changed between `q.base` and `q.target`, within `timeout` overall.
+pub async fn delta(
+    ep: &Endpoint,
+    q: &DeltaQuery,
+    cancel: &CancellationToken,
+    timeout: Duration,
+) -> Result<Delta, CbtError> {
+    let work = async {
+        let mut acc = DeltaBuilder::default();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match call(ep, q, &mut acc).await {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
+                    tracing::warn!(
+                        attempt,
+                        resume_at = acc.next_offset,
+                        "SnapshotMetadata call interrupted, resuming: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        acc.finish().map_err(|reason| CbtError::Protocol {
+            address: ep.address.clone(),
+            reason,
+        })
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => Err(CbtError::Cancelled),
+        r = tokio::time::timeout(timeout, work) => r.unwrap_or(Err(CbtError::Timeout(timeout))),
+    }
+}
+
+fn tls_config(ep: &Endpoint) -> Result<rustls::ClientConfig, CbtError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let tls_err = |reason: String| CbtError::Tls {
+        address: ep.address.clone(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&ep.ca_pem) {
+        let cert = cert.map_err(|e| tls_err(format!("the CA bundle does not parse: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| tls_err(format!("a CA certificate is unusable: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(tls_err("the CA bundle holds no certificate".into()));
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| tls_err(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// One streaming call from `acc.next_offset` on, adding what arrives to `acc`.
+async fn call(ep: &Endpoint, q: &DeltaQuery, acc: &mut DeltaBuilder) -> Result<(), CbtError> {
+    let address = ep.address.clone();
+    let connect = |reason: String| CbtError::Connect {
+        address: address.clone(),
+        reason,
+    };
+    let protocol = |reason: String| CbtError::Protocol {
+        address: address.clone(),
+        reason,
+    };
+    let host = address
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_matches(['[', ']']))
+        .ok_or_else(|| CbtError::Input(format!("address `{address}` is not host:port")))?;
+    let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| CbtError::Input(format!("address `{address}`: {e}")))?;
+    let cfg = tls_config(ep)?;
+    let tcp = tokio::net::TcpStream::connect(&address)
+        .await
+        .map_err(|e| connect(e.to_string()))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => CbtError::Tls {
+                address: address.clone(),
+                reason: e.to_string(),
+            },
+            _ => connect(e.to_string()),
+        })?;
+    let (client, conn) = h2::client::handshake(tls)
+        .await
+        .map_err(|e| connect(format!("HTTP/2: {e}")))?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("SnapshotMetadata connection ended: {e}");
+        }
+    });
+    let result = async {
+        let mut client = client.ready().await.map_err(|e| connect(e.to_string()))?;
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("https://{address}{DELTA_PATH}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("a request");
+        let (response, mut send) = client
+            .send_request(req, false)
+            .map_err(|e| connect(e.to_string()))?;
+        let msg = DeltaRequest {
+            security_token: ep.token.clone(),
+            namespace: q.namespace.clone(),
+            base_snapshot: q.base.clone(),
+            target_snapshot_name: q.target.clone(),
+            starting_offset: acc.next_offset as i64,
+            max_results: 0,
+        };
+        send.send_data(frame(&msg.encode_to_vec()), true)
+            .map_err(|e| connect(e.to_string()))?;
+        let response = response.await.map_err(|e| connect(e.to_string()))?;
+        if response.status() != http::StatusCode::OK {
+            return Err(protocol(format!("HTTP status {}", response.status())));
+        }
+        // A "trailers-only" answer carries the status in the headers.
+        if let Some(e) = grpc_status(response.headers()) {
+            return e;
+        }
+        let mut body = response.into_body();
+        let mut frames = Frames::default();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(|e| connect(format!("stream broke: {e}")))?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            frames.push(&chunk);
+            while let Some(m) = frames.next_message().map_err(protocol)? {
+                let r = DeltaResponse::decode(m).map_err(|e| protocol(e.to_string()))?;
+                acc.add(&r).map_err(protocol)?;
+            }
+        }
+        if frames.pending() > 0 {
+            return Err(connect("stream ended inside a message".into()));
+        }
+        let trailers = body
+            .trailers()
+            .await
+            .map_err(|e| connect(format!("stream broke: {e}")))?
+            .ok_or_else(|| connect("stream ended without a status".into()))?;
+        grpc_status(&trailers).unwrap_or_else(|| Err(protocol("no grpc-status".into())))
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// The call's outcome from `grpc-status`/`grpc-message`, if present.
+fn grpc_status(h: &http::HeaderMap) -> Option<Result<(), CbtError>> {
+    let code: u32 = h.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    if code == 0 {
+        return Some(Ok(()));
+    }
+    let message = h
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .map(percent_decode)
+        .unwrap_or_default();
+    Some(Err(CbtError::Status { code, message }))
+}
+
+/// `grpc-message` is percent-encoded.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(cap: i64, ranges: &[(i64, i64)]) -> DeltaResponse {
+        DeltaResponse {
+            block_metadata_type: 1,
+            volume_capacity_bytes: cap,
+            block_metadata: ranges
+                .iter()
+                .map(|&(o, s)| BlockMetadata {
+                    byte_offset: o,
+                    size_bytes: s,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn frames_split_a_stream_cut_anywhere() {
+        let msgs: Vec<Vec<u8>> = vec![vec![1, 2, 3], vec![], vec![7; 300]];
+        let wire: Vec<u8> = msgs.iter().flat_map(|m| frame(m).to_vec()).collect();
+        for cut in 0..wire.len() {
+            let mut f = Frames::default();
+            let mut got = Vec::new();
+            for part in [&wire[..cut], &wire[cut..]] {
+                f.push(part);
+                while let Some(m) = f.next_message().unwrap() {
+                    got.push(m.to_vec());
+                }
+            }
+            assert_eq!(got, msgs, "cut at {cut}");
+            assert_eq!(f.pending(), 0);
+        }
+        let mut f = Frames::default();
+        f.push(&[1, 0, 0, 0, 0]);
+        assert!(f.next_message().is_err(), "compressed");
+        let mut f = Frames::default();
+        f.push(&[0, 0xff, 0xff, 0xff, 0xff]);
+        assert!(f.next_message().is_err(), "too large");
+    }
+
+    #[test]
+    fn messages_round_trip_on_the_wire() {
+        let r = resp(1 << 30, &[(0, 4096), (1 << 20, 65536)]);
+        assert_eq!(DeltaResponse::decode(&r.encode_to_vec()[..]).unwrap(), r);
+        let q = DeltaRequest {
+            security_token: "t".into(),
+            namespace: "db".into(),
+            base_snapshot: "snap-handle".into(),
+            target_snapshot_name: "s2".into(),
+            starting_offset: 4096,
+            max_results: 0,
+        };
+        // Field 3 is a string with tag 3: 0x1a, then its length.
+        let wire = q.encode_to_vec();
+        let at = wire.iter().position(|&b| b == 0x1a).unwrap();
+        assert_eq!(&wire[at + 2..at + 2 + 11], b"snap-handle");
+    }
+
+    #[test]
+    fn ranges_merge_and_bad_answers_are_refused() {
+        let mut b = DeltaBuilder::default();
+        b.add(&resp(1 << 20, &[(0, 4096), (4096, 4096)])).unwrap();
+        b.add(&resp(1 << 20, &[(65536, 4096)])).unwrap();
+        assert_eq!(b.next_offset, 65536 + 4096);
+        let d = b.finish().unwrap();
+        assert_eq!(
+            d.ranges,
+            vec![
+                ByteRange {
+                    offset: 0,
+                    length: 8192
+                },
+                ByteRange {
+                    offset: 65536,
+                    length: 4096
+                }
+            ]
+        );
+        assert_eq!(d.changed_bytes(), 12288);
+        for bad in [
+            vec![resp(1 << 20, &[(8192, 4096), (0, 4096)])], // out of order
+            vec![resp(1 << 20, &[((1 << 20) - 10, 4096)])],  // past the end
+            vec![resp(1 << 20, &[(0, 0)])],                  // empty
+            vec![resp(1 << 20, &[(-1, 4096)])],              // negative
+            vec![resp(1 << 20, &[]), resp(2 << 20, &[])],    // capacity changes
+        ] {
+            let mut b = DeltaBuilder::default();
+            let r: Result<(), String> = bad.iter().try_for_each(|r| b.add(r));
+            assert!(r.is_err(), "{bad:?}");
+        }
+        assert!(DeltaBuilder::default().finish().is_err(), "no answer");
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_decoded() {
+        assert_eq!(
+            percent_decode("snapshot%20not%20found"),
+            "snapshot not found"
+        );
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", "9".parse().unwrap());
+        h.insert("grpc-message", "cbt%20off".parse().unwrap());
+        let e = grpc_status(&h).unwrap().unwrap_err();
+        assert!(
+            e.to_string().contains("FAILED_PRECONDITION (9): cbt off"),
+            "{e}"
+        );
+        assert!(!e.is_retryable());
+    }
+}
