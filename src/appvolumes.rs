@@ -396,12 +396,14 @@ pub async fn backup_live(
 /// overwritten); a block-mode claim is created and written here (returned, so that it is not
 /// applied again); a
 /// filesystem-mode claim is written through a block-mode one and its planned object is bound
-/// to the volume (`spec.volumeName`).
+/// to the volume (`spec.volumeName`). With `standby`, each claim written is annotated with
+/// its snapshot ([`crate::csi::STANDBY_SNAPSHOT`]), from which later backups are applied.
 pub async fn restore_volumes_live(
     live: &crate::live::LiveCluster,
     movers: crate::csi::MoverSettings,
     backup: &AppBackup,
     plan: &mut [Planned],
+    standby: bool,
 ) -> (Vec<ApplyResult>, Vec<ObjRef>) {
     let csi = live.csi(movers);
     let mut out = Vec::new();
@@ -444,6 +446,19 @@ pub async fn restore_volumes_live(
             .await
         {
             Ok(None) => {
+                if standby {
+                    if let Err(e) = csi
+                        .mark_claim(&ns, &r.name, Some(&v.snapshot.to_hex()))
+                        .await
+                    {
+                        out.push(ApplyResult {
+                            r,
+                            outcome: Outcome::Failed,
+                            detail: format!("volume data: written, but {e}"),
+                        });
+                        continue;
+                    }
+                }
                 created.push(r.clone());
                 out.push(ApplyResult {
                     r,
@@ -453,6 +468,10 @@ pub async fn restore_volumes_live(
             }
             Ok(Some(pv)) => {
                 p.value["spec"]["volumeName"] = serde_json::json!(pv);
+                if standby {
+                    p.value["metadata"]["annotations"][crate::csi::STANDBY_SNAPSHOT] =
+                        serde_json::json!(v.snapshot.to_hex());
+                }
                 out.push(ApplyResult {
                     r,
                     outcome: Outcome::Created,

@@ -159,6 +159,22 @@ pub struct CommitItem {
     pub size: u64,
     /// BLAKE3 of the journal (journals only).
     pub hash: Option<String>,
+    /// Where what the target holds is recorded, when not beside it (a block device's record
+    /// lives in the journal directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<PathBuf>,
+}
+
+impl CommitItem {
+    fn record_path(&self) -> PathBuf {
+        self.record
+            .clone()
+            .unwrap_or_else(|| with_suffix(&self.target, APPLIED_SUFFIX))
+    }
+}
+
+fn read_record(path: &Path) -> Option<Applied> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -243,7 +259,8 @@ fn replay(item: &CommitItem) -> Result<u64, StandbyError> {
             // Replayed and removed already: the target holds it.
             Err(e)
                 if e.kind() == std::io::ErrorKind::NotFound
-                    && read_applied(&item.target).map(|a| a.snapshot) == Some(item.snapshot) =>
+                    && read_record(&item.record_path()).map(|a| a.snapshot)
+                        == Some(item.snapshot) =>
             {
                 None
             }
@@ -284,23 +301,26 @@ fn replay(item: &CommitItem) -> Result<u64, StandbyError> {
                 }
                 written += len as u64;
             }
-            target.set_len(item.size).map_err(io(&item.target))?;
+            // A file takes the snapshot's size; a block device has its own.
+            if target.metadata().map(|m| m.is_file()).unwrap_or(false) {
+                target.set_len(item.size).map_err(io(&item.target))?;
+            }
             target.sync_all().map_err(io(&item.target))?;
-            write_applied(&item.target, item)?;
+            write_applied(item)?;
             return Ok(written);
         }
     }
-    write_applied(&item.target, item)?;
+    write_applied(item)?;
     Ok(0)
 }
 
-fn write_applied(target: &Path, item: &CommitItem) -> Result<(), StandbyError> {
+fn write_applied(item: &CommitItem) -> Result<(), StandbyError> {
     let a = Applied {
         snapshot: item.snapshot,
         size: item.size,
     };
     write_atomic(
-        &with_suffix(target, APPLIED_SUFFIX),
+        &item.record_path(),
         &serde_json::to_vec(&a).expect("serialises"),
     )
 }
@@ -409,6 +429,7 @@ async fn fetch_into_journal(
 
 /// Phase 1 for one volume: stages snapshot `new` for `target` (see the module documentation).
 /// None: the target holds it already.
+#[allow(clippy::too_many_arguments)]
 async fn prepare_volume(
     repo: &Arc<Repository>,
     index: &Arc<Index>,
@@ -416,9 +437,10 @@ async fn prepare_volume(
     new_id: SnapshotId,
     new: &Snapshot,
     target: &Path,
+    stage: &Stage,
     report: &mut VolumeReport,
 ) -> Result<Option<CommitItem>, StandbyError> {
-    let applied = read_applied(target).filter(|_| target.exists());
+    let applied = stage.applied.clone();
     if applied.as_ref().map(|a| a.snapshot) == Some(new_id) {
         report.mode = "unchanged".into();
         return Ok(None);
@@ -433,6 +455,14 @@ async fn prepare_volume(
         None => None,
     };
     let Some(base) = base else {
+        if stage.record.is_some() {
+            // A device is only ever moved from a known snapshot: its whole content is not
+            // staged (it would need its size again in the journal).
+            return Err(StandbyError::Failed(format!(
+                "claim {pvc}: the snapshot it holds ({}) is not in the repository any more; delete the claim on the site to have standby write it whole",
+                stage.applied.as_ref().map(|a| a.snapshot.short()).unwrap_or_else(|| "unknown".into())
+            )));
+        }
         report.mode = "full".into();
         let staged = with_suffix(target, NEW_SUFFIX);
         let _ = std::fs::remove_file(&staged);
@@ -460,6 +490,7 @@ async fn prepare_volume(
             snapshot: new_id,
             size: new.size,
             hash: None,
+            record: stage.record.clone(),
         }));
     };
     if base.map == new.map && base.size == new.size {
@@ -473,11 +504,12 @@ async fn prepare_volume(
             snapshot: new_id,
             size: new.size,
             hash: None,
+            record: stage.record.clone(),
         }));
     }
     report.mode = "delta".into();
     let chunk = new.chunk_size as u64;
-    let staged = with_suffix(target, JOURNAL_SUFFIX);
+    let staged = stage.journal.clone();
     let journal = Arc::new(Mutex::new(Journal::create(&staged).map_err(io(&staged))?));
     let segments = new.map.len().max(base.map.len());
     for seg in 0..new.map.len().min(segments) {
@@ -549,7 +581,197 @@ async fn prepare_volume(
         snapshot: new_id,
         size: new.size,
         hash: Some(hash),
+        record: stage.record.clone(),
     }))
+}
+
+/// Where one volume is staged, and what it holds now.
+struct Stage {
+    applied: Option<Applied>,
+    journal: PathBuf,
+    /// Some: the record lives here, not beside the target (block devices).
+    record: Option<PathBuf>,
+}
+
+impl Stage {
+    /// A volume file of a cluster-directory site: journal and record beside it.
+    fn beside(target: &Path) -> Stage {
+        Stage {
+            applied: read_applied(target).filter(|_| target.exists()),
+            journal: with_suffix(target, JOURNAL_SUFFIX),
+            record: None,
+        }
+    }
+}
+
+/// One claim of a live site, as the standby Job that updates it sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceVolume {
+    pub pvc: String,
+    /// The claim's block device in the Job.
+    pub device: PathBuf,
+    /// The snapshot it is to hold.
+    pub snapshot: SnapshotId,
+    /// The snapshot it holds as the claim's annotation says, for when the journal directory
+    /// has no record of it (a claim written whole by a restore Job).
+    pub base: Option<SnapshotId>,
+}
+
+impl std::str::FromStr for DeviceVolume {
+    type Err = String;
+    /// `PVC=DEVICE=SNAPSHOT[=BASE]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split('=').collect();
+        let id = |t: &str| {
+            t.parse::<SnapshotId>()
+                .map_err(|e| format!("`{s}`: `{t}` is not a snapshot id: {e}"))
+        };
+        match parts.as_slice() {
+            [pvc, dev, snap] | [pvc, dev, snap, _] if !pvc.is_empty() && !dev.is_empty() => {
+                Ok(DeviceVolume {
+                    pvc: pvc.to_string(),
+                    device: PathBuf::from(dev),
+                    snapshot: id(snap)?,
+                    base: parts.get(3).map(|b| id(b)).transpose()?,
+                })
+            }
+            _ => Err(format!("`{s}` is not PVC=DEVICE=SNAPSHOT[=BASE]")),
+        }
+    }
+}
+
+/// The standby Job's work on a live site: moves the claims' block devices to a backup's
+/// snapshots together, by the block-map difference, two-phase as on a cluster-directory site,
+/// with the journals, the records and the commit marker in `dir` (a claim that outlives the
+/// Job). A Job killed at any point leaves the devices at the previous or the new snapshots:
+/// the next Job finishes a committed marker first and discards the rest.
+pub async fn apply_devices(
+    repo: &Arc<Repository>,
+    dir: &Path,
+    backup: &str,
+    volumes: &[DeviceVolume],
+) -> Result<Vec<VolumeReport>, StandbyError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    retarget_marker(dir, volumes)?;
+    if let Some(b) = recover(dir)? {
+        tracing::info!(backup = %b, "finished the apply an earlier Job committed");
+    }
+    let index = Arc::new(repo.load_index().await?);
+    let mut items = Vec::new();
+    let mut reports = Vec::new();
+    let mut result = Ok(());
+    for v in volumes {
+        let record = dir.join(format!("{}{APPLIED_SUFFIX}", v.pvc));
+        let stage = Stage {
+            applied: read_record(&record).or(v.base.map(|snapshot| Applied { snapshot, size: 0 })),
+            journal: dir.join(format!("{}{JOURNAL_SUFFIX}", v.pvc)),
+            record: Some(record),
+        };
+        let mut report = VolumeReport {
+            pvc: v.pvc.clone(),
+            snapshot: v.snapshot.to_hex(),
+            ..Default::default()
+        };
+        let prepared = async {
+            let snap = repo.load_snapshot(&v.snapshot).await?;
+            prepare_volume(
+                repo,
+                &index,
+                &v.pvc,
+                v.snapshot,
+                &snap,
+                &v.device,
+                &stage,
+                &mut report,
+            )
+            .await
+        }
+        .await;
+        match prepared {
+            Ok(Some(item)) => items.push(item),
+            Ok(None) => {}
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+        reports.push(report);
+        failpoint("standby-after-prepare-volume");
+    }
+    if let Err(e) = result {
+        recover(dir)?; // discards the journals: the devices stay as they were
+        return Err(e);
+    }
+    if !items.is_empty() {
+        let marker = CommitMarker {
+            backup: backup.to_string(),
+            items,
+        };
+        let m = dir.join(COMMIT_FILE);
+        write_atomic(&m, &serde_json::to_vec_pretty(&marker).expect("serialises"))?;
+        failpoint("standby-after-commit");
+        for item in &marker.items {
+            replay(item)?;
+        }
+        std::fs::remove_file(&m).map_err(io(&m))?;
+    }
+    Ok(reports)
+}
+
+/// A commit marker left by an earlier Job names its devices by that Job's paths: point each
+/// item at this Job's device of the same claim before it is replayed.
+fn retarget_marker(dir: &Path, volumes: &[DeviceVolume]) -> Result<(), StandbyError> {
+    let m = dir.join(COMMIT_FILE);
+    let Ok(bytes) = std::fs::read(&m) else {
+        return Ok(());
+    };
+    let mut marker: CommitMarker =
+        serde_json::from_slice(&bytes).map_err(|e| StandbyError::BadJournal {
+            path: m.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    for item in &mut marker.items {
+        let Some(v) = volumes.iter().find(|v| v.pvc == item.pvc) else {
+            return Err(StandbyError::Failed(format!(
+                "the commit marker {} of backup {} names claim {}, which this Job was not given; run it with every claim of the namespace",
+                m.display(),
+                marker.backup,
+                item.pvc
+            )));
+        };
+        item.target = v.device.clone();
+    }
+    write_atomic(&m, &serde_json::to_vec_pretty(&marker).expect("serialises"))
+}
+
+/// Bytes a standby Job journals to move a claim from `base` to `new` (the blocks whose map
+/// entries differ), for sizing the claim its journals live on. Reads block maps only.
+pub async fn delta_bytes(
+    repo: &Repository,
+    index: &Index,
+    base: &Snapshot,
+    new: &Snapshot,
+) -> Result<u64, StandbyError> {
+    let chunk = new.chunk_size as u64;
+    if base.chunk_size != new.chunk_size {
+        return Ok(new.size);
+    }
+    let mut bytes = 0;
+    for seg in 0..new.map.len() {
+        if base.map.get(seg) == new.map.get(seg) {
+            continue;
+        }
+        let first = seg as u64 * MAP_SEGMENT_ENTRIES as u64;
+        let old = map_segment(repo, index, base, seg).await?;
+        let cur = map_segment(repo, index, new, seg).await?;
+        let changed = changed_blocks(first, &old, &cur);
+        // Each entry: 13 bytes of header, then the block unless it is zero.
+        bytes += changed
+            .iter()
+            .map(|(_, e)| 13 + if *e == BlockRef::Zero { 0 } else { chunk })
+            .sum::<u64>();
+    }
+    Ok(bytes)
 }
 
 /// Failure injection for tests: `LIFEBOAT_FAILPOINT=<name>` makes the process exit at that
@@ -770,6 +992,7 @@ async fn apply_backup(
                 v.snapshot,
                 &snap,
                 &target,
+                &Stage::beside(&target),
                 &mut report,
             )
             .await
@@ -853,18 +1076,31 @@ pub async fn cycle_live(
             let mut plan = for_namespace(plan, ns);
             let mut only = newest.clone();
             only.volumes.retain(|v| &v.namespace == src);
-            let (vols, created) =
-                crate::appvolumes::restore_volumes_live(live, movers.clone(), &only, &mut plan)
-                    .await;
+            let updated = update_live_claims(repo, live, &movers, &newest.name, ns, &only).await?;
+            let (vols, created) = crate::appvolumes::restore_volumes_live(
+                live,
+                movers.clone(),
+                &only,
+                &mut plan,
+                true,
+            )
+            .await;
             if let Some(f) = vols.iter().find(|v| v.outcome == Outcome::Failed) {
                 return Err(StandbyError::Io {
                     path: f.r.display(),
                     source: std::io::Error::other(f.detail.clone()),
                 });
             }
+            // Claims created here are not applied again, and claims that exist are left as
+            // they are (bound, their spec immutable).
             let items: Vec<crate::cluster::ApplyItem> = plan
                 .iter()
                 .filter(|p| !created.contains(&p.target))
+                .filter(|p| {
+                    !vols
+                        .iter()
+                        .any(|v| v.r == p.target && v.outcome == Outcome::Skipped)
+                })
                 .map(|p| crate::cluster::ApplyItem {
                     r: p.target.clone(),
                     value: p.value.clone(),
@@ -884,15 +1120,26 @@ pub async fn cycle_live(
                     source: std::io::Error::other(f.detail.clone()),
                 });
             }
-            let volumes: Vec<VolumeReport> = vols
+            let mut volumes: Vec<VolumeReport> = vols
                 .iter()
+                .filter(|v| !updated.iter().any(|u| u.pvc == v.r.name))
                 .map(|v| VolumeReport {
                     namespace: ns.clone(),
                     pvc: v.r.name.clone(),
-                    mode: format!("{:?}", v.outcome).to_lowercase(),
+                    snapshot: only
+                        .volumes
+                        .iter()
+                        .find(|b| b.pvc == v.r.name)
+                        .map(|b| b.snapshot.to_hex())
+                        .unwrap_or_default(),
+                    mode: match v.outcome {
+                        Outcome::Created => "full".into(),
+                        _ => format!("{:?}", v.outcome).to_lowercase(),
+                    },
                     ..Default::default()
                 })
                 .collect();
+            volumes.extend(updated);
             Ok::<_, StandbyError>((volumes, results.len()))
         }
         .await;
@@ -917,6 +1164,100 @@ pub async fn cycle_live(
         }
     }
     Ok(reports)
+}
+
+/// The claims of a backup that exist on a live site: those standby wrote (annotated with the
+/// snapshot they hold) move to the backup's snapshots together in one standby Job, by the
+/// block-map difference; a claim standby did not write keeps its data (reported).
+async fn update_live_claims(
+    repo: &Arc<Repository>,
+    live: &crate::live::LiveCluster,
+    movers: &crate::csi::MoverSettings,
+    backup: &str,
+    ns: &str,
+    only: &AppBackup,
+) -> Result<Vec<VolumeReport>, StandbyError> {
+    let csi = live.csi(movers.clone());
+    let index = repo.load_index().await?;
+    let mut reports = Vec::new();
+    let mut todo = Vec::new();
+    let mut journal_bytes = 0;
+    for v in &only.volumes {
+        let Some(claim) = csi.site_claim(ns, &v.pvc).await? else {
+            continue; // new to the site: written whole by a restore Job
+        };
+        let mut report = VolumeReport {
+            namespace: ns.to_string(),
+            pvc: v.pvc.clone(),
+            snapshot: v.snapshot.to_hex(),
+            ..Default::default()
+        };
+        let holds = claim
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::csi::STANDBY_SNAPSHOT))
+            .cloned();
+        let Some(holds) = holds else {
+            report.mode = "kept".into();
+            tracing::warn!(claim = %format!("{ns}/{}", v.pvc), "the claim exists on the site but standby did not write it: its data is not overwritten (delete it to have standby write it)");
+            reports.push(report);
+            continue;
+        };
+        if holds == v.snapshot.to_hex() {
+            report.mode = "unchanged".into();
+            reports.push(report);
+            // Still given to the Job, should there be one: a commit an earlier Job left may
+            // name it.
+            todo.push(crate::csi::StandbyClaim {
+                name: v.pvc.clone(),
+                snapshot: holds.clone(),
+                base: Some(holds),
+            });
+            continue;
+        }
+        let base_id: SnapshotId = holds.parse().map_err(|e| {
+            StandbyError::Failed(format!(
+                "claim {ns}/{}: annotation {} = `{holds}` is not a snapshot id: {e}",
+                v.pvc,
+                crate::csi::STANDBY_SNAPSHOT
+            ))
+        })?;
+        let base = repo.load_snapshot(&base_id).await.map_err(|e| {
+            StandbyError::Failed(format!(
+                "claim {ns}/{} holds snapshot {}, which cannot be read ({e}); delete the claim to have standby write it whole",
+                v.pvc,
+                base_id.short()
+            ))
+        })?;
+        let new = repo.load_snapshot(&v.snapshot).await?;
+        journal_bytes += delta_bytes(repo, &index, &base, &new).await?;
+        report.mode = "delta".into();
+        reports.push(report);
+        todo.push(crate::csi::StandbyClaim {
+            name: v.pvc.clone(),
+            snapshot: v.snapshot.to_hex(),
+            base: Some(holds),
+        });
+    }
+    if reports.iter().any(|r| r.mode == "delta") {
+        csi.update_claims(ns, backup, &todo, journal_bytes).await?;
+    }
+    Ok(reports)
+}
+
+/// After `activate` on a live site the application changes its claims' data: their standby
+/// annotations and the namespace's journal claim (whose records would be stale) go.
+pub async fn forget_live_claims(
+    live: &crate::live::LiveCluster,
+    ns: &str,
+) -> Result<(), StandbyError> {
+    let csi = live.csi(Default::default());
+    for name in csi.annotated_claims(ns).await? {
+        csi.mark_claim(ns, &name, None).await?;
+    }
+    csi.remove_journal_claim(ns).await?;
+    Ok(())
 }
 
 /// One workload's change by `activate` or `deactivate`.
@@ -1176,6 +1517,19 @@ pub fn age_seconds(t: Option<&str>, now: OffsetDateTime) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_volumes_parse_and_bad_ones_are_named() {
+        let id = SnapshotId([7; 32]).to_hex();
+        let v: DeviceVolume = format!("data=/dev/lifeboat-0={id}").parse().unwrap();
+        assert_eq!((v.pvc.as_str(), v.base), ("data", None));
+        let v: DeviceVolume = format!("data=/dev/x={id}={id}").parse().unwrap();
+        assert_eq!(v.base, Some(SnapshotId([7; 32])));
+        for bad in ["data=/dev/x", "=/dev/x=ab", "data=/dev/x=nothex"] {
+            let e = bad.parse::<DeviceVolume>().unwrap_err();
+            assert!(e.contains(bad) || e.contains("nothex"), "{e}");
+        }
+    }
     use crate::format::BlobId;
     use proptest::prelude::*;
 
@@ -1197,6 +1551,7 @@ mod tests {
             snapshot: SnapshotId([7; 32]),
             size: 8192,
             hash: Some(j.hasher.finalize().to_hex().to_string()),
+            record: None,
         };
         for _ in 0..2 {
             replay(&item).unwrap();

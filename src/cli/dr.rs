@@ -45,6 +45,20 @@ pub enum StandbyCommand {
     /// Per namespace: the backup applied, its age (the RPO lag), the newest backup in the
     /// bucket, and any error.
     Status,
+    /// Inside the standby Job of a live site: move the claims' block devices to a backup's
+    /// snapshots, two-phase, journals on --journal-dir.
+    #[command(hide = true)]
+    ApplyDevices {
+        /// A directory on a claim that outlives the Job.
+        #[arg(long, value_name = "DIR")]
+        journal_dir: PathBuf,
+        /// The backup being applied (recorded in the commit marker).
+        #[arg(long)]
+        backup: String,
+        /// PVC=DEVICE=SNAPSHOT[=BASE] (repeatable).
+        #[arg(long = "volume", value_name = "PVC=DEVICE=SNAPSHOT[=BASE]")]
+        volumes: Vec<standby::DeviceVolume>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -137,6 +151,32 @@ fn render_status(rows: &[crate::catalog::StandbyRow], now: time::OffsetDateTime)
 }
 
 pub(super) async fn standby(ctx: &Ctx<'_>, a: &StandbyArgs) -> Result<(), Error> {
+    if let Some(StandbyCommand::ApplyDevices {
+        journal_dir,
+        backup,
+        volumes,
+    }) = &a.command
+    {
+        let repo = ctx.open_shared(&format!("standby apply {backup}")).await?;
+        let reports = standby::apply_devices(&repo, journal_dir, backup, volumes).await?;
+        ctx.emit(&reports, || {
+            reports
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{}: {} {}, fetched {}, wrote {}",
+                        v.pvc,
+                        v.mode,
+                        &v.snapshot[..8.min(v.snapshot.len())],
+                        human(v.bytes_fetched),
+                        human(v.bytes_written)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        return Ok(());
+    }
     let catalog = ctx.catalog().await?;
     if let Some(StandbyCommand::Status) = a.command {
         let rows = blocking(&catalog, |c| c.standby_rows()).await?;
@@ -335,7 +375,13 @@ pub(super) async fn set_running(ctx: &Ctx<'_>, a: &NamespaceArgs, run: bool) -> 
                 .await
                 .map_err(|e| Error::Worker(e.to_string()))??
         }
-        Site::Live(l) => l.set_running(&a.namespace, run).await?,
+        Site::Live(l) => {
+            if run {
+                // The application will change its data: standby's records of it go first.
+                standby::forget_live_claims(&l, &a.namespace).await?;
+            }
+            l.set_running(&a.namespace, run).await?
+        }
     };
     let verb = if run { "activated" } else { "deactivated" };
     ctx.emit(

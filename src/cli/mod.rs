@@ -1348,7 +1348,8 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
         (None, None, Some(l)) => {
             // The data first: a workload must not start on an empty volume.
             let (mut r, created) =
-                appvolumes::restore_volumes_live(l, movers.settings(), &backup, &mut plan).await;
+                appvolumes::restore_volumes_live(l, movers.settings(), &backup, &mut plan, false)
+                    .await;
             let objects: Vec<_> = plan
                 .iter()
                 .filter(|p| p.skipped.is_none() && !created.contains(&p.target))

@@ -36,6 +36,8 @@ struct CsiCluster {
     log: Mutex<Vec<String>>,
     /// Every object created, as posted.
     created: Mutex<Vec<Value>>,
+    /// Environment the Jobs' processes get besides their own (failpoints).
+    job_env: Mutex<Vec<(String, String)>>,
 }
 
 fn resource(name: &str, kind: &str, namespaced: bool) -> Value {
@@ -66,6 +68,7 @@ impl CsiCluster {
             snapshots: Mutex::default(),
             log: Mutex::default(),
             created: Mutex::default(),
+            job_env: Mutex::default(),
         }
     }
 
@@ -130,23 +133,46 @@ impl CsiCluster {
         self
     }
 
+    /// The Job controller and kubelet: claims as block devices or mounted directories, a
+    /// projected ServiceAccount token, the container's environment; then the command line.
     async fn run_job(&self, ns: &str, job: &Value) -> bool {
         let spec = &job["spec"]["template"]["spec"];
-        let claim = spec["volumes"][0]["persistentVolumeClaim"]["claimName"]
-            .as_str()
-            .unwrap();
-        let disk = self
-            .disks
-            .lock()
+        let claims: BTreeMap<String, String> = spec["volumes"]
+            .as_array()
             .unwrap()
-            .get(&format!("{ns}/{claim}"))
-            .cloned()
-            .unwrap();
+            .iter()
+            .filter_map(|v| {
+                Some((
+                    v["name"].as_str()?.to_string(),
+                    v["persistentVolumeClaim"]["claimName"]
+                        .as_str()?
+                        .to_string(),
+                ))
+            })
+            .collect();
         let c = &spec["containers"][0];
         assert_eq!(c["envFrom"][0]["secretRef"]["name"], "lifeboat-repository");
-        assert_eq!(c["volumeDevices"][0]["devicePath"], "/dev/lifeboat-volume");
-        // The kubelet's part: a projected ServiceAccount token for its audience.
-        let token = self.dir.join(format!("token-{ns}-{claim}"));
+        let mut paths: Vec<(String, String)> = Vec::new();
+        for dev in c["volumeDevices"].as_array().unwrap() {
+            let claim = &claims[dev["name"].as_str().unwrap()];
+            let disk = self.disks.lock().unwrap()[&format!("{ns}/{claim}")].clone();
+            paths.push((
+                dev["devicePath"].as_str().unwrap().into(),
+                disk.to_str().unwrap().into(),
+            ));
+        }
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            if let Some(claim) = claims.get(m["name"].as_str().unwrap()) {
+                let dir = self.dir.join(format!("fs-{ns}-{claim}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                paths.push((
+                    m["mountPath"].as_str().unwrap().into(),
+                    dir.to_str().unwrap().into(),
+                ));
+            }
+        }
+        // A projected ServiceAccount token for its audience.
+        let token = self.dir.join(format!("token-{ns}"));
         if let Some(p) = spec["volumes"]
             .as_array()
             .unwrap()
@@ -156,24 +182,31 @@ impl CsiCluster {
             let t = &p["projected"]["sources"][0]["serviceAccountToken"];
             let sa = spec["serviceAccountName"].as_str().unwrap();
             std::fs::write(&token, format!("{sa}@{}", t["audience"].as_str().unwrap())).unwrap();
+            paths.push((
+                format!("{}/token", lifeboat::csi::CBT_TOKEN_DIR),
+                token.to_str().unwrap().into(),
+            ));
         }
+        // Longest first: /dev/lifeboat-1 is a prefix of /dev/lifeboat-10.
+        paths.sort_by_key(|(from, _)| std::cmp::Reverse(from.len()));
         let args: Vec<String> = c["args"]
             .as_array()
             .unwrap()
             .iter()
             .map(|a| {
-                a.as_str()
-                    .unwrap()
-                    .replace("/dev/lifeboat-volume", disk.to_str().unwrap())
-                    .replace(
-                        &format!("{}/token", lifeboat::csi::CBT_TOKEN_DIR),
-                        token.to_str().unwrap(),
-                    )
+                paths
+                    .iter()
+                    .fold(a.as_str().unwrap().to_string(), |a, (from, to)| {
+                        a.replace(from.as_str(), to)
+                    })
             })
             .collect();
         let mut cmd = lb(&self.repo);
         for e in c["env"].as_array().into_iter().flatten() {
             cmd.env(e["name"].as_str().unwrap(), e["value"].as_str().unwrap());
+        }
+        for (k, v) in self.job_env.lock().unwrap().iter() {
+            cmd.env(k, v);
         }
         let r = run(cmd.args(&args));
         self.log.lock().unwrap().push(format!(
@@ -249,6 +282,10 @@ impl CsiCluster {
                     pairs.push(json!({"persistentVolumeClaimRef": {"name": claim}, "volumeSnapshotRef": {"name": snap}}));
                 }
                 v["status"] = json!({"creationTime": "2026-11-24T10:00:00Z", "readyToUse": true, "pvcVolumeSnapshotRefList": pairs});
+            }
+            "PersistentVolumeClaim" if !v["spec"]["volumeName"].is_null() => {
+                // Pre-bound to a volume created before it: its disk is that volume's.
+                v["status"] = json!({"phase": "Bound"});
             }
             "PersistentVolumeClaim" => {
                 let disk = self.dir.join(format!("disk-{name}.img"));
@@ -557,7 +594,7 @@ async fn live_backup_snapshots_moves_and_restores_every_claims_data() {
         ..Default::default()
     };
     let mut plan = plan_restore(objects, &opts);
-    let (results, created) = restore_volumes_live(&live, movers(), &backup, &mut plan).await;
+    let (results, created) = restore_volumes_live(&live, movers(), &backup, &mut plan, false).await;
     assert!(
         results
             .iter()
@@ -977,7 +1014,123 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
         "up-to-date"
     );
 
-    // Failover on the live site, then back.
+    // The primary changes both claims; the next backup moves the site's existing claims by
+    // the block-map difference, in one standby Job (the filesystem-mode one through a
+    // block-mode view of its volume). A Job killed right after its commit leaves the site
+    // to the next cycle, which finishes it.
+    let change = |round: u8| {
+        for (claim, at) in [("data-db-0", 65536usize), ("logs-db-0", 3 << 20)] {
+            let disk = primary.disks.lock().unwrap()[&format!("db/{claim}")].clone();
+            let mut data = std::fs::read(&disk).unwrap();
+            data[at..at + 4096].fill(round);
+            std::fs::write(&disk, data).unwrap();
+        }
+    };
+    let same_as_primary = || {
+        let (pd, dd) = (
+            primary.disks.lock().unwrap().clone(),
+            dr.disks.lock().unwrap().clone(),
+        );
+        ["data-db-0", "logs-db-0"].iter().all(|claim| {
+            std::fs::read(&pd[&format!("db/{claim}")]).unwrap()
+                == std::fs::read(&dd[&format!("db/{claim}")]).unwrap()
+        })
+    };
+    for (round, kill) in [(1u8, false), (2, true)] {
+        change(round);
+        backup_db(
+            &repo,
+            &format!("live-{}", round + 1),
+            &LiveCluster::from_client(serve(primary.clone()), "p"),
+            &opts,
+            movers(),
+        )
+        .await
+        .unwrap();
+        if kill {
+            dr.job_env
+                .lock()
+                .unwrap()
+                .push(("LIFEBOAT_FAILPOINT".into(), "standby-after-commit".into()));
+            let r = cycle_live(&repo, &live, &catalog, &o, movers())
+                .await
+                .unwrap();
+            assert_eq!(r[0].state, "failed", "{r:#?}");
+            assert!(!same_as_primary(), "committed, not yet replayed");
+            dr.job_env.lock().unwrap().clear();
+        }
+        let r = cycle_live(&repo, &live, &catalog, &o, movers())
+            .await
+            .unwrap();
+        assert_eq!(
+            r[0].state,
+            "applied",
+            "{r:#?}\n{:#?}",
+            dr.log.lock().unwrap()
+        );
+        assert!(
+            r[0].volumes.iter().all(|v| v.mode == "delta"),
+            "{:?}",
+            r[0].volumes
+        );
+        assert!(
+            same_as_primary(),
+            "round {round}: the site's claims hold the new backup"
+        );
+        let objects = dr.objects.lock().unwrap();
+        for claim in ["data-db-0", "logs-db-0"] {
+            let c = &objects[&format!("/api/v1/namespaces/db/persistentvolumeclaims/{claim}")];
+            let want = r[0]
+                .volumes
+                .iter()
+                .find(|v| v.pvc == claim)
+                .unwrap()
+                .snapshot
+                .clone();
+            assert_eq!(
+                c["metadata"]["annotations"]["lifeboat.dev/standby-snapshot"],
+                want.as_str()
+            );
+        }
+        let raw: Vec<&String> = objects
+            .keys()
+            .filter(|k| k.contains("lifeboat-raw"))
+            .collect();
+        assert!(raw.is_empty(), "the block-mode views are removed: {raw:?}");
+        assert!(
+            !objects.keys().any(|k| k.contains("/jobs/")),
+            "Jobs removed"
+        );
+    }
+    let journal = dr_dir.join("fs-db-lifeboat-standby-journal");
+    let left: Vec<String> = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.iter().all(|f| f.ends_with(".lifeboat-applied")),
+        "only the records stay on the journal claim: {left:?}"
+    );
+
+    // Failover on the live site, then back. Activation first drops standby's records of the
+    // claims (the application will change them).
+    lifeboat::standby::forget_live_claims(&live, "db")
+        .await
+        .unwrap();
+    {
+        let objects = dr.objects.lock().unwrap();
+        assert!(!objects
+            .contains_key("/api/v1/namespaces/db/persistentvolumeclaims/lifeboat-standby-journal"));
+        for claim in ["data-db-0", "logs-db-0"] {
+            let c = &objects[&format!("/api/v1/namespaces/db/persistentvolumeclaims/{claim}")];
+            assert!(
+                c["metadata"]["annotations"]
+                    .get("lifeboat.dev/standby-snapshot")
+                    .is_none(),
+                "{c}"
+            );
+        }
+    }
     let changes = live.set_running("db", true).await.unwrap();
     assert_eq!(changes.len(), 2, "{changes:?}");
     {
