@@ -202,6 +202,17 @@ pub const JOURNAL_CLAIM: &str = "lifeboat-standby-journal";
 /// Where the standby Job mounts it.
 pub const JOURNAL_DIR: &str = "/var/lib/lifeboat-standby";
 
+/// What the standby Job reports for one claim (its termination message, kept short: the
+/// kubelet keeps 4 KiB of it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppliedClaim {
+    pub pvc: String,
+    pub mode: String,
+    pub blocks_changed: u64,
+    pub bytes_fetched: u64,
+    pub bytes_written: u64,
+}
+
 /// A claim of a standby site to move to a newer snapshot.
 #[derive(Debug, Clone)]
 pub struct StandbyClaim {
@@ -863,11 +874,15 @@ impl Csi {
             }
             pod["containers"][0]["args"] = json!(args);
         }
-        self.run_job(ns, job, spec).await
+        self.run_job(ns, job, spec).await.map(|_| ())
     }
 
     /// Creates Job `job` from `spec`, waits for it to succeed, and removes it.
-    async fn run_job(&self, ns: &str, job: &str, spec: Value) -> Result<(), LiveError> {
+    /// Returns the container's termination message: what the command wrote to
+    /// `/dev/termination-log`, or on failure the end of its log.
+    async fn run_job(&self, ns: &str, job: &str, mut spec: Value) -> Result<String, LiveError> {
+        spec["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] =
+            json!("FallbackToLogsOnError");
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), ns);
         jobs.create(
             &PostParams::default(),
@@ -876,8 +891,43 @@ impl Csi {
         .await
         .map_err(api_err(format!("create Job {ns}/{job}")))?;
         let r = self.wait_job(&jobs, ns, job).await;
+        let message = self.job_message(ns, job).await;
         self.delete_quietly(jobs, job).await;
-        r
+        match r {
+            Ok(()) => Ok(message),
+            Err(LiveError::Volume { what, reason }) if !message.trim().is_empty() => {
+                Err(LiveError::Volume {
+                    what,
+                    reason: format!("{reason}; it said: {}", message.trim()),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The termination message of a Job's (newest) pod; empty when there is none.
+    async fn job_message(&self, ns: &str, job: &str) -> String {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client.clone(), ns);
+        let lp = kube::api::ListParams::default().labels(&format!("job-name={job}"));
+        let Ok(list) = pods.list(&lp).await else {
+            return String::new();
+        };
+        list.items
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("job-name"))
+                    .map(String::as_str)
+                    == Some(job)
+            })
+            .filter_map(|p| {
+                let st = p.status.as_ref()?.container_statuses.as_ref()?.first()?;
+                st.state.as_ref()?.terminated.as_ref()?.message.clone()
+            })
+            .next_back()
+            .unwrap_or_default()
     }
 
     async fn wait_job(&self, jobs: &Api<Job>, ns: &str, job: &str) -> Result<(), LiveError> {
@@ -1175,11 +1225,11 @@ impl Csi {
         backup: &str,
         claims: &[StandbyClaim],
         journal_bytes: u64,
-    ) -> Result<(), LiveError> {
+    ) -> Result<Vec<AppliedClaim>, LiveError> {
         self.journal_claim(ns, journal_bytes).await?;
         let mut devices = Vec::new();
         let mut raws = Vec::new();
-        let mut result = Ok(());
+        let mut result = Ok(Vec::new());
         for c in claims {
             let Some(claim) = self.site_claim(ns, &c.name).await? else {
                 result = Err(LiveError::Volume {
@@ -1213,6 +1263,8 @@ impl Csi {
                 JOURNAL_DIR.into(),
                 "--backup".into(),
                 backup.into(),
+                "--report-file".into(),
+                "/dev/termination-log".into(),
             ];
             let mut pod_devices = Vec::new();
             let mut volumes = vec![
@@ -1242,7 +1294,12 @@ impl Csi {
                             "volumeDevices": pod_devices,
                             "volumeMounts": [{"name": "journal", "mountPath": JOURNAL_DIR}]}],
                         "volumes": volumes}}}});
-            result = self.run_job(ns, &job, spec).await;
+            result = self.run_job(ns, &job, spec).await.map(|message| {
+                serde_json::from_str::<Vec<AppliedClaim>>(message.trim()).unwrap_or_else(|e| {
+                    tracing::warn!(job = %job, "the standby Job's report does not parse: {e}");
+                    Vec::new()
+                })
+            });
         }
         for (raw, pv) in raws {
             self.delete_quietly(
@@ -1253,11 +1310,11 @@ impl Csi {
             self.delete_quietly(Api::<PersistentVolume>::all(self.client.clone()), &pv)
                 .await;
         }
-        result?;
+        let applied = result?;
         for c in claims {
             self.mark_claim(ns, &c.name, Some(&c.snapshot)).await?;
         }
-        Ok(())
+        Ok(applied)
     }
 
     /// Writes a repository snapshot into a new claim `target` (namespace `ns`) shaped like

@@ -32,10 +32,11 @@
 //! And an application backup's volumes, upstream of the volume flow:
 //!
 //! ```text
-//!  hooks: pre rules ─► barrier ─► snapshot (reflink/copy) or csi (VolumeSnapshots) ─► post rules
+//!  hooks: pre rules ─► barrier ─► snapshot (reflink/copy) or csi (group/VolumeSnapshots) ─► post rules
 //!                                      │ point-in-time copies
 //!                                      ▼
-//!  appvolumes: each copy ─► backup (as above; a mover Job on a live cluster) ─► record
+//!  appvolumes: each copy ─► backup (as above; a mover Job on a live cluster, reading only
+//!              the blocks cbt reports changed when the CSI driver tracks them) ─► record
 //! ```
 //!
 //! `format` holds every struct that is stored (documented in `schema/`); `live` is the

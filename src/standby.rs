@@ -1,6 +1,6 @@
-//! The DR site: takes the repository, a schedule and a target cluster directory; keeps the
-//! target a warm standby of the schedule's newest backup, and switches it on (`activate`) and
-//! off (`deactivate`). Must not leave a volume half-way between two snapshots, nor a backup
+//! The DR site: takes the repository, a schedule and a target (a cluster directory, or a live
+//! cluster through [`crate::csi`]); keeps the target a warm standby of the schedule's newest
+//! backup, and switches it on (`activate`) and off (`deactivate`). Must not leave a volume half-way between two snapshots, nor a backup
 //! half-applied: a standby killed at any instant resumes to the previous or the new state.
 //!
 //! A volume already holding snapshot A moves to snapshot B by the **difference of their block
@@ -20,6 +20,10 @@
 //!    discarded.
 //!
 //! The configuration is then applied with `--start-applications=false` semantics.
+//!
+//! On a live site the same two phases run inside a standby Job ([`apply_devices`]), with the
+//! claims as block devices and the journals, records and marker on a claim of their own; the
+//! commit marker names claims, not device paths, so the next Job can finish it.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -1049,10 +1053,10 @@ async fn apply_backup(
     Ok(out)
 }
 
-/// One standby cycle on a live site: the configuration is applied held (server-side apply,
-/// existing objects updated), and each claim new to the site is created and written by a
-/// restore Job before its workloads. A claim that exists on the site keeps its data: the
-/// journaled delta apply above is for cluster-directory sites (see the README's limits).
+/// One standby cycle on a live site: the claims standby wrote move to the new backup in
+/// place (one standby Job per namespace, see [`apply_devices`]), each claim new to the site
+/// is created and written by a restore Job, and then the configuration is applied held
+/// (server-side apply, existing objects updated, existing claims left as they are).
 pub async fn cycle_live(
     repo: &Arc<Repository>,
     live: &crate::live::LiveCluster,
@@ -1241,7 +1245,14 @@ async fn update_live_claims(
         });
     }
     if reports.iter().any(|r| r.mode == "delta") {
-        csi.update_claims(ns, backup, &todo, journal_bytes).await?;
+        for a in csi.update_claims(ns, backup, &todo, journal_bytes).await? {
+            if let Some(r) = reports.iter_mut().find(|r| r.pvc == a.pvc) {
+                r.mode = a.mode;
+                r.blocks_changed = a.blocks_changed;
+                r.bytes_fetched = a.bytes_fetched;
+                r.bytes_written = a.bytes_written;
+            }
+        }
     }
     Ok(reports)
 }

@@ -58,6 +58,10 @@ pub enum StandbyCommand {
         /// PVC=DEVICE=SNAPSHOT[=BASE] (repeatable).
         #[arg(long = "volume", value_name = "PVC=DEVICE=SNAPSHOT[=BASE]")]
         volumes: Vec<standby::DeviceVolume>,
+        /// Also write what was done, as compact JSON, here (the container's termination
+        /// message, which standby reads back).
+        #[arg(long, value_name = "FILE")]
+        report_file: Option<PathBuf>,
     },
 }
 
@@ -155,10 +159,27 @@ pub(super) async fn standby(ctx: &Ctx<'_>, a: &StandbyArgs) -> Result<(), Error>
         journal_dir,
         backup,
         volumes,
+        report_file,
     }) = &a.command
     {
         let repo = ctx.open_shared(&format!("standby apply {backup}")).await?;
         let reports = standby::apply_devices(&repo, journal_dir, backup, volumes).await?;
+        if let Some(f) = report_file {
+            let short: Vec<crate::csi::AppliedClaim> = reports
+                .iter()
+                .map(|v| crate::csi::AppliedClaim {
+                    pvc: v.pvc.clone(),
+                    mode: v.mode.clone(),
+                    blocks_changed: v.blocks_changed,
+                    bytes_fetched: v.bytes_fetched,
+                    bytes_written: v.bytes_written,
+                })
+                .collect();
+            let text = serde_json::to_string(&short).expect("serialises");
+            if let Err(e) = std::fs::write(f, text) {
+                tracing::warn!("cannot write the report to {}: {e}", f.display());
+            }
+        }
         ctx.emit(&reports, || {
             reports
                 .iter()

@@ -136,6 +136,9 @@ impl CsiCluster {
     /// The Job controller and kubelet: claims as block devices or mounted directories, a
     /// projected ServiceAccount token, the container's environment; then the command line.
     async fn run_job(&self, ns: &str, job: &Value) -> bool {
+        let name = job["metadata"]["name"].as_str().unwrap();
+        let message = self.dir.join(format!("termination-{ns}-{name}"));
+        let _ = std::fs::remove_file(&message);
         let spec = &job["spec"]["template"]["spec"];
         let claims: BTreeMap<String, String> = spec["volumes"]
             .as_array()
@@ -187,6 +190,10 @@ impl CsiCluster {
                 token.to_str().unwrap().into(),
             ));
         }
+        paths.push((
+            "/dev/termination-log".into(),
+            message.to_str().unwrap().into(),
+        ));
         // Longest first: /dev/lifeboat-1 is a prefix of /dev/lifeboat-10.
         paths.sort_by_key(|(from, _)| std::cmp::Reverse(from.len()));
         let args: Vec<String> = c["args"]
@@ -215,6 +222,18 @@ impl CsiCluster {
             r.code,
             r.stderr.trim()
         ));
+        // Its pod, terminated, with the message the kubelet keeps (or the log's end on
+        // failure, as FallbackToLogsOnError).
+        let mut text = std::fs::read_to_string(&message).unwrap_or_default();
+        if text.is_empty() && r.code != 0 {
+            let tail: Vec<char> = r.stderr.chars().rev().take(2048).collect();
+            text = tail.into_iter().rev().collect();
+        }
+        assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
+        self.put(format!("/api/v1/namespaces/{ns}/pods/{name}-pod"), json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{name}-pod"), "namespace": ns, "labels": {"job-name": name}},
+            "status": {"phase": if r.code == 0 { "Succeeded" } else { "Failed" },
+                "containerStatuses": [{"name": c["name"], "state": {"terminated": {"exitCode": r.code, "message": text}}}]}}));
         r.code == 0
     }
 
@@ -427,6 +446,13 @@ impl Answer for CsiCluster {
                 self.log.lock().unwrap().push(format!("delete {path}"));
                 let mut objects = self.objects.lock().unwrap();
                 let removed = objects.remove(&path);
+                // Background propagation: a Job's pods go with it.
+                if let Some(job) = removed.as_ref().filter(|v| v["kind"] == "Job") {
+                    let name = &job["metadata"]["name"];
+                    objects.retain(|_, o| {
+                        o["kind"] != "Pod" || o["metadata"]["labels"]["job-name"] != *name
+                    });
+                }
                 // The snapshot controller: a deleted VolumeSnapshot's content goes with it.
                 if let Some(c) = removed
                     .as_ref()
@@ -1068,11 +1094,20 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
             "{r:#?}\n{:#?}",
             dr.log.lock().unwrap()
         );
-        assert!(
-            r[0].volumes.iter().all(|v| v.mode == "delta"),
-            "{:?}",
-            r[0].volumes
-        );
+        for v in &r[0].volumes {
+            if kill {
+                // The killed Job's commit was finished first: nothing was left to do.
+                assert_eq!(v.mode, "unchanged", "{v:?}");
+            } else {
+                // One 4 KiB write: its 64 KiB block, fetched compressed, nothing else.
+                assert_eq!(v.mode, "delta", "{v:?}");
+                assert_eq!((v.blocks_changed, v.bytes_written), (1, 65536), "{v:?}");
+                assert!(
+                    v.bytes_fetched > 0 && v.bytes_fetched <= 65536 + 1024,
+                    "{v:?}"
+                );
+            }
+        }
         assert!(
             same_as_primary(),
             "round {round}: the site's claims hold the new backup"

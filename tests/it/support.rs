@@ -142,6 +142,17 @@ fn start_garage() -> Result<Garage, String> {
          (installs it), or `cargo install garage --locked`, or set LIFEBOAT_GARAGE_BIN"
             .to_string()
     })?;
+    // Data of servers whose test process is gone (it dies with its process) is removed.
+    if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("lifeboat-garage-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
     let dir = std::env::temp_dir().join(format!("lifeboat-garage-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let (rpc, s3, admin) = (free_port(), free_port(), free_port());
