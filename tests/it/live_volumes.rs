@@ -36,6 +36,8 @@ struct CsiCluster {
     log: Mutex<Vec<String>>,
     /// Every object created, as posted.
     created: Mutex<Vec<Value>>,
+    /// The claim each snapshot (`ns/name`) was taken of.
+    snap_claims: Mutex<BTreeMap<String, String>>,
     /// Environment the Jobs' processes get besides their own (failpoints).
     job_env: Mutex<Vec<(String, String)>>,
 }
@@ -69,6 +71,7 @@ impl CsiCluster {
             log: Mutex::default(),
             created: Mutex::default(),
             job_env: Mutex::default(),
+            snap_claims: Mutex::default(),
         }
     }
 
@@ -255,6 +258,10 @@ impl CsiCluster {
                     .as_str()
                     .unwrap();
                 let from = self.disks.lock().unwrap()[&format!("{ns}/{claim}")].clone();
+                self.snap_claims
+                    .lock()
+                    .unwrap()
+                    .insert(format!("{ns}/{name}"), claim.to_string());
                 let to = self.dir.join(format!("snap-{name}.img"));
                 std::fs::copy(from, &to).unwrap();
                 self.snapshots
@@ -294,10 +301,19 @@ impl CsiCluster {
                         .lock()
                         .unwrap()
                         .insert(format!("{ns}/{snap}"), to);
+                    self.snap_claims
+                        .lock()
+                        .unwrap()
+                        .insert(format!("{ns}/{snap}"), claim.clone());
+                    let content = format!("snapcontent-{snap}");
+                    self.put(format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents/{content}"),
+                        json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+                            "metadata": {"name": content}, "status": {"snapshotHandle": format!("csi-snap:{ns}/{snap}"), "readyToUse": true}}));
                     self.put(format!("/apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots/{snap}"),
                         json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
                             "metadata": {"name": snap, "namespace": ns},
-                            "status": {"creationTime": "2026-11-24T10:00:00Z", "readyToUse": true}}));
+                            "status": {"creationTime": "2026-11-24T10:00:00Z", "readyToUse": true,
+                                "boundVolumeSnapshotContentName": content}}));
                     pairs.push(json!({"persistentVolumeClaimRef": {"name": claim}, "volumeSnapshotRef": {"name": snap}}));
                 }
                 v["status"] = json!({"creationTime": "2026-11-24T10:00:00Z", "readyToUse": true, "pvcVolumeSnapshotRefList": pairs});
@@ -821,6 +837,21 @@ async fn group_snapshot_case(case: &str, groups: GroupSnapshots) {
 /// for the blocks changed since that base, reads only those, and retires the old base.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_block_tracking_feeds_the_movers_and_keeps_one_base_per_claim() {
+    // With VolumeSnapshots back to back, and with a group snapshot, whose members are the
+    // bases (and the old group goes once none of its members is one).
+    for groups in [
+        GroupSnapshots::Off,
+        GroupSnapshots::Class("csi-fast-group".into()),
+    ] {
+        changed_block_tracking_case(groups).await;
+    }
+}
+
+async fn changed_block_tracking_case(groups: GroupSnapshots) {
+    let settings = MoverSettings {
+        group_snapshots: groups.clone(),
+        ..movers()
+    };
     let d = tmp();
     let repo_path = d.path().join("repo");
     ok(run(lb(&repo_path).args([
@@ -876,7 +907,7 @@ async fn changed_block_tracking_feeds_the_movers_and_keeps_one_base_per_claim() 
         "cbt-1",
         &live,
         &ConsistencyOptions::default(),
-        movers(),
+        settings.clone(),
     )
     .await
     .unwrap();
@@ -908,22 +939,21 @@ async fn changed_block_tracking_feeds_the_movers_and_keeps_one_base_per_claim() 
         "cbt-2",
         &live,
         &ConsistencyOptions::default(),
-        movers(),
+        settings.clone(),
     )
     .await
     .unwrap();
     let log = api.log.lock().unwrap().clone();
     let reqs = svc.requests.lock().unwrap().clone();
     assert_eq!(reqs.len(), 2, "one delta per claim: {log:#?}");
-    use lifeboat::csi::object_name;
+    let claim_of = |snap: &str| api.snap_claims.lock().unwrap()[&format!("db/{snap}")].clone();
     for r in &reqs {
-        let claim = ["data-db-0", "logs-db-0"]
-            .into_iter()
-            .find(|c| r.target_snapshot_name == object_name("lifeboat", &["cbt-2", c]))
-            .unwrap_or_else(|| panic!("{r:?}"));
-        let base = object_name("lifeboat", &["cbt-1", claim]);
-        assert_eq!(r.base_snapshot, format!("csi-snap:db/{base}"), "by handle");
-        assert!(first_bases.iter().any(|(n, _)| *n == base));
+        let base = r
+            .base_snapshot
+            .strip_prefix("csi-snap:db/")
+            .unwrap_or_else(|| panic!("by handle: {r:?}"));
+        assert_eq!(claim_of(base), claim_of(&r.target_snapshot_name), "{r:?}");
+        assert!(first_bases.iter().any(|(n, _)| n == base), "{r:?}");
     }
     let snaps = repo.list_snapshots().await.unwrap();
     for v in &second.volumes {
@@ -957,6 +987,25 @@ async fn changed_block_tracking_feeds_the_movers_and_keeps_one_base_per_claim() 
         .filter(|k| k.contains("/volumesnapshots/"))
         .count();
     assert_eq!(remaining, 2, "only the bases remain");
+    let groups_left = api
+        .objects
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|k| k.contains("/volumegroupsnapshots/"))
+        .cloned()
+        .collect::<Vec<_>>();
+    match groups {
+        GroupSnapshots::Class(_) => {
+            assert_eq!(
+                groups_left.len(),
+                1,
+                "the bases' group only: {groups_left:?}"
+            );
+            assert!(groups_left[0].contains("cbt-2"), "{groups_left:?}");
+        }
+        _ => assert!(groups_left.is_empty()),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1073,6 +1122,35 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
         )
         .await
         .unwrap();
+        if round == 1 {
+            // A journal claim too small for the changed blocks: refused with the fix named,
+            // before anything on the site changed.
+            let key = "/api/v1/namespaces/db/persistentvolumeclaims/lifeboat-standby-journal";
+            dr.put(key.into(), json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "lifeboat-standby-journal", "namespace": "db"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Ki"}}},
+                "status": {"phase": "Bound", "capacity": {"storage": "64Ki"}}}));
+            let site = || -> Vec<Vec<u8>> {
+                let dd = dr.disks.lock().unwrap().clone();
+                ["data-db-0", "logs-db-0"]
+                    .iter()
+                    .map(|c| std::fs::read(&dd[&format!("db/{c}")]).unwrap())
+                    .collect()
+            };
+            let before = site();
+            let r = cycle_live(&repo, &live, &catalog, &o, movers())
+                .await
+                .unwrap();
+            let e = r[0].error.clone().unwrap_or_default();
+            assert!(
+                r[0].state == "failed"
+                    && e.contains("expand it")
+                    && e.contains("kubectl -n db patch pvc lifeboat-standby-journal"),
+                "{r:#?}"
+            );
+            assert!(site() == before, "the site is unchanged");
+            dr.objects.lock().unwrap().remove(key);
+        }
         if kill {
             dr.job_env
                 .lock()
