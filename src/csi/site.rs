@@ -1,0 +1,333 @@
+//! The claims of a live standby site: takes the claims standby wrote (annotated with the
+//! snapshot they hold) and a newer backup's snapshots; gives the claims moved to them in
+//! place by one standby Job per namespace (`lifeboat standby apply-devices`, see
+//! [`crate::standby::apply_devices`]), with the namespace's journal claim. Must not touch a
+//! claim standby did not write, nor start when the journal claim is too small for the
+//! backup's changed blocks.
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{json, Value};
+
+use super::{api_err, object_name, Csi};
+use crate::live::LiveError;
+
+/// On a standby site: the repository snapshot a claim's data is (set by standby when it wrote
+/// the claim, removed by `activate`, after which the application changes the data).
+pub const STANDBY_SNAPSHOT: &str = "lifeboat.dev/standby-snapshot";
+/// The claim a standby site's journals, records and commit marker live on, per namespace.
+pub const JOURNAL_CLAIM: &str = "lifeboat-standby-journal";
+/// Where the standby Job mounts it.
+pub const JOURNAL_DIR: &str = "/var/lib/lifeboat-standby";
+
+/// What the standby Job reports for one claim (its termination message, kept short: the
+/// kubelet keeps 4 KiB of it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppliedClaim {
+    pub pvc: String,
+    pub mode: String,
+    pub blocks_changed: u64,
+    pub bytes_fetched: u64,
+    pub bytes_written: u64,
+}
+
+/// A claim of a standby site to move to a newer snapshot.
+#[derive(Debug, Clone)]
+pub struct StandbyClaim {
+    pub name: String,
+    pub snapshot: String,
+    /// What its annotation says it holds.
+    pub base: Option<String>,
+}
+
+/// Bytes of a Kubernetes quantity (`10Gi`, `500M`, `1073741824`); None if malformed.
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
+    let n: u64 = q[..split].parse().ok()?;
+    let mult: u64 = match &q[split..] {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+impl Csi {
+    /// A claim of the site, if it exists.
+    pub async fn site_claim(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<PersistentVolumeClaim>, LiveError> {
+        Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("read PersistentVolumeClaim {ns}/{name}")))
+    }
+
+    /// Records on a claim the repository snapshot its data is (None: removes the record).
+    pub async fn mark_claim(
+        &self,
+        ns: &str,
+        name: &str,
+        snapshot: Option<&str>,
+    ) -> Result<(), LiveError> {
+        Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {STANDBY_SNAPSHOT: snapshot}}})),
+            )
+            .await
+            .map_err(api_err(format!(
+                "annotate PersistentVolumeClaim {ns}/{name}"
+            )))?;
+        Ok(())
+    }
+
+    /// The claims of `ns` that carry a standby snapshot annotation.
+    pub async fn annotated_claims(&self, ns: &str) -> Result<Vec<String>, LiveError> {
+        let list = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
+            .list(&Default::default())
+            .await
+            .map_err(api_err(format!("list PersistentVolumeClaims in {ns}")))?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|c| {
+                c.metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(STANDBY_SNAPSHOT))
+            })
+            .filter_map(|c| c.metadata.name)
+            .collect())
+    }
+
+    /// Removes the journal claim of `ns`, if any.
+    pub async fn remove_journal_claim(&self, ns: &str) -> Result<(), LiveError> {
+        if self.site_claim(ns, JOURNAL_CLAIM).await?.is_some() {
+            Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
+                .delete(JOURNAL_CLAIM, &DeleteParams::default())
+                .await
+                .map_err(api_err(format!(
+                    "delete PersistentVolumeClaim {ns}/{JOURNAL_CLAIM}"
+                )))?;
+        }
+        Ok(())
+    }
+
+    /// The journal claim of namespace `ns`, made to hold at least `needed` bytes.
+    async fn journal_claim(&self, ns: &str, needed: u64) -> Result<(), LiveError> {
+        let want = (needed + needed / 4 + (64 << 20))
+            .max(1 << 30)
+            .div_ceil(1 << 20);
+        match self.site_claim(ns, JOURNAL_CLAIM).await? {
+            Some(c) => {
+                let v = serde_json::to_value(&c).expect("serialises");
+                let have = v
+                    .pointer("/status/capacity/storage")
+                    .or_else(|| v.pointer("/spec/resources/requests/storage"))
+                    .and_then(Value::as_str)
+                    .and_then(quantity_bytes)
+                    .unwrap_or(0);
+                if have < needed + needed / 8 {
+                    return Err(LiveError::Volume {
+                        what: format!("PersistentVolumeClaim {ns}/{JOURNAL_CLAIM}"),
+                        reason: format!(
+                            "holds {have} bytes, and this backup's changed blocks need about {needed}; expand it: kubectl -n {ns} patch pvc {JOURNAL_CLAIM} -p '{{\"spec\":{{\"resources\":{{\"requests\":{{\"storage\":\"{want}Mi\"}}}}}}}}' (nothing was changed on the site)"
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            None => {
+                let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": JOURNAL_CLAIM, "namespace": ns,
+                        "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem",
+                        "resources": {"requests": {"storage": format!("{want}Mi")}}}}))
+                .expect("a claim");
+                Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
+                    .create(&PostParams::default(), &pvc)
+                    .await
+                    .map_err(api_err(format!(
+                        "create PersistentVolumeClaim {ns}/{JOURNAL_CLAIM}"
+                    )))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A block-mode claim on the volume of filesystem-mode claim `name` (held: nothing
+    /// mounts it): a second PersistentVolume on the same CSI handle, retained, pre-bound to a
+    /// new claim. Returns (raw claim, raw volume).
+    async fn raw_claim(&self, ns: &str, name: &str) -> Result<(String, String), LiveError> {
+        let claim = self
+            .site_claim(ns, name)
+            .await?
+            .ok_or_else(|| LiveError::Volume {
+                what: format!("PersistentVolumeClaim {ns}/{name}"),
+                reason: "is gone".into(),
+            })?;
+        let pv_name = claim
+            .spec
+            .and_then(|s| s.volume_name)
+            .ok_or_else(|| LiveError::Volume {
+                what: format!("PersistentVolumeClaim {ns}/{name}"),
+                reason: "is not bound to a volume".into(),
+            })?;
+        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
+        let pv = pvs
+            .get(&pv_name)
+            .await
+            .map_err(api_err(format!("read PersistentVolume {pv_name}")))?;
+        let mut v = serde_json::to_value(pv).expect("serialises");
+        let raw_claim = object_name("lifeboat-raw", &[ns, name]);
+        let raw_pv = object_name("lifeboat-raw-pv", &[ns, name]);
+        v["metadata"] =
+            json!({"name": raw_pv, "labels": {"app.kubernetes.io/managed-by": "lifeboat"}});
+        v["spec"]["volumeMode"] = json!("Block");
+        // Retained: removing this second object must never delete the volume.
+        v["spec"]["persistentVolumeReclaimPolicy"] = json!("Retain");
+        v["spec"]["claimRef"] = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns, "name": raw_claim});
+        if let Some(o) = v.as_object_mut() {
+            o.remove("status");
+        }
+        pvs.create(
+            &PostParams::default(),
+            &serde_json::from_value(v.clone()).expect("a PersistentVolume"),
+        )
+        .await
+        .map_err(api_err(format!("create PersistentVolume {raw_pv}")))?;
+        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": raw_claim, "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
+            "spec": {"accessModes": v["spec"]["accessModes"], "volumeMode": "Block", "volumeName": raw_pv,
+                "storageClassName": v["spec"]["storageClassName"],
+                "resources": {"requests": {"storage": v["spec"]["capacity"]["storage"]}}}}))
+        .expect("a claim");
+        if let Err(e) = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
+            .create(&PostParams::default(), &pvc)
+            .await
+        {
+            self.delete_quietly(pvs, &raw_pv).await;
+            return Err(api_err(format!(
+                "create PersistentVolumeClaim {ns}/{raw_claim}"
+            ))(e));
+        }
+        Ok((raw_claim, raw_pv))
+    }
+
+    /// Moves existing claims of a standby site to a backup's snapshots, together: one Job with
+    /// every claim as a block device (a filesystem-mode claim through a block-mode view of its
+    /// volume) and the namespace's journal claim, running `lifeboat standby apply-devices`.
+    /// On success each claim's annotation names its new snapshot. `journal_bytes`: what the
+    /// journals will take.
+    pub async fn update_claims(
+        &self,
+        ns: &str,
+        backup: &str,
+        claims: &[StandbyClaim],
+        journal_bytes: u64,
+    ) -> Result<Vec<AppliedClaim>, LiveError> {
+        self.journal_claim(ns, journal_bytes).await?;
+        let mut devices = Vec::new();
+        let mut raws = Vec::new();
+        let mut result = Ok(Vec::new());
+        for c in claims {
+            let Some(claim) = self.site_claim(ns, &c.name).await? else {
+                result = Err(LiveError::Volume {
+                    what: format!("PersistentVolumeClaim {ns}/{}", c.name),
+                    reason: "is gone".into(),
+                });
+                break;
+            };
+            let block = claim.spec.and_then(|s| s.volume_mode).as_deref() == Some("Block");
+            if block {
+                devices.push(c.name.clone());
+                continue;
+            }
+            match self.raw_claim(ns, &c.name).await {
+                Ok((raw, pv)) => {
+                    devices.push(raw.clone());
+                    raws.push((raw, pv));
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            let job = object_name("lifeboat-standby", &[ns, backup]);
+            let mut args = vec![
+                "standby".to_string(),
+                "apply-devices".into(),
+                "--journal-dir".into(),
+                JOURNAL_DIR.into(),
+                "--backup".into(),
+                backup.into(),
+                "--report-file".into(),
+                "/dev/termination-log".into(),
+            ];
+            let mut pod_devices = Vec::new();
+            let mut volumes = vec![
+                json!({"name": "journal", "persistentVolumeClaim": {"claimName": JOURNAL_CLAIM}}),
+            ];
+            for (i, (c, dev)) in claims.iter().zip(&devices).enumerate() {
+                let path = format!("/dev/lifeboat-{i}");
+                let mut spec = format!("{}={path}={}", c.name, c.snapshot);
+                if let Some(b) = &c.base {
+                    spec.push_str(&format!("={b}"));
+                }
+                args.extend(["--volume".into(), spec]);
+                pod_devices.push(json!({"name": format!("v{i}"), "devicePath": path}));
+                volumes.push(
+                    json!({"name": format!("v{i}"), "persistentVolumeClaim": {"claimName": dev}}),
+                );
+            }
+            let spec = json!({
+                "apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": job, "namespace": ns,
+                    "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
+                "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 3600,
+                    "template": {"metadata": {"labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
+                    "spec": {"restartPolicy": "Never",
+                        "containers": [{"name": "standby", "image": self.settings.image, "args": args,
+                            "envFrom": [{"secretRef": {"name": self.settings.secret}}],
+                            "volumeDevices": pod_devices,
+                            "volumeMounts": [{"name": "journal", "mountPath": JOURNAL_DIR}]}],
+                        "volumes": volumes}}}});
+            result = self.run_job(ns, &job, spec).await.map(|message| {
+                serde_json::from_str::<Vec<AppliedClaim>>(message.trim()).unwrap_or_else(|e| {
+                    tracing::warn!(job = %job, "the standby Job's report does not parse: {e}");
+                    Vec::new()
+                })
+            });
+        }
+        for (raw, pv) in raws {
+            self.delete_quietly(
+                Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns),
+                &raw,
+            )
+            .await;
+            self.delete_quietly(Api::<PersistentVolume>::all(self.client.clone()), &pv)
+                .await;
+        }
+        let applied = result?;
+        for c in claims {
+            self.mark_claim(ns, &c.name, Some(&c.snapshot)).await?;
+        }
+        Ok(applied)
+    }
+}
