@@ -315,6 +315,12 @@ pub async fn backup_live(
         Vec::new()
     };
     let csi = Arc::new(live.csi(movers));
+    // Before any rule holds the application: the movers will need their Secret.
+    let mut namespaces: Vec<&str> = claims.iter().map(|c| c.namespace.as_str()).collect();
+    namespaces.dedup();
+    for ns in namespaces {
+        csi.prepare_namespace(ns).await?;
+    }
     let exec: Arc<dyn Exec> = Arc::new(live.exec());
     let (step_csi, step_name) = (csi.clone(), name.to_string());
     let (outcome, report) = around(

@@ -291,7 +291,8 @@ pub(super) async fn standby(ctx: &Ctx<'_>, a: &StandbyArgs) -> Result<(), Error>
                     let r = match &site {
                         Site::Dir(d) => standby::cycle_cluster_dir(repo, d, &catalog, &o).await,
                         Site::Live(l) => {
-                            standby::cycle_live(repo, l, &catalog, &o, a.movers.settings()).await
+                            standby::cycle_live(repo, l, &catalog, &o, a.movers.settings(ctx.g))
+                                .await
                         }
                     };
                     let _ = lock.release().await;

@@ -288,11 +288,38 @@ pub struct MoverArgs {
 }
 
 impl MoverArgs {
-    fn settings(&self) -> crate::csi::MoverSettings {
+    /// The movers' settings; a namespace without the mover Secret gets one with this
+    /// process's own repository settings (see [`crate::csi::Csi::prepare_namespace`]).
+    fn settings(&self, g: &Global) -> crate::csi::MoverSettings {
+        let mut data = std::collections::BTreeMap::new();
+        if let Some(repo) = &g.repo {
+            data.insert("LIFEBOAT_REPOSITORY".to_string(), repo.clone());
+        }
+        if let Ok(Some(pw)) = read_secret(g.password_file.as_deref(), "LIFEBOAT_PASSWORD") {
+            if let Ok(pw) = String::from_utf8(pw) {
+                data.insert("LIFEBOAT_PASSWORD".into(), pw);
+            }
+        }
+        for k in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+        ] {
+            if let Ok(v) = std::env::var(k) {
+                data.insert(k.into(), v);
+            }
+        }
+        let complete =
+            data.contains_key("LIFEBOAT_REPOSITORY") && data.contains_key("LIFEBOAT_PASSWORD");
         crate::csi::MoverSettings {
             image: self.mover_image.clone(),
             secret: self.mover_secret.clone(),
             timeout: self.mover_timeout,
+            secret_data: complete.then_some(data),
             ..Default::default()
         }
     }
@@ -1067,7 +1094,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                 None => {
                     let live = LiveCluster::connect(context.as_deref()).await?;
                     let repo = ctx.open_shared(&format!("backup {name}")).await?;
-                    let mut settings = movers.settings();
+                    let mut settings = movers.settings(ctx.g);
                     settings.snapshot_class = snapshot_class.clone();
                     settings.group_snapshots = group_snapshot_class.clone();
                     appvolumes::backup_live(
@@ -1347,9 +1374,14 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
         }
         (None, None, Some(l)) => {
             // The data first: a workload must not start on an empty volume.
-            let (mut r, created) =
-                appvolumes::restore_volumes_live(l, movers.settings(), &backup, &mut plan, false)
-                    .await;
+            let (mut r, created) = appvolumes::restore_volumes_live(
+                l,
+                movers.settings(ctx.g),
+                &backup,
+                &mut plan,
+                false,
+            )
+            .await;
             let objects: Vec<_> = plan
                 .iter()
                 .filter(|p| p.skipped.is_none() && !created.contains(&p.target))

@@ -123,7 +123,7 @@ pub(super) async fn server(ctx: &Ctx<'_>, a: &ServerArgs) -> Result<(), Error> {
         source,
         catalog: catalog.clone(),
         config_dir,
-        movers: a.movers.settings(),
+        movers: a.movers.settings(ctx.g),
     });
     let clock = Clock::system();
     let metrics = Arc::new(Mutex::new(Metrics::default()));

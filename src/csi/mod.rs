@@ -57,6 +57,10 @@ pub struct MoverSettings {
     pub snapshot_class: Option<String>,
     /// Whether a namespace's claims are taken by one VolumeGroupSnapshot.
     pub group_snapshots: GroupSnapshots,
+    /// The repository settings (`LIFEBOAT_REPOSITORY`, `LIFEBOAT_PASSWORD`, `AWS_*`) this
+    /// process uses, written into the mover Secret of a namespace lifeboat created (by a
+    /// restore or a standby on a DR site); elsewhere a missing Secret is an error.
+    pub secret_data: Option<std::collections::BTreeMap<String, String>>,
     /// ServiceAccount (in each claim's namespace) of mover Jobs that ask the CSI
     /// SnapshotMetadata service for changed blocks; without it they compare hashes.
     pub service_account: String,
@@ -73,6 +77,7 @@ impl Default for MoverSettings {
             snapshot_class: None,
             group_snapshots: GroupSnapshots::Auto,
             service_account: "lifeboat-mover".into(),
+            secret_data: None,
             timeout: Duration::from_secs(1800),
             poll: Duration::from_secs(2),
         }
@@ -232,6 +237,8 @@ pub struct Csi {
     pub settings: MoverSettings,
     /// Snapshots kept as delta bases (`ns/name`): not removed with the backup's others.
     kept: std::sync::Mutex<Vec<String>>,
+    /// Namespaces found ready for mover Jobs (the namespace and its mover Secret exist).
+    ready: std::sync::Mutex<Vec<String>>,
 }
 
 impl Csi {
@@ -240,7 +247,74 @@ impl Csi {
             client,
             settings,
             kept: Default::default(),
+            ready: Default::default(),
         }
+    }
+
+    /// Makes namespace `ns` ready for mover Jobs: creates it if it does not exist yet (a
+    /// restore's objects are applied after the data), labelled as lifeboat's, and writes its
+    /// mover Secret from [`MoverSettings::secret_data`] if it has none and is lifeboat's. In
+    /// any other namespace a missing Secret is an error naming the fix, before any Job would
+    /// wait for it in vain: credentials are not planted in the application's namespaces.
+    pub async fn prepare_namespace(&self, ns: &str) -> Result<(), LiveError> {
+        if self.ready.lock().expect("ready").iter().any(|n| n == ns) {
+            return Ok(());
+        }
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let found = namespaces
+            .get_opt(ns)
+            .await
+            .map_err(api_err(format!("read Namespace {ns}")))?;
+        // Lifeboat writes the Secret only into a namespace of its own making.
+        let ours = found.as_ref().is_none_or(|n| {
+            n.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+                .map(String::as_str)
+                == Some("lifeboat")
+        });
+        if found.is_none() {
+            let obj = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "labels": {"app.kubernetes.io/managed-by": "lifeboat"}}}))
+            .expect("a Namespace");
+            namespaces
+                .create(&PostParams::default(), &obj)
+                .await
+                .map_err(api_err(format!("create Namespace {ns}")))?;
+            tracing::info!(
+                namespace = ns,
+                "created the namespace for its volumes' data"
+            );
+        }
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.client.clone(), ns);
+        let name = &self.settings.secret;
+        if secrets
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("read Secret {ns}/{name}")))?
+            .is_none()
+        {
+            let Some(data) = self.settings.secret_data.as_ref().filter(|_| ours) else {
+                return Err(LiveError::Volume {
+                    what: format!("Secret {ns}/{name}"),
+                    reason: "is missing: the mover Jobs read the repository settings from it; create it (deploy/mover-secret.yaml)".into(),
+                });
+            };
+            let obj = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "namespace": ns,
+                    "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
+                "type": "Opaque", "stringData": data}))
+            .expect("a Secret");
+            secrets
+                .create(&PostParams::default(), &obj)
+                .await
+                .map_err(api_err(format!("create Secret {ns}/{name}")))?;
+            tracing::info!(namespace = ns, secret = %name, "wrote this process's repository settings into the movers' Secret");
+        }
+        self.ready.lock().expect("ready").push(ns.to_string());
+        Ok(())
     }
 
     async fn wait<F>(&self, what: &str, mut done: F) -> Result<(), LiveError>
@@ -694,6 +768,7 @@ impl Csi {
             s.claim.name, s.snapshot
         );
         self.wait_snapshot(s, "ready", "/status/readyToUse").await?;
+        self.prepare_namespace(ns).await?;
         let service = match self.driver_of(&s.claim).await? {
             Some(driver) => self.metadata_service(&driver).await?,
             None => None,
@@ -778,6 +853,7 @@ impl Csi {
         like: &Claim,
         snapshot_id: &str,
     ) -> Result<Option<String>, LiveError> {
+        self.prepare_namespace(ns).await?;
         let block = like.volume_mode == "Block";
         let writer_claim = if block {
             target.to_string()

@@ -240,6 +240,7 @@ impl Csi {
         claims: &[StandbyClaim],
         journal_bytes: u64,
     ) -> Result<Vec<AppliedClaim>, LiveError> {
+        self.prepare_namespace(ns).await?;
         self.journal_claim(ns, journal_bytes).await?;
         let mut devices = Vec::new();
         let mut raws = Vec::new();

@@ -123,6 +123,11 @@ impl CsiCluster {
                     "claimRef": {"namespace": "db", "name": claim}},
                 "status": {"phase": "Bound"}}));
         }
+        self.put(
+            "/api/v1/namespaces/db/secrets/lifeboat-repository".into(),
+            json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "lifeboat-repository", "namespace": "db"}, "type": "Opaque"}),
+        );
         self.put("/apis/apps/v1/namespaces/db/deployments/api".into(), json!({"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "api", "namespace": "db", "uid": "u-dep", "resourceVersion": "11"},
             "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "api"}}, "template": {"metadata": {"labels": {"app": "api"}}, "spec": {"containers": [{"name": "api", "image": "api:1"}]}}},
@@ -569,6 +574,13 @@ fn movers() -> MoverSettings {
     MoverSettings {
         timeout: Duration::from_secs(30),
         poll: Duration::from_millis(20),
+        secret_data: Some(
+            [
+                ("LIFEBOAT_REPOSITORY".to_string(), "/repo".to_string()),
+                ("LIFEBOAT_PASSWORD".into(), "pw".into()),
+            ]
+            .into(),
+        ),
         ..Default::default()
     }
 }
@@ -619,7 +631,7 @@ async fn live_backup_snapshots_moves_and_restores_every_claims_data() {
         .lock()
         .unwrap()
         .keys()
-        .filter(|k| k.contains("lifeboat"))
+        .filter(|k| k.contains("lifeboat") && !k.contains("/secrets/"))
         .cloned()
         .collect();
     assert!(
@@ -714,13 +726,61 @@ async fn a_failing_mover_fails_the_backup_and_records_nothing() {
         .lock()
         .unwrap()
         .keys()
-        .filter(|k| k.contains("lifeboat"))
+        .filter(|k| k.contains("lifeboat") && !k.contains("/secrets/"))
         .cloned()
         .collect();
     assert!(
         leftovers.is_empty(),
         "cleaned up after a failure too: {leftovers:?}"
     );
+}
+
+/// An application namespace without the movers' Secret: the backup fails before any Job,
+/// naming the Secret and the fix; no credentials are written into the namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_without_the_mover_secret_fails_before_any_job() {
+    let d = tmp();
+    let repo_path = d.path().join("repo");
+    ok(run(lb(&repo_path).args([
+        "repo",
+        "init",
+        "--insecure-fast-kdf",
+    ])));
+    let api = Arc::new(CsiCluster::new(d.path(), &repo_path).with_app());
+    api.objects
+        .lock()
+        .unwrap()
+        .remove("/api/v1/namespaces/db/secrets/lifeboat-repository");
+    let live = LiveCluster::from_client(serve(api.clone()), "fake");
+    let repo = open(&repo_path).await;
+    let e = backup_db(
+        &repo,
+        "no-secret",
+        &live,
+        &ConsistencyOptions::default(),
+        movers(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("Secret db/lifeboat-repository") && e.contains("deploy/mover-secret.yaml"),
+        "{e}"
+    );
+    assert!(api.created("Job").is_empty());
+    assert!(
+        api.created("Secret").is_empty(),
+        "not planted in the application's namespace"
+    );
+    let left: Vec<String> = api
+        .objects
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|k| k.contains("/volumesnapshots/"))
+        .cloned()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A named VolumeGroupSnapshotClass, and in `auto` (the default) the driver's default class,
@@ -826,7 +886,7 @@ async fn group_snapshot_case(case: &str, groups: GroupSnapshots) {
         .lock()
         .unwrap()
         .keys()
-        .filter(|k| k.contains("lifeboat") || k.contains("snapshot-"))
+        .filter(|k| (k.contains("lifeboat") || k.contains("snapshot-")) && !k.contains("/secrets/"))
         .cloned()
         .collect();
     assert!(leftovers.is_empty(), "{case}: {leftovers:?}");
@@ -1069,6 +1129,15 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
             objects["/apis/batch/v1/namespaces/db/cronjobs/report"]["spec"]["suspend"],
             true
         );
+    }
+    {
+        // The namespace standby made is labelled as lifeboat's, and its movers' Secret holds
+        // this process's repository settings.
+        let objects = dr.objects.lock().unwrap();
+        let ns = &objects["/api/v1/namespaces/db"];
+        assert_eq!(ns["kind"], "Namespace");
+        let secret = &objects["/api/v1/namespaces/db/secrets/lifeboat-repository"];
+        assert_eq!(secret["stringData"]["LIFEBOAT_PASSWORD"], "pw");
     }
     let (pd, dd) = (
         primary.disks.lock().unwrap().clone(),
