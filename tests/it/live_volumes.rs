@@ -769,6 +769,10 @@ async fn a_namespace_without_the_mover_secret_fails_before_any_job() {
     );
     assert!(api.created("Job").is_empty());
     assert!(
+        api.created("VolumeSnapshot").is_empty(),
+        "found before the rules and snapshots"
+    );
+    assert!(
         api.created("Secret").is_empty(),
         "not planted in the application's namespace"
     );
