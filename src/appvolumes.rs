@@ -192,7 +192,7 @@ pub async fn backup_cluster_dir(
 }
 
 /// Whether a planned object restores the claim whose data `v` is.
-fn restores_claim(p: &Planned, v: &BackedUpVolume) -> bool {
+pub fn restores_claim(p: &Planned, v: &BackedUpVolume) -> bool {
     p.skipped.is_none()
         && p.source.kind == "PersistentVolumeClaim"
         && p.source.namespace.as_deref() == Some(&v.namespace)
@@ -448,10 +448,14 @@ pub async fn restore_volumes_live(
             continue;
         };
         match csi
-            .restore_claim(&ns, &r.name, &like, &v.snapshot.to_hex())
+            .restore_claim(&ns, &r.name, &like, &v.snapshot.to_hex(), Some(&p.value))
             .await
         {
             Ok(None) => {
+                // Created from the plan, on a volume of its own.
+                if let Some(spec) = p.value.get_mut("spec").and_then(|s| s.as_object_mut()) {
+                    spec.remove("volumeName");
+                }
                 if standby {
                     if let Err(e) = csi
                         .mark_claim(&ns, &r.name, Some(&v.snapshot.to_hex()))

@@ -225,6 +225,18 @@ impl LiveCluster {
 
     /// Which of `refs` exist on the cluster (for a dry run's conflicts).
     pub async fn existing(&self, refs: &[ObjRef]) -> Result<Vec<ObjRef>, LiveError> {
+        Ok(self
+            .values(refs)
+            .await?
+            .into_iter()
+            .zip(refs)
+            .filter(|(v, _)| v.is_some())
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    /// The cluster's object for each of `refs` (None: not there, or a type not served).
+    pub async fn values(&self, refs: &[ObjRef]) -> Result<Vec<Option<Value>>, LiveError> {
         let discovery = self.discover().await?;
         let mut out = Vec::new();
         for r in refs {
@@ -235,7 +247,8 @@ impl LiveCluster {
             let Some((ar, caps)) =
                 discovery.resolve_gvk(&GroupVersionKind::gvk(group, version, &r.kind))
             else {
-                continue; // a type the target does not serve yet (a CRD in the same restore)
+                out.push(None); // a type the target does not serve yet (a CRD in the same restore)
+                continue;
             };
             let api = self.api_for(&ar, caps.scope == Scope::Namespaced, r);
             let found = api
@@ -245,11 +258,69 @@ impl LiveCluster {
                     what: format!("read {}", r.display()),
                     source,
                 })?;
-            if found.is_some() {
-                out.push(r.clone());
-            }
+            out.push(found.map(|o| serde_json::to_value(o).expect("an object serialises")));
         }
         Ok(out)
+    }
+
+    /// Whether every Deployment and StatefulSet of `namespace` has all its replicas ready.
+    pub async fn workloads_ready(&self, namespace: &str) -> Result<bool, LiveError> {
+        for (k, plural) in [
+            ("Deployment", "deployments"),
+            ("StatefulSet", "statefulsets"),
+        ] {
+            let ar =
+                ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("apps", "v1", k), plural);
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|source| LiveError::Api {
+                    what: format!("list {plural} in namespace {namespace}"),
+                    source,
+                })?;
+            for item in list.items {
+                let want = item
+                    .data
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
+                let ready = item
+                    .data
+                    .pointer("/status/readyReplicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                if ready < want {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether namespace `ns` exists.
+    pub async fn namespace_exists(&self, ns: &str) -> Result<bool, LiveError> {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        Ok(api
+            .get_opt(ns)
+            .await
+            .map_err(|source| LiveError::Api {
+                what: format!("read Namespace {ns}"),
+                source,
+            })?
+            .is_some())
+    }
+
+    /// Deletes namespace `ns` (and with it everything in it).
+    pub async fn remove_namespace(&self, ns: &str) -> Result<(), LiveError> {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        api.delete(ns, &Default::default())
+            .await
+            .map_err(|source| LiveError::Api {
+                what: format!("delete Namespace {ns}"),
+                source,
+            })?;
+        Ok(())
     }
 
     async fn wait_established(

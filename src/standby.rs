@@ -1448,43 +1448,8 @@ pub async fn drill_cluster_dir(
             bytes: snap.size,
             ..Default::default()
         };
-        let mut ok = std::fs::metadata(&path)
-            .map(|m| m.len() == snap.size)
-            .unwrap_or(false);
-        let chunk = snap.chunk_size as u64;
-        for seg in 0..snap.map.len() {
-            let entries = map_segment(repo, &index, &snap, seg).await?;
-            let (p, keys, first, size) = (
-                path.clone(),
-                repo.keys().clone(),
-                seg as u64 * MAP_SEGMENT_ENTRIES as u64,
-                snap.size,
-            );
-            let (good, n) = crate::repository::cpu(move || -> std::io::Result<(bool, u64)> {
-                let f = File::open(&p)?;
-                let mut buf = vec![0u8; chunk as usize];
-                let mut n = 0;
-                for (i, e) in entries.iter().enumerate() {
-                    let b = first + i as u64;
-                    let (s, end) = (b * chunk, ((b + 1) * chunk).min(size));
-                    let cur = &mut buf[..(end - s) as usize];
-                    f.read_exact_at(cur, s)?;
-                    let same = match e {
-                        BlockRef::Zero => crate::backup::is_zero(cur),
-                        BlockRef::Blob(id) => keys.blob_id(cur) == *id,
-                    };
-                    if !same {
-                        return Ok((false, n));
-                    }
-                    n += 1;
-                }
-                Ok((true, n))
-            })
-            .await?
-            .map_err(io(&path))?;
-            ok &= good;
-            dv.blocks_verified += n;
-        }
+        let (ok, n) = verify_volume(repo, &index, &snap, &path).await?;
+        dv.blocks_verified = n;
         dv.verified = ok;
         report.volumes.push(dv);
     }
@@ -1495,6 +1460,239 @@ pub async fn drill_cluster_dir(
         report.removed = true;
     }
     Ok(report)
+}
+
+/// Whether a cluster's object holds everything a planned object says (pure): every field of
+/// `planned` is in `live` with the same value; lists item by item, as the server may add
+/// defaults inside them. Server-kept fields (`status`, uid, resourceVersion, …) are not
+/// compared.
+pub fn holds(live: &Value, planned: &Value) -> bool {
+    fn within(live: &Value, planned: &Value) -> bool {
+        match (live, planned) {
+            (Value::Object(l), Value::Object(p)) => p
+                .iter()
+                .all(|(k, v)| l.get(k).is_some_and(|lv| within(lv, v))),
+            (Value::Array(l), Value::Array(p)) => {
+                l.len() == p.len() && l.iter().zip(p).all(|(a, b)| within(a, b))
+            }
+            (l, p) => l == p,
+        }
+    }
+    let mut planned = planned.clone();
+    if let Some(o) = planned.as_object_mut() {
+        o.remove("status");
+    }
+    if let Some(m) = planned.get_mut("metadata").and_then(Value::as_object_mut) {
+        for k in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "generation",
+            "managedFields",
+        ] {
+            m.remove(k);
+        }
+    }
+    within(live, &planned)
+}
+
+/// The live form of [`drill_cluster_dir`]: restores `backup` (namespace `ns`) into the new
+/// namespace `into` of a live site, the data first (restore Jobs), verifies every volume
+/// against its snapshot (verify Jobs) before anything mounts it, applies the objects with
+/// the applications started, waits until every Deployment and StatefulSet is ready (the RTO
+/// measured), checks every object against the plan, and deletes `into` when asked. `into`
+/// must not exist: a drill never writes over a namespace.
+#[allow(clippy::too_many_arguments)]
+pub async fn drill_live(
+    repo: &Arc<Repository>,
+    live: &crate::live::LiveCluster,
+    movers: crate::csi::MoverSettings,
+    backup: &AppBackup,
+    ns: &str,
+    into: &str,
+    remove: bool,
+) -> Result<DrillReport, StandbyError> {
+    let started = Instant::now();
+    let now = OffsetDateTime::now_utc();
+    if live.namespace_exists(into).await? {
+        return Err(StandbyError::Failed(format!(
+            "namespace {into} exists on the site; a drill restores into a new namespace: remove it, or pick another --into"
+        )));
+    }
+    let timeout = movers.timeout;
+    let poll = movers.poll;
+    let csi = live.csi(movers.clone());
+    let mapping = Mapping([(ns.to_string(), into.to_string())].into());
+    let objects = appbackup::load_objects(repo, backup).await?;
+    let mut plan: Vec<Planned> = appbackup::plan_restore(
+        objects,
+        &RestorePlanOptions {
+            namespaces: mapping,
+            start_applications: true,
+            ..Default::default()
+        },
+    )
+    .into_iter()
+    .filter(|p| p.skipped.is_none() && p.target.namespace.as_deref() == Some(into))
+    .collect();
+    let mut only = backup.clone();
+    only.volumes.retain(|v| v.namespace == ns);
+    let (vols, created) =
+        crate::appvolumes::restore_volumes_live(live, movers, &only, &mut plan, false).await;
+    if let Some(f) = vols.iter().find(|r| r.outcome == Outcome::Failed) {
+        return Err(StandbyError::Failed(format!(
+            "{}: {}",
+            f.r.display(),
+            f.detail
+        )));
+    }
+    // Every volume against its snapshot, before a workload can mount and change it.
+    let mut report = DrillReport {
+        backup: backup.name.clone(),
+        namespace: ns.into(),
+        into: into.into(),
+        backup_time: backup.time,
+        objects_restored: 0,
+        objects_verified: 0,
+        volumes: Vec::new(),
+        rto_seconds: 0.0,
+        rpo_seconds: 0.0,
+        removed: false,
+    };
+    for v in &only.volumes {
+        let snap = repo.load_snapshot(&v.snapshot).await?;
+        let claim = plan
+            .iter()
+            .find(|p| crate::appvolumes::restores_claim(p, v));
+        let target = match claim {
+            Some(p) if created.contains(&p.target) => {
+                crate::csi::VerifyTarget::Claim(&p.target.name)
+            }
+            Some(p) => match p.value.pointer("/spec/volumeName").and_then(Value::as_str) {
+                Some(pv) => crate::csi::VerifyTarget::Volume {
+                    pv,
+                    for_claim: &p.target.name,
+                },
+                None => crate::csi::VerifyTarget::Claim(&p.target.name),
+            },
+            None => continue,
+        };
+        let (verified, n) = csi
+            .verify_restored(into, target, &v.snapshot.to_hex())
+            .await?;
+        report.volumes.push(DrillVolume {
+            pvc: v.pvc.clone(),
+            snapshot: v.snapshot.to_hex(),
+            bytes: snap.size,
+            blocks_verified: n,
+            verified,
+        });
+    }
+    let items: Vec<crate::cluster::ApplyItem> = plan
+        .iter()
+        .filter(|p| !created.contains(&p.target))
+        .map(|p| crate::cluster::ApplyItem {
+            r: p.target.clone(),
+            value: p.value.clone(),
+            owners: p.owners.clone(),
+        })
+        .collect();
+    let results = live
+        .apply(
+            &items,
+            ExistingPolicy::Update,
+            std::time::Duration::from_secs(120),
+        )
+        .await?;
+    report.objects_restored = results.len() + created.len();
+    // Time to ready: the applications up.
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !live.workloads_ready(into).await? {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StandbyError::Failed(format!(
+                "the workloads of namespace {into} were not ready within {timeout:?}; the drill's namespace is left for a look (kubectl -n {into} get pods)"
+            )));
+        }
+        tokio::time::sleep(poll).await;
+    }
+    report.rto_seconds = started.elapsed().as_secs_f64();
+    let refs: Vec<ObjRef> = plan.iter().map(|p| p.target.clone()).collect();
+    let found = live.values(&refs).await?;
+    report.objects_verified = plan
+        .iter()
+        .zip(&found)
+        .filter(|(p, f)| f.as_ref().is_some_and(|f| holds(f, &p.value)))
+        .count();
+    report.rpo_seconds = (now - backup.time).as_seconds_f64().max(0.0);
+    if remove {
+        live.remove_namespace(into).await?;
+        report.removed = true;
+    }
+    Ok(report)
+}
+
+/// Checks a volume (an image file, or a block device at least as large) block by block
+/// against a snapshot: each block's keyed hash, or zeros, as the block map says. Returns
+/// whether all matched, and how many blocks did before the first that did not.
+pub async fn verify_volume(
+    repo: &Repository,
+    index: &Index,
+    snap: &Snapshot,
+    path: &Path,
+) -> Result<(bool, u64), StandbyError> {
+    let size_ok = match File::open(path) {
+        Ok(f) => {
+            let is_file = f.metadata().map(|m| m.is_file()).unwrap_or(false);
+            let len = crate::backup::source_size(&f).unwrap_or(0);
+            if is_file {
+                len == snap.size
+            } else {
+                len >= snap.size
+            }
+        }
+        Err(_) => false,
+    };
+    if !size_ok {
+        return Ok((false, 0));
+    }
+    let chunk = snap.chunk_size as u64;
+    let mut verified = 0;
+    for seg in 0..snap.map.len() {
+        let entries = map_segment(repo, index, snap, seg).await?;
+        let (p, keys, first, size) = (
+            path.to_path_buf(),
+            repo.keys().clone(),
+            seg as u64 * MAP_SEGMENT_ENTRIES as u64,
+            snap.size,
+        );
+        let (good, n) = crate::repository::cpu(move || -> std::io::Result<(bool, u64)> {
+            let f = File::open(&p)?;
+            let mut buf = vec![0u8; chunk as usize];
+            let mut n = 0;
+            for (i, e) in entries.iter().enumerate() {
+                let b = first + i as u64;
+                let (s, end) = (b * chunk, ((b + 1) * chunk).min(size));
+                let cur = &mut buf[..(end - s) as usize];
+                f.read_exact_at(cur, s)?;
+                let same = match e {
+                    BlockRef::Zero => crate::backup::is_zero(cur),
+                    BlockRef::Blob(id) => keys.blob_id(cur) == *id,
+                };
+                if !same {
+                    return Ok((false, n));
+                }
+                n += 1;
+            }
+            Ok((true, n))
+        })
+        .await?
+        .map_err(io(path))?;
+        verified += n;
+        if !good {
+            return Ok((false, verified));
+        }
+    }
+    Ok((true, verified))
 }
 
 /// Removes a namespace's objects and volumes from a cluster directory.

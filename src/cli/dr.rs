@@ -101,9 +101,10 @@ pub struct DrillArgs {
     /// Remove the scratch namespace after the report.
     #[arg(long)]
     remove: bool,
-    /// The site: a cluster directory.
-    #[arg(long, value_name = "DIR")]
-    cluster_dir: PathBuf,
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    movers: MoverArgs,
 }
 
 enum Site {
@@ -451,9 +452,23 @@ pub(super) async fn drill(ctx: &Ctx<'_>, a: &DrillArgs) -> Result<(), Error> {
                 ))
             })?,
     };
-    let site = ClusterDir::new(&a.cluster_dir);
-    let report =
-        standby::drill_cluster_dir(&repo, &site, &backup, &a.namespace, &a.into, a.remove).await?;
+    let report = match site(&a.target).await? {
+        Site::Dir(d) => {
+            standby::drill_cluster_dir(&repo, &d, &backup, &a.namespace, &a.into, a.remove).await?
+        }
+        Site::Live(l) => {
+            standby::drill_live(
+                &repo,
+                &l,
+                a.movers.settings(ctx.g),
+                &backup,
+                &a.namespace,
+                &a.into,
+                a.remove,
+            )
+            .await?
+        }
+    };
     let ok = report.volumes.iter().all(|v| v.verified)
         && report.objects_verified == report.objects_restored;
     ctx.emit(&report, || {

@@ -44,7 +44,8 @@ mod site;
 use bases::DeltaMount;
 pub use bases::{MetadataService, CBT_TOKEN_DIR};
 pub use site::{
-    quantity_bytes, AppliedClaim, StandbyClaim, JOURNAL_CLAIM, JOURNAL_DIR, STANDBY_SNAPSHOT,
+    quantity_bytes, AppliedClaim, StandbyClaim, VerifyTarget, JOURNAL_CLAIM, JOURNAL_DIR,
+    STANDBY_SNAPSHOT,
 };
 
 /// Where the movers come from and how long they may take.
@@ -623,7 +624,7 @@ impl Csi {
         claim: &str,
         mut args: Vec<String>,
         delta: Option<&DeltaMount<'_>>,
-    ) -> Result<(), LiveError> {
+    ) -> Result<String, LiveError> {
         let mut spec = json!({
             "apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": job, "namespace": ns,
@@ -667,7 +668,7 @@ impl Csi {
             }
             pod["containers"][0]["args"] = json!(args);
         }
-        self.run_job(ns, job, spec).await.map(|_| ())
+        self.run_job(ns, job, spec).await
     }
 
     /// Creates Job `job` from `spec`, waits for it to succeed, and removes it.
@@ -796,7 +797,7 @@ impl Csi {
                 delta.as_ref(),
             )
             .await;
-        if let (Ok(()), Some(d)) = (&result, delta) {
+        if let (Ok(_), Some(d)) = (&result, delta) {
             self.keep_as_base(s, &label, d.base.map(|(_, b)| b)).await;
         }
         self.delete_quietly(
@@ -804,7 +805,7 @@ impl Csi {
             &clone,
         )
         .await;
-        result.map(|()| label)
+        result.map(|_| label)
     }
 
     /// Removes the snapshots of a backup (and their groups) once their data is in the
@@ -846,12 +847,15 @@ impl Csi {
     /// PersistentVolume the restored claim must bind to (`spec.volumeName`) when it is a
     /// filesystem-mode claim still to be applied; None when the claim exists already (block
     /// mode: created and written here).
+    /// `manifest`: the planned claim object, which a block-mode claim is created from (its
+    /// labels and annotations kept; not its old volume or data source).
     pub async fn restore_claim(
         &self,
         ns: &str,
         target: &str,
         like: &Claim,
         snapshot_id: &str,
+        manifest: Option<&Value>,
     ) -> Result<Option<String>, LiveError> {
         self.prepare_namespace(ns).await?;
         let block = like.volume_mode == "Block";
@@ -860,7 +864,33 @@ impl Csi {
         } else {
             object_name("lifeboat-dst", &[ns, target])
         };
-        self.block_claim(ns, &writer_claim, like, None).await?;
+        match manifest.filter(|_| block) {
+            Some(m) => {
+                let mut v = m.clone();
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("status");
+                }
+                if let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut) {
+                    for k in ["volumeName", "dataSource", "dataSourceRef"] {
+                        spec.remove(k);
+                    }
+                }
+                v["metadata"]["namespace"] = json!(ns);
+                v["metadata"]["name"] = json!(target);
+                let pvc: PersistentVolumeClaim =
+                    serde_json::from_value(v).map_err(|e| LiveError::Volume {
+                        what: format!("PersistentVolumeClaim {ns}/{target}"),
+                        reason: format!("the backed-up claim is not a valid claim: {e}"),
+                    })?;
+                Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
+                    .create(&PostParams::default(), &pvc)
+                    .await
+                    .map_err(api_err(format!(
+                        "create PersistentVolumeClaim {ns}/{target}"
+                    )))?;
+            }
+            None => self.block_claim(ns, &writer_claim, like, None).await?,
+        }
         let job = object_name("lifeboat-restore", &[ns, target, snapshot_id]);
         let result = self
             .run_mover(

@@ -31,6 +31,14 @@ pub struct AppliedClaim {
     pub bytes_written: u64,
 }
 
+/// What `verify_restored` reads.
+pub enum VerifyTarget<'a> {
+    /// A block-mode claim.
+    Claim(&'a str),
+    /// A PersistentVolume whose filesystem-mode claim `for_claim` is not applied yet.
+    Volume { pv: &'a str, for_claim: &'a str },
+}
+
 /// A claim of a standby site to move to a newer snapshot.
 #[derive(Debug, Clone)]
 pub struct StandbyClaim {
@@ -172,6 +180,11 @@ impl Csi {
     /// mounts it): a second PersistentVolume on the same CSI handle, retained, pre-bound to a
     /// new claim. Returns (raw claim, raw volume).
     async fn raw_claim(&self, ns: &str, name: &str) -> Result<(String, String), LiveError> {
+        let pv_name = self.volume_of(ns, name).await?;
+        self.raw_view(ns, &pv_name, name).await
+    }
+
+    async fn volume_of(&self, ns: &str, name: &str) -> Result<String, LiveError> {
         let claim = self
             .site_claim(ns, name)
             .await?
@@ -186,9 +199,20 @@ impl Csi {
                 what: format!("PersistentVolumeClaim {ns}/{name}"),
                 reason: "is not bound to a volume".into(),
             })?;
+        Ok(pv_name)
+    }
+
+    /// A block-mode claim on PersistentVolume `pv_name` (see [`Csi::raw_claim`]), named
+    /// after `name`. Returns (raw claim, raw volume).
+    async fn raw_view(
+        &self,
+        ns: &str,
+        pv_name: &str,
+        name: &str,
+    ) -> Result<(String, String), LiveError> {
         let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
         let pv = pvs
-            .get(&pv_name)
+            .get(pv_name)
             .await
             .map_err(api_err(format!("read PersistentVolume {pv_name}")))?;
         let mut v = serde_json::to_value(pv).expect("serialises");
@@ -226,6 +250,59 @@ impl Csi {
             ))(e));
         }
         Ok((raw_claim, raw_pv))
+    }
+
+    /// Checks a restored volume against its snapshot with `lifeboat volume verify` in a Job
+    /// of `ns`: a block-mode claim directly, or a volume (a filesystem-mode claim's, before
+    /// the claim is applied) through a block-mode view. Returns (verified, blocks verified).
+    pub async fn verify_restored(
+        &self,
+        ns: &str,
+        target: VerifyTarget<'_>,
+        snapshot: &str,
+    ) -> Result<(bool, u64), LiveError> {
+        let (claim, raw) = match target {
+            VerifyTarget::Claim(c) => (c.to_string(), None),
+            VerifyTarget::Volume { pv, for_claim } => {
+                let (raw, raw_pv) = self.raw_view(ns, pv, for_claim).await?;
+                (raw.clone(), Some((raw, raw_pv)))
+            }
+        };
+        let job = object_name("lifeboat-verify", &[ns, &claim, snapshot]);
+        let result = self
+            .run_mover(
+                ns,
+                &job,
+                &claim,
+                vec![
+                    "volume".into(),
+                    "verify".into(),
+                    snapshot.into(),
+                    "/dev/lifeboat-volume".into(),
+                    "--report-file".into(),
+                    "/dev/termination-log".into(),
+                ],
+                None,
+            )
+            .await;
+        if let Some((raw, raw_pv)) = raw {
+            self.delete_quietly(
+                Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns),
+                &raw,
+            )
+            .await;
+            self.delete_quietly(Api::<PersistentVolume>::all(self.client.clone()), &raw_pv)
+                .await;
+        }
+        let message = result?;
+        let v: Value = serde_json::from_str(message.trim()).map_err(|e| LiveError::Volume {
+            what: format!("Job {ns}/{job}"),
+            reason: format!("its report does not parse ({e}): {message}"),
+        })?;
+        Ok((
+            v["verified"].as_bool().unwrap_or(false),
+            v["blocks_verified"].as_u64().unwrap_or(0),
+        ))
     }
 
     /// Moves existing claims of a standby site to a backup's snapshots, together: one Job with

@@ -36,6 +36,8 @@ struct CsiCluster {
     log: Mutex<Vec<String>>,
     /// Every object created, as posted.
     created: Mutex<Vec<Value>>,
+    /// Some(offset): every restore Job's volume gets the byte there flipped afterwards.
+    corrupt_restores: Mutex<Option<usize>>,
     /// The claim each snapshot (`ns/name`) was taken of.
     snap_claims: Mutex<BTreeMap<String, String>>,
     /// Environment the Jobs' processes get besides their own (failpoints).
@@ -72,6 +74,7 @@ impl CsiCluster {
             created: Mutex::default(),
             job_env: Mutex::default(),
             snap_claims: Mutex::default(),
+            corrupt_restores: Mutex::default(),
         }
     }
 
@@ -224,6 +227,19 @@ impl CsiCluster {
             cmd.env(k, v);
         }
         let r = run(cmd.args(&args));
+        if args[..2] == ["volume", "restore"] && r.code == 0 {
+            if let Some(byte) = *self.corrupt_restores.lock().unwrap() {
+                // Storage that loses a write: one byte of the restored volume flips.
+                let disk = &paths
+                    .iter()
+                    .find(|(f, _)| f == "/dev/lifeboat-volume")
+                    .unwrap()
+                    .1;
+                let mut data = std::fs::read(disk).unwrap();
+                data[byte] ^= 0xFF;
+                std::fs::write(disk, data).unwrap();
+            }
+        }
         self.log.lock().unwrap().push(format!(
             "job {}: exit {} {}",
             args[..2].join(" "),
@@ -459,6 +475,11 @@ impl Answer for CsiCluster {
                 // Server-side apply of a restored object.
                 let mut v = patch;
                 v["metadata"]["uid"] = json!("new-uid");
+                // The controllers and kubelet: a workload's replicas come up.
+                if v["kind"] == "Deployment" || v["kind"] == "StatefulSet" {
+                    v["status"] =
+                        json!({"readyReplicas": v["spec"]["replicas"].as_i64().unwrap_or(1)});
+                }
                 self.log.lock().unwrap().push(format!("apply {}", path));
                 objects.insert(path, v.clone());
                 (StatusCode::OK, v)
@@ -1341,4 +1362,120 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
         objects["/apis/apps/v1/namespaces/db/deployments/api"]["spec"]["replicas"],
         0
     );
+}
+
+/// A drill on a live site: the newest backup restored into a new namespace, every volume
+/// verified against its snapshot by a Job before the applications start, the applications
+/// up (the RTO measured), every object checked, and the namespace removed on request. A
+/// volume the storage corrupted is reported, and a drill never writes over a namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_drill_verifies_volumes_and_objects_and_measures_the_rto() {
+    use lifeboat::standby::drill_live;
+    let d = tmp();
+    let repo_path = d.path().join("repo");
+    ok(run(lb(&repo_path).args([
+        "repo",
+        "init",
+        "--insecure-fast-kdf",
+        "--chunk-size-kib",
+        "64",
+    ])));
+    std::fs::create_dir_all(d.path().join("p")).unwrap();
+    let primary = Arc::new(CsiCluster::new(&d.path().join("p"), &repo_path).with_app());
+    let repo = open(&repo_path).await;
+    let primary_live = LiveCluster::from_client(serve(primary.clone()), "p");
+    backup_db(
+        &repo,
+        "live-1",
+        &primary_live,
+        &ConsistencyOptions::default(),
+        movers(),
+    )
+    .await
+    .unwrap();
+    let backup = find_backup(&repo, "live-1").await.unwrap().1;
+    let dr_dir = d.path().join("dr");
+    std::fs::create_dir_all(&dr_dir).unwrap();
+    let dr = Arc::new(CsiCluster::new(&dr_dir, &repo_path));
+    let live = LiveCluster::from_client(serve(dr.clone()), "dr");
+
+    let report = drill_live(&repo, &live, movers(), &backup, "db", "db-drill", false)
+        .await
+        .unwrap();
+    assert_eq!(report.volumes.len(), 2, "{report:#?}");
+    assert!(
+        report
+            .volumes
+            .iter()
+            .all(|v| v.verified && v.blocks_verified == 64),
+        "{report:#?}"
+    );
+    assert!(report.objects_restored > 0);
+    assert_eq!(
+        report.objects_verified, report.objects_restored,
+        "{report:#?}"
+    );
+    assert!(report.rto_seconds > 0.0 && !report.removed);
+    {
+        let objects = dr.objects.lock().unwrap();
+        let api = &objects["/apis/apps/v1/namespaces/db-drill/deployments/api"];
+        assert_eq!(api["spec"]["replicas"], 3, "started");
+        let claim = &objects["/api/v1/namespaces/db-drill/persistentvolumeclaims/data-db-0"];
+        assert_eq!(
+            claim["metadata"]["labels"]["app"], "db",
+            "created from the backed-up claim"
+        );
+        let posted = dr
+            .created("PersistentVolumeClaim")
+            .into_iter()
+            .find(|c| c["metadata"]["name"] == "data-db-0")
+            .unwrap();
+        assert!(
+            posted["spec"]["volumeName"].is_null(),
+            "on a volume of its own: {posted}"
+        );
+        assert!(
+            !objects
+                .keys()
+                .any(|k| k.contains("lifeboat-raw") || k.contains("/jobs/")),
+            "verify views and Jobs removed"
+        );
+    }
+    let (pd, dd) = (
+        primary.disks.lock().unwrap().clone(),
+        dr.disks.lock().unwrap().clone(),
+    );
+    for claim in ["data-db-0", "logs-db-0"] {
+        assert!(
+            std::fs::read(&pd[&format!("db/{claim}")]).unwrap()
+                == std::fs::read(&dd[&format!("db-drill/{claim}")]).unwrap(),
+            "{claim}"
+        );
+    }
+
+    // Never over an existing namespace.
+    let e = drill_live(&repo, &live, movers(), &backup, "db", "db-drill", true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("namespace db-drill exists"), "{e}");
+
+    // Storage that corrupts what was written: the drill says which volume.
+    *dr.corrupt_restores.lock().unwrap() = Some(70_000);
+    let report = drill_live(&repo, &live, movers(), &backup, "db", "db-drill-2", true)
+        .await
+        .unwrap();
+    assert!(
+        report
+            .volumes
+            .iter()
+            .all(|v| !v.verified && v.blocks_verified == 1),
+        "{report:#?}"
+    );
+    assert!(report.removed);
+    assert!(!dr
+        .objects
+        .lock()
+        .unwrap()
+        .contains_key("/api/v1/namespaces/db-drill-2"));
 }
