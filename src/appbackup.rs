@@ -349,6 +349,17 @@ pub struct Planned {
     pub value: Value,
 }
 
+impl Planned {
+    /// What a live cluster's apply takes for this object.
+    pub fn apply_item(&self) -> crate::cluster::ApplyItem {
+        crate::cluster::ApplyItem {
+            r: self.target.clone(),
+            value: self.value.clone(),
+            owners: self.owners.clone(),
+        }
+    }
+}
+
 /// Filters, skips, sanitises, maps and orders a backup's objects. Restored objects come first,
 /// in apply order; skipped ones follow with their reasons.
 pub fn plan_restore(objects: Vec<(ObjRef, Value)>, o: &RestorePlanOptions) -> Vec<Planned> {

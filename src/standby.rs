@@ -1105,11 +1105,7 @@ pub async fn cycle_live(
                         .iter()
                         .any(|v| v.r == p.target && v.outcome == Outcome::Skipped)
                 })
-                .map(|p| crate::cluster::ApplyItem {
-                    r: p.target.clone(),
-                    value: p.value.clone(),
-                    owners: p.owners.clone(),
-                })
+                .map(Planned::apply_item)
                 .collect();
             let results = live
                 .apply(
@@ -1591,11 +1587,7 @@ pub async fn drill_live(
     let items: Vec<crate::cluster::ApplyItem> = plan
         .iter()
         .filter(|p| !created.contains(&p.target))
-        .map(|p| crate::cluster::ApplyItem {
-            r: p.target.clone(),
-            value: p.value.clone(),
-            owners: p.owners.clone(),
-        })
+        .map(Planned::apply_item)
         .collect();
     let results = live
         .apply(

@@ -1454,11 +1454,7 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
             let objects: Vec<_> = plan
                 .iter()
                 .filter(|p| p.skipped.is_none() && !created.contains(&p.target))
-                .map(|p| kcluster::ApplyItem {
-                    r: p.target.clone(),
-                    value: p.value.clone(),
-                    owners: p.owners.clone(),
-                })
+                .map(appbackup::Planned::apply_item)
                 .collect();
             r.extend(
                 l.apply(

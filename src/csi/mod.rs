@@ -625,17 +625,14 @@ impl Csi {
         mut args: Vec<String>,
         delta: Option<&DeltaMount<'_>>,
     ) -> Result<String, LiveError> {
-        let mut spec = json!({
-            "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": job, "namespace": ns,
-                "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
-            "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 3600,
-                "template": {"metadata": {"labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
-                "spec": {"restartPolicy": "Never",
-                    "containers": [{"name": "mover", "image": self.settings.image, "args": args,
-                        "envFrom": [{"secretRef": {"name": self.settings.secret}}],
-                        "volumeDevices": [{"name": "data", "devicePath": "/dev/lifeboat-volume"}]}],
-                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}}});
+        let mut spec = self.job_spec(
+            ns,
+            job,
+            "mover",
+            &args,
+            json!([{"name": "data", "devicePath": "/dev/lifeboat-volume"}]),
+            json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]),
+        );
         if let Some(d) = delta {
             // An audience-scoped token of the mover's ServiceAccount, and the service's CA.
             let pod = &mut spec["spec"]["template"]["spec"];
@@ -672,6 +669,30 @@ impl Csi {
     }
 
     /// Creates Job `job` from `spec`, waits for it to succeed, and removes it.
+    /// A Job of one container running `lifeboat ARGS` with the movers' Secret as environment,
+    /// the claims `volumes` attached as `devices`; run once, never retried.
+    fn job_spec(
+        &self,
+        ns: &str,
+        job: &str,
+        container: &str,
+        args: &[String],
+        devices: Value,
+        volumes: Value,
+    ) -> Value {
+        json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": job, "namespace": ns,
+                "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
+            "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 3600,
+                "template": {"metadata": {"labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
+                "spec": {"restartPolicy": "Never",
+                    "containers": [{"name": container, "image": self.settings.image, "args": args,
+                        "envFrom": [{"secretRef": {"name": self.settings.secret}}],
+                        "volumeDevices": devices}],
+                    "volumes": volumes}}}})
+    }
+
     /// Returns the container's termination message: what the command wrote to
     /// `/dev/termination-log`, or on failure the end of its log.
     async fn run_job(&self, ns: &str, job: &str, mut spec: Value) -> Result<String, LiveError> {

@@ -374,18 +374,16 @@ impl Csi {
                     json!({"name": format!("v{i}"), "persistentVolumeClaim": {"claimName": dev}}),
                 );
             }
-            let spec = json!({
-                "apiVersion": "batch/v1", "kind": "Job",
-                "metadata": {"name": job, "namespace": ns,
-                    "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
-                "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 3600,
-                    "template": {"metadata": {"labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
-                    "spec": {"restartPolicy": "Never",
-                        "containers": [{"name": "standby", "image": self.settings.image, "args": args,
-                            "envFrom": [{"secretRef": {"name": self.settings.secret}}],
-                            "volumeDevices": pod_devices,
-                            "volumeMounts": [{"name": "journal", "mountPath": JOURNAL_DIR}]}],
-                        "volumes": volumes}}}});
+            let mut spec = self.job_spec(
+                ns,
+                &job,
+                "standby",
+                &args,
+                json!(pod_devices),
+                json!(volumes),
+            );
+            spec["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] =
+                json!([{"name": "journal", "mountPath": JOURNAL_DIR}]);
             result = self.run_job(ns, &job, spec).await.map(|message| {
                 serde_json::from_str::<Vec<AppliedClaim>>(message.trim()).unwrap_or_else(|e| {
                     tracing::warn!(job = %job, "the standby Job's report does not parse: {e}");

@@ -591,6 +591,19 @@ async fn backup_db(
     .await
 }
 
+/// A test repository with 64 KiB blocks under `dir`.
+fn init_repo(dir: &Path) -> PathBuf {
+    let repo = dir.join("repo");
+    ok(run(lb(&repo).args([
+        "repo",
+        "init",
+        "--insecure-fast-kdf",
+        "--chunk-size-kib",
+        "64",
+    ])));
+    repo
+}
+
 fn movers() -> MoverSettings {
     MoverSettings {
         timeout: Duration::from_secs(30),
@@ -609,14 +622,7 @@ fn movers() -> MoverSettings {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_backup_snapshots_moves_and_restores_every_claims_data() {
     let d = tmp();
-    let repo_path = d.path().join("repo");
-    ok(run(lb(&repo_path).args([
-        "repo",
-        "init",
-        "--insecure-fast-kdf",
-        "--chunk-size-kib",
-        "64",
-    ])));
+    let repo_path = init_repo(d.path());
     let api = Arc::new(CsiCluster::new(d.path(), &repo_path).with_app());
     let live = LiveCluster::from_client(serve(api.clone()), "fake");
     let repo = open(&repo_path).await;
@@ -822,14 +828,7 @@ async fn a_group_snapshot_class_takes_one_volume_group_snapshot_per_namespace() 
 
 async fn group_snapshot_case(case: &str, groups: GroupSnapshots) {
     let d = tmp();
-    let repo_path = d.path().join("repo");
-    ok(run(lb(&repo_path).args([
-        "repo",
-        "init",
-        "--insecure-fast-kdf",
-        "--chunk-size-kib",
-        "64",
-    ])));
+    let repo_path = init_repo(d.path());
     let api = Arc::new(CsiCluster::new(d.path(), &repo_path).with_app());
     // The driver's classes: a default one, and another driver's default.
     for (name, driver) in [("fake-group", "fake.csi"), ("other-group", "other.csi")] {
@@ -938,14 +937,7 @@ async fn changed_block_tracking_case(groups: GroupSnapshots) {
         ..movers()
     };
     let d = tmp();
-    let repo_path = d.path().join("repo");
-    ok(run(lb(&repo_path).args([
-        "repo",
-        "init",
-        "--insecure-fast-kdf",
-        "--chunk-size-kib",
-        "64",
-    ])));
+    let repo_path = init_repo(d.path());
     let api = Arc::new(CsiCluster::new(d.path(), &repo_path).with_app());
     // The service computes deltas from the fake's snapshot files.
     let cluster = api.clone();
@@ -1097,14 +1089,7 @@ async fn changed_block_tracking_case(groups: GroupSnapshots) {
 async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_toggle() {
     use lifeboat::standby::{cycle_live, StandbyOptions};
     let d = tmp();
-    let repo_path = d.path().join("repo");
-    ok(run(lb(&repo_path).args([
-        "repo",
-        "init",
-        "--insecure-fast-kdf",
-        "--chunk-size-kib",
-        "64",
-    ])));
+    let repo_path = init_repo(d.path());
     std::fs::create_dir_all(d.path().join("p")).unwrap();
     let primary = Arc::new(CsiCluster::new(&d.path().join("p"), &repo_path).with_app());
     let repo = open(&repo_path).await;
@@ -1372,14 +1357,7 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
 async fn a_live_drill_verifies_volumes_and_objects_and_measures_the_rto() {
     use lifeboat::standby::drill_live;
     let d = tmp();
-    let repo_path = d.path().join("repo");
-    ok(run(lb(&repo_path).args([
-        "repo",
-        "init",
-        "--insecure-fast-kdf",
-        "--chunk-size-kib",
-        "64",
-    ])));
+    let repo_path = init_repo(d.path());
     std::fs::create_dir_all(d.path().join("p")).unwrap();
     let primary = Arc::new(CsiCluster::new(&d.path().join("p"), &repo_path).with_app());
     let repo = open(&repo_path).await;
