@@ -263,23 +263,32 @@ impl LiveCluster {
         Ok(out)
     }
 
+    /// The objects of one kind (group, version, kind, plural) in `namespace`, and its API.
+    async fn list_in(
+        &self,
+        namespace: &str,
+        (g, v, k, plural): (&str, &str, &str, &str),
+    ) -> Result<(Api<DynamicObject>, Vec<DynamicObject>), LiveError> {
+        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, k), plural);
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| LiveError::Api {
+                what: format!("list {plural} in namespace {namespace}"),
+                source,
+            })?;
+        Ok((api, list.items))
+    }
+
     /// Whether every Deployment and StatefulSet of `namespace` has all its replicas ready.
     pub async fn workloads_ready(&self, namespace: &str) -> Result<bool, LiveError> {
         for (k, plural) in [
             ("Deployment", "deployments"),
             ("StatefulSet", "statefulsets"),
         ] {
-            let ar =
-                ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("apps", "v1", k), plural);
-            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
-            let list = api
-                .list(&ListParams::default())
-                .await
-                .map_err(|source| LiveError::Api {
-                    what: format!("list {plural} in namespace {namespace}"),
-                    source,
-                })?;
-            for item in list.items {
+            let (_, items) = self.list_in(namespace, ("apps", "v1", k, plural)).await?;
+            for item in items {
                 let want = item
                     .data
                     .pointer("/spec/replicas")
@@ -783,17 +792,9 @@ impl LiveCluster {
             ("batch", "v1", "CronJob", "cronjobs"),
         ];
         let mut changes = Vec::new();
-        for (g, v, k, plural) in kinds {
-            let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, k), plural);
-            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
-            let list = api
-                .list(&ListParams::default())
-                .await
-                .map_err(|source| LiveError::Api {
-                    what: format!("list {plural} in namespace {namespace}"),
-                    source,
-                })?;
-            for item in list.items {
+        for kind @ (g, v, k, _) in kinds {
+            let (api, items) = self.list_in(namespace, kind).await?;
+            for item in items {
                 let mut value = serde_json::to_value(&item).expect("an object serialises");
                 value["apiVersion"] = Value::from(format!("{g}/{v}"));
                 value["kind"] = Value::from(k);

@@ -1373,6 +1373,28 @@ pub struct DrillVolume {
     pub verified: bool,
 }
 
+/// A drill's restore plan: namespace `ns` of `backup` mapped to `into`, applications started.
+async fn drill_plan(
+    repo: &Arc<Repository>,
+    backup: &AppBackup,
+    ns: &str,
+    into: &str,
+) -> Result<Vec<Planned>, StandbyError> {
+    let mapping = Mapping([(ns.to_string(), into.to_string())].into());
+    let objects = appbackup::load_objects(repo, backup).await?;
+    Ok(appbackup::plan_restore(
+        objects,
+        &RestorePlanOptions {
+            namespaces: mapping,
+            start_applications: true,
+            ..Default::default()
+        },
+    )
+    .into_iter()
+    .filter(|p| p.skipped.is_none() && p.target.namespace.as_deref() == Some(into))
+    .collect())
+}
+
 /// A non-disruptive test of the DR site: restores `backup` (namespace `ns`) into a scratch
 /// namespace `into` of the site, verifies every volume block by block against the snapshot's
 /// keyed hashes and every object against the backup, measures the time to ready, and removes
@@ -1387,19 +1409,7 @@ pub async fn drill_cluster_dir(
 ) -> Result<DrillReport, StandbyError> {
     let started = Instant::now();
     let now = OffsetDateTime::now_utc();
-    let mapping = Mapping([(ns.to_string(), into.to_string())].into());
-    let objects = appbackup::load_objects(repo, backup).await?;
-    let plan: Vec<Planned> = appbackup::plan_restore(
-        objects,
-        &RestorePlanOptions {
-            namespaces: mapping,
-            start_applications: true,
-            ..Default::default()
-        },
-    )
-    .into_iter()
-    .filter(|p| p.skipped.is_none() && p.target.namespace.as_deref() == Some(into))
-    .collect();
+    let plan = drill_plan(repo, backup, ns, into).await?;
     let vols = crate::appvolumes::restore_volumes_to_dir(
         repo.clone(),
         backup,
@@ -1518,19 +1528,7 @@ pub async fn drill_live(
     let timeout = movers.timeout;
     let poll = movers.poll;
     let csi = live.csi(movers.clone());
-    let mapping = Mapping([(ns.to_string(), into.to_string())].into());
-    let objects = appbackup::load_objects(repo, backup).await?;
-    let mut plan: Vec<Planned> = appbackup::plan_restore(
-        objects,
-        &RestorePlanOptions {
-            namespaces: mapping,
-            start_applications: true,
-            ..Default::default()
-        },
-    )
-    .into_iter()
-    .filter(|p| p.skipped.is_none() && p.target.namespace.as_deref() == Some(into))
-    .collect();
+    let mut plan = drill_plan(repo, backup, ns, into).await?;
     let mut only = backup.clone();
     only.volumes.retain(|v| v.namespace == ns);
     let (vols, created) =
