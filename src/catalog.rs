@@ -482,6 +482,21 @@ impl Catalog {
         Ok(n > 0)
     }
 
+    /// After `activate`: the namespace's data is the application's now, not a backup's; the
+    /// next standby after `deactivate` applies the newest backup anew.
+    pub fn forget_applied(&self, namespace: &str) -> Result<(), CatalogError> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE standby SET applied_backup = NULL, applied_backup_time = NULL, applied_at = NULL WHERE namespace = ?1",
+            params![namespace],
+        )?;
+        conn.execute(
+            "DELETE FROM standby_volumes WHERE namespace = ?1",
+            params![namespace],
+        )?;
+        Ok(())
+    }
+
     pub fn record_backup(&self, id: &BackupId, b: &AppBackup) -> Result<(), CatalogError> {
         record_backup(&self.conn(), id, b)
     }

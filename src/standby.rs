@@ -458,7 +458,7 @@ async fn prepare_volume(
         },
         None => None,
     };
-    let Some(base) = base else {
+    if base.is_none() && !stage.whole {
         if stage.record.is_some() {
             // A device is only ever moved from a known snapshot: its whole content is not
             // staged (it would need its size again in the journal).
@@ -496,8 +496,11 @@ async fn prepare_volume(
             hash: None,
             record: stage.record.clone(),
         }));
-    };
-    if base.map == new.map && base.size == new.size {
+    }
+    if base
+        .as_ref()
+        .is_some_and(|b| b.map == new.map && b.size == new.size)
+    {
         // The same content under a new snapshot: only the record moves.
         report.mode = "unchanged".into();
         return Ok(Some(CommitItem {
@@ -511,19 +514,28 @@ async fn prepare_volume(
             record: stage.record.clone(),
         }));
     }
-    report.mode = "delta".into();
+    // Without a base (`whole`: a claim of unknown content), every block is journaled.
+    report.mode = if base.is_some() { "delta" } else { "full" }.into();
     let chunk = new.chunk_size as u64;
     let staged = stage.journal.clone();
     let journal = Arc::new(Mutex::new(Journal::create(&staged).map_err(io(&staged))?));
-    let segments = new.map.len().max(base.map.len());
-    for seg in 0..new.map.len().min(segments) {
-        if base.map.get(seg) == new.map.get(seg) {
+    for seg in 0..new.map.len() {
+        if base
+            .as_ref()
+            .is_some_and(|b| b.map.get(seg) == new.map.get(seg))
+        {
             continue; // an identical segment: not even read
         }
         let first = seg as u64 * MAP_SEGMENT_ENTRIES as u64;
-        let old = map_segment(repo, index, &base, seg).await?;
         let cur = map_segment(repo, index, new, seg).await?;
-        let changed = changed_blocks(first, &old, &cur);
+        let changed = match &base {
+            Some(b) => changed_blocks(first, &map_segment(repo, index, b, seg).await?, &cur),
+            None => cur
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (first + i as u64, *e))
+                .collect(),
+        };
         report.blocks_changed += changed.len() as u64;
         let mut needed = Vec::new();
         for (b, e) in changed {
@@ -595,6 +607,8 @@ struct Stage {
     journal: PathBuf,
     /// Some: the record lives here, not beside the target (block devices).
     record: Option<PathBuf>,
+    /// Without a known base, journal every block (a device of unknown content).
+    whole: bool,
 }
 
 impl Stage {
@@ -604,6 +618,7 @@ impl Stage {
             applied: read_applied(target).filter(|_| target.exists()),
             journal: with_suffix(target, JOURNAL_SUFFIX),
             record: None,
+            whole: false,
         }
     }
 }
@@ -619,11 +634,14 @@ pub struct DeviceVolume {
     /// The snapshot it holds as the claim's annotation says, for when the journal directory
     /// has no record of it (a claim written whole by a restore Job).
     pub base: Option<SnapshotId>,
+    /// Its content is unknown (`=whole` instead of a base): every block is journaled and
+    /// written (standby `--overwrite-claims`, for failback).
+    pub whole: bool,
 }
 
 impl std::str::FromStr for DeviceVolume {
     type Err = String;
-    /// `PVC=DEVICE=SNAPSHOT[=BASE]`.
+    /// `PVC=DEVICE=SNAPSHOT[=BASE|=whole]`.
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split('=').collect();
         let id = |t: &str| {
@@ -632,14 +650,16 @@ impl std::str::FromStr for DeviceVolume {
         };
         match parts.as_slice() {
             [pvc, dev, snap] | [pvc, dev, snap, _] if !pvc.is_empty() && !dev.is_empty() => {
+                let whole = parts.get(3) == Some(&"whole");
                 Ok(DeviceVolume {
                     pvc: pvc.to_string(),
                     device: PathBuf::from(dev),
                     snapshot: id(snap)?,
-                    base: parts.get(3).map(|b| id(b)).transpose()?,
+                    base: parts.get(3).filter(|_| !whole).map(|b| id(b)).transpose()?,
+                    whole,
                 })
             }
-            _ => Err(format!("`{s}` is not PVC=DEVICE=SNAPSHOT[=BASE]")),
+            _ => Err(format!("`{s}` is not PVC=DEVICE=SNAPSHOT[=BASE|=whole]")),
         }
     }
 }
@@ -667,9 +687,15 @@ pub async fn apply_devices(
     for v in volumes {
         let record = dir.join(format!("{}{APPLIED_SUFFIX}", v.pvc));
         let stage = Stage {
-            applied: read_record(&record).or(v.base.map(|snapshot| Applied { snapshot, size: 0 })),
+            // The record is written with the device (at replay), the claim's annotation only
+            // after the Job: the record wins, unless the claim is to be written whole.
+            applied: (!v.whole)
+                .then(|| read_record(&record))
+                .flatten()
+                .or(v.base.map(|snapshot| Applied { snapshot, size: 0 })),
             journal: dir.join(format!("{}{JOURNAL_SUFFIX}", v.pvc)),
             record: Some(record),
+            whole: v.whole,
         };
         let mut report = VolumeReport {
             pvc: v.pvc.clone(),
@@ -805,6 +831,9 @@ pub struct NamespaceReport {
 pub struct StandbyOptions {
     pub schedule: String,
     pub namespaces: Mapping,
+    /// Live sites: a claim that exists but that standby did not write is overwritten whole
+    /// (journaled) instead of failing the namespace (failback onto a repaired primary).
+    pub overwrite_claims: bool,
 }
 
 /// The newest complete backup of a schedule.
@@ -1080,7 +1109,16 @@ pub async fn cycle_live(
             let mut plan = for_namespace(plan, ns);
             let mut only = newest.clone();
             only.volumes.retain(|v| &v.namespace == src);
-            let updated = update_live_claims(repo, live, &movers, &newest.name, ns, &only).await?;
+            let updated = update_live_claims(
+                repo,
+                live,
+                &movers,
+                &newest.name,
+                ns,
+                &only,
+                o.overwrite_claims,
+            )
+            .await?;
             let (vols, created) = crate::appvolumes::restore_volumes_live(
                 live,
                 movers.clone(),
@@ -1168,7 +1206,8 @@ pub async fn cycle_live(
 
 /// The claims of a backup that exist on a live site: those standby wrote (annotated with the
 /// snapshot they hold) move to the backup's snapshots together in one standby Job, by the
-/// block-map difference; a claim standby did not write keeps its data (reported).
+/// block-map difference. A claim standby did not write fails the namespace (its data is not
+/// overwritten), unless `overwrite` says to write it whole, journaled as well.
 async fn update_live_claims(
     repo: &Arc<Repository>,
     live: &crate::live::LiveCluster,
@@ -1176,6 +1215,7 @@ async fn update_live_claims(
     backup: &str,
     ns: &str,
     only: &AppBackup,
+    overwrite: bool,
 ) -> Result<Vec<VolumeReport>, StandbyError> {
     let csi = live.csi(movers.clone());
     let index = repo.load_index().await?;
@@ -1198,10 +1238,30 @@ async fn update_live_claims(
             .as_ref()
             .and_then(|a| a.get(crate::csi::STANDBY_SNAPSHOT))
             .cloned();
+        // Standby's again after `deactivate`, content unknown: written whole.
+        let holds = holds.filter(|h| h != WHOLE);
+        let owned = claim
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::csi::STANDBY_SNAPSHOT))
+            .is_some();
         let Some(holds) = holds else {
-            report.mode = "kept".into();
-            tracing::warn!(claim = %format!("{ns}/{}", v.pvc), "the claim exists on the site but standby did not write it: its data is not overwritten (delete it to have standby write it)");
+            if !overwrite && !owned {
+                return Err(StandbyError::Failed(format!(
+                    "claim {ns}/{} exists on the site and standby did not write it: its data is not overwritten; delete the claim, or run standby with --overwrite-claims (failback onto a repaired primary)",
+                    v.pvc
+                )));
+            }
+            let new = repo.load_snapshot(&v.snapshot).await?;
+            journal_bytes += new.size + 13 * new.blocks();
+            report.mode = "full".into();
             reports.push(report);
+            todo.push(crate::csi::StandbyClaim {
+                name: v.pvc.clone(),
+                snapshot: v.snapshot.to_hex(),
+                base: None,
+            });
             continue;
         };
         if holds == v.snapshot.to_hex() {
@@ -1240,7 +1300,10 @@ async fn update_live_claims(
             base: Some(holds),
         });
     }
-    if reports.iter().any(|r| r.mode == "delta") {
+    if reports
+        .iter()
+        .any(|r| r.mode == "delta" || r.mode == "full")
+    {
         for a in csi.update_claims(ns, backup, &todo, journal_bytes).await? {
             if let Some(r) = reports.iter_mut().find(|r| r.pvc == a.pvc) {
                 r.mode = a.mode;
@@ -1264,6 +1327,38 @@ pub async fn forget_live_claims(
         csi.mark_claim(ns, &name, None).await?;
     }
     csi.remove_journal_claim(ns).await?;
+    Ok(())
+}
+
+/// `deactivate` of a namespace standby had applied, on a live site: every claim of it is
+/// standby's again with unknown content (annotated [`WHOLE`]), so the next cycle writes
+/// each whole, journaled.
+pub async fn claim_live_claims(
+    live: &crate::live::LiveCluster,
+    ns: &str,
+) -> Result<(), StandbyError> {
+    let csi = live.csi(Default::default());
+    for name in csi.claims_of_namespace(ns).await? {
+        csi.mark_claim(ns, &name, Some(WHOLE)).await?;
+    }
+    Ok(())
+}
+
+/// The standby annotation of a claim that standby owns but whose content is unknown.
+pub const WHOLE: &str = "whole";
+
+/// `activate` on a cluster-directory site: the records of what the namespace's volume files
+/// hold go (the application changes them now); after `deactivate` standby writes them anew.
+pub fn forget_applied_cluster_dir(site: &ClusterDir, ns: &str) -> Result<(), StandbyError> {
+    let dir = site.root().join("volumes").join(ns);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().ends_with(APPLIED_SUFFIX) {
+            std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+        }
+    }
     Ok(())
 }
 

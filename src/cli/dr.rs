@@ -33,6 +33,10 @@ pub struct StandbyArgs {
     /// One cycle, then exit (for a cron-driven site).
     #[arg(long)]
     once: bool,
+    /// Live sites: overwrite (whole, journaled) claims that exist but that standby did not
+    /// write, instead of failing their namespace: for failback onto a repaired primary.
+    #[arg(long)]
+    overwrite_claims: bool,
     /// Serve the standby figures on /metrics at this address.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -253,6 +257,7 @@ pub(super) async fn standby(ctx: &Ctx<'_>, a: &StandbyArgs) -> Result<(), Error>
     let o = StandbyOptions {
         schedule,
         namespaces: Mapping::parse("--namespace-mapping", &a.namespace_mapping)?,
+        overwrite_claims: a.overwrite_claims,
     };
     let site = site(&a.target).await?;
     let mut repo: Option<Arc<crate::repository::Repository>> = None;
@@ -391,20 +396,32 @@ pub(super) async fn set_running(ctx: &Ctx<'_>, a: &NamespaceArgs, run: bool) -> 
         let ns = a.namespace.clone();
         blocking(&catalog, move |c| c.set_activated(&ns, run)).await?;
     }
-    let changes = match site(&a.target).await? {
+    let site = site(&a.target).await?;
+    if run && known.is_some() {
+        // The application will change its data: standby's records of what the volumes hold
+        // go first, so that after `deactivate` standby writes them anew, never a delta onto
+        // data the application changed.
+        match &site {
+            Site::Dir(d) => standby::forget_applied_cluster_dir(d, &a.namespace)?,
+            Site::Live(l) => standby::forget_live_claims(l, &a.namespace).await?,
+        }
+        let ns = a.namespace.clone();
+        blocking(&catalog, move |c| c.forget_applied(&ns)).await?;
+    }
+    if !run && known.is_some() {
+        if let Site::Live(l) = &site {
+            // Given back to standby: its claims are standby's again, content unknown.
+            standby::claim_live_claims(l, &a.namespace).await?;
+        }
+    }
+    let changes = match site {
         Site::Dir(d) => {
             let ns = a.namespace.clone();
             tokio::task::spawn_blocking(move || standby::set_running_cluster_dir(&d, &ns, run))
                 .await
                 .map_err(|e| Error::Worker(e.to_string()))??
         }
-        Site::Live(l) => {
-            if run {
-                // The application will change its data: standby's records of it go first.
-                standby::forget_live_claims(&l, &a.namespace).await?;
-            }
-            l.set_running(&a.namespace, run).await?
-        }
+        Site::Live(l) => l.set_running(&a.namespace, run).await?,
     };
     let verb = if run { "activated" } else { "deactivated" };
     ctx.emit(

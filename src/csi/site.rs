@@ -44,7 +44,7 @@ pub enum VerifyTarget<'a> {
 pub struct StandbyClaim {
     pub name: String,
     pub snapshot: String,
-    /// What its annotation says it holds.
+    /// What its annotation says it holds; None: unknown, written whole.
     pub base: Option<String>,
 }
 
@@ -117,6 +117,20 @@ impl Csi {
                     .is_some_and(|a| a.contains_key(STANDBY_SNAPSHOT))
             })
             .filter_map(|c| c.metadata.name)
+            .collect())
+    }
+
+    /// The claims of `ns` (the journal claim and lifeboat's own views aside).
+    pub async fn claims_of_namespace(&self, ns: &str) -> Result<Vec<String>, LiveError> {
+        let list = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
+            .list(&Default::default())
+            .await
+            .map_err(api_err(format!("list PersistentVolumeClaims in {ns}")))?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|c| c.metadata.name)
+            .filter(|n| n != JOURNAL_CLAIM && !n.starts_with("lifeboat-"))
             .collect())
     }
 
@@ -364,10 +378,13 @@ impl Csi {
             ];
             for (i, (c, dev)) in claims.iter().zip(&devices).enumerate() {
                 let path = format!("/dev/lifeboat-{i}");
-                let mut spec = format!("{}={path}={}", c.name, c.snapshot);
-                if let Some(b) = &c.base {
-                    spec.push_str(&format!("={b}"));
-                }
+                // A claim without a known base is written whole.
+                let spec = format!(
+                    "{}={path}={}={}",
+                    c.name,
+                    c.snapshot,
+                    c.base.as_deref().unwrap_or("whole")
+                );
                 args.extend(["--volume".into(), spec]);
                 pod_devices.push(json!({"name": format!("v{i}"), "devicePath": path}));
                 volumes.push(

@@ -226,7 +226,16 @@ fn standby_follows_a_schedule_by_block_map_difference_and_activate_deactivate_to
         .args(["activate", "-n", "db", "--json", "--cluster-dir"])
         .arg(&s.dr))));
     assert_eq!(again["changes"], serde_json::json!([]), "idempotent");
-    // An activated namespace is left alone by standby.
+    // An activated namespace is left alone by standby. Its application writes to the site's
+    // volumes now (and activation dropped standby's records of them).
+    change(&s.dr, "db-2", 3 << 20, 4096, 77);
+    assert!(std::fs::read_dir(s.dr.join("volumes/db"))
+        .unwrap()
+        .all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".lifeboat-applied")));
     change(&s.primary, "db-1", 0, 4096, 9);
     s.backup("db-3");
     assert_eq!(s.ns_report()["state"], "activated");
@@ -257,8 +266,17 @@ fn standby_follows_a_schedule_by_block_map_difference_and_activate_deactivate_to
         api["metadata"]["annotations"]["lifeboat.dev/original-replicas"],
         "3"
     );
-    // And standby applies again.
-    assert_eq!(s.ns_report()["state"], "applied");
+    // And standby applies again: whole, not as a delta onto what the application wrote.
+    let report = s.ns_report();
+    assert_eq!(report["state"], "applied");
+    assert!(
+        report["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["mode"] == "full"),
+        "{report:#}"
+    );
     assert!(same_volumes(&s.primary, &s.dr));
 }
 

@@ -113,7 +113,7 @@ impl CsiCluster {
             self.disks
                 .lock()
                 .unwrap()
-                .insert(format!("db/{claim}"), disk);
+                .insert(format!("db/{claim}"), disk.clone());
             self.put(
                 format!("/api/v1/namespaces/db/persistentvolumeclaims/{claim}"),
                 pvc,
@@ -122,7 +122,7 @@ impl CsiCluster {
                 "metadata": {"name": format!("pv-{claim}"), "uid": format!("u-pv-{i}"), "resourceVersion": "4"},
                 "spec": {"capacity": {"storage": "4Mi"}, "accessModes": ["ReadWriteOnce"], "volumeMode": mode,
                     "storageClassName": "csi-fast", "persistentVolumeReclaimPolicy": "Delete",
-                    "csi": {"driver": "fake.csi", "volumeHandle": format!("vol-{claim}")},
+                    "csi": {"driver": "fake.csi", "volumeHandle": disk.to_str().unwrap()},
                     "claimRef": {"namespace": "db", "name": claim}},
                 "status": {"phase": "Bound"}}));
         }
@@ -503,6 +503,18 @@ impl Answer for CsiCluster {
                     objects.remove(&format!(
                         "/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents/{c}"
                     ));
+                }
+                // A filesystem claim's files go with it.
+                if let Some(c) = removed
+                    .as_ref()
+                    .filter(|v| v["kind"] == "PersistentVolumeClaim")
+                {
+                    let (ns, name) = (&c["metadata"]["namespace"], &c["metadata"]["name"]);
+                    let _ = std::fs::remove_dir_all(self.dir.join(format!(
+                        "fs-{}-{}",
+                        ns.as_str().unwrap_or_default(),
+                        name.as_str().unwrap_or_default()
+                    )));
                 }
                 // The volume controller: a deleted claim's volume goes with it unless retained.
                 if let Some(pv) = removed
@@ -1117,6 +1129,7 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
     let o = StandbyOptions {
         schedule: "db-hourly".into(),
         namespaces: Default::default(),
+        overwrite_claims: false,
     };
     let reports = cycle_live(&repo, &live, &catalog, &o, movers())
         .await
@@ -1342,11 +1355,80 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
         "idempotent"
     );
     assert_eq!(live.set_running("db", false).await.unwrap().len(), 2);
-    let objects = dr.objects.lock().unwrap();
     assert_eq!(
-        objects["/apis/apps/v1/namespaces/db/deployments/api"]["spec"]["replicas"],
+        dr.objects.lock().unwrap()["/apis/apps/v1/namespaces/db/deployments/api"]["spec"]
+            ["replicas"],
         0
     );
+
+    // While active, the application wrote to its claims. `deactivate` gives them back to
+    // standby with unknown content, so the next backup is written whole, never as a delta
+    // onto what the application changed.
+    {
+        let disk = dr.disks.lock().unwrap()["db/data-db-0"].clone();
+        let mut data = std::fs::read(&disk).unwrap();
+        data[1 << 20..(1 << 20) + 4096].fill(0xEE);
+        std::fs::write(&disk, data).unwrap();
+    }
+    lifeboat::standby::claim_live_claims(&live, "db")
+        .await
+        .unwrap();
+    catalog.set_activated("db", false).unwrap();
+    catalog.forget_applied("db").unwrap();
+    change(4);
+    backup_db(
+        &repo,
+        "live-5",
+        &LiveCluster::from_client(serve(primary.clone()), "p"),
+        &opts,
+        movers(),
+    )
+    .await
+    .unwrap();
+    let r = cycle_live(&repo, &live, &catalog, &o, movers())
+        .await
+        .unwrap();
+    assert_eq!(r[0].state, "applied", "{r:#?}");
+    assert!(
+        r[0].volumes.iter().all(|v| v.mode == "full"),
+        "{:?}",
+        r[0].volumes
+    );
+    assert!(same_as_primary(), "written whole");
+
+    // Failback onto the primary: its own claims are not standby's. Refused, naming the
+    // option; with it, written whole.
+    let primary_live = LiveCluster::from_client(serve(primary.clone()), "p");
+    let back =
+        Arc::new(lifeboat::catalog::Catalog::open(&d.path().join("state/primary.sqlite")).unwrap());
+    {
+        let disk = primary.disks.lock().unwrap()["db/logs-db-0"].clone();
+        let mut data = std::fs::read(&disk).unwrap();
+        data[..4096].fill(0x11); // the primary's stale data
+        std::fs::write(&disk, data).unwrap();
+    }
+    let r = cycle_live(&repo, &primary_live, &back, &o, movers())
+        .await
+        .unwrap();
+    let e = r[0].error.clone().unwrap_or_default();
+    assert!(
+        r[0].state == "failed" && e.contains("--overwrite-claims"),
+        "{r:#?}"
+    );
+    let o2 = StandbyOptions {
+        overwrite_claims: true,
+        ..o.clone()
+    };
+    let r = cycle_live(&repo, &primary_live, &back, &o2, movers())
+        .await
+        .unwrap();
+    assert_eq!(r[0].state, "applied", "{r:#?}");
+    assert!(
+        r[0].volumes.iter().all(|v| v.mode == "full"),
+        "{:?}",
+        r[0].volumes
+    );
+    assert!(same_as_primary(), "the primary holds the backup again");
 }
 
 /// A drill on a live site: the newest backup restored into a new namespace, every volume
