@@ -24,6 +24,11 @@
 //! On a live site the same two phases run inside a standby Job ([`apply_devices`]), with the
 //! claims as block devices and the journals, records and marker on a claim of their own; the
 //! commit marker names claims, not device paths, so the next Job can finish it.
+//!
+//! A delta is only ever applied onto a volume whose record says what it holds. `activate`
+//! drops the records (the application changes the data from then on), so after `deactivate`
+//! the volumes are written whole; a live claim standby never wrote is not overwritten unless
+//! asked (`--overwrite-claims`).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
