@@ -668,7 +668,6 @@ impl Csi {
         self.run_job(ns, job, spec).await
     }
 
-    /// Creates Job `job` from `spec`, waits for it to succeed, and removes it.
     /// A Job of one container running `lifeboat ARGS` with the movers' Secret as environment,
     /// the claims `volumes` attached as `devices`; run once, never retried.
     fn job_spec(
@@ -693,6 +692,7 @@ impl Csi {
                     "volumes": volumes}}}})
     }
 
+    /// Creates Job `job` from `spec`, waits for it to succeed, and removes it.
     /// Returns the container's termination message: what the command wrote to
     /// `/dev/termination-log`, or on failure the end of its log.
     async fn run_job(&self, ns: &str, job: &str, mut spec: Value) -> Result<String, LiveError> {
