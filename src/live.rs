@@ -320,6 +320,43 @@ impl LiveCluster {
             .is_some())
     }
 
+    /// An annotation of namespace `ns` (None: no such annotation, or no such namespace).
+    pub async fn namespace_annotation(
+        &self,
+        ns: &str,
+        key: &str,
+    ) -> Result<Option<String>, LiveError> {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let found = api.get_opt(ns).await.map_err(|source| LiveError::Api {
+            what: format!("read Namespace {ns}"),
+            source,
+        })?;
+        Ok(found
+            .and_then(|n| n.metadata.annotations)
+            .and_then(|a| a.get(key).cloned()))
+    }
+
+    /// Sets (or with None removes) an annotation of namespace `ns`.
+    pub async fn annotate_namespace(
+        &self,
+        ns: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), LiveError> {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        api.patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {key: value}}})),
+        )
+        .await
+        .map_err(|source| LiveError::Api {
+            what: format!("annotate Namespace {ns}"),
+            source,
+        })?;
+        Ok(())
+    }
+
     /// Deletes namespace `ns` (and with it everything in it).
     pub async fn remove_namespace(&self, ns: &str) -> Result<(), LiveError> {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());

@@ -1098,7 +1098,24 @@ pub async fn cycle_live(
     o: &StandbyOptions,
     movers: crate::csi::MoverSettings,
 ) -> Result<Vec<NamespaceReport>, StandbyError> {
-    let (newest, mut reports, todo) = triage(repo, catalog, o, |_| Ok(())).await?;
+    let (newest, mut reports, mut todo) = triage(repo, catalog, o, |_| Ok(())).await?;
+    // Activation is also recorded on the namespace itself, so that a standby that lost its
+    // catalog (a restarted pod) never holds an application that was failed over to.
+    let mut activated = Vec::new();
+    for (_, ns) in &todo {
+        if live.namespace_annotation(ns, ACTIVATED).await?.as_deref() == Some("true") {
+            activated.push(ns.clone());
+        }
+    }
+    for ns in activated {
+        tracing::warn!(namespace = %ns, "the namespace is marked activated on the site: left alone");
+        todo.retain(|(_, n)| *n != ns);
+        if let Some(r) = reports.iter_mut().find(|r| r.namespace == ns) {
+            r.state = "activated".into();
+        }
+        let n = ns.clone();
+        blocking(catalog, move |c| c.set_activated(&n, true).map(|_| ())).await?;
+    }
     if todo.is_empty() {
         return Ok(reports);
     }
@@ -1348,6 +1365,10 @@ pub async fn claim_live_claims(
     }
     Ok(())
 }
+
+/// The annotation of a live namespace that was activated (failed over to): standby leaves it
+/// alone whatever its catalog says.
+pub const ACTIVATED: &str = "lifeboat.dev/activated";
 
 /// The standby annotation of a claim that standby owns but whose content is unknown.
 pub const WHOLE: &str = "whole";

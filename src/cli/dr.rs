@@ -421,7 +421,14 @@ pub(super) async fn set_running(ctx: &Ctx<'_>, a: &NamespaceArgs, run: bool) -> 
                 .await
                 .map_err(|e| Error::Worker(e.to_string()))??
         }
-        Site::Live(l) => l.set_running(&a.namespace, run).await?,
+        Site::Live(l) => {
+            if known.is_some() {
+                // On the namespace too: a standby that lost its catalog still leaves it alone.
+                l.annotate_namespace(&a.namespace, standby::ACTIVATED, run.then_some("true"))
+                    .await?;
+            }
+            l.set_running(&a.namespace, run).await?
+        }
     };
     let verb = if run { "activated" } else { "deactivated" };
     ctx.emit(

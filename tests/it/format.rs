@@ -275,6 +275,21 @@ fn deploy_manifests_parse_and_match_the_code() {
         ),
         "the movers' ServiceAccount"
     );
+    // Every Deployment runs a command line lifeboat accepts.
+    use clap::Parser;
+    let mut deployments = 0;
+    for (_, v) in kinds.iter().filter(|(k, _)| k == "Deployment") {
+        let args: Vec<String> = v["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        lifeboat::cli::Cli::try_parse_from(std::iter::once("lifeboat".to_string()).chain(args))
+            .unwrap_or_else(|e| panic!("{}: {e}", v["metadata"]["name"].as_str().unwrap()));
+        deployments += 1;
+    }
+    assert_eq!(deployments, 2, "the server and the standby");
     // The server's own schedules are a valid configuration.
     let cm = kinds
         .iter()

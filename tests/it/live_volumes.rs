@@ -1354,6 +1354,27 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
         live.set_running("db", true).await.unwrap().is_empty(),
         "idempotent"
     );
+    // A standby that lost its catalog (a restarted pod) still leaves an activated namespace
+    // alone: activation is on the namespace too.
+    use lifeboat::standby::ACTIVATED;
+    live.annotate_namespace("db", ACTIVATED, Some("true"))
+        .await
+        .unwrap();
+    let fresh =
+        Arc::new(lifeboat::catalog::Catalog::open(&d.path().join("state/fresh.sqlite")).unwrap());
+    let r = cycle_live(&repo, &live, &fresh, &o, movers())
+        .await
+        .unwrap();
+    assert_eq!(r[0].state, "activated", "{r:#?}");
+    assert_eq!(
+        dr.objects.lock().unwrap()["/apis/apps/v1/namespaces/db/deployments/api"]["spec"]
+            ["replicas"],
+        3,
+        "still running"
+    );
+    live.annotate_namespace("db", ACTIVATED, None)
+        .await
+        .unwrap();
     assert_eq!(live.set_running("db", false).await.unwrap().len(), 2);
     assert_eq!(
         dr.objects.lock().unwrap()["/apis/apps/v1/namespaces/db/deployments/api"]["spec"]
