@@ -738,19 +738,25 @@ pub async fn apply_devices(
         return Err(e);
     }
     if !items.is_empty() {
-        let marker = CommitMarker {
-            backup: backup.to_string(),
-            items,
-        };
-        let m = dir.join(COMMIT_FILE);
-        write_atomic(&m, &serde_json::to_vec_pretty(&marker).expect("serialises"))?;
-        failpoint("standby-after-commit");
-        for item in &marker.items {
-            replay(item)?;
-        }
-        std::fs::remove_file(&m).map_err(io(&m))?;
+        commit(dir, backup, items)?;
     }
     Ok(reports)
+}
+
+/// Phase 2 for the staged volumes of one namespace: the commit marker in `dir`, atomically,
+/// then each item replayed, then the marker removed.
+fn commit(dir: &Path, backup: &str, items: Vec<CommitItem>) -> Result<(), StandbyError> {
+    let marker = CommitMarker {
+        backup: backup.to_string(),
+        items,
+    };
+    let m = dir.join(COMMIT_FILE);
+    write_atomic(&m, &serde_json::to_vec_pretty(&marker).expect("serialises"))?;
+    failpoint("standby-after-commit");
+    for item in &marker.items {
+        replay(item)?;
+    }
+    std::fs::remove_file(&m).map_err(io(&m))
 }
 
 /// A commit marker left by an earlier Job names its devices by that Job's paths: point each
@@ -1065,17 +1071,7 @@ async fn apply_backup(
     for (ns, items, reports) in staged {
         let dir = site.root().join("volumes").join(&ns);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let marker = CommitMarker {
-            backup: backup.name.clone(),
-            items,
-        };
-        let m = dir.join(COMMIT_FILE);
-        write_atomic(&m, &serde_json::to_vec_pretty(&marker).expect("serialises"))?;
-        failpoint("standby-after-commit");
-        for item in &marker.items {
-            replay(item)?;
-        }
-        std::fs::remove_file(&m).map_err(io(&m))?;
+        commit(&dir, &backup.name, items)?;
         let mine = for_namespace(&plan, &ns);
         let results = appbackup::apply_to_cluster_dir(site, &mine, ExistingPolicy::Update)?;
         let n = results

@@ -101,14 +101,21 @@ impl Csi {
         Ok(())
     }
 
+    async fn list_claims(&self, ns: &str) -> Result<Vec<PersistentVolumeClaim>, LiveError> {
+        Ok(
+            Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
+                .list(&Default::default())
+                .await
+                .map_err(api_err(format!("list PersistentVolumeClaims in {ns}")))?
+                .items,
+        )
+    }
+
     /// The claims of `ns` that carry a standby snapshot annotation.
     pub async fn annotated_claims(&self, ns: &str) -> Result<Vec<String>, LiveError> {
-        let list = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
-            .list(&Default::default())
-            .await
-            .map_err(api_err(format!("list PersistentVolumeClaims in {ns}")))?;
-        Ok(list
-            .items
+        Ok(self
+            .list_claims(ns)
+            .await?
             .into_iter()
             .filter(|c| {
                 c.metadata
@@ -122,12 +129,9 @@ impl Csi {
 
     /// The claims of `ns` (the journal claim and lifeboat's own views aside).
     pub async fn claims_of_namespace(&self, ns: &str) -> Result<Vec<String>, LiveError> {
-        let list = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
-            .list(&Default::default())
-            .await
-            .map_err(api_err(format!("list PersistentVolumeClaims in {ns}")))?;
-        Ok(list
-            .items
+        Ok(self
+            .list_claims(ns)
+            .await?
             .into_iter()
             .filter_map(|c| c.metadata.name)
             .filter(|n| n != JOURNAL_CLAIM && !n.starts_with("lifeboat-"))
@@ -266,6 +270,18 @@ impl Csi {
         Ok((raw_claim, raw_pv))
     }
 
+    /// Removes a block-mode view (its claim, then its retained volume object; the volume
+    /// itself stays with the claim it belongs to).
+    async fn remove_raw_view(&self, ns: &str, raw: &str, raw_pv: &str) {
+        self.delete_quietly(
+            Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns),
+            raw,
+        )
+        .await;
+        self.delete_quietly(Api::<PersistentVolume>::all(self.client.clone()), raw_pv)
+            .await;
+    }
+
     /// Checks a restored volume against its snapshot with `lifeboat volume verify` in a Job
     /// of `ns`: a block-mode claim directly, or a volume (a filesystem-mode claim's, before
     /// the claim is applied) through a block-mode view. Returns (verified, blocks verified).
@@ -300,13 +316,7 @@ impl Csi {
             )
             .await;
         if let Some((raw, raw_pv)) = raw {
-            self.delete_quietly(
-                Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns),
-                &raw,
-            )
-            .await;
-            self.delete_quietly(Api::<PersistentVolume>::all(self.client.clone()), &raw_pv)
-                .await;
+            self.remove_raw_view(ns, &raw, &raw_pv).await;
         }
         let message = result?;
         let v: Value = serde_json::from_str(message.trim()).map_err(|e| LiveError::Volume {
@@ -409,13 +419,7 @@ impl Csi {
             });
         }
         for (raw, pv) in raws {
-            self.delete_quietly(
-                Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns),
-                &raw,
-            )
-            .await;
-            self.delete_quietly(Api::<PersistentVolume>::all(self.client.clone()), &pv)
-                .await;
+            self.remove_raw_view(ns, &raw, &pv).await;
         }
         let applied = result?;
         for c in claims {

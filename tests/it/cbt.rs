@@ -17,7 +17,7 @@ use prost::Message;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{lb, ok, run, tmp};
+use crate::support::{init_repo, lb, ok, run, tmp};
 
 /// The service's answer to one request: messages, or a gRPC status code and message.
 pub type Answer = Result<Vec<DeltaResponse>, (u32, String)>;
@@ -351,14 +351,7 @@ fn backup_with_delta(
 #[test]
 fn volume_backup_reads_only_the_blocks_the_service_reports_changed() {
     let d = tmp();
-    let repo = d.path().join("repo");
-    ok(run(lb(&repo).args([
-        "repo",
-        "init",
-        "--insecure-fast-kdf",
-        "--chunk-size-kib",
-        "64",
-    ])));
+    let repo = init_repo(d.path());
     let (a, b) = two_images();
     let img = d.path().join("vol.img");
     std::fs::write(&img, &a).unwrap();

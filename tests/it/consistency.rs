@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{json, lb, ok, run, tmp};
+use crate::support::{init_repo, json, lb, ok, run, tmp};
 
 const PODS: [&str; 3] = ["db-0", "db-1", "db-2"];
 const PRE_AT: u64 = 1 << 20;
@@ -106,18 +106,6 @@ fn post_rule(dir: &Path) -> PathBuf {
         "30s",
         &[&write_marker("POST", POST_AT)],
     )
-}
-
-fn init_repo(d: &Path) -> PathBuf {
-    let repo = d.join("repo");
-    ok(run(lb(&repo).args([
-        "repo",
-        "init",
-        "--insecure-fast-kdf",
-        "--chunk-size-kib",
-        "64",
-    ])));
-    repo
 }
 
 fn backup(repo: &Path, cluster: &Path, name: &str, rules: &[(&str, &Path)]) -> crate::support::Run {

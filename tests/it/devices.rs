@@ -6,7 +6,7 @@ use std::process::Command;
 
 use lifeboat::demo::{generate_image, mutate, Rng};
 
-use crate::support::{lb, ok, run, tmp};
+use crate::support::{init_repo, lb, ok, run, tmp};
 use crate::volume::same;
 
 fn require_root() {
@@ -76,17 +76,10 @@ impl Drop for Mount {
 fn backup_from_and_restore_onto_loop_devices() {
     require_root();
     let d = tmp();
-    let repo = d.path().join("repo");
     let src_file = d.path().join("src.img");
     generate_image(&src_file, 24 << 20, 41).unwrap();
     let src = Loop::attach(&src_file);
-    ok(run(lb(&repo).args([
-        "repo",
-        "init",
-        "--insecure-fast-kdf",
-        "--chunk-size-kib",
-        "64",
-    ])));
+    let repo = init_repo(d.path());
     ok(run(lb(&repo)
         .args(["volume", "backup", "--name", "dev"])
         .arg(src.path())));

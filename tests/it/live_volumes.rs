@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::live::{serve, Answer};
-use crate::support::{lb, ok, run, tmp};
+use crate::support::{init_repo, lb, ok, run, tmp};
 
 struct CsiCluster {
     dir: PathBuf,
@@ -90,6 +90,14 @@ impl CsiCluster {
 
     fn put(&self, path: String, v: Value) {
         self.objects.lock().unwrap().insert(path, v);
+    }
+
+    /// Writes `len` bytes of `byte` at `at` into the disk of claim `ns/name`.
+    fn fill(&self, claim: &str, at: usize, len: usize, byte: u8) {
+        let disk = self.disks.lock().unwrap()[claim].clone();
+        let mut data = std::fs::read(&disk).unwrap();
+        data[at..at + len].fill(byte);
+        std::fs::write(&disk, data).unwrap();
     }
 
     /// A running application: namespace `db`, two pods, a block-mode and a filesystem-mode
@@ -603,19 +611,6 @@ async fn backup_db(
     .await
 }
 
-/// A test repository with 64 KiB blocks under `dir`.
-fn init_repo(dir: &Path) -> PathBuf {
-    let repo = dir.join("repo");
-    ok(run(lb(&repo).args([
-        "repo",
-        "init",
-        "--insecure-fast-kdf",
-        "--chunk-size-kib",
-        "64",
-    ])));
-    repo
-}
-
 fn movers() -> MoverSettings {
     MoverSettings {
         timeout: Duration::from_secs(30),
@@ -1016,12 +1011,9 @@ async fn changed_block_tracking_case(groups: GroupSnapshots) {
         .all(|j| j["spec"]["template"]["spec"]["serviceAccountName"] == "lifeboat-mover"));
 
     // Three 4 KiB writes into the block-mode claim, in two 64 KiB blocks.
-    let disk = api.disks.lock().unwrap()["db/data-db-0"].clone();
-    let mut data = std::fs::read(&disk).unwrap();
     for o in [8192usize, 12288, 2 << 20] {
-        data[o..o + 4096].fill(0x5A);
+        api.fill("db/data-db-0", o, 4096, 0x5A);
     }
-    std::fs::write(&disk, &data).unwrap();
 
     let second = backup_db(
         &repo,
@@ -1186,11 +1178,8 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
     // block-mode view of its volume). A Job killed right after its commit leaves the site
     // to the next cycle, which finishes it.
     let change = |round: u8| {
-        for (claim, at) in [("data-db-0", 65536usize), ("logs-db-0", 3 << 20)] {
-            let disk = primary.disks.lock().unwrap()[&format!("db/{claim}")].clone();
-            let mut data = std::fs::read(&disk).unwrap();
-            data[at..at + 4096].fill(round);
-            std::fs::write(&disk, data).unwrap();
+        for (claim, at) in [("db/data-db-0", 65536usize), ("db/logs-db-0", 3 << 20)] {
+            primary.fill(claim, at, 4096, round);
         }
     };
     let same_as_primary = || {
@@ -1385,12 +1374,7 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
     // While active, the application wrote to its claims. `deactivate` gives them back to
     // standby with unknown content, so the next backup is written whole, never as a delta
     // onto what the application changed.
-    {
-        let disk = dr.disks.lock().unwrap()["db/data-db-0"].clone();
-        let mut data = std::fs::read(&disk).unwrap();
-        data[1 << 20..(1 << 20) + 4096].fill(0xEE);
-        std::fs::write(&disk, data).unwrap();
-    }
+    dr.fill("db/data-db-0", 1 << 20, 4096, 0xEE);
     lifeboat::standby::claim_live_claims(&live, "db")
         .await
         .unwrap();
@@ -1422,12 +1406,7 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
     let primary_live = LiveCluster::from_client(serve(primary.clone()), "p");
     let back =
         Arc::new(lifeboat::catalog::Catalog::open(&d.path().join("state/primary.sqlite")).unwrap());
-    {
-        let disk = primary.disks.lock().unwrap()["db/logs-db-0"].clone();
-        let mut data = std::fs::read(&disk).unwrap();
-        data[..4096].fill(0x11); // the primary's stale data
-        std::fs::write(&disk, data).unwrap();
-    }
+    primary.fill("db/logs-db-0", 0, 4096, 0x11); // the primary's stale data
     let r = cycle_live(&repo, &primary_live, &back, &o, movers())
         .await
         .unwrap();

@@ -320,6 +320,19 @@ pub fn run(cmd: &mut Command) -> Run {
 }
 
 /// `lifeboat` with a password and `--repo REPO --no-cache`.
+/// A test repository with 64 KiB blocks at `dir/repo`.
+pub fn init_repo(dir: &Path) -> PathBuf {
+    let repo = dir.join("repo");
+    ok(run(lb(&repo).args([
+        "repo",
+        "init",
+        "--insecure-fast-kdf",
+        "--chunk-size-kib",
+        "64",
+    ])));
+    repo
+}
+
 pub fn lb(repo: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = lifeboat();
     c.env("LIFEBOAT_PASSWORD", "pw")
