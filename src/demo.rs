@@ -9,7 +9,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::diff::ByteRange;
+use crate::volume::diff::ByteRange;
 
 const REGION: u64 = 1 << 20;
 

@@ -1,93 +1,86 @@
 //! lifeboat: disaster recovery for Kubernetes applications.
 //!
-//! The data flow of a volume backup, in the order the modules are declared:
+//! One folder per layer; each layer uses only the layers declared before it (there is no
+//! import cycle, and a test in `tests/it/layout.rs` keeps it so). Bottom to top:
 //!
 //! ```text
-//!  source volume ──► diff ──────────► backup ─────────────► repository ──► store
+//!  cli, demo        the shell: parse, call one library function, print
+//!    │
+//!  standby          the DR site: warm standby (block-map delta, journal, commit), activate,
+//!    │              drills; the worker loop
+//!  scheduler        policies and fire times (pure), the catalog (SQLite), the server loop
+//!    │
+//!  app              application backups and restores: records of objects, volume copies
+//!    │              inside the rules' barrier, restore plans, retention
+//!  hooks            rules, their plan, the barrier, actions in pods (local or pods/exec)
+//!    │
+//!  k8s              objects (sanitise, map, hold, order; pure), cluster directories, the
+//!    │              live API, CSI snapshots and the Jobs that move volume data
+//!  volume           one volume's data path: diff, changed blocks (cbt), backup, restore
+//!    │
+//!  repository       packs, index, snapshots, keys, check, locks, prune
+//!  store            local, S3, memory; retry and fault-injection decorators
+//!  crypto, format   keyed ids, sealing, key wrapping; every stored struct (schema/)
+//!  util, metrics    names, blocking work off the runtime; the /metrics endpoint
+//! ```
+//!
+//! The data flow of a volume backup:
+//!
+//! ```text
+//!  source volume ──► volume::diff ──► volume::backup ──────► repository ──► store
 //!  (image, device)   which blocks     read, hash, skip       packs, index,   local dir,
 //!                    to read:         zero/unchanged,        snapshots;      S3, memory
 //!                    changed ranges,  seal new blocks        keys, check     (+ retry,
 //!                    holes                  │                     ▲            faults)
 //!                                          crypto: keyed ids,    │
 //!                                          zstd + AES-GCM        │
-//!  target volume ◄──────────────── restore: plan reads per pack ─┘
+//!  target volume ◄──────────────── volume::restore: plan reads per pack
 //! ```
 //!
-//! Application configuration flows beside it:
+//! An application backup, upstream of it, and its restore:
 //!
 //! ```text
-//!  cluster (a cluster directory, or the API: live) ──► cluster::select ──► appbackup ──► repository
-//!  target ◄── cluster / YAML dir ◄── resources: skip, sanitise, map, hold, order ◄── appbackup
+//!  k8s::source / k8s::live ──► scope ──► app::record (objects, sealed) ──────────► repository
+//!  hooks: pre rules ─► barrier ─► app::copies (reflink/copy) or k8s::csi (group/VolumeSnapshots) ─► post rules
+//!                                      └► app::volumes: each copy ─► volume::backup (a mover Job
+//!                                         on a live cluster, reading only what cbt reports changed)
+//!  target ◄── k8s::source / k8s::live ◄── k8s::objects: skip, sanitise, map, hold, order ◄── app
 //! ```
 //!
 //! Scheduling drives it all, and the DR site reads it back:
 //!
 //! ```text
-//!  schedule (policies, fire times, retention) ─► server ─► hooks ─► … ─► repository
-//!                                                  │                       │
-//!                                                  └► catalog (SQLite) ◄──┘ forget, prune
+//!  scheduler::config ─► scheduler::server ─► app (backup, retention) ─► repository
+//!                          └► scheduler::catalog (SQLite) ◄── backups seen
 //!  repository ─► standby: block-map difference, journal, commit ─► DR site (held; activate)
 //! ```
-//!
-//! And an application backup's volumes, upstream of the volume flow:
-//!
-//! ```text
-//!  hooks: pre rules ─► barrier ─► snapshot (reflink/copy) or csi (group/VolumeSnapshots) ─► post rules
-//!                                      │ point-in-time copies
-//!                                      ▼
-//!  appvolumes: each copy ─► backup (as above; a mover Job on a live cluster, reading only
-//!              the blocks cbt reports changed when the CSI driver tracks them) ─► record
-//! ```
-//!
-//! `format` holds every struct that is stored (documented in `schema/`); `live` is the
-//! Kubernetes API (capture, apply, exec); `cli` turns commands into calls of the modules
-//! above; `demo` makes the generated data the demo and the benchmark use.
 
-// In flow order (rustfmt keeps the order of declarations separated by blank lines).
-pub mod schedule; // policies, fire times, retention (pure)
+// Bottom to top (rustfmt keeps the order of declarations separated by blank lines).
+pub mod util; // names, atomic files, blocking work off the runtime
 
-pub mod hooks; // rules and the barrier around a group snapshot
+pub mod metrics; // the /metrics and /healthz endpoint
 
-pub mod snapshot; // group copies of volume files (reflink or copy)
-
-pub mod csi; // CSI snapshots and the mover Jobs of a live cluster
-
-pub mod cbt; // changed blocks from the CSI SnapshotMetadata service
-
-pub mod appvolumes; // the volumes of application backups and restores
-
-pub mod diff; // which blocks to read
-
-pub mod backup; // read, hash, compress, seal, pack
+pub mod format; // every stored struct (schema/FORMAT.md)
 
 pub mod crypto; // keyed ids, sealing, key wrapping
 
-pub mod format; // every stored struct
-
-pub mod repository; // packs, index, snapshots, keys, check
-
 pub mod store; // local, S3, memory; retry and faults
 
-pub mod restore; // planned pack reads, verified writes
+pub mod repository; // packs, index, snapshots, keys, check, locks, prune
 
-pub mod forget; // retention applied: records and their snapshots
+pub mod volume; // diff, cbt, backup, restore
 
-pub mod catalog; // SQLite: schedules, runs, backups seen
+pub mod k8s; // objects, cluster directories, the live API, CSI
 
-pub mod server; // the scheduler loop, metrics
+pub mod hooks; // rules and the barrier around a group snapshot
+
+pub mod app; // application backups, restores, retention
+
+pub mod scheduler; // policies, fire times, the catalog, the server loop
 
 pub mod standby; // the DR site: warm standby, activate, drill
 
-// Application configuration.
-pub mod appbackup; // backup records of objects, restore planning
-
-pub mod cluster; // cluster directories, scopes, filters
-
-pub mod live; // the Kubernetes API
-
-pub mod resources; // sanitise, map, hold, order (pure)
-
 // The shell.
-pub mod cli;
-
 pub mod demo;
+
+pub mod cli;

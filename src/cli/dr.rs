@@ -7,11 +7,11 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::{human, Ctx, Error, MoverArgs};
-use crate::catalog::blocking;
-use crate::cluster::ClusterDir;
-use crate::live::LiveCluster;
+use crate::k8s::live::LiveCluster;
+use crate::k8s::objects::Mapping;
+use crate::k8s::source::ClusterDir;
 use crate::repository::rfc3339;
-use crate::resources::Mapping;
+use crate::scheduler::catalog::blocking;
 use crate::standby::{self, NamespaceReport, StandbyOptions};
 
 #[derive(Debug, Clone, Args)]
@@ -123,7 +123,10 @@ async fn site(t: &TargetArgs) -> Result<Site, Error> {
     })
 }
 
-fn render_status(rows: &[crate::catalog::StandbyRow], now: time::OffsetDateTime) -> String {
+fn render_status(
+    rows: &[crate::scheduler::catalog::StandbyRow],
+    now: time::OffsetDateTime,
+) -> String {
     let mut o = String::from("# HELP lifeboat_standby_lag_seconds Age of the backup a namespace holds (the RPO lag).\n# TYPE lifeboat_standby_lag_seconds gauge\n");
     for r in rows {
         if let Some(a) = standby::age_seconds(r.applied_backup_time.as_deref(), now) {
@@ -170,9 +173,9 @@ pub(super) async fn standby(ctx: &Ctx<'_>, a: &StandbyArgs) -> Result<(), Error>
         let repo = ctx.open_shared(&format!("standby apply {backup}")).await?;
         let reports = standby::apply_devices(&repo, journal_dir, backup, volumes).await?;
         if let Some(f) = report_file {
-            let short: Vec<crate::csi::AppliedClaim> = reports
+            let short: Vec<crate::k8s::csi::AppliedClaim> = reports
                 .iter()
-                .map(|v| crate::csi::AppliedClaim {
+                .map(|v| crate::k8s::csi::AppliedClaim {
                     pvc: v.pvc.clone(),
                     mode: v.mode.clone(),
                     blocks_changed: v.blocks_changed,
@@ -267,7 +270,7 @@ pub(super) async fn standby(ctx: &Ctx<'_>, a: &StandbyArgs) -> Result<(), Error>
             .await
             .map_err(|e| Error::Server(format!("cannot listen on {addr} for metrics: {e}")))?;
         let s = status.clone();
-        tokio::spawn(crate::server::serve_metrics(
+        tokio::spawn(crate::metrics::serve_metrics(
             listener,
             Arc::new(move || s.lock().unwrap().clone()),
             ctx.cancel.clone(),
@@ -387,9 +390,9 @@ pub(super) async fn set_running(ctx: &Ctx<'_>, a: &NamespaceArgs, run: bool) -> 
     let known = blocking(&catalog, move |c| c.standby_row(&ns)).await?;
     // Activating needs something standby applied; deactivating also serves the primary.
     if run && known.is_none() {
-        return Err(Error::Catalog(crate::catalog::CatalogError::NotStandby(
-            a.namespace.clone(),
-        )));
+        return Err(Error::Catalog(
+            crate::scheduler::catalog::CatalogError::NotStandby(a.namespace.clone()),
+        ));
     }
     if known.is_some() {
         // Standby stops (activate) or resumes (deactivate) applying to the namespace first.
@@ -459,9 +462,9 @@ pub(super) async fn set_running(ctx: &Ctx<'_>, a: &NamespaceArgs, run: bool) -> 
 
 pub(super) async fn drill(ctx: &Ctx<'_>, a: &DrillArgs) -> Result<(), Error> {
     let repo = ctx.open_shared(&format!("drill {}", a.namespace)).await?;
-    let backups = crate::appbackup::list_backups(&repo).await?;
+    let backups = crate::app::record::list_backups(&repo).await?;
     let backup = match (&a.from_backup, &a.schedule) {
-        (Some(name), _) => crate::appbackup::find_backup(&repo, name).await?.1,
+        (Some(name), _) => crate::app::record::find_backup(&repo, name).await?.1,
         (None, Some(s)) => standby::newest_of(&backups, s)
             .ok_or_else(|| Error::Usage(format!("no complete backup of schedule `{s}`")))?,
         (None, None) => backups

@@ -13,19 +13,20 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use crate::appbackup::{self, AppBackupError, RestorePlanOptions};
-use crate::appvolumes::{self, ConsistencyOptions};
-use crate::backup::{backup_volume, BackupError, BackupOptions};
-use crate::cluster::{
-    self as kcluster, ClusterDir, ClusterError, ExistingPolicy, Outcome, ResourceFilter, Selector,
-};
+use crate::app::record::{self, AppBackupError, RestorePlanOptions};
+use crate::app::volumes::{self, ConsistencyOptions};
 use crate::format::BackupFilters;
 use crate::format::KdfParams;
-use crate::live::{LiveCluster, LiveError};
+use crate::k8s::live::LiveCluster;
+use crate::k8s::objects::{Mapping, ResourceError, SanitiseOptions};
+use crate::k8s::source::{
+    self as kcluster, ClusterDir, ClusterError, ExistingPolicy, Outcome, ResourceFilter, Selector,
+};
+use crate::k8s::LiveError;
 use crate::repository::{rfc3339, CheckOptions, InitOptions, RepoError, Repository};
-use crate::resources::{Mapping, ResourceError, SanitiseOptions};
-use crate::restore::{restore_volume, RestoreError, RestoreOptions};
 use crate::store::{self, StoreError, StoreOptions};
+use crate::volume::backup::{backup_volume, BackupError, BackupOptions};
+use crate::volume::restore::{restore_volume, RestoreError, RestoreOptions};
 
 const ABOUT: &str =
     "Disaster recovery for Kubernetes applications: encrypted, deduplicated, incremental \
@@ -214,7 +215,7 @@ pub enum BackupCommand {
         /// default VolumeGroupSnapshotClass when it has one, `none` takes VolumeSnapshots
         /// back to back, anything else names the class.
         #[arg(long, value_name = "CLASS|auto|none", default_value = "auto")]
-        group_snapshot_class: crate::csi::GroupSnapshots,
+        group_snapshot_class: crate::k8s::csi::GroupSnapshots,
         #[command(flatten)]
         movers: MoverArgs,
     },
@@ -276,7 +277,7 @@ pub enum RestoreCommand {
 #[derive(Debug, Clone, Args)]
 pub struct MoverArgs {
     /// Image of the mover Jobs (runs `lifeboat volume backup|restore`).
-    #[arg(long, value_name = "IMAGE", default_value_t = crate::csi::MoverSettings::default().image)]
+    #[arg(long, value_name = "IMAGE", default_value_t = crate::k8s::csi::MoverSettings::default().image)]
     mover_image: String,
     /// Secret in each claim's namespace holding the repository settings for the movers
     /// (LIFEBOAT_REPOSITORY, LIFEBOAT_PASSWORD, AWS_*).
@@ -289,8 +290,8 @@ pub struct MoverArgs {
 
 impl MoverArgs {
     /// The movers' settings; a namespace without the mover Secret gets one with this
-    /// process's own repository settings (see [`crate::csi::Csi::prepare_namespace`]).
-    fn settings(&self, g: &Global) -> crate::csi::MoverSettings {
+    /// process's own repository settings (see [`crate::k8s::csi::Csi::prepare_namespace`]).
+    fn settings(&self, g: &Global) -> crate::k8s::csi::MoverSettings {
         let mut data = std::collections::BTreeMap::new();
         if let Some(repo) = &g.repo {
             data.insert("LIFEBOAT_REPOSITORY".to_string(), repo.clone());
@@ -315,7 +316,7 @@ impl MoverArgs {
         }
         let complete =
             data.contains_key("LIFEBOAT_REPOSITORY") && data.contains_key("LIFEBOAT_PASSWORD");
-        crate::csi::MoverSettings {
+        crate::k8s::csi::MoverSettings {
             image: self.mover_image.clone(),
             secret: self.mover_secret.clone(),
             timeout: self.mover_timeout,
@@ -437,7 +438,7 @@ impl CsiDeltaArgs {
         repo: &crate::repository::Repository,
         name: &str,
         cancel: &CancellationToken,
-    ) -> Option<crate::backup::GivenRanges> {
+    ) -> Option<crate::volume::backup::GivenRanges> {
         let address = self.csi_delta_address.as_ref()?;
         let (Some(ca), Some(token_file), Some(ns), Some(base), Some(target), Some(parent)) = (
             &self.csi_delta_ca,
@@ -480,17 +481,18 @@ impl CsiDeltaArgs {
                 return None;
             }
         };
-        let ep = crate::cbt::Endpoint {
+        let ep = crate::volume::cbt::Endpoint {
             address: address.clone(),
             ca_pem,
             token,
         };
-        let q = crate::cbt::DeltaQuery {
+        let q = crate::volume::cbt::DeltaQuery {
             namespace: ns.clone(),
             base: base.clone(),
             target: target.clone(),
         };
-        match crate::cbt::delta(&ep, &q, cancel, std::time::Duration::from_secs(600)).await {
+        match crate::volume::cbt::delta(&ep, &q, cancel, std::time::Duration::from_secs(600)).await
+        {
             Ok(d) => {
                 tracing::info!(
                     volume = name,
@@ -498,7 +500,7 @@ impl CsiDeltaArgs {
                     changed_bytes = d.changed_bytes(),
                     "changed blocks from the CSI SnapshotMetadata service"
                 );
-                Some(crate::backup::GivenRanges {
+                Some(crate::volume::backup::GivenRanges {
                     source: format!("the SnapshotMetadata delta {base} → {ns}/{target}"),
                     capacity: d.capacity,
                     ranges: d.ranges,
@@ -615,9 +617,9 @@ pub enum Error {
     #[error(transparent)]
     Rules(#[from] crate::hooks::HookError),
     #[error(transparent)]
-    Schedule(#[from] crate::schedule::ScheduleError),
+    Schedule(#[from] crate::scheduler::config::ScheduleError),
     #[error(transparent)]
-    Catalog(#[from] crate::catalog::CatalogError),
+    Catalog(#[from] crate::scheduler::catalog::CatalogError),
     #[error("{0}")]
     Server(String),
     #[error("{0}")]
@@ -641,6 +643,7 @@ impl Error {
             Error::Restore(e) => e.is_retryable(),
             Error::App(e) => e.is_retryable(),
             Error::Live(e) => e.is_retryable(),
+            Error::Standby(e) => e.is_retryable(),
             _ => false,
         };
         match self {
@@ -1149,7 +1152,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                     let selected = kcluster::select(&all, &scope, &source)?;
                     let repo = ctx.open_shared(&format!("backup {name}")).await?;
                     let dir = ClusterDir::new(dir);
-                    appvolumes::backup_cluster_dir(
+                    volumes::backup_cluster_dir(
                         repo,
                         name,
                         &dir,
@@ -1166,7 +1169,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
                     let mut settings = movers.settings(ctx.g);
                     settings.snapshot_class = snapshot_class.clone();
                     settings.group_snapshots = group_snapshot_class.clone();
-                    appvolumes::backup_live(
+                    volumes::backup_live(
                         repo,
                         name,
                         &live,
@@ -1213,7 +1216,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
         }
         BackupCommand::List => {
             let repo = ctx.open().await?;
-            let all = appbackup::list_backups(&repo).await?;
+            let all = record::list_backups(&repo).await?;
             let rows: Vec<serde_json::Value> = all
                 .iter()
                 .map(|(id, b)| {
@@ -1245,7 +1248,7 @@ async fn backup_command(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error>
         }
         BackupCommand::Describe { name } => {
             let repo = ctx.open().await?;
-            let (id, b) = appbackup::find_backup(&repo, name).await?;
+            let (id, b) = record::find_backup(&repo, name).await?;
             ctx.emit(&serde_json::json!({"id": id, "backup": b}), || {
                 let mut out = format!(
                     "backup {} ({})\ntime: {}\nsource: {}\nnamespaces: {}\nselector: {}\nobjects: {}",
@@ -1329,8 +1332,8 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
         return Err(Error::NoRestoreTarget);
     }
     let repo = ctx.open_shared(&format!("restore {from_backup}")).await?;
-    let (_, backup) = appbackup::find_backup(&repo, from_backup).await?;
-    let objects = appbackup::load_objects(&repo, &backup).await?;
+    let (_, backup) = record::find_backup(&repo, from_backup).await?;
+    let objects = record::load_objects(&repo, &backup).await?;
     let known: Vec<kcluster::Exported> = objects
         .iter()
         .map(|(r, v)| kcluster::Exported {
@@ -1344,7 +1347,7 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
         opts.include.iter().map(|f| f.kind.as_str()),
         &known,
     )?;
-    let mut plan = appbackup::plan_restore(objects, &opts);
+    let mut plan = record::plan_restore(objects, &opts);
     let target = cluster_dir.as_ref().map(ClusterDir::new);
     let live = match context {
         Some(ctx) => Some(LiveCluster::connect(Some(ctx)).await?),
@@ -1353,7 +1356,7 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
 
     if *dry_run {
         let conflicts = match (&target, &live) {
-            (Some(t), _) => appbackup::conflicts(t, &plan)?,
+            (Some(t), _) => record::conflicts(t, &plan)?,
             (None, Some(l)) => {
                 let refs: Vec<_> = plan
                     .iter()
@@ -1411,9 +1414,9 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
 
     let results = match (output_dir, &target, &live) {
         (Some(dir), _, _) => {
-            let mut r = appbackup::write_output_dir(dir, &plan)?;
+            let mut r = record::write_output_dir(dir, &plan)?;
             r.extend(
-                appvolumes::restore_volumes_to_dir(
+                volumes::restore_volumes_to_dir(
                     repo.clone(),
                     &backup,
                     &plan,
@@ -1426,7 +1429,7 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
         }
         (None, Some(t), _) => {
             // The data first: a workload must not start on an empty volume.
-            let mut r = appvolumes::restore_volumes_to_dir(
+            let mut r = volumes::restore_volumes_to_dir(
                 repo.clone(),
                 &backup,
                 &plan,
@@ -1434,7 +1437,7 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
                 *existing_resource_policy,
             )
             .await;
-            r.extend(appbackup::apply_to_cluster_dir(
+            r.extend(record::apply_to_cluster_dir(
                 t,
                 &plan,
                 *existing_resource_policy,
@@ -1443,18 +1446,13 @@ async fn restore_command(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Erro
         }
         (None, None, Some(l)) => {
             // The data first: a workload must not start on an empty volume.
-            let (mut r, created) = appvolumes::restore_volumes_live(
-                l,
-                movers.settings(ctx.g),
-                &backup,
-                &mut plan,
-                false,
-            )
-            .await;
+            let (mut r, created) =
+                volumes::restore_volumes_live(l, movers.settings(ctx.g), &backup, &mut plan, false)
+                    .await;
             let objects: Vec<_> = plan
                 .iter()
                 .filter(|p| p.skipped.is_none() && !created.contains(&p.target))
-                .map(appbackup::Planned::apply_item)
+                .map(record::Planned::apply_item)
                 .collect();
             r.extend(
                 l.apply(

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 use clap::{Args, Subcommand};
 
 use super::{human, Ctx, Error, MoverArgs};
-use crate::catalog::{blocking, catalog_path, Catalog};
+use crate::metrics::serve_metrics;
 use crate::repository::{rfc3339, PruneOptions};
-use crate::schedule::{load_config, next_fires, Retain};
-use crate::server::{serve_metrics, Clock, Control, Metrics, RepoRunner, Server, Source};
+use crate::scheduler::catalog::{blocking, catalog_path, Catalog};
+use crate::scheduler::config::{load_config, next_fires, Retain};
+use crate::scheduler::server::{Clock, Control, Metrics, RepoRunner, Server, Source};
 
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
@@ -113,9 +114,9 @@ pub(super) async fn server(ctx: &Ctx<'_>, a: &ServerArgs) -> Result<(), Error> {
     let repo = ctx.open().await?;
     let catalog = ctx.catalog().await?;
     let source = match &a.cluster_dir {
-        Some(d) => Source::Dir(crate::cluster::ClusterDir::new(d)),
+        Some(d) => Source::Dir(crate::k8s::source::ClusterDir::new(d)),
         None => Source::Live(Arc::new(
-            crate::live::LiveCluster::connect(a.context.as_deref()).await?,
+            crate::k8s::live::LiveCluster::connect(a.context.as_deref()).await?,
         )),
     };
     let runner = Arc::new(RepoRunner {
@@ -322,7 +323,7 @@ pub(super) async fn runs(
 pub(super) async fn catalog(ctx: &Ctx<'_>, cmd: &CatalogCommand) -> Result<(), Error> {
     let CatalogCommand::Rebuild = cmd;
     let repo = ctx.open().await?;
-    let backups = crate::appbackup::list_backups(&repo).await?;
+    let backups = crate::app::record::list_backups(&repo).await?;
     let snapshots = repo.list_snapshots().await?;
     let catalog = ctx.catalog().await?;
     let (b, s, r) = blocking(&catalog, move |c| c.rebuild(&backups, &snapshots)).await?;
@@ -367,12 +368,12 @@ pub(super) async fn forget(ctx: &Ctx<'_>, a: &ForgetArgs) -> Result<(), Error> {
         _ => flags,
     };
     let repo = ctx.open().await?;
-    let backups = crate::appbackup::list_backups(&repo).await?;
-    let decisions = crate::forget::plan(&backups, &|_| retain, a.schedule.as_deref());
+    let backups = crate::app::record::list_backups(&repo).await?;
+    let decisions = crate::app::retention::plan(&backups, &|_| retain, a.schedule.as_deref());
     let report = if a.dry_run {
         None
     } else {
-        Some(crate::forget::forget(&repo, &backups, &decisions).await?)
+        Some(crate::app::retention::forget(&repo, &backups, &decisions).await?)
     };
     if !a.dry_run {
         // Best effort: the catalog is a copy, `catalog rebuild` recreates it.

@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::crypto::{CryptoError, Keys, Role, Wrapped};
 use crate::format::{
-    object_hash, BlobId, BlobKind, KdfParams, KeyFile, KeyId, RepoConfig, Snapshot, SnapshotId,
-    FORMAT_VERSION,
+    decode_map, object_hash, BlobId, BlobKind, BlockRef, KdfParams, KeyFile, KeyId, RepoConfig,
+    Snapshot, SnapshotId, FORMAT_VERSION, MAP_SEGMENT_ENTRIES,
 };
 use crate::store::{Store, StoreError};
 
@@ -510,6 +510,46 @@ impl Repository {
                 .map_err(|e| RepoError::corrupt(pack.key(), format!("blob {id}: {e}")))
         })
         .await?
+    }
+
+    /// One block-map segment by its blob id, read, verified and decoded.
+    pub async fn read_map_blob(
+        &self,
+        index: &Index,
+        id: &BlobId,
+    ) -> Result<Vec<BlockRef>, RepoError> {
+        let bytes = self.read_blob(index, BlobKind::Map, id).await?;
+        decode_map(&bytes).map_err(|reason| RepoError::Corrupt {
+            object: format!("block-map segment {id}"),
+            reason,
+        })
+    }
+
+    /// Segment `seg` of `snap`'s block map (blocks from `seg * MAP_SEGMENT_ENTRIES` on),
+    /// checked to hold exactly the entries the snapshot's size gives it. Empty past the end
+    /// of the map, so two snapshots of different sizes can be compared segment by segment.
+    pub async fn read_map_segment(
+        &self,
+        index: &Index,
+        snap: &Snapshot,
+        seg: usize,
+    ) -> Result<Vec<BlockRef>, RepoError> {
+        let Some(id) = snap.map.get(seg) else {
+            return Ok(Vec::new());
+        };
+        let entries = self.read_map_blob(index, id).await?;
+        let first = seg as u64 * MAP_SEGMENT_ENTRIES as u64;
+        let want = snap
+            .blocks()
+            .saturating_sub(first)
+            .min(MAP_SEGMENT_ENTRIES as u64) as usize;
+        if entries.len() != want {
+            return Err(RepoError::Corrupt {
+                object: format!("block-map segment {seg} (blob {id})"),
+                reason: format!("{} entries, expected {want}", entries.len()),
+            });
+        }
+        Ok(entries)
     }
 
     // ----- snapshots ----------------------------------------------------------------------

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use super::{cpu, Index, LockKind, RepoError, Repository};
 use crate::crypto::Role;
 use crate::format::{
-    decode_map, AppBackup, BlobId, BlobKind, BlockRef, IndexFile, IndexPack, PackId, FORMAT_VERSION,
+    AppBackup, BlobId, BlockRef, IndexFile, IndexPack, PackId, PackedBlob, FORMAT_VERSION,
 };
 
 /// Packs per index object written by prune.
@@ -79,13 +79,7 @@ impl Repository {
         }
         let segments: Vec<BlobId> = segments.into_iter().collect();
         let mut reads = futures::stream::iter(segments)
-            .map(|seg| async move {
-                let bytes = self.read_blob(index, BlobKind::Map, &seg).await?;
-                decode_map(&bytes).map_err(|reason| RepoError::Corrupt {
-                    object: format!("block-map segment {seg}"),
-                    reason,
-                })
-            })
+            .map(|seg| async move { self.read_map_blob(index, &seg).await })
             .buffer_unordered(8);
         while let Some(entries) = reads.next().await {
             for e in entries? {
@@ -129,85 +123,70 @@ impl Repository {
         let used = self.referenced_blobs(&index, &mut report).await?;
         report.blobs_referenced = used.len();
 
-        // Each pack's referenced bytes, counting a blob only where the index finds it.
-        let mut packs: HashMap<PackId, (IndexPack, PackUse)> = HashMap::new();
-        for (_, f) in &files {
-            for p in &f.packs {
-                packs
-                    .entry(p.id)
-                    .or_insert_with(|| (p.clone(), PackUse::default()));
-            }
-        }
-        for (pack, u) in packs.values_mut() {
-            for b in &pack.blobs {
-                u.total += b.length as u64;
-                let here = index
-                    .get(&b.id)
-                    .map(|loc| index.pack_id(loc.pack) == pack.id && loc.offset == b.offset)
-                    .unwrap_or(false);
-                if here && used.contains(&b.id) {
-                    u.used += b.length as u64;
-                }
-            }
-        }
+        let packs = pack_usage(&files, &index, &used);
         let stored = self.store().list("data/", self.cancel()).await?;
-        report.packs_before = stored.len();
-        report.bytes_before = stored.iter().map(|o| o.size).sum();
-        let mut delete: Vec<String> = Vec::new();
-        let mut repack: Vec<IndexPack> = Vec::new();
-        let mut keep: Vec<IndexPack> = Vec::new();
-        for o in &stored {
-            let id: Option<PackId> = o.key.rsplit('/').next().and_then(|h| h.parse().ok());
-            match id.and_then(|id| packs.remove(&id)) {
-                None => {
-                    report.packs_unindexed += 1;
-                    delete.push(o.key.clone());
-                }
-                Some((p, u)) if u.used == 0 => {
-                    report.packs_deleted += 1;
-                    report.blobs_removed += p.blobs.len();
-                    delete.push(o.key.clone());
-                }
-                Some((p, u))
-                    if (u.total - u.used) as f64 >= opts.repack_threshold * u.total as f64 =>
-                {
-                    report.packs_repacked += 1;
-                    delete.push(o.key.clone());
-                    repack.push(p);
-                }
-                Some((p, _)) => keep.push(p),
-            }
-        }
-        // Indexed packs missing from the store are left to `check` to report.
-        keep.extend(packs.into_values().map(|(p, _)| p));
-        let freed: u64 = stored
-            .iter()
-            .filter(|o| delete.contains(&o.key))
-            .map(|o| o.size)
-            .sum();
-        report.bytes_after = report.bytes_before - freed;
-        if delete.is_empty() {
+        let plan = plan_packs(&stored, packs, opts.repack_threshold, &mut report);
+        if plan.delete.is_empty() {
             tracing::info!("prune: nothing to remove");
             return Ok(report);
         }
         if opts.dry_run {
-            for p in &repack {
+            for p in &plan.repack {
                 report.blobs_removed += p.blobs.iter().filter(|b| !used.contains(&b.id)).count();
             }
             return Ok(report);
         }
 
         // 1. Live blobs of the packs being repacked move into new packs (verified first).
+        self.repack(&plan.repack, &index, &used, &mut report)
+            .await?;
+        // 2. A complete index of the packs that stay.
+        for chunk in plan.keep.chunks(PACKS_PER_INDEX) {
+            let file = IndexFile {
+                version: FORMAT_VERSION,
+                packs: chunk.to_vec(),
+            };
+            self.write_sealed_json("index", &file, Role::Index).await?;
+        }
+        // 3. Only now the old index objects, then the packs, go.
+        for (hash, _) in &files {
+            self.store()
+                .delete(&format!("index/{}", hex::encode(hash)), self.cancel())
+                .await?;
+        }
+        report.index_files_replaced = files.len();
+        let mut deletes = futures::stream::iter(plan.delete)
+            .map(|key| async move { self.store().delete(&key, self.cancel()).await })
+            .buffer_unordered(8);
+        while let Some(r) = deletes.next().await {
+            r?;
+        }
+        let after = self.store().list("data/", self.cancel()).await?;
+        report.bytes_after = after.iter().map(|o| o.size).sum();
+        tracing::info!(
+            deleted = report.packs_deleted,
+            repacked = report.packs_repacked,
+            freed = report.bytes_before.saturating_sub(report.bytes_after),
+            "prune done"
+        );
+        Ok(report)
+    }
+
+    /// Moves the referenced blobs of `packs` into new packs, each verified (opened and its id
+    /// checked) before it is written again.
+    async fn repack(
+        self: &std::sync::Arc<Self>,
+        packs: &[IndexPack],
+        index: &Index,
+        used: &HashSet<BlobId>,
+        report: &mut PruneReport,
+    ) -> Result<(), RepoError> {
         let mut writer = self.writer(2);
         let claims = writer.claims();
-        for p in &repack {
+        for p in packs {
             let bytes = self.store().get(&p.id.key(), self.cancel()).await?;
             for b in &p.blobs {
-                let here = index
-                    .get(&b.id)
-                    .map(|loc| index.pack_id(loc.pack) == p.id && loc.offset == b.offset)
-                    .unwrap_or(false);
-                if !here || !used.contains(&b.id) {
+                if !indexed_here(index, p.id, b) || !used.contains(&b.id) {
                     report.blobs_removed += 1;
                     continue;
                 }
@@ -246,36 +225,99 @@ impl Repository {
         }
         let written = writer.finish().await?;
         report.packs_written = written.packs;
-
-        // 2. A complete index of the packs that stay.
-        for chunk in keep.chunks(PACKS_PER_INDEX) {
-            let file = IndexFile {
-                version: FORMAT_VERSION,
-                packs: chunk.to_vec(),
-            };
-            self.write_sealed_json("index", &file, Role::Index).await?;
-        }
-        // 3. Only now the old index objects, then the packs, go.
-        for (hash, _) in &files {
-            self.store()
-                .delete(&format!("index/{}", hex::encode(hash)), self.cancel())
-                .await?;
-        }
-        report.index_files_replaced = files.len();
-        let mut deletes = futures::stream::iter(delete)
-            .map(|key| async move { self.store().delete(&key, self.cancel()).await })
-            .buffer_unordered(8);
-        while let Some(r) = deletes.next().await {
-            r?;
-        }
-        let after = self.store().list("data/", self.cancel()).await?;
-        report.bytes_after = after.iter().map(|o| o.size).sum();
-        tracing::info!(
-            deleted = report.packs_deleted,
-            repacked = report.packs_repacked,
-            freed = report.bytes_before.saturating_sub(report.bytes_after),
-            "prune done"
-        );
-        Ok(report)
+        Ok(())
     }
+}
+
+/// Whether the index finds blob `b` in pack `pack` at the offset the pack lists (a blob
+/// stored twice counts only where the index points).
+fn indexed_here(index: &Index, pack: PackId, b: &PackedBlob) -> bool {
+    index
+        .get(&b.id)
+        .map(|loc| index.pack_id(loc.pack) == pack && loc.offset == b.offset)
+        .unwrap_or(false)
+}
+
+/// Each indexed pack's total and referenced bytes.
+fn pack_usage(
+    files: &[([u8; 32], IndexFile)],
+    index: &Index,
+    used: &HashSet<BlobId>,
+) -> HashMap<PackId, (IndexPack, PackUse)> {
+    let mut packs: HashMap<PackId, (IndexPack, PackUse)> = HashMap::new();
+    for (_, f) in files {
+        for p in &f.packs {
+            packs
+                .entry(p.id)
+                .or_insert_with(|| (p.clone(), PackUse::default()));
+        }
+    }
+    for (pack, u) in packs.values_mut() {
+        for b in &pack.blobs {
+            u.total += b.length as u64;
+            if indexed_here(index, pack.id, b) && used.contains(&b.id) {
+                u.used += b.length as u64;
+            }
+        }
+    }
+    packs
+}
+
+/// What a prune does with each stored pack.
+struct PackPlan {
+    /// Keys of the packs that go: unindexed, unused, or repacked.
+    delete: Vec<String>,
+    /// Packs whose live blobs move to new packs first.
+    repack: Vec<IndexPack>,
+    /// Packs the new index lists.
+    keep: Vec<IndexPack>,
+}
+
+/// Sorts the stored packs into delete, repack (at least `threshold` of their bytes garbage)
+/// and keep, counting what that frees in `report`. Pure.
+fn plan_packs(
+    stored: &[crate::store::ObjectInfo],
+    mut packs: HashMap<PackId, (IndexPack, PackUse)>,
+    threshold: f64,
+    report: &mut PruneReport,
+) -> PackPlan {
+    report.packs_before = stored.len();
+    report.bytes_before = stored.iter().map(|o| o.size).sum();
+    let mut plan = PackPlan {
+        delete: Vec::new(),
+        repack: Vec::new(),
+        keep: Vec::new(),
+    };
+    let mut freed = 0;
+    for o in stored {
+        let id: Option<PackId> = o.key.rsplit('/').next().and_then(|h| h.parse().ok());
+        let goes = match id.and_then(|id| packs.remove(&id)) {
+            None => {
+                report.packs_unindexed += 1;
+                true
+            }
+            Some((p, u)) if u.used == 0 => {
+                report.packs_deleted += 1;
+                report.blobs_removed += p.blobs.len();
+                true
+            }
+            Some((p, u)) if (u.total - u.used) as f64 >= threshold * u.total as f64 => {
+                report.packs_repacked += 1;
+                plan.repack.push(p);
+                true
+            }
+            Some((p, _)) => {
+                plan.keep.push(p);
+                false
+            }
+        };
+        if goes {
+            plan.delete.push(o.key.clone());
+            freed += o.size;
+        }
+    }
+    // Indexed packs missing from the store are left to `check` to report.
+    plan.keep.extend(packs.into_values().map(|(p, _)| p));
+    report.bytes_after = report.bytes_before - freed;
+    plan
 }

@@ -511,8 +511,8 @@ fn bad_input_is_named_and_changes_nothing() {
 
 #[test]
 fn owners_come_first_and_are_linked_across_a_namespace_mapping() {
-    use lifeboat::appbackup::{plan_restore, RestorePlanOptions};
-    use lifeboat::resources::{Mapping, ObjRef};
+    use lifeboat::app::record::{plan_restore, RestorePlanOptions};
+    use lifeboat::k8s::objects::{Mapping, ObjRef};
     let obj = |v: Value| (ObjRef::of(&v, "t").unwrap(), v);
     let objects = vec![
         // The owned ConfigMap ranks before custom resources, but its owner must exist first.

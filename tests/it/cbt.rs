@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use lifeboat::cbt::{
+use lifeboat::volume::cbt::{
     delta, frame, BlockMetadata, CbtError, DeltaQuery, DeltaRequest, DeltaResponse, Endpoint,
     Frames, DELTA_PATH,
 };
-use lifeboat::diff::ByteRange;
+use lifeboat::volume::diff::ByteRange;
 use prost::Message;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;

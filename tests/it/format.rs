@@ -46,12 +46,12 @@ async fn stored_objects_match_the_schemas_and_the_layout() {
     let mem = MemoryStore::new();
     let repo = new_repo(Arc::new(mem.clone())).await;
     backup(&repo, "vol", &src).await;
-    let cluster = lifeboat::cluster::ClusterDir::new(
+    let cluster = lifeboat::k8s::source::ClusterDir::new(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/clusters/prod"),
     );
-    let objects = lifeboat::cluster::select(
+    let objects = lifeboat::k8s::source::select(
         &cluster.load().unwrap(),
-        &lifeboat::cluster::Scope {
+        &lifeboat::k8s::source::Scope {
             namespaces: vec!["pg".into()],
             ..Default::default()
         },
@@ -63,7 +63,7 @@ async fn stored_objects_match_the_schemas_and_the_layout() {
         "apiVersion: lifeboat.dev/v1alpha1\nkind: Rule\nmetadata: {name: flush}\nspec:\n  rules:\n  - podSelector: {app: postgres}\n    actions:\n    - {type: command, value: 'true'}\n",
     )
     .unwrap();
-    let opts = lifeboat::appvolumes::ConsistencyOptions {
+    let opts = lifeboat::app::volumes::ConsistencyOptions {
         pre: rule,
         allow_reflink: false,
         ..Default::default()
@@ -75,10 +75,10 @@ async fn stored_objects_match_the_schemas_and_the_layout() {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(&f, &to).unwrap();
     }
-    let summary = lifeboat::appvolumes::backup_cluster_dir(
+    let summary = lifeboat::app::volumes::backup_cluster_dir(
         repo.clone(),
         "app",
-        &lifeboat::cluster::ClusterDir::new(&copy),
+        &lifeboat::k8s::source::ClusterDir::new(&copy),
         objects,
         Default::default(),
         &opts,
@@ -206,10 +206,10 @@ fn block_map_codec_round_trips_and_rejects_damage() {
 fn the_example_ranges_file_parses() {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/changed-ranges.json");
-    let r = lifeboat::diff::read_ranges_file(&path).unwrap();
+    let r = lifeboat::volume::diff::read_ranges_file(&path).unwrap();
     assert_eq!(r.len(), 3);
-    lifeboat::diff::validate_ranges("example", &r, 16 << 20).unwrap();
-    assert!(lifeboat::diff::validate_ranges("example", &r, (13 << 20) - 1).is_err());
+    lifeboat::volume::diff::validate_ranges("example", &r, 16 << 20).unwrap();
+    assert!(lifeboat::volume::diff::validate_ranges("example", &r, (13 << 20) - 1).is_err());
 }
 
 /// The manifests under deploy/ parse, and name what the code uses.
@@ -238,7 +238,7 @@ fn deploy_manifests_parse_and_match_the_code() {
         .expect("the mover Secret");
     assert_eq!(
         secret.1["metadata"]["name"].as_str(),
-        Some(lifeboat::csi::MoverSettings::default().secret.as_str())
+        Some(lifeboat::k8s::csi::MoverSettings::default().secret.as_str())
     );
     for key in ["LIFEBOAT_REPOSITORY", "LIFEBOAT_PASSWORD"] {
         assert!(!secret.1["stringData"][key].is_null(), "{key}");
@@ -269,7 +269,7 @@ fn deploy_manifests_parse_and_match_the_code() {
     assert_eq!(
         mover.as_deref(),
         Some(
-            lifeboat::csi::MoverSettings::default()
+            lifeboat::k8s::csi::MoverSettings::default()
                 .service_account
                 .as_str()
         ),
@@ -296,5 +296,6 @@ fn deploy_manifests_parse_and_match_the_code() {
         .find(|(k, _)| k == "ConfigMap")
         .expect("the schedules ConfigMap");
     let text = cm.1["data"]["schedules.yaml"].as_str().unwrap();
-    lifeboat::schedule::parse_config(&[("deploy/server.yaml".into(), text.into())]).unwrap();
+    lifeboat::scheduler::config::parse_config(&[("deploy/server.yaml".into(), text.into())])
+        .unwrap();
 }

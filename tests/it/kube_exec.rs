@@ -7,8 +7,8 @@
 use std::sync::{Arc, Mutex};
 
 use futures::{SinkExt, StreamExt};
-use lifeboat::hooks::{around, parse_rules, pod_targets, Exec, HookError};
-use lifeboat::live::LiveCluster;
+use lifeboat::hooks::{around, parse_rules, pod_targets, Exec, HookError, KubeExec};
+use lifeboat::k8s::live::LiveCluster;
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
@@ -165,7 +165,7 @@ fn rules(name: &str, on_error: &str, actions: &str) -> Vec<lifeboat::hooks::Rule
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_runs_in_the_named_container_and_reads_exit_codes_and_output() {
     let (live, asked) = fake_cluster().await;
-    let exec: Arc<dyn Exec> = Arc::new(live.exec());
+    let exec: Arc<dyn Exec> = Arc::new(KubeExec::new(&live));
     let pre = rules(
         "flush",
         "Abort",
@@ -245,7 +245,7 @@ async fn exec_runs_in_the_named_container_and_reads_exit_codes_and_output() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_background_exec_holds_until_after_the_post_rules_then_ends_by_its_marker() {
     let (live, asked) = fake_cluster().await;
-    let exec: Arc<dyn Exec> = Arc::new(live.exec());
+    let exec: Arc<dyn Exec> = Arc::new(KubeExec::new(&live));
     let d = crate::support::tmp();
     let log = d.path().join("log");
     let pre = rules(

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use http::{Request, Response, StatusCode};
 use kube::client::Body;
-use lifeboat::cluster::{select, Scope};
-use lifeboat::live::LiveCluster;
+use lifeboat::k8s::live::LiveCluster;
+use lifeboat::k8s::source::{select, Scope};
 use lifeboat::store::memory::MemoryStore;
 use serde_json::{json, Value};
 
@@ -239,7 +239,7 @@ async fn discovery_and_pagination_feed_the_same_backup_as_a_cluster_directory() 
         "{kinds:?}"
     );
     let repo = new_repo(Arc::new(MemoryStore::new())).await;
-    let out = lifeboat::appbackup::create_backup(
+    let out = lifeboat::app::record::create_backup(
         repo.clone(),
         "live-1",
         &cluster.describe(),
@@ -249,7 +249,7 @@ async fn discovery_and_pagination_feed_the_same_backup_as_a_cluster_directory() 
     .await
     .unwrap();
     assert_eq!(out.objects, 8);
-    let (_, b) = lifeboat::appbackup::find_backup(&repo, "live-1")
+    let (_, b) = lifeboat::app::record::find_backup(&repo, "live-1")
         .await
         .unwrap();
     assert_eq!(b.source, "context:fake");
@@ -362,8 +362,8 @@ fn stateful_cluster() -> (LiveCluster, Arc<Stateful>) {
 
 #[tokio::test]
 async fn restore_applies_in_order_waits_for_crds_and_honours_the_policy() {
-    use lifeboat::cluster::{ApplyItem, ExistingPolicy, Outcome};
-    use lifeboat::resources::{ObjRef, OwnerLink};
+    use lifeboat::k8s::objects::{ObjRef, OwnerLink};
+    use lifeboat::k8s::source::{ApplyItem, ExistingPolicy, Outcome};
     let (cluster, api) = stateful_cluster();
     let obj = |v: Value| (ObjRef::of(&v, "test").unwrap(), v);
     let plan = vec![
@@ -518,7 +518,7 @@ async fn capture_streams_exactly_what_load_and_select_give() {
 
     let (cluster, api) = fake_cluster(false);
     // A channel of one: the capture can only run ahead by one object.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<lifeboat::cluster::Exported>(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<lifeboat::k8s::source::Exported>(1);
     let consumer = tokio::spawn(async move {
         let mut got = Vec::new();
         while let Some(e) = rx.recv().await {
@@ -553,10 +553,7 @@ async fn a_capture_whose_consumer_stops_ends_instead_of_waiting() {
     )
     .await
     .expect("no hang");
-    assert!(
-        matches!(r, Err(lifeboat::live::LiveError::Stopped)),
-        "{r:?}"
-    );
+    assert!(matches!(r, Err(lifeboat::k8s::LiveError::Stopped)), "{r:?}");
 
     let (cluster, _) = fake_cluster(false);
     let (tx, _rx) = tokio::sync::mpsc::channel(8);
@@ -576,10 +573,10 @@ async fn a_refused_list_is_recorded_and_the_rest_is_captured() {
     };
     let (cluster, _) = fake_cluster(true);
     let repo = new_repo(Arc::new(MemoryStore::new())).await;
-    let mut builder = lifeboat::appbackup::BackupBuilder::new(repo.clone(), "partial")
+    let mut builder = lifeboat::app::record::BackupBuilder::new(repo.clone(), "partial")
         .await
         .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<lifeboat::cluster::Exported>(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<lifeboat::k8s::source::Exported>(4);
     let consume = async {
         while let Some(e) = rx.recv().await {
             builder.add(e).await.unwrap();
@@ -599,7 +596,7 @@ async fn a_refused_list_is_recorded_and_the_rest_is_captured() {
         .await
         .unwrap();
     assert_eq!(out.objects, 7, "everything but the secret");
-    let (_, b) = lifeboat::appbackup::find_backup(&repo, "partial")
+    let (_, b) = lifeboat::app::record::find_backup(&repo, "partial")
         .await
         .unwrap();
     assert_eq!(b.failures.len(), 1);

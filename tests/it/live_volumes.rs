@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use http::{Request, StatusCode};
 use kube::client::Body;
-use lifeboat::appbackup::{find_backup, load_objects, plan_restore, RestorePlanOptions};
-use lifeboat::appvolumes::{backup_live, restore_volumes_live, ConsistencyOptions};
-use lifeboat::cluster::{ApplyItem, ExistingPolicy, Scope};
-use lifeboat::csi::{GroupSnapshots, MoverSettings};
-use lifeboat::live::LiveCluster;
+use lifeboat::app::record::{find_backup, load_objects, plan_restore, RestorePlanOptions};
+use lifeboat::app::volumes::{backup_live, restore_volumes_live, ConsistencyOptions};
+use lifeboat::k8s::csi::{GroupSnapshots, MoverSettings};
+use lifeboat::k8s::live::LiveCluster;
+use lifeboat::k8s::objects::Mapping;
+use lifeboat::k8s::source::{ApplyItem, ExistingPolicy, Scope};
 use lifeboat::repository::Repository;
-use lifeboat::resources::Mapping;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -205,7 +205,7 @@ impl CsiCluster {
             let sa = spec["serviceAccountName"].as_str().unwrap();
             std::fs::write(&token, format!("{sa}@{}", t["audience"].as_str().unwrap())).unwrap();
             paths.push((
-                format!("{}/token", lifeboat::csi::CBT_TOKEN_DIR),
+                format!("{}/token", lifeboat::k8s::csi::CBT_TOKEN_DIR),
                 token.to_str().unwrap().into(),
             ));
         }
@@ -588,7 +588,7 @@ async fn backup_db(
     live: &LiveCluster,
     opts: &ConsistencyOptions,
     settings: MoverSettings,
-) -> Result<lifeboat::appbackup::BackupSummary, lifeboat::appbackup::AppBackupError> {
+) -> Result<lifeboat::app::record::BackupSummary, lifeboat::app::record::AppBackupError> {
     let scope = Scope {
         namespaces: vec!["db".into()],
         ..Default::default()
@@ -686,7 +686,7 @@ async fn live_backup_snapshots_moves_and_restores_every_claims_data() {
     assert!(
         results
             .iter()
-            .all(|r| r.outcome == lifeboat::cluster::Outcome::Created),
+            .all(|r| r.outcome == lifeboat::k8s::source::Outcome::Created),
         "{results:#?}\n{:#?}",
         api.log.lock().unwrap()
     );
@@ -751,7 +751,7 @@ async fn a_failing_mover_fails_the_backup_and_records_nothing() {
             .contains("kubectl logs -n db job/lifeboat-backup-"),
         "{e}"
     );
-    assert!(lifeboat::appbackup::list_backups(&repo)
+    assert!(lifeboat::app::record::list_backups(&repo)
         .await
         .unwrap()
         .is_empty());
@@ -948,7 +948,7 @@ async fn changed_block_tracking_case(groups: GroupSnapshots) {
     let api = Arc::new(CsiCluster::new(d.path(), &repo_path).with_app());
     // The service computes deltas from the fake's snapshot files.
     let cluster = api.clone();
-    let answer: crate::cbt::Answerer = Arc::new(move |r: &lifeboat::cbt::DeltaRequest| {
+    let answer: crate::cbt::Answerer = Arc::new(move |r: &lifeboat::volume::cbt::DeltaRequest| {
         if r.security_token != "lifeboat-mover@lifeboat-test-audience" {
             return Err((16, format!("token {} rejected", r.security_token)));
         }
@@ -1116,8 +1116,10 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
     std::fs::create_dir_all(&dr_dir).unwrap();
     let dr = Arc::new(CsiCluster::new(&dr_dir, &repo_path));
     let live = LiveCluster::from_client(serve(dr.clone()), "dr");
-    let catalog =
-        Arc::new(lifeboat::catalog::Catalog::open(&d.path().join("state/catalog.sqlite")).unwrap());
+    let catalog = Arc::new(
+        lifeboat::scheduler::catalog::Catalog::open(&d.path().join("state/catalog.sqlite"))
+            .unwrap(),
+    );
     let o = StandbyOptions {
         schedule: "db-hourly".into(),
         namespaces: Default::default(),
@@ -1349,8 +1351,9 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
     live.annotate_namespace("db", ACTIVATED, Some("true"))
         .await
         .unwrap();
-    let fresh =
-        Arc::new(lifeboat::catalog::Catalog::open(&d.path().join("state/fresh.sqlite")).unwrap());
+    let fresh = Arc::new(
+        lifeboat::scheduler::catalog::Catalog::open(&d.path().join("state/fresh.sqlite")).unwrap(),
+    );
     let r = cycle_live(&repo, &live, &fresh, &o, movers())
         .await
         .unwrap();
@@ -1404,8 +1407,10 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
     // Failback onto the primary: its own claims are not standby's. Refused, naming the
     // option; with it, written whole.
     let primary_live = LiveCluster::from_client(serve(primary.clone()), "p");
-    let back =
-        Arc::new(lifeboat::catalog::Catalog::open(&d.path().join("state/primary.sqlite")).unwrap());
+    let back = Arc::new(
+        lifeboat::scheduler::catalog::Catalog::open(&d.path().join("state/primary.sqlite"))
+            .unwrap(),
+    );
     primary.fill("db/logs-db-0", 0, 4096, 0x11); // the primary's stale data
     let r = cycle_live(&repo, &primary_live, &back, &o, movers())
         .await

@@ -12,6 +12,7 @@ mod dr;
 mod fixtures;
 mod format;
 mod kube_exec;
+mod layout;
 mod live;
 mod live_volumes;
 mod repository;

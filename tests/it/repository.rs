@@ -4,15 +4,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use indicatif::ProgressBar;
-use lifeboat::backup::{backup_volume, BackupOptions};
 use lifeboat::demo::generate_image;
 use lifeboat::format::KdfParams;
 use lifeboat::repository::{CheckOptions, RepoError, Repository};
-use lifeboat::restore::{restore_volume, RestoreError, RestoreOptions};
 use lifeboat::store::fault::{Fault, Faulty, Op};
 use lifeboat::store::memory::MemoryStore;
 use lifeboat::store::retry::Retry;
 use lifeboat::store::Store;
+use lifeboat::volume::backup::{backup_volume, BackupOptions};
+use lifeboat::volume::restore::{restore_volume, RestoreError, RestoreOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{files, new_repo, reopen, test_init_options, tmp, PASSWORD};

@@ -502,7 +502,7 @@ fn prune_repacks_a_pack_that_is_mostly_garbage_and_keeps_its_live_blobs() {
 #[test]
 fn the_example_schedules_parse() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/schedules");
-    let cfg = lifeboat::schedule::load_config(&dir).unwrap();
+    let cfg = lifeboat::scheduler::config::load_config(&dir).unwrap();
     assert_eq!(cfg.policies.len(), 5);
     assert_eq!(
         cfg.schedules.keys().collect::<Vec<_>>(),

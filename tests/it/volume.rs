@@ -5,14 +5,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use indicatif::ProgressBar;
-use lifeboat::backup::{backup_volume, BackupError, BackupOptions, BackupOutcome};
 use lifeboat::demo::{file_hash, generate_image, mutate, write_ranges};
-use lifeboat::diff::ByteRange;
 use lifeboat::repository::{CheckOptions, Repository};
-use lifeboat::restore::{restore_volume, RestoreError, RestoreOptions, RestoreStats};
 use lifeboat::store::local::LocalStore;
 use lifeboat::store::memory::MemoryStore;
 use lifeboat::store::{Store, StoreOptions};
+use lifeboat::volume::backup::{backup_volume, BackupError, BackupOptions, BackupOutcome};
+use lifeboat::volume::diff::ByteRange;
+use lifeboat::volume::restore::{restore_volume, RestoreError, RestoreOptions, RestoreStats};
 
 use crate::support::{garage, new_repo, tmp};
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::resources::{ObjRef, ResourceError};
+use crate::k8s::objects::{ObjRef, ResourceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -297,7 +297,7 @@ pub enum Outcome {
 pub struct ApplyItem {
     pub r: ObjRef,
     pub value: Value,
-    pub owners: Vec<crate::resources::OwnerLink>,
+    pub owners: Vec<crate::k8s::objects::OwnerLink>,
 }
 
 /// The result of one object of a restore.

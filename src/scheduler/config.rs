@@ -543,7 +543,7 @@ pub fn parse_config(files: &[(String, String)]) -> Result<Config, ScheduleError>
                 "includeResources and includeVolumes are both false: nothing to back up",
             ));
         }
-        crate::backup::check_name(&name)
+        crate::util::check_name(crate::util::NameKind::Schedule, &name)
             .map_err(|e| invalid(&path, &obj, "metadata.name", e.to_string()))?;
         let s = Schedule {
             name: name.clone(),

@@ -982,6 +982,116 @@ where
     (outcome, report)
 }
 
+/// Runs rule actions in pods through the API (`pods/exec`, WebSocket): `sh -c COMMAND` in the
+/// named container, stdout and stderr captured, the exit code read from the status channel.
+/// Killing closes the stream; a command still running in the container is not signalled by
+/// the API server, which is why background actions end through their marker file instead.
+pub struct KubeExec {
+    client: kube::Client,
+}
+
+impl KubeExec {
+    /// Rule actions in the pods of `cluster`.
+    pub fn new(cluster: &crate::k8s::live::LiveCluster) -> KubeExec {
+        KubeExec {
+            client: cluster.client().clone(),
+        }
+    }
+}
+
+/// The exit code in an exec's final status: `Success` is 0; `NonZeroExitCode` carries the
+/// code as the `ExitCode` cause.
+pub fn exit_code_of(
+    status: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Status,
+) -> Result<i32, String> {
+    if status.status.as_deref() == Some("Success") {
+        return Ok(0);
+    }
+    let code = status
+        .details
+        .as_ref()
+        .and_then(|d| d.causes.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.reason.as_deref() == Some("ExitCode")))
+        .and_then(|c| c.message.as_deref())
+        .and_then(|m| m.parse::<i32>().ok());
+    match code {
+        Some(c) => Ok(c),
+        None => Err(status
+            .message
+            .clone()
+            .unwrap_or_else(|| "the exec failed without a message".into())),
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::hooks::Exec for KubeExec {
+    async fn start(
+        &self,
+        pod: &crate::hooks::PodTarget,
+        container: &str,
+        command: &str,
+    ) -> Result<crate::hooks::Process, String> {
+        use k8s_openapi::api::core::v1::Pod;
+        use kube::api::AttachParams;
+        use tokio::io::AsyncReadExt;
+        let api: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), &pod.namespace);
+        let ap = AttachParams::default()
+            .container(container)
+            .stdin(false)
+            .stdout(true)
+            .stderr(true);
+        let mut attached = api
+            .exec(&pod.name, vec!["sh", "-c", command], &ap)
+            .await
+            .map_err(|e| format!("exec in pod {}/{} refused: {e}", pod.namespace, pod.name))?;
+        let (tx, output) = tokio::sync::mpsc::channel(16);
+        let (exit_tx, exit) = tokio::sync::oneshot::channel();
+        let kill = tokio_util::sync::CancellationToken::new();
+        let mut pumps = Vec::new();
+        let streams: Vec<Box<dyn tokio::io::AsyncRead + Unpin + Send>> = [
+            attached.stdout().map(|s| Box::new(s) as Box<_>),
+            attached.stderr().map(|s| Box::new(s) as Box<_>),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for mut r in streams {
+            let tx = tx.clone();
+            pumps.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = r.read(&mut buf).await {
+                    if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        drop(tx);
+        let status = attached.take_status();
+        let k = kill.clone();
+        tokio::spawn(async move {
+            let result = match status {
+                None => Err("the exec gave no status channel".to_string()),
+                Some(status) => tokio::select! {
+                    s = status => match s {
+                        Some(s) => exit_code_of(&s),
+                        None => Err("the exec stream ended without a status".into()),
+                    },
+                    _ = k.cancelled() => {
+                        attached.abort();
+                        Err("stopped".into())
+                    }
+                },
+            };
+            for p in pumps {
+                let _ = p.await;
+            }
+            let _ = exit_tx.send(result);
+        });
+        Ok(crate::hooks::Process { output, exit, kill })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,12 +13,12 @@ use time::OffsetDateTime;
 
 use crate::format::{AppBackup, BackupId, Snapshot, SnapshotId};
 use crate::repository::rfc3339;
-use crate::schedule::{Config, Retain, Template, Trigger};
+use crate::scheduler::config::{Config, Retain, Template, Trigger};
 
 /// Migrations in order; the database's `user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../schema/migrations/0001_catalog.sql"),
-    include_str!("../schema/migrations/0002_standby.sql"),
+    include_str!("../../schema/migrations/0001_catalog.sql"),
+    include_str!("../../schema/migrations/0002_standby.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +84,9 @@ impl ScheduleRow {
             ))),
             _ => Some(Trigger::Cron {
                 expression: self.expression.clone()?,
-                schedule: Box::new(crate::schedule::parse_cron(self.expression.as_deref()?).ok()?),
+                schedule: Box::new(
+                    crate::scheduler::config::parse_cron(self.expression.as_deref()?).ok()?,
+                ),
                 tz: self.timezone.as_deref()?.parse().ok()?,
             }),
         }

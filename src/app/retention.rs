@@ -1,5 +1,5 @@
 //! Forget: takes the backup records and retention rules; gives the records to remove
-//! ([`plan`], pure: per schedule, by [`crate::schedule::retain`]) and removes them with the
+//! ([`plan`], pure: per schedule, by [`crate::scheduler::config::retain`]) and removes them with the
 //! volume snapshots that only they referenced ([`forget`], under an exclusive lock). The
 //! space is given back by `prune`. Must not remove the newest complete backup of a schedule,
 //! and removes a record before its snapshots, so a crash never leaves a record whose data is
@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::format::{AppBackup, BackupId, SnapshotId};
 use crate::repository::{LockKind, RepoError, Repository};
-use crate::schedule::{retain, Candidate, Retain};
+use crate::scheduler::config::{retain, Candidate, Retain};
 
 /// One backup's fate.
 #[derive(Debug, Clone, Serialize)]

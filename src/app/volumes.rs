@@ -11,15 +11,15 @@ use std::sync::Arc;
 use indicatif::ProgressBar;
 use tokio_util::sync::CancellationToken;
 
-use crate::appbackup::{AppBackupError, BackupBuilder, BackupSummary, Planned};
-use crate::backup::{backup_volume, BackupOptions};
-use crate::cluster::{ApplyResult, ClusterDir, ExistingPolicy, Exported, Outcome};
+use crate::app::copies::{take_group, volume_path, VolumeFile};
+use crate::app::record::{AppBackupError, BackupBuilder, BackupSummary, Planned};
 use crate::format::{AppBackup, BackedUpVolume, BackupFilters, CaptureFailure};
-use crate::hooks::{around, pod_targets, Exec, LocalExec, Rule};
+use crate::hooks::{around, pod_targets, Exec, KubeExec, LocalExec, Rule};
+use crate::k8s::objects::ObjRef;
+use crate::k8s::source::{ApplyResult, ClusterDir, ExistingPolicy, Exported, Outcome};
 use crate::repository::Repository;
-use crate::resources::ObjRef;
-use crate::restore::{restore_volume, RestoreOptions};
-use crate::snapshot::{take_group, volume_path, VolumeFile};
+use crate::volume::backup::{backup_volume, BackupOptions};
+use crate::volume::restore::{restore_volume, RestoreOptions};
 
 /// Rules and volume choices of one application backup.
 #[derive(Debug, Clone)]
@@ -292,19 +292,19 @@ pub async fn restore_volumes_to_dir(
 pub async fn backup_live(
     repo: Arc<Repository>,
     name: &str,
-    live: &crate::live::LiveCluster,
-    scope: &crate::cluster::Scope,
+    live: &crate::k8s::live::LiveCluster,
+    scope: &crate::k8s::source::Scope,
     filters: BackupFilters,
     opts: &ConsistencyOptions,
-    movers: crate::csi::MoverSettings,
+    movers: crate::k8s::csi::MoverSettings,
     cancel: &CancellationToken,
 ) -> Result<BackupSummary, AppBackupError> {
     let mut builder = BackupBuilder::new(repo.clone(), name).await?;
     builder.set_schedule(opts.schedule.clone());
     let listed = live.pods_and_claims(&scope.namespaces).await?;
     let pods = pod_targets(&listed);
-    let claims: Vec<crate::csi::Claim> = if opts.include_volumes {
-        crate::csi::claims_of(
+    let claims: Vec<crate::k8s::csi::Claim> = if opts.include_volumes {
+        crate::k8s::csi::claims_of(
             &listed
                 .iter()
                 .filter(|v| scope.selector.matches(v))
@@ -321,7 +321,7 @@ pub async fn backup_live(
     for ns in namespaces {
         csi.prepare_namespace(ns).await?;
     }
-    let exec: Arc<dyn Exec> = Arc::new(live.exec());
+    let exec: Arc<dyn Exec> = Arc::new(KubeExec::new(live));
     let (step_csi, step_name) = (csi.clone(), name.to_string());
     let (outcome, report) = around(
         exec,
@@ -359,7 +359,7 @@ pub async fn backup_live(
             .rev()
             .find(|(_, snap)| snap.name == volume && snap.source == label);
         let Some((id, snap)) = found else {
-            moved = Err(AppBackupError::Live(crate::live::LiveError::Volume {
+            moved = Err(AppBackupError::Live(crate::k8s::LiveError::Volume {
                 what: format!("mover for claim {}/{}", s.claim.namespace, s.claim.name),
                 reason: format!("succeeded but no snapshot `{volume}` labelled `{label}` is in the repository; is its Secret pointing at this repository?"),
             }));
@@ -403,10 +403,10 @@ pub async fn backup_live(
 /// applied again); a
 /// filesystem-mode claim is written through a block-mode one and its planned object is bound
 /// to the volume (`spec.volumeName`). With `standby`, each claim written is annotated with
-/// its snapshot ([`crate::csi::STANDBY_SNAPSHOT`]), from which later backups are applied.
+/// its snapshot ([`crate::k8s::csi::STANDBY_SNAPSHOT`]), from which later backups are applied.
 pub async fn restore_volumes_live(
-    live: &crate::live::LiveCluster,
-    movers: crate::csi::MoverSettings,
+    live: &crate::k8s::live::LiveCluster,
+    movers: crate::k8s::csi::MoverSettings,
     backup: &AppBackup,
     plan: &mut [Planned],
     standby: bool,
@@ -439,7 +439,7 @@ pub async fn restore_volumes_live(
             }
             Ok(_) => {}
         }
-        let Some(like) = crate::csi::claim_of(&p.value) else {
+        let Some(like) = crate::k8s::csi::claim_of(&p.value) else {
             out.push(ApplyResult {
                 r,
                 outcome: Outcome::Failed,
@@ -479,7 +479,7 @@ pub async fn restore_volumes_live(
             Ok(Some(pv)) => {
                 p.value["spec"]["volumeName"] = serde_json::json!(pv);
                 if standby {
-                    p.value["metadata"]["annotations"][crate::csi::STANDBY_SNAPSHOT] =
+                    p.value["metadata"]["annotations"][crate::k8s::csi::STANDBY_SNAPSHOT] =
                         serde_json::json!(v.snapshot.to_hex());
                 }
                 out.push(ApplyResult {

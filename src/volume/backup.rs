@@ -24,12 +24,14 @@ use time::OffsetDateTime;
 use tracing::Instrument;
 
 use crate::crypto::{Keys, Role};
-use crate::diff::{data_extents, is_hole, read_ranges_file, validate_ranges, BlockSet, RangeError};
 use crate::format::{
-    decode_map, encode_map, BackupStats, BlobId, BlobKind, BlockRef, Snapshot, SnapshotId,
-    SnapshotKind, FORMAT_VERSION, MAP_SEGMENT_ENTRIES,
+    encode_map, BackupStats, BlobId, BlobKind, BlockRef, Snapshot, SnapshotId, SnapshotKind,
+    FORMAT_VERSION, MAP_SEGMENT_ENTRIES,
 };
-use crate::repository::{cpu, Claims, Index, RepoError, Repository};
+use crate::repository::{cpu, BlobWriter, Claims, Index, RepoError, Repository};
+use crate::volume::diff::{
+    data_extents, is_hole, read_ranges_file, validate_ranges, BlockSet, ByteRange, RangeError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -40,8 +42,8 @@ pub enum BackupError {
     },
     #[error("source {path} is empty (0 bytes): nothing to back up")]
     EmptySource { path: String },
-    #[error("invalid volume name `{name}`: {reason}")]
-    BadName { name: String, reason: &'static str },
+    #[error(transparent)]
+    BadName(#[from] crate::util::NameError),
     #[error(transparent)]
     Ranges(#[from] RangeError),
     #[error(transparent)]
@@ -96,7 +98,7 @@ impl BackupOptions {
 pub struct GivenRanges {
     pub source: String,
     pub capacity: u64,
-    pub ranges: Vec<crate::diff::ByteRange>,
+    pub ranges: Vec<crate::volume::diff::ByteRange>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -110,20 +112,10 @@ pub struct BackupOutcome {
 
 /// Validates a volume name: what `NAME:latest` and listings can show unambiguously.
 pub fn check_name(name: &str) -> Result<(), BackupError> {
-    let bad = |reason| BackupError::BadName {
-        name: name.to_string(),
-        reason,
-    };
-    if name.is_empty() || name.len() > 253 {
-        return Err(bad("must be 1 to 253 characters"));
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
-    {
-        return Err(bad("use letters, digits, `-`, `_`, `.` and `/` only"));
-    }
-    Ok(())
+    Ok(crate::util::check_name(
+        crate::util::NameKind::Volume,
+        name,
+    )?)
 }
 
 enum Outcome {
@@ -251,47 +243,9 @@ async fn backup_inner(
             .await?
             .filter(|(_, p)| p.chunk_size as u64 == chunk)
     };
-    let ranges = match (&opts.changed_ranges, &opts.given_ranges) {
-        (Some(p), _) => {
-            let r = read_ranges_file(p)?;
-            validate_ranges(&p.display().to_string(), &r, size)?;
-            Some(r)
-        }
-        (None, Some(g)) if g.capacity != size => {
-            tracing::warn!(
-                "{} describes a volume of {} bytes, the source has {size}: comparing hashes instead",
-                g.source,
-                g.capacity
-            );
-            None
-        }
-        (None, Some(g)) => {
-            validate_ranges(&g.source, &g.ranges, size)?;
-            Some(g.ranges.clone())
-        }
-        (None, None) => None,
-    };
-    let (change_source, to_read) = match (&parent, ranges) {
-        (Some((_, p)), Some(r)) => {
-            // Blocks past the parent's end (or its partial last block) are new: read them too.
-            let mut from = p.blocks();
-            if p.size % chunk != 0 || p.size != size {
-                from = from.saturating_sub(1);
-            }
-            let set = BlockSet::from_byte_ranges(&r, chunk)
-                .union(&BlockSet::span(from.min(nblocks), nblocks));
-            ("changed-ranges", Some(set))
-        }
-        (None, Some(_)) => {
-            tracing::warn!(
-                "no earlier snapshot of this volume: --changed-ranges ignored, reading every block"
-            );
-            ("full", None)
-        }
-        (Some(_), None) => ("hash-compare", None),
-        (None, None) => ("full", None),
-    };
-    let parent_map = parent.as_ref().map(|(_, p)| p.map.clone());
+    let ranges = given_ranges(opts, size)?;
+    let (change_source, to_read) =
+        blocks_to_read(parent.as_ref().map(|(_, p)| p), ranges, size, chunk);
 
     let extents = {
         let f = file.try_clone().map_err(|source| BackupError::Source {
@@ -309,12 +263,20 @@ async fn backup_inner(
         claims: writer.claims(),
         level: repo.config().compression_level,
     });
+    let plan = Plan {
+        size,
+        chunk,
+        nblocks,
+        extents,
+        to_read,
+        parent_map: parent.as_ref().map(|(_, p)| p.map.clone()),
+    };
     let mut stats = BackupStats {
         blocks_total: nblocks,
         ..Default::default()
     };
     progress.set_length(
-        to_read
+        plan.to_read
             .as_ref()
             .map(|s| s.len() * chunk)
             .unwrap_or(size)
@@ -324,96 +286,14 @@ async fn backup_inner(
     let nsegments = nblocks.div_ceil(MAP_SEGMENT_ENTRIES as u64);
     let mut map_ids = Vec::with_capacity(nsegments as usize);
     for seg in 0..nsegments {
-        let first = seg * MAP_SEGMENT_ENTRIES as u64;
-        let last = (first + MAP_SEGMENT_ENTRIES as u64).min(nblocks);
-        let parent_entries: Vec<BlockRef> =
-            match parent_map.as_ref().and_then(|m| m.get(seg as usize)) {
-                Some(seg_id) => {
-                    let bytes = repo.read_blob(&shared.index, BlobKind::Map, seg_id).await?;
-                    let mut e = decode_map(&bytes).map_err(|reason| RepoError::Corrupt {
-                        object: format!("block-map segment {seg_id}"),
-                        reason,
-                    })?;
-                    // Blocks the parent did not have count as zero there.
-                    e.resize((last - first) as usize, BlockRef::Zero);
-                    e
-                }
-                None => vec![BlockRef::Zero; (last - first) as usize],
-            };
-        let mut entries = parent_entries.clone();
-        let mut jobs = Vec::new();
-        for b in first..last {
-            let slot = (b - first) as usize;
-            let start = b * chunk;
-            let end = (start + chunk).min(size);
-            if let Some(set) = &to_read {
-                if !set.contains(b) {
-                    continue; // unchanged since the parent: keep its entry
-                }
-            }
-            if is_hole(&extents, start, end) {
-                entries[slot] = BlockRef::Zero;
-                progress.inc(end - start);
-                continue;
-            }
-            jobs.push(BlockJob {
-                slot,
-                start,
-                end,
-                parent: parent_entries[slot],
-            });
-        }
-
-        // A queue of named futures rather than a mapped stream: a closure returning a future,
-        // held across an await, keeps the backup future from being provably Send.
-        let mut pending = jobs.into_iter();
-        let mut results = futures::stream::FuturesOrdered::new();
-        loop {
-            while results.len() < opts.concurrency.max(1) {
-                match pending.next() {
-                    Some(job) => results.push_back(run_block(shared.clone(), job)),
-                    None => break,
-                }
-            }
-            let Some(r) = results.next().await else { break };
-            let (job, out) = r?;
-            let out = out.map_err(|source| BackupError::Source {
-                path: format!("{} (at byte {})", opts.source.display(), job.start),
-                source,
-            })?;
-            let len = job.end - job.start;
-            stats.bytes_read += len;
-            progress.inc(len);
-            entries[job.slot] = match out {
-                Outcome::Zero => BlockRef::Zero,
-                Outcome::Unchanged(id) | Outcome::Known(id) => BlockRef::Blob(id),
-                Outcome::New { id, sealed, raw } => {
-                    writer.add(BlobKind::Data, id, sealed, raw).await?;
-                    BlockRef::Blob(id)
-                }
-            };
-        }
-
-        stats.blocks_zero += entries.iter().filter(|e| **e == BlockRef::Zero).count() as u64;
-        stats.blocks_changed += entries
-            .iter()
-            .zip(&parent_entries)
-            .filter(|(a, b)| a != b)
-            .count() as u64;
-
-        let map_bytes = encode_map(&entries);
-        let keys = shared.keys.clone();
-        let (id, map_bytes) = cpu(move || (keys.blob_id(&map_bytes), map_bytes)).await?;
-        let reused = parent_map.as_ref().and_then(|m| m.get(seg as usize)) == Some(&id);
-        if !reused && !shared.index.contains(&id) && shared.claims.claim(id) {
-            let keys = shared.keys.clone();
-            let level = shared.level;
-            let raw = map_bytes.len() as u32;
-            let sealed =
-                cpu(move || keys.seal(Role::Blob(BlobKind::Map, id), &map_bytes, level)).await?;
-            writer.add(BlobKind::Map, id, sealed, raw).await?;
-        }
-        map_ids.push(id);
+        let step = SegmentStep {
+            repo: &repo,
+            opts,
+            shared: &shared,
+            plan: &plan,
+            progress,
+        };
+        map_ids.push(step.run(seg, &mut writer, &mut stats).await?);
     }
 
     let written = writer.finish().await?;
@@ -448,4 +328,206 @@ async fn backup_inner(
         change_source: change_source.to_string(),
         stats: snap.stats,
     })
+}
+
+/// The changed ranges the caller gave (a file, or a delta it obtained), checked against the
+/// source's size; None when there are none or they describe another volume.
+fn given_ranges(opts: &BackupOptions, size: u64) -> Result<Option<Vec<ByteRange>>, BackupError> {
+    Ok(match (&opts.changed_ranges, &opts.given_ranges) {
+        (Some(p), _) => {
+            let r = read_ranges_file(p)?;
+            validate_ranges(&p.display().to_string(), &r, size)?;
+            Some(r)
+        }
+        (None, Some(g)) if g.capacity != size => {
+            tracing::warn!(
+                "{} describes a volume of {} bytes, the source has {size}: comparing hashes instead",
+                g.source,
+                g.capacity
+            );
+            None
+        }
+        (None, Some(g)) => {
+            validate_ranges(&g.source, &g.ranges, size)?;
+            Some(g.ranges.clone())
+        }
+        (None, None) => None,
+    })
+}
+
+/// How this backup finds its changes (recorded in the snapshot), and the blocks it reads:
+/// None reads every block.
+fn blocks_to_read(
+    parent: Option<&Snapshot>,
+    ranges: Option<Vec<ByteRange>>,
+    size: u64,
+    chunk: u64,
+) -> (&'static str, Option<BlockSet>) {
+    let nblocks = size.div_ceil(chunk);
+    match (parent, ranges) {
+        (Some(p), Some(r)) => {
+            // Blocks past the parent's end (or its partial last block) are new: read them too.
+            let mut from = p.blocks();
+            if p.size % chunk != 0 || p.size != size {
+                from = from.saturating_sub(1);
+            }
+            let set = BlockSet::from_byte_ranges(&r, chunk)
+                .union(&BlockSet::span(from.min(nblocks), nblocks));
+            ("changed-ranges", Some(set))
+        }
+        (None, Some(_)) => {
+            tracing::warn!(
+                "no earlier snapshot of this volume: --changed-ranges ignored, reading every block"
+            );
+            ("full", None)
+        }
+        (Some(_), None) => ("hash-compare", None),
+        (None, None) => ("full", None),
+    }
+}
+
+/// What every segment of one backup reads from.
+struct Plan {
+    size: u64,
+    chunk: u64,
+    nblocks: u64,
+    /// The source's allocated extents (SEEK_DATA/SEEK_HOLE).
+    extents: Vec<(u64, u64)>,
+    /// The blocks to read; None: all of them.
+    to_read: Option<BlockSet>,
+    /// The parent's block-map segments.
+    parent_map: Option<Vec<BlobId>>,
+}
+
+/// One block-map segment of a backup: its blocks read, hashed and sealed a few at a time,
+/// then the segment itself written unless the parent (or the index) has it already.
+struct SegmentStep<'a> {
+    repo: &'a Repository,
+    opts: &'a BackupOptions,
+    shared: &'a Arc<Shared>,
+    plan: &'a Plan,
+    progress: &'a ProgressBar,
+}
+
+impl SegmentStep<'_> {
+    async fn run(
+        &self,
+        seg: u64,
+        writer: &mut BlobWriter,
+        stats: &mut BackupStats,
+    ) -> Result<BlobId, BackupError> {
+        let (plan, shared) = (self.plan, self.shared);
+        let first = seg * MAP_SEGMENT_ENTRIES as u64;
+        let last = (first + MAP_SEGMENT_ENTRIES as u64).min(plan.nblocks);
+        let parent_seg = plan.parent_map.as_ref().and_then(|m| m.get(seg as usize));
+        let parent_entries: Vec<BlockRef> = match parent_seg {
+            Some(seg_id) => {
+                let mut e = self.repo.read_map_blob(&shared.index, seg_id).await?;
+                // Blocks the parent did not have count as zero there.
+                e.resize((last - first) as usize, BlockRef::Zero);
+                e
+            }
+            None => vec![BlockRef::Zero; (last - first) as usize],
+        };
+        let mut entries = parent_entries.clone();
+        let jobs = self.jobs(first, last, &parent_entries, &mut entries);
+        self.read_blocks(jobs, &mut entries, writer, stats).await?;
+
+        stats.blocks_zero += entries.iter().filter(|e| **e == BlockRef::Zero).count() as u64;
+        stats.blocks_changed += entries
+            .iter()
+            .zip(&parent_entries)
+            .filter(|(a, b)| a != b)
+            .count() as u64;
+
+        let map_bytes = encode_map(&entries);
+        let keys = shared.keys.clone();
+        let (id, map_bytes) = cpu(move || (keys.blob_id(&map_bytes), map_bytes)).await?;
+        let reused = parent_seg == Some(&id);
+        if !reused && !shared.index.contains(&id) && shared.claims.claim(id) {
+            let keys = shared.keys.clone();
+            let level = shared.level;
+            let raw = map_bytes.len() as u32;
+            let sealed =
+                cpu(move || keys.seal(Role::Blob(BlobKind::Map, id), &map_bytes, level)).await?;
+            writer.add(BlobKind::Map, id, sealed, raw).await?;
+        }
+        Ok(id)
+    }
+
+    /// The blocks of `first..last` to read; holes are recorded as zero on the way, and blocks
+    /// outside the changed ranges keep the parent's entry.
+    fn jobs(
+        &self,
+        first: u64,
+        last: u64,
+        parent_entries: &[BlockRef],
+        entries: &mut [BlockRef],
+    ) -> Vec<BlockJob> {
+        let plan = self.plan;
+        let mut jobs = Vec::new();
+        for b in first..last {
+            let slot = (b - first) as usize;
+            let start = b * plan.chunk;
+            let end = (start + plan.chunk).min(plan.size);
+            if let Some(set) = &plan.to_read {
+                if !set.contains(b) {
+                    continue; // unchanged since the parent: keep its entry
+                }
+            }
+            if is_hole(&plan.extents, start, end) {
+                entries[slot] = BlockRef::Zero;
+                self.progress.inc(end - start);
+                continue;
+            }
+            jobs.push(BlockJob {
+                slot,
+                start,
+                end,
+                parent: parent_entries[slot],
+            });
+        }
+        jobs
+    }
+
+    /// Runs `jobs` on the blocking pool, `concurrency` at a time, in order; new blobs go to
+    /// the writer.
+    async fn read_blocks(
+        &self,
+        jobs: Vec<BlockJob>,
+        entries: &mut [BlockRef],
+        writer: &mut BlobWriter,
+        stats: &mut BackupStats,
+    ) -> Result<(), BackupError> {
+        // A queue of named futures rather than a mapped stream: a closure returning a future,
+        // held across an await, keeps the backup future from being provably Send.
+        let mut pending = jobs.into_iter();
+        let mut results = futures::stream::FuturesOrdered::new();
+        loop {
+            while results.len() < self.opts.concurrency.max(1) {
+                match pending.next() {
+                    Some(job) => results.push_back(run_block(self.shared.clone(), job)),
+                    None => break,
+                }
+            }
+            let Some(r) = results.next().await else { break };
+            let (job, out) = r?;
+            let out = out.map_err(|source| BackupError::Source {
+                path: format!("{} (at byte {})", self.opts.source.display(), job.start),
+                source,
+            })?;
+            let len = job.end - job.start;
+            stats.bytes_read += len;
+            self.progress.inc(len);
+            entries[job.slot] = match out {
+                Outcome::Zero => BlockRef::Zero,
+                Outcome::Unchanged(id) | Outcome::Known(id) => BlockRef::Blob(id),
+                Outcome::New { id, sealed, raw } => {
+                    writer.add(BlobKind::Data, id, sealed, raw).await?;
+                    BlockRef::Blob(id)
+                }
+            };
+        }
+        Ok(())
+    }
 }

@@ -22,11 +22,9 @@ use futures::StreamExt;
 use indicatif::ProgressBar;
 use tracing::Instrument;
 
-use crate::backup::{is_zero, source_size};
-use crate::format::{
-    decode_map, BlobId, BlobKind, BlockRef, Snapshot, SnapshotId, MAP_SEGMENT_ENTRIES,
-};
-use crate::repository::{cpu, BlobLocation, RepoError, Repository};
+use crate::format::{BlobId, BlobKind, BlockRef, Snapshot, SnapshotId, MAP_SEGMENT_ENTRIES};
+use crate::repository::{cpu, BlobLocation, Index, RepoError, Repository};
+use crate::volume::backup::{is_zero, source_size};
 
 /// Ranged reads merge blobs whose gap is at most this many bytes…
 pub const MAX_GAP: u64 = 256 << 10;
@@ -257,8 +255,61 @@ async fn restore_inner(
     options: &RestoreOptions,
     progress: &ProgressBar,
 ) -> Result<RestoreStats, RestoreError> {
-    let downloads = options.downloads;
     let started = Instant::now();
+    let t = open_target(target, snap, options)?;
+    let index = Arc::new(repo.load_index().await?);
+    let mut stats = RestoreStats {
+        snapshot_id: id.to_hex(),
+        target: t.shown.clone(),
+        mode: if t.in_place { "in-place" } else { "new" },
+        size: snap.size,
+        blocks_total: snap.blocks(),
+        ..Default::default()
+    };
+    progress.set_length(snap.size);
+
+    for seg in 0..snap.map.len() {
+        let first = seg as u64 * MAP_SEGMENT_ENTRIES as u64;
+        let entries = repo.read_map_segment(&index, snap, seg).await?;
+        let needed = if t.in_place {
+            t.blocks_to_fix(&repo, snap, first, entries, &mut stats, progress)
+                .await?
+        } else {
+            blocks_to_fetch(snap, first, &entries, &mut stats, progress)
+        };
+        let step = FetchStep {
+            repo: &repo,
+            index: &index,
+            file: &t.file,
+            snap,
+            downloads: options.downloads,
+        };
+        step.run(needed, &mut stats, progress).await?;
+    }
+
+    t.finish(target, snap).await?;
+    stats.duration_seconds = started.elapsed().as_secs_f64();
+    tracing::info!(bytes_written = stats.bytes_written, "volume restored");
+    Ok(stats)
+}
+
+/// The file or device a restore writes.
+struct RestoreTarget {
+    file: Arc<File>,
+    /// An existing target, compared block by block and fixed in place.
+    in_place: bool,
+    is_device: bool,
+    /// Where the data goes: the target in place, else `TARGET.lifeboat-partial`.
+    write_path: PathBuf,
+    shown: String,
+}
+
+/// Opens (or creates, as a `.lifeboat-partial` file of the snapshot's size) the target.
+fn open_target(
+    target: &Path,
+    snap: &Snapshot,
+    options: &RestoreOptions,
+) -> Result<RestoreTarget, RestoreError> {
     let shown = target.display().to_string();
     let terr = |source| RestoreError::Target {
         path: shown.clone(),
@@ -310,100 +361,146 @@ async fn restore_inner(
             (f, true, device, target.to_path_buf())
         }
     };
-    let file = Arc::new(file);
-    let chunk = snap.chunk_size as u64;
-    let index = Arc::new(repo.load_index().await?);
-    let mut stats = RestoreStats {
-        snapshot_id: id.to_hex(),
-        target: shown.clone(),
-        mode: if in_place { "in-place" } else { "new" },
-        size: snap.size,
-        blocks_total: snap.blocks(),
-        ..Default::default()
-    };
-    progress.set_length(snap.size);
+    Ok(RestoreTarget {
+        file: Arc::new(file),
+        in_place,
+        is_device,
+        write_path,
+        shown,
+    })
+}
 
-    for (seg, seg_id) in snap.map.iter().enumerate() {
-        let first = seg as u64 * MAP_SEGMENT_ENTRIES as u64;
-        let bytes = repo.read_blob(&index, BlobKind::Map, seg_id).await?;
-        let entries = decode_map(&bytes).map_err(|e| RepoError::Corrupt {
-            object: format!("{} block-map segment {seg}", id.key()),
-            reason: e,
-        })?;
-        let want = (snap.blocks() - first).min(MAP_SEGMENT_ENTRIES as u64) as usize;
-        if entries.len() != want {
-            return Err(RepoError::Corrupt {
-                object: format!("{} block-map segment {seg}", id.key()),
-                reason: format!("{} entries, expected {want}", entries.len()),
-            }
-            .into());
+impl RestoreTarget {
+    fn err(&self) -> impl Fn(std::io::Error) -> RestoreError + '_ {
+        |source| RestoreError::Target {
+            path: self.shown.clone(),
+            source,
         }
-        let block_range = |b: u64| (b * chunk, ((b + 1) * chunk).min(snap.size));
+    }
 
-        // Which blocks need data from the repository.
-        let mut needed: Vec<(u64, BlobId)> = Vec::new();
-        if in_place {
-            let f = file.clone();
-            let keys = repo.keys().clone();
-            let size = snap.size;
-            let (need, zeroed, same) = cpu(move || {
-                let mut need = Vec::new();
-                let (mut zeroed, mut same) = (0u64, 0u64);
-                let mut buf = vec![0u8; chunk as usize];
-                for (i, e) in entries.iter().enumerate() {
-                    let b = first + i as u64;
-                    let (s, end) = (b * chunk, ((b + 1) * chunk).min(size));
-                    let cur = &mut buf[..(end - s) as usize];
-                    f.read_exact_at(cur, s)?;
-                    match e {
-                        BlockRef::Zero if is_zero(cur) => same += 1,
-                        BlockRef::Zero => {
-                            if is_device {
-                                f.write_all_at(&vec![0u8; cur.len()], s)?;
-                            } else {
-                                punch_hole(&f, s, end - s)?;
-                            }
-                            zeroed += 1;
-                        }
-                        BlockRef::Blob(id) if keys.blob_id(cur) == *id => same += 1,
-                        BlockRef::Blob(id) => need.push((b, *id)),
-                    }
-                }
-                Ok::<_, std::io::Error>((need, zeroed, same))
-            })
-            .await?
-            .map_err(terr)?;
-            needed = need;
-            stats.blocks_written += zeroed;
-            stats.bytes_written += zeroed * chunk;
-            stats.blocks_unchanged += same;
-            stats.blocks_zero += zeroed;
-            progress.inc((zeroed + same) * chunk);
-        } else {
+    /// In place: compares the segment's blocks with the target, zeroes (or punches) blocks
+    /// that must be zero, and gives the blocks whose data must be fetched.
+    async fn blocks_to_fix(
+        &self,
+        repo: &Repository,
+        snap: &Snapshot,
+        first: u64,
+        entries: Vec<BlockRef>,
+        stats: &mut RestoreStats,
+        progress: &ProgressBar,
+    ) -> Result<Vec<(u64, BlobId)>, RestoreError> {
+        let chunk = snap.chunk_size as u64;
+        let f = self.file.clone();
+        let keys = repo.keys().clone();
+        let (size, is_device) = (snap.size, self.is_device);
+        let (need, zeroed, same) = cpu(move || {
+            let mut need = Vec::new();
+            let (mut zeroed, mut same) = (0u64, 0u64);
+            let mut buf = vec![0u8; chunk as usize];
             for (i, e) in entries.iter().enumerate() {
                 let b = first + i as u64;
+                let (s, end) = (b * chunk, ((b + 1) * chunk).min(size));
+                let cur = &mut buf[..(end - s) as usize];
+                f.read_exact_at(cur, s)?;
                 match e {
+                    BlockRef::Zero if is_zero(cur) => same += 1,
                     BlockRef::Zero => {
-                        stats.blocks_zero += 1;
-                        let (s, end) = block_range(b);
-                        progress.inc(end - s);
+                        if is_device {
+                            f.write_all_at(&vec![0u8; cur.len()], s)?;
+                        } else {
+                            punch_hole(&f, s, end - s)?;
+                        }
+                        zeroed += 1;
                     }
-                    BlockRef::Blob(id) => needed.push((b, *id)),
+                    BlockRef::Blob(id) if keys.blob_id(cur) == *id => same += 1,
+                    BlockRef::Blob(id) => need.push((b, *id)),
+                }
+            }
+            Ok::<_, std::io::Error>((need, zeroed, same))
+        })
+        .await?
+        .map_err(self.err())?;
+        stats.blocks_written += zeroed;
+        stats.bytes_written += zeroed * chunk;
+        stats.blocks_unchanged += same;
+        stats.blocks_zero += zeroed;
+        progress.inc((zeroed + same) * chunk);
+        Ok(need)
+    }
+
+    /// Makes the restored data durable: trims a regular file to the snapshot's size, syncs,
+    /// and renames a new file into place (a failed restore never leaves a plausible file).
+    async fn finish(&self, target: &Path, snap: &Snapshot) -> Result<(), RestoreError> {
+        if self.in_place && !self.is_device {
+            self.file.set_len(snap.size).map_err(self.err())?;
+        }
+        let f = self.file.clone();
+        cpu(move || f.sync_all()).await?.map_err(self.err())?;
+        if !self.in_place {
+            std::fs::rename(&self.write_path, target).map_err(self.err())?;
+            if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if let Ok(d) = File::open(dir) {
+                    let _ = d.sync_all();
                 }
             }
         }
+        Ok(())
+    }
+}
 
+/// A new target: every non-zero block of the segment is fetched (zeros stay holes).
+fn blocks_to_fetch(
+    snap: &Snapshot,
+    first: u64,
+    entries: &[BlockRef],
+    stats: &mut RestoreStats,
+    progress: &ProgressBar,
+) -> Vec<(u64, BlobId)> {
+    let chunk = snap.chunk_size as u64;
+    let mut needed = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let b = first + i as u64;
+        match e {
+            BlockRef::Zero => {
+                stats.blocks_zero += 1;
+                let end = ((b + 1) * chunk).min(snap.size);
+                progress.inc(end - b * chunk);
+            }
+            BlockRef::Blob(id) => needed.push((b, *id)),
+        }
+    }
+    needed
+}
+
+/// Fetches the blobs of one segment's needed blocks, in coalesced ranged reads of their packs
+/// (`downloads` at once), and writes each verified block where it goes.
+struct FetchStep<'a> {
+    repo: &'a Arc<Repository>,
+    index: &'a Arc<Index>,
+    file: &'a Arc<File>,
+    snap: &'a Snapshot,
+    downloads: usize,
+}
+
+impl FetchStep<'_> {
+    async fn run(
+        &self,
+        needed: Vec<(u64, BlobId)>,
+        stats: &mut RestoreStats,
+        progress: &ProgressBar,
+    ) -> Result<(), RestoreError> {
+        let chunk = self.snap.chunk_size as u64;
         // Where each needed blob goes, and the reads that fetch them.
-        let (targets, locs) = group_by_blob(&index, needed, |b, id| id_key_block(id, b))?;
+        let (targets, locs) = group_by_blob(self.index, needed, |b, id| id_key_block(id, b))?;
         let targets = Arc::new(targets);
         let fetches = plan_fetches(locs, MAX_GAP, MAX_RANGE);
         let mut results = futures::stream::iter(fetches)
             .map(|f| {
-                let repo = repo.clone();
-                let index = index.clone();
+                let repo = self.repo.clone();
+                let index = self.index.clone();
                 let targets = targets.clone();
-                let file = file.clone();
-                let size = snap.size;
+                let file = self.file.clone();
+                let size = self.snap.size;
                 async move {
                     let pack = index.pack_id(f.pack);
                     let data = repo
@@ -438,7 +535,7 @@ async fn restore_inner(
                     Ok::<_, RestoreError>((fetched, written))
                 }
             })
-            .buffer_unordered(downloads.max(1));
+            .buffer_unordered(self.downloads.max(1));
         while let Some(r) = results.next().await {
             let (fetched, (blocks, bytes)) = r?;
             stats.bytes_fetched += fetched;
@@ -446,24 +543,8 @@ async fn restore_inner(
             stats.bytes_written += bytes;
             progress.inc(bytes);
         }
+        Ok(())
     }
-
-    if in_place && !is_device {
-        file.set_len(snap.size).map_err(terr)?;
-    }
-    let f = file.clone();
-    cpu(move || f.sync_all()).await?.map_err(terr)?;
-    if !in_place {
-        std::fs::rename(&write_path, target).map_err(terr)?;
-        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-    }
-    stats.duration_seconds = started.elapsed().as_secs_f64();
-    tracing::info!(bytes_written = stats.bytes_written, "volume restored");
-    Ok(stats)
 }
 
 fn id_key_block(id: &BlobId, block: u64) -> String {

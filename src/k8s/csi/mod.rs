@@ -36,7 +36,7 @@ use kube::discovery::ApiResource;
 use kube::Client;
 use serde_json::{json, Value};
 
-use crate::live::LiveError;
+use crate::k8s::LiveError;
 
 mod bases;
 mod site;

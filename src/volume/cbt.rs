@@ -17,7 +17,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::diff::ByteRange;
+use crate::volume::diff::ByteRange;
 
 /// gRPC method path of `GetMetadataDelta` (package `snapshotmetadata`).
 pub const DELTA_PATH: &str = "/snapshotmetadata.SnapshotMetadata/GetMetadataDelta";

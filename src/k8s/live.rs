@@ -1,6 +1,6 @@
 //! A live cluster through the Kubernetes API (`kube`): takes a kubeconfig context (or the
 //! in-cluster configuration) and namespaces; gives the objects a backup may capture, as
-//! [`Exported`] values that [`crate::cluster::select`] then scopes exactly as it does for a
+//! [`Exported`] values that [`crate::k8s::source::select`] then scopes exactly as it does for a
 //! cluster directory. API discovery finds every resource type the server serves, built-in and
 //! custom; lists are paginated. Restores apply through server-side apply (field manager
 //! `lifeboat`) in the plan's order, with the chosen policy for existing objects, and wait for
@@ -15,15 +15,15 @@ use kube::discovery::{verbs, ApiResource, Discovery, Scope};
 use kube::Client;
 use serde_json::Value;
 
-use crate::cluster::{
-    ApplyItem, ApplyResult, ClusterError, ExistingPolicy, Exported, Outcome, Scope as BackupScope,
-    ScopeSelector,
-};
+use super::error::LiveError;
+use super::objects::{change_of, Change, ObjRef};
 use crate::format::CaptureFailure;
-use crate::resources::ObjRef;
+use crate::k8s::source::{
+    ApplyItem, ApplyResult, ExistingPolicy, Exported, Outcome, Scope as BackupScope, ScopeSelector,
+};
 use tokio::sync::mpsc;
 
-/// Cluster-scoped kinds a backup of namespaces may need (see [`crate::cluster::select`]).
+/// Cluster-scoped kinds a backup of namespaces may need (see [`crate::k8s::source::select`]).
 const CLUSTER_KINDS: &[&str] = &[
     "Namespace",
     "CustomResourceDefinition",
@@ -37,44 +37,6 @@ const CLUSTER_KINDS: &[&str] = &[
 
 /// Namespaced kinds not worth capturing: many, short-lived, and never restored.
 const NOT_CAPTURED: &[&str] = &["Event"];
-
-#[derive(Debug, thiserror::Error)]
-pub enum LiveError {
-    #[error("cannot load the Kubernetes configuration{}: {reason}", context.as_deref().map(|c| format!(" for context `{c}`")).unwrap_or_default())]
-    Config {
-        context: Option<String>,
-        reason: String,
-    },
-    #[error("the API server refused to {what}: {source}")]
-    Api { what: String, source: kube::Error },
-    #[error(transparent)]
-    Malformed(#[from] crate::resources::ResourceError),
-    #[error(transparent)]
-    Scope(#[from] ClusterError),
-    #[error("the capture was stopped: the backup it fed failed")]
-    Stopped,
-    #[error("{what}: {reason}")]
-    Volume { what: String, reason: String },
-    #[error("CustomResourceDefinition {name} was not Established within {after:?}; its custom resources cannot be restored yet")]
-    NotEstablished { name: String, after: Duration },
-}
-
-impl LiveError {
-    /// Throttling, server errors and connection failures are worth retrying.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            LiveError::Api {
-                source: kube::Error::Api(s),
-                ..
-            } => s.code == 429 || s.code >= 500,
-            LiveError::Api {
-                source: kube::Error::HyperError(_) | kube::Error::Service(_),
-                ..
-            } => true,
-            _ => false,
-        }
-    }
-}
 
 pub struct LiveCluster {
     client: Client,
@@ -541,7 +503,7 @@ impl LiveCluster {
             .filter(|e| e.r.kind == "Namespace")
             .map(|e| e.r.name.as_str())
             .collect();
-        crate::cluster::validate_scope(
+        crate::k8s::source::validate_scope(
             scope,
             &self.describe(),
             |ns| namespaces.contains(&ns),
@@ -639,7 +601,7 @@ async fn apply_one(
 /// `v` with `metadata.ownerReferences` re-made for the owners already applied (by new uid).
 fn with_owner_refs(
     v: &Value,
-    owners: &[crate::resources::OwnerLink],
+    owners: &[crate::k8s::objects::OwnerLink],
     uids: &std::collections::HashMap<ObjRef, String>,
 ) -> Value {
     let refs: Vec<Value> = owners
@@ -661,25 +623,15 @@ fn with_owner_refs(
     v
 }
 
-/// Runs rule actions in pods through the API (`pods/exec`, WebSocket): `sh -c COMMAND` in the
-/// named container, stdout and stderr captured, the exit code read from the status channel.
-/// Killing closes the stream; a command still running in the container is not signalled by
-/// the API server, which is why background actions end through their marker file instead.
-pub struct KubeExec {
-    client: Client,
-}
-
 impl LiveCluster {
     /// Snapshots and data movers on this cluster.
-    pub fn csi(&self, settings: crate::csi::MoverSettings) -> crate::csi::Csi {
-        crate::csi::Csi::new(self.client.clone(), settings)
+    pub fn csi(&self, settings: crate::k8s::csi::MoverSettings) -> crate::k8s::csi::Csi {
+        crate::k8s::csi::Csi::new(self.client.clone(), settings)
     }
 
-    /// An [`Exec`](crate::hooks::Exec) over this cluster's API.
-    pub fn exec(&self) -> KubeExec {
-        KubeExec {
-            client: self.client.clone(),
-        }
+    /// The client, for adapters of other layers (rule actions run through `pods/exec`).
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The pods and PersistentVolumeClaims of `namespaces`, for rules and volume snapshots.
@@ -720,108 +672,11 @@ impl LiveCluster {
     }
 }
 
-/// The exit code in an exec's final status: `Success` is 0; `NonZeroExitCode` carries the
-/// code as the `ExitCode` cause.
-pub fn exit_code_of(
-    status: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Status,
-) -> Result<i32, String> {
-    if status.status.as_deref() == Some("Success") {
-        return Ok(0);
-    }
-    let code = status
-        .details
-        .as_ref()
-        .and_then(|d| d.causes.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.reason.as_deref() == Some("ExitCode")))
-        .and_then(|c| c.message.as_deref())
-        .and_then(|m| m.parse::<i32>().ok());
-    match code {
-        Some(c) => Ok(c),
-        None => Err(status
-            .message
-            .clone()
-            .unwrap_or_else(|| "the exec failed without a message".into())),
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::hooks::Exec for KubeExec {
-    async fn start(
-        &self,
-        pod: &crate::hooks::PodTarget,
-        container: &str,
-        command: &str,
-    ) -> Result<crate::hooks::Process, String> {
-        use k8s_openapi::api::core::v1::Pod;
-        use kube::api::AttachParams;
-        use tokio::io::AsyncReadExt;
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
-        let ap = AttachParams::default()
-            .container(container)
-            .stdin(false)
-            .stdout(true)
-            .stderr(true);
-        let mut attached = api
-            .exec(&pod.name, vec!["sh", "-c", command], &ap)
-            .await
-            .map_err(|e| format!("exec in pod {}/{} refused: {e}", pod.namespace, pod.name))?;
-        let (tx, output) = mpsc::channel(16);
-        let (exit_tx, exit) = tokio::sync::oneshot::channel();
-        let kill = tokio_util::sync::CancellationToken::new();
-        let mut pumps = Vec::new();
-        let streams: Vec<Box<dyn tokio::io::AsyncRead + Unpin + Send>> = [
-            attached.stdout().map(|s| Box::new(s) as Box<_>),
-            attached.stderr().map(|s| Box::new(s) as Box<_>),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        for mut r in streams {
-            let tx = tx.clone();
-            pumps.push(tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                while let Ok(n) = r.read(&mut buf).await {
-                    if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
-                        break;
-                    }
-                }
-            }));
-        }
-        drop(tx);
-        let status = attached.take_status();
-        let k = kill.clone();
-        tokio::spawn(async move {
-            let result = match status {
-                None => Err("the exec gave no status channel".to_string()),
-                Some(status) => tokio::select! {
-                    s = status => match s {
-                        Some(s) => exit_code_of(&s),
-                        None => Err("the exec stream ended without a status".into()),
-                    },
-                    _ = k.cancelled() => {
-                        attached.abort();
-                        Err("stopped".into())
-                    }
-                },
-            };
-            for p in pumps {
-                let _ = p.await;
-            }
-            let _ = exit_tx.send(result);
-        });
-        Ok(crate::hooks::Process { output, exit, kill })
-    }
-}
-
 impl LiveCluster {
     /// `activate` (run) or `deactivate` (hold) the workloads of a namespace: Deployments,
     /// StatefulSets and ReplicaSets get their recorded replica counts back (or 0, recording
     /// them), CronJobs are resumed (or suspended). Merge patches of just those fields.
-    pub async fn set_running(
-        &self,
-        namespace: &str,
-        run: bool,
-    ) -> Result<Vec<crate::standby::Change>, LiveError> {
+    pub async fn set_running(&self, namespace: &str, run: bool) -> Result<Vec<Change>, LiveError> {
         let kinds = [
             ("apps", "v1", "Deployment", "deployments"),
             ("apps", "v1", "StatefulSet", "statefulsets"),
@@ -841,7 +696,7 @@ impl LiveCluster {
                     continue;
                 }
                 let before = value.clone();
-                let Some(change) = crate::standby::change_of(&r, &mut value, run) else {
+                let Some(change) = change_of(&r, &mut value, run) else {
                     continue;
                 };
                 let mut annotations = serde_json::Map::new();

@@ -1,4 +1,4 @@
-//! Application backups: takes the objects a [`crate::cluster`] source yields for a scope;
+//! Application backups: takes the objects a [`crate::k8s::source`] source yields for a scope;
 //! gives a named backup record in the repository, each object stored raw as its own
 //! content-addressed, sealed blob (an unchanged object costs nothing the next time). Restore
 //! planning ([`plan_restore`]) is pure: filter, skip, sanitise, map, hold, order. The outputs
@@ -13,29 +13,29 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::cluster::{
-    ApplyResult, ClusterDir, ClusterError, ExistingPolicy, Exported, Outcome, ResourceFilter,
-    Selector,
-};
+use crate::app::copies::SnapshotError;
 use crate::crypto::Role;
 use crate::format::{
     ActionRecord, AppBackup, BackedUpObject, BackedUpVolume, BackupFilters, BackupId, BlobKind,
     CaptureFailure, FORMAT_VERSION,
 };
 use crate::hooks::{HookError, RulesReport};
-use crate::repository::{cpu, RepoError, Repository};
-use crate::resources::{
+use crate::k8s::objects::{
     apply_order, hold_applications, map_object, mapped_ref, owner_links, sanitise, skip_reason,
     Mapping, ObjRef, OwnerLink, SanitiseOptions,
 };
-use crate::snapshot::SnapshotError;
+use crate::k8s::source::{
+    ApplyResult, ClusterDir, ClusterError, ExistingPolicy, Exported, Outcome, ResourceFilter,
+    Selector,
+};
+use crate::repository::{cpu, RepoError, Repository};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppBackupError {
     #[error("a backup named `{0}` exists already; choose another name")]
     NameTaken(String),
-    #[error("invalid backup name `{0}`: use 1 to 253 letters, digits, `-`, `_` or `.`")]
-    BadName(String),
+    #[error(transparent)]
+    BadName(#[from] crate::util::NameError),
     #[error("no backup named `{0}`; `lifeboat backup list` shows them")]
     NotFound(String),
     #[error("output directory {0} is not empty; choose a new or empty directory")]
@@ -57,12 +57,12 @@ pub enum AppBackupError {
     Volume {
         namespace: String,
         pvc: String,
-        source: crate::backup::BackupError,
+        source: crate::volume::backup::BackupError,
     },
     #[error("cancelled")]
     Cancelled,
     #[error(transparent)]
-    Live(#[from] crate::live::LiveError),
+    Live(#[from] crate::k8s::LiveError),
     #[error("internal worker failed: {0}")]
     Worker(String),
 }
@@ -79,16 +79,10 @@ impl AppBackupError {
 }
 
 fn check_name(name: &str) -> Result<(), AppBackupError> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(AppBackupError::BadName(name.to_string()))
-    }
+    Ok(crate::util::check_name(
+        crate::util::NameKind::Backup,
+        name,
+    )?)
 }
 
 /// What `backup create` reports.
@@ -351,8 +345,8 @@ pub struct Planned {
 
 impl Planned {
     /// What a live cluster's apply takes for this object.
-    pub fn apply_item(&self) -> crate::cluster::ApplyItem {
-        crate::cluster::ApplyItem {
+    pub fn apply_item(&self) -> crate::k8s::source::ApplyItem {
+        crate::k8s::source::ApplyItem {
             r: self.target.clone(),
             value: self.value.clone(),
             owners: self.owners.clone(),
@@ -478,7 +472,7 @@ pub fn write_output_dir(dir: &Path, plan: &[Planned]) -> Result<Vec<ApplyResult>
         let path = dir.join(file_name(i, &p.target));
         let write = || -> std::io::Result<()> {
             let yaml = serde_yaml::to_string(&p.value).map_err(std::io::Error::other)?;
-            crate::cluster::write_private(&path, yaml.as_bytes(), p.target.kind == "Secret")
+            crate::k8s::source::write_private(&path, yaml.as_bytes(), p.target.kind == "Secret")
         };
         results.push(ApplyResult {
             r: p.target.clone(),

@@ -16,7 +16,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::diff::data_extents;
+use crate::volume::diff::data_extents;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -110,7 +110,7 @@ fn sparse_copy(src: &File, dst: &File, size: u64) -> std::io::Result<()> {
         while at < end {
             let n = ((end - at) as usize).min(buf.len());
             src.read_exact_at(&mut buf[..n], at)?;
-            if !crate::backup::is_zero(&buf[..n]) {
+            if !crate::volume::backup::is_zero(&buf[..n]) {
                 dst.write_all_at(&buf[..n], at)?;
             }
             at += n as u64;
@@ -150,7 +150,7 @@ pub fn take_group(
     // Open every source first, so a missing one fails before any copy is made.
     for v in volumes {
         let f = File::open(&v.path).map_err(io(&v.path))?;
-        let size = crate::backup::source_size(&f).map_err(io(&v.path))?;
+        let size = crate::volume::backup::source_size(&f).map_err(io(&v.path))?;
         sources.push((v, f, size));
     }
     let mut pending = Vec::new();

@@ -1,6 +1,6 @@
 //! Changed-block bases: which claims' CSI driver offers a SnapshotMetadata service, the
 //! VolumeSnapshot kept per claim as the base of its next delta, and what a mover Job is given
-//! to ask the service (see [`crate::cbt`]). Takes a claim and its new snapshot; gives the
+//! to ask the service (see [`crate::volume::cbt`]). Takes a claim and its new snapshot; gives the
 //! delta a mover can ask for. Must not keep more than one base per claim: the older one is
 //! removed once a newer one is kept.
 
@@ -10,7 +10,7 @@ use kube::discovery::ApiResource;
 use serde_json::{json, Value};
 
 use super::{api_err, group_snapshots, volume_snapshots, Claim, Csi, CsiSnapshot};
-use crate::live::LiveError;
+use crate::k8s::LiveError;
 
 fn snapshot_contents() -> ApiResource {
     ApiResource::from_gvk_with_plural(

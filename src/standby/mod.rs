@@ -1,5 +1,5 @@
 //! The DR site: takes the repository, a schedule and a target (a cluster directory, or a live
-//! cluster through [`crate::csi`]); keeps the target a warm standby of the schedule's newest
+//! cluster through [`crate::k8s::csi`]); keeps the target a warm standby of the schedule's newest
 //! backup, and switches it on (`activate`) and off (`deactivate`). Must not leave a volume half-way between two snapshots, nor a backup
 //! half-applied: a standby killed at any instant resumes to the previous or the new state.
 //!
@@ -44,19 +44,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::appbackup::{self, AppBackupError, Planned, RestorePlanOptions};
-use crate::catalog::{blocking, Catalog, CatalogError};
-use crate::cluster::{ClusterDir, ClusterError, ExistingPolicy, Outcome};
-use crate::format::{
-    decode_map, AppBackup, BlobKind, BlockRef, Snapshot, SnapshotId, MAP_SEGMENT_ENTRIES,
-};
+use crate::app::copies::volume_path;
+use crate::app::record::{self, AppBackupError, Planned, RestorePlanOptions};
+use crate::format::{AppBackup, BlockRef, Snapshot, SnapshotId, MAP_SEGMENT_ENTRIES};
+use crate::k8s::objects::{change_of, Change, Mapping, ObjRef};
+use crate::k8s::source::{ClusterDir, ClusterError, ExistingPolicy, Outcome};
 use crate::repository::{Index, RepoError, Repository};
-use crate::resources::{hold_applications, release_applications, Mapping, ObjRef};
-use crate::restore::{
+use crate::scheduler::catalog::{blocking, Catalog, CatalogError};
+use crate::volume::restore::{
     group_by_blob, plan_fetches, put_fetched, restore_volume, Placement, RestoreError,
     RestoreOptions, Targets, MAX_GAP, MAX_RANGE,
 };
-use crate::snapshot::volume_path;
 
 pub const APPLIED_SUFFIX: &str = ".lifeboat-applied";
 pub const JOURNAL_SUFFIX: &str = ".lifeboat-journal";
@@ -90,7 +88,7 @@ pub enum StandbyError {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error(transparent)]
-    Live(#[from] crate::live::LiveError),
+    Live(#[from] crate::k8s::LiveError),
 }
 
 impl StandbyError {
@@ -373,24 +371,7 @@ async fn map_segment(
     snap: &Snapshot,
     seg: usize,
 ) -> Result<Vec<BlockRef>, StandbyError> {
-    let first = seg as u64 * MAP_SEGMENT_ENTRIES as u64;
-    let want = (snap.blocks().saturating_sub(first)).min(MAP_SEGMENT_ENTRIES as u64) as usize;
-    let Some(id) = snap.map.get(seg) else {
-        return Ok(Vec::new());
-    };
-    let bytes = repo.read_blob(index, BlobKind::Map, id).await?;
-    let entries = decode_map(&bytes).map_err(|reason| RepoError::Corrupt {
-        object: format!("block-map segment {id}"),
-        reason,
-    })?;
-    if entries.len() != want {
-        return Err(RepoError::Corrupt {
-            object: format!("block-map segment {id}"),
-            reason: format!("{} entries, expected {want}", entries.len()),
-        }
-        .into());
-    }
-    Ok(entries)
+    Ok(repo.read_map_segment(index, snap, seg).await?)
 }
 
 /// Fetches one coalesced range and journals the blocks its blobs fill.
@@ -398,7 +379,7 @@ async fn map_segment(
 async fn fetch_into_journal(
     repo: Arc<Repository>,
     pack_key: String,
-    f: crate::restore::Fetch,
+    f: crate::volume::restore::Fetch,
     targets: Arc<Targets>,
     chunk: u64,
     size: u64,
@@ -868,7 +849,7 @@ async fn triage(
     o: &StandbyOptions,
     prepare: impl Fn(&str) -> Result<(), StandbyError>,
 ) -> Result<(AppBackup, Vec<NamespaceReport>, Vec<(String, String)>), StandbyError> {
-    let backups = appbackup::list_backups(repo).await?;
+    let backups = record::list_backups(repo).await?;
     let Some(newest) = newest_of(&backups, &o.schedule) else {
         return Err(StandbyError::NoBackup(o.schedule.clone()));
     };
@@ -914,8 +895,8 @@ async fn held_plan(
     backup: &AppBackup,
     o: &StandbyOptions,
 ) -> Result<Vec<Planned>, StandbyError> {
-    let objects = appbackup::load_objects(repo, backup).await?;
-    Ok(appbackup::plan_restore(
+    let objects = record::load_objects(repo, backup).await?;
+    Ok(record::plan_restore(
         objects,
         &RestorePlanOptions {
             namespaces: o.namespaces.clone(),
@@ -1073,7 +1054,7 @@ async fn apply_backup(
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         commit(&dir, &backup.name, items)?;
         let mine = for_namespace(&plan, &ns);
-        let results = appbackup::apply_to_cluster_dir(site, &mine, ExistingPolicy::Update)?;
+        let results = record::apply_to_cluster_dir(site, &mine, ExistingPolicy::Update)?;
         let n = results
             .iter()
             .filter(|r| r.outcome != Outcome::Failed)
@@ -1089,10 +1070,10 @@ async fn apply_backup(
 /// (server-side apply, existing objects updated, existing claims left as they are).
 pub async fn cycle_live(
     repo: &Arc<Repository>,
-    live: &crate::live::LiveCluster,
+    live: &crate::k8s::live::LiveCluster,
     catalog: &Arc<Catalog>,
     o: &StandbyOptions,
-    movers: crate::csi::MoverSettings,
+    movers: crate::k8s::csi::MoverSettings,
 ) -> Result<Vec<NamespaceReport>, StandbyError> {
     let (newest, mut reports, mut todo) = triage(repo, catalog, o, |_| Ok(())).await?;
     // Activation is also recorded on the namespace itself, so that a standby that lost its
@@ -1137,7 +1118,7 @@ pub async fn cycle_live(
                 o.overwrite_claims,
             )
             .await?;
-            let (vols, created) = crate::appvolumes::restore_volumes_live(
+            let (vols, created) = crate::app::volumes::restore_volumes_live(
                 live,
                 movers.clone(),
                 &only,
@@ -1153,7 +1134,7 @@ pub async fn cycle_live(
             }
             // Claims created here are not applied again, and claims that exist are left as
             // they are (bound, their spec immutable).
-            let items: Vec<crate::cluster::ApplyItem> = plan
+            let items: Vec<crate::k8s::source::ApplyItem> = plan
                 .iter()
                 .filter(|p| !created.contains(&p.target))
                 .filter(|p| {
@@ -1228,8 +1209,8 @@ pub async fn cycle_live(
 /// overwritten), unless `overwrite` says to write it whole, journaled as well.
 async fn update_live_claims(
     repo: &Arc<Repository>,
-    live: &crate::live::LiveCluster,
-    movers: &crate::csi::MoverSettings,
+    live: &crate::k8s::live::LiveCluster,
+    movers: &crate::k8s::csi::MoverSettings,
     backup: &str,
     ns: &str,
     only: &AppBackup,
@@ -1254,7 +1235,7 @@ async fn update_live_claims(
             .metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(crate::csi::STANDBY_SNAPSHOT))
+            .and_then(|a| a.get(crate::k8s::csi::STANDBY_SNAPSHOT))
             .cloned();
         // Standby's again after `deactivate`, content unknown: written whole.
         let holds = holds.filter(|h| h != WHOLE);
@@ -1262,7 +1243,7 @@ async fn update_live_claims(
             .metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(crate::csi::STANDBY_SNAPSHOT))
+            .and_then(|a| a.get(crate::k8s::csi::STANDBY_SNAPSHOT))
             .is_some();
         let Some(holds) = holds else {
             if !overwrite && !owned {
@@ -1275,7 +1256,7 @@ async fn update_live_claims(
             journal_bytes += new.size + 13 * new.blocks();
             report.mode = "full".into();
             reports.push(report);
-            todo.push(crate::csi::StandbyClaim {
+            todo.push(crate::k8s::csi::StandbyClaim {
                 name: v.pvc.clone(),
                 snapshot: v.snapshot.to_hex(),
                 base: None,
@@ -1287,7 +1268,7 @@ async fn update_live_claims(
             reports.push(report);
             // Still given to the Job, should there be one: a commit an earlier Job left may
             // name it.
-            todo.push(crate::csi::StandbyClaim {
+            todo.push(crate::k8s::csi::StandbyClaim {
                 name: v.pvc.clone(),
                 snapshot: holds.clone(),
                 base: Some(holds),
@@ -1298,7 +1279,7 @@ async fn update_live_claims(
             StandbyError::Failed(format!(
                 "claim {ns}/{}: annotation {} = `{holds}` is not a snapshot id: {e}",
                 v.pvc,
-                crate::csi::STANDBY_SNAPSHOT
+                crate::k8s::csi::STANDBY_SNAPSHOT
             ))
         })?;
         let base = repo.load_snapshot(&base_id).await.map_err(|e| {
@@ -1312,7 +1293,7 @@ async fn update_live_claims(
         journal_bytes += delta_bytes(repo, &index, &base, &new).await?;
         report.mode = "delta".into();
         reports.push(report);
-        todo.push(crate::csi::StandbyClaim {
+        todo.push(crate::k8s::csi::StandbyClaim {
             name: v.pvc.clone(),
             snapshot: v.snapshot.to_hex(),
             base: Some(holds),
@@ -1337,7 +1318,7 @@ async fn update_live_claims(
 /// After `activate` on a live site the application changes its claims' data: their standby
 /// annotations and the namespace's journal claim (whose records would be stale) go.
 pub async fn forget_live_claims(
-    live: &crate::live::LiveCluster,
+    live: &crate::k8s::live::LiveCluster,
     ns: &str,
 ) -> Result<(), StandbyError> {
     let csi = live.csi(Default::default());
@@ -1352,7 +1333,7 @@ pub async fn forget_live_claims(
 /// standby's again with unknown content (annotated [`WHOLE`]), so the next cycle writes
 /// each whole, journaled.
 pub async fn claim_live_claims(
-    live: &crate::live::LiveCluster,
+    live: &crate::k8s::live::LiveCluster,
     ns: &str,
 ) -> Result<(), StandbyError> {
     let csi = live.csi(Default::default());
@@ -1384,15 +1365,6 @@ pub fn forget_applied_cluster_dir(site: &ClusterDir, ns: &str) -> Result<(), Sta
     Ok(())
 }
 
-/// One workload's change by `activate` or `deactivate`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Change {
-    pub object: String,
-    pub field: String,
-    pub from: String,
-    pub to: String,
-}
-
 /// Starts (or stops) the applications of a namespace of a cluster directory: recorded replica
 /// counts back and CronJobs resumed (or: 0 replicas with the counts recorded, CronJobs
 /// suspended). Idempotent: a second call changes nothing.
@@ -1416,51 +1388,6 @@ pub fn set_running_cluster_dir(
     }
     site.apply(&changed, ExistingPolicy::Update)?;
     Ok(changes)
-}
-
-/// Applies `activate` (run) or `deactivate` (hold) to one object; Some when it changed.
-pub fn change_of(r: &ObjRef, v: &mut Value, run: bool) -> Option<Change> {
-    let object = r.display();
-    if run {
-        release_applications(r, v).map(|(field, from, to)| Change {
-            object,
-            field,
-            from,
-            to,
-        })
-    } else {
-        let before = v.clone();
-        if !hold_applications(r, v) || *v == before {
-            return None;
-        }
-        let (field, from, to) = if v.pointer("/spec/replicas").is_some() {
-            (
-                "spec.replicas",
-                before
-                    .pointer("/spec/replicas")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(1)
-                    .to_string(),
-                "0".to_string(),
-            )
-        } else {
-            (
-                "spec.suspend",
-                before
-                    .pointer("/spec/suspend")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false)
-                    .to_string(),
-                "true".to_string(),
-            )
-        };
-        Some(Change {
-            object,
-            field: field.into(),
-            from,
-            to,
-        })
-    }
 }
 
 /// `drill`: what the scratch restore proved.
@@ -1498,8 +1425,8 @@ async fn drill_plan(
     into: &str,
 ) -> Result<Vec<Planned>, StandbyError> {
     let mapping = Mapping([(ns.to_string(), into.to_string())].into());
-    let objects = appbackup::load_objects(repo, backup).await?;
-    Ok(appbackup::plan_restore(
+    let objects = record::load_objects(repo, backup).await?;
+    Ok(record::plan_restore(
         objects,
         &RestorePlanOptions {
             namespaces: mapping,
@@ -1527,7 +1454,7 @@ pub async fn drill_cluster_dir(
     let started = Instant::now();
     let now = OffsetDateTime::now_utc();
     let plan = drill_plan(repo, backup, ns, into).await?;
-    let vols = crate::appvolumes::restore_volumes_to_dir(
+    let vols = crate::app::volumes::restore_volumes_to_dir(
         repo.clone(),
         backup,
         &plan,
@@ -1541,7 +1468,7 @@ pub async fn drill_cluster_dir(
             source: std::io::Error::other("volume restore failed"),
         });
     }
-    let results = appbackup::apply_to_cluster_dir(site, &plan, ExistingPolicy::Update)?;
+    let results = record::apply_to_cluster_dir(site, &plan, ExistingPolicy::Update)?;
     let mut report = DrillReport {
         backup: backup.name.clone(),
         namespace: ns.into(),
@@ -1628,8 +1555,8 @@ pub fn holds(live: &Value, planned: &Value) -> bool {
 #[allow(clippy::too_many_arguments)]
 pub async fn drill_live(
     repo: &Arc<Repository>,
-    live: &crate::live::LiveCluster,
-    movers: crate::csi::MoverSettings,
+    live: &crate::k8s::live::LiveCluster,
+    movers: crate::k8s::csi::MoverSettings,
     backup: &AppBackup,
     ns: &str,
     into: &str,
@@ -1649,7 +1576,7 @@ pub async fn drill_live(
     let mut only = backup.clone();
     only.volumes.retain(|v| v.namespace == ns);
     let (vols, created) =
-        crate::appvolumes::restore_volumes_live(live, movers, &only, &mut plan, false).await;
+        crate::app::volumes::restore_volumes_live(live, movers, &only, &mut plan, false).await;
     if let Some(f) = vols.iter().find(|r| r.outcome == Outcome::Failed) {
         return Err(StandbyError::Failed(format!(
             "{}: {}",
@@ -1674,17 +1601,17 @@ pub async fn drill_live(
         let snap = repo.load_snapshot(&v.snapshot).await?;
         let claim = plan
             .iter()
-            .find(|p| crate::appvolumes::restores_claim(p, v));
+            .find(|p| crate::app::volumes::restores_claim(p, v));
         let target = match claim {
             Some(p) if created.contains(&p.target) => {
-                crate::csi::VerifyTarget::Claim(&p.target.name)
+                crate::k8s::csi::VerifyTarget::Claim(&p.target.name)
             }
             Some(p) => match p.value.pointer("/spec/volumeName").and_then(Value::as_str) {
-                Some(pv) => crate::csi::VerifyTarget::Volume {
+                Some(pv) => crate::k8s::csi::VerifyTarget::Volume {
                     pv,
                     for_claim: &p.target.name,
                 },
-                None => crate::csi::VerifyTarget::Claim(&p.target.name),
+                None => crate::k8s::csi::VerifyTarget::Claim(&p.target.name),
             },
             None => continue,
         };
@@ -1699,7 +1626,7 @@ pub async fn drill_live(
             verified,
         });
     }
-    let items: Vec<crate::cluster::ApplyItem> = plan
+    let items: Vec<crate::k8s::source::ApplyItem> = plan
         .iter()
         .filter(|p| !created.contains(&p.target))
         .map(Planned::apply_item)
@@ -1750,7 +1677,7 @@ pub async fn verify_volume(
     let size_ok = match File::open(path) {
         Ok(f) => {
             let is_file = f.metadata().map(|m| m.is_file()).unwrap_or(false);
-            let len = crate::backup::source_size(&f).unwrap_or(0);
+            let len = crate::volume::backup::source_size(&f).unwrap_or(0);
             if is_file {
                 len == snap.size
             } else {
@@ -1782,7 +1709,7 @@ pub async fn verify_volume(
                 let cur = &mut buf[..(end - s) as usize];
                 f.read_exact_at(cur, s)?;
                 let same = match e {
-                    BlockRef::Zero => crate::backup::is_zero(cur),
+                    BlockRef::Zero => crate::volume::backup::is_zero(cur),
                     BlockRef::Blob(id) => keys.blob_id(cur) == *id,
                 };
                 if !same {
@@ -1826,7 +1753,7 @@ pub fn remove_namespace(site: &ClusterDir, ns: &str) -> Result<(), StandbyError>
 
 /// For status listings: age of an RFC 3339 time.
 pub fn age_seconds(t: Option<&str>, now: OffsetDateTime) -> Option<f64> {
-    t.and_then(crate::catalog::parse_time)
+    t.and_then(crate::scheduler::catalog::parse_time)
         .map(|t| (now - t).as_seconds_f64())
 }
 

@@ -19,8 +19,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::catalog::{blocking, Catalog, CatalogError};
-use crate::schedule::{missed, next_fires, Config, Schedule};
+use crate::scheduler::catalog::{blocking, Catalog, CatalogError};
+use crate::scheduler::config::{missed, next_fires, Config, Schedule};
 
 /// Wall-clock time measured by tokio's clock from a base.
 #[derive(Debug, Clone, Copy)]
@@ -418,49 +418,13 @@ impl Server {
     }
 }
 
-/// Serves `GET /metrics` (the text `render` gives) and `/healthz` on `listener` until
-/// `shutdown`.
-pub async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    render: Arc<dyn Fn() -> String + Send + Sync>,
-    shutdown: CancellationToken,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    loop {
-        let (mut sock, _) = tokio::select! {
-            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
-            _ = shutdown.cancelled() => return,
-        };
-        let render = render.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", render()),
-                "/healthz" => ("200 OK", "ok\n".to_string()),
-                _ => ("404 Not Found", "not found; try /metrics\n".to_string()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-        });
-    }
-}
-
 /// How long a scheduled run waits for an exclusive lock (forget, prune) to go.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10 * 60);
 
 /// Where scheduled backups read from.
 pub enum Source {
-    Dir(crate::cluster::ClusterDir),
-    Live(Arc<crate::live::LiveCluster>),
+    Dir(crate::k8s::source::ClusterDir),
+    Live(Arc<crate::k8s::live::LiveCluster>),
 }
 
 /// The real [`Runner`]: an application backup into the repository, under a shared lock, with
@@ -472,7 +436,7 @@ pub struct RepoRunner {
     pub catalog: Arc<Catalog>,
     /// Where rule paths of templates are relative to.
     pub config_dir: std::path::PathBuf,
-    pub movers: crate::csi::MoverSettings,
+    pub movers: crate::k8s::csi::MoverSettings,
 }
 
 impl RepoRunner {
@@ -481,8 +445,8 @@ impl RepoRunner {
         s: &Schedule,
         name: &str,
         cancel: &CancellationToken,
-    ) -> Result<crate::appbackup::BackupSummary, String> {
-        use crate::appvolumes::{backup_cluster_dir, backup_live, ConsistencyOptions};
+    ) -> Result<crate::app::record::BackupSummary, String> {
+        use crate::app::volumes::{backup_cluster_dir, backup_live, ConsistencyOptions};
         let rules = |files: &[String]| -> Result<Vec<crate::hooks::Rule>, String> {
             let mut out = Vec::new();
             for f in files {
@@ -501,9 +465,9 @@ impl RepoRunner {
             allow_reflink: true,
             schedule: Some(s.name.clone()),
         };
-        let scope = crate::cluster::Scope {
+        let scope = crate::k8s::source::Scope {
             namespaces: s.template.namespaces.clone(),
-            selector: crate::cluster::Selector::parse(&s.template.selector)
+            selector: crate::k8s::source::Selector::parse(&s.template.selector)
                 .map_err(|e| e.to_string())?,
             ..Default::default()
         };
@@ -541,12 +505,12 @@ impl RepoRunner {
         };
         let result = match &self.source {
             Source::Dir(dir) => {
-                let d = crate::cluster::ClusterDir::new(dir.root());
+                let d = crate::k8s::source::ClusterDir::new(dir.root());
                 let all = tokio::task::spawn_blocking(move || d.load())
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())?;
-                let selected = crate::cluster::select(&all, &scope, &dir.describe())
+                let selected = crate::k8s::source::select(&all, &scope, &dir.describe())
                     .map_err(|e| e.to_string())?;
                 backup_cluster_dir(
                     self.repo.clone(),
@@ -670,14 +634,14 @@ impl RepoRunner {
             if retain.keeps_everything() {
                 return Ok(String::new());
             }
-            let backups = crate::appbackup::list_backups(&me.repo)
+            let backups = crate::app::record::list_backups(&me.repo)
                 .await
                 .map_err(|e| e.to_string())?;
-            let decisions = crate::forget::plan(&backups, &|_| retain, Some(&s.name));
+            let decisions = crate::app::retention::plan(&backups, &|_| retain, Some(&s.name));
             if decisions.iter().all(|d| !d.kept_by.is_empty()) {
                 return Ok(String::new());
             }
-            let report = crate::forget::forget(&me.repo, &backups, &decisions)
+            let report = crate::app::retention::forget(&me.repo, &backups, &decisions)
                 .await
                 .map_err(|e| e.to_string())?;
             let gone: Vec<crate::format::BackupId> = decisions
@@ -699,7 +663,7 @@ impl RepoRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::parse_config;
+    use crate::scheduler::config::parse_config;
 
     struct Fake {
         /// (backup name, started at) of each run.
@@ -742,7 +706,7 @@ mod tests {
         start: OffsetDateTime,
     ) -> (
         Vec<(String, OffsetDateTime)>,
-        Vec<crate::catalog::RunRow>,
+        Vec<crate::scheduler::catalog::RunRow>,
         String,
     ) {
         let clock = Clock::new(start);

@@ -10,7 +10,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
 use super::{api_err, object_name, Csi};
-use crate::live::LiveError;
+use crate::k8s::LiveError;
 
 /// On a standby site: the repository snapshot a claim's data is (set by standby when it wrote
 /// the claim, removed by `activate`, after which the application changes the data).

@@ -1,0 +1,20 @@
+//! Application backups and restores: takes the Kubernetes layer's objects and volumes, the
+//! rules around them and the repository; gives backup records (objects and volume snapshots
+//! together), restore plans and their execution, and retention. Uses hooks, k8s, volume and
+//! repository; must not know of schedules, the catalog or the DR site.
+//!
+//! ```text
+//!  objects ─► record (sealed per object) ─► repository
+//!  hooks: pre ─► barrier ─► copies (reflink/copy) or CSI snapshots ─► post
+//!                              └► volumes: each copy through the volume backup ─► record
+//!  record ─► plan ─► restore (volumes first, then objects in order)
+//!  records ─► retention (forget)
+//! ```
+
+pub mod copies; // group copies of volume files (reflink or copy)
+
+pub mod record; // backup records of objects, restore planning
+
+pub mod volumes; // the volumes of application backups and restores
+
+pub mod retention; // retention applied: records and their snapshots

@@ -1,0 +1,106 @@
+//! Small helpers every layer may use: takes nothing from the layers above (it imports no
+//! module of this crate); gives the one rule for user-given names and the one way to run
+//! blocking work (SQLite, hashing, file IO) off the async runtime.
+
+/// Runs `f` on the blocking pool, so SQLite, hashing and file IO never hold a runtime thread.
+/// A panic in `f` is resumed on the caller.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// What a user-given name names; each kind has its own alphabet and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameKind {
+    /// A volume's name in the repository: `NAME:latest` must stay unambiguous, and an
+    /// application's volumes are named `namespace/claim`, so `/` is allowed.
+    Volume,
+    /// A backup record's name (`--from-backup NAME`).
+    Backup,
+    /// A schedule's name: its runs' backups are named `<schedule>-YYYYMMDD-HHMMSS`, so it
+    /// must leave room for that suffix and use only what a backup name may.
+    Schedule,
+}
+
+impl NameKind {
+    fn what(self) -> &'static str {
+        match self {
+            NameKind::Volume => "volume",
+            NameKind::Backup => "backup",
+            NameKind::Schedule => "schedule",
+        }
+    }
+}
+
+/// Length of the suffix a scheduled run adds to its schedule's name (`-YYYYMMDD-HHMMSS`).
+pub const RUN_SUFFIX_LEN: usize = 16;
+
+/// Longest name of any kind.
+pub const MAX_NAME_LEN: usize = 253;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {} name `{name}`: {reason}", kind.what())]
+pub struct NameError {
+    pub kind: NameKind,
+    pub name: String,
+    pub reason: String,
+}
+
+/// The one rule for user-given names: every layer that takes a name checks it here, so a
+/// name accepted in one place (a schedule) is never refused later (its runs' backups).
+pub fn check_name(kind: NameKind, name: &str) -> Result<(), NameError> {
+    let bad = |reason: String| NameError {
+        kind,
+        name: name.to_string(),
+        reason,
+    };
+    let max = match kind {
+        NameKind::Schedule => MAX_NAME_LEN - RUN_SUFFIX_LEN,
+        NameKind::Volume | NameKind::Backup => MAX_NAME_LEN,
+    };
+    if name.is_empty() || name.len() > max {
+        return Err(bad(format!("must be 1 to {max} characters")));
+    }
+    let slash = kind == NameKind::Volume;
+    let ok = |b: u8| {
+        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') || (slash && b == b'/')
+    };
+    if !name.bytes().all(ok) {
+        return Err(bad(if slash {
+            "use letters, digits, `-`, `_`, `.` and `/` only".into()
+        } else {
+            "use letters, digits, `-`, `_` and `.` only".into()
+        }));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_names_may_hold_a_slash_and_nothing_else_may() {
+        assert!(check_name(NameKind::Volume, "pg/data-0").is_ok());
+        for kind in [NameKind::Backup, NameKind::Schedule] {
+            let e = check_name(kind, "a/b").unwrap_err();
+            assert!(e.to_string().contains("`-`, `_` and `.` only"), "{e}");
+        }
+        assert!(check_name(NameKind::Backup, "").is_err());
+        assert!(check_name(NameKind::Backup, "pg nightly").is_err());
+    }
+
+    #[test]
+    fn every_accepted_schedule_name_makes_accepted_backup_names() {
+        // The longest schedule name still leaves room for the run suffix.
+        let longest = "s".repeat(MAX_NAME_LEN - RUN_SUFFIX_LEN);
+        assert!(check_name(NameKind::Schedule, &longest).is_ok());
+        let run = format!("{longest}-20260101-000000");
+        assert_eq!(run.len(), MAX_NAME_LEN);
+        assert!(check_name(NameKind::Backup, &run).is_ok());
+        let e = check_name(NameKind::Schedule, &format!("{longest}s")).unwrap_err();
+        assert!(e.to_string().contains("1 to 237"), "{e}");
+    }
+}
