@@ -43,21 +43,8 @@ pub fn volume_path(cluster_root: &Path, namespace: &str, pvc: &str) -> PathBuf {
         .join(format!("{pvc}.img"))
 }
 
-/// How a copy was taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Reflink,
-    Copy,
-}
-
-impl Method {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Reflink => "reflink",
-            Method::Copy => "copy",
-        }
-    }
-}
+/// How a copy was taken: [`CopyMethod::Reflink`] or [`CopyMethod::Copy`] here.
+pub use crate::format::CopyMethod as Method;
 
 /// One volume's point-in-time copy.
 #[derive(Debug, Clone)]

@@ -178,7 +178,7 @@ pub async fn backup_cluster_dir(
             pvc: t.volume.pvc.clone(),
             snapshot: out.snapshot_id,
             size: t.size,
-            method: t.method.as_str().to_string(),
+            method: t.method,
         });
     }
     drop(group);
@@ -371,7 +371,7 @@ pub async fn backup_live(
             pvc: s.claim.name.clone(),
             snapshot: id,
             size: snap.size,
-            method: s.method.to_string(),
+            method: s.method,
         });
     }
     csi.remove_snapshots(&snaps).await;

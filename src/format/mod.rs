@@ -314,10 +314,38 @@ pub struct Snapshot {
     pub chunk_size: u32,
     /// Block-map segments in order, each covering [`MAP_SEGMENT_ENTRIES`] blocks.
     pub map: Vec<BlobId>,
-    /// How changed blocks were found: `full`, `hash-compare` or `changed-ranges`.
-    pub change_source: String,
+    /// How changed blocks were found.
+    pub change_source: ChangeSource,
     pub stats: BackupStats,
     pub program_version: String,
+}
+
+/// How a volume backup found the blocks that changed since its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChangeSource {
+    /// No parent (or `--full`): every block read.
+    Full,
+    /// Every block read and hashed; unchanged ids skipped.
+    HashCompare,
+    /// Only the blocks in the given changed ranges read (CBT, a ranges file).
+    ChangedRanges,
+}
+
+impl ChangeSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeSource::Full => "full",
+            ChangeSource::HashCompare => "hash-compare",
+            ChangeSource::ChangedRanges => "changed-ranges",
+        }
+    }
+}
+
+impl std::fmt::Display for ChangeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -448,8 +476,39 @@ pub struct BackedUpVolume {
     /// The volume snapshot holding the data (its name is `pvc/<namespace>/<pvc>`).
     pub snapshot: SnapshotId,
     pub size: u64,
-    /// How the point-in-time copy was taken: `reflink`, `copy`, `csi-group`, `csi`.
-    pub method: String,
+    /// How the point-in-time copy was taken.
+    pub method: CopyMethod,
+}
+
+/// How a volume's point-in-time copy was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CopyMethod {
+    /// A reflink of the volume file (FICLONE), in constant time.
+    Reflink,
+    /// A sparse copy of the volume file, inside the barrier.
+    Copy,
+    /// A CSI VolumeSnapshot of its own.
+    Csi,
+    /// A member of a CSI VolumeGroupSnapshot.
+    CsiGroup,
+}
+
+impl CopyMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyMethod::Reflink => "reflink",
+            CopyMethod::Copy => "copy",
+            CopyMethod::Csi => "csi",
+            CopyMethod::CsiGroup => "csi-group",
+        }
+    }
+}
+
+impl std::fmt::Display for CopyMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What one rule action did in one pod.

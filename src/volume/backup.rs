@@ -25,8 +25,8 @@ use tracing::Instrument;
 
 use crate::crypto::{Keys, Role};
 use crate::format::{
-    encode_map, BackupStats, BlobId, BlobKind, BlockRef, Snapshot, SnapshotId, SnapshotKind,
-    FORMAT_VERSION, MAP_SEGMENT_ENTRIES,
+    encode_map, BackupStats, BlobId, BlobKind, BlockRef, ChangeSource, Snapshot, SnapshotId,
+    SnapshotKind, FORMAT_VERSION, MAP_SEGMENT_ENTRIES,
 };
 use crate::repository::{cpu, BlobWriter, Claims, Index, RepoError, Repository};
 use crate::volume::diff::{
@@ -105,7 +105,7 @@ pub struct GivenRanges {
 pub struct BackupOutcome {
     pub snapshot_id: SnapshotId,
     pub parent: Option<SnapshotId>,
-    pub change_source: String,
+    pub change_source: ChangeSource,
     #[serde(flatten)]
     pub stats: BackupStats,
 }
@@ -232,7 +232,8 @@ async fn backup_inner(
 ) -> Result<BackupOutcome, BackupError> {
     let started = Instant::now();
     check_name(&opts.name)?;
-    let (file, size) = open_source(&opts.source)?;
+    let source = opts.source.clone();
+    let (file, size) = crate::util::blocking(move || open_source(&source)).await?;
     let chunk = repo.config().chunk_size as u64;
     let nblocks = size.div_ceil(chunk);
 
@@ -314,7 +315,7 @@ async fn backup_inner(
         size,
         chunk_size: chunk as u32,
         map: map_ids,
-        change_source: change_source.to_string(),
+        change_source,
         stats: stats.clone(),
         program_version: env!("CARGO_PKG_VERSION").to_string(),
     };
@@ -325,7 +326,7 @@ async fn backup_inner(
     Ok(BackupOutcome {
         snapshot_id,
         parent: snap.parent,
-        change_source: change_source.to_string(),
+        change_source,
         stats: snap.stats,
     })
 }
@@ -362,7 +363,7 @@ fn blocks_to_read(
     ranges: Option<Vec<ByteRange>>,
     size: u64,
     chunk: u64,
-) -> (&'static str, Option<BlockSet>) {
+) -> (ChangeSource, Option<BlockSet>) {
     let nblocks = size.div_ceil(chunk);
     match (parent, ranges) {
         (Some(p), Some(r)) => {
@@ -373,16 +374,16 @@ fn blocks_to_read(
             }
             let set = BlockSet::from_byte_ranges(&r, chunk)
                 .union(&BlockSet::span(from.min(nblocks), nblocks));
-            ("changed-ranges", Some(set))
+            (ChangeSource::ChangedRanges, Some(set))
         }
         (None, Some(_)) => {
             tracing::warn!(
                 "no earlier snapshot of this volume: --changed-ranges ignored, reading every block"
             );
-            ("full", None)
+            (ChangeSource::Full, None)
         }
-        (Some(_), None) => ("hash-compare", None),
-        (None, None) => ("full", None),
+        (Some(_), None) => (ChangeSource::HashCompare, None),
+        (None, None) => (ChangeSource::Full, None),
     }
 }
 

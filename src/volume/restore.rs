@@ -52,12 +52,32 @@ impl RestoreError {
     }
 }
 
+/// How a restore wrote its target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreMode {
+    /// A new file, written whole as `.lifeboat-partial` and renamed when complete.
+    #[default]
+    New,
+    /// An existing file or device, compared block by block; only differing blocks written.
+    InPlace,
+}
+
+impl std::fmt::Display for RestoreMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RestoreMode::New => "new",
+            RestoreMode::InPlace => "in-place",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RestoreStats {
     pub snapshot_id: String,
     pub target: String,
     /// `new` (a fresh file) or `in-place` (an existing file or device, only differences written).
-    pub mode: &'static str,
+    pub mode: RestoreMode,
     pub size: u64,
     pub blocks_total: u64,
     pub blocks_written: u64,
@@ -256,12 +276,19 @@ async fn restore_inner(
     progress: &ProgressBar,
 ) -> Result<RestoreStats, RestoreError> {
     let started = Instant::now();
-    let t = open_target(target, snap, options)?;
+    let t = {
+        let (target, size, overwrite) = (target.to_path_buf(), snap.size, options.overwrite);
+        crate::util::blocking(move || open_target(&target, size, overwrite)).await?
+    };
     let index = Arc::new(repo.load_index().await?);
     let mut stats = RestoreStats {
         snapshot_id: id.to_hex(),
         target: t.shown.clone(),
-        mode: if t.in_place { "in-place" } else { "new" },
+        mode: if t.in_place {
+            RestoreMode::InPlace
+        } else {
+            RestoreMode::New
+        },
         size: snap.size,
         blocks_total: snap.blocks(),
         ..Default::default()
@@ -304,12 +331,8 @@ struct RestoreTarget {
     shown: String,
 }
 
-/// Opens (or creates, as a `.lifeboat-partial` file of the snapshot's size) the target.
-fn open_target(
-    target: &Path,
-    snap: &Snapshot,
-    options: &RestoreOptions,
-) -> Result<RestoreTarget, RestoreError> {
+/// Opens (or creates, as a `.lifeboat-partial` file of `size` bytes) the target. Blocking.
+fn open_target(target: &Path, size: u64, overwrite: bool) -> Result<RestoreTarget, RestoreError> {
     let shown = target.display().to_string();
     let terr = |source| RestoreError::Target {
         path: shown.clone(),
@@ -325,7 +348,7 @@ fn open_target(
                 .create_new(true)
                 .open(&partial)
                 .map_err(terr)?;
-            f.set_len(snap.size).map_err(terr)?;
+            f.set_len(size).map_err(terr)?;
             (f, false, false, partial)
         }
         Err(e) => return Err(terr(e)),
@@ -334,7 +357,7 @@ fn open_target(
                 "is a directory; give the path of an image file or a block device",
             )))
         }
-        Ok(_) if !options.overwrite => {
+        Ok(_) if !overwrite => {
             return Err(RestoreError::TargetExists {
                 path: shown.clone(),
             })
@@ -348,15 +371,15 @@ fn open_target(
             let device = !m.is_file();
             if device {
                 let have = source_size(&f).map_err(terr)?;
-                if have < snap.size {
+                if have < size {
                     return Err(RestoreError::TargetTooSmall {
                         path: shown.clone(),
                         have,
-                        need: snap.size,
+                        need: size,
                     });
                 }
-            } else if m.len() < snap.size {
-                f.set_len(snap.size).map_err(terr)?;
+            } else if m.len() < size {
+                f.set_len(size).map_err(terr)?;
             }
             (f, true, device, target.to_path_buf())
         }

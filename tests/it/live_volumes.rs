@@ -15,6 +15,7 @@ use http::{Request, StatusCode};
 use kube::client::Body;
 use lifeboat::app::record::{find_backup, load_objects, plan_restore, RestorePlanOptions};
 use lifeboat::app::volumes::{backup_live, restore_volumes_live, ConsistencyOptions};
+use lifeboat::format::CopyMethod;
 use lifeboat::k8s::csi::{GroupSnapshots, MoverSettings};
 use lifeboat::k8s::live::LiveCluster;
 use lifeboat::k8s::objects::Mapping;
@@ -647,7 +648,7 @@ async fn live_backup_snapshots_moves_and_restores_every_claims_data() {
     assert!(summary
         .volumes
         .iter()
-        .all(|v| v.method == "csi" && v.size == 4 << 20));
+        .all(|v| v.method == CopyMethod::Csi && v.size == 4 << 20));
     // Both snapshots were cut before any clone or mover started, and all were cleaned up.
     let pos = |s: &str| {
         log.iter()
@@ -860,7 +861,10 @@ async fn group_snapshot_case(case: &str, groups: GroupSnapshots) {
     .await
     .unwrap();
     assert!(
-        summary.volumes.iter().all(|v| v.method == "csi-group"),
+        summary
+            .volumes
+            .iter()
+            .all(|v| v.method == CopyMethod::CsiGroup),
         "{case}: {:?}",
         summary.volumes
     );
@@ -1039,7 +1043,12 @@ async fn changed_block_tracking_case(groups: GroupSnapshots) {
     let snaps = repo.list_snapshots().await.unwrap();
     for v in &second.volumes {
         let (_, s) = snaps.iter().find(|(id, _)| *id == v.snapshot).unwrap();
-        assert_eq!(s.change_source, "changed-ranges", "{}: {s:?}", v.pvc);
+        assert_eq!(
+            s.change_source,
+            lifeboat::format::ChangeSource::ChangedRanges,
+            "{}: {s:?}",
+            v.pvc
+        );
         let expect = if v.pvc == "data-db-0" { 2 * 65536 } else { 0 };
         assert_eq!(s.stats.bytes_read, expect, "{}", v.pvc);
         let out = d.path().join(format!("check-{}.img", v.pvc));

@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use indicatif::ProgressBar;
 use lifeboat::demo::{file_hash, generate_image, mutate, write_ranges};
+use lifeboat::format::ChangeSource;
 use lifeboat::repository::{CheckOptions, Repository};
 use lifeboat::store::local::LocalStore;
 use lifeboat::store::memory::MemoryStore;
 use lifeboat::store::{Store, StoreOptions};
 use lifeboat::volume::backup::{backup_volume, BackupError, BackupOptions, BackupOutcome};
 use lifeboat::volume::diff::ByteRange;
+use lifeboat::volume::restore::RestoreMode;
 use lifeboat::volume::restore::{restore_volume, RestoreError, RestoreOptions, RestoreStats};
 
 use crate::support::{garage, new_repo, tmp};
@@ -55,13 +57,13 @@ async fn round_trip(store: Arc<dyn Store>) {
     generate_image(&src, (9 << 20) + 100, 1).unwrap();
     let repo = new_repo(store).await;
     let full = backup(&repo, "db", &src).await;
-    assert_eq!(full.change_source, "full");
+    assert_eq!(full.change_source, ChangeSource::Full);
     assert!(full.stats.blocks_zero > 0, "holes are zero blocks");
     assert!(full.stats.bytes_read < 9 << 20, "holes are not read");
 
     let out = d.path().join("restored.img");
     let rs = restore(&repo, "db:latest", &out).await;
-    assert_eq!(rs.mode, "new");
+    assert_eq!(rs.mode, RestoreMode::New);
     assert!(same(&src, &out), "bit-identical restore");
     assert!(!d.path().join("restored.img.lifeboat-partial").exists());
 
@@ -71,7 +73,7 @@ async fn round_trip(store: Arc<dyn Store>) {
     drop(f);
     mutate(&src, 0.01, 64 << 10, 5).unwrap();
     let inc = backup(&repo, "db", &src).await;
-    assert_eq!(inc.change_source, "hash-compare");
+    assert_eq!(inc.change_source, ChangeSource::HashCompare);
     assert_eq!(inc.parent, Some(full.snapshot_id));
     assert!(
         inc.stats.blocks_changed >= 16 && inc.stats.blocks_changed <= 16 + 3,
@@ -82,7 +84,7 @@ async fn round_trip(store: Arc<dyn Store>) {
 
     // Restoring the new snapshot onto the old copy writes only what differs.
     let rs = restore(&repo, "db:latest", &out).await;
-    assert_eq!(rs.mode, "in-place");
+    assert_eq!(rs.mode, RestoreMode::InPlace);
     assert!(same(&src, &out));
     assert_eq!(rs.blocks_written, inc.stats.blocks_changed, "{rs:?}");
 
@@ -130,7 +132,7 @@ async fn changed_ranges_read_only_those_blocks() {
     let inc = backup_volume(repo.clone(), &opts, &ProgressBar::hidden())
         .await
         .unwrap();
-    assert_eq!(inc.change_source, "changed-ranges");
+    assert_eq!(inc.change_source, ChangeSource::ChangedRanges);
     assert_eq!(
         inc.stats.bytes_read,
         ranges.len() as u64 * (64 << 10),
@@ -235,7 +237,7 @@ async fn in_place_restore_zeroes_blocks_that_became_zero_and_truncates() {
     lifeboat::demo::Rng::new(99).fill(&mut junk);
     std::fs::write(&target, &junk).unwrap();
     let rs = restore(&repo, "v:latest", &target).await;
-    assert_eq!(rs.mode, "in-place");
+    assert_eq!(rs.mode, RestoreMode::InPlace);
     assert!(same(&src, &target));
 }
 

@@ -36,6 +36,7 @@ use kube::discovery::ApiResource;
 use kube::Client;
 use serde_json::{json, Value};
 
+use crate::format::CopyMethod;
 use crate::k8s::LiveError;
 
 mod bases;
@@ -176,8 +177,8 @@ pub struct CsiSnapshot {
     pub claim: Claim,
     /// VolumeSnapshot name in the claim's namespace.
     pub snapshot: String,
-    /// `csi` or `csi-group`.
-    pub method: &'static str,
+    /// [`CopyMethod::Csi`] or [`CopyMethod::CsiGroup`].
+    pub method: CopyMethod,
     /// The VolumeGroupSnapshot it belongs to.
     pub group: Option<String>,
 }
@@ -405,7 +406,7 @@ impl Csi {
             out.push(CsiSnapshot {
                 claim: c.clone(),
                 snapshot: name,
-                method: "csi",
+                method: CopyMethod::Csi,
                 group: None,
             });
         }
@@ -547,7 +548,7 @@ impl Csi {
             out.push(CsiSnapshot {
                 claim: (*c).clone(),
                 snapshot: snap.to_string(),
-                method: "csi-group",
+                method: CopyMethod::CsiGroup,
                 group: Some(group.clone()),
             });
         }
