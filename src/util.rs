@@ -77,6 +77,46 @@ pub fn check_name(kind: NameKind, name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Kubernetes' rules for object names that lifeboat turns into paths or object names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KubeName {
+    /// A DNS-1123 label (namespaces): 1 to 63 lowercase letters, digits and `-`, starting and
+    /// ending with a letter or digit.
+    Label,
+    /// A DNS-1123 subdomain (claims, storage classes): 1 to 253 characters, dot-separated labels.
+    Subdomain,
+}
+
+/// Checks `name` as Kubernetes checks it; the error says what is wrong. A name that passes
+/// can never leave a directory when joined to a path (no `/`, no `..`).
+pub fn check_kube_name(rule: KubeName, name: &str) -> Result<(), String> {
+    let max = match rule {
+        KubeName::Label => 63,
+        KubeName::Subdomain => 253,
+    };
+    if name.is_empty() || name.len() > max {
+        return Err(format!("must be 1 to {max} characters"));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let ok = match rule {
+        KubeName::Label => label_ok(name),
+        KubeName::Subdomain => name.split('.').all(label_ok),
+    };
+    if !ok {
+        return Err(match rule {
+            KubeName::Label => "use lowercase letters, digits and `-`, starting and ending with a letter or digit".into(),
+            KubeName::Subdomain => "use lowercase letters, digits, `-` and `.`, each dot-separated part starting and ending with a letter or digit".into(),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +130,32 @@ mod tests {
         }
         assert!(check_name(NameKind::Backup, "").is_err());
         assert!(check_name(NameKind::Backup, "pg nightly").is_err());
+    }
+
+    #[test]
+    fn kubernetes_names_are_checked_as_kubernetes_checks_them() {
+        for good in ["pg", "pg-dr", "a1", &"a".repeat(63)] {
+            assert!(check_kube_name(KubeName::Label, good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "PG",
+            "pg.dr",
+            "-pg",
+            "pg-",
+            "../../x",
+            "a/b",
+            &"a".repeat(64),
+        ] {
+            assert!(check_kube_name(KubeName::Label, bad).is_err(), "{bad:?}");
+        }
+        assert!(check_kube_name(KubeName::Subdomain, "fast.ssd-1").is_ok());
+        for bad in ["..", "a..b", ".a", "a/b", "A"] {
+            assert!(
+                check_kube_name(KubeName::Subdomain, bad).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::*;
+use crate::util::{check_kube_name, KubeName};
 
 // ----- mapping ------------------------------------------------------------------------------
 
@@ -13,7 +14,24 @@ use super::*;
 pub struct Mapping(pub BTreeMap<String, String>);
 
 impl Mapping {
+    /// Parses a mapping flag. Both names of every pair must be valid as what they name:
+    /// namespaces (`--namespace-mapping`) as DNS-1123 labels, anything else (storage
+    /// classes) as DNS-1123 subdomains; a mapped name becomes a path and an object name.
     pub fn parse(flag: &'static str, text: &str) -> Result<Mapping, ResourceError> {
+        let rule = if flag == "--namespace-mapping" {
+            KubeName::Label
+        } else {
+            KubeName::Subdomain
+        };
+        Self::parse_as(rule, flag, text)
+    }
+
+    /// [`Mapping::parse`] with the naming rule given.
+    pub fn parse_as(
+        rule: KubeName,
+        flag: &'static str,
+        text: &str,
+    ) -> Result<Mapping, ResourceError> {
         let mut m = BTreeMap::new();
         for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let bad = |reason: &str| ResourceError::BadFlag {
@@ -24,6 +42,10 @@ impl Mapping {
             let (old, new) = pair.split_once(':').ok_or_else(|| bad("write old:new"))?;
             if old.is_empty() || new.is_empty() || new.contains(':') {
                 return Err(bad("write old:new with non-empty names"));
+            }
+            for name in [old, new] {
+                check_kube_name(rule, name)
+                    .map_err(|reason| bad(&format!("`{name}` is not a valid name: {reason}")))?;
             }
             if m.insert(old.to_string(), new.to_string()).is_some() {
                 return Err(bad("the same name is mapped twice"));
@@ -155,5 +177,25 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn mapped_names_that_could_escape_a_directory_or_no_cluster_accepts_are_refused() {
+        let too_long = format!("pg:{}", "a".repeat(64));
+        for bad in [
+            "pg:../../../somewhere",
+            "pg:PG-DR",
+            "pg:pg.dr",
+            too_long.as_str(),
+            "../x:pg",
+        ] {
+            let e = Mapping::parse("--namespace-mapping", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("is not a valid name"), "{bad}: {e}");
+        }
+        // Storage classes may hold dots, never slashes.
+        assert!(Mapping::parse("--storage-class-mapping", "fast.ssd:standard").is_ok());
+        assert!(Mapping::parse("--storage-class-mapping", "fast:../x").is_err());
     }
 }

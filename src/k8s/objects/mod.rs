@@ -8,6 +8,8 @@
 
 use serde_json::Value;
 
+use crate::util::{check_kube_name, KubeName};
+
 mod hold;
 mod map;
 mod order;
@@ -37,6 +39,18 @@ pub enum ResourceError {
     },
 }
 
+/// The API server's rule for every object name: it is a path segment of the object's URL,
+/// so it may not be `.` or `..` and may not hold `/` or `%`.
+fn path_segment(name: &str) -> Result<(), String> {
+    if name == "." || name == ".." {
+        return Err("may not be `.` or `..`".into());
+    }
+    if name.contains(['/', '%']) {
+        return Err("may not contain `/` or `%`".into());
+    }
+    Ok(())
+}
+
 /// Identity of an object: apiVersion, kind, namespace (None: cluster-scoped), name.
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -59,7 +73,7 @@ impl ObjRef {
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
         };
-        Ok(ObjRef {
+        let r = ObjRef {
             api_version: s("/apiVersion")
                 .ok_or_else(|| bad("no apiVersion"))?
                 .to_string(),
@@ -68,7 +82,19 @@ impl ObjRef {
             name: s("/metadata/name")
                 .ok_or_else(|| bad("no metadata.name"))?
                 .to_string(),
-        })
+        };
+        // Names become paths of cluster directories and of restored objects: hold them to
+        // the API server's own rules, so none can leave its directory.
+        if let Some(ns) = &r.namespace {
+            check_kube_name(KubeName::Label, ns)
+                .map_err(|e| bad(&format!("metadata.namespace `{ns}`: {e}")))?;
+        }
+        path_segment(&r.name).map_err(|e| bad(&format!("metadata.name `{}`: {e}", r.name)))?;
+        if r.kind == "Namespace" {
+            check_kube_name(KubeName::Label, &r.name)
+                .map_err(|e| bad(&format!("Namespace name `{}`: {e}", r.name)))?;
+        }
+        Ok(r)
     }
 
     /// API group: `` for the core group, `apps`, `lifeboat.dev`, ...
@@ -85,5 +111,30 @@ impl ObjRef {
             Some(ns) => format!("{}/{}/{}", self.kind, ns, self.name),
             None => format!("{}/{}", self.kind, self.name),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_that_would_leave_a_directory_are_not_objects() {
+        let obj = |ns: &str, name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"namespace": ns, "name": name}});
+        assert!(ObjRef::of(&obj("pg", "cm"), "t").is_ok());
+        assert!(ObjRef::of(&obj("pg", "system:controller"), "t").is_ok());
+        for (ns, name) in [
+            ("../x", "cm"),
+            ("PG", "cm"),
+            ("pg", ".."),
+            ("pg", "a/b"),
+            ("pg", "a%2f"),
+        ] {
+            let e = ObjRef::of(&obj(ns, name), "t").unwrap_err().to_string();
+            assert!(e.contains("metadata."), "{ns}/{name}: {e}");
+        }
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "Bad.NS"}});
+        assert!(ObjRef::of(&ns, "t").is_err());
     }
 }
