@@ -51,8 +51,13 @@ pub enum RepoError {
     Foreign { location: String, reason: String },
     #[error("{location} holds objects but no lifeboat `config`: refusing to initialise a repository over foreign data (choose an empty location or prefix)")]
     NotEmpty { location: String },
-    #[error("the password does not open any key of the repository at {location}; check LIFEBOAT_PASSWORD or --password-file")]
-    WrongPassword { location: String },
+    #[error("the password does not open any key of the repository at {location}; check LIFEBOAT_PASSWORD or --password-file{}", damaged_keys(damaged))]
+    WrongPassword {
+        location: String,
+        /// Key objects that could not be read (damaged): the password may have been one of
+        /// them.
+        damaged: Vec<String>,
+    },
     #[error("repository at {location} has format version {found}; this lifeboat reads version {supported}: upgrade lifeboat")]
     UnsupportedVersion {
         location: String,
@@ -82,6 +87,17 @@ pub enum RepoError {
     Worker(String),
     #[error("the repository is locked: {holder}; try again when it is done (a lock of a process that died expires by itself)")]
     Locked { holder: String },
+}
+
+fn damaged_keys(damaged: &[String]) -> String {
+    if damaged.is_empty() {
+        return String::new();
+    }
+    format!(
+        " ({} key object(s) are damaged and were skipped: {}; if the password was theirs, open the repository with another password and add it again, and run `lifeboat repo check`)",
+        damaged.len(),
+        damaged.join("; ")
+    )
 }
 
 impl RepoError {
@@ -165,6 +181,9 @@ pub struct KeyInfo {
     pub created: OffsetDateTime,
     pub hostname: String,
     pub current: bool,
+    /// Why the key object cannot be read, when it is damaged (it opens nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 /// An open repository. Cheap to share behind an `Arc`.
@@ -199,6 +218,7 @@ impl Repository {
         cancel: CancellationToken,
     ) -> Result<Repository, RepoError> {
         options.validate()?;
+        check_password(password)?;
         let location = store.location();
         if store.head("config", &cancel).await?.is_some() {
             return Err(RepoError::AlreadyInitialized { location });
@@ -284,8 +304,18 @@ impl Repository {
             ));
         }
         let mut found = None;
+        // One damaged key object must not lock out the passwords of the others.
+        let mut damaged = Vec::new();
         for o in &key_objects {
-            let (id, kf) = read_key(&store, &o.key, &cancel).await?;
+            let (id, kf) = match read_key(&store, &o.key, &cancel).await {
+                Ok(k) => k,
+                Err(e @ RepoError::Corrupt { .. }) => {
+                    tracing::warn!("skipping a damaged key: {e}");
+                    damaged.push(e.to_string());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let pw = password.to_vec();
             let kdf = kf.kdf;
             let w = Wrapped {
@@ -299,11 +329,16 @@ impl Repository {
                     break;
                 }
                 Err(CryptoError::WrongPassword) => continue,
-                Err(e) => return Err(RepoError::corrupt(o.key.clone(), e)),
+                Err(e) => {
+                    let e = RepoError::corrupt(o.key.clone(), e);
+                    tracing::warn!("skipping a damaged key: {e}");
+                    damaged.push(e.to_string());
+                }
             }
         }
-        let (key_id, keys) = found.ok_or(RepoError::WrongPassword {
+        let (key_id, keys) = found.ok_or_else(|| RepoError::WrongPassword {
             location: location.clone(),
+            damaged,
         })?;
         if keys.config_mac(&config.mac_input()) != config.mac {
             return Err(RepoError::corrupt(
@@ -342,28 +377,58 @@ impl Repository {
 
     /// Adds a password: a new key object wrapping the same master secret. No data is re-encrypted.
     pub async fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<KeyId, RepoError> {
+        check_password(password)?;
         let keys = self.keys.clone();
         let pw = password.to_vec();
         let wrapped = cpu(move || keys.wrap(&pw, kdf)).await?.map_err(kdf_err)?;
         write_key(&self.store, wrapped, kdf, &self.cancel).await
     }
 
+    /// Every key object; a damaged one is listed as such (it opens nothing) rather than
+    /// failing the listing.
     pub async fn list_keys(&self) -> Result<Vec<KeyInfo>, RepoError> {
         let mut out = Vec::new();
         for o in self.store.list("keys/", &self.cancel).await? {
-            let (id, kf) = read_key(&self.store, &o.key, &self.cancel).await?;
-            out.push(KeyInfo {
-                id,
-                created: kf.created,
-                hostname: kf.hostname,
-                current: id == self.key_id,
-            });
+            match read_key(&self.store, &o.key, &self.cancel).await {
+                Ok((id, kf)) => out.push(KeyInfo {
+                    id,
+                    created: kf.created,
+                    hostname: kf.hostname,
+                    current: id == self.key_id,
+                    damaged: None,
+                }),
+                Err(e @ RepoError::Corrupt { .. }) => {
+                    let Ok(id) = o.key["keys/".len()..].parse::<KeyId>() else {
+                        tracing::warn!("{e}");
+                        continue;
+                    };
+                    out.push(KeyInfo {
+                        id,
+                        created: OffsetDateTime::UNIX_EPOCH,
+                        hostname: String::new(),
+                        current: false,
+                        damaged: Some(e.to_string()),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }
 
     /// Removes a password's key object (by id or unique id prefix). The last key stays.
+    ///
+    /// Key changes are serialised by an exclusive repository lock, and the keys are listed
+    /// again under it: two removals at once can never both pass the "last key" check (one
+    /// of them is refused as locked, retryable), so the repository always keeps a key.
     pub async fn remove_key(&self, spec: &str) -> Result<KeyId, RepoError> {
+        let lock = self.lock(LockKind::Exclusive, "key remove").await?;
+        let result = self.remove_key_locked(spec).await;
+        lock.release().await?;
+        result
+    }
+
+    async fn remove_key_locked(&self, spec: &str) -> Result<KeyId, RepoError> {
         let keys = self.list_keys().await?;
         let matches: Vec<&KeyInfo> = keys
             .iter()
@@ -379,7 +444,13 @@ impl Repository {
                 )))
             }
         };
-        if keys.len() == 1 {
+        // Only keys that open count: a damaged key object is no fallback.
+        if keys
+            .iter()
+            .filter(|o| o.id != k.id && o.damaged.is_none())
+            .count()
+            == 0
+        {
             return Err(RepoError::LastKey);
         }
         self.store.delete(&k.id.key(), &self.cancel).await?;
@@ -664,6 +735,17 @@ impl Repository {
     pub fn writer(self: &Arc<Self>, max_uploads: usize) -> BlobWriter {
         BlobWriter::new(self.clone(), max_uploads)
     }
+}
+
+/// A new password may not be empty (an empty secret is what a missing one reads as).
+fn check_password(password: &[u8]) -> Result<(), RepoError> {
+    if password.is_empty() {
+        return Err(RepoError::BadSettings(
+            "the password is empty; give a non-empty one (LIFEBOAT_PASSWORD or --password-file)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 fn kdf_err(e: CryptoError) -> RepoError {

@@ -16,6 +16,7 @@ mod layout;
 mod live;
 mod live_volumes;
 mod repository;
+mod robustness;
 mod schedules;
 mod store_conformance;
 mod support;
