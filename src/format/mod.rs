@@ -571,4 +571,9 @@ pub struct LockFile {
     pub expires: OffsetDateTime,
     /// Makes each lock object unique.
     pub nonce: String,
+    /// The holder process, as `<boot id>/<pid namespace>/<start time>`: lets a locker of the
+    /// same host, boot and pid namespace tell that the holder is gone (its pid runs no more,
+    /// or runs another process). Absent in locks of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
 }

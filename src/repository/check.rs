@@ -53,6 +53,7 @@ impl Repository {
     pub async fn check(&self, options: &CheckOptions) -> Result<CheckReport, RepoError> {
         let mut r = CheckReport::default();
         self.check_keys(&mut r).await?;
+        self.check_locks(&mut r).await?;
         let stored = self.stored_packs(&mut r).await?;
         let index = self.check_index(&stored, &mut r).await?;
         self.check_snapshots(&index, &mut r).await?;
@@ -82,6 +83,17 @@ impl Repository {
             }
         }
 
+        Ok(())
+    }
+
+    /// Locks: anything under `locks/` that is not a lock blocks nobody but is damage.
+    async fn check_locks(&self, r: &mut CheckReport) -> Result<(), RepoError> {
+        for (key, state) in self.all_locks().await? {
+            if let super::lock::LockState::Garbage(why) = state {
+                r.errors
+                    .push(format!("{key}: {why}; `lifeboat repo unlock` removes it"));
+            }
+        }
         Ok(())
     }
 

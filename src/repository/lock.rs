@@ -73,12 +73,73 @@ fn new_lock(kind: LockKind, purpose: &str, ttl: Duration) -> LockFile {
         time: now,
         expires: now + time::Duration::try_from(ttl).expect("ttl in range"),
         nonce: hex::encode(rand::random::<[u8; 8]>()),
+        process: process_identity(std::process::id()),
     }
 }
 
+/// `<boot id>/<pid namespace>/<start time>` of process `pid`, from /proc; None when /proc
+/// does not tell (another OS, a restricted sandbox, or no such process).
+fn process_identity(pid: u32) -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (start time), counted after the command name's closing parenthesis.
+    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?;
+    Some(format!("{}/{}/{start}", boot.trim(), ns.display()))
+}
+
+/// What an object under `locks/` is.
+#[derive(Debug, Clone)]
+pub enum LockState {
+    /// Held: not expired, and not of a process known to be dead.
+    Live(LockFile),
+    /// Expired, or of a process of this host that no longer runs.
+    Stale(LockFile),
+    /// Not a lock at all (damaged, or foreign): ignored by lockers, reported by `check`.
+    Garbage(String),
+}
+
+/// Whether `lock` is held by a process that is known to be gone: one of this host, boot and
+/// pid namespace whose pid no longer runs, or runs a process started at another time (the
+/// pid was reused). Anything less certain (another host, another container, an older lock
+/// without its process identity) keeps the lock until it expires.
+fn holder_is_dead(lock: &LockFile) -> bool {
+    let Some(theirs) = &lock.process else {
+        return false;
+    };
+    if lock.hostname != hostname() {
+        return false;
+    }
+    let Some(mine) = process_identity(std::process::id()) else {
+        return false;
+    };
+    let (their_place, _) = theirs.rsplit_once('/').unwrap_or((theirs, ""));
+    let (my_place, _) = mine.rsplit_once('/').unwrap_or((&mine, ""));
+    if their_place != my_place {
+        return false; // another boot or another pid namespace: its pids are not ours
+    }
+    process_identity(lock.pid).as_deref() != Some(theirs.as_str())
+}
+
+/// Classifies one object under `locks/`.
+pub fn lock_state(bytes: &[u8], now: OffsetDateTime) -> LockState {
+    match serde_json::from_slice::<LockFile>(bytes) {
+        Err(e) => LockState::Garbage(format!("not a lock: {e}")),
+        Ok(l) if l.expires < now || holder_is_dead(&l) => LockState::Stale(l),
+        Ok(l) => LockState::Live(l),
+    }
+}
+
+/// What `repo unlock` removed, and what it left because it is still live.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct UnlockReport {
+    pub removed: Vec<String>,
+    pub kept: Vec<String>,
+}
+
 impl Repository {
-    /// Every lock in the store that has not expired, by key; expired ones are removed.
-    pub async fn live_locks(&self) -> Result<Vec<(String, LockFile)>, RepoError> {
+    /// Every object under `locks/` with what it is.
+    pub async fn all_locks(&self) -> Result<Vec<(String, LockState)>, RepoError> {
         let now = OffsetDateTime::now_utc();
         let mut out = Vec::new();
         for o in self.store().list("locks/", self.cancel()).await? {
@@ -88,23 +149,48 @@ impl Repository {
                 Err(crate::store::StoreError::NotFound { .. }) => continue,
                 Err(e) => return Err(e.into()),
             };
-            let lock: LockFile = match serde_json::from_slice(&bytes) {
-                Ok(l) => l,
-                Err(e) => {
-                    return Err(RepoError::Corrupt {
-                        object: o.key,
-                        reason: format!("not a lock: {e}"),
-                    })
-                }
-            };
-            if lock.expires < now {
-                tracing::warn!(lock = %o.key, "removing a stale lock: {}", lock.describe());
-                let _ = self.store().delete(&o.key, self.cancel()).await;
-                continue;
-            }
-            out.push((o.key, lock));
+            out.push((o.key, lock_state(&bytes, now)));
         }
         Ok(out)
+    }
+
+    /// Every lock in the store that is held, by key. Stale ones (expired, or of a dead process
+    /// of this host) are removed; garbage is ignored with a warning (`repo check` reports it,
+    /// `repo unlock` removes it).
+    pub async fn live_locks(&self) -> Result<Vec<(String, LockFile)>, RepoError> {
+        let mut out = Vec::new();
+        for (key, state) in self.all_locks().await? {
+            match state {
+                LockState::Live(l) => out.push((key, l)),
+                LockState::Stale(l) => {
+                    tracing::warn!(lock = %key, "removing a stale lock: {}", l.describe());
+                    let _ = self.store().delete(&key, self.cancel()).await;
+                }
+                LockState::Garbage(why) => {
+                    tracing::warn!(lock = %key, "ignoring an object under locks/ that is {why}; `lifeboat repo unlock` removes it");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes stale and garbage lock objects; live ones too with `force` (only when the
+    /// process holding them is known to be gone: a live lock's holder may still be writing).
+    pub async fn unlock(&self, force: bool) -> Result<UnlockReport, RepoError> {
+        let mut report = UnlockReport::default();
+        for (key, state) in self.all_locks().await? {
+            let shown = match &state {
+                LockState::Live(l) | LockState::Stale(l) => format!("{key}: {}", l.describe()),
+                LockState::Garbage(why) => format!("{key}: {why}"),
+            };
+            if matches!(state, LockState::Live(_)) && !force {
+                report.kept.push(shown);
+                continue;
+            }
+            self.store().delete(&key, self.cancel()).await?;
+            report.removed.push(shown);
+        }
+        Ok(report)
     }
 
     /// Takes a lock, or fails at once naming who holds the conflicting one (retryable: try

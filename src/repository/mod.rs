@@ -15,7 +15,7 @@ mod writer;
 
 pub use check::{CheckOptions, CheckReport};
 pub use index::{BlobLocation, Index};
-pub use lock::{LockFile, LockGuard, LockKind, LOCK_REFRESH, LOCK_TTL};
+pub use lock::{LockFile, LockGuard, LockKind, LockState, UnlockReport, LOCK_REFRESH, LOCK_TTL};
 pub use prune::{PruneOptions, PruneReport};
 pub use writer::{BlobWriter, Claims, WriterStats};
 
@@ -637,16 +637,24 @@ impl Repository {
             .await
     }
 
-    /// Every snapshot, oldest first.
+    /// Every readable snapshot, oldest first. A damaged snapshot object is skipped with a
+    /// warning (`repo check` reports it, `repo repair` removes it), so one damaged old
+    /// snapshot does not stop listings, `NAME:latest` or new backups.
     pub async fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
-        let mut all: Vec<(SnapshotId, Snapshot)> = self
-            .load_all("snapshots", Role::Snapshot)
-            .await?
-            .into_iter()
-            .map(|(h, s)| (SnapshotId(h), s))
-            .collect();
-        all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(all)
+        let (found, damaged) = self.load_all_readable("snapshots", Role::Snapshot).await?;
+        for e in &damaged {
+            tracing::warn!("skipping a damaged snapshot: {e}; run `lifeboat repo check`");
+        }
+        Ok(sorted_snapshots(found))
+    }
+
+    /// Every snapshot, oldest first, failing on the first damaged one: for prune, which
+    /// must know everything that is referenced before it deletes anything.
+    pub(crate) async fn all_snapshots_strict(
+        &self,
+    ) -> Result<Vec<(SnapshotId, Snapshot)>, RepoError> {
+        let found = self.load_all("snapshots", Role::Snapshot).await?;
+        Ok(sorted_snapshots(found))
     }
 
     pub async fn snapshot_ids(&self) -> Result<Vec<SnapshotId>, RepoError> {
@@ -698,14 +706,16 @@ impl Repository {
 
     // ----- index --------------------------------------------------------------------------
 
-    /// Loads every index object (from the local cache where it can) into memory.
+    /// Loads every readable index object (from the local cache where it can) into memory. A
+    /// damaged index object is skipped with a warning: a backup then stores its blobs again,
+    /// a restore that needs one of them says which, and `repo repair` rebuilds the index from
+    /// the packs. (Prune reads the index strictly: it must never take a pack for unindexed.)
     pub async fn load_index(&self) -> Result<Index, RepoError> {
-        let files: Vec<crate::format::IndexFile> = self
-            .load_all("index", Role::Index)
-            .await?
-            .into_iter()
-            .map(|(_, f)| f)
-            .collect();
+        let (found, damaged) = self.load_all_readable("index", Role::Index).await?;
+        for e in &damaged {
+            tracing::warn!("skipping a damaged index object: {e}; run `lifeboat repo check`");
+        }
+        let files: Vec<crate::format::IndexFile> = found.into_iter().map(|(_, f)| f).collect();
         cpu(move || Index::from_files(files)).await
     }
 
@@ -731,10 +741,47 @@ impl Repository {
             .await
     }
 
+    /// [`Repository::load_all`], but an object that fails verification (damaged, or not
+    /// named as lifeboat names objects) is set aside with its error instead of failing the
+    /// whole read. Store errors (unreachable, throttled) still fail it.
+    pub(crate) async fn load_all_readable<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        dir: &str,
+        role: Role,
+    ) -> Result<(Vec<([u8; 32], T)>, Vec<RepoError>), RepoError> {
+        let listed = self.store.list(&format!("{dir}/"), &self.cancel).await?;
+        let mut reads = futures::stream::iter(listed)
+            .map(|o| async move {
+                let mut hash = [0u8; 32];
+                hex::decode_to_slice(&o.key[dir.len() + 1..], &mut hash).map_err(|e| {
+                    RepoError::corrupt(o.key.clone(), format!("unexpected object name: {e}"))
+                })?;
+                let value = self.read_sealed_json(&o.key, &hash, role).await?;
+                Ok::<_, RepoError>((hash, value))
+            })
+            .buffer_unordered(METADATA_CONCURRENCY);
+        let (mut found, mut damaged) = (Vec::new(), Vec::new());
+        while let Some(r) = reads.next().await {
+            match r {
+                Ok(v) => found.push(v),
+                Err(e @ RepoError::Corrupt { .. }) => damaged.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((found, damaged))
+    }
+
     /// A writer that packs blobs and uploads packs in the background.
     pub fn writer(self: &Arc<Self>, max_uploads: usize) -> BlobWriter {
         BlobWriter::new(self.clone(), max_uploads)
     }
+}
+
+fn sorted_snapshots(found: Vec<([u8; 32], Snapshot)>) -> Vec<(SnapshotId, Snapshot)> {
+    let mut all: Vec<(SnapshotId, Snapshot)> =
+        found.into_iter().map(|(h, s)| (SnapshotId(h), s)).collect();
+    all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+    all
 }
 
 /// A new password may not be empty (an empty secret is what a missing one reads as).

@@ -67,7 +67,7 @@ impl Repository {
         report: &mut PruneReport,
     ) -> Result<HashSet<BlobId>, RepoError> {
         let mut used = HashSet::new();
-        let snapshots = self.list_snapshots().await?;
+        let snapshots = self.all_snapshots_strict().await?;
         report.snapshots = snapshots.len();
         let mut segments = HashSet::new();
         for (_, s) in &snapshots {

@@ -6,13 +6,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use lifeboat::format::KdfParams;
-use lifeboat::repository::{RepoError, Repository};
+use indicatif::ProgressBar;
+use lifeboat::demo::generate_image;
+use lifeboat::format::{KdfParams, LockFile, LockKind};
+use lifeboat::repository::{CheckOptions, PruneOptions, RepoError, Repository};
 use lifeboat::store::memory::MemoryStore;
 use lifeboat::store::{ObjectInfo, Store, StoreError};
+use lifeboat::volume::restore::{restore_volume, RestoreOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{new_repo, test_init_options, PASSWORD};
+use crate::support::{new_repo, reopen, test_init_options, tmp, PASSWORD};
+use crate::volume::{backup, restore, same};
 
 fn c() -> CancellationToken {
     CancellationToken::new()
@@ -192,4 +196,210 @@ async fn an_empty_password_is_refused_and_nothing_is_written() {
         .unwrap_err();
     assert!(e.to_string().contains("password is empty"), "{e}");
     assert_eq!(mem.list("keys/", &c()).await.unwrap().len(), 1);
+}
+
+fn flip(mem: &MemoryStore, key: &str) {
+    let mut b = futures::executor::block_on(mem.get(key, &c()))
+        .unwrap()
+        .to_vec();
+    let i = b.len() / 2;
+    b[i] ^= 0x01;
+    mem.tamper(key, Bytes::from(b));
+}
+
+async fn keys_under(mem: &MemoryStore, prefix: &str) -> Vec<String> {
+    mem.list(prefix, &c())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect()
+}
+
+#[tokio::test]
+async fn one_damaged_snapshot_stops_no_listing_latest_or_backup_but_stops_prune() {
+    let d = tmp();
+    let (a, b) = (d.path().join("a.img"), d.path().join("b.img"));
+    generate_image(&a, 1 << 20, 1).unwrap();
+    generate_image(&b, 1 << 20, 2).unwrap();
+    let mem = MemoryStore::new();
+    let repo = new_repo(Arc::new(mem.clone())).await;
+    let old = backup(&repo, "a", &a).await;
+    backup(&repo, "b", &b).await;
+    flip(&mem, &old.snapshot_id.key());
+
+    let repo = reopen(Arc::new(mem.clone())).await;
+    let listed = repo.list_snapshots().await.unwrap();
+    assert_eq!(
+        listed.len(),
+        1,
+        "the damaged snapshot is skipped, the other listed"
+    );
+    let out = d.path().join("b.out");
+    restore(&repo, "b:latest", &out).await;
+    assert!(same(&b, &out));
+    // A new backup of the damaged snapshot's volume goes through (as a full one).
+    let again = backup(&repo, "a", &a).await;
+    assert_eq!(again.parent, None);
+    let out = d.path().join("a.out");
+    restore(&repo, "a:latest", &out).await;
+    assert!(same(&a, &out));
+    // check names it; prune, which must know every reference, refuses and deletes nothing.
+    let r = repo.check(&CheckOptions::default()).await.unwrap();
+    assert!(
+        r.errors.iter().any(|e| e.contains(&old.snapshot_id.key())),
+        "{:?}",
+        r.errors
+    );
+    let packs = keys_under(&mem, "data/").await;
+    let e = repo.prune(&PruneOptions::default()).await.unwrap_err();
+    assert!(matches!(e, RepoError::Corrupt { .. }), "{e}");
+    assert_eq!(
+        keys_under(&mem, "data/").await,
+        packs,
+        "prune deleted nothing"
+    );
+}
+
+#[tokio::test]
+async fn one_damaged_index_object_stops_only_the_restores_that_need_it() {
+    let d = tmp();
+    let (a, b) = (d.path().join("a.img"), d.path().join("b.img"));
+    generate_image(&a, 1 << 20, 3).unwrap();
+    generate_image(&b, 1 << 20, 4).unwrap();
+    let mem = MemoryStore::new();
+    let repo = new_repo(Arc::new(mem.clone())).await;
+    backup(&repo, "a", &a).await;
+    let a_index = keys_under(&mem, "index/").await;
+    backup(&repo, "b", &b).await;
+    for k in &a_index {
+        flip(&mem, k);
+    }
+    let repo = reopen(Arc::new(mem.clone())).await;
+    let out = d.path().join("b.out");
+    restore(&repo, "b:latest", &out).await;
+    assert!(
+        same(&b, &out),
+        "a restore whose blobs another index object lists works"
+    );
+    let (id, snap) = repo.resolve_snapshot("a:latest").await.unwrap();
+    let e = restore_volume(
+        repo.clone(),
+        id,
+        &snap,
+        &d.path().join("a.out"),
+        &RestoreOptions::default(),
+        &ProgressBar::hidden(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("repo check"),
+        "the one that needs it says what to do: {e}"
+    );
+    let r = repo.check(&CheckOptions::default()).await.unwrap();
+    assert!(
+        r.errors.iter().any(|e| e.contains(&a_index[0])),
+        "{:?}",
+        r.errors
+    );
+}
+
+#[tokio::test]
+async fn garbage_under_locks_blocks_nobody_is_reported_and_unlock_removes_it() {
+    let d = tmp();
+    let src = d.path().join("v.img");
+    generate_image(&src, 1 << 20, 5).unwrap();
+    let mem = MemoryStore::new();
+    let repo = new_repo(Arc::new(mem.clone())).await;
+    mem.put(
+        "locks/0000garbage",
+        Bytes::from_static(b"\x00not json"),
+        &c(),
+    )
+    .await
+    .unwrap();
+    backup(&repo, "v", &src).await;
+    let out = d.path().join("v.out");
+    restore(&repo, "v:latest", &out).await;
+    let r = repo.check(&CheckOptions::default()).await.unwrap();
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains("locks/0000garbage") && e.contains("repo unlock")),
+        "{:?}",
+        r.errors
+    );
+    let u = repo.unlock(false).await.unwrap();
+    assert_eq!(u.removed.len(), 1, "{u:?}");
+    assert!(repo.check(&CheckOptions::default()).await.unwrap().ok());
+}
+
+/// A lock object as another process of this host and pid namespace would write it.
+async fn write_lock_of(mem: &MemoryStore, pid: u32, start: &str) -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap();
+    let lock = LockFile {
+        version: lifeboat::format::FORMAT_VERSION,
+        kind: LockKind::Exclusive,
+        purpose: "prune".into(),
+        hostname: host.trim().into(),
+        pid,
+        time: now,
+        expires: now + time::Duration::minutes(30),
+        nonce: "test".into(),
+        process: Some(format!("{}/{}/{start}", boot.trim(), ns.display())),
+    };
+    let bytes = serde_json::to_vec(&lock).unwrap();
+    let key = format!("locks/{}", hex::encode(blake3::hash(&bytes).as_bytes()));
+    mem.put(&key, Bytes::from(bytes), &c()).await.unwrap();
+    key
+}
+
+#[tokio::test]
+async fn a_lock_of_a_process_that_died_on_this_host_is_not_waited_for() {
+    let mem = MemoryStore::new();
+    let repo = new_repo(Arc::new(mem.clone())).await;
+    // A prune that was killed: its pid no longer runs.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let key = write_lock_of(&mem, dead, "12345").await;
+    let guard = repo
+        .lock(LockKind::Shared, "restore")
+        .await
+        .expect("not blocked by a dead prune");
+    guard.release().await.unwrap();
+    assert!(
+        !keys_under(&mem, "locks/").await.contains(&key),
+        "the dead lock was removed"
+    );
+
+    // A live holder (this very process, as another command would be) is kept, unless forced.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let start = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_string();
+    let live = write_lock_of(&mem, std::process::id(), &start).await;
+    let e = repo
+        .lock(LockKind::Shared, "restore")
+        .await
+        .err()
+        .expect("a live exclusive lock holds");
+    assert!(matches!(e, RepoError::Locked { .. }), "{e}");
+    let kept = repo.unlock(false).await.unwrap();
+    assert_eq!(kept.kept.len(), 1, "{kept:?}");
+    assert!(keys_under(&mem, "locks/").await.contains(&live));
+    let forced = repo.unlock(true).await.unwrap();
+    assert_eq!(forced.removed.len(), 1, "{forced:?}");
+    assert!(keys_under(&mem, "locks/").await.is_empty());
 }
