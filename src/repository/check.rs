@@ -146,7 +146,7 @@ impl Repository {
             indexed.insert(*id);
             match stored.get(id) {
                 None => r.errors.push(format!(
-                    "{}: listed in the index but missing from the store",
+                    "{}: listed in the index but missing from the store; to recover, back the affected volumes up again with `volume backup --full` (it stores their blocks anew), then `lifeboat repo repair` removes the snapshots that cannot be restored",
                     id.key()
                 )),
                 Some(s) if s != size => r.errors.push(format!(

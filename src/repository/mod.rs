@@ -11,12 +11,14 @@ mod check;
 mod index;
 mod lock;
 mod prune;
+mod repair;
 mod writer;
 
 pub use check::{CheckOptions, CheckReport};
 pub use index::{BlobLocation, Index};
 pub use lock::{LockFile, LockGuard, LockKind, LockState, UnlockReport, LOCK_REFRESH, LOCK_TTL};
 pub use prune::{PruneOptions, PruneReport};
+pub use repair::{RepairOptions, RepairReport};
 pub use writer::{BlobWriter, Claims, WriterStats};
 
 use std::path::PathBuf;
@@ -739,6 +741,37 @@ impl Repository {
             .buffer_unordered(METADATA_CONCURRENCY)
             .try_collect()
             .await
+    }
+
+    /// [`Repository::load_index`] without the packs that the store does not hold (lost or
+    /// deleted): for a backup that must store a blob again rather than trust an index entry
+    /// whose data is gone (`volume backup --full`, the way to recover lost packs).
+    pub async fn load_index_of_stored_packs(&self) -> Result<Index, RepoError> {
+        let (found, damaged) = self.load_all_readable("index", Role::Index).await?;
+        for e in &damaged {
+            tracing::warn!("skipping a damaged index object: {e}; run `lifeboat repo check`");
+        }
+        let stored: std::collections::HashSet<String> = self
+            .store
+            .list("data/", &self.cancel)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        let mut lost = 0;
+        let files: Vec<crate::format::IndexFile> = found
+            .into_iter()
+            .map(|(_, mut f): ([u8; 32], crate::format::IndexFile)| {
+                let before = f.packs.len();
+                f.packs.retain(|p| stored.contains(&p.id.key()));
+                lost += before - f.packs.len();
+                f
+            })
+            .collect();
+        if lost > 0 {
+            tracing::warn!("{lost} pack(s) listed in the index are missing from the store: their blocks are stored again");
+        }
+        cpu(move || Index::from_files(files)).await
     }
 
     /// [`Repository::load_all`], but an object that fails verification (damaged, or not

@@ -255,7 +255,13 @@ async fn backup_inner(
         })?;
         cpu(move || data_extents(&f, size)).await?
     };
-    let index = repo.load_index().await?;
+    // A full backup trusts no index entry whose pack is gone: it is how lost packs are
+    // recovered, and it must store their blocks again.
+    let index = if opts.full {
+        repo.load_index_of_stored_packs().await?
+    } else {
+        repo.load_index().await?
+    };
     let mut writer = repo.writer(opts.max_uploads);
     let shared = Arc::new(Shared {
         file,
