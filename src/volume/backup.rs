@@ -200,12 +200,27 @@ fn open_source(path: &Path) -> Result<(File, u64), BackupError> {
         path: path.display().to_string(),
         source,
     };
-    let file = File::open(path).map_err(err)?;
-    if file.metadata().map_err(err)?.is_dir() {
-        return Err(err(std::io::Error::other(
-            "is a directory; give an image file or a block device",
-        )));
+    // Look before opening: opening a FIFO blocks until a writer comes, and a character
+    // device or socket is no volume.
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path).map_err(err)?.file_type();
+    let refuse = if kind.is_dir() {
+        Some("is a directory")
+    } else if kind.is_fifo() {
+        Some("is a FIFO (named pipe)")
+    } else if kind.is_socket() {
+        Some("is a socket")
+    } else if kind.is_char_device() {
+        Some("is a character device")
+    } else {
+        None
+    };
+    if let Some(what) = refuse {
+        return Err(err(std::io::Error::other(format!(
+            "{what}; give an image file or a block device"
+        ))));
     }
+    let file = File::open(path).map_err(err)?;
     let size = source_size(&file).map_err(err)?;
     if size == 0 {
         return Err(BackupError::EmptySource {

@@ -505,3 +505,33 @@ async fn repair_rebuilds_a_damaged_index_from_the_packs() {
     restore(&repo, "v:latest", &out).await;
     assert!(same(&src, &out));
 }
+
+#[tokio::test]
+async fn a_fifo_or_character_device_as_source_is_refused_at_once() {
+    let d = tmp();
+    let fifo = d.path().join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let repo = new_repo(Arc::new(MemoryStore::new())).await;
+    for (src, what) in [
+        (fifo.as_path(), "FIFO"),
+        (std::path::Path::new("/dev/null"), "character device"),
+    ] {
+        // Before the fix, opening the FIFO blocked forever: bound the wait.
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            backup_volume(
+                repo.clone(),
+                &BackupOptions::new("v", src),
+                &ProgressBar::hidden(),
+            ),
+        )
+        .await
+        .expect("refused at once, not hung");
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains(what) && e.contains("block device"), "{e}");
+    }
+}
