@@ -163,7 +163,7 @@ impl ClusterDir {
             })?;
             out.extend(parse_documents(&shown, &text)?);
         }
-        Ok(out)
+        Ok(first_of_each(out))
     }
 
     /// Writes restored objects into the directory, one file each under
@@ -260,6 +260,30 @@ impl ClusterDir {
             .join(ns)
             .join(format!("{}.{}.yaml", r.kind.to_ascii_lowercase(), r.name))
     }
+}
+
+/// One object per identity: a cluster can hold an object once, so a second copy (the same
+/// kind, namespace and name in another file or document) is dropped with a warning naming
+/// both places, and the first one, in file order, is kept.
+fn first_of_each(objects: Vec<Exported>) -> Vec<Exported> {
+    let mut seen: HashMap<ObjRef, String> = HashMap::new();
+    objects
+        .into_iter()
+        .filter(|e| match seen.get(&e.r) {
+            Some(first) => {
+                tracing::warn!(
+                    "{} appears twice: in {first} and in {}; keeping the first, ignoring the second",
+                    e.r.display(),
+                    e.origin
+                );
+                false
+            }
+            None => {
+                seen.insert(e.r.clone(), e.origin.clone());
+                true
+            }
+        })
+        .collect()
 }
 
 /// Writes a file; Secrets are readable by the owner only.
@@ -717,6 +741,21 @@ impl<'a> ScopeSelector<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_found_twice_in_a_cluster_directory_is_restored_once() {
+        let d = tempfile::tempdir().unwrap();
+        let res = d.path().join("resources");
+        std::fs::create_dir_all(&res).unwrap();
+        let cm = |v: &str| {
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm, namespace: pg}}\ndata: {{v: \"{v}\"}}\n")
+        };
+        std::fs::write(res.join("a.yaml"), cm("first")).unwrap();
+        std::fs::write(res.join("b.yaml"), cm("second")).unwrap();
+        let all = ClusterDir::new(d.path()).load().unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0].value["data"]["v"], "first");
+    }
 
     #[test]
     fn selectors() {
