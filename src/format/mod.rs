@@ -11,6 +11,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+pub mod standby; // the DR site's files: journal, commit marker, applied record
+
 /// The repository format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 

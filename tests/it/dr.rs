@@ -9,7 +9,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::consistency::{make_cluster, volume};
-use crate::support::{garage, json, lb, ok, run, tmp, Run};
+use crate::support::{free_port, garage, json, lb, lifeboat, ok, run, tmp, Run};
 
 const PODS: [&str; 3] = ["db-0", "db-1", "db-2"];
 
@@ -192,6 +192,8 @@ fn standby_follows_a_schedule_by_block_map_difference_and_activate_deactivate_to
         "written {written} for 128 KiB changed: {second:#}"
     );
     assert!(fetched <= 512 << 10, "fetched {fetched}: {second:#}");
+    // Committed: no journal is left beside the volumes (they were until the next cycle).
+    assert!(leftovers(&s.dr).is_empty(), "{:?}", leftovers(&s.dr));
     let modes: Vec<&str> = second["volumes"]
         .as_array()
         .unwrap()
@@ -243,6 +245,16 @@ fn standby_follows_a_schedule_by_block_map_difference_and_activate_deactivate_to
         site_object(&s.dr, "Deployment", "api")["spec"]["replicas"],
         3
     );
+    // A deactivation that cannot reach its site changes nothing: the namespace stays
+    // activated (it used to be recorded deactivated first, so that standby went back to
+    // writing under the application still running there).
+    let r = run(s
+        .lb()
+        .env("KUBECONFIG", s.scratch.join("no-kubeconfig"))
+        .args(["deactivate", "-n", "db", "--context", "gone"]));
+    assert_ne!(r.code, 0);
+    let status = json(&ok(run(s.lb().args(["standby", "status", "--json"]))));
+    assert_eq!(status[0]["activated"], true, "{status:#}");
     // A namespace standby never applied cannot be activated.
     let r = run(s
         .lb()
@@ -520,4 +532,37 @@ fn a_running_standby_serves_its_figures_on_metrics_and_stops_on_sigterm() {
     );
     assert!(status.success(), "standby stops cleanly on SIGTERM");
     assert!(same_volumes(&s.primary, &s.dr));
+}
+
+#[test]
+fn a_standby_once_against_an_unreachable_bucket_fails_retryable() {
+    let d = tmp();
+    let r = run(lifeboat()
+        .env("LIFEBOAT_PASSWORD", "pw")
+        .env(
+            "AWS_ENDPOINT_URL_S3",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .env("AWS_REGION", "us-east-1")
+        .args([
+            "--repo",
+            "s3://bucket/prefix",
+            "--timeout",
+            "2",
+            "--state-dir",
+        ])
+        .arg(d.path().join("state"))
+        .args([
+            "standby",
+            "--schedule",
+            "db-hourly",
+            "--once",
+            "--cluster-dir",
+        ])
+        .arg(d.path().join("dr")));
+    // 3: worth another try (it was 1, the error told as text).
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("cannot be opened"), "{}", r.stderr);
 }

@@ -1100,7 +1100,8 @@ async fn changed_block_tracking_case(groups: GroupSnapshots) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_toggle() {
-    use lifeboat::standby::{cycle_live, StandbyOptions};
+    use lifeboat::format::standby::VolumeMode;
+    use lifeboat::standby::{cycle_live, NamespaceState, StandbyOptions};
     let d = tmp();
     let repo_path = init_repo(d.path());
     std::fs::create_dir_all(d.path().join("p")).unwrap();
@@ -1139,7 +1140,7 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
         .unwrap();
     assert_eq!(
         reports[0].state,
-        "applied",
+        NamespaceState::Applied,
         "{reports:#?}\n{:#?}",
         dr.log.lock().unwrap()
     );
@@ -1181,7 +1182,7 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
             .await
             .unwrap()[0]
             .state,
-        "up-to-date"
+        NamespaceState::UpToDate
     );
 
     // The primary changes both claims; the next backup moves the site's existing claims by
@@ -1235,7 +1236,7 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
                 .unwrap();
             let e = r[0].error.clone().unwrap_or_default();
             assert!(
-                r[0].state == "failed"
+                r[0].state == NamespaceState::Failed
                     && e.contains("expand it")
                     && e.contains("kubectl -n db patch pvc lifeboat-standby-journal"),
                 "{r:#?}"
@@ -1251,7 +1252,7 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
             let r = cycle_live(&repo, &live, &catalog, &o, movers())
                 .await
                 .unwrap();
-            assert_eq!(r[0].state, "failed", "{r:#?}");
+            assert_eq!(r[0].state, NamespaceState::Failed, "{r:#?}");
             assert!(!same_as_primary(), "committed, not yet replayed");
             dr.job_env.lock().unwrap().clear();
         }
@@ -1260,17 +1261,17 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
             .unwrap();
         assert_eq!(
             r[0].state,
-            "applied",
+            NamespaceState::Applied,
             "{r:#?}\n{:#?}",
             dr.log.lock().unwrap()
         );
         for v in &r[0].volumes {
             if kill {
                 // The killed Job's commit was finished first: nothing was left to do.
-                assert_eq!(v.mode, "unchanged", "{v:?}");
+                assert_eq!(v.mode, VolumeMode::Unchanged, "{v:?}");
             } else {
                 // One 4 KiB write: its 64 KiB block, fetched compressed, nothing else.
-                assert_eq!(v.mode, "delta", "{v:?}");
+                assert_eq!(v.mode, VolumeMode::Delta, "{v:?}");
                 assert_eq!((v.blocks_changed, v.bytes_written), (1, 65536), "{v:?}");
                 assert!(
                     v.bytes_fetched > 0 && v.bytes_fetched <= 65536 + 1024,
@@ -1366,7 +1367,7 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
     let r = cycle_live(&repo, &live, &fresh, &o, movers())
         .await
         .unwrap();
-    assert_eq!(r[0].state, "activated", "{r:#?}");
+    assert_eq!(r[0].state, NamespaceState::Activated, "{r:#?}");
     assert_eq!(
         dr.objects.lock().unwrap()["/apis/apps/v1/namespaces/db/deployments/api"]["spec"]
             ["replicas"],
@@ -1405,9 +1406,9 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
     let r = cycle_live(&repo, &live, &catalog, &o, movers())
         .await
         .unwrap();
-    assert_eq!(r[0].state, "applied", "{r:#?}");
+    assert_eq!(r[0].state, NamespaceState::Applied, "{r:#?}");
     assert!(
-        r[0].volumes.iter().all(|v| v.mode == "full"),
+        r[0].volumes.iter().all(|v| v.mode == VolumeMode::Full),
         "{:?}",
         r[0].volumes
     );
@@ -1426,7 +1427,7 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
         .unwrap();
     let e = r[0].error.clone().unwrap_or_default();
     assert!(
-        r[0].state == "failed" && e.contains("--overwrite-claims"),
+        r[0].state == NamespaceState::Failed && e.contains("--overwrite-claims"),
         "{r:#?}"
     );
     let o2 = StandbyOptions {
@@ -1436,9 +1437,9 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
     let r = cycle_live(&repo, &primary_live, &back, &o2, movers())
         .await
         .unwrap();
-    assert_eq!(r[0].state, "applied", "{r:#?}");
+    assert_eq!(r[0].state, NamespaceState::Applied, "{r:#?}");
     assert!(
-        r[0].volumes.iter().all(|v| v.mode == "full"),
+        r[0].volumes.iter().all(|v| v.mode == VolumeMode::Full),
         "{:?}",
         r[0].volumes
     );

@@ -10,6 +10,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
 use super::{api_err, object_name, Csi};
+use crate::format::standby::VolumeMode;
 use crate::k8s::LiveError;
 
 /// On a standby site: the repository snapshot a claim's data is (set by standby when it wrote
@@ -25,7 +26,7 @@ pub const JOURNAL_DIR: &str = "/var/lib/lifeboat-standby";
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AppliedClaim {
     pub pvc: String,
-    pub mode: String,
+    pub mode: VolumeMode,
     pub blocks_changed: u64,
     pub bytes_fetched: u64,
     pub bytes_written: u64,
