@@ -1,5 +1,8 @@
-//! Generated volume data for the demo, the tests and the benchmark: takes a size and a seed;
-//! gives a deterministic sparse image of mixed content and reproducible changes to it.
+//! The demo, and generated volume data for it, the tests and the benchmark: takes a size and
+//! a seed; gives a deterministic sparse image of mixed content and reproducible changes to
+//! it, and [`run`]: the whole flow on such an image in a scratch directory (init, full and
+//! incremental backup, restore, compare, check), told step by step. Must not touch anything
+//! outside its scratch directory, nor use a directory that holds anything.
 //!
 //! Each 1 MiB region is a hole (25 %), a copy of an earlier region (15 %), text-like
 //! (20 %) or random (40 %): the same mix the peers were measured on.
@@ -7,9 +10,18 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use indicatif::ProgressBar;
+use tokio_util::sync::CancellationToken;
+
+use crate::repository::{CheckOptions, InitOptions, RepoError, Repository};
+use crate::store::{StoreError, StoreOptions};
+use crate::util::blocking;
+use crate::volume::backup::{backup_volume, BackupError, BackupOptions, BackupOutcome};
 use crate::volume::diff::ByteRange;
+use crate::volume::restore::{restore_volume, RestoreError, RestoreOptions, RestoreStats};
 
 const REGION: u64 = 1 << 20;
 
@@ -170,10 +182,234 @@ pub fn write_ranges(path: &Path, ranges: &[ByteRange]) -> io::Result<()> {
     std::fs::write(path, serde_json::to_vec_pretty(&v)?)
 }
 
+/// [`mutate`], then the changed ranges written to `ranges_out` as a changed-ranges file.
+pub fn mutate_into(
+    image: &Path,
+    fraction: f64,
+    extent: u64,
+    seed: u64,
+    ranges_out: &Path,
+) -> io::Result<Vec<ByteRange>> {
+    let ranges = mutate(image, fraction, extent, seed)?;
+    write_ranges(ranges_out, &ranges)?;
+    Ok(ranges)
+}
+
 /// BLAKE3 of a file's bytes, for comparing a restore with its source.
 pub fn file_hash(path: &Path) -> io::Result<blake3::Hash> {
     let mut h = blake3::Hasher::new();
     let mut f = File::open(path)?;
     io::copy(&mut f, &mut h)?;
     Ok(h.finalize())
+}
+
+// ----- the demo ---------------------------------------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("demo: {} is not empty; give a new or empty directory", .0.display())]
+    NotEmpty(PathBuf),
+    #[error("demo: {what}: {error}")]
+    Io { what: String, error: io::Error },
+    #[error("demo: the restored volume differs from the source")]
+    Differs,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+}
+
+impl DemoError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            DemoError::Store(e) => e.is_retryable(),
+            DemoError::Repo(e) => e.is_retryable(),
+            DemoError::Backup(e) => e.is_retryable(),
+            DemoError::Restore(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+/// An IO error of one step of the demo.
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DemoError {
+    let what = what.into();
+    move |error| DemoError::Io { what, error }
+}
+
+/// What the demo is run with.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Scratch directory (must not exist or be empty); None: a new one under the temporary
+    /// directory.
+    pub dir: Option<PathBuf>,
+    /// Size of the generated volume in MiB (at least 1).
+    pub size_mib: u64,
+    pub store: StoreOptions,
+    pub cancel: CancellationToken,
+}
+
+/// A step of the demo, done.
+#[derive(Debug, Clone, Copy)]
+pub enum DemoStep<'a> {
+    /// The scratch directory is ready.
+    Started {
+        dir: &'a Path,
+    },
+    Generated {
+        size_mib: u64,
+    },
+    RepositoryCreated {
+        at: &'a Path,
+    },
+    FullBackup(&'a BackupOutcome),
+    /// 1 % of the volume changed in 64 KiB extents, then backed up again.
+    IncrementalBackup(&'a BackupOutcome),
+    Restored {
+        to: &'a Path,
+        stats: &'a RestoreStats,
+        identical: bool,
+    },
+    Checked {
+        ok: bool,
+        packs_read: usize,
+    },
+}
+
+/// How the demo tells what it does: each step as it is done, a progress bar per long step.
+pub trait Narrator {
+    fn step(&self, step: DemoStep<'_>);
+    fn progress(&self, what: &str) -> ProgressBar;
+}
+
+/// What the demo did (its `--json` output; fields in the order it has always printed them).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DemoReport {
+    pub check_ok: bool,
+    pub dir: PathBuf,
+    pub full: BackupOutcome,
+    /// The restored volume is bit-identical to the source.
+    pub identical: bool,
+    pub incremental: BackupOutcome,
+    pub restore: RestoreStats,
+    /// Problems `repo check --read-data` found.
+    #[serde(skip)]
+    pub check_errors: usize,
+}
+
+/// The scratch directory: the one given if it is new or empty, else a new one.
+fn scratch_dir(dir: Option<PathBuf>) -> Result<PathBuf, DemoError> {
+    let dir = match dir {
+        Some(d) => {
+            let used = d.exists()
+                && std::fs::read_dir(&d)
+                    .map(|mut r| r.next().is_some())
+                    .unwrap_or(true);
+            if used {
+                return Err(DemoError::NotEmpty(d));
+            }
+            d
+        }
+        None => std::env::temp_dir().join(format!("lifeboat-demo-{:08x}", rand::random::<u32>())),
+    };
+    std::fs::create_dir_all(&dir).map_err(io_err("create scratch directory"))?;
+    Ok(dir)
+}
+
+/// A backup of the demo volume, with a progress bar.
+async fn backup(
+    repo: &Arc<Repository>,
+    opts: BackupOptions,
+    what: &str,
+    n: &dyn Narrator,
+) -> Result<BackupOutcome, DemoError> {
+    let pb = n.progress(what);
+    let out = backup_volume(repo.clone(), &opts, &pb).await?;
+    pb.finish_and_clear();
+    Ok(out)
+}
+
+/// BLAKE3 of a file, off the runtime.
+async fn hash(path: &Path) -> Result<blake3::Hash, DemoError> {
+    let p = path.to_path_buf();
+    blocking(move || file_hash(&p))
+        .await
+        .map_err(io_err("hash"))
+}
+
+/// Runs the whole flow on generated data in a scratch directory: generate, init, full and
+/// incremental backup, restore, compare, check. A restore that differs or a check that finds
+/// damage is reported (`identical`, `check_ok`), not an error.
+pub async fn run(o: &DemoOptions, n: &dyn Narrator) -> Result<DemoReport, DemoError> {
+    let dir = scratch_dir(o.dir.clone())?;
+    n.step(DemoStep::Started { dir: &dir });
+    let image = dir.join("volume.img");
+    let size = o.size_mib.max(1) << 20;
+    let img = image.clone();
+    blocking(move || generate_image(&img, size, 42))
+        .await
+        .map_err(io_err("generate volume"))?;
+    n.step(DemoStep::Generated {
+        size_mib: o.size_mib,
+    });
+    let repo_dir = dir.join("repo");
+    let store = crate::store::open(&repo_dir.display().to_string(), &o.store).await?;
+    let repo = Arc::new(
+        Repository::init(store, b"demo", &InitOptions::default(), o.cancel.clone()).await?,
+    );
+    n.step(DemoStep::RepositoryCreated { at: &repo_dir });
+    let full = backup(
+        &repo,
+        BackupOptions::new("demo-volume", &image),
+        "full backup",
+        n,
+    )
+    .await?;
+    n.step(DemoStep::FullBackup(&full));
+    let ranges_file = dir.join("changed-ranges.json");
+    let (img, rf) = (image.clone(), ranges_file.clone());
+    blocking(move || mutate_into(&img, 0.01, 64 << 10, 7, &rf))
+        .await
+        .map_err(io_err("change volume"))?;
+    let mut opts = BackupOptions::new("demo-volume", &image);
+    opts.changed_ranges = Some(ranges_file);
+    let inc = backup(&repo, opts, "incremental backup", n).await?;
+    n.step(DemoStep::IncrementalBackup(&inc));
+    let (id, snap) = repo.resolve_snapshot("demo-volume:latest").await?;
+    let restored = dir.join("restored.img");
+    let pb = n.progress("restore");
+    let rs = restore_volume(
+        repo.clone(),
+        id,
+        &snap,
+        &restored,
+        &RestoreOptions::default(),
+        &pb,
+    )
+    .await?;
+    pb.finish_and_clear();
+    let identical = hash(&image).await? == hash(&restored).await?;
+    n.step(DemoStep::Restored {
+        to: &restored,
+        stats: &rs,
+        identical,
+    });
+    let check = repo.check(&CheckOptions { read_data: true }).await?;
+    n.step(DemoStep::Checked {
+        ok: check.ok(),
+        packs_read: check.packs_read,
+    });
+    Ok(DemoReport {
+        check_ok: check.ok(),
+        dir,
+        full,
+        identical,
+        incremental: inc,
+        restore: rs,
+        check_errors: check.errors.len(),
+    })
 }

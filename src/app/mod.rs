@@ -17,4 +17,8 @@ pub mod record; // backup records of objects, restore planning
 
 pub mod volumes; // the volumes of application backups and restores
 
+pub mod request; // a backup request: typed, validated, run from a cluster dir or live
+
+pub mod restore; // a restore in order: plan, volumes, then objects (or a dry run)
+
 pub mod retention; // retention applied: records and their snapshots

@@ -40,11 +40,9 @@ pub enum AppBackupError {
     NotFound(String),
     #[error("output directory {0} is not empty; choose a new or empty directory")]
     OutputNotEmpty(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    // `error`, not `source`: the message says it, and a source would print it twice.
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error(transparent)]
@@ -459,9 +457,9 @@ fn file_name(i: usize, r: &ObjRef) -> String {
 /// Writes the restored objects as YAML files whose lexical order is the apply order, so that
 /// `kubectl apply -f DIR` restores correctly. Secrets are written readable by the owner only.
 pub fn write_output_dir(dir: &Path, plan: &[Planned]) -> Result<Vec<ApplyResult>, AppBackupError> {
-    let io = |source| AppBackupError::Io {
+    let io = |error| AppBackupError::Io {
         path: dir.display().to_string(),
-        source,
+        error,
     };
     if dir.exists() && std::fs::read_dir(dir).map_err(io)?.next().is_some() {
         return Err(AppBackupError::OutputNotEmpty(dir.display().to_string()));

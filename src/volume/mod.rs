@@ -17,4 +17,6 @@ pub mod cbt; // changed blocks from the CSI SnapshotMetadata service (gRPC)
 
 pub mod backup; // read, hash, compress, seal, pack
 
+pub mod mover; // a mover Job's changed blocks: the CSI delta, or None (compare hashes)
+
 pub mod restore; // planned pack reads, verified writes

@@ -505,6 +505,24 @@ fn bad_input_is_named_and_changes_nothing() {
         .arg(&out));
     assert!(r.stderr.contains("not empty"), "{}", r.stderr);
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+    // An output directory that cannot be made: named, its cause said once.
+    let r = run(lb(&repo)
+        .args([
+            "restore",
+            "create",
+            "--from-backup",
+            "apps-1",
+            "--output-dir",
+        ])
+        .arg(out.join("keep.txt").join("sub")));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("keep.txt/sub"), "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("Not a directory").count(),
+        1,
+        "{}",
+        r.stderr
+    );
 
     assert_eq!(snapshot(&repo), before, "nothing in the repository changed");
 }
@@ -539,4 +557,88 @@ fn owners_come_first_and_are_linked_across_a_namespace_mapping() {
     assert_eq!(plan[1].owners.len(), 1);
     assert_eq!(plan[1].owners[0].owner.namespace.as_deref(), Some("pg-dr"));
     assert!(plan[1].owners[0].block_owner_deletion && !plan[1].owners[0].controller);
+}
+
+#[tokio::test]
+async fn a_restore_writes_each_claims_data_before_the_workloads_that_mount_it() {
+    use lifeboat::app::restore::{restore, RestoreFlags, RestoreReport, RestoreRequest};
+    use lifeboat::k8s::source::Outcome;
+    let d = tmp();
+    let repo_dir = repo_with_backup(d.path());
+    let store = lifeboat::store::local::LocalStore::new(&repo_dir);
+    let repo = std::sync::Arc::new(
+        lifeboat::repository::Repository::open(
+            std::sync::Arc::new(store),
+            b"pw",
+            None,
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap(),
+    );
+    let target = d.path().join("dr");
+    std::fs::create_dir_all(target.join("resources")).unwrap();
+    let req = RestoreRequest::new(
+        RestoreFlags {
+            from_backup: "apps-1".into(),
+            namespace_mapping: "pg:pg-dr".into(),
+            cluster_dir: Some(target.clone()),
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .unwrap();
+    let report = restore(repo.clone(), &req).await.unwrap();
+    let RestoreReport::Applied { results, .. } = &report else {
+        panic!("not a dry run")
+    };
+    assert_eq!(report.count(Outcome::Failed), 0, "{results:?}");
+    let at = |kind: &str, name: &str, volume: bool| {
+        results
+            .iter()
+            .position(|r| {
+                r.r.kind == kind
+                    && r.r.name == name
+                    && r.detail.starts_with("volume data") == volume
+            })
+            .unwrap_or_else(|| panic!("{kind}/{name} (volume data: {volume}) in {results:?}"))
+    };
+    // Each claim's data, then its claim object, then the workload mounting it.
+    let postgres = at("Deployment", "postgres", false);
+    assert!(at("PersistentVolumeClaim", "postgres-data", true) < postgres);
+    assert!(at("PersistentVolumeClaim", "postgres-data", false) < postgres);
+    let cassandra = at("StatefulSet", "cassandra", false);
+    for claim in ["data-cassandra-0", "data-cassandra-1", "data-cassandra-2"] {
+        assert!(
+            at("PersistentVolumeClaim", claim, true) < cassandra,
+            "{claim}"
+        );
+    }
+    // The data is where the mapped namespace's workloads find it.
+    assert_eq!(
+        std::fs::read(target.join("volumes/pg-dr/postgres-data.img")).unwrap(),
+        std::fs::read(prod().join("volumes/pg/postgres-data.img")).unwrap()
+    );
+
+    // A dry run plans the same objects and changes nothing.
+    let dry = RestoreRequest::new(
+        RestoreFlags {
+            from_backup: "apps-1".into(),
+            namespace_mapping: "pg:pg-dr".into(),
+            cluster_dir: Some(target.clone()),
+            dry_run: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .unwrap();
+    let before = files(&target);
+    let RestoreReport::Planned { plan, conflicts } = restore(repo, &dry).await.unwrap() else {
+        panic!("a dry run")
+    };
+    assert_eq!(plan.len(), report.plan().len());
+    assert!(conflicts
+        .iter()
+        .any(|r| r.kind == "Deployment" && r.name == "postgres"));
+    assert_eq!(files(&target), before);
 }

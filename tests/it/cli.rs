@@ -168,6 +168,24 @@ fn errors_name_the_problem_and_exit_nonzero() {
 
     let r = run(lifeboat().args(["volume", "backup"]));
     assert_eq!(r.code, 2, "usage errors exit 2");
+
+    // The cause is said once, not once more as the error's source.
+    let r = run(lifeboat()
+        .args(["--repo", &repo, "--password-file"])
+        .arg(d.path().join("no-such-file"))
+        .arg("snapshots"));
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("cannot read password file"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.stderr.matches("No such file or directory").count(),
+        1,
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

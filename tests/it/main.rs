@@ -15,6 +15,7 @@ mod kube_exec;
 mod layout;
 mod live;
 mod live_volumes;
+mod mover;
 mod repository;
 mod robustness;
 mod schedules;

@@ -1,0 +1,254 @@
+//! `backup create|list|describe`: application backups.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::{human, Ctx, Error, MoverArgs};
+use crate::app::record;
+use crate::app::request::{self, BackupFlags, BackupRequest, BackupSource};
+use crate::repository::rfc3339;
+
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
+pub enum BackupCommand {
+    /// Back up one or more namespaces: their objects and the data of their
+    /// PersistentVolumeClaims, the volumes copied together while the pre rules hold the
+    /// application quiet.
+    Create(BackupCreateArgs),
+    /// List application backups, oldest first.
+    List,
+    /// Show what one backup holds.
+    Describe { name: String },
+}
+
+/// `backup create`.
+#[derive(Debug, Args)]
+pub struct BackupCreateArgs {
+    /// Backup name (unique in the repository).
+    pub name: String,
+    /// Namespace to capture (repeatable).
+    #[arg(long = "namespace", short = 'n', required = true)]
+    pub namespaces: Vec<String>,
+    /// Label selector for namespaced objects: k=v, k!=v, k, !k, comma-separated.
+    #[arg(long, default_value = "")]
+    pub selector: String,
+    /// Only these objects: kind/name or kind/namespace/name, comma-separated.
+    #[arg(long, default_value = "")]
+    pub include_resources: String,
+    /// Leave out these kinds, comma-separated.
+    #[arg(long, default_value = "")]
+    pub exclude_resource_types: String,
+    /// Capture from a cluster directory (DIR/resources/ holds exported objects).
+    #[arg(long, value_name = "DIR")]
+    pub cluster_dir: Option<PathBuf>,
+    /// Capture from a live cluster through this kubeconfig context [default: the current
+    /// context, or the in-cluster configuration].
+    #[arg(long, value_name = "CTX", conflicts_with = "cluster_dir")]
+    pub context: Option<String>,
+    /// Rule file (kind: Rule) whose actions run before the volumes are snapshotted
+    /// (repeatable).
+    #[arg(long = "pre-rule", value_name = "FILE")]
+    pub pre_rules: Vec<PathBuf>,
+    /// Rule file whose actions run after the snapshot, and always once pre rules started
+    /// (repeatable).
+    #[arg(long = "post-rule", value_name = "FILE")]
+    pub post_rules: Vec<PathBuf>,
+    /// Back up the data of every PersistentVolumeClaim in scope.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub include_volumes: bool,
+    /// Record the backup as one of this BackupSchedule's (an extra run): its retention
+    /// and the DR sites that follow it take it into account.
+    #[arg(long, value_name = "NAME")]
+    pub schedule: Option<String>,
+    /// VolumeSnapshotClass for live clusters [default: the driver's default class].
+    #[arg(long, value_name = "CLASS")]
+    pub snapshot_class: Option<String>,
+    /// One CSI VolumeGroupSnapshot per namespace: `auto` uses the claims' driver's
+    /// default VolumeGroupSnapshotClass when it has one, `none` takes VolumeSnapshots
+    /// back to back, anything else names the class.
+    #[arg(long, value_name = "CLASS|auto|none", default_value = "auto")]
+    pub group_snapshot_class: crate::k8s::csi::GroupSnapshots,
+    #[command(flatten)]
+    pub movers: MoverArgs,
+}
+
+pub(super) async fn backup(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Error> {
+    match cmd {
+        BackupCommand::Create(a) => create(ctx, a).await,
+        BackupCommand::List => list(ctx).await,
+        BackupCommand::Describe { name } => describe(ctx, name).await,
+    }
+}
+
+impl BackupCreateArgs {
+    fn request(&self, ctx: &Ctx<'_>) -> Result<BackupRequest, Error> {
+        let flags = BackupFlags {
+            name: self.name.clone(),
+            namespaces: self.namespaces.clone(),
+            selector: self.selector.clone(),
+            include_resources: self.include_resources.clone(),
+            exclude_resource_types: self.exclude_resource_types.clone(),
+            pre_rules: self.pre_rules.clone(),
+            post_rules: self.post_rules.clone(),
+            include_volumes: self.include_volumes,
+            schedule: self.schedule.clone(),
+        };
+        let source = match &self.cluster_dir {
+            Some(dir) => BackupSource::ClusterDir(dir.clone()),
+            None => {
+                let mut movers = self.movers.settings(ctx.g);
+                movers.snapshot_class = self.snapshot_class.clone();
+                movers.group_snapshots = self.group_snapshot_class.clone();
+                BackupSource::Live {
+                    context: self.context.clone(),
+                    movers,
+                }
+            }
+        };
+        Ok(BackupRequest::new(flags, source)?)
+    }
+}
+
+async fn create(ctx: &Ctx<'_>, a: &BackupCreateArgs) -> Result<(), Error> {
+    let name = &a.name;
+    let purpose = format!("backup {name}");
+    let out = request::backup(a.request(ctx)?, ctx.open_shared(&purpose), &ctx.cancel).await?;
+    ctx.emit(&out, || {
+        let mut text = format!(
+            "backup {name} ({}): {} objects, {} new, uploaded {}, {:.2}s",
+            out.id.short(),
+            out.objects,
+            out.objects_new,
+            human(out.bytes_uploaded),
+            out.duration_seconds
+        );
+        for v in &out.volumes {
+            text.push_str(&format!("\n{}", volume_line(v)));
+        }
+        for r in &out.rules {
+            text.push_str(&format!(
+                "\n{} rule {} in {}/{}: `{}` {}",
+                r.phase, r.rule, r.namespace, r.pod, r.command, r.outcome
+            ));
+        }
+        for w in &out.warnings {
+            text.push_str(&format!("\nwarning: {w}"));
+        }
+        for f in &out.failures {
+            text.push_str(&format!("\nnot captured: {}: {}", f.what, f.reason));
+        }
+        text
+    });
+    if out.failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::PartialBackup(out.failures.len()))
+    }
+}
+
+async fn list(ctx: &Ctx<'_>) -> Result<(), Error> {
+    let repo = ctx.open().await?;
+    let all = record::list_backups(&repo).await?;
+    let rows: Vec<serde_json::Value> = all
+        .iter()
+        .map(|(id, b)| {
+            serde_json::json!({"id": id, "name": b.name, "time": rfc3339(b.time),
+                "source": b.source, "namespaces": b.filters.namespaces, "objects": b.objects.len()})
+        })
+        .collect();
+    ctx.emit(&rows, || {
+        if all.is_empty() {
+            return "no backups".into();
+        }
+        let mut out = format!(
+            "{:<10} {:<25} {:<24} {:>8}  NAMESPACES",
+            "ID", "TIME", "NAME", "OBJECTS"
+        );
+        for (id, b) in &all {
+            out.push_str(&format!(
+                "\n{:<10} {:<25} {:<24} {:>8}  {}",
+                id.short(),
+                rfc3339(b.time),
+                b.name,
+                b.objects.len(),
+                b.filters.namespaces.join(",")
+            ));
+        }
+        out
+    });
+    Ok(())
+}
+
+async fn describe(ctx: &Ctx<'_>, name: &str) -> Result<(), Error> {
+    let repo = ctx.open().await?;
+    let (id, b) = record::find_backup(&repo, name).await?;
+    ctx.emit(&serde_json::json!({"id": id, "backup": b}), || {
+        let mut out = format!(
+            "backup {} ({})\ntime: {}\nsource: {}\nnamespaces: {}\nselector: {}\nobjects: {}",
+            b.name,
+            id.short(),
+            rfc3339(b.time),
+            b.source,
+            b.filters.namespaces.join(","),
+            if b.filters.selector.is_empty() {
+                "-"
+            } else {
+                &b.filters.selector
+            },
+            b.objects.len()
+        );
+        for f in &b.failures {
+            out.push_str(&format!("\nNOT CAPTURED: {}: {}", f.what, f.reason));
+        }
+        for w in &b.warnings {
+            out.push_str(&format!("\nwarning: {w}"));
+        }
+        for v in &b.volumes {
+            out.push_str(&format!("\n  {}", volume_line(v)));
+        }
+        for r in &b.rules {
+            out.push_str(&format!(
+                "\n  {} rule {} {}/{} [{}] `{}`: {}{} ({} → {})",
+                r.phase,
+                r.rule,
+                r.namespace,
+                r.pod,
+                r.container,
+                r.command,
+                r.outcome,
+                r.exit_code
+                    .map(|c| format!(" exit {c}"))
+                    .unwrap_or_default(),
+                rfc3339(r.started),
+                rfc3339(r.ended)
+            ));
+        }
+        for o in &b.objects {
+            out.push_str(&format!(
+                "\n  {}/{}{} ({} bytes)",
+                o.kind,
+                o.namespace
+                    .as_deref()
+                    .map(|n| format!("{n}/"))
+                    .unwrap_or_default(),
+                o.name,
+                o.size
+            ));
+        }
+        out
+    });
+    Ok(())
+}
+
+/// One claim's data in a backup, as listings show it.
+fn volume_line(v: &crate::format::BackedUpVolume) -> String {
+    format!(
+        "volume {}/{}: snapshot {} ({}, {})",
+        v.namespace,
+        v.pvc,
+        v.snapshot.short(),
+        human(v.size),
+        v.method
+    )
+}

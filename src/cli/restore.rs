@@ -1,0 +1,177 @@
+//! `restore create`: an application backup restored to a directory of YAML, a cluster
+//! directory or a live cluster, or its plan printed (`--dry-run`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::{Ctx, Error, MoverArgs};
+use crate::app::record::Planned;
+use crate::app::restore::{self, RestoreFlags, RestoreReport, RestoreRequest};
+use crate::k8s::objects::ObjRef;
+use crate::k8s::source::{ApplyResult, ExistingPolicy, Outcome};
+
+#[derive(Debug, Subcommand)]
+pub enum RestoreCommand {
+    /// Restore a backup to a directory of YAML (apply order), into a cluster directory, or
+    /// print the plan (--dry-run).
+    Create(RestoreCreateArgs),
+}
+
+/// `restore create`.
+#[derive(Debug, Args)]
+pub struct RestoreCreateArgs {
+    #[arg(long, value_name = "NAME")]
+    pub from_backup: String,
+    /// old:new namespace renames, comma-separated.
+    #[arg(long, default_value = "")]
+    pub namespace_mapping: String,
+    /// old:new storage class renames, comma-separated.
+    #[arg(long, default_value = "")]
+    pub storage_class_mapping: String,
+    /// Only these objects: kind/name or kind/namespace/name, comma-separated.
+    #[arg(long, default_value = "")]
+    pub include_resources: String,
+    /// Label selector for namespaced objects.
+    #[arg(long, default_value = "")]
+    pub selector: String,
+    /// false: workloads at 0 replicas (original count recorded), CronJobs suspended.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub start_applications: bool,
+    /// What to do with objects that exist on the target.
+    #[arg(long, value_enum, default_value_t = ExistingPolicy::Skip)]
+    pub existing_resource_policy: ExistingPolicy,
+    /// Keep the objects' status.
+    #[arg(long)]
+    pub keep_status: bool,
+    /// Keep Service node ports.
+    #[arg(long)]
+    pub keep_node_ports: bool,
+    /// Print the ordered plan and conflicts; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write YAML files whose lexical order is the apply order (for kubectl apply -f).
+    #[arg(long, value_name = "DIR", conflicts_with = "cluster_dir")]
+    pub output_dir: Option<PathBuf>,
+    /// Apply into a cluster directory.
+    #[arg(long, value_name = "DIR", conflicts_with = "context")]
+    pub cluster_dir: Option<PathBuf>,
+    /// Apply to a live cluster through this kubeconfig context (server-side apply).
+    #[arg(long, value_name = "CTX", conflicts_with = "output_dir")]
+    pub context: Option<String>,
+    #[command(flatten)]
+    pub movers: MoverArgs,
+}
+
+pub(super) async fn restore(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Error> {
+    let RestoreCommand::Create(a) = cmd;
+    let req = a.request(ctx)?;
+    let repo = ctx
+        .open_shared(&format!("restore {}", a.from_backup))
+        .await?;
+    let report = restore::restore(repo, &req).await?;
+    match &report {
+        RestoreReport::Planned { plan, conflicts } => {
+            print_plan(ctx, plan, conflicts, a.existing_resource_policy);
+            Ok(())
+        }
+        RestoreReport::Applied { results, .. } => {
+            print_results(ctx, &report, results, &a.from_backup)
+        }
+    }
+}
+
+impl RestoreCreateArgs {
+    fn request(&self, ctx: &Ctx<'_>) -> Result<RestoreRequest, Error> {
+        let flags = RestoreFlags {
+            from_backup: self.from_backup.clone(),
+            namespace_mapping: self.namespace_mapping.clone(),
+            storage_class_mapping: self.storage_class_mapping.clone(),
+            include_resources: self.include_resources.clone(),
+            selector: self.selector.clone(),
+            start_applications: self.start_applications,
+            existing_resource_policy: self.existing_resource_policy,
+            keep_status: self.keep_status,
+            keep_node_ports: self.keep_node_ports,
+            dry_run: self.dry_run,
+            output_dir: self.output_dir.clone(),
+            cluster_dir: self.cluster_dir.clone(),
+            context: self.context.clone(),
+        };
+        Ok(RestoreRequest::new(flags, self.movers.settings(ctx.g))?)
+    }
+}
+
+/// A dry run: each object to apply in order (renames and conflicts marked), then the skipped.
+fn print_plan(ctx: &Ctx<'_>, plan: &[Planned], conflicts: &[ObjRef], policy: ExistingPolicy) {
+    let rows: Vec<serde_json::Value> = plan
+        .iter()
+        .map(|p| {
+            serde_json::json!({"source": p.source, "target": p.target, "skipped": p.skipped,
+                "exists": conflicts.contains(&p.target), "object": if p.skipped.is_none() { p.value.clone() } else { serde_json::Value::Null }})
+        })
+        .collect();
+    ctx.emit(&rows, || {
+        let mut out = String::new();
+        let mut n = 0;
+        for p in plan {
+            match &p.skipped {
+                None => {
+                    n += 1;
+                    let renamed = if p.source != p.target {
+                        format!(" (from {})", p.source.display())
+                    } else {
+                        String::new()
+                    };
+                    let exists = if conflicts.contains(&p.target) {
+                        format!("  CONFLICT: exists on the target ({policy:?} policy)")
+                    } else {
+                        String::new()
+                    };
+                    out.push_str(&format!(
+                        "{n:>4}. apply {}{renamed}{exists}\n",
+                        p.target.display()
+                    ));
+                }
+                Some(why) => out.push_str(&format!("      skip  {}: {why}\n", p.source.display())),
+            }
+        }
+        out.push_str(&format!(
+            "dry run: {n} objects would be applied; nothing was changed"
+        ));
+        out
+    });
+}
+
+/// What was done to each volume and object; an error when any failed.
+fn print_results(
+    ctx: &Ctx<'_>,
+    report: &RestoreReport,
+    results: &[ApplyResult],
+    from_backup: &str,
+) -> Result<(), Error> {
+    let failed = report.count(Outcome::Failed);
+    let skipped: Vec<serde_json::Value> = report
+        .not_restored()
+        .map(|(r, why)| serde_json::json!({"object": r, "reason": why}))
+        .collect();
+    ctx.emit(&serde_json::json!({"results": results, "not_restored": skipped}), || {
+        let mut out = String::new();
+        for r in results {
+            out.push_str(&format!("{:<8} {} {}\n", format!("{:?}", r.outcome).to_lowercase(), r.r.display(), r.detail));
+        }
+        out.push_str(&format!(
+            "restored from {from_backup}: {} created, {} updated, {} skipped, {} failed; {} objects not restored by rule",
+            report.count(Outcome::Created),
+            report.count(Outcome::Updated),
+            report.count(Outcome::Skipped),
+            failed,
+            skipped.len()
+        ));
+        out
+    });
+    if failed > 0 {
+        return Err(Error::ObjectsFailed(failed));
+    }
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! `volume backup|restore|verify` and `snapshots`: one volume (an image file or a block
+//! device) and its snapshots; also what the mover Jobs run.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+
+use super::{human, write_report, Ctx, Error};
+use crate::repository::rfc3339;
+use crate::volume::backup::{backup_volume, BackupOptions};
+use crate::volume::mover::{self, CsiDelta};
+use crate::volume::restore::{restore_volume, RestoreOptions};
+
+/// Changed blocks from the CSI SnapshotMetadata service, for `volume backup` in a mover Job
+/// (the Job is given these by lifeboat; anything that fails falls back to comparing hashes).
+#[derive(Debug, Clone, Args)]
+pub struct CsiDeltaArgs {
+    /// SnapshotMetadata service address (host:port).
+    #[arg(long, value_name = "HOST:PORT", hide = true, conflicts_with_all = ["changed_ranges", "full"],
+          requires_all = ["csi_delta_ca", "csi_delta_token_file", "csi_delta_namespace", "csi_delta_base", "csi_delta_target", "csi_delta_parent"])]
+    csi_delta_address: Option<String>,
+    /// Its CA bundle: PEM, or PEM in base64 as a SnapshotMetadataService's `spec.caCert`.
+    #[arg(
+        long,
+        env = "LIFEBOAT_CSI_DELTA_CA",
+        hide = true,
+        hide_env_values = true
+    )]
+    csi_delta_ca: Option<String>,
+    /// File holding a ServiceAccount token for the service's audience.
+    #[arg(long, value_name = "FILE", hide = true)]
+    csi_delta_token_file: Option<PathBuf>,
+    /// Namespace of the two VolumeSnapshots.
+    #[arg(long, hide = true)]
+    csi_delta_namespace: Option<String>,
+    /// The base snapshot (its CSI snapshot handle, or name for a v1alpha1 service).
+    #[arg(long, hide = true)]
+    csi_delta_base: Option<String>,
+    /// The VolumeSnapshot being read.
+    #[arg(long, hide = true)]
+    csi_delta_target: Option<String>,
+    /// The source label of the repository snapshot that was read from the base: the
+    /// ranges are used only when NAME's newest snapshot carries it.
+    #[arg(long, hide = true)]
+    csi_delta_parent: Option<String>,
+}
+
+impl CsiDeltaArgs {
+    /// The request to the service, when every value of it is given.
+    fn delta(&self) -> Option<CsiDelta> {
+        Some(CsiDelta {
+            address: self.csi_delta_address.clone()?,
+            ca: self.csi_delta_ca.clone()?,
+            token_file: self.csi_delta_token_file.clone()?,
+            namespace: self.csi_delta_namespace.clone()?,
+            base: self.csi_delta_base.clone()?,
+            target: self.csi_delta_target.clone()?,
+            parent: self.csi_delta_parent.clone()?,
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Back up an image file or block device as snapshot of volume NAME, incrementally
+    /// against NAME's newest snapshot.
+    Backup {
+        /// Volume name (incrementals chain by name).
+        #[arg(long)]
+        name: String,
+        /// Image file or block device.
+        source: PathBuf,
+        /// JSON array of {"offset": N, "length": N} byte extents changed since the newest
+        /// snapshot of NAME: only those are read.
+        #[arg(long, value_name = "FILE")]
+        changed_ranges: Option<PathBuf>,
+        /// Read and hash every block instead of comparing with the parent.
+        #[arg(long, conflicts_with = "changed_ranges")]
+        full: bool,
+        /// What the snapshot records as its source instead of the path (the mover Jobs
+        /// name the claim and snapshot they read).
+        #[arg(long, hide = true)]
+        label: Option<String>,
+        #[command(flatten)]
+        csi_delta: Box<CsiDeltaArgs>,
+    },
+    /// Restore a snapshot (id, unique id prefix, or NAME:latest) to a new file, or with
+    /// --overwrite onto an existing file or block device.
+    Restore {
+        snapshot: String,
+        target: PathBuf,
+        /// Update an existing target in place (e.g. an older copy, or a block device): only
+        /// blocks that differ are written.
+        #[arg(long)]
+        overwrite: bool,
+        /// Ranged reads in flight.
+        #[arg(long, default_value_t = 4)]
+        downloads: usize,
+    },
+    /// Check an image file or block device against a snapshot, block by block (keyed hashes
+    /// and zeros as the block map says); exit 4 on a difference.
+    Verify {
+        snapshot: String,
+        target: PathBuf,
+        /// Write the result as JSON here and exit 0 whatever it says (the drill's Jobs: their
+        /// termination message, which the drill reads).
+        #[arg(long, value_name = "FILE", hide = true)]
+        report_file: Option<PathBuf>,
+    },
+}
+
+/// `volume verify`'s result.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VerifyReport {
+    pub snapshot: String,
+    pub verified: bool,
+    pub blocks_verified: u64,
+    pub blocks_total: u64,
+}
+
+pub(super) async fn volume(ctx: &Ctx<'_>, cmd: &VolumeCommand) -> Result<(), Error> {
+    match cmd {
+        VolumeCommand::Backup {
+            name,
+            source,
+            changed_ranges,
+            full,
+            label,
+            csi_delta,
+        } => {
+            let mut opts = BackupOptions::new(name, source);
+            opts.changed_ranges = changed_ranges.clone();
+            opts.full = *full;
+            opts.label = label.clone();
+            backup(ctx, opts, csi_delta.delta()).await
+        }
+        VolumeCommand::Restore {
+            snapshot,
+            target,
+            overwrite,
+            downloads,
+        } => {
+            let opts = RestoreOptions {
+                downloads: *downloads,
+                overwrite: *overwrite,
+            };
+            restore(ctx, snapshot, target, &opts).await
+        }
+        VolumeCommand::Verify {
+            snapshot,
+            target,
+            report_file,
+        } => verify(ctx, snapshot, target, report_file.as_deref()).await,
+    }
+}
+
+/// A snapshot of the volume, reading only the blocks the CSI delta (if given and trusted)
+/// says changed.
+async fn backup(
+    ctx: &Ctx<'_>,
+    mut opts: BackupOptions,
+    delta: Option<CsiDelta>,
+) -> Result<(), Error> {
+    let name = opts.name.clone();
+    let repo = ctx.open_shared(&format!("volume backup {name}")).await?;
+    if let Some(d) = &delta {
+        opts.given_ranges = mover::changed_ranges(&repo, &name, d, &ctx.cancel).await;
+    }
+    let pb = ctx.progress(&format!("backup {name}"));
+    let out = backup_volume(repo, &opts, &pb).await?;
+    pb.finish_and_clear();
+    ctx.emit(&out, || {
+        let s = &out.stats;
+        format!(
+            "snapshot {} of {name} ({}): read {}, new {}, uploaded {}, {}/{} blocks changed, {:.2}s",
+            out.snapshot_id.short(),
+            out.change_source,
+            human(s.bytes_read),
+            human(s.bytes_new),
+            human(s.bytes_uploaded),
+            s.blocks_changed,
+            s.blocks_total,
+            s.duration_seconds
+        )
+    });
+    Ok(())
+}
+
+async fn restore(
+    ctx: &Ctx<'_>,
+    snapshot: &str,
+    target: &Path,
+    opts: &RestoreOptions,
+) -> Result<(), Error> {
+    let repo = ctx
+        .open_shared(&format!("volume restore {snapshot}"))
+        .await?;
+    let (id, snap) = repo.resolve_snapshot(snapshot).await?;
+    let pb = ctx.progress(&format!("restore {}", id.short()));
+    let stats = restore_volume(repo, id, &snap, target, opts, &pb).await?;
+    pb.finish_and_clear();
+    ctx.emit(&stats, || {
+        format!(
+            "restored {} ({}) to {} [{}]: wrote {} in {} blocks, {} blocks already identical, fetched {}, {:.2}s",
+            id.short(),
+            snap.name,
+            stats.target,
+            stats.mode,
+            human(stats.bytes_written),
+            stats.blocks_written,
+            stats.blocks_unchanged,
+            human(stats.bytes_fetched),
+            stats.duration_seconds
+        )
+    });
+    Ok(())
+}
+
+/// Checks the target block by block; a difference is an error unless the result goes to a
+/// report file (a drill's Job, whose report says it).
+async fn verify(
+    ctx: &Ctx<'_>,
+    snapshot: &str,
+    target: &Path,
+    report_file: Option<&Path>,
+) -> Result<(), Error> {
+    let repo = ctx
+        .open_shared(&format!("volume verify {snapshot}"))
+        .await?;
+    let (id, snap) = repo.resolve_snapshot(snapshot).await?;
+    let index = repo.load_index().await?;
+    let (verified, n) = crate::standby::verify_volume(&repo, &index, &snap, target).await?;
+    let report = VerifyReport {
+        snapshot: id.to_hex(),
+        verified,
+        blocks_verified: n,
+        blocks_total: snap.blocks(),
+    };
+    if let Some(f) = report_file {
+        write_report(f, &report);
+    }
+    ctx.emit(&report, || {
+        format!(
+            "{}: {} of {} blocks match snapshot {} ({}){}",
+            target.display(),
+            n,
+            report.blocks_total,
+            id.short(),
+            snap.name,
+            if verified { "" } else { ": DIFFERENT" }
+        )
+    });
+    if verified || report_file.is_some() {
+        Ok(())
+    } else {
+        Err(Error::VolumeDiffers {
+            target: target.display().to_string(),
+            snapshot: id.short(),
+            block: n,
+        })
+    }
+}
+
+pub(super) async fn snapshots(ctx: &Ctx<'_>) -> Result<(), Error> {
+    let repo = ctx.open().await?;
+    let all = repo.list_snapshots().await?;
+    if ctx.g.json {
+        let v: Vec<serde_json::Value> = all
+            .iter()
+            .map(|(id, s)| {
+                serde_json::json!({
+                    "id": id, "name": s.name, "time": rfc3339(s.time),
+                    "size": s.size, "parent": s.parent, "hostname": s.hostname, "source": s.source,
+                    "change_source": s.change_source, "stats": s.stats,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).expect("serialises"));
+    } else if all.is_empty() {
+        println!("no snapshots");
+    } else {
+        println!(
+            "{:<10} {:<25} {:<20} {:>10} {:<10}",
+            "ID", "TIME", "NAME", "SIZE", "PARENT"
+        );
+        for (id, s) in &all {
+            println!(
+                "{:<10} {:<25} {:<20} {:>10} {:<10}",
+                id.short(),
+                rfc3339(s.time),
+                s.name,
+                human(s.size),
+                s.parent.map(|p| p.short()).unwrap_or_else(|| "-".into())
+            );
+        }
+    }
+    Ok(())
+}
