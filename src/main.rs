@@ -29,8 +29,23 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = e.exit_code();
-            eprintln!("error: {:#}", anyhow::Error::from(e));
+            eprintln!("error: {}", one_line(&anyhow::Error::from(e)));
             ExitCode::from(code)
         }
     }
+}
+
+/// The error and its causes on one line, each cause only once: most messages already name
+/// their cause (`cannot read source X: No such file`), and printing the chain again would
+/// repeat it.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
