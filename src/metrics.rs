@@ -1,6 +1,7 @@
 //! The metrics endpoint shared by the scheduler server and the standby worker: takes a
 //! listener and a function rendering the Prometheus text; gives `GET /metrics` and
-//! `/healthz`. Knows nothing of what the figures mean (the callers render them).
+//! `/healthz` ([`listen`] gives the listener). Knows nothing of what the figures mean (the
+//! callers render them).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,4 +42,26 @@ pub async fn serve_metrics(
             let _ = sock.write_all(resp.as_bytes()).await;
         });
     }
+}
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} for metrics: {source}")]
+pub struct MetricsError {
+    pub addr: std::net::SocketAddr,
+    pub source: std::io::Error,
+}
+
+impl MetricsError {
+    /// The address is taken (by a server still stopping, say): it may be free later.
+    pub fn is_retryable(&self) -> bool {
+        self.source.kind() == std::io::ErrorKind::AddrInUse
+    }
+}
+
+/// The listener [`serve_metrics`] takes, on `addr`.
+pub async fn listen(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, MetricsError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError { addr, source })
 }

@@ -1,17 +1,139 @@
-//! Forget: takes the backup records and retention rules; gives the records to remove
-//! ([`plan`], pure: per schedule, by [`crate::scheduler::config::retain`]) and removes them with the
-//! volume snapshots that only they referenced ([`forget`], under an exclusive lock). The
-//! space is given back by `prune`. Must not remove the newest complete backup of a schedule,
-//! and removes a record before its snapshots, so a crash never leaves a record whose data is
-//! gone.
+//! Retention: takes the backup records and retention rules; gives which candidates the rules
+//! keep and why ([`retain`], pure), the records to remove ([`plan`], pure: per schedule, by
+//! [`retain`]) and removes them with the volume snapshots that only they referenced
+//! ([`forget`], under an exclusive lock). The space is given back by `prune`. Must not remove
+//! the newest complete backup of a schedule, and removes a record before its snapshots, so a
+//! crash never leaves a record whose data is gone. Knows nothing of schedules beyond the name a
+//! record carries.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use crate::format::{AppBackup, BackupId, SnapshotId};
 use crate::repository::{LockKind, RepoError, Repository};
-use crate::scheduler::config::{retain, Candidate, Retain};
+
+/// How many backups a policy keeps (grandfather-father-son). A backup kept by any rule stays.
+/// All zero: keep everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retain {
+    #[serde(default)]
+    pub last: u32,
+    #[serde(default)]
+    pub hourly: u32,
+    #[serde(default)]
+    pub daily: u32,
+    #[serde(default)]
+    pub weekly: u32,
+    #[serde(default)]
+    pub monthly: u32,
+}
+
+impl Retain {
+    pub fn keeps_everything(&self) -> bool {
+        *self == Retain::default()
+    }
+}
+
+/// A backup as retention sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub time: OffsetDateTime,
+    /// Complete (no capture failures).
+    pub good: bool,
+}
+
+/// Why a backup is kept. Declared in the alphabetical order of the serde names, so a set of
+/// reasons lists them as it did when they were strings (`forget --json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum KeepReason {
+    #[serde(rename = "daily")]
+    Daily,
+    #[serde(rename = "hourly")]
+    Hourly,
+    #[serde(rename = "last")]
+    Last,
+    #[serde(rename = "monthly")]
+    Monthly,
+    #[serde(rename = "newest complete backup")]
+    NewestComplete,
+    #[serde(rename = "no retention rules")]
+    NoRules,
+    #[serde(rename = "weekly")]
+    Weekly,
+}
+
+impl KeepReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeepReason::Daily => "daily",
+            KeepReason::Hourly => "hourly",
+            KeepReason::Last => "last",
+            KeepReason::Monthly => "monthly",
+            KeepReason::NewestComplete => "newest complete backup",
+            KeepReason::NoRules => "no retention rules",
+            KeepReason::Weekly => "weekly",
+        }
+    }
+}
+
+impl std::fmt::Display for KeepReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Which candidates a policy keeps, and why: `kept[i]` lists the reasons for candidate `i`
+/// (empty: forget it). Buckets are UTC hours, days, ISO weeks and months; in each bucket the
+/// newest backup stands for it. The newest good backup is always kept.
+pub fn retain(candidates: &[Candidate], r: &Retain) -> Vec<BTreeSet<KeepReason>> {
+    let mut kept = vec![BTreeSet::new(); candidates.len()];
+    if r.keeps_everything() {
+        for k in &mut kept {
+            k.insert(KeepReason::NoRules);
+        }
+        return kept;
+    }
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|a, b| candidates[*b].time.cmp(&candidates[*a].time).then(b.cmp(a)));
+    for (&i, _) in order.iter().zip(0..r.last) {
+        kept[i].insert(KeepReason::Last);
+    }
+    type Bucket = fn(OffsetDateTime) -> (i32, u32, u32, u32);
+    let rules: [(KeepReason, u32, Bucket); 4] = [
+        (KeepReason::Hourly, r.hourly, |t| {
+            (t.year(), t.ordinal() as u32, t.hour() as u32, 0)
+        }),
+        (KeepReason::Daily, r.daily, |t| {
+            (t.year(), t.ordinal() as u32, 0, 0)
+        }),
+        (KeepReason::Weekly, r.weekly, |t| {
+            let (y, w, _) = t.to_iso_week_date();
+            (y, w as u32, 0, 0)
+        }),
+        (KeepReason::Monthly, r.monthly, |t| {
+            (t.year(), t.month() as u32, 0, 0)
+        }),
+    ];
+    for (why, n, bucket) in rules {
+        let mut seen = BTreeSet::new();
+        for &i in &order {
+            if seen.len() as u32 >= n {
+                break;
+            }
+            let t = candidates[i].time.to_offset(time::UtcOffset::UTC);
+            if seen.insert(bucket(t)) {
+                kept[i].insert(why);
+            }
+        }
+    }
+    if let Some(&i) = order.iter().find(|&&i| candidates[i].good) {
+        kept[i].insert(KeepReason::NewestComplete);
+    }
+    kept
+}
 
 /// One backup's fate.
 #[derive(Debug, Clone, Serialize)]
@@ -22,7 +144,22 @@ pub struct Decision {
     #[serde(with = "time::serde::rfc3339")]
     pub time: time::OffsetDateTime,
     /// Why it is kept; empty: it is removed.
-    pub kept_by: Vec<&'static str>,
+    pub kept_by: Vec<KeepReason>,
+}
+
+impl Decision {
+    pub fn removed(&self) -> bool {
+        self.kept_by.is_empty()
+    }
+}
+
+/// The backups `decisions` remove.
+pub fn removed(decisions: &[Decision]) -> Vec<BackupId> {
+    decisions
+        .iter()
+        .filter(|d| d.removed())
+        .map(|d| d.id)
+        .collect()
 }
 
 /// Decides, per schedule (backups made by hand form their own group), which backups the rules
@@ -78,11 +215,7 @@ pub async fn forget(
 ) -> Result<ForgetReport, RepoError> {
     let lock = repo.lock(LockKind::Exclusive, "forget").await?;
     let result = async {
-        let remove: HashSet<BackupId> = decisions
-            .iter()
-            .filter(|d| d.kept_by.is_empty())
-            .map(|d| d.id)
-            .collect();
+        let remove: HashSet<BackupId> = removed(decisions).into_iter().collect();
         let mut still: BTreeSet<SnapshotId> = BTreeSet::new();
         let mut gone: BTreeSet<SnapshotId> = BTreeSet::new();
         for (id, b) in backups {
@@ -114,6 +247,7 @@ pub async fn forget(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn backup(
         name: &str,
@@ -173,5 +307,58 @@ mod tests {
         assert_eq!(kept, vec!["a2", "a3", "b1", "m1"]);
         let d = plan(&all, &rules, Some("b"));
         assert_eq!(d.len(), 1);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Retention: the newest good backup is always kept; no rule keeps more buckets than
+        /// it says; raising a count never drops a backup that was kept.
+        #[test]
+        fn retention_is_bounded_monotone_and_keeps_the_newest_good(
+            gaps in prop::collection::vec((1i64..200_000, any::<bool>()), 1..60),
+            last in 0u32..5, hourly in 0u32..5, daily in 0u32..5, weekly in 0u32..3, monthly in 0u32..3,
+        ) {
+            let mut at = OffsetDateTime::from_unix_timestamp(1_780_000_000).unwrap();
+            let cands: Vec<Candidate> = gaps.iter().map(|(g, good)| { at += time::Duration::seconds(*g); Candidate { time: at, good: *good } }).collect();
+            let r = Retain { last, hourly, daily, weekly, monthly };
+            let kept = retain(&cands, &r);
+            if let Some(newest_good) = (0..cands.len()).rev().find(|&i| cands[i].good) {
+                prop_assert!(!kept[newest_good].is_empty());
+            }
+            if !r.keeps_everything() {
+                use KeepReason::*;
+                for (why, n) in [(Last, last), (Hourly, hourly), (Daily, daily), (Weekly, weekly), (Monthly, monthly)] {
+                    prop_assert!(kept.iter().filter(|k| k.contains(&why)).count() as u32 <= n);
+                }
+                let more = Retain { daily: daily + 1, ..r };
+                let kept_more = retain(&cands, &more);
+                for i in 0..cands.len() {
+                    prop_assert!(kept[i].is_empty() || !kept_more[i].is_empty());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reasons_keep_their_names_and_order() {
+        // The order of a set of reasons is the order of their names, as when they were strings.
+        let all = [
+            KeepReason::Weekly,
+            KeepReason::NoRules,
+            KeepReason::NewestComplete,
+            KeepReason::Monthly,
+            KeepReason::Last,
+            KeepReason::Hourly,
+            KeepReason::Daily,
+        ];
+        let set: BTreeSet<KeepReason> = all.into_iter().collect();
+        let names: Vec<&str> = set.iter().map(|r| r.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted);
+        for r in all {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
     }
 }

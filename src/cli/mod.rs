@@ -278,6 +278,8 @@ pub enum Error {
     Catalog(#[from] crate::scheduler::catalog::CatalogError),
     #[error("{0}")]
     Server(String),
+    #[error(transparent)]
+    Scheduler(#[from] crate::scheduler::ServerError),
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]

@@ -1,16 +1,17 @@
 //! Commands of scheduled operation: the server, schedules, runs, the catalog, forget, prune.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 
 use super::{human, Ctx, Error, MoverArgs};
-use crate::metrics::serve_metrics;
+use crate::app::retention::Retain;
 use crate::repository::{rfc3339, PruneOptions};
-use crate::scheduler::catalog::{blocking, catalog_path, Catalog};
-use crate::scheduler::config::{load_config, next_fires, Retain};
-use crate::scheduler::server::{Clock, Control, Metrics, RepoRunner, Server, Source};
+use crate::scheduler::catalog::{blocking, catalog_path, Catalog, ScheduleListing};
+use crate::scheduler::config::{config_dir, load_config};
+use crate::scheduler::runner::{RepoRunner, Source};
+use crate::scheduler::server::{serve, Serve};
 
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
@@ -97,20 +98,14 @@ impl Ctx<'_> {
 
     pub(super) async fn catalog(&self) -> Result<Arc<Catalog>, Error> {
         let path = catalog_path(&self.state_dir());
-        let c = tokio::task::spawn_blocking(move || Catalog::open(&path))
-            .await
-            .map_err(|e| Error::Worker(e.to_string()))??;
+        let c = crate::util::blocking(move || Catalog::open(&path)).await?;
         Ok(Arc::new(c))
     }
 }
 
 pub(super) async fn server(ctx: &Ctx<'_>, a: &ServerArgs) -> Result<(), Error> {
-    let config = load_config(&a.config)?;
-    let config_dir = if a.config.is_dir() {
-        a.config.clone()
-    } else {
-        a.config.parent().map(PathBuf::from).unwrap_or_default()
-    };
+    let path = a.config.clone();
+    let config = crate::util::blocking(move || load_config(&path)).await?;
     let repo = ctx.open().await?;
     let catalog = ctx.catalog().await?;
     let source = match &a.cluster_dir {
@@ -123,136 +118,39 @@ pub(super) async fn server(ctx: &Ctx<'_>, a: &ServerArgs) -> Result<(), Error> {
         repo,
         source,
         catalog: catalog.clone(),
-        config_dir,
+        config_dir: config_dir(&a.config),
         movers: a.movers.settings(ctx.g),
-    });
-    let clock = Clock::system();
-    let metrics = Arc::new(Mutex::new(Metrics::default()));
-    let names = Arc::new(Mutex::new(
-        config.schedules.keys().cloned().collect::<Vec<_>>(),
-    ));
-    if let Some(addr) = a.metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::Server(format!("cannot listen on {addr} for metrics: {e}")))?;
-        let (n, m) = (names.clone(), metrics.clone());
-        let render = move || m.lock().unwrap().render(clock.now(), &n.lock().unwrap());
-        tokio::spawn(serve_metrics(
-            listener,
-            Arc::new(render),
-            ctx.cancel.clone(),
-        ));
-        tracing::info!(%addr, "metrics on /metrics");
-    }
-    // SIGHUP: reload, or keep the running configuration when the new one is invalid.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let path = a.config.clone();
-    let n = names.clone();
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| Error::Server(format!("cannot watch SIGHUP: {e}")))?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            match load_config(&path) {
-                Ok(cfg) => {
-                    *n.lock().unwrap() = cfg.schedules.keys().cloned().collect();
-                    if tx.send(Control::Reload(cfg)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::error!("configuration rejected, the running one stays: {e}"),
-            }
-        }
     });
     eprintln!(
         "lifeboat server: {} schedule(s), catalog {}",
         config.schedules.len(),
         catalog.path().display()
     );
-    let server = Server {
-        config: Arc::new(config),
+    let s = Serve {
+        config_path: a.config.clone(),
+        config,
         catalog,
         runner: Arc::new(runner),
-        metrics,
-        clock,
+        metrics_addr: a.metrics_addr,
         max_concurrent: a.max_concurrent,
     };
-    server.run(ctx.cancel.clone(), rx).await?;
+    serve(s, ctx.cancel.clone()).await?;
     eprintln!("lifeboat server: stopped");
     Ok(())
 }
 
 pub(super) async fn schedule(ctx: &Ctx<'_>, cmd: &ScheduleCommand) -> Result<(), Error> {
     let catalog = ctx.catalog().await?;
+    let now = time::OffsetDateTime::now_utc();
     match cmd {
         ScheduleCommand::List => {
-            let rows = blocking(&catalog, |c| {
-                let mut out = Vec::new();
-                for s in c.schedules()? {
-                    let last = c.last_result(&s.name)?;
-                    let last_run = c.last_run(&s.name)?;
-                    out.push((s, last, last_run));
-                }
-                Ok(out)
-            })
-            .await?;
-            let now = time::OffsetDateTime::now_utc();
-            let json: Vec<serde_json::Value> = rows
-                .iter()
-                .map(|(s, last, last_run)| {
-                    let next = if s.suspended || !s.active {
-                        None
-                    } else {
-                        s.trigger()
-                            .and_then(|t| next_fires(&t, now, *last_run, 1).first().copied())
-                    };
-                    serde_json::json!({"name": s.name, "policy": s.policy, "trigger": s.describe_trigger(),
-                        "suspended": s.suspended, "active": s.active, "next_run": next.map(rfc3339),
-                        "last_result": last.as_ref().map(|r| &r.result), "last_run": last.as_ref().map(|r| &r.started),
-                        "namespaces": s.template.namespaces})
-                })
-                .collect();
-            ctx.emit(&json, || {
-                if json.is_empty() {
-                    return "no schedules (the server records them when it loads its configuration)".into();
-                }
-                let mut out = format!(
-                    "{:<24} {:<12} {:<28} {:<22} {:<10} LAST RUN",
-                    "NAME", "POLICY", "TRIGGER", "NEXT RUN", "LAST"
-                );
-                for j in &json {
-                    let state = if j["active"] == false {
-                        "(not in the configuration)"
-                    } else if j["suspended"] == true {
-                        "suspended"
-                    } else {
-                        j["next_run"].as_str().unwrap_or("-")
-                    };
-                    out.push_str(&format!(
-                        "\n{:<24} {:<12} {:<28} {:<22} {:<10} {}",
-                        j["name"].as_str().unwrap_or(""),
-                        j["policy"].as_str().unwrap_or(""),
-                        j["trigger"].as_str().unwrap_or(""),
-                        state,
-                        j["last_result"].as_str().unwrap_or("-"),
-                        j["last_run"].as_str().unwrap_or("-")
-                    ));
-                }
-                out
-            });
-            Ok(())
+            let rows = blocking(&catalog, move |c| c.listing(now)).await?;
+            ctx.emit(&rows, || schedule_table(&rows));
         }
         ScheduleCommand::Next { name, count } => {
-            let n = name.clone();
-            let (s, last) =
-                blocking(&catalog, move |c| Ok((c.schedule(&n)?, c.last_run(&n)?))).await?;
-            let trigger = s.trigger().ok_or_else(|| {
-                Error::Server(format!("schedule {name}: its stored trigger does not parse; restart the server with its configuration"))
-            })?;
-            let fires: Vec<String> =
-                next_fires(&trigger, time::OffsetDateTime::now_utc(), last, *count)
-                    .into_iter()
-                    .map(rfc3339)
-                    .collect();
+            let (n, count) = (name.clone(), *count);
+            let (s, fires) = blocking(&catalog, move |c| c.upcoming(&n, now, count)).await?;
+            let fires: Vec<String> = fires.into_iter().map(rfc3339).collect();
             ctx.emit(&fires, || {
                 let mut out = format!(
                     "{name} ({}){}:",
@@ -264,7 +162,6 @@ pub(super) async fn schedule(ctx: &Ctx<'_>, cmd: &ScheduleCommand) -> Result<(),
                 }
                 out
             });
-            Ok(())
         }
         ScheduleCommand::Suspend { name } | ScheduleCommand::Resume { name } => {
             let suspend = matches!(cmd, ScheduleCommand::Suspend { .. });
@@ -279,9 +176,39 @@ pub(super) async fn schedule(ctx: &Ctx<'_>, cmd: &ScheduleCommand) -> Result<(),
                     )
                 },
             );
-            Ok(())
         }
     }
+    Ok(())
+}
+
+/// `schedule list` for people.
+fn schedule_table(rows: &[ScheduleListing]) -> String {
+    if rows.is_empty() {
+        return "no schedules (the server records them when it loads its configuration)".into();
+    }
+    let mut out = format!(
+        "{:<24} {:<12} {:<28} {:<22} {:<10} LAST RUN",
+        "NAME", "POLICY", "TRIGGER", "NEXT RUN", "LAST"
+    );
+    for r in rows {
+        let state = if !r.active {
+            "(not in the configuration)"
+        } else if r.suspended {
+            "suspended"
+        } else {
+            r.next_run.as_deref().unwrap_or("-")
+        };
+        out.push_str(&format!(
+            "\n{:<24} {:<12} {:<28} {:<22} {:<10} {}",
+            r.name,
+            r.policy,
+            r.trigger,
+            state,
+            r.last_result.map(|s| s.as_str()).unwrap_or("-"),
+            r.last_run.as_deref().unwrap_or("-")
+        ));
+    }
+    out
 }
 
 pub(super) async fn runs(
@@ -347,7 +274,8 @@ pub(super) async fn forget(ctx: &Ctx<'_>, a: &ForgetArgs) -> Result<(), Error> {
             if !flags.keeps_everything() {
                 return Err(Error::Usage("give --policy or --keep-* flags, not both".into()));
             }
-            let config = load_config(cfg)?;
+            let path = cfg.clone();
+            let config = crate::util::blocking(move || load_config(&path)).await?;
             let policy = config.policies.get(p).ok_or_else(|| {
                 Error::Usage(format!(
                     "no SchedulePolicy `{p}` in {} (it has: {})",
@@ -378,11 +306,7 @@ pub(super) async fn forget(ctx: &Ctx<'_>, a: &ForgetArgs) -> Result<(), Error> {
     if !a.dry_run {
         // Best effort: the catalog is a copy, `catalog rebuild` recreates it.
         if let Ok(catalog) = ctx.catalog().await {
-            let gone: Vec<_> = decisions
-                .iter()
-                .filter(|d| d.kept_by.is_empty())
-                .map(|d| d.id)
-                .collect();
+            let gone = crate::app::retention::removed(&decisions);
             let _ = blocking(&catalog, move |c| c.remove_backups(&gone)).await;
         }
     }
@@ -391,13 +315,13 @@ pub(super) async fn forget(ctx: &Ctx<'_>, a: &ForgetArgs) -> Result<(), Error> {
         for d in &decisions {
             out.push_str(&format!(
                 "{:<7} {} {:<32} {}\n",
-                if d.kept_by.is_empty() { "remove" } else { "keep" },
+                if d.removed() { "remove" } else { "keep" },
                 rfc3339(d.time),
                 d.name,
-                d.kept_by.join(",")
+                d.kept_by.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(",")
             ));
         }
-        let n = decisions.iter().filter(|d| d.kept_by.is_empty()).count();
+        let n = decisions.iter().filter(|d| d.removed()).count();
         match &report {
             None => out.push_str(&format!("dry run: {n} backup(s) would be removed; nothing was changed")),
             Some(r) => out.push_str(&format!(

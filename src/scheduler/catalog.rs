@@ -7,13 +7,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension, ToSql};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::app::retention::Retain;
 use crate::format::{AppBackup, BackupId, Snapshot, SnapshotId};
 use crate::repository::rfc3339;
-use crate::scheduler::config::{Config, Retain, Template, Trigger};
+use crate::scheduler::config::{Config, Template};
+use crate::scheduler::cron::{next_fires, parse_cron, Trigger, TriggerKind};
 
 /// Migrations in order; the database's `user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -42,6 +45,120 @@ pub enum CatalogError {
     Worker(String),
     #[error("namespace `{0}` was never applied by standby on this site (`lifeboat standby status` lists what was); restore it with `lifeboat restore create`, or run standby first")]
     NotStandby(String),
+    #[error("schedule {0}: its stored trigger does not parse; restart the server with its configuration")]
+    BadTrigger(String),
+}
+
+impl CatalogError {
+    /// Another process held the database longer than the busy timeout: trying again later
+    /// may work. Anything else will not go away by waiting.
+    pub fn is_retryable(&self) -> bool {
+        let sql = match self {
+            CatalogError::Sql(e) | CatalogError::Open { source: e, .. } => e,
+            _ => return false,
+        };
+        matches!(
+            sql.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+}
+
+/// How a run ended; stored as its serde name in `runs.result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunResult {
+    Succeeded,
+    /// Recorded, with parts of the scope not captured.
+    Partial,
+    Failed,
+    Cancelled,
+}
+
+/// Where a run is, as `runs` shows it: going, ended (a [`RunResult`]), or skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    Running,
+    Succeeded,
+    Partial,
+    Failed,
+    Cancelled,
+    /// It did not happen (its fire came while the previous run was still going).
+    Skipped,
+}
+
+impl RunResult {
+    pub fn as_str(self) -> &'static str {
+        RunState::from(self).as_str()
+    }
+}
+
+impl From<RunResult> for RunState {
+    fn from(r: RunResult) -> RunState {
+        match r {
+            RunResult::Succeeded => RunState::Succeeded,
+            RunResult::Partial => RunState::Partial,
+            RunResult::Failed => RunState::Failed,
+            RunResult::Cancelled => RunState::Cancelled,
+        }
+    }
+}
+
+impl RunState {
+    const ALL: [RunState; 6] = [
+        RunState::Running,
+        RunState::Succeeded,
+        RunState::Partial,
+        RunState::Failed,
+        RunState::Cancelled,
+        RunState::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Partial => "partial",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+            RunState::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::fmt::Display for RunResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl ToSql for RunResult {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl ToSql for RunState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl FromSql for RunState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<RunState> {
+        let text = value.as_str()?;
+        RunState::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown run result `{text}`").into()))
+    }
 }
 
 /// What standby knows of one namespace of this site.
@@ -65,7 +182,7 @@ pub struct StandbyRow {
 pub struct ScheduleRow {
     pub name: String,
     pub policy: String,
-    pub trigger_kind: String,
+    pub trigger_kind: TriggerKind,
     pub expression: Option<String>,
     pub timezone: Option<String>,
     pub interval_seconds: Option<u64>,
@@ -78,15 +195,13 @@ pub struct ScheduleRow {
 impl ScheduleRow {
     /// The trigger, rebuilt from what was stored.
     pub fn trigger(&self) -> Option<Trigger> {
-        match self.trigger_kind.as_str() {
-            "interval" => Some(Trigger::Interval(std::time::Duration::from_secs(
+        match self.trigger_kind {
+            TriggerKind::Interval => Some(Trigger::Interval(std::time::Duration::from_secs(
                 self.interval_seconds?,
             ))),
-            _ => Some(Trigger::Cron {
+            TriggerKind::Cron => Some(Trigger::Cron {
                 expression: self.expression.clone()?,
-                schedule: Box::new(
-                    crate::scheduler::config::parse_cron(self.expression.as_deref()?).ok()?,
-                ),
+                schedule: Box::new(parse_cron(self.expression.as_deref()?).ok()?),
                 tz: self.timezone.as_deref()?.parse().ok()?,
             }),
         }
@@ -101,6 +216,23 @@ impl ScheduleRow {
     }
 }
 
+/// One line of `schedule list`: a schedule, its next fire and its newest run. The fields are
+/// in the order of their names, as the JSON output has always listed them.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleListing {
+    pub active: bool,
+    pub last_result: Option<RunState>,
+    /// When the newest run started.
+    pub last_run: Option<String>,
+    pub name: String,
+    pub namespaces: Vec<String>,
+    /// None while suspended or out of the configuration.
+    pub next_run: Option<String>,
+    pub policy: String,
+    pub suspended: bool,
+    pub trigger: String,
+}
+
 /// One run of a schedule.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRow {
@@ -110,7 +242,7 @@ pub struct RunRow {
     pub scheduled: Option<String>,
     pub started: String,
     pub ended: Option<String>,
-    pub result: String,
+    pub result: RunState,
     pub bytes_read: Option<u64>,
     pub bytes_uploaded: Option<u64>,
     pub error: Option<String>,
@@ -196,14 +328,13 @@ impl Catalog {
         tx.execute("UPDATE schedules SET active = 0", [])?;
         for s in cfg.schedules.values() {
             let p = cfg.policy_of(s);
-            let (kind, expr, tz, secs) = match &p.trigger {
+            let (expr, tz, secs) = match &p.trigger {
                 Trigger::Cron { schedule, tz, .. } => (
-                    "cron",
                     Some(schedule.to_string()),
                     Some(tz.name().to_string()),
                     None,
                 ),
-                Trigger::Interval(d) => ("interval", None, None, Some(d.as_secs() as i64)),
+                Trigger::Interval(d) => (None, None, Some(d.as_secs() as i64)),
             };
             tx.execute(
                 "INSERT INTO schedules (name, policy, trigger_kind, expression, timezone, interval_seconds,
@@ -215,7 +346,7 @@ impl Catalog {
                 params![
                     s.name,
                     p.name,
-                    kind,
+                    p.trigger.kind().as_str(),
                     expr,
                     tz,
                     secs,
@@ -245,18 +376,11 @@ impl Catalog {
             Ok(ScheduleRow {
                 name: r.get(0)?,
                 policy: r.get(1)?,
-                trigger_kind: r.get(2)?,
+                trigger_kind: TriggerKind::parse(&r.get::<_, String>(2)?),
                 expression: r.get(3)?,
                 timezone: r.get(4)?,
                 interval_seconds: r.get::<_, Option<i64>>(5)?.map(|s| s as u64),
-                template: serde_json::from_str(&template).unwrap_or(Template {
-                    namespaces: vec![],
-                    selector: String::new(),
-                    pre_rules: vec![],
-                    post_rules: vec![],
-                    include_resources: true,
-                    include_volumes: true,
-                }),
+                template: serde_json::from_str(&template).unwrap_or_default(),
                 retain: serde_json::from_str(&retain).unwrap_or_default(),
                 suspended: over.unwrap_or(config),
                 active: r.get(10)?,
@@ -270,6 +394,48 @@ impl Catalog {
             .into_iter()
             .find(|s| s.name == name)
             .ok_or_else(|| CatalogError::NoSchedule(name.to_string()))
+    }
+
+    /// `schedule list`: every schedule with its next fire after `now` and its newest run.
+    pub fn listing(&self, now: OffsetDateTime) -> Result<Vec<ScheduleListing>, CatalogError> {
+        let mut out = Vec::new();
+        for s in self.schedules()? {
+            let last = self.last_result(&s.name)?;
+            let next = if s.suspended || !s.active {
+                None
+            } else {
+                let last_run = self.last_run(&s.name)?;
+                s.trigger()
+                    .and_then(|t| next_fires(&t, now, last_run, 1).first().copied())
+            };
+            out.push(ScheduleListing {
+                active: s.active,
+                last_result: last.as_ref().map(|r| r.result),
+                last_run: last.map(|r| r.started),
+                next_run: next.map(rfc3339),
+                trigger: s.describe_trigger(),
+                name: s.name,
+                namespaces: s.template.namespaces,
+                policy: s.policy,
+                suspended: s.suspended,
+            });
+        }
+        Ok(out)
+    }
+
+    /// `schedule next`: a schedule and its next `count` fire times after `now`.
+    pub fn upcoming(
+        &self,
+        name: &str,
+        now: OffsetDateTime,
+        count: usize,
+    ) -> Result<(ScheduleRow, Vec<OffsetDateTime>), CatalogError> {
+        let s = self.schedule(name)?;
+        let last = self.last_run(name)?;
+        let trigger = s
+            .trigger()
+            .ok_or_else(|| CatalogError::BadTrigger(name.to_string()))?;
+        Ok((s, next_fires(&trigger, now, last, count)))
     }
 
     /// `schedule suspend|resume`: overrides the configuration's `suspend` until the next
@@ -293,17 +459,16 @@ impl Catalog {
     ) -> Result<i64, CatalogError> {
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO runs (schedule, backup, scheduled, started, result) VALUES (?1, ?2, ?3, ?4, 'running')",
-            params![schedule, backup, rfc3339(scheduled), now()],
+            "INSERT INTO runs (schedule, backup, scheduled, started, result) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![schedule, backup, rfc3339(scheduled), now(), RunState::Running],
         )?;
         Ok(conn.last_insert_rowid())
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn finish_run(
         &self,
         id: i64,
-        result: &str,
+        result: RunResult,
         bytes_read: u64,
         bytes_uploaded: u64,
         stats: Option<&serde_json::Value>,
@@ -325,8 +490,8 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let t = now();
         self.conn().execute(
-            "INSERT INTO runs (schedule, scheduled, started, ended, result, error) VALUES (?1, ?2, ?3, ?3, 'skipped', ?4)",
-            params![schedule, rfc3339(scheduled), t, reason],
+            "INSERT INTO runs (schedule, scheduled, started, ended, result, error) VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
+            params![schedule, rfc3339(scheduled), t, RunState::Skipped, reason],
         )?;
         Ok(())
     }
@@ -334,8 +499,8 @@ impl Catalog {
     /// Runs left `running` by a server that stopped without finishing them.
     pub fn close_interrupted_runs(&self) -> Result<usize, CatalogError> {
         Ok(self.conn().execute(
-            "UPDATE runs SET result = 'failed', ended = ?1, error = 'the server stopped during the run' WHERE result = 'running'",
-            params![now()],
+            "UPDATE runs SET result = ?2, ended = ?1, error = 'the server stopped during the run' WHERE result = ?3",
+            params![now(), RunResult::Failed, RunState::Running],
         )?)
     }
 
@@ -369,8 +534,8 @@ impl Catalog {
         let t: Option<String> = self
             .conn()
             .query_row(
-                "SELECT started FROM runs WHERE schedule = ?1 AND result != 'skipped' ORDER BY id DESC LIMIT 1",
-                params![schedule],
+                "SELECT started FROM runs WHERE schedule = ?1 AND result != ?2 ORDER BY id DESC LIMIT 1",
+                params![schedule, RunState::Skipped],
                 |r| r.get(0),
             )
             .optional()?;
@@ -552,7 +717,7 @@ impl Catalog {
                 tx.execute(
                     "INSERT INTO runs (schedule, backup, scheduled, started, ended, result, error)
                      VALUES (?1, ?2, ?3, ?3, ?3, ?4, 'recovered from the repository by catalog rebuild')",
-                    params![s, b.name, t, if b.failures.is_empty() { "succeeded" } else { "partial" }],
+                    params![s, b.name, t, if b.failures.is_empty() { RunResult::Succeeded } else { RunResult::Partial }],
                 )?;
                 runs += 1;
             }
@@ -598,7 +763,8 @@ mod tests {
         let p = d.path().join("state/catalog.sqlite");
         let c = Catalog::open(&p).unwrap();
         let id = c.start_run("s", "s-1", OffsetDateTime::now_utc()).unwrap();
-        c.finish_run(id, "succeeded", 1, 2, None, None).unwrap();
+        c.finish_run(id, RunResult::Succeeded, 1, 2, None, None)
+            .unwrap();
         drop(c);
         let c = Catalog::open(&p).unwrap();
         assert_eq!(
@@ -610,5 +776,66 @@ mod tests {
         drop(c);
         let e = Catalog::open(&p).err().unwrap().to_string();
         assert!(e.contains("newer lifeboat"), "{e}");
+    }
+
+    #[test]
+    fn run_states_are_stored_as_their_names() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&d.path().join("c.sqlite")).unwrap();
+        let at = OffsetDateTime::now_utc();
+        for r in [
+            RunResult::Succeeded,
+            RunResult::Partial,
+            RunResult::Failed,
+            RunResult::Cancelled,
+        ] {
+            let id = c.start_run("s", "s-1", at).unwrap();
+            c.finish_run(id, r, 0, 0, None, None).unwrap();
+        }
+        c.start_run("s", "s-2", at).unwrap();
+        c.record_skip("s", at, "busy").unwrap();
+        let stored: Vec<String> = c
+            .conn()
+            .prepare("SELECT result FROM runs ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want = [
+            "succeeded",
+            "partial",
+            "failed",
+            "cancelled",
+            "running",
+            "skipped",
+        ];
+        assert_eq!(stored, want);
+        let read: Vec<RunState> = c.runs(None, 10).unwrap().iter().map(|r| r.result).collect();
+        let names: Vec<&str> = read.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names, want);
+        for s in read {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(c.close_interrupted_runs().unwrap(), 1);
+        assert_eq!(c.runs(None, 10).unwrap()[4].result, RunState::Failed);
+        // The last run is the newest that was not skipped.
+        assert!(c.last_run("s").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_busy_catalog_is_worth_retrying_and_a_missing_schedule_is_not() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.sqlite");
+        let c = Catalog::open(&p).unwrap();
+        assert!(!c.set_suspended("nope", true).unwrap_err().is_retryable());
+        // Another connection holds the write lock; this one gives up at once.
+        let other = Connection::open(&p).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        c.conn().busy_timeout(std::time::Duration::ZERO).unwrap();
+        let e = c
+            .start_run("s", "s-1", OffsetDateTime::now_utc())
+            .unwrap_err();
+        assert!(e.is_retryable(), "{e}");
     }
 }

@@ -4,12 +4,23 @@
 //! the DR site.
 //!
 //! ```text
-//!  config (policies, fire times; pure) ─► server (the loop) ─► runner ─► app backup, forget
-//!                                            └► catalog (SQLite): schedules, runs, backups seen
+//!  cron (fire times; pure) ─► config (policies, schedules; pure)
+//!                                 │
+//!  catalog (SQLite): schedules, runs, backups seen, standby state
+//!                                 │
+//!  server (the loop, metrics) ─► runner ─► app: backup, retention
 //! ```
 
-pub mod config; // policies, templates, fire times, retention rules (pure)
+pub mod cron; // triggers and fire times (pure)
+
+pub mod config; // policies, templates, schedules from YAML (pure)
 
 pub mod catalog; // SQLite: schedules, runs, backups seen, standby state
 
-pub mod server; // the scheduler loop, metrics
+pub mod runner; // one run: its backup and its retention
+
+pub mod server; // the scheduler loop, metrics, SIGHUP
+
+pub use catalog::{CatalogError, RunResult, RunState};
+pub use runner::{RunError, RunOutcome, Runner};
+pub use server::ServerError;

@@ -1,26 +1,53 @@
 //! The lifeboat server: takes a validated schedule configuration, a [`Runner`] that makes one
 //! backup, and the catalog; runs each schedule when it is due and applies its retention after
-//! each run, serving Prometheus metrics on the side. Must not run two runs of one schedule at
-//! once (a run that would overlap is skipped and recorded), must not run more than
-//! `max_concurrent` runs in all, and runs a schedule that missed fire times while the server
-//! was down **once** on start, not once per missed time.
+//! each run, serving Prometheus metrics on the side ([`serve`]: with the `/metrics` endpoint
+//! and SIGHUP reloads). Must not run two runs of one schedule at once (a run that would
+//! overlap is skipped and recorded), must not run more than `max_concurrent` runs in all, and
+//! runs a schedule that missed fire times while the server was down **once** on start, not
+//! once per missed time. Every catalog call goes through [`blocking`], off the runtime.
 //!
 //! Time: fire times are wall-clock times, but the loop measures them with tokio's clock from a
 //! wall-clock base ([`Clock`]), so tests drive whole days of schedules with paused time.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::scheduler::catalog::{blocking, Catalog, CatalogError};
-use crate::scheduler::config::{missed, next_fires, Config, Schedule};
+use crate::metrics::{serve_metrics, MetricsError};
+use crate::scheduler::catalog::{blocking, Catalog, CatalogError, RunResult, RunState};
+use crate::scheduler::config::{backup_name, load_config, Config, Schedule};
+use crate::scheduler::cron::{missed, next_fires};
+use crate::scheduler::runner::{RunOutcome, Runner};
+
+/// Why the server stopped, or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("cannot watch SIGHUP: {0}")]
+    Signal(std::io::Error),
+}
+
+impl ServerError {
+    /// Starting again later may work: the catalog was busy, the metrics address taken.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ServerError::Catalog(e) => e.is_retryable(),
+            ServerError::Metrics(e) => e.is_retryable(),
+            ServerError::Signal(_) => false,
+        }
+    }
+}
 
 /// Wall-clock time measured by tokio's clock from a base.
 #[derive(Debug, Clone, Copy)]
@@ -52,39 +79,11 @@ impl Clock {
     }
 }
 
-/// How one run ended.
-#[derive(Debug, Clone, Default)]
-pub struct RunOutcome {
-    /// `succeeded`, `partial`, `failed` or `cancelled`.
-    pub result: String,
-    pub bytes_read: u64,
-    pub bytes_uploaded: u64,
-    pub stats: Option<serde_json::Value>,
-    pub error: Option<String>,
-}
-
-/// Makes one backup of a schedule, named `backup`.
-pub trait Runner: Send + Sync + 'static {
-    fn run(
-        &self,
-        schedule: Schedule,
-        backup: String,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'static, RunOutcome>;
-    /// Applies the schedule's retention after a run (a no-op by default).
-    fn retain(
-        &self,
-        _schedule: Schedule,
-        _config: Arc<Config>,
-    ) -> BoxFuture<'static, Result<String, String>> {
-        Box::pin(async { Ok(String::new()) })
-    }
-}
-
 /// Counters and gauges for `/metrics`.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    runs: BTreeMap<(String, String), u64>,
+    /// By schedule and result (the label's text, so the families list in its order).
+    runs: BTreeMap<(String, &'static str), u64>,
     duration: BTreeMap<String, f64>,
     bytes_read: BTreeMap<String, u64>,
     bytes_uploaded: BTreeMap<String, u64>,
@@ -92,81 +91,128 @@ pub struct Metrics {
     running: BTreeMap<String, bool>,
 }
 
+/// One metric family of the Prometheus text: its help, its type, and a line per labelled value.
+fn family(
+    o: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    lines: impl IntoIterator<Item = (String, String)>,
+) {
+    o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    for (labels, value) in lines {
+        o.push_str(&format!("{name}{{{labels}}} {value}\n"));
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+fn schedule_label(s: &str) -> String {
+    format!("schedule=\"{}\"", esc(s))
+}
+
 impl Metrics {
     fn record(&mut self, schedule: &str, out: &RunOutcome, seconds: f64, ended: OffsetDateTime) {
         *self
             .runs
-            .entry((schedule.to_string(), out.result.clone()))
+            .entry((schedule.to_string(), out.result.as_str()))
             .or_default() += 1;
         self.duration.insert(schedule.to_string(), seconds);
         *self.bytes_read.entry(schedule.to_string()).or_default() += out.bytes_read;
         *self.bytes_uploaded.entry(schedule.to_string()).or_default() += out.bytes_uploaded;
-        if out.result == "succeeded" {
+        if out.result == RunResult::Succeeded {
             self.last_success.insert(schedule.to_string(), ended);
         }
+    }
+
+    fn skipped(&mut self, schedule: &str) {
+        *self
+            .runs
+            .entry((schedule.to_string(), RunState::Skipped.as_str()))
+            .or_default() += 1;
+    }
+
+    fn set_running(&mut self, schedule: &str, running: bool) {
+        self.running.insert(schedule.to_string(), running);
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self, now: OffsetDateTime, schedules: &[String]) -> String {
         let mut o = String::new();
-        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-        o.push_str("# HELP lifeboat_runs_total Scheduled runs by result.\n# TYPE lifeboat_runs_total counter\n");
-        for ((s, r), n) in &self.runs {
-            o.push_str(&format!(
-                "lifeboat_runs_total{{schedule=\"{}\",result=\"{}\"}} {n}\n",
-                esc(s),
-                esc(r)
-            ));
-        }
-        o.push_str("# HELP lifeboat_run_duration_seconds Duration of the newest run.\n# TYPE lifeboat_run_duration_seconds gauge\n");
-        for (s, d) in &self.duration {
-            o.push_str(&format!(
-                "lifeboat_run_duration_seconds{{schedule=\"{}\"}} {d:.3}\n",
-                esc(s)
-            ));
-        }
-        o.push_str("# HELP lifeboat_bytes_read_total Bytes read from volumes by runs.\n# TYPE lifeboat_bytes_read_total counter\n");
-        for (s, b) in &self.bytes_read {
-            o.push_str(&format!(
-                "lifeboat_bytes_read_total{{schedule=\"{}\"}} {b}\n",
-                esc(s)
-            ));
-        }
-        o.push_str("# HELP lifeboat_bytes_uploaded_total Bytes written to the repository by runs.\n# TYPE lifeboat_bytes_uploaded_total counter\n");
-        for (s, b) in &self.bytes_uploaded {
-            o.push_str(&format!(
-                "lifeboat_bytes_uploaded_total{{schedule=\"{}\"}} {b}\n",
-                esc(s)
-            ));
-        }
-        o.push_str("# HELP lifeboat_last_success_timestamp_seconds When the newest good backup of a schedule ended.\n# TYPE lifeboat_last_success_timestamp_seconds gauge\n");
-        for (s, t) in &self.last_success {
-            o.push_str(&format!(
-                "lifeboat_last_success_timestamp_seconds{{schedule=\"{}\"}} {}\n",
-                esc(s),
-                t.unix_timestamp()
-            ));
-        }
-        o.push_str("# HELP lifeboat_seconds_since_last_success The RPO clock: seconds since the newest good backup (-1: none yet).\n# TYPE lifeboat_seconds_since_last_success gauge\n");
-        for s in schedules {
-            let v = self
-                .last_success
-                .get(s)
-                .map(|t| (now - *t).as_seconds_f64())
-                .unwrap_or(-1.0);
-            o.push_str(&format!(
-                "lifeboat_seconds_since_last_success{{schedule=\"{}\"}} {v:.0}\n",
-                esc(s)
-            ));
-        }
-        o.push_str("# HELP lifeboat_run_in_progress 1 while a run of the schedule is going.\n# TYPE lifeboat_run_in_progress gauge\n");
-        for s in schedules {
-            let v = self.running.get(s).copied().unwrap_or(false) as u8;
-            o.push_str(&format!(
-                "lifeboat_run_in_progress{{schedule=\"{}\"}} {v}\n",
-                esc(s)
-            ));
-        }
+        family(
+            &mut o,
+            "lifeboat_runs_total",
+            "counter",
+            "Scheduled runs by result.",
+            self.runs.iter().map(|((s, r), n)| {
+                (
+                    format!("{},result=\"{}\"", schedule_label(s), esc(r)),
+                    n.to_string(),
+                )
+            }),
+        );
+        family(
+            &mut o,
+            "lifeboat_run_duration_seconds",
+            "gauge",
+            "Duration of the newest run.",
+            self.duration
+                .iter()
+                .map(|(s, d)| (schedule_label(s), format!("{d:.3}"))),
+        );
+        family(
+            &mut o,
+            "lifeboat_bytes_read_total",
+            "counter",
+            "Bytes read from volumes by runs.",
+            self.bytes_read
+                .iter()
+                .map(|(s, b)| (schedule_label(s), b.to_string())),
+        );
+        family(
+            &mut o,
+            "lifeboat_bytes_uploaded_total",
+            "counter",
+            "Bytes written to the repository by runs.",
+            self.bytes_uploaded
+                .iter()
+                .map(|(s, b)| (schedule_label(s), b.to_string())),
+        );
+        family(
+            &mut o,
+            "lifeboat_last_success_timestamp_seconds",
+            "gauge",
+            "When the newest good backup of a schedule ended.",
+            self.last_success
+                .iter()
+                .map(|(s, t)| (schedule_label(s), t.unix_timestamp().to_string())),
+        );
+        family(
+            &mut o,
+            "lifeboat_seconds_since_last_success",
+            "gauge",
+            "The RPO clock: seconds since the newest good backup (-1: none yet).",
+            schedules.iter().map(|s| {
+                let v = self
+                    .last_success
+                    .get(s)
+                    .map(|t| (now - *t).as_seconds_f64())
+                    .unwrap_or(-1.0);
+                (schedule_label(s), format!("{v:.0}"))
+            }),
+        );
+        family(
+            &mut o,
+            "lifeboat_run_in_progress",
+            "gauge",
+            "1 while a run of the schedule is going.",
+            schedules.iter().map(|s| {
+                let v = self.running.get(s).copied().unwrap_or(false) as u8;
+                (schedule_label(s), v.to_string())
+            }),
+        );
         o
     }
 }
@@ -178,20 +224,6 @@ pub enum Control {
     Reload(Config),
 }
 
-/// The backup name of a run: the schedule's name and the fire time (UTC).
-pub fn backup_name(schedule: &str, fire: OffsetDateTime) -> String {
-    let t = fire.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{schedule}-{:04}{:02}{:02}-{:02}{:02}{:02}",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
-}
-
 pub struct Server {
     pub config: Arc<Config>,
     pub catalog: Arc<Catalog>,
@@ -201,120 +233,278 @@ pub struct Server {
     pub max_concurrent: usize,
 }
 
+/// The runs going, and the names of their schedules.
 struct Running {
     tasks: JoinSet<()>,
     names: Arc<Mutex<HashSet<String>>>,
 }
 
-impl Server {
-    fn active(&self) -> Result<Vec<(Schedule, bool)>, CatalogError> {
-        let rows = self.catalog.schedules()?;
-        Ok(self
-            .config
-            .schedules
-            .values()
-            .map(|s| {
-                let suspended = rows
-                    .iter()
-                    .find(|r| r.name == s.name)
-                    .map(|r| r.suspended)
-                    .unwrap_or(s.suspend);
-                (s.clone(), suspended)
-            })
-            .collect())
+/// What a run's task needs: a run of `schedule` named `backup`, row `id` of the catalog.
+struct Run {
+    runner: Arc<dyn Runner>,
+    catalog: Arc<Catalog>,
+    metrics: Arc<Mutex<Metrics>>,
+    names: Arc<Mutex<HashSet<String>>>,
+    clock: Clock,
+    config: Arc<Config>,
+    schedule: Schedule,
+    backup: String,
+    id: i64,
+    cancel: CancellationToken,
+}
+
+impl Run {
+    /// Waits for a permit (bounded across schedules), runs, records the outcome, applies the
+    /// schedule's retention. The permit is held to the end, retention included.
+    async fn go(self, permits: Arc<Semaphore>) {
+        let permit: Option<OwnedSemaphorePermit> = tokio::select! {
+            p = permits.acquire_owned() => p.ok(),
+            _ = self.cancel.cancelled() => None,
+        };
+        let name = self.schedule.name.clone();
+        self.metrics.lock().unwrap().set_running(&name, true);
+        let started = tokio::time::Instant::now();
+        let out = match &permit {
+            Some(_) => self
+                .runner
+                .run(
+                    self.schedule.clone(),
+                    self.backup.clone(),
+                    self.cancel.clone(),
+                )
+                .await
+                .unwrap_or_else(|e| RunOutcome::failed(&e, self.cancel.is_cancelled())),
+            None => RunOutcome {
+                error: Some("the server stopped before the run could start".into()),
+                ..RunOutcome::new(RunResult::Cancelled)
+            },
+        };
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(result = %out.result, seconds = secs, "run ended");
+        if let Some(e) = &out.error {
+            tracing::error!("run failed: {e}");
+        }
+        self.record(&out).await;
+        {
+            let mut m = self.metrics.lock().unwrap();
+            m.record(&name, &out, secs, self.clock.now());
+            m.set_running(&name, false);
+        }
+        if out.result != RunResult::Cancelled && !self.cancel.is_cancelled() {
+            self.retain().await;
+        }
+        self.names.lock().unwrap().remove(&name);
+        drop(permit);
     }
 
-    fn start_run(
+    async fn record(&self, out: &RunOutcome) {
+        let (id, o) = (self.id, out.clone());
+        let r = blocking(&self.catalog, move |c| {
+            c.finish_run(
+                id,
+                o.result,
+                o.bytes_read,
+                o.bytes_uploaded,
+                o.stats.as_ref(),
+                o.error.as_deref(),
+            )
+        })
+        .await;
+        if let Err(e) = r {
+            tracing::error!("could not record the run in the catalog: {e}");
+        }
+    }
+
+    async fn retain(&self) {
+        let s = &self.schedule;
+        match self.runner.retain(s.clone(), self.config.clone()).await {
+            Ok(Some(r)) => tracing::info!(
+                "retention: removed {} backup(s) and {} volume snapshot(s) by policy {}",
+                r.backups_removed,
+                r.snapshots_removed,
+                s.policy
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("retention not applied this time: {e}"),
+        }
+    }
+}
+
+/// Where the loop is: the runs going, each schedule's next fire, the bound on runs at once,
+/// and the token that cancels the runs when the server stops.
+struct Loop {
+    running: Running,
+    due: HashMap<String, OffsetDateTime>,
+    permits: Arc<Semaphore>,
+    cancel: CancellationToken,
+}
+
+impl Server {
+    /// The configuration's schedules, each with whether it is suspended (the catalog's
+    /// `schedule suspend|resume` over the configuration's `suspend`).
+    async fn active(&self) -> Result<Vec<(Schedule, bool)>, CatalogError> {
+        let config = self.config.clone();
+        blocking(&self.catalog, move |c| {
+            let rows = c.schedules()?;
+            Ok(config
+                .schedules
+                .values()
+                .map(|s| {
+                    let suspended = rows
+                        .iter()
+                        .find(|r| r.name == s.name)
+                        .map(|r| r.suspended)
+                        .unwrap_or(s.suspend);
+                    (s.clone(), suspended)
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn last_run(&self, schedule: &str) -> Result<Option<OffsetDateTime>, CatalogError> {
+        let name = schedule.to_string();
+        blocking(&self.catalog, move |c| c.last_run(&name)).await
+    }
+
+    /// Starts a run of `s` for its fire time `fire`, or records it skipped when the previous
+    /// run of `s` is still going.
+    async fn start_run(
         &self,
-        running: &mut Running,
+        lp: &mut Loop,
         s: &Schedule,
         fire: OffsetDateTime,
-        cancel: &CancellationToken,
-        permits: &Arc<Semaphore>,
     ) -> Result<(), CatalogError> {
-        let mut names = running.names.lock().unwrap();
-        if names.contains(&s.name) {
+        if !lp.running.names.lock().unwrap().insert(s.name.clone()) {
             tracing::warn!(schedule = %s.name, fire = %crate::repository::rfc3339(fire), "skipped: the previous run is still going");
-            self.catalog.record_skip(
-                &s.name,
-                fire,
-                "the previous run of this schedule was still going",
-            )?;
-            *self
-                .metrics
-                .lock()
-                .unwrap()
-                .runs
-                .entry((s.name.clone(), "skipped".into()))
-                .or_default() += 1;
+            let name = s.name.clone();
+            blocking(&self.catalog, move |c| {
+                c.record_skip(
+                    &name,
+                    fire,
+                    "the previous run of this schedule was still going",
+                )
+            })
+            .await?;
+            self.metrics.lock().unwrap().skipped(&s.name);
             return Ok(());
         }
-        names.insert(s.name.clone());
-        drop(names);
-        let name = backup_name(&s.name, fire);
-        let id = self.catalog.start_run(&s.name, &name, fire)?;
-        let (runner, catalog, metrics, names, clock, config) = (
-            self.runner.clone(),
-            self.catalog.clone(),
-            self.metrics.clone(),
-            running.names.clone(),
-            self.clock,
-            self.config.clone(),
-        );
-        let (s, cancel, permits) = (s.clone(), cancel.clone(), permits.clone());
-        let span = tracing::info_span!("run", schedule = %s.name, backup = %name);
-        running.tasks.spawn(
-            async move {
-                // Bounded across schedules: a run waits here for a permit.
-                let permit = tokio::select! {
-                    p = permits.acquire_owned() => p.ok(),
-                    _ = cancel.cancelled() => None,
-                };
-                metrics.lock().unwrap().running.insert(s.name.clone(), true);
-                let started = tokio::time::Instant::now();
-                let out = match permit {
-                    Some(_) => runner.run(s.clone(), name.clone(), cancel.clone()).await,
-                    None => RunOutcome {
-                        result: "cancelled".into(),
-                        error: Some("the server stopped before the run could start".into()),
-                        ..Default::default()
-                    },
-                };
-                let secs = started.elapsed().as_secs_f64();
-                tracing::info!(result = %out.result, seconds = secs, "run ended");
-                if let Some(e) = &out.error {
-                    tracing::error!("run failed: {e}");
-                }
-                let o = out.clone();
-                let r = blocking(&catalog, move |c| {
-                    c.finish_run(
-                        id,
-                        &o.result,
-                        o.bytes_read,
-                        o.bytes_uploaded,
-                        o.stats.as_ref(),
-                        o.error.as_deref(),
-                    )
-                })
-                .await;
-                if let Err(e) = r {
-                    tracing::error!("could not record the run in the catalog: {e}");
-                }
-                {
-                    let mut m = metrics.lock().unwrap();
-                    m.record(&s.name, &out, secs, clock.now());
-                    m.running.insert(s.name.clone(), false);
-                }
-                if out.result != "cancelled" && !cancel.is_cancelled() {
-                    match runner.retain(s.clone(), config).await {
-                        Ok(msg) if !msg.is_empty() => tracing::info!("retention: {msg}"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!("retention not applied this time: {e}"),
-                    }
-                }
-                names.lock().unwrap().remove(&s.name);
+        let backup = backup_name(&s.name, fire);
+        let (n, b) = (s.name.clone(), backup.clone());
+        let id = blocking(&self.catalog, move |c| c.start_run(&n, &b, fire)).await?;
+        let span = tracing::info_span!("run", schedule = %s.name, backup = %backup);
+        let run = Run {
+            runner: self.runner.clone(),
+            catalog: self.catalog.clone(),
+            metrics: self.metrics.clone(),
+            names: lp.running.names.clone(),
+            clock: self.clock,
+            config: self.config.clone(),
+            schedule: s.clone(),
+            backup,
+            id,
+            cancel: lp.cancel.clone(),
+        };
+        lp.running
+            .tasks
+            .spawn(run.go(lp.permits.clone()).instrument(span));
+        Ok(())
+    }
+
+    /// Records the configuration's schedules and closes the runs an earlier server left.
+    async fn open_catalog(&self) -> Result<(), CatalogError> {
+        let cfg = self.config.clone();
+        blocking(&self.catalog, move |c| {
+            c.sync_schedules(&cfg)?;
+            let n = c.close_interrupted_runs()?;
+            if n > 0 {
+                tracing::warn!(
+                    "{n} run(s) left unfinished by an earlier server recorded as failed"
+                );
             }
-            .instrument(span),
+            Ok(())
+        })
+        .await
+    }
+
+    /// Missed fire times while the server was down: one run now.
+    async fn catch_up(
+        &self,
+        lp: &mut Loop,
+        active: &[(Schedule, bool)],
+        now: OffsetDateTime,
+    ) -> Result<(), CatalogError> {
+        for (s, suspended) in active {
+            let last = self.last_run(&s.name).await?;
+            if !suspended && missed(&self.config.policy_of(s).trigger, now, last) {
+                tracing::info!(schedule = %s.name, "missed runs while stopped: running once now");
+                self.start_run(lp, s, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next fire of each schedule that has none yet, after its last run.
+    async fn plan(
+        &self,
+        lp: &mut Loop,
+        active: &[(Schedule, bool)],
+        now: OffsetDateTime,
+    ) -> Result<(), CatalogError> {
+        for (s, _) in active {
+            if !lp.due.contains_key(&s.name) {
+                let last = self.last_run(&s.name).await?;
+                let next = next_fires(&self.config.policy_of(s).trigger, now, last, 1);
+                if let Some(n) = next.first() {
+                    lp.due.insert(s.name.clone(), *n);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the runs whose fire time has come, and plans each one's next fire.
+    async fn fire(&self, lp: &mut Loop, active: &[(Schedule, bool)]) -> Result<(), CatalogError> {
+        let now = self.clock.now();
+        let fired: Vec<(String, OffsetDateTime)> = lp
+            .due
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, t)| (n.clone(), *t))
+            .collect();
+        for (name, fire) in fired {
+            lp.due.remove(&name);
+            let Some((s, suspended)) = active.iter().find(|(s, _)| s.name == name) else {
+                continue;
+            };
+            if *suspended {
+                tracing::info!(schedule = %name, "suspended: not run");
+            } else {
+                self.start_run(lp, s, fire).await?;
+            }
+            // The next fire after this one, not after the run: a run that overlaps the next
+            // fire time makes that one skipped.
+            let next = next_fires(
+                &self.config.policy_of(s).trigger,
+                fire.max(now),
+                Some(fire),
+                1,
+            );
+            if let Some(n) = next.first() {
+                lp.due.insert(name.clone(), *n);
+            }
+        }
+        Ok(())
+    }
+
+    async fn reload(&mut self, cfg: Config) -> Result<(), CatalogError> {
+        let cfg = Arc::new(cfg);
+        let c2 = cfg.clone();
+        blocking(&self.catalog, move |c| c.sync_schedules(&c2)).await?;
+        self.config = cfg;
+        tracing::info!(
+            schedules = self.config.schedules.len(),
+            "configuration reloaded"
         );
         Ok(())
     }
@@ -326,53 +516,26 @@ impl Server {
         shutdown: CancellationToken,
         mut control: mpsc::Receiver<Control>,
     ) -> Result<(), CatalogError> {
-        {
-            let cfg = self.config.clone();
-            blocking(&self.catalog, move |c| {
-                c.sync_schedules(&cfg)?;
-                let n = c.close_interrupted_runs()?;
-                if n > 0 {
-                    tracing::warn!(
-                        "{n} run(s) left unfinished by an earlier server recorded as failed"
-                    );
-                }
-                Ok(())
-            })
-            .await?;
-        }
-        let permits = Arc::new(Semaphore::new(self.max_concurrent.max(1)));
-        let runs_cancel = CancellationToken::new();
-        let mut running = Running {
-            tasks: JoinSet::new(),
-            names: Arc::new(Mutex::new(HashSet::new())),
+        self.open_catalog().await?;
+        let mut lp = Loop {
+            running: Running {
+                tasks: JoinSet::new(),
+                names: Arc::new(Mutex::new(HashSet::new())),
+            },
+            due: HashMap::new(),
+            permits: Arc::new(Semaphore::new(self.max_concurrent.max(1))),
+            cancel: CancellationToken::new(),
         };
-        let mut due: HashMap<String, OffsetDateTime> = HashMap::new();
         let mut first = true;
         loop {
             let now = self.clock.now();
-            let active = self.active()?;
-            // Missed fire times while the server was down: one run now (on start and reload).
+            let active = self.active().await?;
             if first {
-                for (s, suspended) in &active {
-                    let last = self.catalog.last_run(&s.name)?;
-                    if !suspended && missed(&self.config.policy_of(s).trigger, now, last) {
-                        tracing::info!(schedule = %s.name, "missed runs while stopped: running once now");
-                        self.start_run(&mut running, s, now, &runs_cancel, &permits)?;
-                    }
-                }
+                self.catch_up(&mut lp, &active, now).await?;
                 first = false;
             }
-            for (s, _) in &active {
-                if !due.contains_key(&s.name) {
-                    let last = self.catalog.last_run(&s.name)?;
-                    let next = next_fires(&self.config.policy_of(s).trigger, now, last, 1);
-                    if let Some(n) = next.first() {
-                        due.insert(s.name.clone(), *n);
-                    }
-                }
-            }
-            let next = due.values().min().copied();
-            let sleep = match next {
+            self.plan(&mut lp, &active, now).await?;
+            let sleep = match lp.due.values().min().copied() {
                 Some(t) => tokio::time::sleep_until(self.clock.instant_of(t)),
                 None => tokio::time::sleep(Duration::from_secs(3600)),
             };
@@ -380,290 +543,95 @@ impl Server {
                 _ = shutdown.cancelled() => break,
                 c = control.recv() => match c {
                     Some(Control::Reload(cfg)) => {
-                        let cfg = Arc::new(cfg);
-                        let c2 = cfg.clone();
-                        blocking(&self.catalog, move |c| c.sync_schedules(&c2)).await?;
-                        self.config = cfg;
-                        due.clear();
-                        tracing::info!(schedules = self.config.schedules.len(), "configuration reloaded");
+                        self.reload(cfg).await?;
+                        lp.due.clear();
                     }
                     None => {}
                 },
-                _ = sleep => {
-                    let now = self.clock.now();
-                    let fired: Vec<(String, OffsetDateTime)> = due.iter().filter(|(_, t)| **t <= now).map(|(n, t)| (n.clone(), *t)).collect();
-                    for (name, fire) in fired {
-                        due.remove(&name);
-                        let Some((s, suspended)) = active.iter().find(|(s, _)| s.name == name) else { continue };
-                        if *suspended {
-                            tracing::info!(schedule = %name, "suspended: not run");
-                        } else {
-                            self.start_run(&mut running, s, fire, &runs_cancel, &permits)?;
-                        }
-                        // The next fire after this one, not after the run: a run that overlaps
-                        // the next fire time makes that one skipped.
-                        let next = next_fires(&self.config.policy_of(s).trigger, fire.max(now), Some(fire), 1);
-                        if let Some(n) = next.first() {
-                            due.insert(name.clone(), *n);
-                        }
-                    }
-                }
-                Some(_) = running.tasks.join_next(), if !running.tasks.is_empty() => {}
+                _ = sleep => self.fire(&mut lp, &active).await?,
+                Some(_) = lp.running.tasks.join_next(), if !lp.running.tasks.is_empty() => {}
             }
         }
         tracing::info!("stopping: cancelling the runs going (their post rules still run)");
-        runs_cancel.cancel();
-        while running.tasks.join_next().await.is_some() {}
+        lp.cancel.cancel();
+        while lp.running.tasks.join_next().await.is_some() {}
         Ok(())
     }
 }
 
-/// How long a scheduled run waits for an exclusive lock (forget, prune) to go.
-pub const LOCK_WAIT: Duration = Duration::from_secs(10 * 60);
-
-/// Where scheduled backups read from.
-pub enum Source {
-    Dir(crate::k8s::source::ClusterDir),
-    Live(Arc<crate::k8s::live::LiveCluster>),
-}
-
-/// The real [`Runner`]: an application backup into the repository, under a shared lock, with
-/// the schedule's rules (paths relative to the configuration), recorded in the catalog; and
-/// the schedule's retention after it.
-pub struct RepoRunner {
-    pub repo: Arc<crate::repository::Repository>,
-    pub source: Source,
+/// What `lifeboat server` serves: a configuration (loaded from `config_path`, reloaded from it
+/// on SIGHUP), the catalog, a runner, and optionally the `/metrics` endpoint.
+pub struct Serve {
+    pub config_path: PathBuf,
+    pub config: Config,
     pub catalog: Arc<Catalog>,
-    /// Where rule paths of templates are relative to.
-    pub config_dir: std::path::PathBuf,
-    pub movers: crate::k8s::csi::MoverSettings,
+    pub runner: Arc<dyn Runner>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub max_concurrent: usize,
 }
 
-impl RepoRunner {
-    async fn backup(
-        &self,
-        s: &Schedule,
-        name: &str,
-        cancel: &CancellationToken,
-    ) -> Result<crate::app::record::BackupSummary, String> {
-        use crate::app::volumes::{backup_cluster_dir, backup_live, ConsistencyOptions};
-        let rules = |files: &[String]| -> Result<Vec<crate::hooks::Rule>, String> {
-            let mut out = Vec::new();
-            for f in files {
-                out.extend(
-                    crate::hooks::load_rules(&self.config_dir.join(f))
-                        .map_err(|e| e.to_string())?,
-                );
-            }
-            Ok(out)
-        };
-        let opts = ConsistencyOptions {
-            include_volumes: s.template.include_volumes,
-            include_resources: s.template.include_resources,
-            pre: rules(&s.template.pre_rules)?,
-            post: rules(&s.template.post_rules)?,
-            allow_reflink: true,
-            schedule: Some(s.name.clone()),
-        };
-        let scope = crate::k8s::source::Scope {
-            namespaces: s.template.namespaces.clone(),
-            selector: crate::k8s::source::Selector::parse(&s.template.selector)
-                .map_err(|e| e.to_string())?,
-            ..Default::default()
-        };
-        let filters = crate::format::BackupFilters {
-            namespaces: s.template.namespaces.clone(),
-            selector: s.template.selector.clone(),
-            ..Default::default()
-        };
-        // An exclusive lock (forget, prune) is waited out for a while rather than failing
-        // the run at once.
-        let mut delay = Duration::from_millis(200);
-        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
-        let lock = loop {
-            match self
-                .repo
-                .lock(
-                    crate::repository::LockKind::Shared,
-                    &format!("backup {name}"),
-                )
-                .await
-            {
-                Ok(l) => break l,
-                Err(crate::repository::RepoError::Locked { holder })
-                    if tokio::time::Instant::now() < deadline =>
-                {
-                    tracing::info!("waiting for the repository: {holder}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = cancel.cancelled() => return Err("cancelled while waiting for the repository lock".into()),
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        };
-        let result = match &self.source {
-            Source::Dir(dir) => {
-                let d = crate::k8s::source::ClusterDir::new(dir.root());
-                let all = tokio::task::spawn_blocking(move || d.load())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-                let selected = crate::k8s::source::select(&all, &scope, &dir.describe())
-                    .map_err(|e| e.to_string())?;
-                backup_cluster_dir(
-                    self.repo.clone(),
-                    name,
-                    dir,
-                    selected,
-                    filters,
-                    &opts,
-                    cancel,
-                )
-                .await
-            }
-            Source::Live(live) => {
-                backup_live(
-                    self.repo.clone(),
-                    name,
-                    live,
-                    &scope,
-                    filters,
-                    &opts,
-                    self.movers.clone(),
-                    cancel,
-                )
-                .await
-            }
-        };
-        if let Err(e) = lock.release().await {
-            tracing::warn!("could not release the repository lock (it expires by itself): {e}");
-        }
-        result.map_err(|e| e.to_string())
+/// Serves until `shutdown`: the loop of [`Server::run`] on the system clock, metrics on
+/// `metrics_addr`, and on SIGHUP the configuration reloaded (or, when the new one is invalid,
+/// the running one kept, with an error in the log).
+pub async fn serve(s: Serve, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let clock = Clock::system();
+    let metrics = Arc::new(Mutex::new(Metrics::default()));
+    let names = Arc::new(Mutex::new(
+        s.config.schedules.keys().cloned().collect::<Vec<_>>(),
+    ));
+    if let Some(addr) = s.metrics_addr {
+        let listener = crate::metrics::listen(addr).await?;
+        let (n, m) = (names.clone(), metrics.clone());
+        let render = move || m.lock().unwrap().render(clock.now(), &n.lock().unwrap());
+        tokio::spawn(serve_metrics(listener, Arc::new(render), shutdown.clone()));
+        tracing::info!(%addr, "metrics on /metrics");
     }
+    let control = reload_on_sighup(s.config_path, names)?;
+    let server = Server {
+        config: Arc::new(s.config),
+        catalog: s.catalog,
+        runner: s.runner,
+        metrics,
+        clock,
+        max_concurrent: s.max_concurrent,
+    };
+    server.run(shutdown, control).await?;
+    Ok(())
 }
 
-impl Runner for Arc<RepoRunner> {
-    fn run(
-        &self,
-        s: Schedule,
-        backup: String,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'static, RunOutcome> {
-        let me = self.clone();
-        let handle = tokio::runtime::Handle::current();
-        // The backup future is driven on a blocking-pool thread: rustc cannot prove it Send
-        // (higher-ranked lifetimes inside the rules' step), and `block_on` does not need it.
-        // Its own tasks still run on the runtime.
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || handle.block_on(me.run_one(s, backup, cancel)))
-                .await
-                .unwrap_or_else(|e| RunOutcome {
-                    result: "failed".into(),
-                    error: Some(format!("the run's worker failed: {e}")),
-                    ..Default::default()
-                })
-        })
-    }
-
-    fn retain(
-        &self,
-        s: Schedule,
-        config: Arc<Config>,
-    ) -> BoxFuture<'static, Result<String, String>> {
-        let me = self.clone();
-        Box::pin(async move { me.apply_retention(s, config).await })
-    }
-}
-
-impl RepoRunner {
-    async fn run_one(
-        self: Arc<Self>,
-        s: Schedule,
-        backup: String,
-        cancel: CancellationToken,
-    ) -> RunOutcome {
-        let me = self;
-        {
-            match me.backup(&s, &backup, &cancel).await {
-                Ok(summary) => {
-                    let (id, record) = (summary.id, summary.record.clone());
-                    let r = blocking(&me.catalog, move |c| c.record_backup(&id, &record)).await;
-                    if let Err(e) = r {
-                        tracing::warn!("could not record the backup in the catalog: {e}");
-                    }
-                    let partial = !summary.failures.is_empty();
-                    RunOutcome {
-                        result: if partial { "partial" } else { "succeeded" }.into(),
-                        bytes_read: summary.bytes_read,
-                        bytes_uploaded: summary.bytes_uploaded,
-                        error: partial.then(|| {
-                            summary
-                                .failures
-                                .iter()
-                                .map(|f| format!("{}: {}", f.what, f.reason))
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        }),
-                        stats: serde_json::to_value(&summary).ok(),
+/// On each SIGHUP, the configuration at `path` again (read off the runtime): sent to the loop
+/// when valid, its schedules' names put in `names` (for the metrics); refused, with an error
+/// in the log, when not.
+fn reload_on_sighup(
+    path: PathBuf,
+    names: Arc<Mutex<Vec<String>>>,
+) -> Result<mpsc::Receiver<Control>, ServerError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = mpsc::channel(4);
+    let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signal)?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let p = path.clone();
+            match crate::util::blocking(move || load_config(&p)).await {
+                Ok(cfg) => {
+                    *names.lock().unwrap() = cfg.schedules.keys().cloned().collect();
+                    if tx.send(Control::Reload(cfg)).await.is_err() {
+                        return;
                     }
                 }
-                Err(e) => RunOutcome {
-                    result: if cancel.is_cancelled() {
-                        "cancelled"
-                    } else {
-                        "failed"
-                    }
-                    .into(),
-                    error: Some(e),
-                    ..Default::default()
-                },
+                Err(e) => tracing::error!("configuration rejected, the running one stays: {e}"),
             }
         }
-    }
-
-    async fn apply_retention(
-        self: Arc<Self>,
-        s: Schedule,
-        config: Arc<Config>,
-    ) -> Result<String, String> {
-        let me = self;
-        {
-            let retain = config.policy_of(&s).retain;
-            if retain.keeps_everything() {
-                return Ok(String::new());
-            }
-            let backups = crate::app::record::list_backups(&me.repo)
-                .await
-                .map_err(|e| e.to_string())?;
-            let decisions = crate::app::retention::plan(&backups, &|_| retain, Some(&s.name));
-            if decisions.iter().all(|d| !d.kept_by.is_empty()) {
-                return Ok(String::new());
-            }
-            let report = crate::app::retention::forget(&me.repo, &backups, &decisions)
-                .await
-                .map_err(|e| e.to_string())?;
-            let gone: Vec<crate::format::BackupId> = decisions
-                .iter()
-                .filter(|d| d.kept_by.is_empty())
-                .map(|d| d.id)
-                .collect();
-            blocking(&me.catalog, move |c| c.remove_backups(&gone))
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(format!(
-                "removed {} backup(s) and {} volume snapshot(s) by policy {}",
-                report.backups_removed, report.snapshots_removed, s.policy
-            ))
-        }
-    }
+    });
+    Ok(rx)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::scheduler::config::parse_config;
+    use crate::scheduler::runner::RunError;
+    use futures::future::BoxFuture;
 
     struct Fake {
         /// (backup name, started at) of each run.
@@ -678,13 +646,13 @@ mod tests {
             _s: Schedule,
             backup: String,
             cancel: CancellationToken,
-        ) -> BoxFuture<'static, RunOutcome> {
+        ) -> BoxFuture<'static, Result<RunOutcome, RunError>> {
             self.runs.lock().unwrap().push((backup, self.clock.now()));
             let takes = self.takes;
             Box::pin(async move {
                 tokio::select! {
-                    _ = tokio::time::sleep(takes) => RunOutcome { result: "succeeded".into(), bytes_read: 10, ..Default::default() },
-                    _ = cancel.cancelled() => RunOutcome { result: "cancelled".into(), ..Default::default() },
+                    _ = tokio::time::sleep(takes) => Ok(RunOutcome { bytes_read: 10, ..RunOutcome::new(RunResult::Succeeded) }),
+                    _ = cancel.cancelled() => Ok(RunOutcome::new(RunResult::Cancelled)),
                 }
             })
         }
@@ -741,6 +709,58 @@ mod tests {
         OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
     }
 
+    #[test]
+    fn the_metrics_text_is_prometheus_exposition() {
+        let mut m = Metrics::default();
+        let ok = RunOutcome {
+            bytes_read: 5,
+            bytes_uploaded: 3,
+            ..RunOutcome::new(RunResult::Succeeded)
+        };
+        m.record("a\"b", &ok, 1.5, t("2026-11-24T00:00:00Z"));
+        m.skipped("a\"b");
+        m.record(
+            "c",
+            &RunOutcome::new(RunResult::Partial),
+            2.0,
+            t("2026-11-24T00:00:00Z"),
+        );
+        m.set_running("c", true);
+        let text = m.render(t("2026-11-24T00:01:00Z"), &["a\"b".into(), "c".into()]);
+        assert_eq!(
+            text,
+            r#"# HELP lifeboat_runs_total Scheduled runs by result.
+# TYPE lifeboat_runs_total counter
+lifeboat_runs_total{schedule="a\"b",result="skipped"} 1
+lifeboat_runs_total{schedule="a\"b",result="succeeded"} 1
+lifeboat_runs_total{schedule="c",result="partial"} 1
+# HELP lifeboat_run_duration_seconds Duration of the newest run.
+# TYPE lifeboat_run_duration_seconds gauge
+lifeboat_run_duration_seconds{schedule="a\"b"} 1.500
+lifeboat_run_duration_seconds{schedule="c"} 2.000
+# HELP lifeboat_bytes_read_total Bytes read from volumes by runs.
+# TYPE lifeboat_bytes_read_total counter
+lifeboat_bytes_read_total{schedule="a\"b"} 5
+lifeboat_bytes_read_total{schedule="c"} 0
+# HELP lifeboat_bytes_uploaded_total Bytes written to the repository by runs.
+# TYPE lifeboat_bytes_uploaded_total counter
+lifeboat_bytes_uploaded_total{schedule="a\"b"} 3
+lifeboat_bytes_uploaded_total{schedule="c"} 0
+# HELP lifeboat_last_success_timestamp_seconds When the newest good backup of a schedule ended.
+# TYPE lifeboat_last_success_timestamp_seconds gauge
+lifeboat_last_success_timestamp_seconds{schedule="a\"b"} 1795478400
+# HELP lifeboat_seconds_since_last_success The RPO clock: seconds since the newest good backup (-1: none yet).
+# TYPE lifeboat_seconds_since_last_success gauge
+lifeboat_seconds_since_last_success{schedule="a\"b"} 60
+lifeboat_seconds_since_last_success{schedule="c"} -1
+# HELP lifeboat_run_in_progress 1 while a run of the schedule is going.
+# TYPE lifeboat_run_in_progress gauge
+lifeboat_run_in_progress{schedule="a\"b"} 0
+lifeboat_run_in_progress{schedule="c"} 1
+"#
+        );
+    }
+
     /// Counts the runs going at once.
     struct Counting {
         now: Arc<std::sync::atomic::AtomicUsize>,
@@ -754,7 +774,7 @@ mod tests {
             _s: Schedule,
             _b: String,
             _c: CancellationToken,
-        ) -> BoxFuture<'static, RunOutcome> {
+        ) -> BoxFuture<'static, Result<RunOutcome, RunError>> {
             use std::sync::atomic::Ordering::SeqCst;
             let (now, max, runs) = (self.now.clone(), self.max.clone(), self.runs.clone());
             Box::pin(async move {
@@ -763,10 +783,7 @@ mod tests {
                 runs.fetch_add(1, SeqCst);
                 tokio::time::sleep(Duration::from_secs(600)).await;
                 now.fetch_sub(1, SeqCst);
-                RunOutcome {
-                    result: "succeeded".into(),
-                    ..Default::default()
-                }
+                Ok(RunOutcome::new(RunResult::Succeeded))
             })
         }
     }
@@ -808,7 +825,10 @@ mod tests {
         assert_eq!(max.load(SeqCst), 2);
         assert_eq!(runs.load(SeqCst), 9);
         let rows = catalog.runs(None, 100).unwrap();
-        assert!(rows.iter().all(|r| r.result != "skipped"), "{rows:#?}");
+        assert!(
+            rows.iter().all(|r| r.result != RunState::Skipped),
+            "{rows:#?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -831,7 +851,12 @@ mod tests {
                 &format!("app-202611{:02}-{:02}0000", 24 + (i + 1) / 24, (i + 1) % 24)
             );
         }
-        assert_eq!(rows.iter().filter(|r| r.result == "succeeded").count(), 24);
+        assert_eq!(
+            rows.iter()
+                .filter(|r| r.result == RunState::Succeeded)
+                .count(),
+            24
+        );
         assert!(
             metrics.contains("lifeboat_runs_total{schedule=\"app\",result=\"succeeded\"} 24"),
             "{metrics}"
@@ -855,7 +880,10 @@ mod tests {
             t("2026-11-24T00:00:00Z"),
         )
         .await;
-        let skipped = rows.iter().filter(|r| r.result == "skipped").count();
+        let skipped = rows
+            .iter()
+            .filter(|r| r.result == RunState::Skipped)
+            .count();
         assert_eq!(runs.len() + skipped, 8, "{rows:#?}");
         assert_eq!(runs.len(), 4);
         for w in runs.windows(2) {
@@ -865,11 +893,10 @@ mod tests {
                 "never two at once"
             );
         }
-        assert!(rows.iter().filter(|r| r.result == "skipped").all(|r| r
-            .error
-            .as_deref()
-            .unwrap()
-            .contains("still going")));
+        assert!(rows
+            .iter()
+            .filter(|r| r.result == RunState::Skipped)
+            .all(|r| r.error.as_deref().unwrap().contains("still going")));
     }
 
     #[tokio::test(start_paused = true)]
@@ -880,7 +907,8 @@ mod tests {
         let id = cat
             .start_run("app", "app-x", t("2026-11-24T01:00:00Z"))
             .unwrap();
-        cat.finish_run(id, "succeeded", 0, 0, None, None).unwrap();
+        cat.finish_run(id, RunResult::Succeeded, 0, 0, None, None)
+            .unwrap();
         cat.conn()
             .execute("UPDATE runs SET started = '2026-11-24T01:00:00Z'", [])
             .unwrap();
@@ -923,6 +951,10 @@ mod tests {
         )
         .await;
         assert_eq!(runs.len(), 1);
-        assert_eq!(rows.last().unwrap().result, "cancelled", "{rows:#?}");
+        assert_eq!(
+            rows.last().unwrap().result,
+            RunState::Cancelled,
+            "{rows:#?}"
+        );
     }
 }
