@@ -126,7 +126,13 @@ pub async fn backup_cluster_dir(
         .root()
         .join(".lifeboat")
         .join("snapshots")
-        .join(format!("{name}-{}", hex::encode(rand::random::<[u8; 4]>())));
+        // A file name holds 255 bytes: the longest backup name (253) and the random suffix
+        // would not fit; the work directory only needs to be unique.
+        .join(format!(
+            "{}-{}",
+            &name[..name.len().min(200)],
+            hex::encode(rand::random::<[u8; 4]>())
+        ));
     let allow_reflink = opts.allow_reflink;
     // The step owns what it uses: a future borrowing here would not be provably Send.
     let step_volumes = volumes.clone();

@@ -299,9 +299,7 @@ pub(super) async fn drill(ctx: &Ctx<'_>, a: &DrillArgs) -> Result<(), Error> {
     if report.passed() {
         Ok(())
     } else {
-        Err(Error::Server(
-            "the drill found differences (listed above)".into(),
-        ))
+        Err(Error::DrillFailed)
     }
 }
 

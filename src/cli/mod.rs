@@ -276,8 +276,10 @@ pub enum Error {
     Schedule(#[from] crate::scheduler::config::ScheduleError),
     #[error(transparent)]
     Catalog(#[from] crate::scheduler::catalog::CatalogError),
-    #[error("{0}")]
-    Server(String),
+    #[error(
+        "the drill found differences (listed above): the DR site would not recover as backed up"
+    )]
+    DrillFailed,
     #[error(transparent)]
     Scheduler(#[from] crate::scheduler::ServerError),
     #[error("{0}")]
@@ -303,6 +305,8 @@ impl Error {
             Error::Live(e) => e.is_retryable(),
             Error::Standby(e) => e.is_retryable(),
             Error::Demo(e) => e.is_retryable(),
+            Error::Scheduler(e) => e.is_retryable(),
+            Error::Catalog(e) => e.is_retryable(),
             _ => false,
         };
         match self {

@@ -302,11 +302,9 @@ fn a_schedule_named_with_a_slash_is_refused_at_load_naming_the_field() {
     );
 }
 
-/// Ignored until `app::volumes::backup_cluster_dir` names its work directory within the
-/// file-name limit: it is `<backup>-<8 hex>` under `.lifeboat/snapshots/`, 262 bytes for a
-/// 253-byte backup name (`File name too long`).
+/// The longest schedule name's runs, and `backup create` with the longest backup name, work
+/// end to end (a work directory named after the backup once overflowed the file-name limit).
 #[test]
-#[ignore = "a cluster-directory backup of a 253-byte name fails: its work directory's name is too long (app::volumes)"]
 fn the_longest_schedule_name_makes_backups_that_backup_create_and_the_server_accept() {
     use lifeboat::util::{MAX_NAME_LEN, RUN_SUFFIX_LEN};
     let longest = "s".repeat(MAX_NAME_LEN - RUN_SUFFIX_LEN);
