@@ -263,6 +263,8 @@ pub enum Error {
     #[error(transparent)]
     Restore(#[from] RestoreError),
     #[error(transparent)]
+    Verify(#[from] crate::volume::verify::VerifyError),
+    #[error(transparent)]
     App(#[from] AppBackupError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
@@ -301,6 +303,7 @@ impl Error {
             Error::Repo(e) => e.is_retryable(),
             Error::Backup(e) => e.is_retryable(),
             Error::Restore(e) => e.is_retryable(),
+            Error::Verify(e) => e.is_retryable(),
             Error::App(e) => e.is_retryable(),
             Error::Live(e) => e.is_retryable(),
             Error::Standby(e) => e.is_retryable(),

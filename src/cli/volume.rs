@@ -229,7 +229,7 @@ async fn verify(
         .await?;
     let (id, snap) = repo.resolve_snapshot(snapshot).await?;
     let index = repo.load_index().await?;
-    let (verified, n) = crate::standby::verify_volume(&repo, &index, &snap, target).await?;
+    let (verified, n) = crate::volume::verify::verify_volume(&repo, &index, &snap, target).await?;
     let report = VerifyReport {
         snapshot: id.to_hex(),
         verified,

@@ -517,8 +517,7 @@ impl std::fmt::Display for CopyMethod {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRecord {
-    /// `pre` or `post`.
-    pub phase: String,
+    pub phase: RulePhase,
     /// The Rule object's name.
     pub rule: String,
     pub namespace: String,
@@ -530,12 +529,66 @@ pub struct ActionRecord {
     pub started: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub ended: OffsetDateTime,
-    /// `succeeded`, `failed`, `timed-out`, `not-started`, `cancelled`; a background action
-    /// that was ready and then stopped is `succeeded`.
-    pub outcome: String,
+    /// A background action that was ready and then stopped is `succeeded`.
+    pub outcome: ActionOutcome,
     pub exit_code: Option<i32>,
     /// The last few KiB of its stdout and stderr.
     pub output_tail: String,
+}
+
+/// Which phase of a backup a rule action ran in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RulePhase {
+    /// Before the snapshots, inside the barrier.
+    Pre,
+    /// After them, always.
+    Post,
+}
+
+impl RulePhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RulePhase::Pre => "pre",
+            RulePhase::Post => "post",
+        }
+    }
+}
+
+/// How one rule action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActionOutcome {
+    Succeeded,
+    Failed,
+    TimedOut,
+    /// An earlier action of its chain failed, so it never ran.
+    NotStarted,
+    Cancelled,
+}
+
+impl ActionOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionOutcome::Succeeded => "succeeded",
+            ActionOutcome::Failed => "failed",
+            ActionOutcome::TimedOut => "timed-out",
+            ActionOutcome::NotStarted => "not-started",
+            ActionOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for RulePhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for ActionOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One part of a scope that a backup could not capture.

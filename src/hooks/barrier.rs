@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::format::ActionRecord;
+use crate::format::{ActionOutcome, ActionRecord};
 use crate::hooks::exec::{Exec, ExecError, Process};
 use crate::hooks::plan::{plan_chains, Chain, Phase, PodTarget};
 use crate::hooks::rules::{Action, OnError, Rule, WAIT_CMD};
@@ -84,11 +84,11 @@ fn new_record(
     phase: Phase,
     chain: &Chain,
     action: &Action,
-    outcome: &str,
+    outcome: ActionOutcome,
 ) -> ActionRecord {
     let t = now();
     ActionRecord {
-        phase: phase.as_str().into(),
+        phase,
         rule: rule.name.clone(),
         namespace: chain.pod.namespace.clone(),
         pod: chain.pod.name.clone(),
@@ -97,7 +97,7 @@ fn new_record(
         background: action.background,
         started: t,
         ended: t,
-        outcome: outcome.into(),
+        outcome,
         exit_code: None,
         output_tail: String::new(),
     }
@@ -130,7 +130,7 @@ fn ended_with(
     rec.output_tail = tail.text();
     match code {
         Ok(0) if !background => {
-            rec.outcome = "succeeded".into();
+            rec.outcome = ActionOutcome::Succeeded;
             rec.exit_code = Some(0);
         }
         Ok(c) => {
@@ -172,7 +172,7 @@ async fn follow_action(
     action: &Action,
     cancel: &CancellationToken,
 ) -> Ended {
-    let mut rec = new_record(rule, phase, chain, action, "failed");
+    let mut rec = new_record(rule, phase, chain, action, ActionOutcome::Failed);
     let marker = new_marker();
     let command = if action.background {
         expand_wait(&action.command, &marker)
@@ -198,7 +198,7 @@ async fn follow_action(
                 Some(c) => {
                     tail.push(&c);
                     if action.background && ready_in(&mut line, &c) {
-                        rec.outcome = "succeeded".into();
+                        rec.outcome = ActionOutcome::Succeeded;
                         rec.ended = now();
                         rec.output_tail = tail.text();
                         tracing::info!("background action ready");
@@ -215,9 +215,9 @@ async fn follow_action(
             },
             _ = &mut deadline => {
                 tracing::warn!(timeout = ?rule.timeout, "rule action timed out");
-                break "timed-out";
+                break ActionOutcome::TimedOut;
             },
-            _ = cancel.cancelled() => break "cancelled",
+            _ = cancel.cancelled() => break ActionOutcome::Cancelled,
         }
     };
     // Timed out or cancelled: the process is killed, a background one's marker removed.
@@ -225,7 +225,7 @@ async fn follow_action(
     if action.background {
         let _ = stop_marker(exec, &chain.pod, &chain.container, &marker).await;
     }
-    rec.outcome = outcome.into();
+    rec.outcome = outcome;
     rec.ended = now();
     rec.output_tail = tail.text();
     Ended::Done(rec)
@@ -264,11 +264,11 @@ async fn run_chain(
     for (i, action) in chain.actions.iter().enumerate() {
         match run_action(exec, rule, phase, chain, action, cancel).await {
             Ended::Done(rec) => {
-                let ok = rec.outcome == "succeeded";
+                let ok = rec.outcome == ActionOutcome::Succeeded;
                 out.push(rec);
                 if !ok {
                     for a in &chain.actions[i + 1..] {
-                        let mut r = new_record(rule, phase, chain, a, "not-started");
+                        let mut r = new_record(rule, phase, chain, a, ActionOutcome::NotStarted);
                         r.output_tail = "an earlier action of this rule failed".into();
                         out.push(r);
                     }
@@ -356,7 +356,7 @@ fn describe_failure(r: &ActionRecord) -> String {
 fn pre_failures(report: &mut RulesReport, pre: &[Rule]) -> Vec<String> {
     let mut abort = Vec::new();
     for r in &report.records {
-        if r.outcome != "succeeded" && r.outcome != "not-started" {
+        if r.outcome != ActionOutcome::Succeeded && r.outcome != ActionOutcome::NotStarted {
             let rule = pre.iter().find(|x| x.name == r.rule);
             let text = describe_failure(r);
             if rule.map(|x| x.on_error) == Some(OnError::Continue) {
@@ -441,7 +441,7 @@ where
     let post_held = run_phase(exec.as_ref(), post, Phase::Post, pods, &never, &mut report).await;
     let post_failed: Vec<String> = report.records[first_post..]
         .iter()
-        .filter(|r| r.outcome != "succeeded")
+        .filter(|r| r.outcome != ActionOutcome::Succeeded)
         .map(describe_failure)
         .collect();
     for f in post_failed {
@@ -478,7 +478,7 @@ mod tests {
         // 299 ASCII bytes after a 2-byte character: the cut at len - 300 falls inside it
         // (slicing there was a panic).
         let rec = ActionRecord {
-            phase: "pre".into(),
+            phase: Phase::Pre,
             rule: "r".into(),
             namespace: "ns".into(),
             pod: "p".into(),
@@ -487,7 +487,7 @@ mod tests {
             background: false,
             started: now(),
             ended: now(),
-            outcome: "failed".into(),
+            outcome: ActionOutcome::Failed,
             exit_code: Some(1),
             output_tail: format!("ab{}{}", "é", "z".repeat(299)),
         };

@@ -61,21 +61,8 @@ pub fn pod_targets<'a>(objects: impl IntoIterator<Item = &'a Value>) -> Vec<PodT
     out
 }
 
-/// Which phase a rule runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Pre,
-    Post,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Pre => "pre",
-            Phase::Post => "post",
-        }
-    }
-}
+/// Which phase a rule runs in (stored in each action's record).
+pub use crate::format::RulePhase as Phase;
 
 /// The actions of one rule item in one pod, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,16 +1,13 @@
 //! A non-disruptive test of the DR site: takes the repository, a site and a backup; restores
 //! one namespace of it into a scratch namespace, verifies every volume block by block
 //! against its snapshot and every object against the backup, and measures the time to ready
-//! (RTO) and the data's age (RPO). Also the block-by-block check itself ([`verify_volume`]),
+//! (RTO) and the data's age (RPO). The block-by-block check itself is [`crate::volume::verify`],
 //! which `volume verify` uses.
 //!
 //! Must not touch standby's namespaces, nor (on a live site) write over a namespace that
 //! exists.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,15 +17,15 @@ use time::OffsetDateTime;
 
 use super::cycle::newest_of;
 use super::dir_site::remove_namespace;
-use super::{io, Site, StandbyError};
+use super::{Site, StandbyError};
 use crate::app::copies::volume_path;
 use crate::app::record::{self, Planned, RestorePlanOptions};
-use crate::format::{AppBackup, BlockRef, Snapshot, MAP_SEGMENT_ENTRIES};
+use crate::format::AppBackup;
 use crate::k8s::csi::{MoverSettings, VerifyTarget};
 use crate::k8s::live::LiveCluster;
 use crate::k8s::objects::{Mapping, ObjRef};
 use crate::k8s::source::{ApplyItem, ClusterDir, ExistingPolicy, Outcome};
-use crate::repository::{Index, Repository};
+use crate::repository::Repository;
 use crate::util::blocking;
 
 /// How long one apply of the drill's objects may take.
@@ -193,7 +190,8 @@ pub async fn drill_cluster_dir(
     for v in backup.volumes.iter().filter(|v| v.namespace == ns) {
         let snap = repo.load_snapshot(&v.snapshot).await?;
         let path = volume_path(site.root(), into, &v.pvc);
-        let (verified, n) = verify_volume(repo, &index, &snap, &path).await?;
+        let (verified, n) =
+            crate::volume::verify::verify_volume(repo, &index, &snap, &path).await?;
         report.volumes.push(DrillVolume {
             pvc: v.pvc.clone(),
             snapshot: v.snapshot.to_hex(),
@@ -373,75 +371,6 @@ async fn verify_live(
         });
     }
     Ok(out)
-}
-
-/// Whether the file or device at `path` can hold a snapshot of `size` bytes: an image file
-/// exactly, a block device at least.
-fn size_fits(path: &Path, size: u64) -> bool {
-    match File::open(path) {
-        Ok(f) => {
-            let is_file = f.metadata().map(|m| m.is_file()).unwrap_or(false);
-            let len = crate::volume::backup::source_size(&f).unwrap_or(0);
-            if is_file {
-                len == size
-            } else {
-                len >= size
-            }
-        }
-        Err(_) => false,
-    }
-}
-
-/// Checks a volume (an image file, or a block device at least as large) block by block
-/// against a snapshot: each block's keyed hash, or zeros, as the block map says. Returns
-/// whether all matched, and how many blocks did before the first that did not.
-pub async fn verify_volume(
-    repo: &Repository,
-    index: &Index,
-    snap: &Snapshot,
-    path: &Path,
-) -> Result<(bool, u64), StandbyError> {
-    let (p, size) = (path.to_path_buf(), snap.size);
-    if !blocking(move || size_fits(&p, size)).await {
-        return Ok((false, 0));
-    }
-    let chunk = snap.chunk_size as u64;
-    let mut verified = 0;
-    for seg in 0..snap.map.len() {
-        let entries = repo.read_map_segment(index, snap, seg).await?;
-        let (p, keys, first) = (
-            path.to_path_buf(),
-            repo.keys().clone(),
-            seg as u64 * MAP_SEGMENT_ENTRIES as u64,
-        );
-        let (good, n) = crate::repository::cpu(move || -> std::io::Result<(bool, u64)> {
-            let f = File::open(&p)?;
-            let mut buf = vec![0u8; chunk as usize];
-            let mut n = 0;
-            for (i, e) in entries.iter().enumerate() {
-                let b = first + i as u64;
-                let (s, end) = (b * chunk, ((b + 1) * chunk).min(size));
-                let cur = &mut buf[..(end - s) as usize];
-                f.read_exact_at(cur, s)?;
-                let same = match e {
-                    BlockRef::Zero => crate::volume::backup::is_zero(cur),
-                    BlockRef::Blob(id) => keys.blob_id(cur) == *id,
-                };
-                if !same {
-                    return Ok((false, n));
-                }
-                n += 1;
-            }
-            Ok((true, n))
-        })
-        .await?
-        .map_err(io(path))?;
-        verified += n;
-        if !good {
-            return Ok((false, verified));
-        }
-    }
-    Ok((true, verified))
 }
 
 #[cfg(test)]

@@ -83,8 +83,7 @@ pub use dir_site::{
     cycle_cluster_dir, forget_applied_cluster_dir, remove_namespace, set_running_cluster_dir,
 };
 pub use drill::{
-    drill, drill_cluster_dir, drill_live, holds, verify_volume, DrillReport, DrillRequest,
-    DrillVolume,
+    drill, drill_cluster_dir, drill_live, holds, DrillReport, DrillRequest, DrillVolume,
 };
 pub use journal::{read_applied, recover};
 pub use live_site::{
@@ -128,6 +127,8 @@ pub enum StandbyError {
     #[error("{0}")]
     Failed(String),
     #[error(transparent)]
+    Verify(#[from] crate::volume::verify::VerifyError),
+    #[error(transparent)]
     Repo(#[from] RepoError),
     #[error(transparent)]
     Restore(#[from] RestoreError),
@@ -146,6 +147,7 @@ impl StandbyError {
     pub fn is_retryable(&self) -> bool {
         match self {
             StandbyError::Repo(e) | StandbyError::Open(e) => e.is_retryable(),
+            StandbyError::Verify(e) => e.is_retryable(),
             StandbyError::Restore(e) => e.is_retryable(),
             StandbyError::App(e) => e.is_retryable(),
             StandbyError::Live(e) => e.is_retryable(),

@@ -20,3 +20,5 @@ pub mod backup; // read, hash, compress, seal, pack
 pub mod mover; // a mover Job's changed blocks: the CSI delta, or None (compare hashes)
 
 pub mod restore; // planned pack reads, verified writes
+
+pub mod verify; // a target checked block by block against a snapshot

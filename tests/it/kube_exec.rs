@@ -208,7 +208,7 @@ async fn exec_runs_in_the_named_container_and_reads_exit_codes_and_output() {
     assert_eq!(r.len(), 4, "{r:#?}");
     let ok0 = r
         .iter()
-        .find(|x| x.phase == "pre" && x.pod == "cassandra-0")
+        .find(|x| x.phase.as_str() == "pre" && x.pod == "cassandra-0")
         .unwrap();
     assert_eq!(
         (ok0.outcome.as_str(), ok0.exit_code),
@@ -217,13 +217,13 @@ async fn exec_runs_in_the_named_container_and_reads_exit_codes_and_output() {
     assert!(ok0.output_tail.contains("flushed cassandra-0"));
     let bad = r
         .iter()
-        .find(|x| x.phase == "pre" && x.pod == "cassandra-1")
+        .find(|x| x.phase.as_str() == "pre" && x.pod == "cassandra-1")
         .unwrap();
     assert_eq!((bad.outcome.as_str(), bad.exit_code), ("failed", Some(2)));
     assert!(r
         .iter()
-        .filter(|x| x.phase == "post")
-        .all(|x| x.outcome == "succeeded" && x.output_tail.contains("resumed")));
+        .filter(|x| x.phase.as_str() == "post")
+        .all(|x| x.outcome.as_str() == "succeeded" && x.output_tail.contains("resumed")));
 
     let asked = asked.lock().unwrap();
     assert!(
