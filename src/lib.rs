@@ -1,25 +1,25 @@
 //! lifeboat: disaster recovery for Kubernetes applications.
 //!
-//! One folder per layer; each layer uses only the layers declared before it (there is no
-//! import cycle, and a test in `tests/it/layout.rs` keeps it so). Bottom to top:
+//! One folder per layer, drawn here from the top (the shell) down; each layer uses only the
+//! layers beneath it, so there is no import cycle (`tests/it/layout.rs` keeps it so):
 //!
 //! ```text
-//!  cli, demo        the shell: parse, call one library function, print
+//!  cli/, demo       the shell: parse, call one library function, print
 //!    │
-//!  standby          the DR site: warm standby (block-map delta, journal, commit), activate,
-//!    │              drills; the worker loop
-//!  scheduler        policies and fire times (pure), the catalog (SQLite), the server loop
+//!  standby/         the DR site: journal, delta, cycle, dir_site, live_site, activate, drill,
+//!    │              worker (the loop)
+//!  scheduler/       cron (pure), config, catalog (SQLite), runner (one run), server (the loop)
 //!    │
-//!  app              application backups and restores: records of objects, volume copies
-//!    │              inside the rules' barrier, restore plans, retention
-//!  hooks            rules, their plan, the barrier, actions in pods (local or pods/exec)
+//!  app/             copies (inside the barrier), record (objects), volumes, request, restore
+//!    │              (the order of an application restore), retention
+//!  hooks/           rules, plan (per pod), exec (local or pods/exec), barrier
 //!    │
-//!  k8s              objects (sanitise, map, hold, order; pure), cluster directories, the
-//!    │              live API, CSI snapshots and the Jobs that move volume data
-//!  volume           one volume's data path: diff, changed blocks (cbt), backup, restore
+//!  k8s/             objects/{sanitise,map,hold,order} (pure), source (cluster directories),
+//!    │              error, csi/ (snapshots, movers, restore and standby Jobs), live (the API)
+//!  volume/          diff, cbt, backup, mover, restore, verify: one volume's data path
 //!    │
-//!  repository       packs, index, snapshots, keys, check, locks, prune
-//!  store            local, S3, memory; retry and fault-injection decorators
+//!  repository/      packs, index, snapshots, keys, locks, check, prune, repair
+//!  store/           local, S3, memory; retry and fault-injection decorators
 //!  crypto, format   keyed ids, sealing, key wrapping; every stored struct (schema/)
 //!  util, metrics    names, blocking work off the runtime; the /metrics endpoint
 //! ```
@@ -56,7 +56,7 @@
 //! ```
 
 // Bottom to top (rustfmt keeps the order of declarations separated by blank lines).
-pub mod util; // names, atomic files, blocking work off the runtime
+pub mod util; // names, blocking work off the runtime
 
 pub mod metrics; // the /metrics and /healthz endpoint
 

@@ -43,7 +43,7 @@ pub fn volume_path(cluster_root: &Path, namespace: &str, pvc: &str) -> PathBuf {
         .join(format!("{pvc}.img"))
 }
 
-/// How a copy was taken: [`CopyMethod::Reflink`] or [`CopyMethod::Copy`] here.
+/// How a copy was taken: [`Method::Reflink`] or [`Method::Copy`] here.
 pub use crate::format::CopyMethod as Method;
 
 /// One volume's point-in-time copy.
