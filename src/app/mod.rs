@@ -13,6 +13,8 @@
 
 pub mod copies; // group copies of volume files (reflink or copy)
 
+pub mod names; // backup names kept unique: a short claim while a record is written
+
 pub mod record; // backup records of objects, restore planning
 
 pub mod volumes; // the volumes of application backups and restores

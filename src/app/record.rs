@@ -14,6 +14,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::app::copies::SnapshotError;
+use crate::app::names::{self, Claimed};
 use crate::crypto::Role;
 use crate::format::{
     ActionRecord, AppBackup, BackedUpObject, BackedUpVolume, BackupFilters, BackupId, BlobKind,
@@ -36,6 +37,16 @@ pub enum AppBackupError {
     NameTaken(String),
     #[error(transparent)]
     BadName(#[from] crate::util::NameError),
+    #[error("another backup named `{0}` is being written at this moment; try again, or choose another name")]
+    NameBusy(String),
+    #[error("{} backups are named `{name}` (ids {}), written at once before names were kept unique; pick one by its id (`--from-backup ID`, see `lifeboat backup list --json`)", ids.len(), ids.join(", "))]
+    AmbiguousName { name: String, ids: Vec<String> },
+    #[error("--namespace-mapping maps namespace `{namespace}`, which backup `{backup}` does not hold (it holds: {}); correct the mapping", if held.is_empty() { "no namespace".to_string() } else { held.join(", ") })]
+    UnmappedNamespace {
+        namespace: String,
+        backup: String,
+        held: Vec<String>,
+    },
     #[error("no backup named `{0}`; `lifeboat backup list` shows them")]
     NotFound(String),
     #[error("output directory {0} is not empty; choose a new or empty directory")]
@@ -71,6 +82,7 @@ impl AppBackupError {
             AppBackupError::Repo(e) => e.is_retryable(),
             AppBackupError::Volume { source, .. } => source.is_retryable(),
             AppBackupError::Live(e) => e.is_retryable(),
+            AppBackupError::NameBusy(_) => true,
             _ => false,
         }
     }
@@ -116,15 +128,71 @@ pub async fn list_backups(repo: &Repository) -> Result<Vec<(BackupId, AppBackup)
     Ok(all)
 }
 
+/// The backup named `spec`, or (when no backup has that name) the one whose id is `spec` or
+/// starts with it (8 characters at least). Two records of one name (written at once by an
+/// older version) are an error naming both ids, never a silent pick.
 pub async fn find_backup(
     repo: &Repository,
-    name: &str,
+    spec: &str,
 ) -> Result<(BackupId, AppBackup), AppBackupError> {
-    list_backups(repo)
-        .await?
+    pick_backup(list_backups(repo).await?, spec)
+}
+
+fn pick_backup(
+    all: Vec<(BackupId, AppBackup)>,
+    spec: &str,
+) -> Result<(BackupId, AppBackup), AppBackupError> {
+    let (mut named, rest): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, b)| b.name == spec);
+    if named.len() > 1 {
+        return Err(AppBackupError::AmbiguousName {
+            name: spec.to_string(),
+            ids: named.iter().map(|(id, _)| id.to_hex()).collect(),
+        });
+    }
+    if let Some(found) = named.pop() {
+        return Ok(found);
+    }
+    let spec_l = spec.to_ascii_lowercase();
+    let mut by_id: Vec<_> = rest
         .into_iter()
-        .find(|(_, b)| b.name == name)
-        .ok_or_else(|| AppBackupError::NotFound(name.to_string()))
+        .filter(|(id, _)| spec.len() >= 8 && id.to_hex().starts_with(&spec_l))
+        .collect();
+    match by_id.len() {
+        1 => Ok(by_id.pop().expect("one")),
+        _ => Err(AppBackupError::NotFound(spec.to_string())),
+    }
+}
+
+/// The namespaces a backup holds: its scope's, and those of its objects and volumes.
+pub fn namespaces_of(b: &AppBackup) -> Vec<String> {
+    let mut all: std::collections::BTreeSet<&str> =
+        b.filters.namespaces.iter().map(String::as_str).collect();
+    all.extend(b.objects.iter().filter_map(|o| o.namespace.as_deref()));
+    all.extend(b.volumes.iter().map(|v| v.namespace.as_str()));
+    all.into_iter().map(str::to_string).collect()
+}
+
+/// Every source namespace of `mapping` must be one backup `b` holds: a typo would otherwise
+/// be ignored, and the restore go into the original namespace.
+pub fn check_mapping(b: &AppBackup, mapping: &Mapping) -> Result<(), AppBackupError> {
+    let held = namespaces_of(b);
+    match mapping.0.keys().find(|ns| !held.contains(ns)) {
+        Some(ns) => Err(AppBackupError::UnmappedNamespace {
+            namespace: ns.clone(),
+            backup: b.name.clone(),
+            held,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether a record named `name` exists.
+async fn name_taken(repo: &Repository, name: &str) -> Result<bool, RepoError> {
+    Ok(repo
+        .load_all::<AppBackup>("backups", Role::Backup)
+        .await?
+        .iter()
+        .any(|(_, b)| b.name == name))
 }
 
 /// Builds one backup object by object, so that a capture can stream: only the list of
@@ -147,11 +215,7 @@ impl BackupBuilder {
     /// Starts backup `name`; refuses a bad or taken name before anything is stored.
     pub async fn new(repo: Arc<Repository>, name: &str) -> Result<Self, AppBackupError> {
         check_name(name)?;
-        if list_backups(&repo)
-            .await?
-            .iter()
-            .any(|(_, b)| b.name == name)
-        {
+        if name_taken(&repo, name).await? {
             return Err(AppBackupError::NameTaken(name.to_string()));
         }
         let index = repo.load_index().await?;
@@ -252,10 +316,19 @@ impl BackupBuilder {
             warnings: self.rules.warnings,
             program_version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        let (hash, len) = self
-            .repo
+        // The name is checked again under a claim: of two backups of one name written at
+        // once, one is recorded and the other refused.
+        let repo = &self.repo;
+        let claim = match names::claim(repo, &self.name, || name_taken(repo, &self.name)).await? {
+            Claimed::Held(c) => c,
+            Claimed::Taken => return Err(AppBackupError::NameTaken(self.name)),
+            Claimed::Busy => return Err(AppBackupError::NameBusy(self.name)),
+        };
+        let written = repo
             .write_sealed_json("backups", &record, Role::Backup)
-            .await?;
+            .await;
+        claim.release(repo).await;
+        let (hash, len) = written?;
         Ok(BackupSummary {
             id: BackupId(hash),
             name: self.name,

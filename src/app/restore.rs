@@ -254,6 +254,7 @@ async fn plan(
     req: &RestoreRequest,
 ) -> Result<(AppBackup, Vec<Planned>), AppBackupError> {
     let (_, backup) = record::find_backup(repo, &req.backup).await?;
+    record::check_mapping(&backup, &req.plan.namespaces)?;
     let objects = record::load_objects(repo, &backup).await?;
     let known: Vec<Exported> = objects
         .iter()

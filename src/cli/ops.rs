@@ -253,9 +253,18 @@ pub(super) async fn catalog(ctx: &Ctx<'_>, cmd: &CatalogCommand) -> Result<(), E
     let backups = crate::app::record::list_backups(&repo).await?;
     let snapshots = repo.list_snapshots().await?;
     let catalog = ctx.catalog().await?;
-    let (b, s, r) = blocking(&catalog, move |c| c.rebuild(&backups, &snapshots)).await?;
+    let rebuilt = blocking(&catalog, move |c| c.rebuild(&backups, &snapshots)).await?;
+    let (b, s, r) = (rebuilt.backups, rebuilt.snapshots, rebuilt.runs_recovered);
+    for d in &rebuilt.duplicates {
+        tracing::warn!(
+            "{} backups are named `{}` (ids {}); the catalog lists the oldest, the bucket keeps all: pick one by id with --from-backup",
+            d.ids.len(),
+            d.name,
+            d.ids.join(", ")
+        );
+    }
     ctx.emit(
-        &serde_json::json!({"catalog": catalog.path(), "backups": b, "snapshots": s, "runs_recovered": r}),
+        &serde_json::json!({"catalog": catalog.path(), "backups": b, "snapshots": s, "runs_recovered": r, "duplicate_names": rebuilt.duplicates}),
         || format!("catalog {} rebuilt from {}: {b} backups, {s} snapshots, {r} runs recovered", catalog.path().display(), repo.location()),
     );
     Ok(())

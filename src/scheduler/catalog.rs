@@ -686,16 +686,35 @@ impl Catalog {
     /// Replaces the catalog's copy of the repository with what the bucket holds, and gives each
     /// scheduled backup that no run names a run (its result read from the record), so `runs`
     /// shows history on a catalog recreated from the bucket alone.
+    ///
+    /// Whatever the bucket holds, it does not fail on it: of two records of one name (written
+    /// at once by an older version), the catalog lists the older and the pair is reported in
+    /// [`Rebuilt::duplicates`]; both stay in the bucket.
     pub fn rebuild(
         &self,
         backups: &[(BackupId, AppBackup)],
         snapshots: &[(SnapshotId, Snapshot)],
-    ) -> Result<(usize, usize, usize), CatalogError> {
+    ) -> Result<Rebuilt, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM backups", [])?;
         tx.execute("DELETE FROM snapshots", [])?;
-        for (id, b) in backups {
+        let mut sorted: Vec<&(BackupId, AppBackup)> = backups.iter().collect();
+        sorted.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        let mut duplicates: Vec<DuplicateName> = Vec::new();
+        let mut listed = std::collections::HashMap::new();
+        for (id, b) in sorted {
+            if let Some(first) = listed.get(&b.name) {
+                match duplicates.iter_mut().find(|d| d.name == b.name) {
+                    Some(d) => d.ids.push(id.to_hex()),
+                    None => duplicates.push(DuplicateName {
+                        name: b.name.clone(),
+                        ids: vec![BackupId::to_hex(first), id.to_hex()],
+                    }),
+                }
+                continue;
+            }
+            listed.insert(b.name.clone(), *id);
             record_backup(&tx, id, b)?;
         }
         for (id, s) in snapshots {
@@ -723,8 +742,30 @@ impl Catalog {
             }
         }
         tx.commit()?;
-        Ok((backups.len(), snapshots.len(), runs))
+        Ok(Rebuilt {
+            backups: backups.len(),
+            snapshots: snapshots.len(),
+            runs_recovered: runs,
+            duplicates,
+        })
     }
+}
+
+/// What [`Catalog::rebuild`] found in the bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Rebuilt {
+    pub backups: usize,
+    pub snapshots: usize,
+    pub runs_recovered: usize,
+    /// Names held by more than one record (the catalog lists the oldest, ids oldest first).
+    pub duplicates: Vec<DuplicateName>,
+}
+
+/// A backup name that more than one record in the bucket holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DuplicateName {
+    pub name: String,
+    pub ids: Vec<String>,
 }
 
 fn record_backup(conn: &Connection, id: &BackupId, b: &AppBackup) -> Result<(), CatalogError> {

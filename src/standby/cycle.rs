@@ -103,10 +103,12 @@ pub(super) async fn record_failure(
     catalog: &Arc<Catalog>,
     schedule: &str,
     r: &mut NamespaceReport,
-    error: String,
+    e: &StandbyError,
 ) -> Result<(), StandbyError> {
+    let error = e.to_string();
     r.state = NamespaceState::Failed;
     r.error = Some(error.clone());
+    r.retryable = e.is_retryable();
     let (ns, sched, src) = (
         r.namespace.clone(),
         schedule.to_string(),

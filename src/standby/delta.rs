@@ -110,11 +110,7 @@ pub(super) async fn prepare_volume(
         return Ok(None);
     }
     let base = match &stage.applied {
-        Some(a) => match repo.load_snapshot(&a.snapshot).await {
-            Ok(s) if s.chunk_size == want.snap.chunk_size => Some(s),
-            // The base is gone from the repository (forgotten) or differently cut: full.
-            _ => None,
-        },
+        Some(a) => usable_base(repo, index, a.snapshot, want.pvc, want.snap).await,
         None => None,
     };
     let item = |kind, staged, hash| CommitItem {
@@ -127,16 +123,9 @@ pub(super) async fn prepare_volume(
         hash,
         record: stage.record.clone(),
     };
-    if base.is_none() && !stage.whole {
-        if stage.record.is_some() {
-            // A device is only ever moved from a known snapshot: its whole content is not
-            // staged (it would need its size again in the journal).
-            return Err(StandbyError::Failed(format!(
-                "claim {}: the snapshot it holds ({}) is not in the repository any more; delete the claim on the site to have standby write it whole",
-                want.pvc,
-                stage.applied.as_ref().map(|a| a.snapshot.short()).unwrap_or_else(|| "unknown".into())
-            )));
-        }
+    if base.is_none() && !stage.whole && stage.record.is_none() {
+        // A volume file: restored whole beside it. (A device of unknown content, or whose
+        // base is gone, has every block journaled below.)
         let staged = stage_new(repo, want, report).await?;
         return Ok(Some(item(CommitKind::New, staged, None)));
     }
@@ -170,6 +159,33 @@ pub(super) async fn prepare_volume(
         stage.journal.clone(),
         Some(hash),
     )))
+}
+
+/// The snapshot a volume holds, as the base of a delta: None when it is gone from the
+/// repository (forgotten, and perhaps pruned while the site was down: a local cache may still
+/// hold the snapshot, but its block map is not in the index any more) or differently cut.
+/// The volume is then written whole.
+pub(super) async fn usable_base(
+    repo: &Repository,
+    index: &Index,
+    holds: SnapshotId,
+    pvc: &str,
+    new: &Snapshot,
+) -> Option<Snapshot> {
+    let why = match repo.load_snapshot(&holds).await {
+        Ok(s) if s.chunk_size != new.chunk_size => "it is cut in other blocks".to_string(),
+        Ok(s) if !s.map.iter().all(|id| index.contains(id)) => {
+            "its block map is not in the repository any more (forgotten and pruned)".to_string()
+        }
+        Ok(s) => return Some(s),
+        Err(e) => format!("it cannot be read ({e})"),
+    };
+    tracing::warn!(
+        volume = %pvc,
+        "the snapshot the volume holds ({}) cannot be the base of a delta: {why}; writing it whole",
+        holds.short()
+    );
+    None
 }
 
 /// A volume new to the site, restored whole beside it.

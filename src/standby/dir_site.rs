@@ -56,7 +56,7 @@ pub async fn cycle_cluster_dir(
             let msg = e.to_string();
             tracing::error!(backup = %t.newest.name, "standby: backup not applied, the site keeps its previous state: {msg}");
             for (_, ns) in &todo {
-                record_failure(catalog, &o.schedule, t.report(ns), msg.clone()).await?;
+                record_failure(catalog, &o.schedule, t.report(ns), &e).await?;
             }
         }
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::cycle::{for_namespace, held_plan, record_failure, triage, Triage};
-use super::delta::{delta_bytes, prepare_volume, Stage, Wanted};
+use super::delta::{delta_bytes, prepare_volume, usable_base, Stage, Wanted};
 use super::journal::{commit, failpoint, read_record, recover, retarget_marker};
 use super::{io, NamespaceState, StandbyError, StandbyOptions, VolumeReport};
 use crate::app::record::Planned;
@@ -83,7 +83,7 @@ pub async fn cycle_live(
                 blocking(catalog, move |c| c.standby_applied(&ns2, &name, time, &[])).await?;
             }
             Err(e) => {
-                record_failure(catalog, &o.schedule, t.report(ns), e.to_string()).await?;
+                record_failure(catalog, &o.schedule, t.report(ns), &e).await?;
             }
         }
     }
@@ -269,8 +269,7 @@ impl LiveNamespace<'_> {
                 )));
             }
             let new = repo.load_snapshot(&v.snapshot).await?;
-            let bytes = new.size + JOURNAL_ENTRY_HEAD as u64 * new.blocks();
-            return Ok((VolumeMode::Full, None, bytes));
+            return Ok((VolumeMode::Full, None, whole_bytes(&new)));
         };
         if holds == v.snapshot.to_hex() {
             // Still given to the Job, should there be one: a commit an earlier Job left may
@@ -283,17 +282,19 @@ impl LiveNamespace<'_> {
                 v.pvc,
             ))
         })?;
-        let base = repo.load_snapshot(&base_id).await.map_err(|e| {
-            StandbyError::Failed(format!(
-                "claim {ns}/{} holds snapshot {}, which cannot be read ({e}); delete the claim to have standby write it whole",
-                v.pvc,
-                base_id.short()
-            ))
-        })?;
         let new = repo.load_snapshot(&v.snapshot).await?;
+        // Its snapshot forgotten and pruned on the primary: written whole, journaled.
+        let Some(base) = usable_base(repo, index, base_id, &v.pvc, &new).await else {
+            return Ok((VolumeMode::Full, None, whole_bytes(&new)));
+        };
         let bytes = delta_bytes(repo, index, &base, &new).await?;
         Ok((VolumeMode::Delta, Some(holds.to_string()), bytes))
     }
+}
+
+/// The journal of a claim written whole: every block, each with its header.
+fn whole_bytes(new: &crate::format::Snapshot) -> u64 {
+    new.size + JOURNAL_ENTRY_HEAD as u64 * new.blocks()
 }
 
 /// After `activate` on a live site the application changes its claims' data: their standby

@@ -117,6 +117,13 @@ pub enum StandbyError {
         namespace: String,
         schedule: Option<String>,
     },
+    /// A cycle that could not apply the newest backup to some namespaces (each one's
+    /// report says why); the site keeps their previous state.
+    #[error("{} namespace(s) not applied ({}; see the report above): the site keeps their previous state", namespaces.len(), namespaces.join(", "))]
+    NamespacesFailed {
+        namespaces: Vec<String>,
+        retryable: bool,
+    },
     #[error("cannot listen on {addr} for metrics: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -151,6 +158,7 @@ impl StandbyError {
             StandbyError::Restore(e) => e.is_retryable(),
             StandbyError::App(e) => e.is_retryable(),
             StandbyError::Live(e) => e.is_retryable(),
+            StandbyError::NamespacesFailed { retryable, .. } => *retryable,
             _ => false,
         }
     }
@@ -230,6 +238,27 @@ pub struct NamespaceReport {
     pub error: Option<String>,
     pub volumes: Vec<VolumeReport>,
     pub objects_applied: usize,
+    /// A failure another cycle may get past (the bucket or the API unreachable now).
+    #[serde(skip)]
+    pub retryable: bool,
+}
+
+impl NamespaceReport {
+    /// `standby --once`'s verdict on a cycle: an error when a namespace failed, retryable
+    /// when every failure is.
+    pub fn verdict(reports: &[NamespaceReport]) -> Result<(), StandbyError> {
+        let failed: Vec<&NamespaceReport> = reports
+            .iter()
+            .filter(|r| r.state == NamespaceState::Failed)
+            .collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(StandbyError::NamespacesFailed {
+            namespaces: failed.iter().map(|r| r.namespace.clone()).collect(),
+            retryable: failed.iter().all(|r| r.retryable),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -251,6 +280,39 @@ mod tests {
         });
         assert!(!gone.is_retryable());
         assert!(!StandbyError::Failed("x".into()).is_retryable());
+    }
+
+    #[test]
+    fn a_cycle_with_a_failed_namespace_is_an_error_retryable_only_when_every_failure_is() {
+        let r = |ns: &str, state, retryable| NamespaceReport {
+            namespace: ns.into(),
+            state,
+            retryable,
+            ..Default::default()
+        };
+        let up = r("a", NamespaceState::UpToDate, false);
+        assert!(
+            NamespaceReport::verdict(&[up.clone(), r("b", NamespaceState::Applied, false)]).is_ok()
+        );
+        let down = NamespaceReport::verdict(&[up.clone(), r("b", NamespaceState::Failed, true)])
+            .unwrap_err();
+        assert!(down.is_retryable(), "{down}");
+        assert!(
+            down.to_string().contains("1 namespace(s) not applied (b;"),
+            "{down}"
+        );
+        let mixed = NamespaceReport::verdict(&[
+            r("b", NamespaceState::Failed, true),
+            r("c", NamespaceState::Failed, false),
+        ])
+        .unwrap_err();
+        assert!(!mixed.is_retryable(), "{mixed}");
+        assert!(mixed.to_string().contains("(b, c;"), "{mixed}");
+        assert!(!serde_json::to_value(&up)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .contains_key("retryable"));
     }
 
     #[test]

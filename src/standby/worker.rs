@@ -72,7 +72,12 @@ where
         let rows = blocking(catalog, |c| c.standby_rows()).await?;
         *figures.lock().unwrap() = render_metrics(&rows, OffsetDateTime::now_utc());
         match result {
-            Ok(reports) => on_cycle(&reports),
+            Ok(reports) => {
+                on_cycle(&reports);
+                if w.once {
+                    return NamespaceReport::verdict(&reports);
+                }
+            }
             Err(e) => {
                 // The bucket is unreachable or holds nothing usable: the site keeps what it
                 // has, and says so.

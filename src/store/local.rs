@@ -94,7 +94,14 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std
             continue; // temporary files of writes in progress
         }
         let path = entry.path();
-        let ft = entry.file_type()?;
+        // An object removed while the directory is read (a lock released, a claim
+        // withdrawn) is not listed, rather than failing the listing.
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let ft = match entry.file_type() {
+            Ok(ft) => ft,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
         let rel = path
             .strip_prefix(root)
             .expect("walk stays under root")
@@ -105,10 +112,12 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std
                 walk(root, &path, prefix, out)?;
             }
         } else if ft.is_file() && rel.starts_with(prefix) {
-            out.push(ObjectInfo {
-                key: rel,
-                size: entry.metadata()?.len(),
-            });
+            let size = match entry.metadata() {
+                Ok(m) => m.len(),
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            out.push(ObjectInfo { key: rel, size });
         }
     }
     Ok(())

@@ -642,3 +642,140 @@ async fn a_restore_writes_each_claims_data_before_the_workloads_that_mount_it() 
         .any(|r| r.kind == "Deployment" && r.name == "postgres"));
     assert_eq!(files(&target), before);
 }
+
+#[test]
+fn backup_names_stay_unique_under_concurrent_creates_and_old_duplicates_are_named() {
+    let d = tmp();
+    let repo = d.path().join("repo");
+    ok(run(lb(&repo).args(["repo", "init", "--insecure-fast-kdf"])));
+    // Four creates of one name at once: one is recorded, the others refused.
+    let children: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            lb(&repo)
+                .args(["backup", "create", "same", "-n", "pg", "--cluster-dir"])
+                .arg(prod())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let code = out.status.code().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if code != 0 {
+            assert!(
+                (code == 1 && err.contains("exists already"))
+                    || (code == 3 && err.contains("being written")),
+                "{code}: {err}"
+            );
+        }
+        codes.push(code);
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 0).count(), 1, "{codes:?}");
+    let list = json(&ok(run(lb(&repo).args(["backup", "list", "--json"]))));
+    let same = |l: &Value| {
+        l.as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["name"] == "same")
+            .count()
+    };
+    assert_eq!(same(&list), 1, "{list:#}");
+
+    // Two records of one name, as an older version could leave them: set the first aside,
+    // write the name again, put the first back.
+    let record = files(&repo.join("backups")).pop().unwrap();
+    let aside = d.path().join("aside");
+    std::fs::rename(&record, &aside).unwrap();
+    ok(run(lb(&repo)
+        .args(["backup", "create", "same", "-n", "pg", "--cluster-dir"])
+        .arg(prod())));
+    std::fs::rename(&aside, &record).unwrap();
+    let ids: Vec<String> = files(&repo.join("backups"))
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    // The catalog is rebuilt anyway, the pair reported and both kept.
+    let state = d.path().join("state");
+    let rebuilt = json(&ok(run(lb(&repo)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["catalog", "rebuild", "--json"]))));
+    assert_eq!(rebuilt["backups"], 2, "{rebuilt:#}");
+    let dup = &rebuilt["duplicate_names"][0];
+    assert_eq!(dup["name"], "same", "{rebuilt:#}");
+    for id in &ids {
+        assert!(dup["ids"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(id.as_str())));
+    }
+    assert_eq!(files(&repo.join("backups")).len(), 2, "both kept");
+    // `--from-backup NAME` does not pick one silently; an id picks one.
+    let r = run(lb(&repo).args(["restore", "create", "--from-backup", "same", "--dry-run"]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    for id in &ids {
+        assert!(r.stderr.contains(id.as_str()), "{}", r.stderr);
+    }
+    assert!(r.stderr.contains("--from-backup ID"), "{}", r.stderr);
+    ok(run(lb(&repo).args([
+        "restore",
+        "create",
+        "--from-backup",
+        &ids[0][..12],
+        "--dry-run",
+    ])));
+}
+
+#[test]
+fn a_namespace_mapping_of_a_namespace_not_in_the_backup_is_refused_before_anything_is_written() {
+    let d = tmp();
+    let repo = repo_with_backup(d.path());
+    let target = d.path().join("site");
+    std::fs::create_dir_all(&target).unwrap();
+    // `pgg` is a typo of `pg`: without the check the restore went into `pg` itself.
+    for dry in [false, true] {
+        let mut c = lb(&repo);
+        c.args([
+            "restore",
+            "create",
+            "--from-backup",
+            "apps-1",
+            "--namespace-mapping",
+            "pgg:pg-dr",
+            "--existing-resource-policy",
+            "update",
+            "--cluster-dir",
+        ])
+        .arg(&target);
+        if dry {
+            c.arg("--dry-run");
+        }
+        let r = run(&mut c);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("namespace `pgg`") && r.stderr.contains("cassandra, pg"),
+            "{}",
+            r.stderr
+        );
+    }
+    assert!(
+        files(&target).is_empty(),
+        "nothing written: {:?}",
+        files(&target)
+    );
+    // The right name restores.
+    ok(run(lb(&repo).args([
+        "restore",
+        "create",
+        "--from-backup",
+        "apps-1",
+        "--namespace-mapping",
+        "pg:pg-dr",
+        "--dry-run",
+    ])));
+}

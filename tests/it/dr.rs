@@ -383,7 +383,9 @@ fn a_damaged_backup_is_skipped_whole_and_a_lost_bucket_is_reported() {
     std::fs::write(victim, bytes).unwrap();
 
     let r = s.standby();
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    // A namespace failed: not a success, and not worth retrying (the pack is damaged).
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("not applied (db"), "{}", r.stderr);
     let report = json(&r);
     assert_eq!(report[0]["state"], "failed", "{report:#}");
     assert!(
@@ -565,4 +567,66 @@ fn a_standby_once_against_an_unreachable_bucket_fails_retryable() {
     // 3: worth another try (it was 1, the error told as text).
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(r.stderr.contains("cannot be opened"), "{}", r.stderr);
+}
+
+impl Sites {
+    /// `standby --once --json` with a local cache (as a DR site runs it): a snapshot
+    /// forgotten on the primary may still be read from there.
+    fn standby_cached(&self) -> Run {
+        let mut c = lifeboat();
+        c.env("LIFEBOAT_PASSWORD", "pw")
+            .envs(self.env.iter().map(|(k, v)| (k, v.as_str())))
+            .arg("--repo")
+            .arg(&self.repo)
+            .arg("--cache-dir")
+            .arg(self.scratch.join("cache"))
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args([
+                "standby",
+                "--schedule",
+                "db-hourly",
+                "--once",
+                "--json",
+                "--cluster-dir",
+            ])
+            .arg(&self.dr);
+        run(&mut c)
+    }
+}
+
+#[test]
+fn a_standby_whose_snapshot_was_forgotten_and_pruned_applies_the_newest_whole() {
+    let s = Sites::new(false);
+    s.backup("db-1");
+    let r = s.standby_cached();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The site is down longer than the primary's retention: db-1 is forgotten and pruned.
+    change(&s.primary, "db-0", 0, 256 << 10, 5);
+    change(&s.primary, "db-1", 1 << 20, 64 << 10, 6);
+    s.backup("db-2");
+    ok(run(s.lb().args(["forget", "--keep-last", "1"])));
+    ok(run(s.lb().args(["prune"])));
+    ok(run(s.lb().args(["repo", "check"])));
+
+    let r = s.standby_cached();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report = json(&r);
+    assert_eq!(report[0]["state"], "applied", "{report:#}");
+    assert_eq!(report[0]["backup"], "db-2", "{report:#}");
+    let modes: Vec<&str> = report[0]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["mode"].as_str().unwrap())
+        .collect();
+    assert!(modes.contains(&"full"), "written whole: {report:#}");
+    assert!(same_volumes(&s.primary, &s.dr), "the site holds db-2");
+    assert!(leftovers(&s.dr).is_empty(), "{:?}", leftovers(&s.dr));
+    // And from there on by difference again.
+    change(&s.primary, "db-2", 0, 64 << 10, 7);
+    s.backup("db-3");
+    let report = json(&s.standby_cached());
+    assert_eq!(report[0]["state"], "applied", "{report:#}");
+    assert!(same_volumes(&s.primary, &s.dr));
 }
