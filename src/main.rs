@@ -6,7 +6,24 @@ use clap::Parser;
 use lifeboat::cli::{self, Cli};
 
 fn main() -> ExitCode {
-    let args = Cli::parse();
+    let args = match Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // Help and version are not failures; a rejected command line with --json still
+            // gives its JSON error object on stdout.
+            if e.use_stderr() && std::env::args().any(|a| a == "--json") {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or_default();
+                let message = first.strip_prefix("error: ").unwrap_or(first);
+                let json = cli::json_error(message, 2, false);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json).expect("serialises")
+                );
+            }
+            e.exit()
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(match args.global.verbose {
             0 => "warn",
@@ -29,23 +46,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = e.exit_code();
-            eprintln!("error: {}", one_line(&anyhow::Error::from(e)));
+            eprintln!("error: {}", e.one_line());
             ExitCode::from(code)
         }
     }
-}
-
-/// The error and its causes on one line, each cause only once: most messages already name
-/// their cause (`cannot read source X: No such file`), and printing the chain again would
-/// repeat it.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut line = e.to_string();
-    for cause in e.chain().skip(1) {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-    }
-    line
 }

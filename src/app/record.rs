@@ -116,14 +116,15 @@ pub struct BackupSummary {
     pub record: AppBackup,
 }
 
-/// Every backup record, oldest first.
+/// Every readable backup record, oldest first. A damaged one is skipped with a warning (`repo
+/// check` reports it, `repo repair` removes it): it must not stop listings and new backups.
 pub async fn list_backups(repo: &Repository) -> Result<Vec<(BackupId, AppBackup)>, AppBackupError> {
-    let mut all: Vec<(BackupId, AppBackup)> = repo
-        .load_all("backups", Role::Backup)
-        .await?
-        .into_iter()
-        .map(|(h, b)| (BackupId(h), b))
-        .collect();
+    let (found, damaged) = repo.load_all_readable("backups", Role::Backup).await?;
+    for e in &damaged {
+        tracing::warn!("skipping a damaged backup record: {e}; run `lifeboat repo check`");
+    }
+    let mut all: Vec<(BackupId, AppBackup)> =
+        found.into_iter().map(|(h, b)| (BackupId(h), b)).collect();
     all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
     Ok(all)
 }

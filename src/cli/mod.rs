@@ -47,7 +47,9 @@ backups of volumes to a local directory or an S3 bucket.";
 const AFTER: &str = "Environment: LIFEBOAT_REPOSITORY (--repo), LIFEBOAT_PASSWORD (or --password-file), \
 AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL for S3-compatible \
 servers (MinIO, Garage, Ceph). Exit codes: 0 success, 1 failure, 2 bad usage, 3 transient failure (retry later), \
-4 repository damage found.";
+4 repository damage found (or data lost to it: `repo repair`). With --json, standard output holds one JSON \
+document: the result, or, when a command fails before giving one, {\"error\": {\"message\", \"exit_code\", \"retryable\"}} \
+(the message is on standard error too).";
 
 #[derive(Debug, Parser)]
 #[command(name = "lifeboat", version, about = ABOUT, after_help = AFTER)]
@@ -244,6 +246,10 @@ pub enum Error {
     PasswordFile { path: String, error: std::io::Error },
     #[error("the repository check found {0} problem(s); see the list above")]
     CheckFailed(usize),
+    #[error("{}{lost} loss(es) that repair cannot recover (listed above): back the affected volumes up again", if *dry_run { "the repair would leave " } else { "repaired, with " })]
+    RepairLost { lost: usize, dry_run: bool },
+    #[error("{0} lock(s) kept (listed above); they expire by themselves")]
+    LocksKept(usize),
     #[error("{target} is not snapshot {snapshot}: it differs at block {block} (or in size)")]
     VolumeDiffers {
         target: String,
@@ -297,8 +303,9 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn exit_code(&self) -> u8 {
-        let retryable = match self {
+    /// Worth running again later unchanged (network, throttling, a lock that expires).
+    pub fn is_retryable(&self) -> bool {
+        match self {
             Error::Store(e) => e.is_retryable(),
             Error::Repo(e) => e.is_retryable(),
             Error::Backup(e) => e.is_retryable(),
@@ -310,15 +317,46 @@ impl Error {
             Error::Demo(e) => e.is_retryable(),
             Error::Scheduler(e) => e.is_retryable(),
             Error::Catalog(e) => e.is_retryable(),
+            Error::LocksKept(_) => true,
             _ => false,
-        };
+        }
+    }
+
+    pub fn exit_code(&self) -> u8 {
         match self {
-            Error::CheckFailed(_) | Error::VolumeDiffers { .. } => 4,
+            Error::CheckFailed(_) | Error::VolumeDiffers { .. } | Error::RepairLost { .. } => 4,
             Error::Usage(_) => 2,
-            _ if retryable => 3,
+            _ if self.is_retryable() => 3,
             _ => 1,
         }
     }
+
+    /// The error and its causes on one line, each cause only once: most messages already
+    /// name their cause (`cannot read source X: No such file`), and printing the chain again
+    /// would repeat it.
+    pub fn one_line(&self) -> String {
+        let mut line = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !line.contains(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            cause = c.source();
+        }
+        line
+    }
+
+    /// The `--json` form of a failure: `{"error": {"message", "exit_code", "retryable"}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        json_error(&self.one_line(), self.exit_code(), self.is_retryable())
+    }
+}
+
+/// The `--json` error object (also for a command line clap rejects).
+pub fn json_error(message: &str, exit_code: u8, retryable: bool) -> serde_json::Value {
+    serde_json::json!({"error": {"message": message, "exit_code": exit_code, "retryable": retryable}})
 }
 
 fn read_secret(file: Option<&Path>, env: &str) -> Result<Option<Vec<u8>>, Error> {
@@ -340,6 +378,9 @@ struct Ctx<'a> {
     cancel: CancellationToken,
     /// Repository locks this command holds; released when it ends.
     locks: std::sync::Mutex<Vec<crate::repository::LockGuard>>,
+    /// Whether the command has written its result on stdout (then a failure adds no second
+    /// JSON document).
+    emitted: std::sync::atomic::AtomicBool,
 }
 
 impl Ctx<'_> {
@@ -416,6 +457,8 @@ impl Ctx<'_> {
     }
 
     fn emit<T: serde::Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
+        self.emitted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if self.g.json {
             println!(
                 "{}",
@@ -428,7 +471,8 @@ impl Ctx<'_> {
 }
 
 /// Runs one command. Ctrl-C cancels storage calls in flight; nothing half-written is
-/// committed, because a snapshot is written only after everything it needs.
+/// committed, because a snapshot is written only after everything it needs. With `--json`, a
+/// failure before the command gave its result prints the JSON error object on stdout.
 pub async fn run(cli: Cli) -> Result<(), Error> {
     let cancel = CancellationToken::new();
     let c = cancel.clone();
@@ -453,6 +497,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         g: &cli.global,
         cancel,
         locks: Default::default(),
+        emitted: Default::default(),
     };
     let result = match &cli.command {
         Command::Repo { command } => repo::repo(&ctx, command).await,
@@ -477,6 +522,14 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::DemoData { command } => demo::demo_data(command),
     };
     ctx.release_locks().await;
+    if let Err(e) = &result {
+        if cli.global.json && !ctx.emitted.load(std::sync::atomic::Ordering::Relaxed) {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&e.to_json()).expect("serialises")
+            );
+        }
+    }
     result
 }
 

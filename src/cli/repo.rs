@@ -1,4 +1,5 @@
-//! `repo init|check|key`: the repository and the passwords that open it.
+//! `repo init|check|repair|unlock|key`: the repository, its upkeep after damage or a killed
+//! command, and the passwords that open it.
 
 use std::path::{Path, PathBuf};
 
@@ -6,7 +7,7 @@ use clap::Subcommand;
 
 use super::{read_secret, Ctx, Error};
 use crate::format::KdfParams;
-use crate::repository::{CheckOptions, InitOptions, Repository};
+use crate::repository::{CheckOptions, InitOptions, RepairOptions, RepairReport, Repository};
 
 #[derive(Debug, Subcommand)]
 pub enum RepoCommand {
@@ -30,6 +31,31 @@ pub enum RepoCommand {
         /// Also download every pack and verify every blob.
         #[arg(long)]
         read_data: bool,
+    },
+    /// Rebuild what damage broke: the index anew from the packs' own trailers, and remove the
+    /// snapshots that are damaged or reference data no pack holds, so every snapshot left
+    /// restores and prune runs again. Never deletes a pack. Takes an exclusive lock.
+    ///
+    /// Exit 0: repaired and nothing lost (or nothing to do). Exit 4: repaired, but data is
+    /// lost: the snapshots removed, the packs that cannot be read, the backup records that
+    /// cannot be read (removed) and those whose volumes are gone are listed (with --dry-run:
+    /// would be). Back those up again (`volume backup --full`, `backup create`).
+    Repair {
+        /// Report what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove locks left behind: expired ones, those of processes of this host that are gone,
+    /// and objects under locks/ that are not locks. A lock younger than its expiry is kept
+    /// unless --force; a lock whose holder still runs on this host is always kept (stop that
+    /// process first).
+    ///
+    /// Exit 0: no lock left. Exit 3: some locks were kept (listed; they expire by themselves).
+    Unlock {
+        /// Also remove unexpired locks whose holder cannot be checked from here (another host
+        /// or container): only once you know it is gone, since its holder may still be writing.
+        #[arg(long)]
+        force: bool,
     },
     /// Passwords: each key object wraps the same master key, so no data is re-encrypted.
     Key {
@@ -70,6 +96,8 @@ pub(super) async fn repo(ctx: &Ctx<'_>, cmd: &RepoCommand) -> Result<(), Error> 
             init(ctx, &opts).await
         }
         RepoCommand::Check { read_data } => check(ctx, *read_data).await,
+        RepoCommand::Repair { dry_run } => repair(ctx, *dry_run).await,
+        RepoCommand::Unlock { force } => unlock(ctx, *force).await,
         RepoCommand::Key { command } => key(ctx, command).await,
     }
 }
@@ -138,6 +166,71 @@ async fn check(ctx: &Ctx<'_>, read_data: bool) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::CheckFailed(report.errors.len()))
+    }
+}
+
+async fn repair(ctx: &Ctx<'_>, dry_run: bool) -> Result<(), Error> {
+    let repo = ctx.open().await?;
+    let report = repo.repair(&RepairOptions { dry_run }).await?;
+    ctx.emit(&report, || repair_text(&report));
+    match report.losses() {
+        0 => Ok(()),
+        n => Err(Error::RepairLost { lost: n, dry_run }),
+    }
+}
+
+fn repair_text(r: &RepairReport) -> String {
+    let would = if r.dry_run { "would be " } else { "" };
+    let mut lines = vec![if r.dry_run {
+        format!(
+            "dry run, nothing changed: {} packs ({} blobs) would be indexed from their trailers",
+            r.packs_indexed, r.blobs_indexed
+        )
+    } else {
+        format!(
+            "{} packs ({} blobs) indexed from their trailers: {} index object(s) written, {} replaced",
+            r.packs_indexed, r.blobs_indexed, r.index_files_written, r.index_files_replaced
+        )
+    }];
+    for p in &r.packs_unreadable {
+        lines.push(format!(
+            "unreadable pack, left in place (its blobs are not indexed): {p}"
+        ));
+    }
+    for s in &r.snapshots_removed {
+        lines.push(format!("snapshot {would}removed: {s}"));
+    }
+    for b in &r.backups_affected {
+        lines.push(format!("backup {b}"));
+    }
+    for b in &r.backups_removed {
+        lines.push(format!("unreadable backup record {would}removed: {b}"));
+    }
+    lines.push(match r.losses() {
+        0 => "nothing lost".to_string(),
+        n => format!("{n} loss(es): back the affected volumes and applications up again"),
+    });
+    lines.join("\n")
+}
+
+async fn unlock(ctx: &Ctx<'_>, force: bool) -> Result<(), Error> {
+    let repo = ctx.open().await?;
+    let report = repo.unlock(force).await?;
+    ctx.emit(&report, || {
+        let mut lines: Vec<String> = report
+            .removed
+            .iter()
+            .map(|r| format!("removed {r}"))
+            .collect();
+        lines.extend(report.kept.iter().map(|k| format!("kept {k}")));
+        if lines.is_empty() {
+            lines.push("no locks".into());
+        }
+        lines.join("\n")
+    });
+    match report.kept.len() {
+        0 => Ok(()),
+        n => Err(Error::LocksKept(n)),
     }
 }
 

@@ -121,6 +121,23 @@ fn holder_is_dead(lock: &LockFile) -> bool {
     process_identity(lock.pid).as_deref() != Some(theirs.as_str())
 }
 
+/// Whether `lock` is held by a process that is known to still run: one of this host, boot and
+/// pid namespace whose pid runs the very process that took it (same start time).
+fn holder_is_alive(lock: &LockFile) -> bool {
+    let Some(theirs) = &lock.process else {
+        return false;
+    };
+    if lock.hostname != hostname() {
+        return false;
+    }
+    let Some(mine) = process_identity(std::process::id()) else {
+        return false;
+    };
+    let (their_place, _) = theirs.rsplit_once('/').unwrap_or((theirs, ""));
+    let (my_place, _) = mine.rsplit_once('/').unwrap_or((&mine, ""));
+    their_place == my_place && process_identity(lock.pid).as_deref() == Some(theirs.as_str())
+}
+
 /// Classifies one object under `locks/`.
 pub fn lock_state(bytes: &[u8], now: OffsetDateTime) -> LockState {
     match serde_json::from_slice::<LockFile>(bytes) {
@@ -130,7 +147,7 @@ pub fn lock_state(bytes: &[u8], now: OffsetDateTime) -> LockState {
     }
 }
 
-/// What `repo unlock` removed, and what it left because it is still live.
+/// What `repo unlock` removed, and what it left because it is still live (each with why).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct UnlockReport {
     pub removed: Vec<String>,
@@ -174,8 +191,12 @@ impl Repository {
         Ok(out)
     }
 
-    /// Removes stale and garbage lock objects; live ones too with `force` (only when the
-    /// process holding them is known to be gone: a live lock's holder may still be writing).
+    /// Removes stale and garbage lock objects (expired, of a process of this host that is
+    /// gone, or not a lock at all). A lock younger than its expiry is kept, unless `force`:
+    /// then it is removed too when its holder cannot be checked from here (another host,
+    /// container or boot; the operator says it is gone), but never when its holder is a
+    /// process of this host that still runs (it may be writing: stop it, and its lock goes
+    /// without `force`).
     pub async fn unlock(&self, force: bool) -> Result<UnlockReport, RepoError> {
         let mut report = UnlockReport::default();
         for (key, state) in self.all_locks().await? {
@@ -183,11 +204,25 @@ impl Repository {
                 LockState::Live(l) | LockState::Stale(l) => format!("{key}: {}", l.describe()),
                 LockState::Garbage(why) => format!("{key}: {why}"),
             };
-            if matches!(state, LockState::Live(_)) && !force {
-                report.kept.push(shown);
-                continue;
+            if let LockState::Live(l) = &state {
+                if holder_is_alive(l) {
+                    report.kept.push(format!(
+                        "{shown}; its holder runs on this host: stop pid {} (or let it finish), then unlock again",
+                        l.pid
+                    ));
+                    continue;
+                }
+                if !force {
+                    report.kept.push(format!(
+                        "{shown}; not expired: wait for it, or pass --force once you know its holder is gone"
+                    ));
+                    continue;
+                }
             }
-            self.store().delete(&key, self.cancel()).await?;
+            match self.store().delete(&key, self.cancel()).await {
+                Ok(()) | Err(crate::store::StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
             report.removed.push(shown);
         }
         Ok(report)

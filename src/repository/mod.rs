@@ -277,6 +277,13 @@ impl Repository {
     ) -> Result<Repository, RepoError> {
         let location = store.location();
         let raw = match store.get("config", &cancel).await {
+            // Keys without a config: a damaged repository, not an empty place to init.
+            Err(StoreError::NotFound { .. }) if !store.list("keys/", &cancel).await?.is_empty() => {
+                return Err(RepoError::corrupt(
+                    "config",
+                    "missing, though the repository holds keys: put back a copy of it (it is small and never changes; every copy of this repository has the same); `repo init` never overwrites a repository",
+                ))
+            }
             Err(StoreError::NotFound { .. }) => return Err(RepoError::NotARepository { location }),
             r => r?,
         };

@@ -1,7 +1,7 @@
 //! Repair: takes a repository with lost or damaged objects (what `check` reports); gives it
-//! back consistent: the index rebuilt from the packs' own trailers, and the snapshots that are
-//! damaged or reference data that no pack holds removed, so that every snapshot left restores
-//! and prune can run again. A dry run reports the same without writing.
+//! back consistent: the index rebuilt from the packs' own trailers, the snapshots that are
+//! damaged or reference data that no pack holds removed, and the backup records that cannot be
+//! read removed, so that every snapshot left restores, check passes and prune can run again. A dry run reports the same without writing.
 //!
 //! Must not delete a pack, nor lose a blob that a readable pack holds: the new index objects
 //! are written before the old ones go, and a pack whose trailer cannot be read is reported (its
@@ -43,6 +43,17 @@ pub struct RepairReport {
     /// Application backup records that name a removed snapshot: their configuration still
     /// restores, those volumes do not.
     pub backups_affected: Vec<String>,
+    /// Backup records removed because they cannot be read (`backups/<id>: reason`): nothing
+    /// could ever restore them. The snapshots of their volumes stay.
+    pub backups_removed: Vec<String>,
+}
+
+impl RepairReport {
+    /// What the repair could not recover: snapshots removed, packs that cannot be read,
+    /// backup records removed.
+    pub fn losses(&self) -> usize {
+        self.snapshots_removed.len() + self.packs_unreadable.len() + self.backups_removed.len()
+    }
 }
 
 impl Repository {
@@ -75,7 +86,7 @@ impl Repository {
             super::cpu(move || Index::from_files(f)).await?
         };
         let removed = self.unrestorable_snapshots(&index, &mut report).await?;
-        self.affected_backups(&removed, &mut report).await?;
+        let damaged_records = self.affected_backups(&removed, &mut report).await?;
         if opts.dry_run {
             return Ok(report);
         }
@@ -99,8 +110,8 @@ impl Repository {
             self.store().delete(key, self.cancel()).await?;
             report.index_files_replaced += 1;
         }
-        for id in &removed {
-            self.store().delete(&id.key(), self.cancel()).await?;
+        for key in removed.iter().map(|id| id.key()).chain(damaged_records) {
+            self.store().delete(&key, self.cancel()).await?;
         }
         tracing::info!(
             packs = report.packs_indexed,
@@ -246,16 +257,30 @@ impl Repository {
         Ok(None)
     }
 
-    /// Records that name a removed snapshot.
+    /// Records that name a removed snapshot (reported), and the keys of the records that
+    /// cannot be read (to remove).
     async fn affected_backups(
         &self,
         removed: &[SnapshotId],
         report: &mut RepairReport,
-    ) -> Result<(), RepoError> {
+    ) -> Result<Vec<String>, RepoError> {
         let gone: HashSet<SnapshotId> = removed.iter().copied().collect();
-        let (records, _) = self
+        let (records, damaged) = self
             .load_all_readable::<AppBackup>("backups", Role::Backup)
             .await?;
+        let mut unreadable = Vec::new();
+        for e in damaged {
+            if let RepoError::Corrupt { object, .. } = &e {
+                // Only what lifeboat names so: a foreign object is left alone.
+                let ours = object
+                    .strip_prefix("backups/")
+                    .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+                if ours {
+                    report.backups_removed.push(format!("{object}: {e}"));
+                    unreadable.push(object.clone());
+                }
+            }
+        }
         for (_, b) in records {
             let lost: Vec<String> = b
                 .volumes
@@ -271,6 +296,6 @@ impl Repository {
                 ));
             }
         }
-        Ok(())
+        Ok(unreadable)
     }
 }

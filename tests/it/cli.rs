@@ -347,3 +347,43 @@ fn demo_runs_end_to_end() {
         .arg(&dir));
     assert_eq!(r.code, 1, "a used scratch directory is refused");
 }
+
+/// A failing `--json` command gives one JSON document on stdout: the error object when it
+/// failed before its result (the human line still on stderr), its result otherwise.
+#[test]
+fn json_failures_print_an_error_object_on_stdout() {
+    let d = tmp();
+    let repo = d.path().join("repo").display().to_string();
+    let r = run(with_repo(&repo).args(["snapshots", "--json"]));
+    assert_eq!(r.code, 1);
+    let v = json(&r);
+    let e = &v["error"];
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("no lifeboat repository"),
+        "{v}"
+    );
+    assert_eq!(e["exit_code"], 1);
+    assert_eq!(e["retryable"], false);
+    assert!(
+        r.stderr.contains("error: no lifeboat repository"),
+        "{}",
+        r.stderr
+    );
+
+    // A command line clap rejects: exit 2, and still JSON.
+    let r = run(with_repo(&repo).args(["volume", "backup", "--json", "--no-such-flag"]));
+    assert_eq!(r.code, 2);
+    assert_eq!(json(&r)["error"]["exit_code"], 2);
+
+    // A command that gave its result before failing: that result is the one document.
+    init(&repo);
+    std::fs::create_dir_all(Path::new(&repo).join("locks")).unwrap();
+    std::fs::write(Path::new(&repo).join("locks/junk"), b"junk").unwrap();
+    let r = run(with_repo(&repo).args(["repo", "check", "--json"]));
+    assert_eq!(r.code, 4);
+    let v = json(&r);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 1, "{v}");
+}

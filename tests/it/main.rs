@@ -7,6 +7,7 @@ mod appbackup;
 mod cbt;
 mod cli;
 mod consistency;
+mod damage;
 mod devices;
 mod dr;
 mod fixtures;

@@ -400,6 +400,25 @@ async fn a_lock_of_a_process_that_died_on_this_host_is_not_waited_for() {
     let kept = repo.unlock(false).await.unwrap();
     assert_eq!(kept.kept.len(), 1, "{kept:?}");
     assert!(keys_under(&mem, "locks/").await.contains(&live));
+    // Not even with --force: its holder runs here and may be writing.
+    let forced = repo.unlock(true).await.unwrap();
+    assert!(forced.removed.is_empty(), "{forced:?}");
+    assert!(forced.kept[0].contains("stop pid"), "{forced:?}");
+    mem.delete(&live, &c()).await.unwrap();
+    // A lock of another host cannot be checked from here: --force removes it.
+    let elsewhere = write_lock_of(&mem, 1, "1").await;
+    let mut lock: LockFile =
+        serde_json::from_slice(&mem.get(&elsewhere, &c()).await.unwrap()).unwrap();
+    mem.delete(&elsewhere, &c()).await.unwrap();
+    lock.hostname = "another-node".into();
+    mem.put(
+        "locks/elsewhere",
+        Bytes::from(serde_json::to_vec(&lock).unwrap()),
+        &c(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(repo.unlock(false).await.unwrap().kept.len(), 1);
     let forced = repo.unlock(true).await.unwrap();
     assert_eq!(forced.removed.len(), 1, "{forced:?}");
     assert!(keys_under(&mem, "locks/").await.is_empty());
