@@ -16,7 +16,9 @@ mod writer;
 
 pub use check::{CheckOptions, CheckReport};
 pub use index::{BlobLocation, Index};
-pub use lock::{LockFile, LockGuard, LockKind, LockState, UnlockReport, LOCK_REFRESH, LOCK_TTL};
+pub use lock::{
+    lock_state, LockFile, LockGuard, LockKind, LockState, UnlockReport, LOCK_REFRESH, LOCK_TTL,
+};
 pub use prune::{PruneOptions, PruneReport};
 pub use repair::{RepairOptions, RepairReport};
 pub use writer::{BlobWriter, Claims, WriterStats};

@@ -6,7 +6,9 @@
 mod appbackup;
 mod cbt;
 mod cli;
+mod concurrency;
 mod consistency;
+mod crash;
 mod damage;
 mod devices;
 mod dr;

@@ -1,0 +1,8 @@
+//! `backups/<id>` after decryption: JSON.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use lifeboat::format::AppBackup;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = serde_json::from_slice::<AppBackup>(data);
+});
