@@ -190,6 +190,23 @@ impl KdfParams {
         iterations: 3,
         parallelism: 4,
     };
+    /// The most a key object may ask of a reader: 4 GiB of memory, 64 passes, 64 lanes. A
+    /// key object is not authenticated before it is used, so its settings are bounded before
+    /// Argon2 runs (someone who can write `keys/` must not make opening take forever).
+    pub fn check_bounds(&self) -> Result<(), String> {
+        let ok = (8..=4 << 20).contains(&self.memory_kib)
+            && (1..=64).contains(&self.iterations)
+            && (1..=64).contains(&self.parallelism);
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "key derivation settings out of range (memory {} KiB, {} passes, {} lanes; at most 4 GiB, 64, 64)",
+                self.memory_kib, self.iterations, self.parallelism
+            ))
+        }
+    }
+
     /// For tests only: cheap enough to run hundreds of times.
     pub const INSECURE_FAST: KdfParams = KdfParams {
         algorithm: KdfAlgorithm::Argon2id,
@@ -358,7 +375,9 @@ pub enum SnapshotKind {
 
 impl Snapshot {
     pub fn blocks(&self) -> u64 {
-        self.size.div_ceil(self.chunk_size as u64)
+        // A chunk size of 0 is damage (never written); counted as 1 it cannot panic, and the
+        // block map then fails its length check as any other damaged snapshot does.
+        self.size.div_ceil(self.chunk_size.max(1) as u64)
     }
 }
 

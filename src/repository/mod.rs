@@ -880,6 +880,9 @@ async fn read_key(
         ));
     }
     let kf: KeyFile = serde_json::from_slice(&bytes).map_err(|e| RepoError::corrupt(key, e))?;
+    kf.kdf
+        .check_bounds()
+        .map_err(|e| RepoError::corrupt(key, e))?;
     Ok((id, kf))
 }
 

@@ -554,3 +554,31 @@ async fn a_fifo_or_character_device_as_source_is_refused_at_once() {
         assert!(e.contains(what) && e.contains("block device"), "{e}");
     }
 }
+
+#[tokio::test]
+async fn a_key_object_asking_for_absurd_key_derivation_is_damage_not_a_hang() {
+    let mem = MemoryStore::new();
+    let repo = new_repo(Arc::new(mem.clone())).await;
+    let other = repo
+        .add_key(b"other", KdfParams::INSECURE_FAST)
+        .await
+        .unwrap();
+    // Rewrite the other key with settings that would allocate a terabyte (its name changes
+    // with its bytes, as anyone who can write keys/ could do).
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&mem.get(&other.key(), &c()).await.unwrap()).unwrap();
+    v["kdf"]["memory_kib"] = serde_json::json!(u32::MAX);
+    let bytes = serde_json::to_vec_pretty(&v).unwrap();
+    mem.delete(&other.key(), &c()).await.unwrap();
+    let key = format!("keys/{}", hex::encode(blake3::hash(&bytes).as_bytes()));
+    mem.put(&key, Bytes::from(bytes), &c()).await.unwrap();
+    let started = std::time::Instant::now();
+    let e = Repository::open(Arc::new(mem.clone()), b"other", None, c())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("out of range"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    Repository::open(Arc::new(mem.clone()), PASSWORD, None, c())
+        .await
+        .expect("the sound key still opens");
+}
