@@ -203,7 +203,11 @@ impl MoverArgs {
             data.insert("LIFEBOAT_REPOSITORY".to_string(), repo.clone());
         }
         if let Ok(Some(pw)) = read_secret(g.password_file.as_deref(), "LIFEBOAT_PASSWORD") {
-            if let Ok(pw) = String::from_utf8(pw) {
+            if let Ok(mut pw) = String::from_utf8(pw) {
+                // A mover reads it by the same rule, which would take its last `\n` away.
+                if pw.ends_with('\n') {
+                    pw.push('\n');
+                }
                 data.insert("LIFEBOAT_PASSWORD".into(), pw);
             }
         }
@@ -242,6 +246,8 @@ pub enum Error {
     #[error("no new password given: set LIFEBOAT_NEW_PASSWORD or pass --new-password-file FILE")]
     NoNewPassword,
     // `error`, not `source`: the message says it, and a source would print it twice.
+    #[error("the password in {0} is empty; give a non-empty one")]
+    EmptyPassword(String),
     #[error("cannot read password file {path}: {error}")]
     PasswordFile { path: String, error: std::io::Error },
     #[error("the repository check found {0} problem(s); see the list above")]
@@ -359,18 +365,31 @@ pub fn json_error(message: &str, exit_code: u8, retryable: bool) -> serde_json::
     serde_json::json!({"error": {"message": message, "exit_code": exit_code, "retryable": retryable}})
 }
 
+/// A password from `file`, else from the variable `env` (None: neither is given). One rule for
+/// both: exactly one trailing `\n` or `\r\n` is removed (what `echo` and `kubectl create secret
+/// --from-file` leave), nothing else; an empty password is refused, naming where it came from.
 fn read_secret(file: Option<&Path>, env: &str) -> Result<Option<Vec<u8>>, Error> {
-    if let Some(p) = file {
-        let s = std::fs::read(p).map_err(|error| Error::PasswordFile {
-            path: p.display().to_string(),
-            error,
-        })?;
-        let trimmed = s.strip_suffix(b"\n").unwrap_or(&s);
-        return Ok(Some(
-            trimmed.strip_suffix(b"\r").unwrap_or(trimmed).to_vec(),
-        ));
+    let (raw, from) = match file {
+        Some(p) => {
+            let raw = std::fs::read(p).map_err(|error| Error::PasswordFile {
+                path: p.display().to_string(),
+                error,
+            })?;
+            (raw, format!("the password file {}", p.display()))
+        }
+        None => match std::env::var_os(env) {
+            Some(v) => (v.into_encoded_bytes(), env.to_string()),
+            None => return Ok(None),
+        },
+    };
+    let pw = match raw.strip_suffix(b"\n") {
+        Some(rest) => rest.strip_suffix(b"\r").unwrap_or(rest),
+        None => &raw,
+    };
+    if pw.is_empty() {
+        return Err(Error::EmptyPassword(from));
     }
-    Ok(std::env::var_os(env).map(|v| v.into_encoded_bytes()))
+    Ok(Some(pw.to_vec()))
 }
 
 struct Ctx<'a> {
@@ -555,5 +574,60 @@ fn write_report<T: serde::Serialize>(file: &Path, value: &T) {
     let text = serde_json::to_string(value).expect("serialises");
     if let Err(e) = std::fs::write(file, text) {
         tracing::warn!("cannot write the report to {}: {e}", file.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same secret, from a file or from a variable (a Kubernetes Secret made with
+    /// `--from-file` and mounted either way), reads the same.
+    #[test]
+    fn a_password_reads_the_same_from_a_file_and_from_the_environment() {
+        let d = tempfile::tempdir().unwrap();
+        let cases: [(&[u8], &[u8]); 6] = [
+            (b"pw", b"pw"),
+            (b"pw\n", b"pw"),
+            (b"pw\r\n", b"pw"),
+            (b"pw\n\n", b"pw\n"),
+            (b"pw\r", b"pw\r"),
+            (b" pw \n", b" pw "),
+        ];
+        for (i, (raw, want)) in cases.into_iter().enumerate() {
+            let f = d.path().join(format!("pw{i}"));
+            std::fs::write(&f, raw).unwrap();
+            assert_eq!(read_secret(Some(&f), "UNSET").unwrap().unwrap(), want);
+            let var = format!("LIFEBOAT_TEST_SECRET_{i}");
+            std::env::set_var(&var, std::str::from_utf8(raw).unwrap());
+            assert_eq!(read_secret(None, &var).unwrap().unwrap(), want, "{raw:?}");
+        }
+        assert!(read_secret(None, "LIFEBOAT_TEST_SECRET_UNSET")
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn an_empty_password_is_refused_naming_where_it_came_from() {
+        let d = tempfile::tempdir().unwrap();
+        for (i, raw) in ["", "\n", "\r\n"].into_iter().enumerate() {
+            let f = d.path().join(format!("empty{i}"));
+            std::fs::write(&f, raw).unwrap();
+            let e = read_secret(Some(&f), "UNSET").unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "the password in the password file {} is empty; give a non-empty one",
+                    f.display()
+                )
+            );
+            let var = format!("LIFEBOAT_TEST_EMPTY_{i}");
+            std::env::set_var(&var, raw);
+            let e = read_secret(None, &var).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!("the password in {var} is empty; give a non-empty one")
+            );
+        }
     }
 }

@@ -42,8 +42,9 @@ pub enum ScheduleCommand {
     /// The next fire times of a schedule.
     Next {
         name: String,
-        #[arg(long, default_value_t = 5)]
-        count: usize,
+        /// How many (1 to 1000).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        count: u64,
     },
     /// Stop running a schedule (until `resume`), whatever its configuration says.
     Suspend { name: String },
@@ -148,7 +149,7 @@ pub(super) async fn schedule(ctx: &Ctx<'_>, cmd: &ScheduleCommand) -> Result<(),
             ctx.emit(&rows, || schedule_table(&rows));
         }
         ScheduleCommand::Next { name, count } => {
-            let (n, count) = (name.clone(), *count);
+            let (n, count) = (name.clone(), *count as usize);
             let (s, fires) = blocking(&catalog, move |c| c.upcoming(&n, now, count)).await?;
             let fires: Vec<String> = fires.into_iter().map(rfc3339).collect();
             ctx.emit(&fires, || {

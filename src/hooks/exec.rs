@@ -73,11 +73,24 @@ fn pump(mut r: Box<dyn AsyncRead + Unpin + Send>, tx: mpsc::Sender<Vec<u8>>) -> 
     })
 }
 
-/// Runs actions as local shell commands (the cluster-directory source): in `dir`, with
-/// `LIFEBOAT_POD`, `LIFEBOAT_NAMESPACE` and `LIFEBOAT_CONTAINER` set.
+/// Runs actions as local shell commands (the cluster-directory source): in `dir`, in a clean
+/// environment (nothing of lifeboat's own, so no `LIFEBOAT_PASSWORD` or `AWS_*` secret) with
+/// `LIFEBOAT_POD`, `LIFEBOAT_NAMESPACE` and `LIFEBOAT_CONTAINER` set, and `PATH`, `HOME` and
+/// `LANG` as lifeboat has them (or [`SHELL_DEFAULTS`]).
 pub struct LocalExec {
     pub dir: PathBuf,
 }
+
+/// The variables a local action gets from lifeboat's environment, and their values when
+/// lifeboat has none: what a shell needs to find its tools. Nothing else is passed on.
+pub const SHELL_DEFAULTS: [(&str, &str); 3] = [
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("HOME", "/"),
+    ("LANG", "C.UTF-8"),
+];
 
 #[async_trait]
 impl Exec for LocalExec {
@@ -89,6 +102,13 @@ impl Exec for LocalExec {
     ) -> Result<Process, ExecError> {
         use std::process::Stdio;
         let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.env_clear();
+        for (var, default) in SHELL_DEFAULTS {
+            match std::env::var_os(var) {
+                Some(v) if !v.is_empty() => cmd.env(var, v),
+                _ => cmd.env(var, default),
+            };
+        }
         cmd.arg("-c")
             .arg(command)
             .current_dir(&self.dir)

@@ -16,8 +16,11 @@ use time::OffsetDateTime;
 
 use crate::app::retention::Retain;
 use crate::scheduler::cron::{
-    cron_trigger, parse_clock, parse_tz, parse_weekday, CronError, Trigger,
+    cron_trigger, parse_clock, parse_tz, parse_weekday, CronError, Trigger, MAX_INTERVAL,
 };
+
+/// The `apiVersion` of `SchedulePolicy` and `BackupSchedule` (which may also be left out).
+pub const SCHEDULE_API_VERSION: &str = crate::hooks::RULE_API_VERSION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
@@ -246,11 +249,7 @@ fn policy_of(path: &str, name: &str, spec: PolicySpec) -> Result<Policy, Schedul
             .map_err(at.field("spec.cron.timezone"))?;
         cron_trigger(c.expression, tz).map_err(at.field("spec.cron.expression"))?
     } else if let Some(i) = spec.interval {
-        let d = Duration::from_secs(i.seconds + 60 * i.minutes + 3600 * i.hours);
-        if d.is_zero() {
-            return Err(at.bad("spec.interval", "must be more than 0 (e.g. {minutes: 15})"));
-        }
-        Trigger::Interval(d)
+        Trigger::Interval(interval_of(&at, &i)?)
     } else {
         let tz = parse_tz(spec.timezone.as_deref()).map_err(at.field("spec.timezone"))?;
         let (field, a) = match (spec.daily, spec.weekly, spec.monthly) {
@@ -261,11 +260,42 @@ fn policy_of(path: &str, name: &str, spec: PolicySpec) -> Result<Policy, Schedul
         };
         cron_trigger(people_cron(&at, field, &a)?, tz).map_err(at.field(field))?
     };
+    if spec.retain.is_some_and(|r| r.keeps_everything()) {
+        return Err(at.bad(
+            "spec.retain",
+            "every count is 0, which would keep every backup; leave retain out to keep every \
+             backup, or give at least one count above 0 (e.g. {last: 24})",
+        ));
+    }
     Ok(Policy {
         name: name.to_string(),
         trigger,
         retain: spec.retain.unwrap_or_default(),
     })
+}
+
+/// An interval's period: more than 0, at most [`MAX_INTERVAL`].
+fn interval_of(at: &At, i: &IntervalDoc) -> Result<Duration, ScheduleError> {
+    let secs = i
+        .hours
+        .checked_mul(3600)
+        .and_then(|h| h.checked_add(i.minutes.checked_mul(60)?))
+        .and_then(|s| s.checked_add(i.seconds));
+    let max_days = MAX_INTERVAL.as_secs() / 86400;
+    match secs.map(Duration::from_secs) {
+        Some(d) if d.is_zero() => {
+            Err(at.bad("spec.interval", "must be more than 0 (e.g. {minutes: 15})"))
+        }
+        Some(d) if d <= MAX_INTERVAL => Ok(d),
+        _ => Err(at.bad(
+            "spec.interval",
+            format!(
+                "is more than {max_days} days ({} hours), the longest interval; use a cron or \
+                 monthly policy for rarer backups",
+                max_days * 24
+            ),
+        )),
+    }
 }
 
 /// The cron expression of `daily`, `weekly` or `monthly` (`field`).
@@ -392,9 +422,16 @@ pub fn parse_config(files: &[(String, String)]) -> Result<Config, ScheduleError>
 
 /// One document: a policy goes into `cfg` at once, a schedule is given back for later.
 fn read_document(path: &str, doc: Doc, cfg: &mut Config) -> Result<Option<Pending>, ScheduleError> {
-    let _ = doc.api_version;
     let name = doc.metadata.name;
     let object = format!("{} {name}", doc.kind);
+    if let Some(v) = doc.api_version.filter(|v| v != SCHEDULE_API_VERSION) {
+        return Err(invalid(
+            path,
+            &object,
+            "apiVersion",
+            format!("`{v}` is unknown; write apiVersion: {SCHEDULE_API_VERSION} (or leave it out)"),
+        ));
+    }
     let spec_err = |e: serde_yaml::Error| invalid(path, &object, "spec", e);
     match doc.kind.as_str() {
         "SchedulePolicy" => {
@@ -536,11 +573,161 @@ mod tests {
             (format!("{POLICY}---\n{POLICY}"), "SchedulePolicy hourly: metadata.name: defined twice"),
             ("kind: Rule\nmetadata: {name: r}\nspec: {}\n".into(), "Rule r: kind: unknown"),
             (format!("{POLICY}{}", SCHEDULE.replace("appns-hourly", "a/b")), "BackupSchedule a/b: metadata.name: invalid schedule name `a/b`"),
+            (POLICY.replace("cron: {expression: \"0 * * * *\"}", "interval: {hours: 8785}"), "SchedulePolicy hourly: spec.interval: is more than 366 days (8784 hours), the longest interval"),
+            (POLICY.replace("cron: {expression: \"0 * * * *\"}", "interval: {hours: 18446744073709551615, minutes: 18446744073709551615}"), "spec.interval: is more than 366 days"),
+            (POLICY.replace("cron: {expression: \"0 * * * *\"}", "interval: {minutes: -5}"), "SchedulePolicy hourly: spec: invalid value"),
+            (POLICY.replace("{last: 24, daily: 7}", "{}"), "SchedulePolicy hourly: spec.retain: every count is 0, which would keep every backup; leave retain out"),
+            (POLICY.replace("{last: 24, daily: 7}", "{last: 0, hourly: 0, daily: 0, weekly: 0, monthly: 0}"), "spec.retain: every count is 0"),
+            (POLICY.replace("{last: 24, daily: 7}", "{last: -1}"), "SchedulePolicy hourly: spec: invalid value"),
+            (format!("apiVersion: v1\n{POLICY}"), "SchedulePolicy hourly: apiVersion: `v1` is unknown; write apiVersion: lifeboat.dev/v1alpha1"),
+            (format!("{POLICY}---\napiVersion: lifeboat.dev/v2\n{}", &SCHEDULE[4..]), "BackupSchedule appns-hourly: apiVersion: `lifeboat.dev/v2` is unknown"),
+            (POLICY.replace("0 * * * *", "0 0 30 2 *"), "SchedulePolicy hourly: spec.cron.expression: `0 0 30 2 *` never fires"),
+            (POLICY.replace("0 * * * *", "0 0 31 4,6,9,11 *"), "never fires"),
+            (POLICY.replace("0 * * * *", "60 * * * *"), "SchedulePolicy hourly: spec.cron.expression: `60 * * * *`: minute `60` is out of range; a minute is 0 to 59"),
         ];
         for (text, want) in cases {
             let e = cfg_err(&text);
             assert!(e.starts_with("sched.yaml: "), "{e}");
             assert!(e.contains(want), "want `{want}` in: {e}");
+        }
+    }
+
+    #[test]
+    fn the_api_version_may_be_given_or_left_out_and_retain_may_be_left_out() {
+        let text = format!("apiVersion: {SCHEDULE_API_VERSION}\n{POLICY}{SCHEDULE}");
+        assert!(parse_config(&[("s.yaml".into(), text)]).is_ok());
+        let cfg = parse_config(&[(
+            "s.yaml".into(),
+            "kind: SchedulePolicy\nmetadata: {name: y}\nspec: {interval: {hours: 8784}}\n".into(),
+        )])
+        .unwrap();
+        assert!(cfg.policies["y"].retain.keeps_everything());
+        // Leap days fire in leap years; the 31st in the months that have it.
+        for expr in ["0 0 29 2 *", "0 0 31 * *", "0 9 * * 5-7", "0 0 29 2 1"] {
+            let text = POLICY.replace("0 * * * *", expr);
+            assert!(parse_config(&[("s.yaml".into(), text)]).is_ok(), "{expr}");
+        }
+    }
+
+    use proptest::prelude::*;
+
+    /// Cron fields from the edges of every range, steps, ranges, names and junk.
+    fn cron_field() -> impl Strategy<Value = String> {
+        let atoms = prop::sample::select(vec![
+            "*",
+            "?",
+            "0",
+            "1",
+            "2",
+            "5",
+            "7",
+            "8",
+            "12",
+            "13",
+            "23",
+            "24",
+            "28",
+            "29",
+            "30",
+            "31",
+            "32",
+            "59",
+            "60",
+            "61",
+            "4294967296",
+            "MON",
+            "sun",
+            "JAN",
+            "feb",
+            "L",
+            "",
+            "-",
+            "1-",
+            "-1",
+            "5-3",
+            "0-7",
+            "1-5",
+            "6-0",
+        ]);
+        let steps =
+            prop::sample::select(vec!["", "/0", "/1", "/2", "/7", "/15", "/59", "/60", "/x"]);
+        prop::collection::vec((atoms, steps), 1..3).prop_map(|parts| {
+            parts
+                .into_iter()
+                .map(|(a, s)| format!("{a}{s}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+
+    /// A policy document of every kind, with values from anywhere in their types' ranges.
+    fn policy_spec() -> impl Strategy<Value = String> {
+        let tz = prop::sample::select(vec![
+            "UTC",
+            "Europe/Paris",
+            "America/New_York",
+            "Australia/Lord_Howe",
+            "Pacific/Apia",
+            "Asia/Kathmandu",
+        ]);
+        let n = prop_oneof![
+            0u64..100,
+            Just(u64::MAX),
+            any::<u64>(),
+            Just(8784),
+            Just(31_622_400)
+        ];
+        prop_oneof![
+            (prop::collection::vec(cron_field(), 5..=6), tz.clone()).prop_map(|(f, tz)| format!(
+                "{{cron: {{expression: \"{}\", timezone: {tz}}}}}",
+                f.join(" ")
+            )),
+            (n.clone(), n.clone(), n).prop_map(|(s, m, h)| format!(
+                "{{interval: {{seconds: {s}, minutes: {m}, hours: {h}}}}}"
+            )),
+            (0u32..40, 0u32..25, 0u32..61, tz).prop_map(|(date, h, m, tz)| format!(
+                "{{monthly: {{date: {date}, time: \"{h}:{m:02}\"}}, timezone: {tz}}}"
+            )),
+        ]
+    }
+
+    fn any_time() -> impl Strategy<Value = OffsetDateTime> {
+        let (min, max) = (
+            time::PrimitiveDateTime::MIN.assume_utc().unix_timestamp(),
+            time::PrimitiveDateTime::MAX.assume_utc().unix_timestamp(),
+        );
+        prop_oneof![
+            min..=max,
+            Just(min),
+            Just(max),
+            946_684_800i64..4_102_444_800, // 2000 to 2100, where cron fires
+        ]
+        .prop_map(|s| OffsetDateTime::from_unix_timestamp(s).unwrap())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Whatever a configuration says, once it parses, its fire times never panic: they are
+        /// after `after`, in order, and at most `count`.
+        #[test]
+        fn no_parsed_configuration_makes_fire_times_panic(
+            spec in policy_spec(),
+            after in any_time(),
+            last in prop::option::of(any_time()),
+            count in 0usize..20,
+        ) {
+            let text = format!("kind: SchedulePolicy\nmetadata: {{name: p}}\nspec: {spec}\n");
+            let Ok(cfg) = parse_config(&[("p.yaml".into(), text)]) else {
+                return Ok(());
+            };
+            let trigger = &cfg.policies["p"].trigger;
+            let fires = next_fires(trigger, after, last, count);
+            prop_assert!(fires.len() <= count);
+            prop_assert!(fires.iter().all(|f| *f > after), "{fires:?} after {after}");
+            prop_assert!(fires.windows(2).all(|w| w[0] < w[1]), "{fires:?}");
+            let _ = crate::scheduler::cron::missed(trigger, after, last);
+            let _ = crate::scheduler::cron::previous_fire(trigger, after);
         }
     }
 

@@ -27,8 +27,153 @@ pub enum CronError {
     Fields { expression: String, fields: usize },
     #[error("`{expression}` is not a valid cron expression: {reason}")]
     Expression { expression: String, reason: String },
+    #[error("`{expression}`: {field} `{value}` is out of range; {}", field.range())]
+    OutOfRange {
+        expression: String,
+        field: CronField,
+        value: String,
+    },
+    #[error("`{expression}`: the {field} step `{value}` is out of range; a step is 1 to {}", field.max())]
+    Step {
+        expression: String,
+        field: CronField,
+        value: String,
+    },
+    #[error("`{expression}`: the {field} range `{value}` runs backwards; write the smaller number first")]
+    Backwards {
+        expression: String,
+        field: CronField,
+        value: String,
+    },
+    #[error("`{0}` never fires: no date has that day of the month in that month (e.g. 30 February); check the day of month, month and day of week")]
+    NeverFires(String),
     #[error("`{0}` is not a time zone; use an IANA name such as UTC or Europe/Paris")]
     TimeZone(String),
+}
+
+/// A field of a cron expression (six: seconds first), for errors that name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CronField {
+    Second,
+    Minute,
+    Hour,
+    DayOfMonth,
+    Month,
+    DayOfWeek,
+}
+
+impl CronField {
+    const ALL: [CronField; 6] = [
+        CronField::Second,
+        CronField::Minute,
+        CronField::Hour,
+        CronField::DayOfMonth,
+        CronField::Month,
+        CronField::DayOfWeek,
+    ];
+
+    fn min(self) -> u32 {
+        match self {
+            CronField::DayOfMonth | CronField::Month => 1,
+            _ => 0,
+        }
+    }
+
+    fn max(self) -> u32 {
+        match self {
+            CronField::Second | CronField::Minute => 59,
+            CronField::Hour => 23,
+            CronField::DayOfMonth => 31,
+            CronField::Month => 12,
+            CronField::DayOfWeek => 7,
+        }
+    }
+
+    /// The valid values, as the errors say them.
+    fn range(self) -> String {
+        let (min, max) = (self.min(), self.max());
+        match self {
+            CronField::Month => format!("a month is {min} to {max} (or JAN to DEC)"),
+            CronField::DayOfWeek => {
+                format!("a day of the week is {min} to {max} (0 and 7 are Sunday; or SUN to SAT)")
+            }
+            f => format!(
+                "a{} {f} is {min} to {max}",
+                if f == CronField::Hour { "n" } else { "" }
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for CronField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CronField::Second => "second",
+            CronField::Minute => "minute",
+            CronField::Hour => "hour",
+            CronField::DayOfMonth => "day of the month",
+            CronField::Month => "month",
+            CronField::DayOfWeek => "day of the week",
+        })
+    }
+}
+
+/// The longest `interval` a policy may have; anything rarer is a `cron` or `monthly` policy.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Checks the numbers of one field (`*`, `N`, `N-M`, each with an optional `/STEP`, comma
+/// separated) against the field's range; names and other syntax are the `cron` crate's to
+/// read. The crate's own messages for these are off by one ("must be less than 59").
+fn check_field(expression: &str, field: CronField, text: &str) -> Result<(), CronError> {
+    let (expression, value) = (expression.to_string(), |v: &str| v.to_string());
+    // Some(Ok(n)) for a number in range, Some(Err) for one out of it, None for a name or `*`.
+    let number = |t: &str| -> Option<Result<u32, ()>> {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())).then(|| {
+            t.parse::<u32>()
+                .ok()
+                .filter(|n| (field.min()..=field.max()).contains(n))
+                .ok_or(())
+        })
+    };
+    for part in text.split(',') {
+        let (body, step) = match part.split_once('/') {
+            Some((b, s)) => (b, Some(s)),
+            None => (part, None),
+        };
+        if let Some(s) = step.filter(|s| number(s).is_some()) {
+            if !matches!(s.parse::<u32>(), Ok(n) if (1..=field.max()).contains(&n)) {
+                return Err(CronError::Step {
+                    expression,
+                    field,
+                    value: value(s),
+                });
+            }
+        }
+        let (a, b) = match body.split_once('-') {
+            Some((a, b)) => (number(a), number(b)),
+            None => (number(body), None),
+        };
+        for (n, end) in [(a, body.split('-').next()), (b, body.split('-').nth(1))] {
+            if let (Some(Err(())), Some(end)) = (n, end) {
+                return Err(CronError::OutOfRange {
+                    expression,
+                    field,
+                    value: value(end),
+                });
+            }
+        }
+        if let (Some(Ok(a)), Some(Ok(b))) = (a, b) {
+            // 5-7 is Friday to Sunday (see `dow_names`).
+            if a > b {
+                return Err(CronError::Backwards {
+                    expression,
+                    field,
+                    value: value(body),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// When a policy fires.
@@ -177,11 +322,22 @@ pub fn parse_cron(expression: &str) -> Result<cron::Schedule, CronError> {
             })
         }
     };
+    for (field, text) in CronField::ALL.into_iter().zip(&full) {
+        check_field(expression, field, text)?;
+    }
     full[5] = dow_names(&full[5]);
-    cron::Schedule::from_str(&full.join(" ")).map_err(|e| CronError::Expression {
-        expression: expression.to_string(),
-        reason: e.to_string(),
-    })
+    let schedule =
+        cron::Schedule::from_str(&full.join(" ")).map_err(|e| CronError::Expression {
+            expression: expression.to_string(),
+            reason: e.to_string(),
+        })?;
+    // Any expression that fires at all does so within a few years of any date (the calendar
+    // repeats); the crate's calendar ends in 2100.
+    let reference = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).unwrap();
+    if schedule.after(&reference).next().is_none() {
+        return Err(CronError::NeverFires(expression.to_string()));
+    }
+    Ok(schedule)
 }
 
 /// An IANA time zone name; none given is UTC.
@@ -203,17 +359,24 @@ pub fn cron_trigger(expression: String, tz: chrono_tz::Tz) -> Result<Trigger, Cr
 }
 
 pub fn to_chrono(t: OffsetDateTime) -> DateTime<Utc> {
-    Utc.timestamp_nanos(t.unix_timestamp_nanos() as i64)
+    // chrono's range holds all of `time`'s.
+    Utc.timestamp_opt(t.unix_timestamp(), t.nanosecond())
+        .single()
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-pub fn from_chrono(t: DateTime<Utc>) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(t.timestamp_nanos_opt().unwrap_or(0) as i128)
-        .expect("in range")
+/// None past `time`'s range (year 9999).
+pub fn from_chrono(t: DateTime<Utc>) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp(t.timestamp())
+        .ok()?
+        .replace_nanosecond(t.timestamp_subsec_nanos())
+        .ok()
 }
 
 /// The next `count` fire times strictly after `after`. For an interval, the first is one
 /// period after the previous run's start when there was one (or `after`, when that is already
-/// past), else `after` itself plus one period.
+/// past), else `after` itself plus one period. Fewer (or none) when the rest lie past the end
+/// of the calendar; never a panic, whatever the trigger and the times.
 pub fn next_fires(
     trigger: &Trigger,
     after: OffsetDateTime,
@@ -222,21 +385,29 @@ pub fn next_fires(
 ) -> Vec<OffsetDateTime> {
     match trigger {
         Trigger::Cron { schedule, tz, .. } => {
-            let from = to_chrono(after).with_timezone(tz);
+            // The crate's calendar starts in 1970.
+            let start = OffsetDateTime::UNIX_EPOCH - time::Duration::SECOND;
+            let from = to_chrono(after.max(start)).with_timezone(tz);
             schedule
                 .after(&from)
                 .take(count)
-                .map(|t| from_chrono(t.with_timezone(&Utc)))
+                .map_while(|t| from_chrono(t.with_timezone(&Utc)))
+                .filter(|t| *t > after)
                 .collect()
         }
         Trigger::Interval(d) => {
-            let d = time::Duration::try_from(*d).expect("interval in range");
-            let first = match last_run {
-                Some(l) if l + d > after => l + d,
-                Some(_) => after + time::Duration::nanoseconds(1),
-                None => after + d,
+            let Ok(d) = time::Duration::try_from(*d) else {
+                return vec![];
             };
-            (0..count as i32).map(|k| first + d * k).collect()
+            let first = match last_run.map(|l| l.checked_add(d)) {
+                Some(Some(next)) if next > after => Some(next),
+                Some(Some(_)) => after.checked_add(time::Duration::nanoseconds(1)),
+                Some(None) => None,
+                None => after.checked_add(d),
+            };
+            std::iter::successors(first, |t| t.checked_add(d))
+                .take(count)
+                .collect()
         }
     }
 }
@@ -253,8 +424,8 @@ pub fn previous_fire(trigger: &Trigger, at: OffsetDateTime) -> Option<OffsetDate
                 .rev()
                 .take(1)
                 .next()
-                .map(|t| from_chrono(t.with_timezone(&Utc)))
-                .filter(|t| at - *t < time::Duration::days(366))
+                .and_then(|t| from_chrono(t.with_timezone(&Utc)))
+                .filter(|t| *t <= at && at - *t < time::Duration::days(366))
         }
     }
 }
@@ -267,7 +438,8 @@ pub fn missed(trigger: &Trigger, now: OffsetDateTime, last_run: Option<OffsetDat
         (Some(p), Some(l)) => p > l,
         (Some(_), None) => false,
         (None, Some(l)) => match trigger {
-            Trigger::Interval(d) => now - l > time::Duration::try_from(*d).expect("in range"),
+            // An interval longer than `time` can hold has never passed.
+            Trigger::Interval(d) => time::Duration::try_from(*d).is_ok_and(|d| now - l > d),
             _ => false,
         },
         (None, None) => false,
@@ -365,11 +537,79 @@ mod tests {
         assert!(e
             .to_string()
             .contains("write 5 (minute hour day month weekday)"));
-        let e = parse_cron("61 * * * *").unwrap_err().to_string();
+        let e = parse_cron("0 0 * * * Funday").unwrap_err().to_string();
         assert!(
-            e.starts_with("`61 * * * *` is not a valid cron expression: "),
+            e.starts_with("`0 0 * * * Funday` is not a valid cron expression: "),
             "{e}"
         );
+    }
+
+    /// Each field's own range, by name: the `cron` crate said "Minutes must be less than 59"
+    /// of 60 (which is off by one) and nothing of which field.
+    #[test]
+    fn out_of_range_numbers_name_the_field_and_its_range() {
+        let cases = [
+            ("60 * * * *", "minute `60` is out of range; a minute is 0 to 59"),
+            ("61 * * * *", "minute `61` is out of range; a minute is 0 to 59"),
+            ("0-60 * * * *", "minute `60` is out of range; a minute is 0 to 59"),
+            ("0 24 * * *", "hour `24` is out of range; an hour is 0 to 23"),
+            ("0 0 0 * *", "day of the month `0` is out of range; a day of the month is 1 to 31"),
+            ("0 0 32 * *", "day of the month `32` is out of range"),
+            ("0 0 * 13 *", "month `13` is out of range; a month is 1 to 12 (or JAN to DEC)"),
+            ("0 0 * 0 *", "month `0` is out of range"),
+            ("0 0 * * 8", "day of the week `8` is out of range; a day of the week is 0 to 7 (0 and 7 are Sunday; or SUN to SAT)"),
+            ("60 0 0 * * *", "second `60` is out of range; a second is 0 to 59"),
+            ("0 0 * * 4294967296", "day of the week `4294967296` is out of range"),
+            ("*/0 * * * *", "the minute step `0` is out of range; a step is 1 to 59"),
+            ("*/60 * * * *", "the minute step `60` is out of range; a step is 1 to 59"),
+            ("0 */24 * * *", "the hour step `24` is out of range; a step is 1 to 23"),
+            ("30-10 * * * *", "the minute range `30-10` runs backwards; write the smaller number first"),
+            ("0 0 30 2 *", "`0 0 30 2 *` never fires: no date has that day of the month in that month"),
+            ("0 0 31 2,4 *", "never fires"),
+        ];
+        for (expr, want) in cases {
+            let e = parse_cron(expr).unwrap_err().to_string();
+            assert!(e.contains(want), "{expr}: want `{want}` in: {e}");
+            assert!(e.starts_with(&format!("`{expr}`")), "{e}");
+        }
+        for good in [
+            "59 23 31 12 7",
+            "0-59 0-23 1-31 1-12 0-7",
+            "*/59 */23 */31 */12 *",
+            "0 9 * * 5-7",
+            "0 0 29 2 *",
+        ] {
+            assert!(parse_cron(good).is_ok(), "{good}: {:?}", parse_cron(good));
+        }
+    }
+
+    /// Times at the ends of the calendar and periods longer than it hold give fewer fire
+    /// times, never a panic (a huge interval panicked the server and `schedule next`).
+    #[test]
+    fn fire_times_at_the_ends_of_time_are_fewer_not_a_panic() {
+        let end = time::PrimitiveDateTime::MAX.assume_utc();
+        let start = time::PrimitiveDateTime::MIN.assume_utc();
+        let huge = Trigger::Interval(Duration::from_secs(u64::MAX));
+        assert!(next_fires(&huge, t("2026-01-01T00:00:00Z"), None, 3).is_empty());
+        assert!(!missed(&huge, end, Some(start)));
+        let day = Trigger::Interval(Duration::from_secs(86400));
+        assert!(next_fires(&day, end, None, 3).is_empty());
+        assert!(next_fires(&day, end, Some(end), 3).is_empty());
+        assert_eq!(
+            next_fires(&day, end - time::Duration::days(2), None, 3).len(),
+            2
+        );
+        assert!(next_fires(&day, start, Some(end - time::Duration::hours(1)), 3).is_empty());
+        let h = trig("0 * * * *");
+        assert!(next_fires(&h, end, None, 3).is_empty(), "past 2100");
+        let before = next_fires(&h, start, None, 2);
+        assert_eq!(
+            before,
+            vec![t("1970-01-01T00:00:00Z"), t("1970-01-01T01:00:00Z")]
+        );
+        assert_eq!(previous_fire(&h, end), None);
+        assert!(!missed(&h, end, Some(start)));
+        assert!(previous_fire(&h, start).is_none());
     }
 
     #[test]

@@ -74,8 +74,11 @@ impl Clock {
 
     /// The tokio instant of a wall-clock time (now, for times past).
     pub fn instant_of(&self, t: OffsetDateTime) -> tokio::time::Instant {
-        let d = t - self.now();
-        tokio::time::Instant::now() + Duration::try_from(d).unwrap_or(Duration::ZERO)
+        let d = Duration::try_from(t - self.now()).unwrap_or(Duration::ZERO);
+        let now = tokio::time::Instant::now();
+        // Past what an Instant holds: a year on; the loop looks again by then.
+        now.checked_add(d)
+            .unwrap_or_else(|| now + Duration::from_secs(366 * 24 * 3600))
     }
 }
 

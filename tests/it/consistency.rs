@@ -504,3 +504,72 @@ fn the_example_rules_parse() {
         ]
     );
 }
+
+#[test]
+fn actions_get_a_clean_environment_without_lifeboats_secrets() {
+    let d = tmp();
+    let root = d.path().join("cluster");
+    make_cluster(&root);
+    let repo = init_repo(d.path());
+    // Each action keeps its whole environment in a file and prints it (into the record).
+    let pre = rule(
+        d.path(),
+        "env.yaml",
+        "env",
+        "Abort",
+        "30s",
+        &["env > env-$LIFEBOAT_POD.txt; env"],
+    );
+    let mut c = lb(&repo);
+    c.env("AWS_SECRET_ACCESS_KEY", "aws-secret-value")
+        .env("AWS_ACCESS_KEY_ID", "aws-key-id-value")
+        .env("LIFEBOAT_NEW_PASSWORD", "new-password-value")
+        .env("SOME_OTHER_SETTING", "other-value")
+        .env("PATH", std::env::var("PATH").unwrap())
+        .args(["backup", "create", "env-1", "-n", "db", "--json"])
+        .args(["--pre-rule".as_ref(), pre.as_os_str()])
+        .arg("--cluster-dir")
+        .arg(&root);
+    let out = json(&ok(run(&mut c)));
+    let secrets = [
+        "LIFEBOAT_PASSWORD",
+        "AWS_SECRET_ACCESS_KEY",
+        "aws-secret-value",
+        "AWS_ACCESS_KEY_ID",
+        "aws-key-id-value",
+        "new-password-value",
+        "SOME_OTHER_SETTING",
+    ];
+    let rules = out["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 3, "{out:#}");
+    for r in rules {
+        let tail = r["output_tail"].as_str().unwrap();
+        assert!(tail.contains("LIFEBOAT_POD="), "{tail}");
+        for s in secrets {
+            assert!(!tail.contains(s), "`{s}` in the record: {tail}");
+        }
+    }
+    for pod in PODS {
+        let env = std::fs::read_to_string(root.join(format!("env-{pod}.txt"))).unwrap();
+        let mut vars: Vec<&str> = env
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .filter(|k| !["PWD", "SHLVL", "_", "OLDPWD"].contains(k))
+            .collect();
+        vars.sort();
+        assert_eq!(
+            vars,
+            [
+                "HOME",
+                "LANG",
+                "LIFEBOAT_CONTAINER",
+                "LIFEBOAT_NAMESPACE",
+                "LIFEBOAT_POD",
+                "PATH"
+            ],
+            "{env}"
+        );
+        assert!(env.contains(&format!("LIFEBOAT_POD={pod}\n")), "{env}");
+        assert!(env.contains("LIFEBOAT_CONTAINER=db\n"), "{env}");
+    }
+}

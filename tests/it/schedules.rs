@@ -230,6 +230,15 @@ fn a_bad_configuration_stops_the_server_naming_file_object_and_field() {
     for (text, want) in [
         ("kind: SchedulePolicy\nmetadata: {name: d}\nspec: {daily: {time: \"25:00\"}}\n", "SchedulePolicy d: spec.daily.time"),
         ("kind: BackupSchedule\nmetadata: {name: s}\nspec: {schedulePolicyName: nope, template: {namespaces: [a]}}\n", "BackupSchedule s: spec.schedulePolicyName"),
+        // Passed validation, then panicked the server.
+        ("kind: SchedulePolicy\nmetadata: {name: i}\nspec: {interval: {hours: 9223372036854775807}}\n", "SchedulePolicy i: spec.interval: is more than 366 days"),
+        ("kind: SchedulePolicy\nmetadata: {name: i}\nspec: {interval: {seconds: 18446744073709551615, minutes: 1}}\n", "SchedulePolicy i: spec.interval: is more than 366 days"),
+        // Accepted silently.
+        ("kind: SchedulePolicy\nmetadata: {name: r}\nspec: {interval: {minutes: 5}, retain: {last: 0, daily: 0}}\n", "SchedulePolicy r: spec.retain: every count is 0"),
+        ("apiVersion: lifeboat.dev/v2\nkind: SchedulePolicy\nmetadata: {name: v}\nspec: {interval: {minutes: 5}}\n", "SchedulePolicy v: apiVersion: `lifeboat.dev/v2` is unknown"),
+        ("kind: SchedulePolicy\nmetadata: {name: f}\nspec: {cron: {expression: \"0 0 30 2 *\"}}\n", "SchedulePolicy f: spec.cron.expression: `0 0 30 2 *` never fires"),
+        // Was "Minutes must be less than 59".
+        ("kind: SchedulePolicy\nmetadata: {name: m}\nspec: {cron: {expression: \"60 * * * *\"}}\n", "SchedulePolicy m: spec.cron.expression: `60 * * * *`: minute `60` is out of range; a minute is 0 to 59"),
     ] {
         std::fs::write(&cfg, text).unwrap();
         let r = run(lb(&repo)
