@@ -75,22 +75,36 @@ impl Store for MeetAtDelete {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_key_removals_at_once_never_leave_the_repository_without_a_key() {
-    let mem = MemoryStore::new();
-    let first = new_repo(Arc::new(mem.clone())).await;
-    let second_id = first
-        .add_key(b"second", KdfParams::INSECURE_FAST)
+/// A new repository (password [`PASSWORD`]) with a second key for `password`: the
+/// repository, the first key's id and the second's.
+async fn with_second_key(
+    mem: &MemoryStore,
+    password: &[u8],
+) -> (
+    Arc<Repository>,
+    lifeboat::format::KeyId,
+    lifeboat::format::KeyId,
+) {
+    let repo = new_repo(Arc::new(mem.clone())).await;
+    let second = repo
+        .add_key(password, KdfParams::INSECURE_FAST)
         .await
         .unwrap();
-    let first_id = first
+    let first = repo
         .list_keys()
         .await
         .unwrap()
         .into_iter()
-        .find(|k| k.id != second_id)
+        .find(|k| k.id != second)
         .unwrap()
         .id;
+    (repo, first, second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_key_removals_at_once_never_leave_the_repository_without_a_key() {
+    let mem = MemoryStore::new();
+    let (_, first_id, second_id) = with_second_key(&mem, b"second").await;
 
     let racing: Arc<dyn Store> = Arc::new(MeetAtDelete {
         inner: mem.clone(),
@@ -134,19 +148,7 @@ async fn two_key_removals_at_once_never_leave_the_repository_without_a_key() {
 #[tokio::test]
 async fn a_damaged_key_of_another_password_does_not_lock_out_this_one() {
     let mem = MemoryStore::new();
-    let repo = new_repo(Arc::new(mem.clone())).await;
-    let other = repo
-        .add_key(b"other", KdfParams::INSECURE_FAST)
-        .await
-        .unwrap();
-    let mine = repo
-        .list_keys()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|k| k.id != other)
-        .unwrap()
-        .id;
+    let (repo, mine, other) = with_second_key(&mem, b"other").await;
     // Damage every key but this password's: the first one listed is damaged too.
     let damaged_key = other.key();
     mem.delete(&damaged_key, &c()).await.unwrap();
