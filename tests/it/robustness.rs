@@ -148,7 +148,7 @@ async fn two_key_removals_at_once_never_leave_the_repository_without_a_key() {
 #[tokio::test]
 async fn a_damaged_key_of_another_password_does_not_lock_out_this_one() {
     let mem = MemoryStore::new();
-    let (repo, mine, other) = with_second_key(&mem, b"other").await;
+    let (_, mine, other) = with_second_key(&mem, b"other").await;
     // Damage every key but this password's: the first one listed is damaged too.
     let damaged_key = other.key();
     mem.delete(&damaged_key, &c()).await.unwrap();
