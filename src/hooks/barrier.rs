@@ -542,6 +542,11 @@ mod tests {
         let parents = Parents::default();
         let _default =
             tracing::subscriber::set_default(tracing_subscriber::registry().with(parents.clone()));
+        // Tests on other threads run `around` with no subscriber: if one of them registered the
+        // `rule_action` callsite while this default was being set, the callsite cached "never"
+        // and this test saw no span (CI, once). Recompute every callsite's interest now that
+        // this default exists.
+        tracing::callsite::rebuild_interest_cache();
         let d = tempfile::tempdir().unwrap();
         let exec: Arc<dyn Exec> = Arc::new(LocalExec {
             dir: d.path().to_path_buf(),
