@@ -14,6 +14,7 @@ mod devices;
 mod dr;
 mod fixtures;
 mod format;
+mod fuzz;
 mod kube_exec;
 mod layout;
 mod live;

@@ -1,8 +1,7 @@
-//! `backups/<id>` after decryption: JSON.
+//! The `backup_record` target: its body is `targets::backup_record` (shared with the test suite's bounded run).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-use lifeboat::format::AppBackup;
+#[allow(dead_code)]
+#[path = "../targets.rs"]
+mod targets;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = serde_json::from_slice::<AppBackup>(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::backup_record(data));

@@ -1,9 +1,7 @@
-//! A `--changed-ranges` file.
+//! The `changed_ranges` target: its body is `targets::changed_ranges` (shared with the test suite's bounded run).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
+#[allow(dead_code)]
+#[path = "../targets.rs"]
+mod targets;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = lifeboat::volume::diff::parse_ranges("fuzz.json", text);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::changed_ranges(data));

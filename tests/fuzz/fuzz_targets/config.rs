@@ -1,10 +1,7 @@
-//! `config`: plain JSON, read before any key is known.
+//! The `config` target: its body is `targets::config` (shared with the test suite's bounded run).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-use lifeboat::format::RepoConfig;
+#[allow(dead_code)]
+#[path = "../targets.rs"]
+mod targets;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(c) = serde_json::from_slice::<RepoConfig>(data) {
-        let _ = c.mac_input();
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::config(data));

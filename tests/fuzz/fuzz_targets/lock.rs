@@ -1,8 +1,7 @@
-//! `locks/<hash>`: plain JSON, classified as live, stale or garbage.
+//! The `lock` target: its body is `targets::lock` (shared with the test suite's bounded run).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-use lifeboat::repository::lock_state;
+#[allow(dead_code)]
+#[path = "../targets.rs"]
+mod targets;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = lock_state(data, time::OffsetDateTime::now_utc());
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::lock(data));

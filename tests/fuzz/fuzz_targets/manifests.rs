@@ -1,9 +1,7 @@
-//! A cluster directory's manifest file (YAML, several documents, `kind: List`).
+//! The `manifests` target: its body is `targets::manifests` (shared with the test suite's bounded run).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
+#[allow(dead_code)]
+#[path = "../targets.rs"]
+mod targets;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = lifeboat::k8s::source::parse_documents("fuzz.yaml", text);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::manifests(data));

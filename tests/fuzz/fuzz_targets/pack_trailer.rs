@@ -1,8 +1,7 @@
-//! A pack's trailer after decryption: JSON.
+//! The `pack_trailer` target: its body is `targets::pack_trailer` (shared with the test suite's bounded run).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-use lifeboat::format::PackTrailer;
+#[allow(dead_code)]
+#[path = "../targets.rs"]
+mod targets;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = serde_json::from_slice::<PackTrailer>(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::pack_trailer(data));

@@ -1,9 +1,7 @@
-//! A rule file (YAML, several documents).
+//! The `rules` target: its body is `targets::rules` (shared with the test suite's bounded run).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
+#[allow(dead_code)]
+#[path = "../targets.rs"]
+mod targets;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = lifeboat::hooks::rules::parse_rules("fuzz.yaml", text);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::rules(data));

@@ -1,10 +1,7 @@
-//! A schedule file (YAML, several documents); a loaded config also answers its fire times.
+//! The `schedules` target: its body is `targets::schedules` (shared with the test suite's bounded run).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
+#[allow(dead_code)]
+#[path = "../targets.rs"]
+mod targets;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let files = [("fuzz.yaml".to_string(), text.to_string())];
-        let _ = lifeboat::scheduler::config::parse_config(&files);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::schedules(data));

@@ -1,10 +1,7 @@
-//! `snapshots/<id>` after decryption: JSON, then what every reader computes from it.
+//! The `snapshot` target: its body is `targets::snapshot` (shared with the test suite's bounded run).
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-use lifeboat::format::Snapshot;
+#[allow(dead_code)]
+#[path = "../targets.rs"]
+mod targets;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(s) = serde_json::from_slice::<Snapshot>(data) {
-        let _ = s.blocks();
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::snapshot(data));
