@@ -89,6 +89,63 @@ impl CsiCluster {
             .collect()
     }
 
+    /// VolumeGroupSnapshotClasses (v1beta2): the driver's default one, another driver's
+    /// default, and a named class of the driver that is nobody's default.
+    fn group_classes(&self) {
+        for (name, driver, default) in [
+            ("fake-group", "fake.csi", true),
+            ("other-group", "other.csi", true),
+            ("csi-fast-group", "fake.csi", false),
+        ] {
+            let mut class = json!({"apiVersion": "groupsnapshot.storage.k8s.io/v1beta2",
+                "kind": "VolumeGroupSnapshotClass", "metadata": {"name": name},
+                "driver": driver, "deletionPolicy": "Delete"});
+            if default {
+                class["metadata"]["annotations"] =
+                    json!({"groupsnapshot.storage.kubernetes.io/is-default-class": "true"});
+            }
+            self.put(
+                format!(
+                    "/apis/groupsnapshot.storage.k8s.io/v1beta2/volumegroupsnapshotclasses/{name}"
+                ),
+                class,
+            );
+        }
+    }
+
+    /// The volume mode of claim `ns/claim` (Filesystem when unset, as the API defaults it).
+    fn volume_mode(&self, ns: &str, claim: &str) -> String {
+        let objects = self.objects.lock().unwrap();
+        objects
+            .get(&format!(
+                "/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}"
+            ))
+            .and_then(|c| c["spec"]["volumeMode"].as_str())
+            .unwrap_or("Filesystem")
+            .to_string()
+    }
+
+    /// Whether a claim restored from a VolumeSnapshot may be provisioned: same volume mode
+    /// as the snapshot's source, or the content annotated to allow the change.
+    fn conversion_allowed(&self, ns: &str, claim: &Value) -> bool {
+        let Some(snap) = claim["spec"]["dataSource"]["name"].as_str() else {
+            return true;
+        };
+        let objects = self.objects.lock().unwrap();
+        let snap = &objects
+            [&format!("/apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots/{snap}")];
+        let content = snap["status"]["boundVolumeSnapshotContentName"]
+            .as_str()
+            .unwrap();
+        let content =
+            &objects[&format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents/{content}")];
+        let want = claim["spec"]["volumeMode"].as_str().unwrap_or("Filesystem");
+        content["spec"]["sourceVolumeMode"].as_str() == Some(want)
+            || content["metadata"]["annotations"]
+                ["snapshot.storage.kubernetes.io/allow-volume-mode-change"]
+                == "true"
+    }
+
     fn put(&self, path: String, v: Value) {
         self.objects.lock().unwrap().insert(path, v);
     }
@@ -178,7 +235,17 @@ impl CsiCluster {
         let mut paths: Vec<(String, String)> = Vec::new();
         for dev in c["volumeDevices"].as_array().unwrap() {
             let claim = &claims[dev["name"].as_str().unwrap()];
-            let disk = self.disks.lock().unwrap()[&format!("{ns}/{claim}")].clone();
+            let Some(disk) = self
+                .disks
+                .lock()
+                .unwrap()
+                .get(&format!("{ns}/{claim}"))
+                .cloned()
+            else {
+                // Its claim never bound: the pod would never start.
+                std::fs::write(&message, format!("claim {claim} is not bound")).unwrap();
+                return false;
+            };
             paths.push((
                 dev["devicePath"].as_str().unwrap().into(),
                 disk.to_str().unwrap().into(),
@@ -300,9 +367,11 @@ impl CsiCluster {
                     .insert(format!("{ns}/{name}"), to);
                 // Its content, whose handle the SnapshotMetadata service takes as the base.
                 let content = format!("snapcontent-{name}");
+                let mode = self.volume_mode(&ns, claim);
                 self.put(format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents/{content}"),
                     json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
-                        "metadata": {"name": content}, "status": {"snapshotHandle": format!("csi-snap:{ns}/{name}"), "readyToUse": true}}));
+                        "metadata": {"name": content}, "spec": {"sourceVolumeMode": mode},
+                        "status": {"snapshotHandle": format!("csi-snap:{ns}/{name}"), "readyToUse": true}}));
                 v["status"] = json!({"creationTime": "2026-11-24T10:00:00Z", "readyToUse": true,
                     "boundVolumeSnapshotContentName": content});
             }
@@ -321,7 +390,9 @@ impl CsiCluster {
                     })
                     .map(|(_, o)| o["metadata"]["name"].as_str().unwrap().to_string())
                     .collect();
-                let mut pairs = Vec::new();
+                // As the snapshot-controller (external-snapshotter 8.2+) does it: a member
+                // VolumeSnapshot per claim, owned by the group, naming its claim in
+                // spec.source and the group in status; the group's status lists no members.
                 for (i, claim) in claims.iter().enumerate() {
                     let snap = format!("snapshot-{name}-{i}");
                     let to = self.dir.join(format!("snap-{snap}.img"));
@@ -336,21 +407,34 @@ impl CsiCluster {
                         .unwrap()
                         .insert(format!("{ns}/{snap}"), claim.clone());
                     let content = format!("snapcontent-{snap}");
+                    let mode = self.volume_mode(&ns, claim);
                     self.put(format!("/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents/{content}"),
                         json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
-                            "metadata": {"name": content}, "status": {"snapshotHandle": format!("csi-snap:{ns}/{snap}"), "readyToUse": true}}));
+                            "metadata": {"name": content}, "spec": {"sourceVolumeMode": mode},
+                            "status": {"snapshotHandle": format!("csi-snap:{ns}/{snap}"), "readyToUse": true}}));
                     self.put(format!("/apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots/{snap}"),
                         json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
-                            "metadata": {"name": snap, "namespace": ns},
+                            "metadata": {"name": snap, "namespace": ns,
+                                "ownerReferences": [{"apiVersion": "groupsnapshot.storage.k8s.io/v1beta2",
+                                    "kind": "VolumeGroupSnapshot", "name": name, "uid": "g-uid"}]},
+                            "spec": {"source": {"persistentVolumeClaimName": claim}},
                             "status": {"creationTime": "2026-11-24T10:00:00Z", "readyToUse": true,
-                                "boundVolumeSnapshotContentName": content}}));
-                    pairs.push(json!({"persistentVolumeClaimRef": {"name": claim}, "volumeSnapshotRef": {"name": snap}}));
+                                "boundVolumeSnapshotContentName": content, "volumeGroupSnapshotName": name}}));
                 }
-                v["status"] = json!({"creationTime": "2026-11-24T10:00:00Z", "readyToUse": true, "pvcVolumeSnapshotRefList": pairs});
+                v["status"] = json!({"creationTime": "2026-11-24T10:00:00Z", "readyToUse": true,
+                    "boundVolumeGroupSnapshotContentName": format!("groupsnapcontent-{name}")});
             }
             "PersistentVolumeClaim" if !v["spec"]["volumeName"].is_null() => {
                 // Pre-bound to a volume created before it: its disk is that volume's.
                 v["status"] = json!({"phase": "Bound"});
+            }
+            "PersistentVolumeClaim" if !self.conversion_allowed(&ns, &v) => {
+                // As external-provisioner ≥ 5 does (KEP-3141): the claim stays Pending.
+                self.log
+                    .lock()
+                    .unwrap()
+                    .push(format!("refused volume mode conversion {ns}/{name}"));
+                v["status"] = json!({"phase": "Pending"});
             }
             "PersistentVolumeClaim" => {
                 let disk = self.dir.join(format!("disk-{name}.img"));
@@ -838,13 +922,7 @@ async fn group_snapshot_case(case: &str, groups: GroupSnapshots) {
     let d = tmp();
     let repo_path = init_repo(d.path());
     let api = Arc::new(CsiCluster::new(d.path(), &repo_path).with_app());
-    // The driver's classes: a default one, and another driver's default.
-    for (name, driver) in [("fake-group", "fake.csi"), ("other-group", "other.csi")] {
-        api.put(format!("/apis/groupsnapshot.storage.k8s.io/v1beta1/volumegroupsnapshotclasses/{name}"),
-            json!({"apiVersion": "groupsnapshot.storage.k8s.io/v1beta1", "kind": "VolumeGroupSnapshotClass",
-                "metadata": {"name": name, "annotations": {"groupsnapshot.storage.kubernetes.io/is-default-class": "true"}},
-                "driver": driver, "deletionPolicy": "Delete"}));
-    }
+    api.group_classes();
     let live = LiveCluster::from_client(serve(api.clone()), "fake");
     let repo = open(&repo_path).await;
     let settings = MoverSettings {
@@ -950,6 +1028,7 @@ async fn changed_block_tracking_case(groups: GroupSnapshots) {
     let d = tmp();
     let repo_path = init_repo(d.path());
     let api = Arc::new(CsiCluster::new(d.path(), &repo_path).with_app());
+    api.group_classes();
     // The service computes deltas from the fake's snapshot files.
     let cluster = api.clone();
     let answer: crate::cbt::Answerer = Arc::new(move |r: &lifeboat::volume::cbt::DeltaRequest| {

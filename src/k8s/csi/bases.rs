@@ -9,10 +9,10 @@ use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use serde_json::{json, Value};
 
-use super::{api_err, group_snapshots, volume_snapshots, Claim, Csi, CsiSnapshot};
+use super::{api_err, volume_snapshots, Claim, Csi, CsiSnapshot};
 use crate::k8s::LiveError;
 
-fn snapshot_contents() -> ApiResource {
+pub(super) fn snapshot_contents() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshotContent"),
         "volumesnapshotcontents",
@@ -247,12 +247,7 @@ impl Csi {
                 })
                 .unwrap_or(true);
             if !still {
-                let groups = Api::<DynamicObject>::namespaced_with(
-                    self.client.clone(),
-                    ns,
-                    &group_snapshots(),
-                );
-                self.delete_quietly(groups, &g).await;
+                self.delete_group(ns, &g).await;
             }
         }
     }

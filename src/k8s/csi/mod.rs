@@ -40,10 +40,14 @@ use crate::format::CopyMethod;
 use crate::k8s::LiveError;
 
 mod bases;
+mod group;
 mod site;
 
-use bases::DeltaMount;
+use bases::{snapshot_contents, DeltaMount};
 pub use bases::{MetadataService, CBT_TOKEN_DIR};
+pub use group::{
+    default_group_class, group_members, DEFAULT_GROUP_CLASS, GROUP_API, GROUP_VERSIONS,
+};
 pub use site::{
     quantity_bytes, AppliedClaim, StandbyClaim, VerifyTarget, JOURNAL_CLAIM, JOURNAL_DIR,
     STANDBY_SNAPSHOT,
@@ -112,26 +116,6 @@ impl std::str::FromStr for GroupSnapshots {
     }
 }
 
-/// The annotation that marks a cluster's default VolumeGroupSnapshotClass for its driver.
-pub const DEFAULT_GROUP_CLASS: &str = "groupsnapshot.storage.kubernetes.io/is-default-class";
-
-/// The default VolumeGroupSnapshotClass of `driver` among listed classes (pure).
-pub fn default_group_class(classes: &[Value], driver: &str) -> Option<String> {
-    let mut found: Vec<&str> = classes
-        .iter()
-        .filter(|c| c["driver"] == driver)
-        .filter(|c| {
-            c.pointer("/metadata/annotations")
-                .and_then(|a| a.get(DEFAULT_GROUP_CLASS))
-                == Some(&json!("true"))
-        })
-        .filter_map(|c| c.pointer("/metadata/name").and_then(Value::as_str))
-        .collect();
-    found.sort();
-    // Two defaults for one driver is ambiguous, as Kubernetes itself treats it: use none.
-    (found.len() == 1).then(|| found[0].to_string())
-}
-
 /// A claim whose data a backup takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
@@ -190,27 +174,10 @@ fn volume_snapshots() -> ApiResource {
     )
 }
 
-fn group_snapshot_classes() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(
-            "groupsnapshot.storage.k8s.io",
-            "v1beta1",
-            "VolumeGroupSnapshotClass",
-        ),
-        "volumegroupsnapshotclasses",
-    )
-}
-
-fn group_snapshots() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(
-            "groupsnapshot.storage.k8s.io",
-            "v1beta1",
-            "VolumeGroupSnapshot",
-        ),
-        "volumegroupsnapshots",
-    )
-}
+/// The VolumeSnapshotContent annotation that lets a claim of another volume mode be
+/// restored from the snapshot (KEP-3141).
+pub const ALLOW_VOLUME_MODE_CHANGE: &str =
+    "snapshot.storage.kubernetes.io/allow-volume-mode-change";
 
 /// A Kubernetes name from parts: lowercase, at most 63 characters, unique by a hash suffix.
 pub fn object_name(prefix: &str, parts: &[&str]) -> String {
@@ -430,131 +397,6 @@ impl Csi {
             .map(|csi| csi.driver))
     }
 
-    /// The VolumeGroupSnapshotClass for one namespace's claims, if they are to be taken as a
-    /// group: the named class, or in `auto` the default class of their common driver (none
-    /// when the claims have different drivers or the cluster has no group snapshot API).
-    async fn group_class(&self, claims: &[&Claim]) -> Result<Option<String>, LiveError> {
-        match &self.settings.group_snapshots {
-            GroupSnapshots::Off => return Ok(None),
-            GroupSnapshots::Class(c) => return Ok(Some(c.clone())),
-            GroupSnapshots::Auto => {}
-        }
-        if claims.len() < 2 {
-            return Ok(None);
-        }
-        let mut drivers = Vec::new();
-        for c in claims {
-            match self.driver_of(c).await? {
-                Some(d) => drivers.push(d),
-                None => return Ok(None),
-            }
-        }
-        drivers.dedup();
-        if drivers.len() != 1 {
-            return Ok(None);
-        }
-        let api = Api::<DynamicObject>::all_with(self.client.clone(), &group_snapshot_classes());
-        let classes = match api.list(&Default::default()).await {
-            Ok(l) => l.items,
-            // No group snapshot API on this cluster (or not in this version).
-            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
-            Err(e) => return Err(api_err("list VolumeGroupSnapshotClasses".into())(e)),
-        };
-        let classes: Vec<Value> = classes
-            .into_iter()
-            .map(|c| serde_json::to_value(c).expect("serialises"))
-            .collect();
-        let class = default_group_class(&classes, &drivers[0]);
-        if let Some(class) = &class {
-            tracing::info!(
-                namespace = %claims[0].namespace,
-                class = %class,
-                "taking the claims as one VolumeGroupSnapshot (the driver's default class)"
-            );
-        }
-        Ok(class)
-    }
-
-    async fn group_snapshot(
-        &self,
-        backup: &str,
-        ns: &str,
-        class: &str,
-        mine: &[&Claim],
-    ) -> Result<Vec<CsiSnapshot>, LiveError> {
-        let group = object_name("lifeboat", &[backup, ns]);
-        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
-        // The group selects by label: mark exactly the claims of this backup.
-        for c in mine {
-            pvcs.patch(
-                &c.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {"lifeboat.dev/group": group}}})),
-            )
-            .await
-            .map_err(api_err(format!(
-                "label PersistentVolumeClaim {ns}/{}",
-                c.name
-            )))?;
-        }
-        let obj: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "groupsnapshot.storage.k8s.io/v1beta1", "kind": "VolumeGroupSnapshot",
-            "metadata": {"name": group, "namespace": ns,
-                "labels": {"app.kubernetes.io/managed-by": "lifeboat", "lifeboat.dev/backup": backup}},
-            "spec": {"volumeGroupSnapshotClassName": class,
-                "source": {"selector": {"matchLabels": {"lifeboat.dev/group": group}}}}}))
-        .expect("a VolumeGroupSnapshot");
-        let api =
-            Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &group_snapshots());
-        api.create(&PostParams::default(), &obj)
-            .await
-            .map_err(api_err(format!("create VolumeGroupSnapshot {ns}/{group}")))?;
-        let mut pairs = Vec::new();
-        self.wait(&format!("VolumeGroupSnapshot {ns}/{group}"), async || {
-            let v = api
-                .get(&group)
-                .await
-                .map_err(api_err(format!("read VolumeGroupSnapshot {ns}/{group}")))?;
-            let v = serde_json::to_value(v).expect("serialises");
-            if let Some(e) = v.pointer("/status/error/message").and_then(Value::as_str) {
-                return Ok(Some(Err(e.to_string())));
-            }
-            if v.pointer("/status/creationTime").is_none() {
-                return Ok(None);
-            }
-            pairs = v
-                .pointer("/status/pvcVolumeSnapshotRefList")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            Ok(Some(Ok(())))
-        })
-        .await?;
-        let mut out = Vec::new();
-        for c in mine {
-            let snap = pairs.iter().find_map(|p| {
-                (p.pointer("/persistentVolumeClaimRef/name")
-                    .and_then(Value::as_str)
-                    == Some(&c.name))
-                .then(|| p.pointer("/volumeSnapshotRef/name").and_then(Value::as_str))
-                .flatten()
-            });
-            let Some(snap) = snap else {
-                return Err(LiveError::Volume {
-                    what: format!("VolumeGroupSnapshot {ns}/{group}"),
-                    reason: format!("has no snapshot of claim {}", c.name),
-                });
-            };
-            out.push(CsiSnapshot {
-                claim: (*c).clone(),
-                snapshot: snap.to_string(),
-                method: CopyMethod::CsiGroup,
-                group: Some(group.clone()),
-            });
-        }
-        Ok(out)
-    }
-
     async fn wait_snapshot(
         &self,
         s: &CsiSnapshot,
@@ -584,6 +426,40 @@ impl Csi {
             },
         )
         .await
+    }
+
+    /// Lets a Block-mode clone be made of a snapshot of a Filesystem-mode volume: since
+    /// Kubernetes 1.30 (KEP-3141) the provisioner refuses that unless the snapshot's
+    /// VolumeSnapshotContent carries [`ALLOW_VOLUME_MODE_CHANGE`] (needs `patch` on
+    /// volumesnapshotcontents). Call once the snapshot is ready (its content bound).
+    async fn allow_volume_mode_change(&self, s: &CsiSnapshot) -> Result<(), LiveError> {
+        let ns = &s.claim.namespace;
+        let snap =
+            Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &volume_snapshots())
+                .get(&s.snapshot)
+                .await
+                .map_err(api_err(format!("read VolumeSnapshot {ns}/{}", s.snapshot)))?;
+        let snap = serde_json::to_value(snap).expect("serialises");
+        let Some(content) = snap
+            .pointer("/status/boundVolumeSnapshotContentName")
+            .and_then(Value::as_str)
+        else {
+            return Err(LiveError::Volume {
+                what: format!("VolumeSnapshot {ns}/{}", s.snapshot),
+                reason: "is ready but names no VolumeSnapshotContent (status.boundVolumeSnapshotContentName)".into(),
+            });
+        };
+        Api::<DynamicObject>::all_with(self.client.clone(), &snapshot_contents())
+            .patch(
+                content,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {ALLOW_VOLUME_MODE_CHANGE: "true"}}})),
+            )
+            .await
+            .map_err(api_err(format!(
+                "annotate VolumeSnapshotContent {content} with {ALLOW_VOLUME_MODE_CHANGE} (lifeboat needs `patch` on volumesnapshotcontents to read a Filesystem-mode volume through a Block-mode clone)"
+            )))?;
+        Ok(())
     }
 
     /// A block-mode claim: a clone of `snapshot` (backup) or an empty one (restore).
@@ -800,6 +676,9 @@ impl Csi {
             Some(svc) => self.delta_for(s, svc).await?,
             None => None,
         };
+        if s.claim.volume_mode != "Block" {
+            self.allow_volume_mode_change(s).await?;
+        }
         self.block_claim(ns, &clone, &s.claim, Some(&s.snapshot))
             .await?;
         let result = self
@@ -858,9 +737,7 @@ impl Csi {
             }
         }
         for (ns, g) in groups {
-            let api =
-                Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &group_snapshots());
-            self.delete_quietly(api, g).await;
+            self.delete_group(ns, g).await;
         }
     }
 
