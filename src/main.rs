@@ -1,11 +1,18 @@
 //! The `lifeboat` binary: parse, set up tracing, run, map the outcome to an exit code.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use lifeboat::cli::{self, Cli};
 
 fn main() -> ExitCode {
+    // A closed pipe (`lifeboat backup list | head -1`) ends the process quietly, as it ends
+    // `cat`, instead of a panic in `println!`.
+    // SAFETY: setting a signal's disposition to its default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = match Cli::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -24,16 +31,22 @@ fn main() -> ExitCode {
             e.exit()
         }
     };
+    // The AWS SDK's own warnings (each credential provider it tried, with its full error)
+    // only from -vv: lifeboat reports the failure itself, once.
     let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(match args.global.verbose {
-            0 => "warn",
-            1 => "info,aws=warn",
+            0 => "warn,aws=error",
+            1 => "info,aws=error",
             _ => "debug,aws=info,hyper=info",
         })
     });
+    // Colour only on a terminal, and never with NO_COLOR set (https://no-color.org).
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -46,7 +59,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = e.exit_code();
-            eprintln!("error: {}", e.one_line());
+            match cli::interrupted_by() {
+                Some(_) => eprintln!("interrupted: {}", e.one_line()),
+                None => eprintln!("error: {}", e.one_line()),
+            }
             ExitCode::from(code)
         }
     }

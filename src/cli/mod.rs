@@ -328,10 +328,31 @@ impl Error {
         }
     }
 
+    /// Bad usage or configuration: what was given cannot work as it is (exit 2).
+    fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Error::Usage(_)
+                | Error::NoRepository
+                | Error::NoPassword
+                | Error::NoNewPassword
+                | Error::EmptyPassword(_)
+                | Error::Store(StoreError::Credentials { .. } | StoreError::BadUrl { .. })
+                | Error::Repo(RepoError::Store(
+                    StoreError::Credentials { .. } | StoreError::BadUrl { .. }
+                ))
+        )
+    }
+
+    /// The exit code: 1 failed, 2 usage or configuration, 3 transient, 4 damage found; an
+    /// interrupted command exits with 128 + the signal (130 for Ctrl-C, 143 for SIGTERM).
     pub fn exit_code(&self) -> u8 {
+        if let Some(signal) = interrupted_by() {
+            return 128 + signal;
+        }
         match self {
             Error::CheckFailed(_) | Error::VolumeDiffers { .. } | Error::RepairLost { .. } => 4,
-            Error::Usage(_) => 2,
+            _ if self.is_usage() => 2,
             _ if self.is_retryable() => 3,
             _ => 1,
         }
@@ -489,6 +510,17 @@ impl Ctx<'_> {
     }
 }
 
+/// The signal (SIGINT 2, SIGTERM 15) that cancelled the running command, if any.
+static INTERRUPTED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The signal that interrupted this process's command, if one did.
+pub fn interrupted_by() -> Option<u8> {
+    match INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        n => Some(n),
+    }
+}
+
 /// Runs one command. Ctrl-C cancels storage calls in flight; nothing half-written is
 /// committed, because a snapshot is written only after everything it needs. With `--json`, a
 /// failure before the command gave its result prints the JSON error object on stdout.
@@ -505,10 +537,11 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
                 Err(_) => std::future::pending::<()>().await,
             }
         };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
+        let signal = tokio::select! {
+            _ = tokio::signal::ctrl_c() => libc::SIGINT,
+            _ = term => libc::SIGTERM,
+        };
+        INTERRUPTED.store(signal as u8, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!("interrupted: cancelling");
         c.cancel();
     });

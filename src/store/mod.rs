@@ -57,6 +57,10 @@ pub enum StoreError {
     },
     #[error("invalid repository location `{url}`: {reason}")]
     BadUrl { url: String, reason: String },
+    /// Missing or rejected credentials: a configuration error, not worth retrying.
+    /// `problem` names the call (`get `config`: …`).
+    #[error("{problem}; {fix}")]
+    Credentials { problem: String, fix: &'static str },
 }
 
 impl StoreError {

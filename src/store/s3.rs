@@ -195,9 +195,20 @@ where
         message,
     };
     match &e {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            transient(aws_sdk_s3::error::DisplayErrorContext(&e).to_string())
-        }
+        _ if credentials_missing(&e) => StoreError::Credentials {
+            problem: format!("{op} `{key}`: no S3 credentials were found"),
+            fix: MISSING_CREDENTIALS_FIX,
+        },
+        SdkError::DispatchFailure(d) => transient(match d.as_connector_error() {
+            Some(c) if c.is_timeout() => format!("the S3 endpoint timed out: {}", root_cause(&e)),
+            Some(c) if c.is_io() => format!("the S3 endpoint is unreachable: {}", root_cause(&e)),
+            _ => root_cause(&e),
+        }),
+        SdkError::TimeoutError(_) => transient("the S3 call timed out".into()),
+        SdkError::ResponseError(_) => transient(format!(
+            "the S3 endpoint's response could not be read: {}",
+            root_cause(&e)
+        )),
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
             let code = e.code().unwrap_or("").to_string();
@@ -211,6 +222,12 @@ where
                 e.message().map(|m| format!(": {m}")).unwrap_or_default()
             );
             match status {
+                _ if REJECTED_CREDENTIALS.contains(&code.as_str()) => StoreError::Credentials {
+                    problem: format!(
+                        "{op} `{key}`: the S3 server rejected the credentials ({message})"
+                    ),
+                    fix: REJECTED_CREDENTIALS_FIX,
+                },
                 404 => StoreError::NotFound { key },
                 412 => StoreError::AlreadyExists { key },
                 408 | 409 | 429 | 500 | 502 | 503 | 504 => transient(message),
@@ -226,6 +243,43 @@ where
             message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
         },
     }
+}
+
+const MISSING_CREDENTIALS_FIX: &str = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (in a \
+     cluster: the keys of the repository Secret), or AWS_PROFILE, a web identity token or an \
+     instance role";
+const REJECTED_CREDENTIALS_FIX: &str = "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (in a \
+     cluster: the keys of the repository Secret) and that the key may use this bucket";
+/// S3 error codes that mean the credentials are wrong, not the request.
+const REJECTED_CREDENTIALS: [&str; 4] = [
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+];
+
+/// Whether the SDK gave up before sending because no credential provider had any.
+fn credentials_missing<E: std::error::Error + 'static>(e: &SdkError<E, HttpResponse>) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+            .is_some()
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// The innermost cause of an SDK error, e.g. `Connection refused (os error 111)`: the chain
+/// above it repeats the same failure in SDK terms.
+fn root_cause<E: std::error::Error + 'static>(e: &SdkError<E, HttpResponse>) -> String {
+    let mut cause: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 #[async_trait]

@@ -280,6 +280,27 @@ async fn restore_inner(
         let (target, size, overwrite) = (target.to_path_buf(), snap.size, options.overwrite);
         crate::util::blocking(move || open_target(&target, size, overwrite)).await?
     };
+    let written = write_blocks(&repo, id, snap, &t, options, progress).await;
+    if written.is_err() && !t.in_place {
+        // Failed or interrupted (Ctrl-C): a new target is not left half-written.
+        let _ = tokio::fs::remove_file(&t.write_path).await;
+    }
+    let mut stats = written?;
+    t.finish(target, snap).await?;
+    stats.duration_seconds = started.elapsed().as_secs_f64();
+    tracing::info!(bytes_written = stats.bytes_written, "volume restored");
+    Ok(stats)
+}
+
+/// Writes every block of `snap` the target lacks; gives the statistics so far.
+async fn write_blocks(
+    repo: &Arc<Repository>,
+    id: SnapshotId,
+    snap: &Snapshot,
+    t: &RestoreTarget,
+    options: &RestoreOptions,
+    progress: &ProgressBar,
+) -> Result<RestoreStats, RestoreError> {
     let index = Arc::new(repo.load_index().await?);
     let mut stats = RestoreStats {
         snapshot_id: id.to_hex(),
@@ -299,13 +320,13 @@ async fn restore_inner(
         let first = seg as u64 * MAP_SEGMENT_ENTRIES as u64;
         let entries = repo.read_map_segment(&index, snap, seg).await?;
         let needed = if t.in_place {
-            t.blocks_to_fix(&repo, snap, first, entries, &mut stats, progress)
+            t.blocks_to_fix(repo, snap, first, entries, &mut stats, progress)
                 .await?
         } else {
             blocks_to_fetch(snap, first, &entries, &mut stats, progress)
         };
         let step = FetchStep {
-            repo: &repo,
+            repo,
             index: &index,
             file: &t.file,
             snap,
@@ -313,10 +334,6 @@ async fn restore_inner(
         };
         step.run(needed, &mut stats, progress).await?;
     }
-
-    t.finish(target, snap).await?;
-    stats.duration_seconds = started.elapsed().as_secs_f64();
-    tracing::info!(bytes_written = stats.bytes_written, "volume restored");
     Ok(stats)
 }
 

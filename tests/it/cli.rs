@@ -387,3 +387,170 @@ fn json_failures_print_an_error_object_on_stdout() {
     let v = json(&r);
     assert_eq!(v["errors"].as_array().unwrap().len(), 1, "{v}");
 }
+
+// ----- exit codes and messages as shells and scripts expect them ---------------------------
+
+/// `lifeboat … | head -1`: a closed stdout ends the process quietly (SIGPIPE, as `cat`
+/// does), never a panic.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = tmp();
+    let repo = d.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    init(repo);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = with_repo(repo)
+        .arg("snapshots")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
+
+/// Logs carry no ANSI colour codes when stderr is not a terminal (and none with NO_COLOR).
+#[test]
+fn logs_are_plain_text_off_a_terminal() {
+    let d = tmp();
+    let repo = d.path().join("repo");
+    let r = ok(run(lifeboat()
+        .env("LIFEBOAT_LOG", "info")
+        .env("LIFEBOAT_PASSWORD", "pw")
+        .args(["--no-cache", "--repo"])
+        .arg(&repo)
+        .args(["repo", "init", "--insecure-fast-kdf"])));
+    assert!(
+        r.stderr.contains("INFO"),
+        "no log line to look at: {}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains('\u{1b}'), "{:?}", r.stderr);
+}
+
+/// An S3 environment without credentials: exit 2 (configuration), the fix named, no
+/// retries, and none of the SDK's own warnings at the default verbosity.
+#[test]
+fn missing_s3_credentials_are_a_configuration_error_naming_the_fix() {
+    let d = tmp();
+    let r = run(lifeboat()
+        .env_remove("LIFEBOAT_LOG")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env("HOME", d.path())
+        .env("AWS_CONFIG_FILE", d.path().join("none"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", d.path().join("none"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+        .env("AWS_REGION", "us-east-1")
+        .env("LIFEBOAT_PASSWORD", "pw")
+        .args(["--repo", "s3://bucket/prefix", "snapshots"]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no S3 credentials") && r.stderr.contains("AWS_ACCESS_KEY_ID"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("retrying"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+}
+
+/// Credentials the server refuses: exit 2, said as such, the fix named.
+#[test]
+fn rejected_s3_credentials_are_a_configuration_error() {
+    let g = garage();
+    let url = format!("s3://{}/{}", g.bucket, g.unique_prefix());
+    let mut cmd = lifeboat();
+    for (k, v) in g.env() {
+        cmd.env(k, v);
+    }
+    let r = run(cmd
+        .env("AWS_ACCESS_KEY_ID", "GKnotakey0000000000000000")
+        .env("LIFEBOAT_PASSWORD", "pw")
+        .args(["--repo", &url, "snapshots"]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("rejected the credentials") && r.stderr.contains("AWS_SECRET_ACCESS_KEY"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// What the command line lacks is bad usage: exit 2.
+#[test]
+fn a_missing_repository_or_password_is_bad_usage() {
+    let d = tmp();
+    let r = run(lifeboat().args(["snapshots"]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--repo"), "{}", r.stderr);
+    let r = run(lifeboat()
+        .arg("--repo")
+        .arg(d.path().join("r"))
+        .arg("snapshots"));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("LIFEBOAT_PASSWORD"), "{}", r.stderr);
+}
+
+/// Ctrl-C during a restore into a new file: exit 130 and no `.lifeboat-partial` left; a
+/// restore the signal came too late for is complete and identical.
+#[test]
+fn ctrl_c_exits_130_and_leaves_no_partial_file() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = tmp();
+    let repo = d.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    init(repo);
+    let src = d.path().join("v.img");
+    generate_image(&src, 96 << 20, 3).unwrap();
+    ok(run(with_repo(repo)
+        .args(["volume", "backup", "--name", "v"])
+        .arg(&src)));
+    let mut interrupted = 0;
+    for (i, ms) in [20u64, 40, 70, 110, 160, 250, 400].into_iter().enumerate() {
+        let target = d.path().join(format!("out-{i}.img"));
+        let child = with_repo(repo)
+            .args(["volume", "restore", "v:latest"])
+            .arg(&target)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGINT);
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let partial = d.path().join(format!("out-{i}.img.lifeboat-partial"));
+        assert!(
+            !partial.exists(),
+            "after {ms} ms: a partial file is left; {stderr}"
+        );
+        match out.status.code() {
+            Some(0) => assert!(same(&src, &target), "after {ms} ms"),
+            Some(130) => {
+                interrupted += 1;
+                assert!(!target.exists(), "after {ms} ms");
+                assert!(stderr.contains("interrupted"), "{stderr}");
+            }
+            // Before lifeboat's handler was in place: the default action.
+            None if out.status.signal() == Some(libc::SIGINT) => {
+                assert!(!target.exists(), "after {ms} ms")
+            }
+            other => panic!("after {ms} ms: exit {other:?}: {stderr}"),
+        }
+    }
+    assert!(
+        interrupted > 0,
+        "no restore was interrupted: make the volume bigger"
+    );
+}
