@@ -251,11 +251,14 @@ fn dead_s3_endpoint_gives_one_clear_message() {
             "snapshots",
         ]));
     assert_eq!(r.code, 3, "transient failure: {}", r.stderr);
+    let last = r.stderr.lines().last().unwrap_or_default();
     assert!(
-        r.stderr.contains("config") && r.stderr.contains("transient"),
+        last.contains("config") && last.contains("transient") && last.contains("unreachable"),
         "{}",
         r.stderr
     );
+    // The cause once, not the SDK's chain around it.
+    assert_eq!(last.matches("refused").count(), 1, "{last}");
 }
 
 fn kill_after(cmd: &mut Command, after: Duration) {
