@@ -31,12 +31,13 @@ fn main() -> ExitCode {
             e.exit()
         }
     };
-    // The AWS SDK's own warnings (each credential provider it tried, with its full error)
-    // only from -vv: lifeboat reports the failure itself, once.
+    // The AWS SDK's own warnings (each credential provider it tried, with its full error) and
+    // the Kubernetes client's own error lines only from -vv: lifeboat reports the failure
+    // itself, once.
     let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(match args.global.verbose {
-            0 => "warn,aws=error",
-            1 => "info,aws=error",
+            0 => "warn,aws=error,kube_client=off",
+            1 => "info,aws=error,kube_client=off",
             _ => "debug,aws=info,hyper=info",
         })
     });

@@ -14,8 +14,10 @@ pub enum LiveError {
         context: Option<String>,
         reason: String,
     },
-    #[error("the API server refused to {what}: {source}")]
-    Api { what: String, source: kube::Error },
+    /// `error`, not `source`: the message gives its cause once ([`api_cause`]), and a source
+    /// would print the client's chain around it again.
+    #[error("cannot {what}: {}", api_cause(.error))]
+    Api { what: String, error: kube::Error },
     #[error(transparent)]
     Malformed(#[from] ResourceError),
     #[error(transparent)]
@@ -33,14 +35,33 @@ impl LiveError {
     pub fn is_retryable(&self) -> bool {
         match self {
             LiveError::Api {
-                source: kube::Error::Api(s),
+                error: kube::Error::Api(s),
                 ..
             } => s.code == 429 || s.code >= 500,
             LiveError::Api {
-                source: kube::Error::HyperError(_) | kube::Error::Service(_),
+                error: kube::Error::HyperError(_) | kube::Error::Service(_),
                 ..
             } => true,
             _ => false,
         }
+    }
+}
+
+/// What went wrong with an API call, once: the server's refusal with its reason and code, or
+/// that the server could not be reached (with the innermost cause, e.g. `Connection refused`).
+pub fn api_cause(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!(
+            "the API server refused: {} ({}, HTTP {})",
+            s.message, s.reason, s.code
+        ),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            let mut cause: &(dyn std::error::Error + 'static) = e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            format!("the API server is unreachable: {cause}")
+        }
+        other => other.to_string(),
     }
 }

@@ -104,9 +104,9 @@ impl LiveCluster {
         Discovery::new(self.client.clone())
             .run()
             .await
-            .map_err(|source| LiveError::Api {
+            .map_err(|error| LiveError::Api {
                 what: "serve API discovery".into(),
-                source,
+                error,
             })
     }
 
@@ -213,13 +213,10 @@ impl LiveCluster {
                 continue;
             };
             let api = self.api_for(&ar, caps.scope == Scope::Namespaced, r);
-            let found = api
-                .get_opt(&r.name)
-                .await
-                .map_err(|source| LiveError::Api {
-                    what: format!("read {}", r.display()),
-                    source,
-                })?;
+            let found = api.get_opt(&r.name).await.map_err(|error| LiveError::Api {
+                what: format!("read {}", r.display()),
+                error,
+            })?;
             out.push(found.map(|o| serde_json::to_value(o).expect("an object serialises")));
         }
         Ok(out)
@@ -236,9 +233,9 @@ impl LiveCluster {
         let list = api
             .list(&ListParams::default())
             .await
-            .map_err(|source| LiveError::Api {
+            .map_err(|error| LiveError::Api {
                 what: format!("list {plural} in namespace {namespace}"),
-                source,
+                error,
             })?;
         Ok((api, list.items))
     }
@@ -275,9 +272,9 @@ impl LiveCluster {
         Ok(api
             .get_opt(ns)
             .await
-            .map_err(|source| LiveError::Api {
+            .map_err(|error| LiveError::Api {
                 what: format!("read Namespace {ns}"),
-                source,
+                error,
             })?
             .is_some())
     }
@@ -289,9 +286,9 @@ impl LiveCluster {
         key: &str,
     ) -> Result<Option<String>, LiveError> {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
-        let found = api.get_opt(ns).await.map_err(|source| LiveError::Api {
+        let found = api.get_opt(ns).await.map_err(|error| LiveError::Api {
             what: format!("read Namespace {ns}"),
-            source,
+            error,
         })?;
         Ok(found
             .and_then(|n| n.metadata.annotations)
@@ -312,9 +309,9 @@ impl LiveCluster {
             &Patch::Merge(serde_json::json!({"metadata": {"annotations": {key: value}}})),
         )
         .await
-        .map_err(|source| LiveError::Api {
+        .map_err(|error| LiveError::Api {
             what: format!("annotate Namespace {ns}"),
-            source,
+            error,
         })?;
         Ok(())
     }
@@ -324,9 +321,9 @@ impl LiveCluster {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
         api.delete(ns, &Default::default())
             .await
-            .map_err(|source| LiveError::Api {
+            .map_err(|error| LiveError::Api {
                 what: format!("delete Namespace {ns}"),
-                source,
+                error,
             })?;
         Ok(())
     }
@@ -344,9 +341,9 @@ impl LiveCluster {
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let crd = api.get_opt(name).await.map_err(|source| LiveError::Api {
+            let crd = api.get_opt(name).await.map_err(|error| LiveError::Api {
                 what: format!("read CustomResourceDefinition {name}"),
-                source,
+                error,
             })?;
             let established = crd
                 .as_ref()
@@ -377,9 +374,9 @@ impl LiveCluster {
         let discovery = Discovery::new(self.client.clone())
             .run()
             .await
-            .map_err(|source| LiveError::Api {
+            .map_err(|error| LiveError::Api {
                 what: "serve API discovery".into(),
-                source,
+                error,
             })?;
         let mut out = Vec::new();
         for group in discovery.groups() {
@@ -423,9 +420,9 @@ impl LiveCluster {
         if let Some(t) = token {
             lp = lp.continue_token(t);
         }
-        let page = api.list(&lp).await.map_err(|source| LiveError::Api {
+        let page = api.list(&lp).await.map_err(|error| LiveError::Api {
             what: what(),
-            source,
+            error,
         })?;
         let mut out = Vec::with_capacity(page.items.len());
         for obj in page.items {
@@ -545,9 +542,9 @@ impl LiveCluster {
 /// A refused list becomes a recorded failure; anything else stops the capture.
 fn failure(e: LiveError) -> Result<CaptureFailure, LiveError> {
     match e {
-        LiveError::Api { what, source } => Ok(CaptureFailure {
+        LiveError::Api { what, error } => Ok(CaptureFailure {
             what,
-            reason: source.to_string(),
+            reason: crate::k8s::error::api_cause(&error),
         }),
         other => Err(other),
     }
@@ -640,13 +637,13 @@ impl LiveCluster {
         let mut out = Vec::new();
         for ns in namespaces {
             let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-            let list =
-                pods.list(&ListParams::default())
-                    .await
-                    .map_err(|source| LiveError::Api {
-                        what: format!("list pods in namespace {ns}"),
-                        source,
-                    })?;
+            let list = pods
+                .list(&ListParams::default())
+                .await
+                .map_err(|error| LiveError::Api {
+                    what: format!("list pods in namespace {ns}"),
+                    error,
+                })?;
             for p in list.items {
                 let mut v = serde_json::to_value(p).expect("a Pod serialises");
                 v["kind"] = "Pod".into();
@@ -654,13 +651,14 @@ impl LiveCluster {
                 out.push(v);
             }
             let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
-            let list = claims
-                .list(&ListParams::default())
-                .await
-                .map_err(|source| LiveError::Api {
-                    what: format!("list persistentvolumeclaims in namespace {ns}"),
-                    source,
-                })?;
+            let list =
+                claims
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|error| LiveError::Api {
+                        what: format!("list persistentvolumeclaims in namespace {ns}"),
+                        error,
+                    })?;
             for c in list.items {
                 let mut v = serde_json::to_value(c).expect("a claim serialises");
                 v["kind"] = "PersistentVolumeClaim".into();
@@ -723,9 +721,9 @@ impl LiveCluster {
                 });
                 api.patch(&r.name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
-                    .map_err(|source| LiveError::Api {
+                    .map_err(|error| LiveError::Api {
                         what: format!("patch {} {namespace}/{}", k, r.name),
-                        source,
+                        error,
                     })?;
                 changes.push(change);
             }

@@ -197,7 +197,7 @@ pub fn object_name(prefix: &str, parts: &[&str]) -> String {
 }
 
 fn api_err(what: String) -> impl FnOnce(kube::Error) -> LiveError {
-    move |source| LiveError::Api { what, source }
+    move |error| LiveError::Api { what, error }
 }
 
 /// The CSI side of one cluster.
