@@ -107,7 +107,9 @@ impl Ctx<'_> {
 pub(super) async fn server(ctx: &Ctx<'_>, a: &ServerArgs) -> Result<(), Error> {
     let path = a.config.clone();
     let config = crate::util::blocking(move || load_config(&path)).await?;
-    let repo = ctx.open().await?;
+    let repo = ctx
+        .open_waiting(ctx.g.lock_wait.unwrap_or(super::SERVER_LOCK_WAIT))
+        .await?;
     let catalog = ctx.catalog().await?;
     let source = match &a.cluster_dir {
         Some(d) => Source::Dir(crate::k8s::source::ClusterDir::new(d)),
