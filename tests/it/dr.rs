@@ -630,3 +630,54 @@ fn a_standby_whose_snapshot_was_forgotten_and_pruned_applies_the_newest_whole() 
     assert_eq!(report[0]["state"], "applied", "{report:#}");
     assert!(same_volumes(&s.primary, &s.dr));
 }
+
+/// A `--namespace-mapping` whose source is not in the backup (a typo) is refused by standby,
+/// naming the namespace, the ones the backup holds and the flag; nothing is applied (before,
+/// the typo was ignored and `db` applied under its own name). A drill of a namespace the
+/// backup does not hold is refused the same way.
+#[test]
+fn standby_and_drill_refuse_a_namespace_the_backup_does_not_hold() {
+    let s = Sites::new(false);
+    s.backup("db-1");
+    let standby = |mapping: &str| {
+        run(s
+            .lb()
+            .args(["standby", "--schedule", "db-hourly", "--once", "--json"])
+            .args(["--namespace-mapping", mapping, "--cluster-dir"])
+            .arg(&s.dr))
+    };
+    let r = standby("dbb:db-dr");
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    for part in ["`dbb`", "it holds: db", "--namespace-mapping", "db-1"] {
+        assert!(r.stderr.contains(part), "{part}: {}", r.stderr);
+    }
+    assert!(!s.dr.join("resources/db").exists(), "nothing applied");
+    assert!(!s.dr.join("volumes/db").exists(), "nothing applied");
+    assert!(!s.dr.join("resources/db-dr").exists(), "nothing applied");
+    // The mapping spelt right applies into the mapped namespace only.
+    let r = standby("db:db-dr");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(json(&r)[0]["namespace"], "db-dr");
+    assert!(s.dr.join("volumes/db-dr").exists());
+    assert!(!s.dr.join("volumes/db").exists());
+
+    let r = run(s
+        .lb()
+        .args([
+            "drill",
+            "-n",
+            "dbx",
+            "--into",
+            "drill",
+            "--from-backup",
+            "db-1",
+        ])
+        .arg("--cluster-dir")
+        .arg(&s.dr));
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    for part in ["`dbx`", "it holds: db", "--namespace", "db-1"] {
+        assert!(r.stderr.contains(part), "{part}: {}", r.stderr);
+    }
+    assert!(!s.dr.join("resources/drill").exists());
+    assert!(!s.dr.join("volumes/drill").exists());
+}
