@@ -14,22 +14,7 @@ use crate::support::{init_repo, json, lb, ok, run, tmp, Run};
 
 /// Runs both commands at once; both must exit 0 or 3 (refused as locked, retryable).
 fn at_once(a: &mut Command, b: &mut Command) -> (Run, Run) {
-    let spawn = |c: &mut Command| {
-        c.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let (ca, cb) = (spawn(a), spawn(b));
-    let out = |c: std::process::Child| {
-        let o = c.wait_with_output().unwrap();
-        Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    };
-    let (ra, rb) = (out(ca), out(cb));
+    let (ra, rb) = both(a, b);
     for r in [&ra, &rb] {
         assert!(
             r.code == 0 || r.code == 3,
@@ -47,6 +32,26 @@ fn at_once(a: &mut Command, b: &mut Command) -> (Run, Run) {
         }
     }
     (ra, rb)
+}
+
+/// Runs both commands at once and waits for both.
+fn both(a: &mut Command, b: &mut Command) -> (Run, Run) {
+    let spawn = |c: &mut Command| {
+        c.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (ca, cb) = (spawn(a), spawn(b));
+    let out = |c: std::process::Child| {
+        let o = c.wait_with_output().unwrap();
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    };
+    (out(ca), out(cb))
 }
 
 /// The content each snapshot must restore to, by snapshot id.
@@ -242,7 +247,18 @@ fn key_add_and_key_removes_at_once() {
             let third = key_of(&repo, "third");
             other.args(["repo", "key", "remove", &third]);
             remove.arg(&third);
-            at_once(&mut other, &mut remove)
+            // The second waits for the first's lock (--lock-wait), then finds the key gone.
+            let (ra, rr) = both(&mut other, &mut remove);
+            for r in [&ra, &rr] {
+                let gone = r.code == 1 && r.stderr.contains("no key");
+                assert!(
+                    r.code == 0 || r.code == 3 || gone,
+                    "exit {}: {}",
+                    r.code,
+                    r.stderr
+                );
+            }
+            (ra, rr)
         } else {
             remove.arg(&victim);
             at_once(&mut add(&fresh), &mut remove)
