@@ -41,8 +41,10 @@ pub enum AppBackupError {
     NameBusy(String),
     #[error("{} backups are named `{name}` (ids {}), written at once before names were kept unique; pick one by its id (`--from-backup ID`, see `lifeboat backup list --json`)", ids.len(), ids.join(", "))]
     AmbiguousName { name: String, ids: Vec<String> },
-    #[error("--namespace-mapping maps namespace `{namespace}`, which backup `{backup}` does not hold (it holds: {}); correct the mapping", if held.is_empty() { "no namespace".to_string() } else { held.join(", ") })]
+    #[error("{flag} names namespace `{namespace}`, which backup `{backup}` does not hold (it holds: {}); correct {flag}", if held.is_empty() { "no namespace".to_string() } else { held.join(", ") })]
     UnmappedNamespace {
+        /// The flag that gave the namespace (`--namespace-mapping`, a drill's `--namespace`).
+        flag: &'static str,
         namespace: String,
         backup: String,
         held: Vec<String>,
@@ -176,9 +178,20 @@ pub fn namespaces_of(b: &AppBackup) -> Vec<String> {
 /// Every source namespace of `mapping` must be one backup `b` holds: a typo would otherwise
 /// be ignored, and the restore go into the original namespace.
 pub fn check_mapping(b: &AppBackup, mapping: &Mapping) -> Result<(), AppBackupError> {
+    check_mapping_of(b, mapping, "--namespace-mapping")
+}
+
+/// [`check_mapping`] of a mapping that `flag` gave (restore and standby:
+/// `--namespace-mapping`; a drill: `--namespace`, mapped to its `--into`).
+pub fn check_mapping_of(
+    b: &AppBackup,
+    mapping: &Mapping,
+    flag: &'static str,
+) -> Result<(), AppBackupError> {
     let held = namespaces_of(b);
     match mapping.0.keys().find(|ns| !held.contains(ns)) {
         Some(ns) => Err(AppBackupError::UnmappedNamespace {
+            flag,
             namespace: ns.clone(),
             backup: b.name.clone(),
             held,

@@ -3,14 +3,17 @@
 //! [`retain`]) and removes them with the volume snapshots that only they referenced
 //! ([`forget`], under an exclusive lock). The space is given back by `prune`. Must not remove
 //! the newest complete backup of a schedule, and removes a record before its snapshots, so a
-//! crash never leaves a record whose data is gone. Knows nothing of schedules beyond the name a
-//! record carries.
+//! crash never leaves a record whose data is gone; what it removes is written down first (a
+//! [`ForgetIntent`]), so a crash never leaves snapshots that nothing removes either. Also
+//! chooses a forget's rules ([`choose_rules`], pure: a policy or flags). Knows nothing of
+//! schedules beyond the name a record carries.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::crypto::Role;
 use crate::format::{AppBackup, BackupId, SnapshotId};
 use crate::repository::{LockKind, RepoError, Repository};
 
@@ -200,14 +203,103 @@ pub fn plan(
     out
 }
 
+/// Why no retention rules could be chosen for a forget.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RulesError {
+    #[error("give --policy or --keep-* flags, not both")]
+    Both,
+    #[error("forget needs rules: --policy NAME --config PATH, or --keep-last/--keep-hourly/--keep-daily/--keep-weekly/--keep-monthly")]
+    None,
+    #[error("no SchedulePolicy `{policy}` in {config} (it has: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    NoSuchPolicy {
+        policy: String,
+        config: String,
+        known: Vec<String>,
+    },
+    #[error("policy `{0}` has no retain rules: it keeps everything")]
+    PolicyKeepsEverything(String),
+}
+
+/// The policies of a configuration as a forget sees them: where they were read from, and each
+/// one's rules by name.
+#[derive(Debug, Clone, Default)]
+pub struct Policies {
+    pub config: String,
+    pub retain: BTreeMap<String, Retain>,
+}
+
+/// The rules of a forget: those of `policy` (named, with the configuration holding it), or
+/// the `--keep-*` `flags`; exactly one of them, and never rules that keep everything (a forget
+/// that removes nothing was asked by mistake).
+pub fn choose_rules(
+    flags: Retain,
+    policy: Option<(&str, &Policies)>,
+) -> Result<Retain, RulesError> {
+    match policy {
+        Some(_) if !flags.keeps_everything() => Err(RulesError::Both),
+        Some((name, policies)) => match policies.retain.get(name) {
+            None => Err(RulesError::NoSuchPolicy {
+                policy: name.to_string(),
+                config: policies.config.clone(),
+                known: policies.retain.keys().cloned().collect(),
+            }),
+            Some(r) if r.keeps_everything() => {
+                Err(RulesError::PolicyKeepsEverything(name.to_string()))
+            }
+            Some(r) => Ok(*r),
+        },
+        None if flags.keeps_everything() => Err(RulesError::None),
+        None => Ok(flags),
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ForgetReport {
     pub backups_removed: usize,
     pub snapshots_removed: usize,
+    /// Forgets killed part way (their intents found) that this one finished first.
+    pub interrupted_finished: usize,
+}
+
+/// What a forget is about to remove, written (sealed, `forgets/<hash>`) before its first
+/// delete and removed after its last: a forget killed in between leaves it, and the next
+/// forget finishes the job, so the volume snapshots of removed records are never left behind
+/// with no record naming them (their data would then never be pruned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetIntent {
+    pub version: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// Records to remove.
+    pub backups: Vec<BackupId>,
+    /// Their volume snapshots that no other record referenced.
+    pub snapshots: Vec<SnapshotId>,
+}
+
+/// Where intents are stored.
+pub const INTENTS: &str = "forgets";
+
+/// The snapshots of `intent` that no record of `records` references: those a resumed forget
+/// removes (a snapshot that a record still names stays, whatever the intent says).
+pub fn orphans(intent: &ForgetIntent, records: &[(BackupId, AppBackup)]) -> Vec<SnapshotId> {
+    let named: HashSet<SnapshotId> = records
+        .iter()
+        .flat_map(|(_, b)| b.volumes.iter().map(|v| v.snapshot))
+        .collect();
+    intent
+        .snapshots
+        .iter()
+        .filter(|s| !named.contains(s))
+        .copied()
+        .collect()
 }
 
 /// Removes the records `plan` decided to remove, then the volume snapshots no remaining record
-/// references. Standalone volume snapshots (`volume backup`) are never touched.
+/// references. Standalone volume snapshots (`volume backup`) are never touched. An intent
+/// listing both is written first and removed last, and the intents of forgets killed part way
+/// are finished first (all under the exclusive lock, which no backup holds while it writes:
+/// backups hold a shared one from their first snapshot to their record).
 pub async fn forget(
     repo: &Repository,
     backups: &[(BackupId, AppBackup)],
@@ -215,7 +307,12 @@ pub async fn forget(
 ) -> Result<ForgetReport, RepoError> {
     let lock = repo.lock(LockKind::Exclusive, "forget").await?;
     let result = async {
-        let remove: HashSet<BackupId> = removed(decisions).into_iter().collect();
+        let mut report = ForgetReport::default();
+        finish_interrupted(repo, &mut report).await?;
+        let remove: BTreeSet<BackupId> = removed(decisions).into_iter().collect();
+        if remove.is_empty() {
+            return Ok(report);
+        }
         let mut still: BTreeSet<SnapshotId> = BTreeSet::new();
         let mut gone: BTreeSet<SnapshotId> = BTreeSet::new();
         for (id, b) in backups {
@@ -226,22 +323,81 @@ pub async fn forget(
             };
             set.extend(b.volumes.iter().map(|v| v.snapshot));
         }
-        let mut report = ForgetReport::default();
-        for id in &remove {
-            repo.store()
-                .delete(&format!("backups/{id}"), repo.cancel())
-                .await?;
-            report.backups_removed += 1;
-        }
-        for s in gone.difference(&still) {
-            repo.store().delete(&s.key(), repo.cancel()).await?;
-            report.snapshots_removed += 1;
-        }
+        let intent = ForgetIntent {
+            version: crate::format::FORMAT_VERSION,
+            time: OffsetDateTime::now_utc()
+                .replace_nanosecond(0)
+                .expect("0 ns"),
+            backups: remove.into_iter().collect(),
+            snapshots: gone.difference(&still).copied().collect(),
+        };
+        let (hash, _) = repo
+            .write_sealed_json(INTENTS, &intent, Role::Backup)
+            .await?;
+        carry_out(repo, &intent, &intent.snapshots, &mut report).await?;
+        repo.store()
+            .delete(&format!("{INTENTS}/{}", hex::encode(hash)), repo.cancel())
+            .await?;
         Ok(report)
     }
     .await;
     lock.release().await?;
     result
+}
+
+/// Deletes the records of `intent`, then `snapshots`.
+async fn carry_out(
+    repo: &Repository,
+    intent: &ForgetIntent,
+    snapshots: &[SnapshotId],
+    report: &mut ForgetReport,
+) -> Result<(), RepoError> {
+    for id in &intent.backups {
+        repo.store().delete(&id.key(), repo.cancel()).await?;
+        report.backups_removed += 1;
+    }
+    for s in snapshots {
+        repo.store().delete(&s.key(), repo.cancel()).await?;
+        report.snapshots_removed += 1;
+    }
+    Ok(())
+}
+
+/// Finishes the forgets that were killed part way: each intent's records and its snapshots
+/// that no record now references are removed, then the intent. A damaged intent is left (and
+/// reported by `repo check`): what it listed cannot be known.
+async fn finish_interrupted(repo: &Repository, report: &mut ForgetReport) -> Result<(), RepoError> {
+    let (intents, damaged) = repo
+        .load_all_readable::<ForgetIntent>(INTENTS, Role::Backup)
+        .await?;
+    for e in damaged {
+        tracing::warn!("skipping a damaged forget intent: {e}; `lifeboat repo check` reports it");
+    }
+    if intents.is_empty() {
+        return Ok(());
+    }
+    let (records, _) = repo
+        .load_all_readable::<AppBackup>("backups", Role::Backup)
+        .await?;
+    for (hash, intent) in intents {
+        let records: Vec<(BackupId, AppBackup)> = records
+            .iter()
+            .filter(|(h, _)| !intent.backups.contains(&BackupId(*h)))
+            .map(|(h, b)| (BackupId(*h), b.clone()))
+            .collect();
+        let orphans = orphans(&intent, &records);
+        tracing::info!(
+            backups = intent.backups.len(),
+            snapshots = orphans.len(),
+            "finishing a forget that was interrupted"
+        );
+        carry_out(repo, &intent, &orphans, report).await?;
+        repo.store()
+            .delete(&format!("{INTENTS}/{}", hex::encode(hash)), repo.cancel())
+            .await?;
+        report.interrupted_finished += 1;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -338,6 +494,63 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_forget_takes_its_rules_from_a_policy_or_the_flags_never_both_nor_none() {
+        let flags = Retain {
+            last: 2,
+            ..Default::default()
+        };
+        let none = Retain::default();
+        let policies = Policies {
+            config: "cfg.yaml".into(),
+            retain: [
+                ("daily".to_string(), Retain { daily: 7, ..none }),
+                ("all".to_string(), none),
+            ]
+            .into(),
+        };
+        assert_eq!(choose_rules(flags, None), Ok(flags));
+        assert_eq!(
+            choose_rules(none, Some(("daily", &policies))),
+            Ok(Retain { daily: 7, ..none })
+        );
+        assert_eq!(
+            choose_rules(flags, Some(("daily", &policies))),
+            Err(RulesError::Both)
+        );
+        assert_eq!(choose_rules(none, None), Err(RulesError::None));
+        assert_eq!(
+            choose_rules(none, Some(("all", &policies))),
+            Err(RulesError::PolicyKeepsEverything("all".into()))
+        );
+        let e = choose_rules(none, Some(("weekly", &policies))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no SchedulePolicy `weekly` in cfg.yaml (it has: all, daily)"
+        );
+    }
+
+    #[test]
+    fn an_interrupted_forget_removes_only_the_snapshots_no_record_names() {
+        let snap = |b: u8| SnapshotId([b; 32]);
+        let (id, mut rec) = backup("kept", None, 1, true);
+        rec.volumes = vec![crate::format::BackedUpVolume {
+            namespace: "ns".into(),
+            pvc: "data".into(),
+            snapshot: snap(2),
+            size: 1,
+            method: crate::format::CopyMethod::Copy,
+        }];
+        let intent = ForgetIntent {
+            version: 1,
+            time: OffsetDateTime::UNIX_EPOCH,
+            backups: vec![BackupId([9; 32])],
+            snapshots: vec![snap(1), snap(2), snap(3)],
+        };
+        assert_eq!(orphans(&intent, &[(id, rec)]), vec![snap(1), snap(3)]);
+        assert_eq!(orphans(&intent, &[]), intent.snapshots);
     }
 
     #[test]

@@ -88,7 +88,19 @@ pub struct Global {
     /// ~/.local/state/lifeboat].
     #[arg(long, global = true, env = "LIFEBOAT_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// How long a command waits for another's conflicting repository lock to go (e.g. a
+    /// prune while backups run) before it fails with exit 3; 0s fails at once. Lockers that
+    /// start together back off for random, growing times, so one of them wins [default: 1s;
+    /// the server: 5m].
+    #[arg(long, global = true, value_name = "DURATION", value_parser = crate::hooks::parse_duration)]
+    pub lock_wait: Option<Duration>,
 }
+
+/// How long a command waits for a conflicting lock by default: long enough for lockers that
+/// started together to sort themselves out, short enough that a long-held lock fails fast.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(1);
+/// The server's default: its forgets wait out a prune or a hand-run command.
+pub const SERVER_LOCK_WAIT: Duration = Duration::from_secs(5 * 60);
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -473,10 +485,18 @@ impl Ctx<'_> {
     }
 
     async fn open(&self) -> Result<Arc<Repository>, Error> {
+        self.open_waiting(self.g.lock_wait.unwrap_or(DEFAULT_LOCK_WAIT))
+            .await
+    }
+
+    /// [`Ctx::open`] whose locks wait up to `lock_wait` for conflicting ones.
+    async fn open_waiting(&self, lock_wait: Duration) -> Result<Arc<Repository>, Error> {
         let store = self.store().await?;
         let pw = self.password()?;
         Ok(Arc::new(
-            Repository::open(store, &pw, self.cache_root(), self.cancel.clone()).await?,
+            Repository::open(store, &pw, self.cache_root(), self.cancel.clone())
+                .await?
+                .with_lock_wait(lock_wait),
         ))
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 
 use super::{human, Ctx, Error, MoverArgs};
-use crate::app::retention::Retain;
+use crate::app::retention::{choose_rules, Policies, Retain};
 use crate::repository::{rfc3339, PruneOptions};
 use crate::scheduler::catalog::{blocking, catalog_path, Catalog, ScheduleListing};
 use crate::scheduler::config::{config_dir, load_config};
@@ -107,7 +107,9 @@ impl Ctx<'_> {
 pub(super) async fn server(ctx: &Ctx<'_>, a: &ServerArgs) -> Result<(), Error> {
     let path = a.config.clone();
     let config = crate::util::blocking(move || load_config(&path)).await?;
-    let repo = ctx.open().await?;
+    let repo = ctx
+        .open_waiting(ctx.g.lock_wait.unwrap_or(super::SERVER_LOCK_WAIT))
+        .await?;
     let catalog = ctx.catalog().await?;
     let source = match &a.cluster_dir {
         Some(d) => Source::Dir(crate::k8s::source::ClusterDir::new(d)),
@@ -279,32 +281,23 @@ pub(super) async fn forget(ctx: &Ctx<'_>, a: &ForgetArgs) -> Result<(), Error> {
         weekly: a.keep_weekly,
         monthly: a.keep_monthly,
     };
-    let retain = match (&a.policy, &a.config) {
-        (Some(p), Some(cfg)) => {
-            if !flags.keeps_everything() {
-                return Err(Error::Usage("give --policy or --keep-* flags, not both".into()));
-            }
+    let policies = match (&a.policy, &a.config) {
+        (Some(_), Some(cfg)) => {
             let path = cfg.clone();
             let config = crate::util::blocking(move || load_config(&path)).await?;
-            let policy = config.policies.get(p).ok_or_else(|| {
-                Error::Usage(format!(
-                    "no SchedulePolicy `{p}` in {} (it has: {})",
-                    cfg.display(),
-                    config.policies.keys().cloned().collect::<Vec<_>>().join(", ")
-                ))
-            })?;
-            if policy.retain.keeps_everything() {
-                return Err(Error::Usage(format!("policy `{p}` has no retain rules: it keeps everything")));
-            }
-            policy.retain
+            Some(Policies {
+                config: cfg.display().to_string(),
+                retain: config
+                    .policies
+                    .iter()
+                    .map(|(n, p)| (n.clone(), p.retain))
+                    .collect(),
+            })
         }
-        _ if flags.keeps_everything() => {
-            return Err(Error::Usage(
-                "forget needs rules: --policy NAME --config PATH, or --keep-last/--keep-hourly/--keep-daily/--keep-weekly/--keep-monthly".into(),
-            ))
-        }
-        _ => flags,
+        _ => None,
     };
+    let policy = a.policy.as_deref().zip(policies.as_ref());
+    let retain = choose_rules(flags, policy).map_err(|e| Error::Usage(e.to_string()))?;
     let repo = ctx.open().await?;
     let backups = crate::app::record::list_backups(&repo).await?;
     let decisions = crate::app::retention::plan(&backups, &|_| retain, a.schedule.as_deref());
@@ -335,8 +328,13 @@ pub(super) async fn forget(ctx: &Ctx<'_>, a: &ForgetArgs) -> Result<(), Error> {
         match &report {
             None => out.push_str(&format!("dry run: {n} backup(s) would be removed; nothing was changed")),
             Some(r) => out.push_str(&format!(
-                "removed {} backup(s) and {} volume snapshot(s); `lifeboat prune` gives the space back",
-                r.backups_removed, r.snapshots_removed
+                "removed {} backup(s) and {} volume snapshot(s){}; `lifeboat prune` gives the space back",
+                r.backups_removed,
+                r.snapshots_removed,
+                match r.interrupted_finished {
+                    0 => String::new(),
+                    n => format!(" (finishing {n} interrupted forget(s) first)"),
+                }
             )),
         }
         out

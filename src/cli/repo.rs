@@ -40,10 +40,18 @@ pub enum RepoCommand {
     /// lost: the snapshots removed, the packs that cannot be read, the backup records that
     /// cannot be read (removed) and those whose volumes are gone are listed (with --dry-run:
     /// would be). Back those up again (`volume backup --full`, `backup create`).
+    ///
+    /// With --read-data every pack is downloaded and every blob opened: only blobs that verify
+    /// are indexed, so the snapshots that use a damaged blob (what `check --read-data` finds)
+    /// are removed; the good blobs of a damaged pack move to new packs and the damaged pack is
+    /// deleted. A blob damaged in one pack but intact in another keeps working.
     Repair {
         /// Report what would be done; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also download every pack and verify every blob (as `check --read-data`).
+        #[arg(long)]
+        read_data: bool,
     },
     /// Remove locks left behind: expired ones, those of processes of this host that are gone,
     /// and objects under locks/ that are not locks. A lock younger than its expiry is kept
@@ -96,7 +104,7 @@ pub(super) async fn repo(ctx: &Ctx<'_>, cmd: &RepoCommand) -> Result<(), Error> 
             init(ctx, &opts).await
         }
         RepoCommand::Check { read_data } => check(ctx, *read_data).await,
-        RepoCommand::Repair { dry_run } => repair(ctx, *dry_run).await,
+        RepoCommand::Repair { dry_run, read_data } => repair(ctx, *dry_run, *read_data).await,
         RepoCommand::Unlock { force } => unlock(ctx, *force).await,
         RepoCommand::Key { command } => key(ctx, command).await,
     }
@@ -169,9 +177,9 @@ async fn check(ctx: &Ctx<'_>, read_data: bool) -> Result<(), Error> {
     }
 }
 
-async fn repair(ctx: &Ctx<'_>, dry_run: bool) -> Result<(), Error> {
+async fn repair(ctx: &Ctx<'_>, dry_run: bool, read_data: bool) -> Result<(), Error> {
     let repo = ctx.open().await?;
-    let report = repo.repair(&RepairOptions { dry_run }).await?;
+    let report = repo.repair(&RepairOptions { dry_run, read_data }).await?;
     ctx.emit(&report, || repair_text(&report));
     match report.losses() {
         0 => Ok(()),
@@ -196,6 +204,14 @@ fn repair_text(r: &RepairReport) -> String {
         lines.push(format!(
             "unreadable pack, left in place (its blobs are not indexed): {p}"
         ));
+    }
+    for p in &r.packs_damaged {
+        lines.push(format!(
+            "damaged pack, its good blobs {would}moved to new packs and it {would}deleted: {p}"
+        ));
+    }
+    for b in &r.blobs_lost {
+        lines.push(format!("damaged blob, held intact by no other pack: {b}"));
     }
     for s in &r.snapshots_removed {
         lines.push(format!("snapshot {would}removed: {s}"));

@@ -58,6 +58,12 @@ impl Repository {
         let index = self.check_index(&stored, &mut r).await?;
         self.check_snapshots(&index, &mut r).await?;
         self.check_backups(&index, &mut r).await?;
+        for o in self.store().list("forgets/", self.cancel()).await? {
+            r.warnings.push(format!(
+                "{}: a forget was interrupted; the next `lifeboat forget` finishes it (until then the volume snapshots it was removing are kept)",
+                o.key
+            ));
+        }
         if options.read_data {
             self.read_all_packs(&index, &stored, &mut r).await?;
         }

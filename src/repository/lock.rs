@@ -5,7 +5,8 @@
 //! so a process that died does not block the repository forever: an expired lock is ignored
 //! and removed by the next locker. Must not be taken for granted across a store that lists
 //! stale results: both sides write first and check after, so two racing lockers back off
-//! rather than both proceed.
+//! rather than both proceed; a locker given a wait ([`Repository::lock_waiting`]) then tries
+//! again after a random, growing delay, so that one of them wins.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +24,21 @@ use crate::store::Store;
 pub const LOCK_TTL: Duration = Duration::from_secs(30 * 60);
 /// How often a held lock is renewed.
 pub const LOCK_REFRESH: Duration = Duration::from_secs(5 * 60);
+/// The first backoff of a waiting locker; it doubles after each refusal...
+pub const LOCK_BACKOFF_FIRST: Duration = Duration::from_millis(50);
+/// ...up to this.
+pub const LOCK_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How long a waiting locker sleeps after its `attempt`-th refusal (0-based), given `unit`, a
+/// random number in [0, 1): between a quarter of and the whole of a delay that doubles from
+/// [`LOCK_BACKOFF_FIRST`] to [`LOCK_BACKOFF_MAX`]. The randomness parts lockers that would
+/// otherwise retry in step and refuse each other forever.
+pub fn backoff_delay(attempt: u32, unit: f64) -> Duration {
+    let full = LOCK_BACKOFF_FIRST
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(LOCK_BACKOFF_MAX);
+    full.mul_f64(0.25 + 0.75 * unit.clamp(0.0, 1.0))
+}
 
 impl LockFile {
     fn describe(&self) -> String {
@@ -228,13 +244,67 @@ impl Repository {
         Ok(report)
     }
 
-    /// Takes a lock, or fails at once naming who holds the conflicting one (retryable: try
-    /// again when it is released or expired).
+    /// Takes a lock. A conflicting lock is waited out for up to [`Repository::lock_wait`]
+    /// (zero: fail at once) before failing naming who holds it (retryable: try again when it
+    /// is released or expired).
     pub async fn lock(&self, kind: LockKind, purpose: &str) -> Result<LockGuard, RepoError> {
-        self.lock_with_ttl(kind, purpose, LOCK_TTL).await
+        self.lock_waiting(kind, purpose, self.lock_wait()).await
     }
 
-    /// [`Repository::lock`] with a chosen expiry (tests use short ones).
+    /// Takes a lock, waiting up to `wait` for conflicting ones to go: tries, and after each
+    /// refusal sleeps a random time up to a delay that doubles from [`LOCK_BACKOFF_FIRST`] to
+    /// [`LOCK_BACKOFF_MAX`] ([`backoff_delay`]), so that of lockers that keep refusing each
+    /// other one soon tries alone and wins. Never gives two exclusive holders: every attempt
+    /// writes first and checks after. Zero: one attempt. Cancelled by the repository's token.
+    pub async fn lock_waiting(
+        &self,
+        kind: LockKind,
+        purpose: &str,
+        wait: Duration,
+    ) -> Result<LockGuard, RepoError> {
+        self.lock_waiting_with_ttl(kind, purpose, wait, LOCK_TTL)
+            .await
+    }
+
+    /// [`Repository::lock_waiting`] with a chosen expiry (tests use short ones).
+    pub async fn lock_waiting_with_ttl(
+        &self,
+        kind: LockKind,
+        purpose: &str,
+        wait: Duration,
+        ttl: Duration,
+    ) -> Result<LockGuard, RepoError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        for attempt in 0u32.. {
+            match self.lock_with_ttl(kind, purpose, ttl).await {
+                Err(RepoError::Locked { holder }) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        return Err(RepoError::Locked {
+                            holder: if wait.is_zero() {
+                                holder
+                            } else {
+                                format!("{holder}, still after waiting {wait:?} (--lock-wait)")
+                            },
+                        });
+                    }
+                    let sleep = backoff_delay(attempt, rand::random::<f64>()).min(deadline - now);
+                    tracing::debug!(attempt, ?sleep, "waiting for the repository: {holder}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(sleep) => {}
+                        _ = self.cancel().cancelled() => {
+                            return Err(crate::store::StoreError::Cancelled.into())
+                        }
+                    }
+                }
+                r => return r,
+            }
+        }
+        unreachable!("the attempts are not bounded by their count")
+    }
+
+    /// Tries once to take a lock with a chosen expiry; fails at once naming who holds the
+    /// conflicting one.
     pub async fn lock_with_ttl(
         &self,
         kind: LockKind,
@@ -312,5 +382,21 @@ impl Drop for LockGuard {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_to_its_cap_and_is_random_within_a_quarter_to_all_of_it() {
+        assert_eq!(backoff_delay(0, 0.0), LOCK_BACKOFF_FIRST / 4);
+        assert_eq!(backoff_delay(0, 1.0), LOCK_BACKOFF_FIRST);
+        assert_eq!(backoff_delay(3, 1.0), LOCK_BACKOFF_FIRST * 8);
+        assert_eq!(backoff_delay(40, 1.0), LOCK_BACKOFF_MAX);
+        assert_eq!(backoff_delay(u32::MAX, 0.0), LOCK_BACKOFF_MAX / 4);
+        // Two lockers drawing different numbers sleep differently: they come apart.
+        assert_ne!(backoff_delay(2, 0.1), backoff_delay(2, 0.9));
     }
 }

@@ -17,7 +17,8 @@ mod writer;
 pub use check::{CheckOptions, CheckReport};
 pub use index::{BlobLocation, Index};
 pub use lock::{
-    lock_state, LockFile, LockGuard, LockKind, LockState, UnlockReport, LOCK_REFRESH, LOCK_TTL,
+    backoff_delay, lock_state, LockFile, LockGuard, LockKind, LockState, UnlockReport,
+    LOCK_BACKOFF_FIRST, LOCK_BACKOFF_MAX, LOCK_REFRESH, LOCK_TTL,
 };
 pub use prune::{PruneOptions, PruneReport};
 pub use repair::{RepairOptions, RepairReport};
@@ -199,6 +200,8 @@ pub struct Repository {
     key_id: KeyId,
     cache: Option<PathBuf>,
     cancel: CancellationToken,
+    /// How long [`Repository::lock`] waits for a conflicting lock to go (zero: fail at once).
+    lock_wait: std::time::Duration,
 }
 
 /// A time as RFC 3339 text, for listings and messages.
@@ -267,6 +270,7 @@ impl Repository {
             key_id,
             cache: None,
             cancel,
+            lock_wait: std::time::Duration::ZERO,
         })
     }
 
@@ -365,6 +369,7 @@ impl Repository {
             key_id,
             cache,
             cancel,
+            lock_wait: std::time::Duration::ZERO,
         })
     }
 
@@ -379,6 +384,15 @@ impl Repository {
     }
     pub fn cancel(&self) -> &CancellationToken {
         &self.cancel
+    }
+    /// Makes [`Repository::lock`] wait up to `wait` for a conflicting lock to go (with
+    /// jittered exponential backoff) before it fails; zero (the default) fails at once.
+    pub fn with_lock_wait(mut self, wait: std::time::Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+    pub fn lock_wait(&self) -> std::time::Duration {
+        self.lock_wait
     }
     pub fn location(&self) -> String {
         self.store.location()

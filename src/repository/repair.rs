@@ -5,18 +5,22 @@
 //!
 //! Must not delete a pack, nor lose a blob that a readable pack holds: the new index objects
 //! are written before the old ones go, and a pack whose trailer cannot be read is reported (its
-//! blobs are lost to the index, the pack itself is left for a person to look at).
+//! blobs are lost to the index, the pack itself is left for a person to look at). With
+//! `read_data` (`repair --read-data`) every blob is opened too: a pack with a damaged blob has
+//! its good blobs moved to new packs and is then deleted (the only pack a repair deletes), so
+//! the snapshots that used the damaged blob are removed and a new backup stores it again.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use serde::Serialize;
 
 use super::{Index, LockKind, RepoError, Repository};
-use crate::crypto::Role;
+use crate::crypto::{Keys, Role};
 use crate::format::{
-    AppBackup, BlockRef, IndexFile, IndexPack, PackId, PackTrailer, Snapshot, SnapshotId,
-    FORMAT_VERSION, PACK_MAGIC,
+    object_hash, AppBackup, BlobId, BlockRef, IndexFile, IndexPack, PackId, PackTrailer,
+    PackedBlob, Snapshot, SnapshotId, FORMAT_VERSION, PACK_MAGIC,
 };
 
 /// Index objects written by a repair, at most this many packs each.
@@ -26,6 +30,9 @@ const PACKS_PER_INDEX: usize = 512;
 pub struct RepairOptions {
     /// Report what would be done; write and delete nothing.
     pub dry_run: bool,
+    /// Also download every pack and open every blob: only blobs that verify are indexed; a
+    /// damaged pack's good blobs move to new packs and the damaged pack is deleted.
+    pub read_data: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -46,34 +53,67 @@ pub struct RepairReport {
     /// Backup records removed because they cannot be read (`backups/<id>: reason`): nothing
     /// could ever restore them. The snapshots of their volumes stay.
     pub backups_removed: Vec<String>,
+    /// With `read_data`: packs whose bytes do not match their name or hold a blob that does not
+    /// open (`key: reason`): their good blobs are moved to new packs, then they are deleted.
+    pub packs_damaged: Vec<String>,
+    /// With `read_data`: blobs that do not open and that no other pack holds intact
+    /// (`pack: blob: reason`); the snapshots using them are removed.
+    pub blobs_lost: Vec<String>,
+    /// With `read_data`: good blobs of damaged packs written to new packs.
+    pub blobs_moved: usize,
+    pub packs_deleted: usize,
 }
 
 impl RepairReport {
     /// What the repair could not recover: snapshots removed, packs that cannot be read,
     /// backup records removed.
     pub fn losses(&self) -> usize {
-        self.snapshots_removed.len() + self.packs_unreadable.len() + self.backups_removed.len()
+        self.snapshots_removed.len()
+            + self.packs_unreadable.len()
+            + self.backups_removed.len()
+            + self.blobs_lost.len()
     }
 }
 
 impl Repository {
     /// Rebuilds the index from the packs and removes the snapshots that cannot be restored.
+    /// With `read_data`, first reads every pack and indexes only the blobs that verify.
     /// Holds an exclusive lock.
-    pub async fn repair(&self, opts: &RepairOptions) -> Result<RepairReport, RepoError> {
+    pub async fn repair(self: &Arc<Self>, opts: &RepairOptions) -> Result<RepairReport, RepoError> {
         let lock = self.lock(LockKind::Exclusive, "repair").await?;
         let result = self.repair_locked(opts).await;
         lock.release().await?;
         result
     }
 
-    async fn repair_locked(&self, opts: &RepairOptions) -> Result<RepairReport, RepoError> {
+    async fn repair_locked(
+        self: &Arc<Self>,
+        opts: &RepairOptions,
+    ) -> Result<RepairReport, RepoError> {
         let mut report = RepairReport {
             dry_run: opts.dry_run,
             ..Default::default()
         };
-        let packs = self.packs_from_trailers(&mut report).await?;
+        let mut packs = self.packs_from_trailers(&mut report).await?;
+        let mut damaged = Vec::new();
+        if opts.read_data {
+            (packs, damaged) = self.read_packs(packs, &mut report).await?;
+        }
         report.packs_indexed = packs.len();
         report.blobs_indexed = packs.iter().map(|p| p.blobs.len()).sum();
+        // What restores once the good blobs of damaged packs are moved: they count as held.
+        let analysed: Vec<IndexFile> = vec![IndexFile {
+            version: FORMAT_VERSION,
+            packs: packs
+                .iter()
+                .cloned()
+                .chain(damaged.iter().map(|d: &Damaged| IndexPack {
+                    id: d.id,
+                    size: d.size,
+                    blobs: d.good.iter().map(|(b, _)| b.clone()).collect(),
+                }))
+                .collect(),
+        }];
         let files: Vec<IndexFile> = packs
             .chunks(PACKS_PER_INDEX)
             .map(|c| IndexFile {
@@ -81,10 +121,7 @@ impl Repository {
                 packs: c.to_vec(),
             })
             .collect();
-        let index = {
-            let f = files.clone();
-            super::cpu(move || Index::from_files(f)).await?
-        };
+        let index = super::cpu(move || Index::from_files(analysed)).await?;
         let removed = self.unrestorable_snapshots(&index, &mut report).await?;
         let damaged_records = self.affected_backups(&removed, &mut report).await?;
         if opts.dry_run {
@@ -100,6 +137,27 @@ impl Repository {
             .into_iter()
             .map(|o| o.key)
             .collect();
+        // The good blobs of damaged packs into new packs (indexed by the writer), unless an
+        // intact pack holds them already.
+        let held: HashSet<BlobId> = packs
+            .iter()
+            .flat_map(|p| p.blobs.iter().map(|b| b.id))
+            .collect();
+        if !damaged.is_empty() {
+            let mut writer = self.writer(2);
+            let claims = writer.claims();
+            for d in &damaged {
+                for (b, sealed) in &d.good {
+                    if !held.contains(&b.id) && claims.claim(b.id) {
+                        writer
+                            .add(b.kind, b.id, sealed.clone(), b.raw_length)
+                            .await?;
+                        report.blobs_moved += 1;
+                    }
+                }
+            }
+            writer.finish().await?;
+        }
         let mut written = HashSet::new();
         for f in &files {
             let (hash, _) = self.write_sealed_json("index", f, Role::Index).await?;
@@ -113,12 +171,65 @@ impl Repository {
         for key in removed.iter().map(|id| id.key()).chain(damaged_records) {
             self.store().delete(&key, self.cancel()).await?;
         }
+        // Last: the new index no longer points into them.
+        for d in &damaged {
+            self.store().delete(&d.id.key(), self.cancel()).await?;
+            report.packs_deleted += 1;
+        }
         tracing::info!(
             packs = report.packs_indexed,
             snapshots_removed = removed.len(),
             "repository repaired"
         );
         Ok(report)
+    }
+
+    /// Downloads each pack and opens every blob its trailer lists: the packs that are intact
+    /// (bytes match their name, every blob opens), and the damaged ones with their good blobs.
+    /// A blob that does not open and is held by no intact pack is lost.
+    async fn read_packs(
+        &self,
+        packs: Vec<IndexPack>,
+        report: &mut RepairReport,
+    ) -> Result<(Vec<IndexPack>, Vec<Damaged>), RepoError> {
+        let mut reads = futures::stream::iter(packs)
+            .map(|p| async move {
+                let bytes = self.store().get(&p.id.key(), self.cancel()).await?;
+                let keys = self.keys().clone();
+                super::cpu(move || verify_blobs(&keys, p, &bytes)).await
+            })
+            .buffer_unordered(2);
+        let (mut intact, mut damaged) = (Vec::new(), Vec::new());
+        while let Some(r) = reads.next().await {
+            match r? {
+                Ok(p) => intact.push(p),
+                Err(d) => damaged.push(d),
+            }
+        }
+        intact.sort_by_key(|p| p.id);
+        damaged.sort_by_key(|d| d.id);
+        let held: HashSet<BlobId> = intact
+            .iter()
+            .flat_map(|p| p.blobs.iter().map(|b| b.id))
+            .chain(
+                damaged
+                    .iter()
+                    .flat_map(|d| d.good.iter().map(|(b, _)| b.id)),
+            )
+            .collect();
+        for d in &damaged {
+            report
+                .packs_damaged
+                .push(format!("{}: {}", d.id.key(), d.why));
+            for (id, why) in &d.bad {
+                if !held.contains(id) {
+                    report
+                        .blobs_lost
+                        .push(format!("{}: blob {id}: {why}", d.id.key()));
+                }
+            }
+        }
+        Ok((intact, damaged))
     }
 
     /// Every stored pack's blob list, from its trailer (two ranged reads a pack).
@@ -298,4 +409,45 @@ impl Repository {
         }
         Ok(unreadable)
     }
+}
+
+/// A pack that `repair --read-data` found damaged: its good blobs (with their sealed bytes, to
+/// move) and its bad ones (with why).
+struct Damaged {
+    id: PackId,
+    size: u64,
+    why: String,
+    good: Vec<(PackedBlob, Vec<u8>)>,
+    bad: Vec<(BlobId, String)>,
+}
+
+/// Opens every blob of pack `p` (its trailer's list) in its downloaded `bytes`: Ok(p) when the
+/// bytes match the pack's name and every blob opens, else what is good and what is not.
+fn verify_blobs(keys: &Keys, p: IndexPack, bytes: &[u8]) -> Result<IndexPack, Damaged> {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for b in &p.blobs {
+        let sealed = bytes.get(b.offset as usize..(b.offset + b.length as u64) as usize);
+        match sealed.map(|s| (s, keys.open_blob(b.kind, &b.id, s, b.raw_length as usize))) {
+            Some((s, Ok(_))) => good.push((b.clone(), s.to_vec())),
+            Some((_, Err(e))) => bad.push((b.id, e.to_string())),
+            None => bad.push((b.id, "lies past the end of the pack".to_string())),
+        }
+    }
+    let name_ok = object_hash(bytes) == p.id.0;
+    if name_ok && bad.is_empty() {
+        return Ok(p);
+    }
+    let why = if bad.is_empty() {
+        "its bytes do not match its name, though every blob opens".to_string()
+    } else {
+        format!("{} of its {} blobs do not open", bad.len(), p.blobs.len())
+    };
+    Err(Damaged {
+        id: p.id,
+        size: p.size,
+        why,
+        good,
+        bad,
+    })
 }

@@ -55,6 +55,9 @@ pub(super) async fn triage(
     let Some(newest) = newest_of(&backups, &o.schedule) else {
         return Err(StandbyError::NoBackup(o.schedule.clone()));
     };
+    // A mapped namespace the backup does not hold is a typo: its namespace would be applied
+    // under its own name (on a DR site, perhaps the live one's).
+    record::check_mapping(&newest, &o.namespaces)?;
     let rows = blocking(catalog, |c| c.standby_rows()).await?;
     let mut reports = Vec::new();
     let mut todo = Vec::new();

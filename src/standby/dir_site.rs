@@ -98,11 +98,13 @@ async fn apply_backup(
         let d = dir.clone();
         blocking_io(&dir, move || std::fs::create_dir_all(d)).await?;
         commit(&dir, &backup.name, std::mem::take(&mut s.items)).await?;
+        failpoint("standby-after-volumes");
         let (site, mine) = (site.clone(), for_namespace(&plan, &s.ns));
         let results = crate::util::blocking(move || {
             record::apply_to_cluster_dir(&site, &mine, ExistingPolicy::Update)
         })
         .await?;
+        failpoint("standby-after-objects");
         s.objects = results
             .iter()
             .filter(|r| r.outcome != Outcome::Failed)

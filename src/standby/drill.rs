@@ -104,6 +104,8 @@ pub async fn drill(
 ) -> Result<DrillReport, StandbyError> {
     let backup = drill_backup(repo, r).await?;
     let (ns, into) = (r.namespace.as_str(), r.into.as_str());
+    let mapping = Mapping([(ns.to_string(), into.to_string())].into());
+    record::check_mapping_of(&backup, &mapping, "--namespace")?;
     match site {
         Site::Dir(d) => drill_cluster_dir(repo, d, &backup, ns, into, r.remove).await,
         Site::Live(l) => drill_live(repo, l, movers, &backup, ns, into, r.remove).await,

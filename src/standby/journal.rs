@@ -224,6 +224,9 @@ fn replay_journal(item: &CommitItem, mut journal: File) -> Result<u64, StandbyEr
                 .map_err(io(&item.target))?;
             done += piece as u64;
         }
+        if written == 0 {
+            failpoint("standby-mid-replay"); // one entry of the journal written, not the rest
+        }
         written += e.len as u64;
     }
     // A file takes the snapshot's size; a block device has its own.
@@ -295,8 +298,10 @@ pub(super) async fn commit(
         failpoint("standby-after-commit");
         for item in &marker.items {
             replay(item)?;
+            failpoint("standby-after-replay");
         }
         std::fs::remove_file(&m).map_err(io(&m))?;
+        failpoint("standby-after-marker-removed");
         // Replayed: a journal left now would only take space until the next cycle.
         for i in marker
             .items
@@ -350,10 +355,17 @@ pub(super) async fn retarget_marker(
 }
 
 /// Failure injection for tests: `LIFEBOAT_FAILPOINT=<name>` makes the process exit at that
-/// point, as a kill would.
+/// point, as a kill would. Every failpoint is also a step of the apply:
+/// `LIFEBOAT_FAILPOINT=standby-step-<n>` exits at the n-th (from 1) step this process reaches,
+/// so that a test can kill an apply at each of its steps in turn.
 pub(super) fn failpoint(name: &str) {
-    if std::env::var("LIFEBOAT_FAILPOINT").as_deref() == Ok(name) {
-        eprintln!("failpoint {name}: exiting");
+    static STEPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let step = STEPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let Ok(wanted) = std::env::var("LIFEBOAT_FAILPOINT") else {
+        return;
+    };
+    if wanted == name || wanted == format!("standby-step-{step}") {
+        eprintln!("failpoint {name} (step {step}): exiting");
         std::process::exit(99);
     }
 }

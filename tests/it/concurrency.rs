@@ -14,22 +14,7 @@ use crate::support::{init_repo, json, lb, ok, run, tmp, Run};
 
 /// Runs both commands at once; both must exit 0 or 3 (refused as locked, retryable).
 fn at_once(a: &mut Command, b: &mut Command) -> (Run, Run) {
-    let spawn = |c: &mut Command| {
-        c.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let (ca, cb) = (spawn(a), spawn(b));
-    let out = |c: std::process::Child| {
-        let o = c.wait_with_output().unwrap();
-        Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    };
-    let (ra, rb) = (out(ca), out(cb));
+    let (ra, rb) = both(a, b);
     for r in [&ra, &rb] {
         assert!(
             r.code == 0 || r.code == 3,
@@ -47,6 +32,26 @@ fn at_once(a: &mut Command, b: &mut Command) -> (Run, Run) {
         }
     }
     (ra, rb)
+}
+
+/// Runs both commands at once and waits for both.
+fn both(a: &mut Command, b: &mut Command) -> (Run, Run) {
+    let spawn = |c: &mut Command| {
+        c.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (ca, cb) = (spawn(a), spawn(b));
+    let out = |c: std::process::Child| {
+        let o = c.wait_with_output().unwrap();
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    };
+    (out(ca), out(cb))
 }
 
 /// The content each snapshot must restore to, by snapshot id.
@@ -242,7 +247,18 @@ fn key_add_and_key_removes_at_once() {
             let third = key_of(&repo, "third");
             other.args(["repo", "key", "remove", &third]);
             remove.arg(&third);
-            at_once(&mut other, &mut remove)
+            // The second waits for the first's lock (--lock-wait), then finds the key gone.
+            let (ra, rr) = both(&mut other, &mut remove);
+            for r in [&ra, &rr] {
+                let gone = r.code == 1 && r.stderr.contains("no key");
+                assert!(
+                    r.code == 0 || r.code == 3 || gone,
+                    "exit {}: {}",
+                    r.code,
+                    r.stderr
+                );
+            }
+            (ra, rr)
         } else {
             remove.arg(&victim);
             at_once(&mut add(&fresh), &mut remove)
@@ -284,4 +300,102 @@ fn key_of(repo: &Path, password: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// Exclusive lockers started together that all wait: each takes the lock in turn (never two
+/// at once, counted while held), all within the wait, though every attempt that meets
+/// another backs off; and with no wait the refusal is immediate and names the holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exclusive_lockers_started_together_all_win_in_turn_when_they_wait() {
+    use lifeboat::repository::{LockKind, RepoError};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    let repo =
+        crate::support::new_repo(Arc::new(lifeboat::store::memory::MemoryStore::new())).await;
+    let held = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(tokio::sync::Barrier::new(6));
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let (repo, held, most, start) = (repo.clone(), held.clone(), most.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let guard = repo
+                .lock_waiting(
+                    LockKind::Exclusive,
+                    &format!("racer {i}"),
+                    Duration::from_secs(60),
+                )
+                .await?;
+            let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            held.fetch_sub(1, Ordering::SeqCst);
+            guard.release().await?;
+            Ok::<_, RepoError>(())
+        }));
+    }
+    for t in tasks {
+        t.await
+            .unwrap()
+            .expect("every waiting locker gets the lock");
+    }
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "two exclusive holders at once"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(repo.live_locks().await.unwrap().is_empty());
+
+    // Wait zero: the old behaviour, refused at once naming the holder.
+    let guard = repo.lock(LockKind::Exclusive, "prune").await.unwrap();
+    let t = Instant::now();
+    let e = repo
+        .lock_waiting(LockKind::Exclusive, "forget", Duration::ZERO)
+        .await
+        .err()
+        .expect("a held exclusive lock refuses");
+    assert!(
+        matches!(&e, RepoError::Locked { holder } if holder.contains("`prune`")),
+        "{e}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // A bounded wait that the holder outlasts: refused after the wait, saying so.
+    let t = Instant::now();
+    let e = repo
+        .lock_waiting(LockKind::Shared, "backup", Duration::from_millis(400))
+        .await
+        .err()
+        .expect("still held");
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(e.to_string().contains("after waiting"), "{e}");
+    assert!(e.is_retryable());
+    // Released during a wait: taken.
+    let waiter = {
+        let repo = repo.clone();
+        tokio::spawn(async move {
+            repo.lock_waiting(LockKind::Shared, "backup", Duration::from_secs(30))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    guard.release().await.unwrap();
+    waiter
+        .await
+        .unwrap()
+        .expect("taken once released")
+        .release()
+        .await
+        .unwrap();
 }

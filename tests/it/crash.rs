@@ -6,6 +6,7 @@
 //! at every write and delete, and, as real processes killed with SIGKILL at many moments,
 //! restore in place and catalog rebuild.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -99,7 +100,8 @@ fn backup_names(repo: &Path) -> Vec<String> {
 }
 
 /// A forget that dies after any number of its deletes loses nothing it keeps: the kept
-/// backup restores bit-identical, check is clean, and the next forget finishes the job.
+/// backup restores bit-identical, check is clean, and the next forget finishes the job,
+/// leaving no volume snapshot that no backup references.
 #[tokio::test]
 async fn a_forget_interrupted_at_any_delete_keeps_what_it_keeps() {
     let d = tmp();
@@ -133,6 +135,34 @@ async fn a_forget_interrupted_at_any_delete_keeps_what_it_keeps() {
         ok(run(lb(&copy).args(["forget", "--keep-last", "1"])));
         assert_eq!(backup_names(&copy), ["apps-2"], "{what}");
         check_clean(&copy, &what);
+        // No volume snapshot is left that no backup references (its data would never be
+        // pruned), nor an intent.
+        let r = Repository::open(
+            Arc::new(LocalStore::new(&copy)),
+            b"pw",
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let named: BTreeSet<String> = list_backups(&r)
+            .await
+            .unwrap()
+            .iter()
+            .flat_map(|(_, b)| b.volumes.iter().map(|v| v.snapshot.to_hex()))
+            .collect();
+        let stored: BTreeSet<String> = r
+            .list_snapshots()
+            .await
+            .unwrap()
+            .iter()
+            .map(|(id, _)| id.to_hex())
+            .collect();
+        assert_eq!(stored, named, "{what}: orphan snapshots");
+        assert!(
+            !copy.join("forgets").exists() || files(&copy.join("forgets")).is_empty(),
+            "{what}"
+        );
         std::fs::remove_dir_all(&copy).unwrap();
     }
     assert!(crashes >= 3, "crash points exercised: {crashes}");

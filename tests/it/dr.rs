@@ -630,3 +630,106 @@ fn a_standby_whose_snapshot_was_forgotten_and_pruned_applies_the_newest_whole() 
     assert_eq!(report[0]["state"], "applied", "{report:#}");
     assert!(same_volumes(&s.primary, &s.dr));
 }
+
+/// A `--namespace-mapping` whose source is not in the backup (a typo) is refused by standby,
+/// naming the namespace, the ones the backup holds and the flag; nothing is applied (before,
+/// the typo was ignored and `db` applied under its own name). A drill of a namespace the
+/// backup does not hold is refused the same way.
+#[test]
+fn standby_and_drill_refuse_a_namespace_the_backup_does_not_hold() {
+    let s = Sites::new(false);
+    s.backup("db-1");
+    let standby = |mapping: &str| {
+        run(s
+            .lb()
+            .args(["standby", "--schedule", "db-hourly", "--once", "--json"])
+            .args(["--namespace-mapping", mapping, "--cluster-dir"])
+            .arg(&s.dr))
+    };
+    let r = standby("dbb:db-dr");
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    for part in ["`dbb`", "it holds: db", "--namespace-mapping", "db-1"] {
+        assert!(r.stderr.contains(part), "{part}: {}", r.stderr);
+    }
+    assert!(!s.dr.join("resources/db").exists(), "nothing applied");
+    assert!(!s.dr.join("volumes/db").exists(), "nothing applied");
+    assert!(!s.dr.join("resources/db-dr").exists(), "nothing applied");
+    // The mapping spelt right applies into the mapped namespace only.
+    let r = standby("db:db-dr");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(json(&r)[0]["namespace"], "db-dr");
+    assert!(s.dr.join("volumes/db-dr").exists());
+    assert!(!s.dr.join("volumes/db").exists());
+
+    let r = run(s
+        .lb()
+        .args([
+            "drill",
+            "-n",
+            "dbx",
+            "--into",
+            "drill",
+            "--from-backup",
+            "db-1",
+        ])
+        .arg("--cluster-dir")
+        .arg(&s.dr));
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    for part in ["`dbx`", "it holds: db", "--namespace", "db-1"] {
+        assert!(r.stderr.contains(part), "{part}: {}", r.stderr);
+    }
+    assert!(!s.dr.join("resources/drill").exists());
+    assert!(!s.dr.join("volumes/drill").exists());
+}
+
+/// A standby killed at each step of its apply in turn (`standby-step-<n>`: after staging each
+/// volume, after the commit marker, after each volume's replay and mid-replay, after the
+/// marker's removal, after the volumes, after the objects): the next standby run succeeds
+/// and the site's volumes equal the primary's bit for bit, with nothing staged left behind.
+#[test]
+fn a_standby_killed_at_every_step_of_its_apply_is_finished_by_the_next() {
+    let s = Sites::new(false);
+    s.backup("db-1");
+    ok(s.standby());
+    let (dr0, state0) = (s.scratch.join("dr0"), s.scratch.join("state0"));
+    crate::crash::copy_dir(&s.dr, &dr0);
+    crate::crash::copy_dir(&s.state, &state0);
+    change(&s.primary, "db-0", 0, 100 << 10, 1);
+    change(&s.primary, "db-2", 2 << 20, 64 << 10, 2);
+    s.backup("db-2");
+    let mut killed = 0;
+    for step in 1u64.. {
+        // Back to the site as db-1 left it.
+        for (dir, saved) in [(&s.dr, &dr0), (&s.state, &state0)] {
+            std::fs::remove_dir_all(dir).unwrap();
+            crate::crash::copy_dir(saved, dir);
+        }
+        let r = run(s
+            .standby_cmd()
+            .env("LIFEBOAT_FAILPOINT", format!("standby-step-{step}")));
+        if r.code == 0 {
+            break;
+        }
+        assert_eq!(r.code, 99, "step {step}: {}", r.stderr);
+        killed += 1;
+        let report = s.ns_report();
+        assert!(
+            report["state"] == "applied" || report["state"] == "up-to-date",
+            "step {step}: {report:#}"
+        );
+        assert!(same_volumes(&s.primary, &s.dr), "step {step}");
+        assert!(
+            leftovers(&s.dr).is_empty(),
+            "step {step}: {:?}",
+            leftovers(&s.dr)
+        );
+        assert_eq!(
+            site_object(&s.dr, "Deployment", "api")["spec"]["replicas"],
+            0,
+            "step {step}: held"
+        );
+    }
+    // Two volumes changed (staged, replayed, mid-replay each) plus the commit, the marker's
+    // removal, the volumes and the objects.
+    assert!(killed >= 8, "kill points: {killed}");
+}

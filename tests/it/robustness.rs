@@ -469,7 +469,13 @@ async fn after_lost_packs_a_full_backup_stores_the_blocks_again_and_repair_makes
 
     // A dry run changes nothing; the repair rebuilds the index and drops what is lost.
     let before = keys_under(&mem, "").await;
-    let dry = repo.repair(&RepairOptions { dry_run: true }).await.unwrap();
+    let dry = repo
+        .repair(&RepairOptions {
+            dry_run: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(
         keys_under(&mem, "").await,
         before,
