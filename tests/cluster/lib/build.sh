@@ -82,7 +82,7 @@ build_etcd() {
 # $LOCAL_REPLACE_VERSION if set, else VERSION).
 build_upstream() {
   local name=$1 module=$2 version=$3 ldflags=$4; shift 4
-  local stamp="$CLUSTER_BIN/.$name-$version"
+  local stamp="$CLUSTER_BIN/.$name-$version${CSI_K8S_LIBS:+-k8s-$CSI_K8S_LIBS}"
   [[ -f $stamp ]] && return 0
   local dir="$CLUSTER_CACHE/src/$name"
   new_module "$dir" "$name"
@@ -95,6 +95,10 @@ build_upstream() {
     while IFS=$'\t' read -r old new newver; do
       if [[ $new == ./* || $new == ../* ]]; then
         new=$old newver=${LOCAL_REPLACE_VERSION:-$version}
+      elif [[ -n $CSI_K8S_LIBS && $old == k8s.io/* && $new == "$old" ]]; then
+        # One version of the Kubernetes libraries for every sidecar, so that
+        # they share the compiled packages in the Go build cache.
+        newver=$CSI_K8S_LIBS
       fi
       args+=("-replace=$old=$new@$newver")
     done < <(go mod edit -json "$gomod" | jq -r '(.Replace // [])[] | [.Old.Path, .New.Path, (.New.Version // "")] | @tsv')
@@ -114,8 +118,10 @@ build_csi() {
     "$SNAPSHOTTER_VERSION" "-X main.version=$SNAPSHOTTER_VERSION" cmd/snapshot-controller cmd/csi-snapshotter
   build_upstream external-provisioner github.com/kubernetes-csi/external-provisioner/v6 \
     "$PROVISIONER_VERSION" "-X main.version=$PROVISIONER_VERSION" cmd/csi-provisioner
-  # The sidecar's own client sub-module is served only as v0.1.0.
-  LOCAL_REPLACE_VERSION=v0.1.0 build_upstream external-snapshot-metadata \
+  # The sidecar's own client sub-module is served only as v0.1.0. It keeps its
+  # own k8s.io libraries (v0.34.0): with v0.37.0 its csi-lib-utils v0.22.0 no
+  # longer compiles (otelgrpc.UnaryClientInterceptor is gone).
+  CSI_K8S_LIBS="" LOCAL_REPLACE_VERSION=v0.1.0 build_upstream external-snapshot-metadata \
     github.com/kubernetes-csi/external-snapshot-metadata "$SNAPSHOT_METADATA_VERSION" \
     "-X main.version=$SNAPSHOT_METADATA_VERSION" cmd/csi-snapshot-metadata
   # The test plugin, from this repository (tests/cluster/csi-hostpath).
