@@ -48,6 +48,13 @@ spec:
 YAML
 kwait 120 "PVCs Bound" --for=jsonpath='{.status.phase}'=Bound pvc/data-fs pvc/data-block
 
+# The plugin keeps a volume as a file (its path is in the PV): write 1 MiB at
+# offset 0 before the first snapshot, so allocated-block metadata has a block.
+PV_FS=$(kubectl -n "$NS" get pvc data-fs -o jsonpath='{.spec.volumeName}')
+VOLFILE=$(kubectl get pv "$PV_FS" -o jsonpath='{.spec.csi.volumeAttributes.path}')
+[[ -f $VOLFILE ]] || fail "the volume file of data-fs ($VOLFILE) is missing"
+dd if=/dev/urandom of="$VOLFILE" bs=1M count=1 conv=notrunc status=none
+
 step "a VolumeSnapshot of data-fs"
 kubectl -n "$NS" apply -f - >/dev/null <<'YAML'
 apiVersion: snapshot.storage.k8s.io/v1
@@ -58,6 +65,47 @@ spec:
 YAML
 kwait 120 "VolumeSnapshot snap-fs readyToUse" --for=jsonpath='{.status.readyToUse}'=true volumesnapshot/snap-fs
 kubectl -n "$NS" get volumesnapshot snap-fs -o yaml >"$OUT/volumesnapshot.yaml"
+
+if [[ ${LIFEBOAT_SMOKE_METADATA:-1} == 1 ]]; then
+  step "snapshot metadata (allocated, delta) through csi-snapshot-metadata"
+  dd if=/dev/urandom of="$VOLFILE" bs=1M count=1 seek=4 conv=notrunc status=none
+  kubectl -n "$NS" apply -f - >/dev/null <<'YAML'
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshot
+metadata: {name: snap-fs-2}
+spec:
+  source: {persistentVolumeClaimName: data-fs}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: backup}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: snapshot-metadata-client}
+rules:
+- apiGroups: [snapshot.storage.k8s.io]
+  resources: [volumesnapshots]
+  verbs: [get, list]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: backup-snapshot-metadata}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: snapshot-metadata-client}
+subjects: [{kind: ServiceAccount, name: backup}]
+YAML
+  kwait 120 "VolumeSnapshot snap-fs-2 readyToUse" --for=jsonpath='{.status.readyToUse}'=true volumesnapshot/snap-fs-2
+  lister() { snapshot-metadata-lister -kubeconfig "$KUBECONFIG" -service-account backup \
+    -service-account-namespace "$NS" -n "$NS" -o json "$@" 2>>"$OUT/lister.log"; }
+  lister -s snap-fs >"$OUT/metadata-allocated.json" || fail "listing allocated blocks failed; read $OUT/lister.log and $DIR/logs/csi-snapshot-metadata.log"
+  lister -p snap-fs -s snap-fs-2 >"$OUT/metadata-delta.json" || fail "listing changed blocks failed; read $OUT/lister.log and $DIR/logs/csi-snapshot-metadata.log"
+  offsets() { jq -c '[.[] | (.block_metadata // .BlockMetadata // [])[] | [(.byte_offset // .ByteOffset // 0), (.size_bytes // .SizeBytes // 0)]]' "$1"; }
+  [[ $(offsets "$OUT/metadata-allocated.json") == '[[0,1048576]]' ]] ||
+    fail "allocated blocks of snap-fs: expected [[0,1048576]], got $(offsets "$OUT/metadata-allocated.json") (from $OUT/metadata-allocated.json)"
+  [[ $(offsets "$OUT/metadata-delta.json") == '[[4194304,1048576]]' ]] ||
+    fail "changed blocks snap-fs..snap-fs-2: expected [[4194304,1048576]], got $(offsets "$OUT/metadata-delta.json") (from $OUT/metadata-delta.json)"
+  kubectl -n "$NS" delete volumesnapshot snap-fs-2 --wait=false >/dev/null
+fi
 
 step "a VolumeGroupSnapshot over app=smoke"
 kubectl -n "$NS" apply -f - >/dev/null <<'YAML'

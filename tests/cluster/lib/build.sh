@@ -82,7 +82,9 @@ build_etcd() {
 # $LOCAL_REPLACE_VERSION if set, else VERSION).
 build_upstream() {
   local name=$1 module=$2 version=$3 ldflags=$4; shift 4
-  local stamp="$CLUSTER_BIN/.$name-$version${CSI_K8S_LIBS:+-k8s-$CSI_K8S_LIBS}"
+  local key stamp
+  key=$(echo "$module $ldflags $* ${CSI_K8S_LIBS:-} ${LOCAL_REPLACE_VERSION:-}" | sha256sum | cut -c1-12)
+  stamp="$CLUSTER_BIN/.$name-$version-$key"
   [[ -f $stamp ]] && return 0
   local dir="$CLUSTER_CACHE/src/$name"
   new_module "$dir" "$name"
@@ -123,7 +125,7 @@ build_csi() {
   # longer compiles (otelgrpc.UnaryClientInterceptor is gone).
   CSI_K8S_LIBS="" LOCAL_REPLACE_VERSION=v0.1.0 build_upstream external-snapshot-metadata \
     github.com/kubernetes-csi/external-snapshot-metadata "$SNAPSHOT_METADATA_VERSION" \
-    "-X main.version=$SNAPSHOT_METADATA_VERSION" cmd/csi-snapshot-metadata
+    "-X main.version=$SNAPSHOT_METADATA_VERSION" cmd/csi-snapshot-metadata examples/snapshot-metadata-lister
   # The test plugin, from this repository (tests/cluster/csi-hostpath).
   local sum
   sum=$(cat "$HERE/csi-hostpath/go.mod" "$HERE/csi-hostpath/go.sum" "$HERE/csi-hostpath/"*.go | sha256sum | cut -c1-16)
