@@ -10,10 +10,22 @@ source "$HERE/lib/build.sh"
 [[ $# -eq 1 ]] || die "usage: up.sh DIR"
 mkdir -p "$1"
 DIR="$(cd "$1" && pwd)"
-if [[ -f $DIR/pids/kube-apiserver.pid ]] && kill -0 "$(cat "$DIR/pids/kube-apiserver.pid")" 2>/dev/null; then
+# ours PID: the process runs and is one of DIR's (its command line names DIR).
+ours() { [[ -r /proc/$1/cmdline ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF "$DIR/"; }
+if [[ -f $DIR/pids/kube-apiserver.pid ]] && ours "$(cat "$DIR/pids/kube-apiserver.pid")"; then
   die "a cluster already runs in $DIR (stop it with down.sh $DIR)"
 fi
 START=$SECONDS
+# A failed start stops what it started (LIFEBOAT_CLUSTER_KEEP_ON_FAILURE=1 keeps
+# it for a look), so that a failing CI step leaves no process behind.
+on_exit() {
+  local rc=$?
+  if ((rc != 0)) && [[ ${LIFEBOAT_CLUSTER_KEEP_ON_FAILURE:-0} != 1 && -d $DIR/pids ]]; then
+    log "up.sh failed (exit $rc): stopping what it started in $DIR (logs stay in $DIR/logs)"
+    "$HERE/down.sh" "$DIR" || true
+  fi
+}
+trap on_exit EXIT
 
 build_all
 log "binaries ready in $CLUSTER_BIN ($((SECONDS - START))s)"
@@ -104,13 +116,14 @@ export KUBECONFIG="$DIR/kubeconfig"
 # DIR/pids/NAME.pid.
 start() {
   local name=$1; shift
-  if [[ -f $DIR/pids/$name.pid ]] && kill -0 "$(cat "$DIR/pids/$name.pid")" 2>/dev/null; then
+  if [[ -f $DIR/pids/$name.pid ]] && ours "$(cat "$DIR/pids/$name.pid")"; then
     die "$name already runs (pid $(cat "$DIR/pids/$name.pid")); run down.sh $DIR first"
   fi
   setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
   echo $! >"$DIR/pids/$name.pid"
   log "started $name (pid $!, log $LOGS/$name.log)"
 }
+# alive NAME: NAME (started by this run: its pid cannot have been reused yet).
 alive() { kill -0 "$(cat "$DIR/pids/$1.pid")" 2>/dev/null || die "$1 exited; read $LOGS/$1.log"; }
 # wait_up TIMEOUT NAME COMMAND...: wait for COMMAND, failing early if NAME died.
 wait_up() {
