@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# down.sh DIR: stop every process up.sh started for DIR (from DIR/pids), last
+# started first. Idempotent: a missing DIR, pid file or process is no error.
+# Keeps DIR's data; remove DIR to start afresh.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+[[ $# -eq 1 ]] || die "usage: down.sh DIR"
+[[ -d $1/pids ]] || exit 0
+DIR="$(cd "$1" && pwd)"
+
+# ours PID: the process still runs and is one of DIR's (its command line names
+# DIR), not an unrelated process that got the pid later.
+ours() { [[ -r /proc/$1/cmdline ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF "$DIR/"; }
+
+ORDER=(csi-snapshot-metadata csi-snapshotter csi-provisioner snapshot-controller csi-hostpath
+  kube-controller-manager kube-apiserver etcd)
+for name in "${ORDER[@]}"; do
+  f="$DIR/pids/$name.pid"
+  [[ -f $f ]] || continue
+  pid=$(cat "$f")
+  if ours "$pid"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + 20))
+    while ours "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
+    if ours "$pid"; then
+      log "$name (pid $pid) ignored SIGTERM for 20s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  rm -f "$f"
+done
+log "stopped the cluster in $DIR"
