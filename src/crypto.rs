@@ -48,6 +48,7 @@ pub enum Role {
     Index,
     Snapshot,
     Backup,
+    ForgetIntent,
 }
 
 impl Role {
@@ -63,6 +64,7 @@ impl Role {
             Role::Index => v.extend_from_slice(b"index"),
             Role::Snapshot => v.extend_from_slice(b"snapshot"),
             Role::Backup => v.extend_from_slice(b"backup"),
+            Role::ForgetIntent => v.extend_from_slice(b"forget-intent"),
         }
         v
     }

@@ -261,24 +261,7 @@ pub struct ForgetReport {
     pub interrupted_finished: usize,
 }
 
-/// What a forget is about to remove, written (sealed, `forgets/<hash>`) before its first
-/// delete and removed after its last: a forget killed in between leaves it, and the next
-/// forget finishes the job, so the volume snapshots of removed records are never left behind
-/// with no record naming them (their data would then never be pruned).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ForgetIntent {
-    pub version: u32,
-    #[serde(with = "time::serde::rfc3339")]
-    pub time: OffsetDateTime,
-    /// Records to remove.
-    pub backups: Vec<BackupId>,
-    /// Their volume snapshots that no other record referenced.
-    pub snapshots: Vec<SnapshotId>,
-}
-
-/// Where intents are stored.
-pub const INTENTS: &str = "forgets";
+pub use crate::format::{ForgetIntent, FORGET_INTENTS as INTENTS};
 
 /// The snapshots of `intent` that no record of `records` references: those a resumed forget
 /// removes (a snapshot that a record still names stays, whatever the intent says).
@@ -332,7 +315,7 @@ pub async fn forget(
             snapshots: gone.difference(&still).copied().collect(),
         };
         let (hash, _) = repo
-            .write_sealed_json(INTENTS, &intent, Role::Backup)
+            .write_sealed_json(INTENTS, &intent, Role::ForgetIntent)
             .await?;
         carry_out(repo, &intent, &intent.snapshots, &mut report).await?;
         repo.store()
@@ -368,7 +351,7 @@ async fn carry_out(
 /// reported by `repo check`): what it listed cannot be known.
 async fn finish_interrupted(repo: &Repository, report: &mut ForgetReport) -> Result<(), RepoError> {
     let (intents, damaged) = repo
-        .load_all_readable::<ForgetIntent>(INTENTS, Role::Backup)
+        .load_all_readable::<ForgetIntent>(INTENTS, Role::ForgetIntent)
         .await?;
     for e in damaged {
         tracing::warn!("skipping a damaged forget intent: {e}; `lifeboat repo check` reports it");

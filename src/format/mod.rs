@@ -452,6 +452,25 @@ pub struct BackupFilters {
     pub exclude_resource_types: Vec<String>,
 }
 
+/// `forgets/<hash>` (sealed): what a forget is about to remove, written before its first
+/// delete and removed after its last: a forget killed in between leaves it, and the next
+/// forget finishes the job, so the volume snapshots of removed records are never left behind
+/// with no record naming them (their data would then never be pruned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetIntent {
+    pub version: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// Records to remove.
+    pub backups: Vec<BackupId>,
+    /// Their volume snapshots that no other record referenced.
+    pub snapshots: Vec<SnapshotId>,
+}
+
+/// Where forget intents are stored.
+pub const FORGET_INTENTS: &str = "forgets";
+
 /// `backups/<id>` (sealed): an application backup: the objects of some namespaces (and the
 /// cluster-scoped objects they need) at one instant. Written after every blob it names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -299,3 +299,19 @@ fn deploy_manifests_parse_and_match_the_code() {
     lifeboat::scheduler::config::parse_config(&[("deploy/server.yaml".into(), text.into())])
         .unwrap();
 }
+
+/// A forget intent (written only by a forget that is then killed, so built here) is what
+/// `forget-intent.schema.json` describes, and reads back.
+#[test]
+fn a_forget_intent_conforms_to_its_schema() {
+    use lifeboat::format::{BackupId, ForgetIntent};
+    let intent = ForgetIntent {
+        version: lifeboat::format::FORMAT_VERSION,
+        time: time::OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap(),
+        backups: vec![BackupId([3; 32])],
+        snapshots: vec![SnapshotId([4; 32]), SnapshotId([5; 32])],
+    };
+    let v = serde_json::to_value(&intent).unwrap();
+    conforms(&v, &schema("forget-intent.schema.json"), "forget intent");
+    assert_eq!(serde_json::from_value::<ForgetIntent>(v).unwrap(), intent);
+}

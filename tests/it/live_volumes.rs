@@ -542,6 +542,13 @@ impl Answer for CsiCluster {
         );
         let body = req.into_body().collect().await.unwrap().to_bytes();
         match method.as_str() {
+            // The group snapshot API as Kubernetes 1.34 with external-snapshotter 8.4 serves
+            // it: v1beta2 only (lifeboat asks for v1 first).
+            _ if path.starts_with("/apis/groupsnapshot.storage.k8s.io/")
+                && !path.starts_with("/apis/groupsnapshot.storage.k8s.io/v1beta2/") =>
+            {
+                not_found
+            }
             "GET" => {
                 if let Some(v) = self.objects.lock().unwrap().get(&path) {
                     return (StatusCode::OK, v.clone());

@@ -5,7 +5,7 @@
 //! controller has set it, their owner reference to the group) and matched to claims by
 //! `spec.source.persistentVolumeClaimName`. Must not read members from the group's own status:
 //! `status.pvcVolumeSnapshotRefList` of v1beta1 was removed upstream (external-snapshotter
-//! PR #1200), and v1beta2 (Kubernetes 1.34) has no list of members at all.
+//! PR #1200), and v1beta2 and v1 have no list of members at all.
 
 use std::collections::BTreeMap;
 
@@ -20,9 +20,10 @@ use crate::k8s::LiveError;
 
 /// The API group of group snapshots.
 pub const GROUP_API: &str = "groupsnapshot.storage.k8s.io";
-/// Its versions lifeboat speaks, preferred first: v1beta2 (Kubernetes 1.34, external-snapshotter
-/// 8.4), v1beta1 (1.32).
-pub const GROUP_VERSIONS: [&str; 2] = ["v1beta2", "v1beta1"];
+/// Its versions lifeboat speaks, preferred first: v1 (external-snapshotter 8.7, GA), v1beta2
+/// (Kubernetes 1.34, external-snapshotter 8.4), v1beta1 (1.32). The fields lifeboat uses are
+/// the same in all three.
+pub const GROUP_VERSIONS: [&str; 3] = ["v1", "v1beta2", "v1beta1"];
 
 /// The annotation that marks a cluster's default VolumeGroupSnapshotClass for its driver.
 pub const DEFAULT_GROUP_CLASS: &str = "groupsnapshot.storage.kubernetes.io/is-default-class";
