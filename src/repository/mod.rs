@@ -329,6 +329,8 @@ impl Repository {
                     damaged.push(e.to_string());
                     continue;
                 }
+                // Removed (`repo key remove`) between the listing and the read.
+                Err(RepoError::Store(StoreError::NotFound { .. })) => continue,
                 Err(e) => return Err(e),
             };
             let pw = password.to_vec();
@@ -435,6 +437,8 @@ impl Repository {
                         damaged: Some(e.to_string()),
                     })
                 }
+                // Removed between the listing and the read: not a key any more.
+                Err(RepoError::Store(StoreError::NotFound { .. })) => continue,
                 Err(e) => return Err(e),
             }
         }
