@@ -222,12 +222,16 @@ where
                 e.message().map(|m| format!(": {m}")).unwrap_or_default()
             );
             match status {
-                _ if REJECTED_CREDENTIALS.contains(&code.as_str()) => StoreError::Credentials {
-                    problem: format!(
-                        "{op} `{key}`: the S3 server rejected the credentials ({message})"
-                    ),
-                    fix: REJECTED_CREDENTIALS_FIX,
-                },
+                // Wrong keys (AWS, MinIO: InvalidAccessKeyId; Garage: AccessDenied "No such
+                // key") or a key without access to the bucket: configuration, not retried.
+                _ if status == 403 || REJECTED_CREDENTIALS.contains(&code.as_str()) => {
+                    StoreError::Credentials {
+                        problem: format!(
+                            "{op} `{key}`: the S3 server rejected the credentials ({message})"
+                        ),
+                        fix: REJECTED_CREDENTIALS_FIX,
+                    }
+                }
                 404 => StoreError::NotFound { key },
                 412 => StoreError::AlreadyExists { key },
                 408 | 409 | 429 | 500 | 502 | 503 | 504 => transient(message),
