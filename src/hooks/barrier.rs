@@ -540,12 +540,14 @@ mod tests {
     async fn each_action_has_its_own_span_not_one_inside_another_pods() {
         use tracing_subscriber::layer::SubscriberExt;
         let parents = Parents::default();
+        // With a single dispatcher registered, tracing-core computes a callsite's interest
+        // from the default of whichever thread registers it first: a parallel test running
+        // `around` with no subscriber then caches "never" for `rule_action`, and this test
+        // saw no span (CI, on fresh builds). A second registered dispatcher makes it compute
+        // interest from all registered dispatchers, whatever the thread.
+        let _second = tracing::Dispatch::new(tracing_subscriber::registry());
         let _default =
             tracing::subscriber::set_default(tracing_subscriber::registry().with(parents.clone()));
-        // Tests on other threads run `around` with no subscriber: if one of them registered the
-        // `rule_action` callsite while this default was being set, the callsite cached "never"
-        // and this test saw no span (CI, once). Recompute every callsite's interest now that
-        // this default exists.
         tracing::callsite::rebuild_interest_cache();
         let d = tempfile::tempdir().unwrap();
         let exec: Arc<dyn Exec> = Arc::new(LocalExec {
