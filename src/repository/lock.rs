@@ -115,50 +115,31 @@ pub enum LockState {
     Garbage(String),
 }
 
-/// Whether `lock` is held by a process that is known to be gone: one of this host, boot and
-/// pid namespace whose pid no longer runs, or runs a process started at another time (the
-/// pid was reused). Anything less certain (another host, another container, an older lock
-/// without its process identity) keeps the lock until it expires.
-fn holder_is_dead(lock: &LockFile) -> bool {
-    let Some(theirs) = &lock.process else {
-        return false;
-    };
+/// Whether the process holding `lock` still runs, where this host can tell: Some(true) when
+/// it is of this host, boot and pid namespace and its pid runs the very process that took it
+/// (same start time); Some(false) when such a pid no longer runs, or runs a process started at
+/// another time (the pid was reused); None for anything less certain (another host, another
+/// container, an older lock without its process identity), which keeps the lock until it
+/// expires.
+fn holder_runs(lock: &LockFile) -> Option<bool> {
+    let theirs = lock.process.as_ref()?;
     if lock.hostname != hostname() {
-        return false;
+        return None;
     }
-    let Some(mine) = process_identity(std::process::id()) else {
-        return false;
-    };
+    let mine = process_identity(std::process::id())?;
     let (their_place, _) = theirs.rsplit_once('/').unwrap_or((theirs, ""));
     let (my_place, _) = mine.rsplit_once('/').unwrap_or((&mine, ""));
     if their_place != my_place {
-        return false; // another boot or another pid namespace: its pids are not ours
+        return None; // another boot or another pid namespace: its pids are not ours
     }
-    process_identity(lock.pid).as_deref() != Some(theirs.as_str())
-}
-
-/// Whether `lock` is held by a process that is known to still run: one of this host, boot and
-/// pid namespace whose pid runs the very process that took it (same start time).
-fn holder_is_alive(lock: &LockFile) -> bool {
-    let Some(theirs) = &lock.process else {
-        return false;
-    };
-    if lock.hostname != hostname() {
-        return false;
-    }
-    let Some(mine) = process_identity(std::process::id()) else {
-        return false;
-    };
-    let (their_place, _) = theirs.rsplit_once('/').unwrap_or((theirs, ""));
-    let (my_place, _) = mine.rsplit_once('/').unwrap_or((&mine, ""));
-    their_place == my_place && process_identity(lock.pid).as_deref() == Some(theirs.as_str())
+    Some(process_identity(lock.pid).as_deref() == Some(theirs.as_str()))
 }
 
 /// Classifies one object under `locks/`.
 pub fn lock_state(bytes: &[u8], now: OffsetDateTime) -> LockState {
     match serde_json::from_slice::<LockFile>(bytes) {
         Err(e) => LockState::Garbage(format!("not a lock: {e}")),
-        Ok(l) if l.expires < now || holder_is_dead(&l) => LockState::Stale(l),
+        Ok(l) if l.expires < now || holder_runs(&l) == Some(false) => LockState::Stale(l),
         Ok(l) => LockState::Live(l),
     }
 }
@@ -221,7 +202,7 @@ impl Repository {
                 LockState::Garbage(why) => format!("{key}: {why}"),
             };
             if let LockState::Live(l) = &state {
-                if holder_is_alive(l) {
+                if holder_runs(l) == Some(true) {
                     report.kept.push(format!(
                         "{shown}; its holder runs on this host: stop pid {} (or let it finish), then unlock again",
                         l.pid
