@@ -344,18 +344,20 @@ fn a_standby_killed_mid_apply_resumes_to_a_consistent_state() {
 impl Sites {
     fn standby_cmd(&self) -> Command {
         let mut c = self.lb();
-        c.args([
-            "standby",
-            "--schedule",
-            "db-hourly",
-            "--once",
-            "--json",
-            "--cluster-dir",
-        ])
-        .arg(&self.dr);
+        c.args(STANDBY_ONCE).arg(&self.dr);
         c
     }
 }
+
+/// `standby` of the schedule `db-hourly`, once, as JSON, into the cluster directory that follows.
+const STANDBY_ONCE: [&str; 6] = [
+    "standby",
+    "--schedule",
+    "db-hourly",
+    "--once",
+    "--json",
+    "--cluster-dir",
+];
 
 #[test]
 fn a_damaged_backup_is_skipped_whole_and_a_lost_bucket_is_reported() {
@@ -582,14 +584,7 @@ impl Sites {
             .arg(self.scratch.join("cache"))
             .arg("--state-dir")
             .arg(&self.state)
-            .args([
-                "standby",
-                "--schedule",
-                "db-hourly",
-                "--once",
-                "--json",
-                "--cluster-dir",
-            ])
+            .args(STANDBY_ONCE)
             .arg(&self.dr);
         run(&mut c)
     }
