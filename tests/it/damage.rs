@@ -25,7 +25,7 @@ use lifeboat::store::Store;
 use lifeboat::volume::restore::{restore_volume, RestoreOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{init_repo, json, lb, new_repo, ok, run, tmp, PASSWORD};
+use crate::support::{init_repo, json, keys_under, lb, new_repo, ok, run, tmp, PASSWORD};
 use crate::volume::{backup, same};
 
 const OTHER: &[u8] = b"the other password";
@@ -198,15 +198,6 @@ impl Fixture {
     fn src(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(format!("{name}.img"))
     }
-}
-
-async fn keys_under(mem: &MemoryStore, prefix: &str) -> BTreeSet<String> {
-    mem.list(prefix, &c())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect()
 }
 
 /// A lock object as a killed process of another host left it, expired.

@@ -16,7 +16,7 @@ use lifeboat::volume::backup::{backup_volume, BackupOptions};
 use lifeboat::volume::restore::{restore_volume, RestoreOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{new_repo, reopen, test_init_options, tmp, PASSWORD};
+use crate::support::{keys_under, new_repo, reopen, test_init_options, tmp, PASSWORD};
 use crate::volume::{backup, restore, same};
 
 fn c() -> CancellationToken {
@@ -210,15 +210,6 @@ fn flip(mem: &MemoryStore, key: &str) {
     mem.tamper(key, Bytes::from(b));
 }
 
-async fn keys_under(mem: &MemoryStore, prefix: &str) -> Vec<String> {
-    mem.list(prefix, &c())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .collect()
-}
-
 #[tokio::test]
 async fn one_damaged_snapshot_stops_no_listing_latest_or_backup_but_stops_prune() {
     let d = tmp();
@@ -302,7 +293,9 @@ async fn one_damaged_index_object_stops_only_the_restores_that_need_it() {
     );
     let r = repo.check(&CheckOptions::default()).await.unwrap();
     assert!(
-        r.errors.iter().any(|e| e.contains(&a_index[0])),
+        r.errors
+            .iter()
+            .any(|e| e.contains(a_index.first().unwrap().as_str())),
         "{:?}",
         r.errors
     );

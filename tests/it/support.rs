@@ -366,3 +366,16 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// The keys a memory store holds under `prefix`.
+pub async fn keys_under(
+    mem: &lifeboat::store::memory::MemoryStore,
+    prefix: &str,
+) -> std::collections::BTreeSet<String> {
+    mem.list(prefix, &CancellationToken::new())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect()
+}
