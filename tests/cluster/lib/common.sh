@@ -1,7 +1,7 @@
 # Shared settings and helpers for tests/cluster/*.sh (sourced, not run).
 # shellcheck shell=bash
 
-K8S_VERSION="${LIFEBOAT_K8S_VERSION:-v1.35.4}"
+K8S_VERSION="${LIFEBOAT_K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${LIFEBOAT_ETCD_VERSION:-v3.6.16}"
 SNAPSHOTTER_VERSION="${LIFEBOAT_SNAPSHOTTER_VERSION:-v8.7.0}"
 PROVISIONER_VERSION="${LIFEBOAT_PROVISIONER_VERSION:-v6.4.0}"
@@ -9,7 +9,7 @@ SNAPSHOT_METADATA_VERSION="${LIFEBOAT_SNAPSHOT_METADATA_VERSION:-v0.2.0}"
 # The k8s.io/* library version the snapshotter and provisioner are built
 # against (they pin v0.37.0 and v0.36.1), so that they share compiled packages
 # in the Go build cache; empty keeps each one's own.
-CSI_K8S_LIBS="${LIFEBOAT_CSI_K8S_LIBS-v0.37.0}"
+CSI_K8S_LIBS="${LIFEBOAT_CSI_K8S_LIBS-v0.37.2}"
 
 CLUSTER_CACHE="${LIFEBOAT_CLUSTER_CACHE:-$HOME/.cache/lifeboat/cluster}"
 CLUSTER_BIN="$CLUSTER_CACHE/bin"
