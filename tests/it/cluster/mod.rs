@@ -251,17 +251,14 @@ impl Site {
 
     /// Whether ServiceAccount lifeboat/lifeboat may `verb` `resource` (in namespace `ns`).
     pub fn lifeboat_can(&self, verb: &str, resource: &str, ns: &str) -> bool {
-        let out = self
-            .kubectl()
-            .args([
-                "auth",
-                "can-i",
-                verb,
-                resource,
-                "-n",
-                ns,
-                "--as=system:serviceaccount:lifeboat:lifeboat",
-            ])
+        let mut c = self.kubectl();
+        c.args(["auth", "can-i", verb]);
+        match resource.split_once('/') {
+            Some((r, sub)) => c.args([r, "--subresource", sub]),
+            None => c.arg(resource),
+        };
+        let out = c
+            .args(["-n", ns, "--as=system:serviceaccount:lifeboat:lifeboat"])
             .output()
             .expect("run kubectl");
         String::from_utf8_lossy(&out.stdout).trim() == "yes"

@@ -77,10 +77,12 @@ roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: web}}
 subjects: [{{kind: ServiceAccount, name: web, namespace: {ns}}}]
 "#
     ));
-    // A ConfigMap owned by the custom resource, as an operator would make it.
+    // Two ConfigMaps owned by the custom resource: one as a plain dependent (restored, its
+    // reference re-made), one by it as controller (left to the controller to recreate).
     let owner = primary
         .get(&["-n", ns, &format!("gadgets.{group}"), "main"])
         .unwrap();
+    let uid = owner["metadata"]["uid"].as_str().unwrap();
     primary.apply(&format!(
         r#"apiVersion: v1
 kind: ConfigMap
@@ -88,10 +90,18 @@ metadata:
   name: main-state
   namespace: {ns}
   ownerReferences:
-  - {{apiVersion: {group}/v1, kind: Gadget, name: main, uid: {}, controller: true}}
+  - {{apiVersion: {group}/v1, kind: Gadget, name: main, uid: {uid}}}
 data: {{state: ready}}
-"#,
-        owner["metadata"]["uid"].as_str().unwrap()
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: main-lock
+  namespace: {ns}
+  ownerReferences:
+  - {{apiVersion: {group}/v1, kind: Gadget, name: main, uid: {uid}, controller: true}}
+data: {{holder: main}}
+"#
     ));
 }
 
@@ -185,7 +195,17 @@ fn restore_on_the_dr_site_waits_for_the_crd_relinks_owners_and_honours_the_polic
     let secret = dr.get(&["-n", &target, "secret", "creds"]).unwrap();
     assert_eq!(secret["data"]["password"], "aHVudGVyMg==");
     // Applied by lifeboat's field manager, through server-side apply.
-    let settings = dr.get(&["-n", &target, "configmap", "settings"]).unwrap();
+    let settings: Value = serde_json::from_str(&dr.kubectl_ok(&[
+        "-n",
+        &target,
+        "get",
+        "configmap",
+        "settings",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]))
+    .unwrap();
     let managers: Vec<(&str, &str)> = settings["metadata"]["managedFields"]
         .as_array()
         .unwrap()
