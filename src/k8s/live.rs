@@ -172,7 +172,7 @@ impl LiveCluster {
                         Err(e) => ApplyResult {
                             r: r.clone(),
                             outcome: Outcome::Failed,
-                            detail: e.to_string(),
+                            detail: apply_failure(&e),
                         },
                     }
                 }
@@ -552,6 +552,17 @@ fn failure(e: LiveError) -> Result<CaptureFailure, LiveError> {
 
 /// One object: server-side apply under `policy`. Returns the outcome, a detail line, and the
 /// object's uid on the target.
+/// Why an object could not be applied, once, with the fix when lifeboat's account may not write.
+fn apply_failure(e: &kube::Error) -> String {
+    let cause = super::error::api_cause(e);
+    match e {
+        kube::Error::Api(s) if s.code == 403 => format!(
+            "{cause}; lifeboat's account may not write it: a restoring site binds deploy/rbac-restore.yaml as well as deploy/rbac.yaml"
+        ),
+        _ => cause,
+    }
+}
+
 async fn apply_one(
     api: &Api<DynamicObject>,
     name: &str,
