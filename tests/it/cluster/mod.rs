@@ -25,6 +25,7 @@ use crate::support::lb;
 
 mod capture;
 mod restore;
+mod standby;
 mod volumes;
 
 /// The mover image's name as lifeboat writes it into Jobs; the pod runner maps it to the

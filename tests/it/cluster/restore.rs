@@ -299,7 +299,8 @@ fn a_backup_only_site_refuses_a_restore_and_says_which_permission_is_missing() {
     assert_ne!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let all = format!("{}{}", r.stdout, r.stderr);
     assert!(
-        all.contains("the API server refused") && all.contains("HTTP 403")
+        all.contains("the API server refused")
+            && all.contains("HTTP 403")
             && all.contains("binds deploy/rbac-restore.yaml")
             && !all.contains("Status {"),
         "{all}"

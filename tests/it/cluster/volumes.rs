@@ -17,7 +17,7 @@ use crate::support::{init_repo, json, ok, run, tmp};
 
 /// The movers' Secret and ServiceAccount as `deploy/mover-secret.yaml` has them, filled in for
 /// a local repository and namespace `ns`.
-fn mover_secret(site: &Site, ns: &str, repo: &Path) {
+pub fn mover_secret(site: &Site, ns: &str, repo: &Path) {
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/mover-secret.yaml"),
     )
@@ -47,7 +47,7 @@ fn mover_secret(site: &Site, ns: &str, repo: &Path) {
 /// Runs a Job of one `sh -c SCRIPT` container with the claims `data-block` (device
 /// `/dev/xvda`) and `data-fs` (at `/srv/data`), waits for it, and gives its termination
 /// message.
-fn job(site: &Site, ns: &str, name: &str, script: &str) -> String {
+pub fn job(site: &Site, ns: &str, name: &str, script: &str) -> String {
     site.apply(&format!(
         r#"apiVersion: batch/v1
 kind: Job
@@ -95,7 +95,7 @@ spec:
 }
 
 /// The file behind a claim's CSI volume (csi-hostpath keeps each volume as a file).
-fn volume_file(site: &Site, ns: &str, claim: &str) -> std::path::PathBuf {
+pub fn volume_file(site: &Site, ns: &str, claim: &str) -> std::path::PathBuf {
     let pvc = site.get(&["-n", ns, "pvc", claim]).unwrap();
     let pv = site
         .get(&["pv", pvc["spec"]["volumeName"].as_str().expect("bound")])
