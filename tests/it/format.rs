@@ -243,24 +243,45 @@ fn deploy_manifests_parse_and_match_the_code() {
     for key in ["LIFEBOAT_REPOSITORY", "LIFEBOAT_PASSWORD"] {
         assert!(!secret.1["stringData"][key].is_null(), "{key}");
     }
-    let role = kinds
-        .iter()
-        .find(|(k, _)| k == "ClusterRole")
-        .expect("a ClusterRole");
-    let rules = serde_json::to_string(&role.1["rules"]).unwrap();
+    // The roles: what each permits is tested on the real clusters (it::cluster); here, that the
+    // backup role writes only lifeboat's working objects and the restore role is apart.
+    let role = |name: &str| {
+        kinds
+            .iter()
+            .find(|(k, v)| k == "ClusterRole" && v["metadata"]["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("the ClusterRole {name}"))
+    };
+    let backup = role("lifeboat-backup");
+    let rules = serde_json::to_string(&backup.1["rules"]).unwrap();
     for needed in [
         "pods/exec",
         "volumesnapshots",
         "volumegroupsnapshots",
         "jobs",
-        "persistentvolumes",
         "volumesnapshotcontents",
-        "volumegroupsnapshotclasses",
-        "snapshotmetadataservices",
-        "serviceaccounts",
+        "persistentvolumeclaims",
     ] {
-        assert!(rules.contains(needed), "the ClusterRole grants {needed}");
+        assert!(rules.contains(needed), "the backup role grants {needed}");
     }
+    for rule in backup.1["rules"].as_sequence().unwrap() {
+        let on_everything = rule["resources"]
+            .as_sequence()
+            .is_some_and(|r| r.iter().any(|x| x.as_str() == Some("*")));
+        if on_everything {
+            let verbs: Vec<&str> = rule["verbs"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect();
+            assert_eq!(
+                verbs,
+                ["get", "list"],
+                "the backup role reads everything, writes nothing"
+            );
+        }
+    }
+    role("lifeboat-restore");
     let mover = kinds
         .iter()
         .filter(|(k, _)| k == "ServiceAccount")
