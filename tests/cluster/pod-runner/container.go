@@ -271,7 +271,12 @@ func (w *podWorker) startContainer(ctx context.Context, c *ctrState) (code int32
 		if ctx.Err() != nil {
 			return 0, false, false
 		}
-		w.logf("container %s: %v (retrying)", spec.Name, err)
+		w.mu.Lock()
+		same := c.state.Waiting != nil && c.state.Waiting.Message == err.Error()
+		w.mu.Unlock()
+		if !same {
+			w.logf("container %s: %v (retrying every 2s)", spec.Name, err)
+		}
 		w.waiting(c, "CreateContainerConfigError", err.Error())
 		return 0, true, true
 	}

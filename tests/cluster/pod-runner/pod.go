@@ -215,6 +215,7 @@ func (w *podWorker) setAllWaiting(reason, msg string) {
 // run runs the pod: volumes, init containers in order, then the containers.
 func (w *podWorker) run(ctx context.Context) {
 	w.pushStatus()
+	lastErr := ""
 	for {
 		err := w.setupVolumes(ctx)
 		if err == nil {
@@ -223,7 +224,10 @@ func (w *podWorker) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		w.logf("volumes: %v (retrying)", err)
+		if err.Error() != lastErr {
+			w.logf("volumes: %v (retrying every 2s)", err)
+			lastErr = err.Error()
+		}
 		w.setAllWaiting("ContainerCreating", "volumes not ready: "+err.Error())
 		w.pushStatus()
 		if !sleepCtx(ctx, 2*time.Second) {
