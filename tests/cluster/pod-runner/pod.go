@@ -440,6 +440,11 @@ var ownConds = map[v1.PodConditionType]bool{v1.PodReadyToStartContainers: true, 
 func (w *podWorker) pushStatus() {
 	w.statusMu.Lock()
 	defer w.statusMu.Unlock()
+	if w.r.isStopping() {
+		// The runner stops, not the pod: its status stays as it was (as a
+		// kubelet's stop leaves its pods), so a Never pod is not made Failed.
+		return
+	}
 	st := w.buildStatus()
 	if w.lastStatus != nil && reflect.DeepEqual(*w.lastStatus, st) {
 		return
