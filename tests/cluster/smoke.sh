@@ -3,8 +3,14 @@
 # PVCs (Filesystem and Block) bind, a VolumeSnapshot becomes ready, a
 # VolumeGroupSnapshot over a label selector becomes ready and its members carry
 # status.volumeGroupSnapshotName; a Block restore of a Filesystem snapshot is
-# refused until the content allows a volume mode change. The objects seen are
-# written to DIR/smoke/*.yaml. Exits non-zero naming the step that failed.
+# refused until the content allows a volume mode change. Then pods (run by the
+# pod runner): a Job writes a known pattern into a Filesystem claim's mount and
+# a Block claim's device; snapshots of both restored into new claims are read
+# back by a second Job and compared; a failing Job with FallbackToLogsOnError
+# shows its log tail as its termination message; `kubectl logs job/...` works;
+# a Deployment becomes Available; deleting the namespace finishes (pods gone,
+# nothing of theirs left mounted). The objects seen are written to
+# DIR/smoke/*.yaml. Exits non-zero naming the step that failed.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
@@ -17,7 +23,7 @@ mkdir -p "$OUT"
 NS="smoke-$(date +%s)"
 START=$SECONDS
 step() { log "smoke: $*"; }
-fail() { kubectl -n "$NS" get pvc,volumesnapshot,volumegroupsnapshot -o wide >&2 || true
+fail() { kubectl -n "$NS" get pvc,volumesnapshot,volumegroupsnapshot,pods,jobs,deployments -o wide >&2 || true
   kubectl -n "$NS" get events >&2 || true
   die "smoke: $*; the component logs are in $DIR/logs/"; }
 # kwait TIMEOUT WHAT ARGS...: kubectl wait, failing with WHAT.
@@ -166,7 +172,186 @@ VSC=$(kubectl -n "$NS" get volumesnapshot snap-fs -o jsonpath='{.status.boundVol
 kubectl annotate volumesnapshotcontent "$VSC" snapshot.storage.kubernetes.io/allow-volume-mode-change=true >/dev/null
 kwait 180 "the Block restore Bound after the annotation" --for=jsonpath='{.status.phase}'=Bound pvc/restore-block
 
-step "clean up $NS"
-kubectl delete namespace "$NS" --wait=false >/dev/null
+# --- pods, run by the pod runner ------------------------------------------
+# PATTERN NAME: 1 MiB of a known pattern (the same in the writer and the reader).
+step "a Job (image busybox, sh -c) writes a pattern into a Filesystem mount and a Block device"
+kubectl -n "$NS" apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: pod-fs}
+spec:
+  accessModes: [ReadWriteOnce]
+  volumeMode: Filesystem
+  resources: {requests: {storage: 16Mi}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: pod-block}
+spec:
+  accessModes: [ReadWriteOnce]
+  volumeMode: Block
+  resources: {requests: {storage: 8Mi}}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: writer}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: writer
+        image: busybox
+        command:
+        - sh
+        - -c
+        - |
+          set -e
+          yes "lifeboat smoke fs $NS" | head -c 1048576 >/data/pattern
+          yes "lifeboat smoke block $NS" | head -c 1048576 | dd of=/dev/xvda bs=65536 conv=fsync status=none
+          sync
+          echo "writer: fs \$(sha256sum </data/pattern | cut -c1-16) block \$(head -c 1048576 /dev/xvda | sha256sum | cut -c1-16)"
+        volumeMounts: [{name: data, mountPath: /data}]
+        volumeDevices: [{name: dev, devicePath: /dev/xvda}]
+      volumes:
+      - {name: data, persistentVolumeClaim: {claimName: pod-fs}}
+      - {name: dev, persistentVolumeClaim: {claimName: pod-block}}
+YAML
+kwait 120 "Job writer complete" --for=condition=complete job/writer
+kubectl -n "$NS" get pods -l job-name=writer -o yaml >"$OUT/writer-pods.yaml"
+WLOG=$(kubectl -n "$NS" logs job/writer 2>&1) || fail "kubectl logs job/writer failed: $WLOG"
+grep -q '^writer: fs [0-9a-f]\{16\} block [0-9a-f]\{16\}$' <<<"$WLOG" || fail "kubectl logs job/writer: unexpected output: $WLOG"
+step "kubectl logs job/writer: $WLOG"
+
+step "snapshots of both, restored into new claims"
+kubectl -n "$NS" apply -f - >/dev/null <<'YAML'
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshot
+metadata: {name: snap-pod-fs}
+spec:
+  source: {persistentVolumeClaimName: pod-fs}
+---
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshot
+metadata: {name: snap-pod-block}
+spec:
+  source: {persistentVolumeClaimName: pod-block}
+YAML
+kwait 120 "VolumeSnapshots snap-pod-fs, snap-pod-block readyToUse" --for=jsonpath='{.status.readyToUse}'=true \
+  volumesnapshot/snap-pod-fs volumesnapshot/snap-pod-block
+kubectl -n "$NS" apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: restored-fs}
+spec:
+  accessModes: [ReadWriteOnce]
+  volumeMode: Filesystem
+  resources: {requests: {storage: 16Mi}}
+  dataSource: {apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: snap-pod-fs}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: restored-block}
+spec:
+  accessModes: [ReadWriteOnce]
+  volumeMode: Block
+  resources: {requests: {storage: 8Mi}}
+  dataSource: {apiGroup: snapshot.storage.k8s.io, kind: VolumeSnapshot, name: snap-pod-block}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: reader}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: reader
+        image: busybox
+        command:
+        - sh
+        - -c
+        - |
+          fs_want=\$(yes "lifeboat smoke fs $NS" | head -c 1048576 | sha256sum)
+          fs_got=\$(sha256sum </data/pattern)
+          block_want=\$(yes "lifeboat smoke block $NS" | head -c 1048576 | sha256sum)
+          block_got=\$(head -c 1048576 /dev/xvda | sha256sum)
+          echo "reader: fs \$fs_got block \$block_got"
+          [ "\$fs_got" = "\$fs_want" ] || { echo "restored Filesystem data differs (want \$fs_want)"; exit 1; }
+          [ "\$block_got" = "\$block_want" ] || { echo "restored Block data differs (want \$block_want)"; exit 1; }
+          echo "reader: both restored volumes hold the pattern"
+        volumeMounts: [{name: data, mountPath: /data, readOnly: true}]
+        volumeDevices: [{name: dev, devicePath: /dev/xvda}]
+      volumes:
+      - {name: data, persistentVolumeClaim: {claimName: restored-fs}}
+      - {name: dev, persistentVolumeClaim: {claimName: restored-block}}
+YAML
+deadline=$((SECONDS + 120))
+until [[ $(kubectl -n "$NS" get job reader -o jsonpath='{.status.succeeded}{.status.failed}') =~ [1-9] ]]; do
+  ((SECONDS < deadline)) || fail "Job reader did not finish within 120s"
+  sleep 1
+done
+RLOG=$(kubectl -n "$NS" logs job/reader 2>&1 || true)
+echo "$RLOG" >"$OUT/reader.log"
+[[ $(kubectl -n "$NS" get job reader -o jsonpath='{.status.succeeded}') == 1 ]] ||
+  fail "the restored data differ from what the writer wrote: $RLOG"
+step "$(tail -1 <<<"$RLOG")"
+
+step "a failing Job with FallbackToLogsOnError: its log tail is the termination message"
+kubectl -n "$NS" apply -f - >/dev/null <<'YAML'
+apiVersion: batch/v1
+kind: Job
+metadata: {name: failing}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: failing
+        image: busybox
+        terminationMessagePolicy: FallbackToLogsOnError
+        command: [sh, -c, 'i=1; while [ $i -le 100 ]; do echo "line $i"; i=$((i+1)); done; echo smoke-failure-marker >&2; exit 3']
+YAML
+kwait 120 "Job failing failed" --for=condition=failed job/failing
+kubectl -n "$NS" get pods -l job-name=failing -o yaml >"$OUT/failing-pods.yaml"
+TERM_JSON=$(kubectl -n "$NS" get pods -l job-name=failing -o jsonpath='{.items[0].status.containerStatuses[0].state.terminated}')
+[[ $(jq -r .exitCode <<<"$TERM_JSON") == 3 && $(jq -r .reason <<<"$TERM_JSON") == Error ]] ||
+  fail "failing: expected exitCode 3, reason Error, got $TERM_JSON"
+# kubelet: the last 80 lines of the log (at most 2048 bytes): lines 22..100 and the marker.
+MSG=$(jq -r .message <<<"$TERM_JSON")
+[[ $(head -1 <<<"$MSG") == "line 22" && $(tail -1 <<<"$MSG") == smoke-failure-marker && $(grep -c . <<<"$MSG") == 80 ]] ||
+  fail "failing: the termination message is not the log's last 80 lines: $(head -c 200 <<<"$MSG")..."
+[[ $(kubectl -n "$NS" logs job/failing --tail=1 2>&1) == smoke-failure-marker ]] || fail "kubectl logs job/failing --tail=1 is not the marker"
+
+step "a Deployment (1 replica, sleep 3600) becomes Available"
+kubectl -n "$NS" apply -f - >/dev/null <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: sleeper}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: sleeper}}
+  template:
+    metadata: {labels: {app: sleeper}}
+    spec:
+      containers:
+      - {name: sleeper, image: busybox, command: [sleep, "3600"]}
+YAML
+kubectl -n "$NS" rollout status deployment/sleeper --timeout=90s >/dev/null 2>&1 || fail "Deployment sleeper was not rolled out within 90s"
+kwait 30 "Deployment sleeper Available" --for=condition=Available deployment/sleeper
+[[ $(kubectl -n "$NS" get deployment sleeper -o jsonpath='{.status.availableReplicas}') == 1 ]] || fail "Deployment sleeper: availableReplicas is not 1"
+kubectl -n "$NS" get pods -l app=sleeper -o yaml >"$OUT/sleeper-pods.yaml"
+
+step "delete $NS (waits until its pods are gone)"
+kubectl delete namespace "$NS" --timeout=120s >/dev/null 2>&1 || fail "deleting namespace $NS did not finish within 120s"
+kubectl get namespace "$NS" >/dev/null 2>&1 && fail "namespace $NS still exists"
+deadline=$((SECONDS + 30))
+while awk -v d="$DIR/pods/" 'index($5, d) == 1 {found=1} END {exit !found}' /proc/self/mountinfo; do
+  ((SECONDS < deadline)) || die "smoke: mounts left under $DIR/pods after the namespace was deleted"
+  sleep 1
+done
 log "smoke: passed in $((SECONDS - START))s (objects in $OUT)"
 echo "smoke: 1 passed, 0 failed"

@@ -38,15 +38,12 @@ export PATH="$CLUSTER_BIN:$PATH"
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
-if [[ ! -f $DIR/ports ]]; then
-  {
-    for p in ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SNAPSHOT_METADATA_PORT; do
-      echo "$p=$(free_port)"
-    done
-  } >"$DIR/ports"
-fi
+touch "$DIR/ports"
+for p in ETCD_PORT ETCD_PEER_PORT APISERVER_PORT KCM_PORT SNAPSHOT_METADATA_PORT KUBELET_PORT; do
+  grep -q "^$p=" "$DIR/ports" || echo "$p=$(free_port)" >>"$DIR/ports"
+done
 source "$DIR/ports"
-for p in $ETCD_PORT $ETCD_PEER_PORT $APISERVER_PORT $KCM_PORT $SNAPSHOT_METADATA_PORT; do
+for p in $ETCD_PORT $ETCD_PEER_PORT $APISERVER_PORT $KCM_PORT $SNAPSHOT_METADATA_PORT $KUBELET_PORT; do
   if (: </dev/tcp/127.0.0.1/"$p") 2>/dev/null; then
     die "port $p (from $DIR/ports) is taken; stop what uses it or remove $DIR/ports"
   fi
@@ -75,6 +72,10 @@ SERVER_EXT=$'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEn
 cert apiserver "/CN=kube-apiserver" "$SERVER_EXT"$'\nsubjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local'
 cert admin "/O=system:masters/CN=lifeboat-admin" "$CLIENT_EXT"
 cert kube-controller-manager "/CN=system:kube-controller-manager" "$CLIENT_EXT"
+# The pod runner's kubelet API (logs): its serving cert, and the client cert
+# the apiserver shows it.
+cert kubelet "/CN=$NODE_NAME" "$SERVER_EXT"$'\nsubjectAltName=IP:127.0.0.1,DNS:localhost,DNS:'"$NODE_NAME"
+cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$CLIENT_EXT"
 cert snapshot-metadata "/CN=csi-snapshot-metadata" "$SERVER_EXT"$'\nsubjectAltName=IP:127.0.0.1,DNS:localhost,DNS:csi-snapshot-metadata.default'
 if [[ ! -f $PKI/sa.key ]]; then
   ossl genrsa -out "$PKI/sa.key" 2048
@@ -153,6 +154,8 @@ start kube-apiserver kube-apiserver \
   --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
   --service-cluster-ip-range 10.0.0.0/24 \
   --endpoint-reconciler-type none \
+  --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+  --kubelet-certificate-authority "$PKI/ca.crt" --kubelet-preferred-address-types InternalIP,Hostname \
   --allow-privileged=true \
   --profiling=false
 wait_up 120 kube-apiserver kubectl get --raw /readyz
@@ -168,18 +171,6 @@ start kube-controller-manager kube-controller-manager \
   --root-ca-file "$PKI/ca.crt" \
   --controllers "$KCM_CONTROLLERS"
 wait_up 120 kube-controller-manager kubectl -n default get serviceaccount default
-
-# A Node object for things that look for one (no kubelet runs).
-kubectl apply -f - >>"$LOGS/setup.log" 2>&1 <<'YAML' || die "registering the node failed; read $LOGS/setup.log"
-apiVersion: v1
-kind: Node
-metadata:
-  name: lifeboat-node-0
-  labels: {kubernetes.io/hostname: lifeboat-node-0, kubernetes.io/os: linux}
-YAML
-kubectl patch node lifeboat-node-0 --subresource=status --type=merge -p \
-  '{"status":{"conditions":[{"type":"Ready","status":"True","reason":"LifeboatTestNode","message":"no kubelet: a registered node object only"}]}}' \
-  >>"$LOGS/setup.log" 2>&1 || die "marking the node Ready failed; read $LOGS/setup.log"
 
 # --- CSI: CRDs from the external-snapshotter module source in the module cache
 SNAP_CLIENT=$(go mod download -json "github.com/kubernetes-csi/external-snapshotter/client/v8@$SNAPSHOTTER_VERSION" | jq -r .Dir)
@@ -246,6 +237,24 @@ CSI_SOCK="$DIR/csi/csi.sock"
 start csi-hostpath csi-hostpath -endpoint "unix://$CSI_SOCK" -datadir "$DIR/csi/data" \
   -drivername hostpath.csi.k8s.io -nodeid lifeboat-node-0
 wait_up 30 csi-hostpath test -S "$CSI_SOCK"
+
+# The node: the pod runner (our minimal kubelet) registers lifeboat-node-0,
+# binds and runs pods. Images are mapped to host binaries by DIR/images.
+if [[ ! -f $DIR/images ]]; then
+  cat >"$DIR/images" <<'IMAGES'
+# The pod runner's image map (re-read for every container start): lines
+# IMAGE-PREFIX /host/path/to/binary. A container whose image starts with a
+# prefix runs that binary (its entrypoint) with the container's args, or its
+# command if set; any other image runs command+args as written, on the host.
+# e.g.: ghcr.io/lifeboat-dr/lifeboat /path/to/target/debug/lifeboat
+IMAGES
+fi
+mkdir -p "$DIR/pods"
+start pod-runner pod-runner -kubeconfig "$DIR/kubeconfig" -node "$NODE_NAME" -dir "$DIR" \
+  -csi-endpoint "unix://$CSI_SOCK" -csi-driver hostpath.csi.k8s.io -port "$KUBELET_PORT" \
+  -tls-cert "$PKI/kubelet.crt" -tls-key "$PKI/kubelet.key" -client-ca "$PKI/ca.crt" \
+  -apiserver-port "$APISERVER_PORT" -kubelet-version "$K8S_VERSION"
+wait_up 30 pod-runner bash -c "[[ \$(kubectl get node $NODE_NAME -o jsonpath='{.status.daemonEndpoints.kubeletEndpoint.Port}') == $KUBELET_PORT ]]"
 
 start snapshot-controller snapshot-controller --kubeconfig "$DIR/kubeconfig" \
   --leader-election=false --feature-gates=CSIVolumeGroupSnapshot=true --v=3

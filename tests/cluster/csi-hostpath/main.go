@@ -6,8 +6,11 @@
 // (volume group snapshots) and SnapshotMetadata (allocated and changed blocks)
 // services. A volume is a sparse file of its capacity under -datadir, a
 // snapshot a copy of it; metadata is kept in JSON files beside them, so the
-// plugin can be restarted. There is no Node service (no kubelet in the test
-// cluster): nothing is mounted.
+// plugin can be restarted. The Node service publishes a volume for the pod
+// runner (tests/cluster/pod-runner): the file is attached to a loop device,
+// which is bind-mounted at the target (Block) or formatted (ext4, on first use)
+// and mounted there (Mount); which loop device serves which target is kept in
+// JSON files too (publications/), so an unpublish after a restart finds it.
 package main
 
 import (
@@ -23,6 +26,7 @@ import (
 	"log"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -333,6 +337,16 @@ func (d *driver) takeSnapshot(name, vid, groupID string) (snapshot, error) {
 	if err := d.load("volumes", vid, &v); err != nil {
 		return s, status.Errorf(codes.NotFound, "volume %s", vid)
 	}
+	// A published volume: flush what reached its loop device (the "disk"),
+	// as a storage system's snapshot sees what was written to it.
+	for _, p := range d.publications() {
+		if p.VolumeID == vid && p.Loop != "" {
+			if f, err := os.OpenFile(p.Loop, os.O_RDONLY, 0); err == nil {
+				f.Sync()
+				f.Close()
+			}
+		}
+	}
 	if err := copySparse(d.path("volumes", vid, ".img"), d.path("snapshots", s.ID, ".img"), v.Capacity); err != nil {
 		return s, status.Errorf(codes.Internal, "snapshot %s: %v", vid, err)
 	}
@@ -585,14 +599,223 @@ func (d *driver) GetMetadataDelta(req *csi.GetMetadataDeltaRequest, srv csi.Snap
 	})
 }
 
-// Node: only NodeGetInfo, for sidecars that ask.
+// Node
 
 func (d *driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
 	return &csi.NodeGetInfoResponse{NodeId: *nodeID}, nil
 }
 
+// NodeGetCapabilities: no STAGE_UNSTAGE_VOLUME (a publish does everything).
 func (d *driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
 	return &csi.NodeGetCapabilitiesResponse{}, nil
+}
+
+// publication is a published target: which volume, through which loop device.
+type publication struct {
+	VolumeID string `json:"volumeId"`
+	Target   string `json:"target"`
+	Loop     string `json:"loop"`
+	Block    bool   `json:"block"`
+	ReadOnly bool   `json:"readOnly"`
+}
+
+func run(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// mounted reports whether path is a mount point (in /proc/self/mountinfo).
+func mounted(path string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && unescapeMount(f[4]) == path {
+			return true
+		}
+	}
+	return false
+}
+
+func unescapeMount(s string) string {
+	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
+	return r.Replace(s)
+}
+
+// loopFor returns a loop device attached to file (d.mu held): one already
+// attached (another publication of the same volume shares it), else a new one.
+func loopFor(file string) (string, error) {
+	out, err := run("losetup", "--noheadings", "--output", "NAME", "--associated", file)
+	if err != nil {
+		return "", err
+	}
+	if f := strings.Fields(out); len(f) > 0 {
+		return f[0], nil
+	}
+	out, err = run("losetup", "--find", "--show", file)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(out), nil
+}
+
+func (d *driver) publications() []publication {
+	var out []publication
+	for _, id := range d.list("publications") {
+		var p publication
+		if d.load("publications", id, &p) == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (d *driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	target := req.GetTargetPath()
+	if req.GetVolumeId() == "" || target == "" || req.GetVolumeCapability() == nil {
+		return nil, status.Error(codes.InvalidArgument, "volume id, target path or volume capability missing")
+	}
+	block := req.GetVolumeCapability().GetBlock() != nil
+	mnt := req.GetVolumeCapability().GetMount()
+	if !block && mnt == nil {
+		return nil, status.Error(codes.InvalidArgument, "access type neither block nor mount")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var v volume
+	if err := d.load("volumes", req.GetVolumeId(), &v); err != nil {
+		return nil, status.Errorf(codes.NotFound, "volume %s", req.GetVolumeId())
+	}
+	pid := idFor("pub", target)
+	var old publication
+	if err := d.load("publications", pid, &old); err == nil && mounted(target) {
+		if old.VolumeID != v.ID || old.Block != block {
+			return nil, status.Errorf(codes.AlreadyExists, "%s is published for volume %s (block=%v)", target, old.VolumeID, old.Block)
+		}
+		return &csi.NodePublishVolumeResponse{}, nil
+	}
+	img := d.path("volumes", v.ID, ".img")
+	loop, err := loopFor(img)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "loop device for %s: %v", v.ID, err)
+	}
+	p := publication{VolumeID: v.ID, Target: target, Loop: loop, Block: block, ReadOnly: req.GetReadonly()}
+	// Stored before mounting, so that an unpublish after a failure finds the loop device.
+	if err := d.store("publications", pid, p); err != nil {
+		return nil, status.Errorf(codes.Internal, "store publication: %v", err)
+	}
+	fail := func(err error) (*csi.NodePublishVolumeResponse, error) {
+		d.release(pid, p)
+		return nil, status.Errorf(codes.Internal, "publish %s at %s: %v", v.ID, target, err)
+	}
+	if block {
+		f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY, 0o600)
+		if err != nil {
+			return fail(err)
+		}
+		f.Close()
+		if _, err := run("mount", "--bind", loop, target); err != nil {
+			return fail(err)
+		}
+		if p.ReadOnly {
+			if _, err := run("mount", "-o", "remount,bind,ro", target); err != nil {
+				return fail(err)
+			}
+		}
+	} else {
+		fsType := mnt.GetFsType()
+		if fsType == "" {
+			fsType = "ext4"
+		}
+		// blkid -p exits 2 when it finds no filesystem: a blank volume,
+		// formatted on first use as a real driver does.
+		switch out, err := exec.Command("blkid", "-p", loop).CombinedOutput(); {
+		case err == nil:
+		case isExit(err, 2):
+			if _, err := run("mkfs."+fsType, "-q", loop); err != nil {
+				return fail(err)
+			}
+			log.Printf("formatted %s (%s) as %s", v.ID, loop, fsType)
+		default:
+			return fail(fmt.Errorf("blkid -p %s: %v: %s", loop, err, out))
+		}
+		if err := os.MkdirAll(target, 0o750); err != nil {
+			return fail(err)
+		}
+		opts := append([]string(nil), mnt.GetMountFlags()...)
+		if p.ReadOnly {
+			opts = append(opts, "ro")
+		}
+		args := []string{"-t", fsType}
+		if len(opts) > 0 {
+			args = append(args, "-o", strings.Join(opts, ","))
+		}
+		if _, err := run("mount", append(args, loop, target)...); err != nil {
+			return fail(err)
+		}
+	}
+	log.Printf("published %s (%s, block=%v, ro=%v) at %s", v.ID, loop, block, p.ReadOnly, target)
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+func isExit(err error, code int) bool {
+	var ee *exec.ExitError
+	return errors.As(err, &ee) && ee.ExitCode() == code
+}
+
+// release unmounts a publication's target, removes it, detaches its loop
+// device unless another publication uses it, and forgets it (d.mu held).
+func (d *driver) release(pid string, p publication) error {
+	for mounted(p.Target) {
+		if _, err := run("umount", p.Target); err != nil {
+			return err
+		}
+	}
+	if err := os.Remove(p.Target); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	os.Remove(d.path("publications", pid, ".json"))
+	shared := false
+	for _, o := range d.publications() {
+		if o.Loop == p.Loop {
+			shared = true
+		}
+	}
+	if !shared && p.Loop != "" {
+		// Only if it still serves this volume's file (not reused since).
+		out, _ := run("losetup", "--noheadings", "--output", "BACK-FILE", p.Loop)
+		if strings.TrimSpace(out) == d.path("volumes", p.VolumeID, ".img") {
+			if _, err := run("losetup", "--detach", p.Loop); err != nil {
+				return err
+			}
+		}
+	}
+	log.Printf("unpublished %s (%s) from %s", p.VolumeID, p.Loop, p.Target)
+	return nil
+}
+
+func (d *driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	target := req.GetTargetPath()
+	if req.GetVolumeId() == "" || target == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume id or target path missing")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	pid := idFor("pub", target)
+	var p publication
+	if err := d.load("publications", pid, &p); err != nil {
+		// Not ours (or already unpublished): make sure nothing is left mounted.
+		p = publication{VolumeID: req.GetVolumeId(), Target: target}
+	}
+	if err := d.release(pid, p); err != nil {
+		return nil, status.Errorf(codes.Internal, "unpublish %s from %s: %v", req.GetVolumeId(), target, err)
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
 
 func main() {
@@ -602,7 +825,7 @@ func main() {
 	}
 	sock := strings.TrimPrefix(*endpoint, "unix://")
 	d := &driver{dir: *dataDir}
-	for _, k := range []string{"volumes", "snapshots", "groups"} {
+	for _, k := range []string{"volumes", "snapshots", "groups", "publications"} {
 		if err := os.MkdirAll(filepath.Join(d.dir, k), 0o755); err != nil {
 			log.Fatal(err)
 		}

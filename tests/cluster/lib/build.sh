@@ -126,14 +126,21 @@ build_csi() {
   CSI_K8S_LIBS="" LOCAL_REPLACE_VERSION=v0.1.0 build_upstream external-snapshot-metadata \
     github.com/kubernetes-csi/external-snapshot-metadata "$SNAPSHOT_METADATA_VERSION" \
     "-X main.version=$SNAPSHOT_METADATA_VERSION" cmd/csi-snapshot-metadata examples/snapshot-metadata-lister
-  # The test plugin, from this repository (tests/cluster/csi-hostpath).
-  local sum
-  sum=$(cat "$HERE/csi-hostpath/go.mod" "$HERE/csi-hostpath/go.sum" "$HERE/csi-hostpath/"*.go | sha256sum | cut -c1-16)
-  if [[ ! -f $CLUSTER_BIN/.csi-hostpath-$sum ]]; then
-    timed "csi-hostpath (tests/cluster/csi-hostpath)" \
-      bash -c "cd '$HERE/csi-hostpath' && ${GO_BUILD[*]} -ldflags='-s -w' -o '$CLUSTER_BIN/csi-hostpath' ."
-    rm -f "$CLUSTER_BIN"/.csi-hostpath-*
-    touch "$CLUSTER_BIN/.csi-hostpath-$sum"
+  # The test plugin and the pod runner, from this repository.
+  build_local csi-hostpath
+  build_local pod-runner
+}
+
+# build_local NAME: the Go module tests/cluster/NAME into $CLUSTER_BIN/NAME,
+# again whenever its sources change (a stamp named by their content hash).
+build_local() {
+  local name=$1 sum
+  sum=$(cat "$HERE/$name/go.mod" "$HERE/$name/go.sum" "$HERE/$name/"*.go | sha256sum | cut -c1-16)
+  if [[ ! -f $CLUSTER_BIN/.$name-$sum || ! -x $CLUSTER_BIN/$name ]]; then
+    timed "$name (tests/cluster/$name)" \
+      bash -c "cd '$HERE/$name' && ${GO_BUILD[*]} -ldflags='-s -w' -o '$CLUSTER_BIN/$name' ."
+    rm -f "$CLUSTER_BIN/.$name-"*
+    touch "$CLUSTER_BIN/.$name-$sum"
   fi
 }
 
