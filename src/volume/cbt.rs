@@ -94,8 +94,8 @@ pub struct DeltaRequest {
     pub security_token: String,
     #[prost(string, tag = "2")]
     pub namespace: String,
-    /// The base snapshot: its CSI snapshot handle (`base_snapshot_id`, API v1beta1), or its
-    /// VolumeSnapshot name (`base_snapshot_name`, v1alpha1); the same field on the wire.
+    /// The base snapshot's CSI snapshot handle (`base_snapshot_id`; the sidecar's first
+    /// release, v0.1.0, took the VolumeSnapshot name in the same field).
     #[prost(string, tag = "3")]
     pub base_snapshot: String,
     #[prost(string, tag = "4")]

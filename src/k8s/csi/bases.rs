@@ -41,8 +41,6 @@ pub struct MetadataService {
     /// `spec.caCert` as stored: PEM in base64.
     pub ca_cert: String,
     pub audience: String,
-    /// v1beta1 takes the base snapshot by CSI handle, v1alpha1 by VolumeSnapshot name.
-    pub base_by_handle: bool,
 }
 
 /// The base of a claim's next delta: the VolumeSnapshot its newest repository snapshot
@@ -75,7 +73,7 @@ impl Csi {
         &self,
         driver: &str,
     ) -> Result<Option<MetadataService>, LiveError> {
-        for (version, by_handle) in [("v1beta1", true), ("v1alpha1", false)] {
+        for version in ["v1beta1", "v1alpha1"] {
             let api =
                 Api::<DynamicObject>::all_with(self.client.clone(), &metadata_services(version));
             let found = match api.get_opt(driver).await {
@@ -96,7 +94,6 @@ impl Csi {
                 address: s("/spec/address"),
                 ca_cert: s("/spec/caCert"),
                 audience: s("/spec/audience"),
-                base_by_handle: by_handle,
             };
             if svc.address.is_empty() || svc.ca_cert.is_empty() || svc.audience.is_empty() {
                 tracing::warn!(driver, "SnapshotMetadataService {driver} lacks an address, caCert or audience: not used");
@@ -135,16 +132,12 @@ impl Csi {
         Ok((bases.len() == 1).then(|| bases.remove(0)))
     }
 
-    /// How the service names the base: its CSI snapshot handle (v1beta1), or its name.
-    async fn base_id(
-        &self,
-        ns: &str,
-        base: &Base,
-        svc: &MetadataService,
-    ) -> Result<Option<String>, LiveError> {
-        if !svc.base_by_handle {
-            return Ok(Some(base.snapshot.clone()));
-        }
+    /// How the service names the base: its CSI snapshot handle (`base_snapshot_id`), from the
+    /// base's VolumeSnapshotContent. The external-snapshot-metadata sidecar takes the handle
+    /// whichever version of the `SnapshotMetadataService` object it is advertised by (v0.2.0
+    /// serves the v1alpha1 object and takes the handle: seen on the test cluster, whose
+    /// sidecar answered NotFound to a VolumeSnapshot name).
+    async fn base_id(&self, ns: &str, base: &Base) -> Result<Option<String>, LiveError> {
         let api =
             Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &volume_snapshots());
         let snap = api.get(&base.snapshot).await.map_err(api_err(format!(
@@ -194,7 +187,7 @@ impl Csi {
             return Ok(None);
         }
         let base = match self.base_of(&s.claim).await? {
-            Some(b) => self.base_id(ns, &b, svc).await?.map(|id| (id, b)),
+            Some(b) => self.base_id(ns, &b).await?.map(|id| (id, b)),
             None => None,
         };
         Ok(Some(DeltaMount {
