@@ -313,6 +313,9 @@ fn drill_text(report: &DrillReport) -> String {
         report.objects_restored,
         report.objects_verified
     );
+    for d in &report.differences {
+        out.push_str(&format!("\n  differs: {d}"));
+    }
     for v in &report.volumes {
         out.push_str(&format!(
             "\n  volume {}: {} blocks verified against snapshot {} ({}): {}",

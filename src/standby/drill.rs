@@ -41,6 +41,8 @@ pub struct DrillReport {
     pub backup_time: OffsetDateTime,
     pub objects_restored: usize,
     pub objects_verified: usize,
+    /// For each object not verified, where it differs from the backup (live sites).
+    pub differences: Vec<String>,
     pub volumes: Vec<DrillVolume>,
     /// Seconds from the start of the drill until everything was restored and verified.
     pub rto_seconds: f64,
@@ -58,6 +60,7 @@ impl DrillReport {
             backup_time: backup.time,
             objects_restored: 0,
             objects_verified: 0,
+            differences: Vec::new(),
             volumes: Vec::new(),
             rto_seconds: 0.0,
             rpo_seconds: 0.0,
@@ -229,15 +232,42 @@ fn apply_and_check(site: &ClusterDir, plan: &[Planned]) -> Result<(usize, usize)
 /// defaults inside them. Server-kept fields (`status`, uid, resourceVersion, …) are not
 /// compared.
 pub fn holds(live: &Value, planned: &Value) -> bool {
-    fn within(live: &Value, planned: &Value) -> bool {
+    difference(live, planned).is_none()
+}
+
+/// Where `live` first fails to hold `planned` (see [`holds`]): the field's JSON pointer and
+/// both values; None when it holds.
+pub fn difference(live: &Value, planned: &Value) -> Option<String> {
+    fn is_empty(v: &Value) -> bool {
+        match v {
+            Value::Object(m) => m.is_empty(),
+            Value::Array(a) => a.is_empty(),
+            Value::Null => true,
+            _ => false,
+        }
+    }
+    fn first(live: &Value, planned: &Value, at: &str) -> Option<String> {
         match (live, planned) {
-            (Value::Object(l), Value::Object(p)) => p
+            (Value::Object(l), Value::Object(p)) => p.iter().find_map(|(k, v)| {
+                let here = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
+                match l.get(k) {
+                    Some(lv) => first(lv, v, &here),
+                    // The API server drops empty maps and lists (an annotations map left empty
+                    // by sanitising, say): absent holds them.
+                    None if is_empty(v) => None,
+                    None => Some(format!("{here}: the backup has {v}, the site none")),
+                }
+            }),
+            (Value::Array(l), Value::Array(p)) if l.len() == p.len() => l
                 .iter()
-                .all(|(k, v)| l.get(k).is_some_and(|lv| within(lv, v))),
-            (Value::Array(l), Value::Array(p)) => {
-                l.len() == p.len() && l.iter().zip(p).all(|(a, b)| within(a, b))
-            }
-            (l, p) => l == p,
+                .zip(p)
+                .enumerate()
+                .find_map(|(i, (a, b))| first(a, b, &format!("{at}/{i}"))),
+            (l, p) if l == p => None,
+            (l, p) => Some(format!(
+                "{}: the backup has {p}, the site {l}",
+                if at.is_empty() { "/" } else { at }
+            )),
         }
     }
     let mut planned = planned.clone();
@@ -255,7 +285,7 @@ pub fn holds(live: &Value, planned: &Value) -> bool {
             m.remove(k);
         }
     }
-    within(live, &planned)
+    first(live, &planned, "")
 }
 
 /// The live form of [`drill_cluster_dir`]: restores `backup` (namespace `ns`) into the new
@@ -319,11 +349,17 @@ pub async fn drill_live(
     report.rto_seconds = started.elapsed().as_secs_f64();
     let refs: Vec<ObjRef> = plan.iter().map(|p| p.target.clone()).collect();
     let found = live.values(&refs).await?;
-    report.objects_verified = plan
-        .iter()
-        .zip(&found)
-        .filter(|(p, f)| f.as_ref().is_some_and(|f| holds(f, &p.value)))
-        .count();
+    for (p, f) in plan.iter().zip(&found) {
+        match f.as_ref().map(|f| difference(f, &p.value)) {
+            Some(None) => report.objects_verified += 1,
+            Some(Some(d)) => report
+                .differences
+                .push(format!("{}: {d}", p.target.display())),
+            None => report
+                .differences
+                .push(format!("{}: not on the site", p.target.display())),
+        }
+    }
     report.rpo_seconds = (now - backup.time).as_seconds_f64().max(0.0);
     if remove {
         live.remove_namespace(into).await?;
@@ -391,5 +427,19 @@ mod tests {
         let mut other = live.clone();
         other["spec"]["replicas"] = json!(0);
         assert!(!holds(&other, &planned));
+        assert_eq!(
+            difference(&other, &planned).unwrap(),
+            "/spec/replicas: the backup has 3, the site 0"
+        );
+        // An empty map the API server dropped holds.
+        let mut with_empty = planned.clone();
+        with_empty["metadata"]["annotations"] = json!({});
+        assert!(holds(&live, &with_empty));
+        other["spec"]["template"]["spec"]["containers"] = json!([]);
+        other["spec"]["replicas"] = json!(3);
+        assert_eq!(
+            difference(&other, &planned).unwrap(),
+            "/spec/template/spec/containers: the backup has [{\"name\":\"api\"}], the site []"
+        );
     }
 }

@@ -225,6 +225,18 @@ pub fn skip_reason(r: &ObjRef, v: &Value, set: &HashSet<ObjRef>) -> Option<Strin
         ("", "Secret") if str_at("/type") == Some("kubernetes.io/service-account-token") => {
             return Some("service-account token: the target cluster issues its own".into())
         }
+        // Published into every namespace by the cluster itself (kube-controller-manager's
+        // root-ca-cert-publisher; OpenShift's service CA operator): the source cluster's CA,
+        // which would make the target's pods distrust their own API server until the
+        // publisher puts it back. Found by the drill on the real test clusters.
+        ("", "ConfigMap")
+            if matches!(
+                r.name.as_str(),
+                "kube-root-ca.crt" | "openshift-service-ca.crt"
+            ) =>
+        {
+            return Some("the cluster's own CA bundle: the target cluster publishes its own".into())
+        }
         ("", "Pod") if matches!(str_at("/status/phase"), Some("Succeeded") | Some("Failed")) => {
             return Some("completed pod".into())
         }
@@ -513,5 +525,7 @@ mod tests {
             "owner not restored: the pod is kept");
         assert!(reason(json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "svc", "namespace": "n"}})).is_some());
         assert!(reason(json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "external", "namespace": "n"}})).is_none());
+        assert!(reason(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt", "namespace": "n"}})).is_some());
+        assert!(reason(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ca.crt", "namespace": "n"}})).is_none());
     }
 }
