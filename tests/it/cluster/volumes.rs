@@ -282,3 +282,99 @@ async fn block_and_filesystem_claims_move_through_a_group_snapshot_and_restore_b
     primary.kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
     dr.kubectl_ok(&["delete", "namespace", &target, "--wait=false"]);
 }
+
+/// What goes wrong before or in the movers is said, and leaves nothing behind: a namespace
+/// without the movers' Secret fails before any snapshot; a group class that does not exist is
+/// named; a mover that cannot reach the repository fails the backup, which records nothing.
+/// `--group-snapshot-class none` takes VolumeSnapshots back to back.
+#[test]
+fn failures_around_the_movers_are_named_and_leave_nothing_behind() {
+    let Some(primary) = site(Role::Primary) else {
+        return;
+    };
+    let d = tmp();
+    let repo = init_repo(d.path());
+    let ns = primary.namespace("fail");
+    claims(primary, &ns);
+    let backup = |name: &str, extra: &[&str]| {
+        run(primary
+            .lifeboat(&repo)
+            .args(["backup", "create", name, "-n", &ns])
+            .args(extra))
+    };
+    let snapshots = || {
+        primary.kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "volumesnapshots,volumegroupsnapshots,jobs",
+            "-o",
+            "name",
+        ])
+    };
+
+    let r = backup("no-secret", &[]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("Secret {ns}/lifeboat-repository"))
+            && r.stderr.contains("deploy/mover-secret.yaml"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(snapshots().trim(), "", "nothing was snapshotted");
+    assert!(
+        primary
+            .get(&["-n", &ns, "secret", "lifeboat-repository"])
+            .is_none(),
+        "not planted"
+    );
+
+    mover_secret(primary, &ns, &repo);
+    let r = backup("no-class", &["--group-snapshot-class", "nope"]);
+    assert_ne!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("nope"), "{}", r.stderr);
+
+    // Back to back: one VolumeSnapshot per claim, no group.
+    let out = json(&ok(backup(
+        "single",
+        &["--json", "--group-snapshot-class", "none"],
+    )));
+    let vols = out["volumes"].as_array().unwrap();
+    assert_eq!(vols.len(), 2, "{out:#}");
+    assert!(vols.iter().all(|v| v["method"] == "csi"), "{out:#}");
+
+    // Movers pointed at a repository that is not there.
+    primary.kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "secret",
+        "lifeboat-repository",
+        "--type=merge",
+        "-p",
+        &format!(
+            r#"{{"stringData":{{"LIFEBOAT_REPOSITORY":"{}"}}}}"#,
+            d.path().join("elsewhere").display()
+        ),
+    ]);
+    let r = backup("lost", &[]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("lifeboat-backup-lost"),
+        "names the Job: {}",
+        r.stderr
+    );
+    let list = ok(run(crate::support::lb(&repo).args(["backup", "list"])));
+    assert!(
+        !list.stdout.contains("lost"),
+        "recorded nothing: {}",
+        list.stdout
+    );
+    let left = primary.kubectl_ok(&["-n", &ns, "get", "pvc,jobs", "-o", "name"]);
+    assert!(
+        !left.contains("lifeboat-"),
+        "clones and Jobs removed: {left}"
+    );
+    primary.kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
+}
