@@ -146,6 +146,13 @@ build_local() {
 
 build_all() {
   mkdir -p "$CLUSTER_BIN"
+  # One build at a time per cache: a second up.sh (or build.sh) waits for the first's build
+  # and then finds its stamps. The lock is released when this shell exits.
+  exec 8>"$CLUSTER_CACHE/build.lock"
+  if ! flock -n 8; then
+    log "another build into $CLUSTER_CACHE is running; waiting for it"
+    flock 8
+  fi
   BUILD_LOG="$CLUSTER_CACHE/build.log"
   : >"$BUILD_LOG"
   command -v go >/dev/null || die "go is not installed (needs Go 1.26)"
@@ -154,4 +161,5 @@ build_all() {
   build_etcd
   build_k8s
   build_csi
+  flock -u 8
 }
