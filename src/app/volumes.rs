@@ -329,7 +329,7 @@ pub async fn backup_live(
     }
     let exec: Arc<dyn Exec> = Arc::new(KubeExec::new(live));
     let (step_csi, step_name) = (csi.clone(), name.to_string());
-    let (outcome, report) = around(
+    let (outcome, mut report) = around(
         exec,
         &pods,
         &opts.pre,
@@ -352,7 +352,15 @@ pub async fn backup_live(
         }
         let volume = volume_name(&s.claim.namespace, &s.claim.name);
         let label = match csi.move_to_repository(name, s, &volume).await {
-            Ok(l) => l,
+            Ok((l, note)) => {
+                if let Some(note) = note {
+                    report.warnings.push(format!(
+                        "claim {}/{}: {note}; its mover compared hashes instead (slower, same data)",
+                        s.claim.namespace, s.claim.name
+                    ));
+                }
+                l
+            }
             Err(e) => {
                 moved = Err(e.into());
                 break;

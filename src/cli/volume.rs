@@ -33,7 +33,7 @@ pub struct CsiDeltaArgs {
     /// Namespace of the two VolumeSnapshots.
     #[arg(long, hide = true)]
     csi_delta_namespace: Option<String>,
-    /// The base snapshot (its CSI snapshot handle, or name for a v1alpha1 service).
+    /// The base snapshot's CSI snapshot handle.
     #[arg(long, hide = true)]
     csi_delta_base: Option<String>,
     /// The VolumeSnapshot being read.
@@ -43,6 +43,10 @@ pub struct CsiDeltaArgs {
     /// ranges are used only when NAME's newest snapshot carries it.
     #[arg(long, hide = true)]
     csi_delta_parent: Option<String>,
+    /// Write why the changed blocks were not used, when they were not, here (the mover
+    /// Job's termination message, which lifeboat turns into a warning of the backup).
+    #[arg(long, value_name = "FILE", hide = true)]
+    csi_delta_report_file: Option<PathBuf>,
 }
 
 impl CsiDeltaArgs {
@@ -132,7 +136,10 @@ pub(super) async fn volume(ctx: &Ctx<'_>, cmd: &VolumeCommand) -> Result<(), Err
             opts.changed_ranges = changed_ranges.clone();
             opts.full = *full;
             opts.label = label.clone();
-            backup(ctx, opts, csi_delta.delta()).await
+            let delta = csi_delta
+                .delta()
+                .map(|d| (d, csi_delta.csi_delta_report_file.clone()));
+            backup(ctx, opts, delta).await
         }
         VolumeCommand::Restore {
             snapshot,
@@ -159,12 +166,22 @@ pub(super) async fn volume(ctx: &Ctx<'_>, cmd: &VolumeCommand) -> Result<(), Err
 async fn backup(
     ctx: &Ctx<'_>,
     mut opts: BackupOptions,
-    delta: Option<CsiDelta>,
+    delta: Option<(CsiDelta, Option<PathBuf>)>,
 ) -> Result<(), Error> {
     let name = opts.name.clone();
     let repo = ctx.open_shared(&format!("volume backup {name}")).await?;
-    if let Some(d) = &delta {
-        opts.given_ranges = mover::changed_ranges(&repo, &name, d, &ctx.cancel).await;
+    if let Some((d, report)) = &delta {
+        match mover::changed_ranges(&repo, &name, d, &ctx.cancel).await {
+            Ok(given) => opts.given_ranges = Some(given),
+            Err(why) => {
+                if let Some(f) = report {
+                    let text = format!("changed blocks not used: {why}");
+                    if let Err(e) = std::fs::write(f, text) {
+                        tracing::warn!("cannot write {}: {e}", f.display());
+                    }
+                }
+            }
+        }
     }
     let pb = ctx.progress(&format!("backup {name}"));
     let out = backup_volume(repo, &opts, &pb).await?;

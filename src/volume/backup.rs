@@ -97,7 +97,9 @@ impl BackupOptions {
 #[derive(Debug, Clone)]
 pub struct GivenRanges {
     pub source: String,
-    pub capacity: u64,
+    /// The volume size the ranges were computed for; None when the service did not say
+    /// (it sent no message: nothing changed).
+    pub capacity: Option<u64>,
     pub ranges: Vec<crate::volume::diff::ByteRange>,
 }
 
@@ -361,11 +363,11 @@ fn given_ranges(opts: &BackupOptions, size: u64) -> Result<Option<Vec<ByteRange>
             validate_ranges(&p.display().to_string(), &r, size)?;
             Some(r)
         }
-        (None, Some(g)) if g.capacity != size => {
+        (None, Some(g)) if g.capacity.is_some_and(|c| c != size) => {
             tracing::warn!(
                 "{} describes a volume of {} bytes, the source has {size}: comparing hashes instead",
                 g.source,
-                g.capacity
+                g.capacity.unwrap_or_default()
             );
             None
         }

@@ -33,7 +33,7 @@ pub struct CsiDelta {
     pub token_file: PathBuf,
     /// Namespace of the two VolumeSnapshots.
     pub namespace: String,
-    /// The base snapshot (its CSI snapshot handle, or name for a v1alpha1 service).
+    /// The base snapshot's CSI snapshot handle.
     pub base: String,
     /// The VolumeSnapshot being read.
     pub target: String,
@@ -43,20 +43,19 @@ pub struct CsiDelta {
 }
 
 impl CsiDelta {
-    /// The service's endpoint: the CA decoded, the token read. None (and a warning) when the
-    /// token cannot be read.
-    pub fn endpoint(&self) -> Option<Endpoint> {
+    /// The service's endpoint: the CA decoded, the token read; why not when the token cannot
+    /// be read.
+    pub fn endpoint(&self) -> Result<Endpoint, String> {
         let token = match std::fs::read_to_string(&self.token_file) {
             Ok(t) => t.trim().to_string(),
             Err(e) => {
-                tracing::warn!(
-                    "cannot read the ServiceAccount token {}: {e}; comparing hashes instead",
+                return Err(format!(
+                    "cannot read the ServiceAccount token {}: {e}",
                     self.token_file.display()
-                );
-                return None;
+                ))
             }
         };
-        Some(Endpoint {
+        Ok(Endpoint {
             address: self.address.clone(),
             ca_pem: ca_pem(&self.ca),
             token,
@@ -83,39 +82,35 @@ pub fn ca_pem(ca: &str) -> Vec<u8> {
 
 /// Whether the newest snapshot of volume `name` was read from the base VolumeSnapshot (its
 /// source is `parent`); only then do the service's ranges describe what changed since it.
-pub async fn parent_is_base(repo: &Repository, name: &str, parent: &str) -> bool {
+/// Err: why not.
+pub async fn parent_is_base(repo: &Repository, name: &str, parent: &str) -> Result<(), String> {
     match repo.latest_of(name).await {
-        Ok(Some((_, p))) if p.source == parent => true,
-        Ok(found) => {
-            tracing::warn!(
-                volume = name,
-                newest = found.map(|(_, p)| p.source).unwrap_or_default(),
-                expected = parent,
-                "the newest snapshot was not read from the base VolumeSnapshot: comparing hashes instead of asking for changed blocks"
-            );
-            false
-        }
-        Err(e) => {
-            tracing::warn!(volume = name, "{e}: comparing hashes instead");
-            false
-        }
+        Ok(Some((_, p))) if p.source == parent => Ok(()),
+        Ok(found) => Err(format!(
+            "the newest snapshot of {name} ({}) was not read from the base VolumeSnapshot ({parent})",
+            found.map(|(_, p)| p.source).unwrap_or_else(|| "none".into())
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }
 
 /// Asks the service for the ranges changed since the parent when the parent is the base's
-/// snapshot; None (and a warning) whenever that cannot be done, so that the backup compares
-/// hashes.
+/// snapshot; whenever that cannot be done, why (also logged), so that the backup compares
+/// hashes and the mover can say so.
 pub async fn changed_ranges(
     repo: &Repository,
     name: &str,
     delta: &CsiDelta,
     cancel: &CancellationToken,
-) -> Option<GivenRanges> {
-    if !parent_is_base(repo, name, &delta.parent).await {
-        return None;
-    }
-    let ep = delta.endpoint()?;
-    match cbt::delta(&ep, &delta.query(), cancel, DELTA_TIMEOUT).await {
+) -> Result<GivenRanges, String> {
+    let asked = async {
+        parent_is_base(repo, name, &delta.parent).await?;
+        let ep = delta.endpoint()?;
+        cbt::delta(&ep, &delta.query(), cancel, DELTA_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match asked.await {
         Ok(d) => {
             tracing::info!(
                 volume = name,
@@ -123,7 +118,7 @@ pub async fn changed_ranges(
                 changed_bytes = d.changed_bytes(),
                 "changed blocks from the CSI SnapshotMetadata service"
             );
-            Some(GivenRanges {
+            Ok(GivenRanges {
                 source: format!(
                     "the SnapshotMetadata delta {} → {}/{}",
                     delta.base, delta.namespace, delta.target
@@ -132,9 +127,9 @@ pub async fn changed_ranges(
                 ranges: d.ranges,
             })
         }
-        Err(e) => {
-            tracing::warn!(volume = name, "{e}: comparing hashes instead");
-            None
+        Err(why) => {
+            tracing::warn!(volume = name, "{why}: comparing hashes instead");
+            Err(why)
         }
     }
 }
@@ -171,7 +166,7 @@ mod tests {
     #[test]
     fn an_unreadable_token_gives_no_endpoint() {
         let d = tempfile::tempdir().unwrap();
-        assert!(delta(d.path().join("missing"), "ca").endpoint().is_none());
+        assert!(delta(d.path().join("missing"), "ca").endpoint().is_err());
     }
 
     #[test]

@@ -252,7 +252,7 @@ async fn a_delta_streams_in_pieces_and_resumes_after_a_cut_stream() {
     )
     .await
     .unwrap();
-    assert_eq!(d.capacity, 4 << 20);
+    assert_eq!(d.capacity, Some(4 << 20));
     assert_eq!(
         d.ranges,
         vec![

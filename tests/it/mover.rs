@@ -50,25 +50,33 @@ async fn a_parent_not_read_from_the_base_means_comparing_hashes() {
     let token = d.path().join("token");
     std::fs::write(&token, "t").unwrap();
     let repo = repo_with_snapshot(d.path(), "VolumeSnapshot db/another").await;
-    assert!(!parent_is_base(&repo, VOLUME, PARENT).await);
+    assert!(parent_is_base(&repo, VOLUME, PARENT).await.is_err());
     let c = CancellationToken::new();
-    assert!(changed_ranges(&repo, VOLUME, &delta(&token), &c)
+    let why = changed_ranges(&repo, VOLUME, &delta(&token), &c)
         .await
-        .is_none());
+        .unwrap_err();
+    assert!(
+        why.contains("was not read from the base") && why.contains("VolumeSnapshot db/another"),
+        "says why: {why}"
+    );
     // No snapshot of the volume at all: no parent to trust either.
-    assert!(!parent_is_base(&repo, "pvc/db/other", PARENT).await);
+    assert!(parent_is_base(&repo, "pvc/db/other", PARENT).await.is_err());
 }
 
 #[tokio::test]
 async fn an_unreadable_token_means_comparing_hashes() {
     let d = tmp();
     let repo = repo_with_snapshot(d.path(), PARENT).await;
-    assert!(parent_is_base(&repo, VOLUME, PARENT).await);
+    assert!(parent_is_base(&repo, VOLUME, PARENT).await.is_ok());
     let c = CancellationToken::new();
     let missing = d.path().join("no-token");
-    assert!(changed_ranges(&repo, VOLUME, &delta(&missing), &c)
+    let why = changed_ranges(&repo, VOLUME, &delta(&missing), &c)
         .await
-        .is_none());
+        .unwrap_err();
+    assert!(
+        why.contains("cannot read the ServiceAccount token"),
+        "{why}"
+    );
 }
 
 #[tokio::test]
@@ -80,5 +88,5 @@ async fn a_service_that_cannot_be_reached_means_comparing_hashes() {
     let c = CancellationToken::new();
     assert!(changed_ranges(&repo, VOLUME, &delta(&token), &c)
         .await
-        .is_none());
+        .is_err());
 }

@@ -119,6 +119,9 @@ impl Csi {
             .items
             .into_iter()
             .filter(|o| o.metadata.labels.as_ref().and_then(|l| l.get(BASE_OF)) == Some(&key))
+            // A former base being deleted: a group's member waits for its group to go
+            // (finalizer `volumesnapshot-in-group-protection`), and is no base any more.
+            .filter(|o| o.metadata.deletion_timestamp.is_none())
             .filter_map(|o| {
                 let a = o.metadata.annotations.clone().unwrap_or_default();
                 Some(Base {
@@ -129,6 +132,13 @@ impl Csi {
             })
             .collect();
         // One base per claim; more only after an interrupted switch: use none of them.
+        if bases.len() > 1 {
+            tracing::warn!(
+                claim = %format!("{ns}/{}", c.name),
+                bases = bases.len(),
+                "more than one VolumeSnapshot is labelled as this claim's delta base: comparing hashes, and the next move keeps one"
+            );
+        }
         Ok((bases.len() == 1).then(|| bases.remove(0)))
     }
 
@@ -226,16 +236,22 @@ impl Csi {
         };
         self.delete_quietly(api.clone(), &old.snapshot).await;
         if let Some(g) = old.group {
+            // The group goes once none of its members is a base still. The old member just
+            // deleted is still listed (it waits for its group, finalizer
+            // `volumesnapshot-in-group-protection`): being deleted, it does not count. Seen on
+            // the test cluster, where groups and old bases piled up otherwise.
             let still = api
                 .list(&Default::default())
                 .await
                 .map(|l| {
                     l.items.iter().any(|o| {
-                        o.metadata
-                            .annotations
-                            .as_ref()
-                            .and_then(|a| a.get(BASE_GROUP))
-                            == Some(&g)
+                        o.metadata.deletion_timestamp.is_none()
+                            && o.metadata.name.as_deref() != Some(old.snapshot.as_str())
+                            && o.metadata
+                                .annotations
+                                .as_ref()
+                                .and_then(|a| a.get(BASE_GROUP))
+                                == Some(&g)
                     })
                 })
                 .unwrap_or(true);

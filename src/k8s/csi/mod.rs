@@ -538,6 +538,8 @@ impl Csi {
                     d.target.to_string(),
                     "--csi-delta-parent".into(),
                     base.label.clone(),
+                    "--csi-delta-report-file".into(),
+                    "/dev/termination-log".into(),
                 ]);
             }
             pod["containers"][0]["args"] = json!(args);
@@ -652,13 +654,14 @@ impl Csi {
     }
 
     /// Moves one snapshot's data into the repository: clone → mover Job → `volume backup`.
-    /// Returns the label the mover gave the repository snapshot (unique per move).
+    /// Returns the label the mover gave the repository snapshot (unique per move), and why the
+    /// mover compared hashes when it was given changed blocks to ask for and could not use them.
     pub async fn move_to_repository(
         &self,
         backup: &str,
         s: &CsiSnapshot,
         volume_name: &str,
-    ) -> Result<String, LiveError> {
+    ) -> Result<(String, Option<String>), LiveError> {
         let ns = &s.claim.namespace;
         let clone = object_name("lifeboat-src", &[backup, &s.claim.name]);
         let job = object_name("lifeboat-backup", &[backup, &s.claim.name]);
@@ -706,7 +709,10 @@ impl Csi {
             &clone,
         )
         .await;
-        result.map(|_| label)
+        result.map(|message| {
+            let note = Some(message.trim().to_string()).filter(|m| !m.is_empty());
+            (label, note)
+        })
     }
 
     /// Removes the snapshots of a backup (and their groups) once their data is in the

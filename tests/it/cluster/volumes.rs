@@ -279,6 +279,38 @@ async fn block_and_filesystem_claims_move_through_a_group_snapshot_and_restore_b
         );
     }
 
+    // A snapshot of the claim's volume name made by hand in between: the next mover may not
+    // trust the delta (its parent was not read from the base), compares hashes, and the
+    // backup says so instead of being silently slow.
+    let other = d.path().join("other.img");
+    std::fs::write(&other, vec![7u8; 8 << 20]).unwrap();
+    ok(run(crate::support::lb(&repo)
+        .args([
+            "volume",
+            "backup",
+            "--name",
+            &format!("pvc/{ns}/data-block"),
+        ])
+        .arg(&other)));
+    let third = json(&ok(run(primary
+        .lifeboat(&repo)
+        .args(["--json", "backup", "create", "vol-3", "-n", &ns]))));
+    let warnings: Vec<&str> = third["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains(&format!("claim {ns}/data-block"))
+                && w.contains("changed blocks not used")
+                && w.contains("was not read from the base")),
+        "{third:#}"
+    );
+    assert_eq!(warnings.len(), 1, "only the block claim: {warnings:?}");
+
     primary.kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
     dr.kubectl_ok(&["delete", "namespace", &target, "--wait=false"]);
 }
