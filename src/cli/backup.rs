@@ -15,11 +15,19 @@ pub enum BackupCommand {
     /// Back up one or more namespaces: their objects and the data of their
     /// PersistentVolumeClaims, the volumes copied together while the pre rules hold the
     /// application quiet.
+    #[command(
+        after_help = "Example:\n  lifeboat backup create pg-nightly -n pg --context prod --exclude-resources events,leases"
+    )]
     Create(BackupCreateArgs),
     /// List application backups, oldest first.
+    #[command(after_help = "Example:\n  lifeboat backup list --json")]
     List,
     /// Show what one backup holds.
-    Describe { name: String },
+    #[command(after_help = "Example:\n  lifeboat backup describe pg-nightly")]
+    Describe {
+        /// The backup's name.
+        name: String,
+    },
 }
 
 /// `backup create`.
@@ -31,13 +39,13 @@ pub struct BackupCreateArgs {
     #[arg(long = "namespace", short = 'n', required = true)]
     pub namespaces: Vec<String>,
     /// Label selector for namespaced objects: k=v, k!=v, k, !k, comma-separated.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub selector: String,
     /// Only these objects: kind/name or kind/namespace/name, comma-separated.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub include_resources: String,
     /// Leave out these kinds, comma-separated.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub exclude_resource_types: String,
     /// Capture from a cluster directory (DIR/resources/ holds exported objects).
     #[arg(long, value_name = "DIR")]

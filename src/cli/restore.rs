@@ -15,25 +15,29 @@ use crate::k8s::source::{ApplyResult, ExistingPolicy, Outcome};
 pub enum RestoreCommand {
     /// Restore a backup to a directory of YAML (apply order), into a cluster directory, or
     /// print the plan (--dry-run).
+    #[command(
+        after_help = "Example:\n  lifeboat restore create --from-backup pg-nightly --namespace-mapping pg:pg-dr --context dr"
+    )]
     Create(RestoreCreateArgs),
 }
 
 /// `restore create`.
 #[derive(Debug, Args)]
 pub struct RestoreCreateArgs {
+    /// The application backup to restore (`backup list` shows them).
     #[arg(long, value_name = "NAME")]
     pub from_backup: String,
     /// old:new namespace renames, comma-separated.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub namespace_mapping: String,
     /// old:new storage class renames, comma-separated.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub storage_class_mapping: String,
     /// Only these objects: kind/name or kind/namespace/name, comma-separated.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub include_resources: String,
     /// Label selector for namespaced objects.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub selector: String,
     /// false: workloads at 0 replicas (original count recorded), CronJobs suspended.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]

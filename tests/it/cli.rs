@@ -222,6 +222,18 @@ fn password_file_and_key_management() {
         .args(["--repo", &repo, "--password-file"])
         .arg(&pwf)
         .args(["repo", "key", "remove", &old])));
+    // LIFEBOAT_PASSWORD_FILE is --password-file's variable; the flag wins over it.
+    ok(run(lifeboat().env("LIFEBOAT_PASSWORD_FILE", &pwf).args([
+        "--repo",
+        &repo,
+        "snapshots",
+    ])));
+    let r = run(lifeboat()
+        .env("LIFEBOAT_PASSWORD_FILE", &pwf)
+        .args(["--repo", &repo, "--password-file"])
+        .arg(d.path().join("no-such-file"))
+        .arg("snapshots"));
+    assert!(r.stderr.contains("no-such-file"), "{}", r.stderr);
     let r = run(with_repo(&repo).arg("snapshots"));
     assert!(
         r.stderr.contains("password does not open"),
@@ -556,4 +568,157 @@ fn ctrl_c_exits_130_and_leaves_no_partial_file() {
         interrupted > 0,
         "no restore was interrupted: make the volume bigger"
     );
+}
+
+// ----- help that teaches ----------------------------------------------------------------
+
+/// Every visible command of the tree, with its path (`lifeboat backup create`).
+fn commands() -> Vec<(String, clap::Command)> {
+    use clap::CommandFactory;
+    fn walk(path: String, c: &clap::Command, out: &mut Vec<(String, clap::Command)>) {
+        out.push((path.clone(), c.clone()));
+        for s in c.get_subcommands().filter(|s| !s.is_hide_set()) {
+            if s.get_name() != "help" {
+                walk(format!("{path} {}", s.get_name()), s, out);
+            }
+        }
+    }
+    let mut cmd = lifeboat::cli::Cli::command();
+    cmd.build();
+    let mut out = Vec::new();
+    walk("lifeboat".into(), &cmd, &mut out);
+    out
+}
+
+#[test]
+fn every_command_and_argument_has_help() {
+    let mut missing = Vec::new();
+    for (path, c) in commands() {
+        if c.get_about().is_none() && path != "lifeboat" {
+            missing.push(format!("{path}: no about"));
+        }
+        for a in c.get_arguments().filter(|a| !a.is_hide_set()) {
+            let id = a.get_id().as_str();
+            if ["help", "version"].contains(&id) {
+                continue;
+            }
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                missing.push(format!("{path}: {id}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "without help:\n{}", missing.join("\n"));
+}
+
+/// Global options have their own section of every command's help, after the command's own.
+#[test]
+fn global_options_are_a_section_of_their_own() {
+    for (path, c) in commands() {
+        for a in c.get_arguments().filter(|a| a.is_global_set()) {
+            assert_eq!(
+                a.get_help_heading(),
+                Some(lifeboat::cli::GLOBAL_HEADING),
+                "{path}: --{}",
+                a.get_id()
+            );
+        }
+    }
+    let r = ok(run(lifeboat().args(["backup", "create", "--help"])));
+    let own = r.stdout.find("--cluster-dir").expect("own option listed");
+    let heading = r.stdout.find("Global options:").expect("a global section");
+    let repo = r.stdout.find("--repo <URL>").expect("--repo listed");
+    assert!(own < heading && heading < repo, "{}", r.stdout);
+}
+
+/// No option shows an empty default (`[default: ""]`), and every command's help ends with an
+/// example of it.
+#[test]
+fn help_shows_no_empty_defaults_and_an_example_per_command() {
+    for (path, mut c) in commands() {
+        let help = c.render_long_help().to_string();
+        assert!(
+            !help.contains("[default: ]") && !help.contains("[default: \"\"]"),
+            "{path}:\n{help}"
+        );
+        if path == "lifeboat" {
+            continue;
+        }
+        let after = c
+            .get_after_help()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        assert!(
+            after.starts_with("Example") && after.contains(&path),
+            "{path}: no example of itself in its help: {after:?}"
+        );
+    }
+}
+
+#[test]
+fn completion_scripts_for_every_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef lifeboat"),
+        ("fish", "complete -c lifeboat"),
+        ("powershell", "Register-ArgumentCompleter"),
+        ("elvish", "edit:completion:arg-completer[lifeboat]"),
+    ] {
+        let r = ok(run(lifeboat().args(["completion", shell])));
+        assert!(r.stdout.contains(marker), "{shell}: {}", r.stdout);
+        // Subcommands and their options are completed too.
+        assert!(
+            r.stdout.contains("keep-daily") && r.stdout.contains("from-backup"),
+            "{shell}"
+        );
+    }
+    let r = run(lifeboat().args(["completion", "tcsh"]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("bash") && r.stderr.contains("zsh"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn version_names_the_crate_the_commit_and_the_format() {
+    let v = json(&ok(run(lifeboat().args(["version", "--json"]))));
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["format_version"], lifeboat::format::FORMAT_VERSION);
+    let commit = v["commit"].as_str().unwrap();
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{commit}"
+    );
+    assert_eq!(commit, lifeboat::cli::GIT_COMMIT);
+    // Built from a git checkout (this one): its commit.
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let top = git(&["rev-parse", "--show-toplevel"]).map(std::path::PathBuf::from);
+    if top.and_then(|t| t.canonicalize().ok()) == Path::new(dir).canonicalize().ok() {
+        assert_eq!(
+            Some(commit.to_string()),
+            git(&["rev-parse", "--short=12", "HEAD"])
+        );
+    }
+    let human = ok(run(lifeboat().arg("version")));
+    assert!(
+        human.stdout.contains(env!("CARGO_PKG_VERSION"))
+            && human.stdout.contains(commit)
+            && human.stdout.contains("repository format: 1"),
+        "{}",
+        human.stdout
+    );
+    let short = ok(run(lifeboat().arg("--version")));
+    assert!(short.stdout.contains(commit), "{}", short.stdout);
 }
