@@ -407,7 +407,11 @@ pub async fn load_objects(
 pub struct RestorePlanOptions {
     pub namespaces: Mapping,
     pub storage_classes: Mapping,
+    /// `--include-objects`.
     pub include: Vec<ResourceFilter>,
+    /// `--include-resources`/`--exclude-resources`, resolved against the backup's types
+    /// (default: every type).
+    pub kinds: crate::k8s::source::Kinds,
     pub selector: Selector,
     pub start_applications: bool,
     pub sanitise: SanitiseOptions,
@@ -449,13 +453,21 @@ pub fn plan_restore(objects: Vec<(ObjRef, Value)>, o: &RestorePlanOptions) -> Ve
         let target = mapped_ref(&r, &o.namespaces);
         // Filters apply to namespaced objects; the cluster-scoped ones a restore needs follow
         // the objects that need them only where a filter names them.
+        // Types: excludes apply to every object, includes to namespaced ones (the
+        // cluster-scoped ones of a backup are those its namespaced objects need).
+        let type_out = o.kinds.excluded(r.group(), &r.kind)
+            || (r.namespace.is_some() && !o.kinds.takes(r.group(), &r.kind));
         let filtered_out = (!o.include.is_empty() && !o.include.iter().any(|f| f.matches(&r)))
+            || type_out
             || (r.namespace.is_some() && !o.selector.matches(&v));
         if filtered_out {
             skipped.push(Planned {
                 source: r,
                 target,
-                skipped: Some("not selected by --include-resources/--selector".into()),
+                skipped: Some(
+                    "not selected by --include-objects/--include-resources/--exclude-resources/--selector"
+                        .into(),
+                ),
                 owners: Vec::new(),
                 value: v,
             });

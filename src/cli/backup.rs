@@ -35,18 +35,37 @@ pub enum BackupCommand {
 pub struct BackupCreateArgs {
     /// Backup name (unique in the repository).
     pub name: String,
-    /// Namespace to capture (repeatable).
-    #[arg(long = "namespace", short = 'n', required = true)]
+    /// Namespace to capture (repeatable; must exist).
+    #[arg(
+        long = "namespace",
+        short = 'n',
+        value_name = "NAME",
+        required_unless_present = "include_namespaces"
+    )]
     pub namespaces: Vec<String>,
-    /// Label selector for namespaced objects: k=v, k!=v, k, !k, comma-separated.
-    #[arg(long, default_value = "", hide_default_value = true)]
-    pub selector: String,
+    /// Also the namespaces these patterns match (`*` any run of characters, `?` one),
+    /// comma-separated: `app-*,db`. A pattern that matches none is refused.
+    #[arg(long, value_name = "PATTERNS")]
+    pub include_namespaces: Option<String>,
+    /// Leave out the namespaces these patterns match, named with -n or not.
+    #[arg(long, value_name = "PATTERNS")]
+    pub exclude_namespaces: Option<String>,
+    /// Label selector for namespaced objects: k=v, k==v, k!=v, k in (a,b), k notin (a,b),
+    /// k (has the label), !k (has not), comma-separated; all must hold.
+    #[arg(long, short = 'l', value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Only these types of namespaced objects: resource names, comma-separated, as kubectl
+    /// and velero take them: a plural (`deployments`), optionally with its group
+    /// (`deployments.apps`), or a kind (`Deployment`); case-insensitive; `*` is every type.
+    /// Custom resources too (their CRD's plural). [default: every type]
+    #[arg(long, value_name = "RESOURCES")]
+    pub include_resources: Option<String>,
+    /// Never these types (resource names, as --include-resources), namespaced or cluster-scoped.
+    #[arg(long, value_name = "RESOURCES", alias = "exclude-resource-types")]
+    pub exclude_resources: Option<String>,
     /// Only these objects: kind/name or kind/namespace/name, comma-separated.
-    #[arg(long, default_value = "", hide_default_value = true)]
-    pub include_resources: String,
-    /// Leave out these kinds, comma-separated.
-    #[arg(long, default_value = "", hide_default_value = true)]
-    pub exclude_resource_types: String,
+    #[arg(long, value_name = "OBJECTS")]
+    pub include_objects: Option<String>,
     /// Capture from a cluster directory (DIR/resources/ holds exported objects).
     #[arg(long, value_name = "DIR")]
     pub cluster_dir: Option<PathBuf>,
@@ -94,9 +113,12 @@ impl BackupCreateArgs {
         let flags = BackupFlags {
             name: self.name.clone(),
             namespaces: self.namespaces.clone(),
-            selector: self.selector.clone(),
-            include_resources: self.include_resources.clone(),
-            exclude_resource_types: self.exclude_resource_types.clone(),
+            include_namespaces: self.include_namespaces.clone().unwrap_or_default(),
+            exclude_namespaces: self.exclude_namespaces.clone().unwrap_or_default(),
+            selector: self.selector.clone().unwrap_or_default(),
+            include_objects: self.include_objects.clone().unwrap_or_default(),
+            include_resources: self.include_resources.clone().unwrap_or_default(),
+            exclude_resources: self.exclude_resources.clone().unwrap_or_default(),
             pre_rules: self.pre_rules.clone(),
             post_rules: self.post_rules.clone(),
             include_volumes: self.include_volumes,

@@ -446,9 +446,13 @@ pub struct BackedUpObject {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupFilters {
+    /// The namespaces backed up (`--include-namespaces` patterns resolved).
     pub namespaces: Vec<String>,
     pub selector: String,
+    /// `--include-objects` items (`kind/name`, `kind/namespace/name`), then
+    /// `--include-resources` names.
     pub include_resources: Vec<String>,
+    /// `--exclude-resources` names.
     pub exclude_resource_types: Vec<String>,
 }
 

@@ -667,7 +667,7 @@ fn completion_scripts_for_every_shell() {
         assert!(r.stdout.contains(marker), "{shell}: {}", r.stdout);
         // Subcommands and their options are completed too.
         assert!(
-            r.stdout.contains("keep-daily") && r.stdout.contains("from-backup"),
+            r.stdout.contains("include-namespaces") && r.stdout.contains("from-backup"),
             "{shell}"
         );
     }
@@ -721,4 +721,234 @@ fn version_names_the_crate_the_commit_and_the_format() {
     );
     let short = ok(run(lifeboat().arg("--version")));
     assert!(short.stdout.contains(commit), "{}", short.stdout);
+}
+
+// ----- velero-shaped filters ------------------------------------------------------------
+
+fn prod() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/clusters/prod")
+}
+
+/// The namespaced objects of a backup, as `kind/namespace/name`, sorted.
+fn namespaced_objects(repo: &str, backup: &str) -> Vec<String> {
+    let v = json(&ok(run(
+        with_repo(repo).args(["backup", "describe", backup, "--json"])
+    )));
+    let mut out: Vec<String> = v["backup"]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["namespace"].is_string())
+        .map(|o| {
+            format!(
+                "{}/{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["namespace"].as_str().unwrap(),
+                o["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn kinds(objects: &[String]) -> Vec<&str> {
+    let mut k: Vec<&str> = objects
+        .iter()
+        .map(|o| o.split('/').next().unwrap())
+        .collect();
+    k.dedup();
+    k
+}
+
+#[test]
+fn backup_filters_take_resource_names_selectors_and_namespace_patterns() {
+    let d = tmp();
+    let repo = d.path().join("repo").display().to_string();
+    init(&repo);
+    let create = |name: &str, args: &[&str]| {
+        let mut c = with_repo(&repo);
+        c.args([
+            "backup",
+            "create",
+            name,
+            "--include-volumes=false",
+            "--cluster-dir",
+        ])
+        .arg(prod())
+        .args(args);
+        run(&mut c)
+    };
+    // Resource names as velero takes them: plural, plural.group, kind; excludes win.
+    ok(create(
+        "types",
+        &[
+            "--include-namespaces",
+            "p?",
+            "--include-resources",
+            "deployments.apps,ConfigMap,secrets",
+            "--exclude-resources",
+            "secrets",
+        ],
+    ));
+    let objs = namespaced_objects(&repo, "types");
+    assert_eq!(kinds(&objs), ["ConfigMap", "Deployment"], "{objs:?}");
+    let v = json(&ok(run(
+        with_repo(&repo).args(["backup", "describe", "types", "--json"])
+    )));
+    assert_eq!(
+        v["backup"]["filters"]["namespaces"],
+        serde_json::json!(["pg"])
+    );
+    // Custom resources by their CRD's plural.
+    ok(create(
+        "crs",
+        &["-n", "pg", "--include-resources", "postgresclusters"],
+    ));
+    assert_eq!(
+        kinds(&namespaced_objects(&repo, "crs")),
+        ["PostgresCluster"]
+    );
+    // The whole selector grammar.
+    ok(create(
+        "labels",
+        &[
+            "-n",
+            "pg",
+            "-l",
+            "app in (postgres, other),pod-template-hash notin (zzz)",
+        ],
+    ));
+    let objs = namespaced_objects(&repo, "labels");
+    assert!(
+        objs.contains(&"Deployment/pg/postgres".to_string())
+            && objs.iter().all(|o| !o.starts_with("ConfigMap/")),
+        "{objs:?}"
+    );
+    ok(create(
+        "no-pods",
+        &["-n", "pg", "-l", "!pod-template-hash,app"],
+    ));
+    let objs = namespaced_objects(&repo, "no-pods");
+    assert!(objs.iter().all(|o| !o.starts_with("Pod/")), "{objs:?}");
+    // Every namespace but one; the old flag name still works.
+    ok(create(
+        "all-but",
+        &[
+            "--include-namespaces",
+            "*",
+            "--exclude-namespaces",
+            "cass*",
+            "--exclude-resource-types",
+            "Pod",
+        ],
+    ));
+    let objs = namespaced_objects(&repo, "all-but");
+    assert!(
+        objs.iter()
+            .all(|o| o.contains("/pg/") && !o.starts_with("Pod/")),
+        "{objs:?}"
+    );
+    // Single objects moved to --include-objects.
+    ok(create(
+        "one",
+        &["-n", "pg", "--include-objects", "deployment/pg/postgres"],
+    ));
+    assert_eq!(namespaced_objects(&repo, "one"), ["Deployment/pg/postgres"]);
+
+    for (args, needles) in [
+        (
+            vec!["-n", "pg", "--include-resources", "gizmos"],
+            vec!["`gizmos`", "deployments.apps"],
+        ),
+        (
+            vec!["-n", "pg", "--include-resources", "deployment/pg/postgres"],
+            vec!["--include-objects"],
+        ),
+        (
+            vec!["-n", "pg", "-l", "app in (a"],
+            vec!["--selector", "`app in (a`"],
+        ),
+        (
+            vec!["-n", "pg", "-l", "app within (a)"],
+            vec!["`app within (a)`", "key in ("],
+        ),
+        (
+            vec!["--include-namespaces", "nope-*"],
+            vec!["`nope-*`", "cassandra, pg"],
+        ),
+        (
+            vec!["-n", "pg", "--exclude-namespaces", "p*"],
+            vec!["no namespace left"],
+        ),
+    ] {
+        let r = create("bad", &args);
+        assert_ne!(r.code, 0, "{args:?}");
+        for n in needles {
+            assert!(r.stderr.contains(n), "{args:?}: {n}: {}", r.stderr);
+        }
+    }
+    // Neither -n nor a pattern: bad usage.
+    let r = create("bad", &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+#[test]
+fn restore_filters_take_resource_names_and_selectors() {
+    let d = tmp();
+    let repo = d.path().join("repo").display().to_string();
+    init(&repo);
+    ok(run(with_repo(&repo)
+        .args([
+            "backup",
+            "create",
+            "b",
+            "-n",
+            "pg",
+            "--include-volumes=false",
+            "--cluster-dir",
+        ])
+        .arg(prod())));
+    let planned = |args: &[&str]| -> Vec<String> {
+        let v = json(&ok(run(with_repo(&repo)
+            .args([
+                "restore",
+                "create",
+                "--from-backup",
+                "b",
+                "--dry-run",
+                "--json",
+            ])
+            .args(args))));
+        let mut out: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["skipped"].is_null() && p["target"]["namespace"].is_string())
+            .map(|p| p["target"]["kind"].as_str().unwrap().to_string())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    };
+    assert_eq!(
+        planned(&["--include-resources", "configmaps,services"]),
+        ["ConfigMap", "Service"]
+    );
+    let all = planned(&[]);
+    let without = planned(&["--exclude-resources", "Secret,deployments.apps"]);
+    assert!(
+        all.contains(&"Secret".to_string()) && !without.contains(&"Secret".to_string()),
+        "{without:?}"
+    );
+    assert!(!without.contains(&"Deployment".to_string()), "{without:?}");
+    assert_eq!(
+        planned(&[
+            "-l",
+            "app in (postgres)",
+            "--include-resources",
+            "deployments"
+        ]),
+        ["Deployment"]
+    );
 }
