@@ -70,7 +70,8 @@ pub struct Global {
     /// Repository: a path, file://PATH, or s3://BUCKET/PREFIX.
     #[arg(long, global = true, env = "LIFEBOAT_REPOSITORY", value_name = "URL")]
     pub repo: Option<String>,
-    /// Read the password from this file (else LIFEBOAT_PASSWORD).
+    /// Read the password from this file (else LIFEBOAT_PASSWORD; else, when standard input is
+    /// a terminal, it is asked for).
     #[arg(
         long,
         global = true,
@@ -305,10 +306,14 @@ impl MoverArgs {
 pub enum Error {
     #[error("no repository given: pass --repo URL or set LIFEBOAT_REPOSITORY")]
     NoRepository,
-    #[error("no password given: set LIFEBOAT_PASSWORD or pass --password-file FILE")]
+    #[error("no password given: set LIFEBOAT_PASSWORD or pass --password-file FILE (or run on a terminal to be asked)")]
     NoPassword,
-    #[error("no new password given: set LIFEBOAT_NEW_PASSWORD or pass --new-password-file FILE")]
+    #[error("no new password given: set LIFEBOAT_NEW_PASSWORD or pass --new-password-file FILE (or run on a terminal to be asked)")]
     NoNewPassword,
+    #[error("cannot read the password from the terminal: {0}; set LIFEBOAT_PASSWORD or pass --password-file FILE")]
+    Prompt(std::io::Error),
+    #[error("the two passwords typed differ; run again and type the same one twice")]
+    PasswordsDiffer,
     // `error`, not `source`: the message says it, and a source would print it twice.
     #[error("the password in {0} is empty; give a non-empty one")]
     EmptyPassword(String),
@@ -401,6 +406,7 @@ impl Error {
                 | Error::NoPassword
                 | Error::NoNewPassword
                 | Error::EmptyPassword(_)
+                | Error::PasswordsDiffer
                 | Error::Store(StoreError::Credentials { .. } | StoreError::BadUrl { .. })
                 | Error::Repo(RepoError::Store(
                     StoreError::Credentials { .. } | StoreError::BadUrl { .. }
@@ -477,6 +483,24 @@ fn read_secret(file: Option<&Path>, env: &str) -> Result<Option<Vec<u8>>, Error>
     Ok(Some(pw.to_vec()))
 }
 
+/// Asks for a secret on the terminal when standard input is one (None: it is not, so a
+/// script without a password fails at once instead of hanging). With `confirm`, asks twice
+/// and refuses two different answers. Typed text is not echoed.
+fn prompt_secret(what: &str, confirm: bool) -> Result<Option<Vec<u8>>, Error> {
+    if !std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    let ask = |prompt: String| rpassword::prompt_password(prompt).map_err(Error::Prompt);
+    let pw = ask(format!("{what}: "))?;
+    if pw.is_empty() {
+        return Err(Error::EmptyPassword("the prompt".into()));
+    }
+    if confirm && ask(format!("{what} again: "))? != pw {
+        return Err(Error::PasswordsDiffer);
+    }
+    Ok(Some(pw.into_bytes()))
+}
+
 struct Ctx<'a> {
     g: &'a Global,
     cancel: CancellationToken,
@@ -500,8 +524,17 @@ impl Ctx<'_> {
         Ok(store::open(url, &self.store_options()).await?)
     }
 
+    /// The password: --password-file, LIFEBOAT_PASSWORD, else asked on the terminal.
     fn password(&self) -> Result<Vec<u8>, Error> {
-        read_secret(self.g.password_file.as_deref(), "LIFEBOAT_PASSWORD")?.ok_or(Error::NoPassword)
+        self.password_asked(false)
+    }
+
+    /// [`Ctx::password`], asked twice when it is typed (a new repository's).
+    fn password_asked(&self, confirm: bool) -> Result<Vec<u8>, Error> {
+        match read_secret(self.g.password_file.as_deref(), "LIFEBOAT_PASSWORD")? {
+            Some(pw) => Ok(pw),
+            None => prompt_secret("repository password", confirm)?.ok_or(Error::NoPassword),
+        }
     }
 
     fn cache_root(&self) -> Option<PathBuf> {

@@ -136,7 +136,7 @@ fn kdf(insecure_fast: bool) -> KdfParams {
 
 async fn init(ctx: &Ctx<'_>, opts: &InitOptions) -> Result<(), Error> {
     let store = ctx.store().await?;
-    let pw = ctx.password()?;
+    let pw = ctx.password_asked(true)?;
     let repo = Repository::init(store, &pw, opts, ctx.cancel.clone()).await?;
     let cfg = repo.config();
     ctx.emit(cfg, || {
@@ -307,5 +307,8 @@ async fn key(ctx: &Ctx<'_>, cmd: &KeyCommand) -> Result<(), Error> {
 
 /// The password `key add` adds: from the file, else `LIFEBOAT_NEW_PASSWORD`.
 fn new_password(file: Option<&Path>) -> Result<Vec<u8>, Error> {
-    read_secret(file, "LIFEBOAT_NEW_PASSWORD")?.ok_or(Error::NoNewPassword)
+    match read_secret(file, "LIFEBOAT_NEW_PASSWORD")? {
+        Some(pw) => Ok(pw),
+        None => super::prompt_secret("new password", true)?.ok_or(Error::NoNewPassword),
+    }
 }

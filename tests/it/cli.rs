@@ -952,3 +952,89 @@ fn restore_filters_take_resource_names_and_selectors() {
         ["Deployment"]
     );
 }
+
+// ----- passwords from the terminal --------------------------------------------------------
+
+/// Runs `lifeboat ARGS` on a pseudo-terminal (util-linux `script`), typing `lines` one by
+/// one; None when `script` is not installed.
+fn on_a_terminal(args: &str, lines: &[&str]) -> Option<crate::support::Run> {
+    use std::io::Write;
+    let script = ["/usr/bin/script", "/bin/script"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let bin = env!("CARGO_BIN_EXE_lifeboat");
+    let mut child = Command::new(script)
+        .args(["-qec", &format!("{bin} --no-cache {args}"), "/dev/null"])
+        .env_remove("LIFEBOAT_PASSWORD")
+        .env_remove("LIFEBOAT_PASSWORD_FILE")
+        .env_remove("LIFEBOAT_REPOSITORY")
+        .env("LIFEBOAT_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for l in lines {
+        std::thread::sleep(Duration::from_millis(700));
+        stdin.write_all(format!("{l}\n").as_bytes()).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    Some(crate::support::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// No password given and a terminal: it is asked for, not echoed (twice for a new
+/// repository); off a terminal the command fails at once naming the fix.
+#[test]
+fn a_password_is_asked_for_on_a_terminal() {
+    let d = tmp();
+    let repo = d.path().join("repo").display().to_string();
+    let Some(r) = on_a_terminal(
+        &format!("--repo {repo} repo init --insecure-fast-kdf"),
+        &["typed secret", "typed secret"],
+    ) else {
+        eprintln!("no `script` here: the terminal prompt is not tested");
+        return;
+    };
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("repository password again"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("typed secret"), "echoed: {}", r.stdout);
+    // The typed password is the repository's.
+    let opened = run(lifeboat().env("LIFEBOAT_PASSWORD", "typed secret").args([
+        "--no-cache",
+        "--repo",
+        &repo,
+        "snapshots",
+    ]));
+    assert_eq!(opened.code, 0, "{}", opened.stderr);
+    let r = on_a_terminal(&format!("--repo {repo} snapshots"), &["typed secret"]).unwrap();
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("no snapshots"), "{}", r.stdout);
+    let r = on_a_terminal(&format!("--repo {repo} snapshots"), &["wrong"]).unwrap();
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.contains("does not open"), "{}", r.stdout);
+    // Two different answers for a new repository: refused, nothing created.
+    let other = d.path().join("other").display().to_string();
+    let r = on_a_terminal(
+        &format!("--repo {other} repo init --insecure-fast-kdf"),
+        &["a", "b"],
+    )
+    .unwrap();
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(r.stdout.contains("differ"), "{}", r.stdout);
+    assert!(!Path::new(&other).join("config").exists());
+    // Off a terminal (stdin is not one): no prompt, the fix named.
+    let r = run(lifeboat().args(["--repo", &repo, "snapshots"]));
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--password-file"), "{}", r.stderr);
+}
