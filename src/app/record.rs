@@ -175,6 +175,39 @@ pub fn namespaces_of(b: &AppBackup) -> Vec<String> {
     all.into_iter().map(str::to_string).collect()
 }
 
+/// Whether a backup holds its whole scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupStatus {
+    Complete,
+    /// Some of the scope could not be captured (`failures`); the rest is restorable.
+    PartiallyFailed,
+}
+
+impl BackupStatus {
+    pub fn of(b: &AppBackup) -> BackupStatus {
+        if b.failures.is_empty() {
+            BackupStatus::Complete
+        } else {
+            BackupStatus::PartiallyFailed
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupStatus::Complete => "complete",
+            BackupStatus::PartiallyFailed => "partially-failed",
+        }
+    }
+}
+
+/// What a backup holds, in bytes: its objects as exported plus its volumes' sizes (logical
+/// sizes: deduplication and compression make the stored bytes fewer).
+pub fn logical_size(b: &AppBackup) -> u64 {
+    b.objects.iter().map(|o| u64::from(o.size)).sum::<u64>()
+        + b.volumes.iter().map(|v| v.size).sum::<u64>()
+}
+
 /// Every source namespace of `mapping` must be one backup `b` holds: a typo would otherwise
 /// be ignored, and the restore go into the original namespace.
 pub fn check_mapping(b: &AppBackup, mapping: &Mapping) -> Result<(), AppBackupError> {
@@ -611,4 +644,38 @@ pub fn conflicts(target: &ClusterDir, plan: &[Planned]) -> Result<Vec<ObjRef>, A
         .filter(|p| p.skipped.is_none() && existing.contains(&p.target))
         .map(|p| p.target.clone())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_size_of_a_backup() {
+        let mut b = AppBackup {
+            version: 1,
+            name: "b".into(),
+            time: time::OffsetDateTime::UNIX_EPOCH,
+            source: "cluster-dir:/c".into(),
+            schedule: None,
+            filters: Default::default(),
+            objects: Vec::new(),
+            failures: Vec::new(),
+            volumes: Vec::new(),
+            rules: Vec::new(),
+            warnings: Vec::new(),
+            program_version: "0".into(),
+        };
+        assert_eq!(BackupStatus::of(&b), BackupStatus::Complete);
+        assert_eq!(logical_size(&b), 0);
+        b.failures.push(crate::format::CaptureFailure {
+            what: "list secrets in namespace pg".into(),
+            reason: "forbidden".into(),
+        });
+        assert_eq!(BackupStatus::of(&b).as_str(), "partially-failed");
+        assert_eq!(
+            serde_json::to_value(BackupStatus::PartiallyFailed).unwrap(),
+            "partially-failed"
+        );
+    }
 }

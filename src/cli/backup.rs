@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::{human, Ctx, Error, MoverArgs};
-use crate::app::record;
+use crate::app::record::{self, BackupStatus};
 use crate::app::request::{self, BackupFlags, BackupRequest, BackupSource};
 use crate::repository::rfc3339;
 
@@ -184,7 +184,9 @@ async fn list(ctx: &Ctx<'_>) -> Result<(), Error> {
         .iter()
         .map(|(id, b)| {
             serde_json::json!({"id": id, "name": b.name, "time": rfc3339(b.time),
-                "source": b.source, "namespaces": b.filters.namespaces, "objects": b.objects.len()})
+                "source": b.source, "namespaces": b.filters.namespaces, "objects": b.objects.len(),
+                "status": BackupStatus::of(b), "size": record::logical_size(b),
+                "volumes": b.volumes.len(), "schedule": b.schedule})
         })
         .collect();
     ctx.emit(&rows, || {
@@ -192,15 +194,17 @@ async fn list(ctx: &Ctx<'_>) -> Result<(), Error> {
             return "no backups".into();
         }
         let mut out = format!(
-            "{:<10} {:<25} {:<24} {:>8}  NAMESPACES",
-            "ID", "TIME", "NAME", "OBJECTS"
+            "{:<10} {:<25} {:<24} {:<16} {:>10} {:>8}  NAMESPACES",
+            "ID", "TIME", "NAME", "STATUS", "SIZE", "OBJECTS"
         );
         for (id, b) in &all {
             out.push_str(&format!(
-                "\n{:<10} {:<25} {:<24} {:>8}  {}",
+                "\n{:<10} {:<25} {:<24} {:<16} {:>10} {:>8}  {}",
                 id.short(),
                 rfc3339(b.time),
                 b.name,
+                BackupStatus::of(b).as_str(),
+                human(record::logical_size(b)),
                 b.objects.len(),
                 b.filters.namespaces.join(",")
             ));
@@ -215,9 +219,11 @@ async fn describe(ctx: &Ctx<'_>, name: &str) -> Result<(), Error> {
     let (id, b) = record::find_backup(&repo, name).await?;
     ctx.emit(&serde_json::json!({"id": id, "backup": b}), || {
         let mut out = format!(
-            "backup {} ({})\ntime: {}\nsource: {}\nnamespaces: {}\nselector: {}\nobjects: {}",
+            "backup {} ({})\nstatus: {}\nsize: {}\ntime: {}\nsource: {}\nnamespaces: {}\nselector: {}\nobjects: {}",
             b.name,
             id.short(),
+            BackupStatus::of(&b).as_str(),
+            human(record::logical_size(&b)),
             rfc3339(b.time),
             b.source,
             b.filters.namespaces.join(","),

@@ -1038,3 +1038,48 @@ fn a_password_is_asked_for_on_a_terminal() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("--password-file"), "{}", r.stderr);
 }
+
+#[test]
+fn backup_list_shows_status_and_size() {
+    let d = tmp();
+    let repo = d.path().join("repo").display().to_string();
+    init(&repo);
+    ok(run(with_repo(&repo)
+        .args(["backup", "create", "pg-1", "-n", "pg", "--cluster-dir"])
+        .arg(prod())));
+    let list = json(&ok(
+        run(with_repo(&repo).args(["backup", "list", "--json"])),
+    ));
+    let row = &list[0];
+    assert_eq!(row["status"], "complete", "{row}");
+    let b = json(&ok(run(
+        with_repo(&repo).args(["backup", "describe", "pg-1", "--json"])
+    )));
+    let sum = |k: &str| -> u64 {
+        b["backup"][k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["size"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(sum("volumes") > 0, "the fixture has volume data: {b}");
+    assert_eq!(
+        row["size"].as_u64().unwrap(),
+        sum("objects") + sum("volumes")
+    );
+    let human = ok(run(with_repo(&repo).args(["backup", "list"])));
+    let mut lines = human.stdout.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.contains("STATUS") && header.contains("SIZE"),
+        "{header}"
+    );
+    let line = lines.next().unwrap();
+    assert!(
+        line.contains("pg-1")
+            && line.contains("complete")
+            && line.contains(&lifeboat::cli::human(row["size"].as_u64().unwrap())),
+        "{line}"
+    );
+}
