@@ -361,6 +361,7 @@ impl BackupBuilder {
             volumes: self.volumes,
             rules: self.rules.records,
             warnings: self.rules.warnings,
+            duration_seconds: Some(self.started.elapsed().as_secs_f64()),
             program_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         // The name is checked again under a claim: of two backups of one name written at
@@ -383,7 +384,7 @@ impl BackupBuilder {
             objects_new: stats.blobs_new,
             bytes_read: self.bytes_read,
             bytes_uploaded: stats.bytes_uploaded + len,
-            duration_seconds: self.started.elapsed().as_secs_f64(),
+            duration_seconds: record.duration_seconds.unwrap_or_default(),
             failures,
             volumes: record.volumes.clone(),
             rules: record.rules.clone(),
@@ -664,6 +665,7 @@ mod tests {
             volumes: Vec::new(),
             rules: Vec::new(),
             warnings: Vec::new(),
+            duration_seconds: None,
             program_version: "0".into(),
         };
         assert_eq!(BackupStatus::of(&b), BackupStatus::Complete);

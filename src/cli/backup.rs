@@ -186,6 +186,7 @@ async fn list(ctx: &Ctx<'_>) -> Result<(), Error> {
             serde_json::json!({"id": id, "name": b.name, "time": rfc3339(b.time),
                 "source": b.source, "namespaces": b.filters.namespaces, "objects": b.objects.len(),
                 "status": BackupStatus::of(b), "size": record::logical_size(b),
+                "duration_seconds": b.duration_seconds,
                 "volumes": b.volumes.len(), "schedule": b.schedule})
         })
         .collect();
@@ -194,17 +195,20 @@ async fn list(ctx: &Ctx<'_>) -> Result<(), Error> {
             return "no backups".into();
         }
         let mut out = format!(
-            "{:<10} {:<25} {:<24} {:<16} {:>10} {:>8}  NAMESPACES",
-            "ID", "TIME", "NAME", "STATUS", "SIZE", "OBJECTS"
+            "{:<10} {:<25} {:<24} {:<16} {:>10} {:>9} {:>8}  NAMESPACES",
+            "ID", "TIME", "NAME", "STATUS", "SIZE", "DURATION", "OBJECTS"
         );
         for (id, b) in &all {
             out.push_str(&format!(
-                "\n{:<10} {:<25} {:<24} {:<16} {:>10} {:>8}  {}",
+                "\n{:<10} {:<25} {:<24} {:<16} {:>10} {:>9} {:>8}  {}",
                 id.short(),
                 rfc3339(b.time),
                 b.name,
                 BackupStatus::of(b).as_str(),
                 human(record::logical_size(b)),
+                b.duration_seconds
+                    .map(|s| format!("{s:.1}s"))
+                    .unwrap_or_else(|| "-".into()),
                 b.objects.len(),
                 b.filters.namespaces.join(",")
             ));
@@ -219,11 +223,14 @@ async fn describe(ctx: &Ctx<'_>, name: &str) -> Result<(), Error> {
     let (id, b) = record::find_backup(&repo, name).await?;
     ctx.emit(&serde_json::json!({"id": id, "backup": b}), || {
         let mut out = format!(
-            "backup {} ({})\nstatus: {}\nsize: {}\ntime: {}\nsource: {}\nnamespaces: {}\nselector: {}\nobjects: {}",
+            "backup {} ({})\nstatus: {}\nsize: {}\nduration: {}\ntime: {}\nsource: {}\nnamespaces: {}\nselector: {}\nobjects: {}",
             b.name,
             id.short(),
             BackupStatus::of(&b).as_str(),
             human(record::logical_size(&b)),
+            b.duration_seconds
+                .map(|s| format!("{s:.1}s"))
+                .unwrap_or_else(|| "-".into()),
             rfc3339(b.time),
             b.source,
             b.filters.namespaces.join(","),

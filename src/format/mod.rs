@@ -507,6 +507,10 @@ pub struct AppBackup {
     /// `onError: Continue`, a rule that selected no pod, ...).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// How long the backup took, from its start to its record, in seconds (None: a record
+    /// older than the field).
+    #[serde(default)]
+    pub duration_seconds: Option<f64>,
     pub program_version: String,
 }
 

@@ -1068,11 +1068,14 @@ fn backup_list_shows_status_and_size() {
         row["size"].as_u64().unwrap(),
         sum("objects") + sum("volumes")
     );
+    let took = row["duration_seconds"].as_f64().unwrap();
+    assert!(took > 0.0 && took < 600.0, "{row}");
+    assert_eq!(b["backup"]["duration_seconds"], row["duration_seconds"]);
     let human = ok(run(with_repo(&repo).args(["backup", "list"])));
     let mut lines = human.stdout.lines();
     let header = lines.next().unwrap();
     assert!(
-        header.contains("STATUS") && header.contains("SIZE"),
+        header.contains("STATUS") && header.contains("SIZE") && header.contains("DURATION"),
         "{header}"
     );
     let line = lines.next().unwrap();
