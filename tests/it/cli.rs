@@ -1086,3 +1086,59 @@ fn backup_list_shows_status_and_size() {
         "{line}"
     );
 }
+
+/// build.rs outside a git checkout (a source tarball) gives "unknown", and inside another
+/// repository (a tarball unpacked in some checkout) does not take that repository's commit.
+#[test]
+fn the_build_script_works_without_git() {
+    let d = tmp();
+    let exe = d.path().join("build-script");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(rustc)
+        .args(["--edition", "2021", "-o"])
+        .arg(&exe)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("build.rs"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tarball = d.path().join("lifeboat-0.1.0");
+    std::fs::create_dir_all(&tarball).unwrap();
+    let other = d.path().join("checkout");
+    std::fs::create_dir_all(other.join("vendor/lifeboat")).unwrap();
+    let git_init = Command::new("git")
+        .arg("init")
+        .arg("-q")
+        .arg(&other)
+        .status();
+    for (dir, git) in [
+        (tarball, true),
+        (other.join("vendor/lifeboat"), git_init.is_ok()),
+    ] {
+        if !git {
+            continue;
+        }
+        let r = Command::new(&exe)
+            .env("CARGO_MANIFEST_DIR", &dir)
+            .env_remove("LIFEBOAT_GIT_COMMIT")
+            .output()
+            .unwrap();
+        assert!(r.status.success());
+        let stdout = String::from_utf8_lossy(&r.stdout);
+        assert!(
+            stdout.contains("cargo:rustc-env=LIFEBOAT_GIT_COMMIT=unknown"),
+            "{}: {stdout}",
+            dir.display()
+        );
+    }
+    // A packager's own value wins.
+    let r = Command::new(&exe)
+        .env("CARGO_MANIFEST_DIR", d.path())
+        .env("LIFEBOAT_GIT_COMMIT", "0123456789ab")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&r.stdout).contains("LIFEBOAT_GIT_COMMIT=0123456789ab"));
+}
