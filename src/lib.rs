@@ -14,7 +14,7 @@
 //!    │              (the order of an application restore), retention
 //!  hooks/           rules, plan (per pod), exec (local or pods/exec), barrier
 //!    │
-//!  k8s/             objects/{sanitise,map,hold,order} (pure), source (cluster directories),
+//!  k8s/             objects/{sanitise,map,hold,order}, filter (pure), source (cluster directories),
 //!    │              error, csi/ (snapshots, movers, restore and standby Jobs), live (the API)
 //!  volume/          diff, cbt, backup, mover, restore, verify: one volume's data path
 //!    │

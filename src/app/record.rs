@@ -175,6 +175,39 @@ pub fn namespaces_of(b: &AppBackup) -> Vec<String> {
     all.into_iter().map(str::to_string).collect()
 }
 
+/// Whether a backup holds its whole scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupStatus {
+    Complete,
+    /// Some of the scope could not be captured (`failures`); the rest is restorable.
+    PartiallyFailed,
+}
+
+impl BackupStatus {
+    pub fn of(b: &AppBackup) -> BackupStatus {
+        if b.failures.is_empty() {
+            BackupStatus::Complete
+        } else {
+            BackupStatus::PartiallyFailed
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupStatus::Complete => "complete",
+            BackupStatus::PartiallyFailed => "partially-failed",
+        }
+    }
+}
+
+/// What a backup holds, in bytes: its objects as exported plus its volumes' sizes (logical
+/// sizes: deduplication and compression make the stored bytes fewer).
+pub fn logical_size(b: &AppBackup) -> u64 {
+    b.objects.iter().map(|o| u64::from(o.size)).sum::<u64>()
+        + b.volumes.iter().map(|v| v.size).sum::<u64>()
+}
+
 /// Every source namespace of `mapping` must be one backup `b` holds: a typo would otherwise
 /// be ignored, and the restore go into the original namespace.
 pub fn check_mapping(b: &AppBackup, mapping: &Mapping) -> Result<(), AppBackupError> {
@@ -328,6 +361,7 @@ impl BackupBuilder {
             volumes: self.volumes,
             rules: self.rules.records,
             warnings: self.rules.warnings,
+            duration_seconds: Some(self.started.elapsed().as_secs_f64()),
             program_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         // The name is checked again under a claim: of two backups of one name written at
@@ -350,7 +384,7 @@ impl BackupBuilder {
             objects_new: stats.blobs_new,
             bytes_read: self.bytes_read,
             bytes_uploaded: stats.bytes_uploaded + len,
-            duration_seconds: self.started.elapsed().as_secs_f64(),
+            duration_seconds: record.duration_seconds.unwrap_or_default(),
             failures,
             volumes: record.volumes.clone(),
             rules: record.rules.clone(),
@@ -407,7 +441,11 @@ pub async fn load_objects(
 pub struct RestorePlanOptions {
     pub namespaces: Mapping,
     pub storage_classes: Mapping,
+    /// `--include-objects`.
     pub include: Vec<ResourceFilter>,
+    /// `--include-resources`/`--exclude-resources`, resolved against the backup's types
+    /// (default: every type).
+    pub kinds: crate::k8s::source::Kinds,
     pub selector: Selector,
     pub start_applications: bool,
     pub sanitise: SanitiseOptions,
@@ -449,13 +487,21 @@ pub fn plan_restore(objects: Vec<(ObjRef, Value)>, o: &RestorePlanOptions) -> Ve
         let target = mapped_ref(&r, &o.namespaces);
         // Filters apply to namespaced objects; the cluster-scoped ones a restore needs follow
         // the objects that need them only where a filter names them.
+        // Types: excludes apply to every object, includes to namespaced ones (the
+        // cluster-scoped ones of a backup are those its namespaced objects need).
+        let type_out = o.kinds.excluded(r.group(), &r.kind)
+            || (r.namespace.is_some() && !o.kinds.takes(r.group(), &r.kind));
         let filtered_out = (!o.include.is_empty() && !o.include.iter().any(|f| f.matches(&r)))
+            || type_out
             || (r.namespace.is_some() && !o.selector.matches(&v));
         if filtered_out {
             skipped.push(Planned {
                 source: r,
                 target,
-                skipped: Some("not selected by --include-resources/--selector".into()),
+                skipped: Some(
+                    "not selected by --include-objects/--include-resources/--exclude-resources/--selector"
+                        .into(),
+                ),
                 owners: Vec::new(),
                 value: v,
             });
@@ -599,4 +645,39 @@ pub fn conflicts(target: &ClusterDir, plan: &[Planned]) -> Result<Vec<ObjRef>, A
         .filter(|p| p.skipped.is_none() && existing.contains(&p.target))
         .map(|p| p.target.clone())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_size_of_a_backup() {
+        let mut b = AppBackup {
+            version: 1,
+            name: "b".into(),
+            time: time::OffsetDateTime::UNIX_EPOCH,
+            source: "cluster-dir:/c".into(),
+            schedule: None,
+            filters: Default::default(),
+            objects: Vec::new(),
+            failures: Vec::new(),
+            volumes: Vec::new(),
+            rules: Vec::new(),
+            warnings: Vec::new(),
+            duration_seconds: None,
+            program_version: "0".into(),
+        };
+        assert_eq!(BackupStatus::of(&b), BackupStatus::Complete);
+        assert_eq!(logical_size(&b), 0);
+        b.failures.push(crate::format::CaptureFailure {
+            what: "list secrets in namespace pg".into(),
+            reason: "forbidden".into(),
+        });
+        assert_eq!(BackupStatus::of(&b).as_str(), "partially-failed");
+        assert_eq!(
+            serde_json::to_value(BackupStatus::PartiallyFailed).unwrap(),
+            "partially-failed"
+        );
+    }
 }

@@ -19,7 +19,10 @@ use crate::hooks::{HookError, Rule};
 use crate::k8s::csi::MoverSettings;
 use crate::k8s::live::LiveCluster;
 use crate::k8s::objects::ResourceError;
-use crate::k8s::source::{self as ksource, ClusterDir, ClusterError, ResourceFilter, Selector};
+use crate::k8s::source::{
+    self as ksource, ClusterDir, ClusterError, NamespaceGlob, ResourceFilter, ResourceName,
+    Selector,
+};
 use crate::repository::Repository;
 
 /// A request (of a backup or a restore) that cannot be run as given.
@@ -27,7 +30,7 @@ use crate::repository::Repository;
 pub enum RequestError {
     #[error(transparent)]
     BadName(#[from] crate::util::NameError),
-    #[error("--namespace: give at least one namespace to back up")]
+    #[error("--namespace: give at least one namespace to back up (-n NAME, or --include-namespaces PATTERN)")]
     NoNamespace,
     /// A selector or an object filter that does not parse (the message names the flag).
     #[error(transparent)]
@@ -46,18 +49,32 @@ pub enum RequestError {
     SeveralRestoreTargets,
 }
 
+impl From<crate::k8s::filter::FilterError> for RequestError {
+    fn from(e: crate::k8s::filter::FilterError) -> Self {
+        RequestError::Filter(e.into())
+    }
+}
+
 /// A backup as given, every value as typed on a command line.
 #[derive(Debug, Clone)]
 pub struct BackupFlags {
     pub name: String,
-    /// `--namespace` (at least one).
+    /// `-n/--namespace` (at least one, or an --include-namespaces pattern).
     pub namespaces: Vec<String>,
-    /// `--selector`: `k=v`, `k!=v`, `k`, `!k`, comma-separated.
+    /// `--include-namespaces`: namespace patterns (`*`, `?`), comma-separated.
+    pub include_namespaces: String,
+    /// `--exclude-namespaces`: namespace patterns, comma-separated.
+    pub exclude_namespaces: String,
+    /// `-l/--selector`: a label selector (`k=v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k`,
+    /// `!k`, comma-separated).
     pub selector: String,
-    /// `--include-resources`: `kind/name` or `kind/namespace/name`, comma-separated.
+    /// `--include-objects`: `kind/name` or `kind/namespace/name`, comma-separated.
+    pub include_objects: String,
+    /// `--include-resources`: resource names (`deployments`, `deployments.apps`, kinds),
+    /// comma-separated.
     pub include_resources: String,
-    /// `--exclude-resource-types`: kinds, comma-separated.
-    pub exclude_resource_types: String,
+    /// `--exclude-resources`: resource names, comma-separated.
+    pub exclude_resources: String,
     /// `--pre-rule` files.
     pub pre_rules: Vec<PathBuf>,
     /// `--post-rule` files.
@@ -72,9 +89,12 @@ impl Default for BackupFlags {
         BackupFlags {
             name: String::new(),
             namespaces: Vec::new(),
+            include_namespaces: String::new(),
+            exclude_namespaces: String::new(),
             selector: String::new(),
+            include_objects: String::new(),
             include_resources: String::new(),
-            exclude_resource_types: String::new(),
+            exclude_resources: String::new(),
             pre_rules: Vec::new(),
             post_rules: Vec::new(),
             include_volumes: true,
@@ -131,7 +151,9 @@ impl BackupRequest {
     /// Parses and checks every value; reads the rule files.
     pub fn new(flags: BackupFlags, source: BackupSource) -> Result<Self, RequestError> {
         crate::util::check_name(crate::util::NameKind::Backup, &flags.name)?;
-        if flags.namespaces.is_empty() {
+        let include_namespaces =
+            NamespaceGlob::parse_list("--include-namespaces", &flags.include_namespaces)?;
+        if flags.namespaces.is_empty() && include_namespaces.is_empty() {
             return Err(RequestError::NoNamespace);
         }
         let consistency = ConsistencyOptions {
@@ -143,15 +165,30 @@ impl BackupRequest {
         };
         let scope = ksource::Scope {
             namespaces: flags.namespaces.clone(),
+            include_namespaces,
+            exclude_namespaces: NamespaceGlob::parse_list(
+                "--exclude-namespaces",
+                &flags.exclude_namespaces,
+            )?,
             selector: Selector::parse(&flags.selector)?,
-            include: ResourceFilter::parse_list("--include-resources", &flags.include_resources)?,
-            exclude_types: csv(&flags.exclude_resource_types),
+            include: ResourceFilter::parse_list("--include-objects", &flags.include_objects)?,
+            include_types: ResourceName::parse_list(
+                "--include-resources",
+                &flags.include_resources,
+            )?,
+            exclude_types: ResourceName::parse_list(
+                "--exclude-resources",
+                &flags.exclude_resources,
+            )?,
         };
+        // The namespaces are recorded once the patterns are resolved ([`backup`]).
+        let mut include_resources = csv(&flags.include_objects);
+        include_resources.extend(csv(&flags.include_resources));
         let filters = BackupFilters {
             namespaces: flags.namespaces,
             selector: flags.selector,
-            include_resources: csv(&flags.include_resources),
-            exclude_resource_types: csv(&flags.exclude_resource_types),
+            include_resources,
+            exclude_resource_types: csv(&flags.exclude_resources),
         };
         Ok(BackupRequest {
             name: flags.name,
@@ -174,7 +211,7 @@ pub async fn backup<E: From<AppBackupError>>(
     let BackupRequest {
         name,
         scope,
-        filters,
+        mut filters,
         consistency,
         source,
     } = req;
@@ -185,6 +222,10 @@ pub async fn backup<E: From<AppBackupError>>(
             let all = crate::util::blocking(move || cluster.load())
                 .await
                 .map_err(AppBackupError::from)?;
+            let scope = scope
+                .in_namespaces_of(&ksource::namespaces_of(&all), &dir.describe())
+                .map_err(|e| AppBackupError::from(ClusterError::from(e)))?;
+            filters.namespaces = scope.namespaces.clone();
             let selected =
                 ksource::select(&all, &scope, &dir.describe()).map_err(AppBackupError::from)?;
             drop(all);
@@ -204,6 +245,11 @@ pub async fn backup<E: From<AppBackupError>>(
             let live = LiveCluster::connect(context.as_deref())
                 .await
                 .map_err(AppBackupError::from)?;
+            let scope = live
+                .resolve_namespaces(&scope)
+                .await
+                .map_err(AppBackupError::from)?;
+            filters.namespaces = scope.namespaces.clone();
             let repo = repo.await?;
             Ok(volumes::backup_live(
                 repo,
@@ -241,9 +287,12 @@ mod tests {
     #[test]
     fn values_become_a_typed_scope_and_the_recorded_filters() {
         let f = BackupFlags {
-            selector: "app=db, tier!=web".into(),
-            include_resources: "deployment/pg/postgres, configmap/x".into(),
-            exclude_resource_types: " Event ,,Lease".into(),
+            selector: "app=db, tier!=web, role in (primary,replica)".into(),
+            include_objects: "deployment/pg/postgres, configmap/x".into(),
+            include_resources: "deployments.apps,ConfigMap".into(),
+            exclude_resources: " Event ,,leases".into(),
+            include_namespaces: "app-*".into(),
+            exclude_namespaces: "app-old".into(),
             include_volumes: false,
             schedule: Some("nightly".into()),
             ..flags()
@@ -253,14 +302,30 @@ mod tests {
         assert_eq!(r.scope.namespaces, ["pg"]);
         assert_eq!(r.scope.include.len(), 2);
         assert_eq!(r.scope.include[0].namespace.as_deref(), Some("pg"));
-        assert_eq!(r.scope.exclude_types, ["Event", "Lease"]);
+        let text = |v: &[ResourceName]| v.iter().map(|n| n.text.clone()).collect::<Vec<_>>();
+        assert_eq!(text(&r.scope.exclude_types), ["Event", "leases"]);
+        assert_eq!(
+            text(&r.scope.include_types),
+            ["deployments.apps", "ConfigMap"]
+        );
+        assert_eq!(r.scope.include_namespaces.len(), 1);
+        assert_eq!(r.scope.exclude_namespaces[0].as_str(), "app-old");
         assert!(!r.scope.selector.is_empty());
-        assert_eq!(r.filters.selector, "app=db, tier!=web");
+        assert_eq!(
+            r.filters.selector,
+            "app=db, tier!=web, role in (primary,replica)"
+        );
+        // Objects and resource names both, as given.
         assert_eq!(
             r.filters.include_resources,
-            ["deployment/pg/postgres", "configmap/x"]
+            [
+                "deployment/pg/postgres",
+                "configmap/x",
+                "deployments.apps",
+                "ConfigMap"
+            ]
         );
-        assert_eq!(r.filters.exclude_resource_types, ["Event", "Lease"]);
+        assert_eq!(r.filters.exclude_resource_types, ["Event", "leases"]);
         assert!(!r.consistency.include_volumes);
         assert_eq!(r.consistency.schedule.as_deref(), Some("nightly"));
         assert!(r.consistency.include_resources && r.consistency.allow_reflink);
@@ -274,15 +339,46 @@ mod tests {
         });
         assert!(e.contains("--selector"), "{e}");
         let e = refused(BackupFlags {
-            include_resources: "deployment".into(),
+            include_objects: "deployment".into(),
             ..flags()
         });
-        assert!(e.contains("--include-resources"), "{e}");
+        assert!(e.contains("--include-objects"), "{e}");
+        let e = refused(BackupFlags {
+            include_resources: "deployment/pg".into(),
+            ..flags()
+        });
+        assert!(
+            e.contains("--include-resources") && e.contains("--include-objects"),
+            "{e}"
+        );
+        let e = refused(BackupFlags {
+            exclude_resources: "config maps".into(),
+            ..flags()
+        });
+        assert!(e.contains("--exclude-resources"), "{e}");
+        let e = refused(BackupFlags {
+            exclude_namespaces: "App".into(),
+            ..flags()
+        });
+        assert!(e.contains("--exclude-namespaces"), "{e}");
         let e = refused(BackupFlags {
             namespaces: Vec::new(),
             ..flags()
         });
-        assert!(e.contains("--namespace"), "{e}");
+        assert!(
+            e.contains("--namespace") && e.contains("--include-namespaces"),
+            "{e}"
+        );
+        // A pattern alone is a scope.
+        BackupRequest::new(
+            BackupFlags {
+                namespaces: Vec::new(),
+                include_namespaces: "*".into(),
+                ..flags()
+            },
+            BackupSource::ClusterDir("/c".into()),
+        )
+        .unwrap();
         let d = tempfile::tempdir().unwrap();
         let missing = d.path().join("missing.yaml");
         let e = refused(BackupFlags {

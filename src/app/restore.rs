@@ -25,8 +25,8 @@ use crate::k8s::csi::MoverSettings;
 use crate::k8s::live::LiveCluster;
 use crate::k8s::objects::{Mapping, ObjRef, SanitiseOptions};
 use crate::k8s::source::{
-    self as ksource, ApplyItem, ApplyResult, ClusterDir, ExistingPolicy, Exported, Outcome,
-    ResourceFilter, Selector,
+    ApplyItem, ApplyResult, ClusterDir, ClusterError, ExistingPolicy, Exported, Kinds, Outcome,
+    ResourceFilter, ResourceName, Selector,
 };
 use crate::repository::Repository;
 
@@ -42,8 +42,12 @@ pub struct RestoreFlags {
     pub namespace_mapping: String,
     /// `--storage-class-mapping`: `old:new`, comma-separated.
     pub storage_class_mapping: String,
-    /// `--include-resources`: `kind/name` or `kind/namespace/name`, comma-separated.
+    /// `--include-objects`: `kind/name` or `kind/namespace/name`, comma-separated.
+    pub include_objects: String,
+    /// `--include-resources`: resource names (`deployments`, `deployments.apps`, kinds).
     pub include_resources: String,
+    /// `--exclude-resources`: resource names.
+    pub exclude_resources: String,
     /// `--selector`.
     pub selector: String,
     pub start_applications: bool,
@@ -63,7 +67,9 @@ impl Default for RestoreFlags {
             from_backup: String::new(),
             namespace_mapping: String::new(),
             storage_class_mapping: String::new(),
+            include_objects: String::new(),
             include_resources: String::new(),
+            exclude_resources: String::new(),
             selector: String::new(),
             start_applications: true,
             existing_resource_policy: ExistingPolicy::Skip,
@@ -102,7 +108,10 @@ pub enum RestoreMode {
 #[derive(Debug, Clone)]
 pub struct RestoreRequest {
     pub backup: String,
+    /// Its `kinds` are resolved against the backup's types when it is read ([`restore`]).
     pub plan: RestorePlanOptions,
+    /// `--include-resources`, `--exclude-resources` as given.
+    pub types: (Vec<ResourceName>, Vec<ResourceName>),
     pub policy: ExistingPolicy,
     pub mode: RestoreMode,
 }
@@ -116,7 +125,8 @@ impl RestoreRequest {
                 "--storage-class-mapping",
                 &flags.storage_class_mapping,
             )?,
-            include: ResourceFilter::parse_list("--include-resources", &flags.include_resources)?,
+            include: ResourceFilter::parse_list("--include-objects", &flags.include_objects)?,
+            kinds: Default::default(),
             selector: Selector::parse(&flags.selector)?,
             start_applications: flags.start_applications,
             sanitise: SanitiseOptions {
@@ -145,6 +155,10 @@ impl RestoreRequest {
         Ok(RestoreRequest {
             backup: flags.from_backup,
             plan,
+            types: (
+                ResourceName::parse_list("--include-resources", &flags.include_resources)?,
+                ResourceName::parse_list("--exclude-resources", &flags.exclude_resources)?,
+            ),
             policy: flags.existing_resource_policy,
             mode,
         })
@@ -264,12 +278,18 @@ async fn plan(
             origin: String::new(),
         })
         .collect();
-    ksource::check_kinds(
-        "--include-resources",
+    let types = crate::k8s::filter::types_of_objects(known.iter().map(|e| &e.value));
+    crate::k8s::filter::check_known_kinds(
+        "--include-objects",
         req.plan.include.iter().map(|f| f.kind.as_str()),
-        &known,
-    )?;
-    let plan = record::plan_restore(objects, &req.plan);
+        &types,
+    )
+    .map_err(ClusterError::from)?;
+    let options = RestorePlanOptions {
+        kinds: Kinds::resolve(&req.types.0, &req.types.1, &types).map_err(ClusterError::from)?,
+        ..req.plan.clone()
+    };
+    let plan = record::plan_restore(objects, &options);
     Ok((backup, plan))
 }
 
@@ -415,8 +435,12 @@ mod tests {
         assert!(e.contains("--namespace-mapping"), "{e}");
         let e = with(|f| f.storage_class_mapping = "a:".into());
         assert!(e.contains("--storage-class-mapping"), "{e}");
-        let e = with(|f| f.include_resources = "x".into());
+        let e = with(|f| f.include_objects = "x".into());
+        assert!(e.contains("--include-objects"), "{e}");
+        let e = with(|f| f.include_resources = "a/b".into());
         assert!(e.contains("--include-resources"), "{e}");
+        let e = with(|f| f.exclude_resources = "a b".into());
+        assert!(e.contains("--exclude-resources"), "{e}");
         let e = with(|f| f.selector = "=x".into());
         assert!(e.contains("--selector"), "{e}");
     }

@@ -418,6 +418,7 @@ mod tests {
                 volumes: vec![],
                 rules: vec![],
                 warnings: vec![],
+                duration_seconds: None,
                 program_version: "t".into(),
             },
         )

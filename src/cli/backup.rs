@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::{human, Ctx, Error, MoverArgs};
-use crate::app::record;
+use crate::app::record::{self, BackupStatus};
 use crate::app::request::{self, BackupFlags, BackupRequest, BackupSource};
 use crate::repository::rfc3339;
 
@@ -15,11 +15,19 @@ pub enum BackupCommand {
     /// Back up one or more namespaces: their objects and the data of their
     /// PersistentVolumeClaims, the volumes copied together while the pre rules hold the
     /// application quiet.
+    #[command(
+        after_help = "Example:\n  lifeboat backup create pg-nightly -n pg --context prod --exclude-resources events,leases"
+    )]
     Create(BackupCreateArgs),
     /// List application backups, oldest first.
+    #[command(after_help = "Example:\n  lifeboat backup list --json")]
     List,
     /// Show what one backup holds.
-    Describe { name: String },
+    #[command(after_help = "Example:\n  lifeboat backup describe pg-nightly")]
+    Describe {
+        /// The backup's name.
+        name: String,
+    },
 }
 
 /// `backup create`.
@@ -27,18 +35,37 @@ pub enum BackupCommand {
 pub struct BackupCreateArgs {
     /// Backup name (unique in the repository).
     pub name: String,
-    /// Namespace to capture (repeatable).
-    #[arg(long = "namespace", short = 'n', required = true)]
+    /// Namespace to capture (repeatable; must exist).
+    #[arg(
+        long = "namespace",
+        short = 'n',
+        value_name = "NAME",
+        required_unless_present = "include_namespaces"
+    )]
     pub namespaces: Vec<String>,
-    /// Label selector for namespaced objects: k=v, k!=v, k, !k, comma-separated.
-    #[arg(long, default_value = "")]
-    pub selector: String,
+    /// Also the namespaces these patterns match (`*` any run of characters, `?` one),
+    /// comma-separated: `app-*,db`. A pattern that matches none is refused.
+    #[arg(long, value_name = "PATTERNS")]
+    pub include_namespaces: Option<String>,
+    /// Leave out the namespaces these patterns match, named with -n or not.
+    #[arg(long, value_name = "PATTERNS")]
+    pub exclude_namespaces: Option<String>,
+    /// Label selector for namespaced objects: k=v, k==v, k!=v, k in (a,b), k notin (a,b),
+    /// k (has the label), !k (has not), comma-separated; all must hold.
+    #[arg(long, short = 'l', value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Only these types of namespaced objects: resource names, comma-separated, as kubectl
+    /// and velero take them: a plural (`deployments`), optionally with its group
+    /// (`deployments.apps`), or a kind (`Deployment`); case-insensitive; `*` is every type.
+    /// Custom resources too (their CRD's plural). [default: every type]
+    #[arg(long, value_name = "RESOURCES")]
+    pub include_resources: Option<String>,
+    /// Never these types (resource names, as --include-resources), namespaced or cluster-scoped.
+    #[arg(long, value_name = "RESOURCES", alias = "exclude-resource-types")]
+    pub exclude_resources: Option<String>,
     /// Only these objects: kind/name or kind/namespace/name, comma-separated.
-    #[arg(long, default_value = "")]
-    pub include_resources: String,
-    /// Leave out these kinds, comma-separated.
-    #[arg(long, default_value = "")]
-    pub exclude_resource_types: String,
+    #[arg(long, value_name = "OBJECTS")]
+    pub include_objects: Option<String>,
     /// Capture from a cluster directory (DIR/resources/ holds exported objects).
     #[arg(long, value_name = "DIR")]
     pub cluster_dir: Option<PathBuf>,
@@ -86,9 +113,12 @@ impl BackupCreateArgs {
         let flags = BackupFlags {
             name: self.name.clone(),
             namespaces: self.namespaces.clone(),
-            selector: self.selector.clone(),
-            include_resources: self.include_resources.clone(),
-            exclude_resource_types: self.exclude_resource_types.clone(),
+            include_namespaces: self.include_namespaces.clone().unwrap_or_default(),
+            exclude_namespaces: self.exclude_namespaces.clone().unwrap_or_default(),
+            selector: self.selector.clone().unwrap_or_default(),
+            include_objects: self.include_objects.clone().unwrap_or_default(),
+            include_resources: self.include_resources.clone().unwrap_or_default(),
+            exclude_resources: self.exclude_resources.clone().unwrap_or_default(),
             pre_rules: self.pre_rules.clone(),
             post_rules: self.post_rules.clone(),
             include_volumes: self.include_volumes,
@@ -154,7 +184,10 @@ async fn list(ctx: &Ctx<'_>) -> Result<(), Error> {
         .iter()
         .map(|(id, b)| {
             serde_json::json!({"id": id, "name": b.name, "time": rfc3339(b.time),
-                "source": b.source, "namespaces": b.filters.namespaces, "objects": b.objects.len()})
+                "source": b.source, "namespaces": b.filters.namespaces, "objects": b.objects.len(),
+                "status": BackupStatus::of(b), "size": record::logical_size(b),
+                "duration_seconds": b.duration_seconds,
+                "volumes": b.volumes.len(), "schedule": b.schedule})
         })
         .collect();
     ctx.emit(&rows, || {
@@ -162,15 +195,20 @@ async fn list(ctx: &Ctx<'_>) -> Result<(), Error> {
             return "no backups".into();
         }
         let mut out = format!(
-            "{:<10} {:<25} {:<24} {:>8}  NAMESPACES",
-            "ID", "TIME", "NAME", "OBJECTS"
+            "{:<10} {:<25} {:<24} {:<16} {:>10} {:>9} {:>8}  NAMESPACES",
+            "ID", "TIME", "NAME", "STATUS", "SIZE", "DURATION", "OBJECTS"
         );
         for (id, b) in &all {
             out.push_str(&format!(
-                "\n{:<10} {:<25} {:<24} {:>8}  {}",
+                "\n{:<10} {:<25} {:<24} {:<16} {:>10} {:>9} {:>8}  {}",
                 id.short(),
                 rfc3339(b.time),
                 b.name,
+                BackupStatus::of(b).as_str(),
+                human(record::logical_size(b)),
+                b.duration_seconds
+                    .map(|s| format!("{s:.1}s"))
+                    .unwrap_or_else(|| "-".into()),
                 b.objects.len(),
                 b.filters.namespaces.join(",")
             ));
@@ -185,9 +223,14 @@ async fn describe(ctx: &Ctx<'_>, name: &str) -> Result<(), Error> {
     let (id, b) = record::find_backup(&repo, name).await?;
     ctx.emit(&serde_json::json!({"id": id, "backup": b}), || {
         let mut out = format!(
-            "backup {} ({})\ntime: {}\nsource: {}\nnamespaces: {}\nselector: {}\nobjects: {}",
+            "backup {} ({})\nstatus: {}\nsize: {}\nduration: {}\ntime: {}\nsource: {}\nnamespaces: {}\nselector: {}\nobjects: {}",
             b.name,
             id.short(),
+            BackupStatus::of(&b).as_str(),
+            human(record::logical_size(&b)),
+            b.duration_seconds
+                .map(|s| format!("{s:.1}s"))
+                .unwrap_or_else(|| "-".into()),
             rfc3339(b.time),
             b.source,
             b.filters.namespaces.join(","),

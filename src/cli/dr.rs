@@ -24,7 +24,7 @@ pub struct StandbyArgs {
     #[arg(long, value_name = "NAME")]
     schedule: Option<String>,
     /// old:new namespace renames, comma-separated.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     namespace_mapping: String,
     #[command(flatten)]
     target: TargetArgs,
@@ -49,6 +49,7 @@ pub struct StandbyArgs {
 pub enum StandbyCommand {
     /// Per namespace: the backup applied, its age (the RPO lag), the newest backup in the
     /// bucket, and any error.
+    #[command(after_help = "Example:\n  lifeboat standby status --json")]
     Status,
     /// Inside the standby Job of a live site: move the claims' block devices to a backup's
     /// snapshots, two-phase, journals on --journal-dir.
@@ -101,6 +102,7 @@ pub struct DrillArgs {
     /// --schedule].
     #[arg(long, value_name = "NAME")]
     from_backup: Option<String>,
+    /// Drill the newest complete backup of this BackupSchedule [default: of any schedule].
     #[arg(long, value_name = "NAME")]
     schedule: Option<String>,
     /// Remove the scratch namespace after the report.

@@ -9,6 +9,7 @@
 mod backup;
 mod demo;
 mod dr;
+mod meta;
 mod ops;
 mod repo;
 mod restore;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use backup::{BackupCommand, BackupCreateArgs};
 pub use demo::DemoDataCommand;
+pub use meta::{VersionInfo, GIT_COMMIT};
 pub use repo::{KeyCommand, RepoCommand};
 pub use restore::{RestoreCommand, RestoreCreateArgs};
 pub use volume::{CsiDeltaArgs, VerifyReport, VolumeCommand};
@@ -44,7 +46,8 @@ const ABOUT: &str =
     "Disaster recovery for Kubernetes applications: encrypted, deduplicated, incremental \
 backups of volumes to a local directory or an S3 bucket.";
 
-const AFTER: &str = "Environment: LIFEBOAT_REPOSITORY (--repo), LIFEBOAT_PASSWORD (or --password-file), \
+const AFTER: &str = "Environment: LIFEBOAT_REPOSITORY (--repo), LIFEBOAT_PASSWORD (or --password-file, \
+LIFEBOAT_PASSWORD_FILE), \
 AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL for S3-compatible \
 servers (MinIO, Garage, Ceph). Exit codes: 0 success, 1 failure, 2 bad usage, 3 transient failure (retry later), \
 4 repository damage found (or data lost to it: `repo repair`). With --json, standard output holds one JSON \
@@ -52,7 +55,7 @@ document: the result, or, when a command fails before giving one, {\"error\": {\
 (the message is on standard error too).";
 
 #[derive(Debug, Parser)]
-#[command(name = "lifeboat", version, about = ABOUT, after_help = AFTER)]
+#[command(name = "lifeboat", version = meta::VERSION_LINE, about = ABOUT, after_help = AFTER)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -62,12 +65,19 @@ pub struct Cli {
 
 /// Options accepted before or after the subcommand.
 #[derive(Debug, Args)]
+#[command(next_help_heading = GLOBAL_HEADING)]
 pub struct Global {
     /// Repository: a path, file://PATH, or s3://BUCKET/PREFIX.
     #[arg(long, global = true, env = "LIFEBOAT_REPOSITORY", value_name = "URL")]
     pub repo: Option<String>,
-    /// Read the password from this file (else LIFEBOAT_PASSWORD).
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Read the password from this file (else LIFEBOAT_PASSWORD; else, when standard input is
+    /// a terminal, it is asked for).
+    #[arg(
+        long,
+        global = true,
+        env = "LIFEBOAT_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
     pub password_file: Option<PathBuf>,
     /// Machine-readable JSON on standard output.
     #[arg(long, global = true)]
@@ -96,6 +106,9 @@ pub struct Global {
     pub lock_wait: Option<Duration>,
 }
 
+/// The help section of the options every command takes.
+pub const GLOBAL_HEADING: &str = "Global options";
+
 /// How long a command waits for a conflicting lock by default: long enough for lockers that
 /// started together to sort themselves out, short enough that a long-held lock fails fast.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(1);
@@ -105,23 +118,30 @@ pub const SERVER_LOCK_WAIT: Duration = Duration::from_secs(5 * 60);
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create, check and manage the keys of a repository.
+    #[command(after_help = "Example:\n  lifeboat repo init --repo s3://backups/prod")]
     Repo {
         #[command(subcommand)]
         command: RepoCommand,
     },
     /// Back up and restore block volumes (image files or block devices).
+    #[command(after_help = "Example:\n  lifeboat volume backup --name pg-data /dev/vg0/pg-snap")]
     Volume {
         #[command(subcommand)]
         command: VolumeCommand,
     },
     /// List snapshots, oldest first.
+    #[command(after_help = "Example:\n  lifeboat snapshots --json")]
     Snapshots,
     /// Application backups: a namespace's objects (and the cluster-scoped objects it needs).
+    #[command(after_help = "Example:\n  lifeboat backup create pg-nightly -n pg --context prod")]
     Backup {
         #[command(subcommand)]
         command: BackupCommand,
     },
     /// Restore an application backup: sanitised, mapped and in dependency order.
+    #[command(
+        after_help = "Example:\n  lifeboat restore create --from-backup pg-nightly --output-dir restore/"
+    )]
     Restore {
         #[command(subcommand)]
         command: RestoreCommand,
@@ -129,14 +149,20 @@ pub enum Command {
     /// Run scheduled backups (SchedulePolicy and BackupSchedule objects), apply their
     /// retention, serve metrics. SIGTERM stops it (a running backup is cancelled, its post rules
     /// still run); SIGHUP reloads the configuration.
+    #[command(
+        after_help = "Example:\n  lifeboat server --config schedules/ --context prod --metrics-addr 127.0.0.1:9469"
+    )]
     Server(ops::ServerArgs),
     /// The schedules the server runs.
+    #[command(after_help = "Example:\n  lifeboat schedule next appns-hourly --count 5")]
     Schedule {
         #[command(subcommand)]
         command: ops::ScheduleCommand,
     },
     /// Runs of schedules, oldest first.
+    #[command(after_help = "Example:\n  lifeboat runs --schedule appns-hourly --limit 10")]
     Runs {
+        /// Only the runs of this schedule [default: every schedule's].
         #[arg(long, value_name = "NAME")]
         schedule: Option<String>,
         /// The newest N runs.
@@ -144,16 +170,20 @@ pub enum Command {
         limit: usize,
     },
     /// The local catalog.
+    #[command(after_help = "Example:\n  lifeboat catalog rebuild")]
     Catalog {
         #[command(subcommand)]
         command: ops::CatalogCommand,
     },
     /// Remove application backups by retention rules (per schedule); never the newest complete
     /// backup of a schedule. `prune` then gives the space back.
+    #[command(after_help = "Example:\n  lifeboat forget --keep-last 24 --keep-daily 7 --dry-run")]
     Forget(ops::ForgetArgs),
     /// Remove the data nothing references any more (repacking packs that are mostly garbage);
     /// new data is written before old data is deleted.
+    #[command(after_help = "Example:\n  lifeboat prune --dry-run")]
     Prune {
+        /// Report what would be removed and repacked; change nothing.
         #[arg(long)]
         dry_run: bool,
         /// Repack a pack when at least this fraction of it is garbage.
@@ -163,18 +193,27 @@ pub enum Command {
     /// On the DR site: keep namespaces a warm standby of a schedule's newest backup
     /// (volumes updated by block-map difference, workloads held at 0 replicas); or, with
     /// `status`, show what each namespace holds and how old it is.
+    #[command(
+        after_help = "Example:\n  lifeboat standby --schedule db-hourly --context dr --interval 30s"
+    )]
     Standby(dr::StandbyArgs),
     /// Failover: stop standby applying to a namespace and start its applications (recorded
     /// replica counts back, CronJobs resumed). Idempotent.
+    #[command(after_help = "Example:\n  lifeboat activate -n db --context dr")]
     Activate(dr::NamespaceArgs),
     /// The reverse of activate: applications at 0 replicas (counts recorded), CronJobs
     /// suspended; standby applies to the namespace again.
+    #[command(after_help = "Example:\n  lifeboat deactivate -n db --context primary")]
     Deactivate(dr::NamespaceArgs),
     /// A non-disruptive DR test: restore the newest backup into a scratch namespace, verify
     /// every volume and object, report the time to ready.
+    #[command(
+        after_help = "Example:\n  lifeboat drill -n db --into db-drill --context dr --remove"
+    )]
     Drill(dr::DrillArgs),
     /// Run the whole flow on generated data in a scratch directory: init, full and incremental
     /// backup, restore, verify, check. Needs no cluster and no cloud account.
+    #[command(after_help = "Example:\n  lifeboat demo --size-mib 64")]
     Demo {
         /// Scratch directory (must not exist or be empty) [default: a new directory under /tmp].
         #[arg(long)]
@@ -183,6 +222,20 @@ pub enum Command {
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
     },
+    /// Print a shell completion script (bash, zsh, fish, powershell or elvish) on standard
+    /// output.
+    #[command(
+        after_help = "Examples:\n  lifeboat completion bash > /etc/bash_completion.d/lifeboat\n  lifeboat completion zsh > \"${fpath[1]}/_lifeboat\"\n  lifeboat completion fish > ~/.config/fish/completions/lifeboat.fish"
+    )]
+    Completion {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The version of lifeboat, the git commit it was built from ("unknown" when built
+    /// outside a git checkout) and the repository format version it reads and writes.
+    #[command(after_help = "Example:\n  lifeboat version --json")]
+    Version,
     /// Generate or change demo volume data (for the benchmark and scripts).
     #[command(hide = true)]
     DemoData {
@@ -253,10 +306,14 @@ impl MoverArgs {
 pub enum Error {
     #[error("no repository given: pass --repo URL or set LIFEBOAT_REPOSITORY")]
     NoRepository,
-    #[error("no password given: set LIFEBOAT_PASSWORD or pass --password-file FILE")]
+    #[error("no password given: set LIFEBOAT_PASSWORD or pass --password-file FILE (or run on a terminal to be asked)")]
     NoPassword,
-    #[error("no new password given: set LIFEBOAT_NEW_PASSWORD or pass --new-password-file FILE")]
+    #[error("no new password given: set LIFEBOAT_NEW_PASSWORD or pass --new-password-file FILE (or run on a terminal to be asked)")]
     NoNewPassword,
+    #[error("cannot read the password from the terminal: {0}; set LIFEBOAT_PASSWORD or pass --password-file FILE")]
+    Prompt(std::io::Error),
+    #[error("the two passwords typed differ; run again and type the same one twice")]
+    PasswordsDiffer,
     // `error`, not `source`: the message says it, and a source would print it twice.
     #[error("the password in {0} is empty; give a non-empty one")]
     EmptyPassword(String),
@@ -349,6 +406,7 @@ impl Error {
                 | Error::NoPassword
                 | Error::NoNewPassword
                 | Error::EmptyPassword(_)
+                | Error::PasswordsDiffer
                 | Error::Store(StoreError::Credentials { .. } | StoreError::BadUrl { .. })
                 | Error::Repo(RepoError::Store(
                     StoreError::Credentials { .. } | StoreError::BadUrl { .. }
@@ -425,6 +483,24 @@ fn read_secret(file: Option<&Path>, env: &str) -> Result<Option<Vec<u8>>, Error>
     Ok(Some(pw.to_vec()))
 }
 
+/// Asks for a secret on the terminal when standard input is one (None: it is not, so a
+/// script without a password fails at once instead of hanging). With `confirm`, asks twice
+/// and refuses two different answers. Typed text is not echoed.
+fn prompt_secret(what: &str, confirm: bool) -> Result<Option<Vec<u8>>, Error> {
+    if !std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    let ask = |prompt: String| rpassword::prompt_password(prompt).map_err(Error::Prompt);
+    let pw = ask(format!("{what}: "))?;
+    if pw.is_empty() {
+        return Err(Error::EmptyPassword("the prompt".into()));
+    }
+    if confirm && ask(format!("{what} again: "))? != pw {
+        return Err(Error::PasswordsDiffer);
+    }
+    Ok(Some(pw.into_bytes()))
+}
+
 struct Ctx<'a> {
     g: &'a Global,
     cancel: CancellationToken,
@@ -448,8 +524,17 @@ impl Ctx<'_> {
         Ok(store::open(url, &self.store_options()).await?)
     }
 
+    /// The password: --password-file, LIFEBOAT_PASSWORD, else asked on the terminal.
     fn password(&self) -> Result<Vec<u8>, Error> {
-        read_secret(self.g.password_file.as_deref(), "LIFEBOAT_PASSWORD")?.ok_or(Error::NoPassword)
+        self.password_asked(false)
+    }
+
+    /// [`Ctx::password`], asked twice when it is typed (a new repository's).
+    fn password_asked(&self, confirm: bool) -> Result<Vec<u8>, Error> {
+        match read_secret(self.g.password_file.as_deref(), "LIFEBOAT_PASSWORD")? {
+            Some(pw) => Ok(pw),
+            None => prompt_secret("repository password", confirm)?.ok_or(Error::NoPassword),
+        }
     }
 
     fn cache_root(&self) -> Option<PathBuf> {
@@ -592,6 +677,8 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             repack_threshold,
         } => ops::prune(&ctx, *dry_run, *repack_threshold).await,
         Command::DemoData { command } => demo::demo_data(command),
+        Command::Completion { shell } => meta::completion(*shell),
+        Command::Version => meta::version(&ctx),
     };
     ctx.release_locks().await;
     if let Err(e) = &result {

@@ -38,24 +38,36 @@ pub struct ServerArgs {
 #[derive(Debug, Subcommand)]
 pub enum ScheduleCommand {
     /// Every schedule the server has loaded: next run, last result.
+    #[command(after_help = "Example:\n  lifeboat schedule list")]
     List,
     /// The next fire times of a schedule.
+    #[command(after_help = "Example:\n  lifeboat schedule next appns-hourly --count 5")]
     Next {
+        /// The schedule's name.
         name: String,
         /// How many (1 to 1000).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
         count: u64,
     },
     /// Stop running a schedule (until `resume`), whatever its configuration says.
-    Suspend { name: String },
+    #[command(after_help = "Example:\n  lifeboat schedule suspend appns-hourly")]
+    Suspend {
+        /// The schedule's name.
+        name: String,
+    },
     /// Run a suspended schedule again.
-    Resume { name: String },
+    #[command(after_help = "Example:\n  lifeboat schedule resume appns-hourly")]
+    Resume {
+        /// The schedule's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum CatalogCommand {
     /// Recreate the catalog's copy of the repository (backups, snapshots, runs of scheduled
     /// backups) from the bucket alone.
+    #[command(after_help = "Example:\n  lifeboat catalog rebuild --repo s3://backups/prod")]
     Rebuild,
 }
 
@@ -71,14 +83,20 @@ pub struct ForgetArgs {
     /// The configuration holding --policy.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Keep the N newest backups. A backup any --keep-* rule keeps stays; give at least one
+    /// rule (or --policy).
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_last: u32,
+    /// Keep the newest backup of each of the last N hours that have one.
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_hourly: u32,
+    /// Keep the newest backup of each of the last N days that have one.
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_daily: u32,
+    /// Keep the newest backup of each of the last N weeks that have one.
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_weekly: u32,
+    /// Keep the newest backup of each of the last N months that have one.
     #[arg(long, value_name = "N", default_value_t = 0)]
     keep_monthly: u32,
     /// Show what would be removed; change nothing.

@@ -12,6 +12,9 @@ use crate::repository::{CheckOptions, InitOptions, RepairOptions, RepairReport, 
 #[derive(Debug, Subcommand)]
 pub enum RepoCommand {
     /// Create a new repository at --repo (refused where one exists or other objects are).
+    #[command(
+        after_help = "Example:\n  LIFEBOAT_PASSWORD_FILE=pw.txt lifeboat repo init --repo s3://backups/prod"
+    )]
     Init {
         /// Block size of volume snapshots in KiB (power of two, 64..=8192). Fixed for the repository.
         #[arg(long, default_value_t = 512)]
@@ -27,6 +30,7 @@ pub enum RepoCommand {
         insecure_fast_kdf: bool,
     },
     /// Verify the repository; exit 4 and name each broken object on any damage.
+    #[command(after_help = "Example:\n  lifeboat repo check --read-data")]
     Check {
         /// Also download every pack and verify every blob.
         #[arg(long)]
@@ -45,6 +49,7 @@ pub enum RepoCommand {
     /// are indexed, so the snapshots that use a damaged blob (what `check --read-data` finds)
     /// are removed; the good blobs of a damaged pack move to new packs and the damaged pack is
     /// deleted. A blob damaged in one pack but intact in another keeps working.
+    #[command(after_help = "Example:\n  lifeboat repo repair --dry-run")]
     Repair {
         /// Report what would be done; change nothing.
         #[arg(long)]
@@ -59,6 +64,7 @@ pub enum RepoCommand {
     /// process first).
     ///
     /// Exit 0: no lock left. Exit 3: some locks were kept (listed; they expire by themselves).
+    #[command(after_help = "Example:\n  lifeboat repo unlock")]
     Unlock {
         /// Also remove unexpired locks whose holder cannot be checked from here (another host
         /// or container): only once you know it is gone, since its holder may still be writing.
@@ -66,6 +72,7 @@ pub enum RepoCommand {
         force: bool,
     },
     /// Passwords: each key object wraps the same master key, so no data is re-encrypted.
+    #[command(after_help = "Example:\n  lifeboat repo key add --new-password-file second.txt")]
     Key {
         #[command(subcommand)]
         command: KeyCommand,
@@ -75,15 +82,23 @@ pub enum RepoCommand {
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
     /// Add a password (read from --new-password-file or LIFEBOAT_NEW_PASSWORD).
+    #[command(after_help = "Example:\n  lifeboat repo key add --new-password-file second.txt")]
     Add {
+        /// Read the new password from this file (else LIFEBOAT_NEW_PASSWORD); one trailing
+        /// newline is dropped.
         #[arg(long, value_name = "FILE")]
         new_password_file: Option<PathBuf>,
         #[arg(long, hide = true)]
         insecure_fast_kdf: bool,
     },
     /// Remove a password's key by id (or unique prefix); the last key cannot be removed.
-    Remove { id: String },
+    #[command(after_help = "Example:\n  lifeboat repo key remove 3f2a9c")]
+    Remove {
+        /// The key's id, or a unique prefix of it (`repo key list` shows them).
+        id: String,
+    },
     /// List keys.
+    #[command(after_help = "Example:\n  lifeboat repo key list --json")]
     List,
 }
 
@@ -121,7 +136,7 @@ fn kdf(insecure_fast: bool) -> KdfParams {
 
 async fn init(ctx: &Ctx<'_>, opts: &InitOptions) -> Result<(), Error> {
     let store = ctx.store().await?;
-    let pw = ctx.password()?;
+    let pw = ctx.password_asked(true)?;
     let repo = Repository::init(store, &pw, opts, ctx.cancel.clone()).await?;
     let cfg = repo.config();
     ctx.emit(cfg, || {
@@ -292,5 +307,8 @@ async fn key(ctx: &Ctx<'_>, cmd: &KeyCommand) -> Result<(), Error> {
 
 /// The password `key add` adds: from the file, else `LIFEBOAT_NEW_PASSWORD`.
 fn new_password(file: Option<&Path>) -> Result<Vec<u8>, Error> {
-    read_secret(file, "LIFEBOAT_NEW_PASSWORD")?.ok_or(Error::NoNewPassword)
+    match read_secret(file, "LIFEBOAT_NEW_PASSWORD")? {
+        Some(pw) => Ok(pw),
+        None => super::prompt_secret("new password", true)?.ok_or(Error::NoNewPassword),
+    }
 }

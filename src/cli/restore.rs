@@ -15,26 +15,39 @@ use crate::k8s::source::{ApplyResult, ExistingPolicy, Outcome};
 pub enum RestoreCommand {
     /// Restore a backup to a directory of YAML (apply order), into a cluster directory, or
     /// print the plan (--dry-run).
+    #[command(
+        after_help = "Example:\n  lifeboat restore create --from-backup pg-nightly --namespace-mapping pg:pg-dr --context dr"
+    )]
     Create(RestoreCreateArgs),
 }
 
 /// `restore create`.
 #[derive(Debug, Args)]
 pub struct RestoreCreateArgs {
+    /// The application backup to restore (`backup list` shows them).
     #[arg(long, value_name = "NAME")]
     pub from_backup: String,
     /// old:new namespace renames, comma-separated.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub namespace_mapping: String,
     /// old:new storage class renames, comma-separated.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub storage_class_mapping: String,
     /// Only these objects: kind/name or kind/namespace/name, comma-separated.
-    #[arg(long, default_value = "")]
-    pub include_resources: String,
-    /// Label selector for namespaced objects.
-    #[arg(long, default_value = "")]
-    pub selector: String,
+    #[arg(long, value_name = "OBJECTS")]
+    pub include_objects: Option<String>,
+    /// Only these types of namespaced objects: resource names, comma-separated (`deployments`,
+    /// `deployments.apps`, a kind such as `Deployment`; `*` is every type) [default: every
+    /// type].
+    #[arg(long, value_name = "RESOURCES")]
+    pub include_resources: Option<String>,
+    /// Never these types (resource names, as --include-resources).
+    #[arg(long, value_name = "RESOURCES")]
+    pub exclude_resources: Option<String>,
+    /// Label selector for namespaced objects: k=v, k==v, k!=v, k in (a,b), k notin (a,b), k,
+    /// !k, comma-separated.
+    #[arg(long, short = 'l', value_name = "SELECTOR")]
+    pub selector: Option<String>,
     /// false: workloads at 0 replicas (original count recorded), CronJobs suspended.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub start_applications: bool,
@@ -87,8 +100,10 @@ impl RestoreCreateArgs {
             from_backup: self.from_backup.clone(),
             namespace_mapping: self.namespace_mapping.clone(),
             storage_class_mapping: self.storage_class_mapping.clone(),
-            include_resources: self.include_resources.clone(),
-            selector: self.selector.clone(),
+            include_objects: self.include_objects.clone().unwrap_or_default(),
+            include_resources: self.include_resources.clone().unwrap_or_default(),
+            exclude_resources: self.exclude_resources.clone().unwrap_or_default(),
+            selector: self.selector.clone().unwrap_or_default(),
             start_applications: self.start_applications,
             existing_resource_policy: self.existing_resource_policy,
             keep_status: self.keep_status,

@@ -68,6 +68,9 @@ impl CsiDeltaArgs {
 pub enum VolumeCommand {
     /// Back up an image file or block device as snapshot of volume NAME, incrementally
     /// against NAME's newest snapshot.
+    #[command(
+        after_help = "Example:\n  lifeboat volume backup --name pg-data --changed-ranges delta.json /dev/vg0/pg-snap"
+    )]
     Backup {
         /// Volume name (incrementals chain by name).
         #[arg(long)]
@@ -90,8 +93,13 @@ pub enum VolumeCommand {
     },
     /// Restore a snapshot (id, unique id prefix, or NAME:latest) to a new file, or with
     /// --overwrite onto an existing file or block device.
+    #[command(
+        after_help = "Example:\n  lifeboat volume restore pg-data:latest --overwrite /dev/vg1/pg-restore"
+    )]
     Restore {
+        /// Snapshot id, unique id prefix, or NAME:latest.
         snapshot: String,
+        /// File or block device to write (a new file unless --overwrite).
         target: PathBuf,
         /// Update an existing target in place (e.g. an older copy, or a block device): only
         /// blocks that differ are written.
@@ -103,8 +111,13 @@ pub enum VolumeCommand {
     },
     /// Check an image file or block device against a snapshot, block by block (keyed hashes
     /// and zeros as the block map says); exit 4 on a difference.
+    #[command(
+        after_help = "Example:\n  lifeboat volume verify pg-data:latest /dev/vg1/pg-restore"
+    )]
     Verify {
+        /// Snapshot id, unique id prefix, or NAME:latest.
         snapshot: String,
+        /// Image file or block device to compare with it.
         target: PathBuf,
         /// Write the result as JSON here and exit 0 whatever it says (the drill's Jobs: their
         /// termination message, which the drill reads).

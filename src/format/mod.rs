@@ -446,9 +446,13 @@ pub struct BackedUpObject {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackupFilters {
+    /// The namespaces backed up (`--include-namespaces` patterns resolved).
     pub namespaces: Vec<String>,
     pub selector: String,
+    /// `--include-objects` items (`kind/name`, `kind/namespace/name`), then
+    /// `--include-resources` names.
     pub include_resources: Vec<String>,
+    /// `--exclude-resources` names.
     pub exclude_resource_types: Vec<String>,
 }
 
@@ -503,6 +507,10 @@ pub struct AppBackup {
     /// `onError: Continue`, a rule that selected no pod, ...).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// How long the backup took, from its start to its record, in seconds (None: a record
+    /// older than the field).
+    #[serde(default)]
+    pub duration_seconds: Option<f64>,
     pub program_version: String,
 }
 

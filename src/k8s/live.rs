@@ -19,7 +19,8 @@ use super::error::LiveError;
 use super::objects::{change_of, Change, ObjRef};
 use crate::format::CaptureFailure;
 use crate::k8s::source::{
-    ApplyItem, ApplyResult, ExistingPolicy, Exported, Outcome, Scope as BackupScope, ScopeSelector,
+    ApplyItem, ApplyResult, ExistingPolicy, Exported, Outcome, ResourceType, Scope as BackupScope,
+    ScopeSelector,
 };
 use tokio::sync::mpsc;
 
@@ -279,6 +280,37 @@ impl LiveCluster {
             .is_some())
     }
 
+    /// The names of every namespace (what `--include-namespaces` patterns match).
+    pub async fn namespace_names(&self) -> Result<Vec<String>, LiveError> {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let list = api
+            .list_metadata(&ListParams::default())
+            .await
+            .map_err(|error| LiveError::Api {
+                what: "list namespaces".into(),
+                error,
+            })?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect())
+    }
+
+    /// A copy of `scope` whose namespace patterns are resolved against this cluster's
+    /// namespaces (none given: `scope` as it is, without a call).
+    pub async fn resolve_namespaces(&self, scope: &BackupScope) -> Result<BackupScope, LiveError> {
+        if scope.include_namespaces.is_empty() && scope.exclude_namespaces.is_empty() {
+            return Ok(scope.clone());
+        }
+        let names = self.namespace_names().await?;
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        Ok(scope
+            .clone()
+            .in_namespaces_of(&names, &self.describe())
+            .map_err(crate::k8s::source::ClusterError::from)?)
+    }
+
     /// An annotation of namespace `ns` (None: no such annotation, or no such namespace).
     pub async fn namespace_annotation(
         &self,
@@ -500,13 +532,17 @@ impl LiveCluster {
             .filter(|e| e.r.kind == "Namespace")
             .map(|e| e.r.name.as_str())
             .collect();
-        crate::k8s::source::validate_scope(
+        let served: Vec<ResourceType> = types
+            .iter()
+            .map(|(ar, _)| ResourceType::new(&ar.group, &ar.kind, &ar.plural))
+            .collect();
+        let kinds = crate::k8s::source::validate_scope(
             scope,
             &self.describe(),
             |ns| namespaces.contains(&ns),
-            types.iter().map(|(ar, _)| ar.kind.as_str()),
+            &served,
         )?;
-        let mut sel = ScopeSelector::new(scope);
+        let mut sel = ScopeSelector::new(scope, kinds);
         for (ar, _) in types.iter().filter(|(_, namespaced)| *namespaced) {
             for ns in &scope.namespaces {
                 let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, ar);

@@ -7,6 +7,8 @@
 //! ```text
 //!  objects (pure: ObjRef, sanitise, map, hold, order)
 //!    ▲
+//!  filter (pure: label selectors, resource names and types, namespace globs)
+//!    ▲
 //!  source (cluster directories, scopes, filters)
 //!    ▲
 //!  error (one enum for the layer, wrapping the two above)
@@ -15,6 +17,8 @@
 //! ```
 
 pub mod objects; // sanitise, map, hold, order (pure)
+
+pub mod filter; // selectors, resource names, namespace globs (pure)
 
 pub mod source; // cluster directories, scopes, filters
 

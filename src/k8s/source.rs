@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::k8s::filter::{check_known_kinds, kind_matches, namespaces_in_scope};
+pub use crate::k8s::filter::{
+    FilterError, Kinds, NamespaceGlob, ResourceName, ResourceType, Selector,
+};
 use crate::k8s::objects::{ObjRef, ResourceError};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,18 +32,9 @@ pub enum ClusterError {
     Resource(#[from] ResourceError),
     #[error("{dir} is not a cluster directory: it has no resources/ folder")]
     NotAClusterDir { dir: String },
-    #[error("unknown kind `{kind}` in {flag}; kinds known here: {known}")]
-    UnknownKind {
-        flag: &'static str,
-        kind: String,
-        known: String,
-    },
-    #[error("invalid {flag} `{value}`: {reason}")]
-    BadFilter {
-        flag: &'static str,
-        value: String,
-        reason: String,
-    },
+    /// A filter that does not parse or names what the source does not have.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
     #[error("namespace `{namespace}` does not exist in {cluster}")]
     NoSuchNamespace { namespace: String, cluster: String },
 }
@@ -335,61 +330,6 @@ pub struct ApplyResult {
 
 // ----- scope ------------------------------------------------------------------------------
 
-/// A label selector: `k=v`, `k==v`, `k!=v`, `k` (exists), `!k` (does not exist), comma-separated.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Selector(Vec<(String, Op)>);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Op {
-    Eq(String),
-    Ne(String),
-    Exists,
-    Absent,
-}
-
-impl Selector {
-    pub fn parse(text: &str) -> Result<Selector, ClusterError> {
-        let mut out = Vec::new();
-        for term in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let bad = |reason: &str| ClusterError::BadFilter {
-                flag: "--selector",
-                value: term.to_string(),
-                reason: reason.to_string(),
-            };
-            let (k, op) = if let Some((k, v)) = term.split_once("!=") {
-                (k, Op::Ne(v.trim().to_string()))
-            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-                (k, Op::Eq(v.trim().to_string()))
-            } else if let Some(k) = term.strip_prefix('!') {
-                (k, Op::Absent)
-            } else {
-                (term, Op::Exists)
-            };
-            let k = k.trim();
-            if k.is_empty() || k.contains(char::is_whitespace) || k.contains('=') {
-                return Err(bad("write key=value, key!=value, key or !key"));
-            }
-            out.push((k.to_string(), op));
-        }
-        Ok(Selector(out))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn matches(&self, v: &Value) -> bool {
-        let labels = v.pointer("/metadata/labels").and_then(Value::as_object);
-        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-        self.0.iter().all(|(k, op)| match op {
-            Op::Eq(want) => get(k) == Some(want.as_str()),
-            Op::Ne(want) => get(k) != Some(want.as_str()),
-            Op::Exists => get(k).is_some(),
-            Op::Absent => get(k).is_none(),
-        })
-    }
-}
-
 /// `kind/name` or `kind/namespace/name`; kinds match case-insensitively, plurals too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceFilter {
@@ -398,23 +338,14 @@ pub struct ResourceFilter {
     pub name: String,
 }
 
-fn kind_matches(filter: &str, kind: &str) -> bool {
-    let f = filter.to_ascii_lowercase();
-    let k = kind.to_ascii_lowercase();
-    f == k
-        || f == format!("{k}s")
-        || f == format!("{k}es")
-        || (k.ends_with('y') && f == format!("{}ies", &k[..k.len() - 1]))
-}
-
 impl ResourceFilter {
-    pub fn parse_list(flag: &'static str, text: &str) -> Result<Vec<ResourceFilter>, ClusterError> {
+    pub fn parse_list(flag: &'static str, text: &str) -> Result<Vec<ResourceFilter>, FilterError> {
         text.split(',')
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .map(|t| {
                 let parts: Vec<&str> = t.split('/').collect();
-                let bad = || ClusterError::BadFilter {
+                let bad = || FilterError::BadFilter {
                     flag,
                     value: t.to_string(),
                     reason: "write kind/name or kind/namespace/name".into(),
@@ -445,86 +376,60 @@ impl ResourceFilter {
     }
 }
 
-/// Kinds every cluster serves, accepted in filters even when no object of them is present.
-const BUILTIN_KINDS: &[&str] = &[
-    "Namespace",
-    "Pod",
-    "Service",
-    "Endpoints",
-    "ConfigMap",
-    "Secret",
-    "ServiceAccount",
-    "PersistentVolume",
-    "PersistentVolumeClaim",
-    "ResourceQuota",
-    "LimitRange",
-    "Event",
-    "Node",
-    "ReplicationController",
-    "Deployment",
-    "StatefulSet",
-    "DaemonSet",
-    "ReplicaSet",
-    "ControllerRevision",
-    "Job",
-    "CronJob",
-    "Role",
-    "RoleBinding",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "NetworkPolicy",
-    "Ingress",
-    "PodDisruptionBudget",
-    "HorizontalPodAutoscaler",
-    "StorageClass",
-    "PriorityClass",
-    "CustomResourceDefinition",
-    "MutatingWebhookConfiguration",
-    "ValidatingWebhookConfiguration",
-    "Lease",
-    "EndpointSlice",
-    "VolumeSnapshot",
-    "VolumeSnapshotClass",
-    "VolumeSnapshotContent",
-    "DeploymentConfig",
-    "Route",
-];
-
-/// Checks that every kind a filter names is a kind this source knows.
-pub fn check_kinds<'a>(
-    flag: &'static str,
-    kinds: impl IntoIterator<Item = &'a str>,
-    objects: &[Exported],
-) -> Result<(), ClusterError> {
-    check_known_kinds(flag, kinds, objects.iter().map(|e| e.r.kind.as_str()))
-}
-
-/// Checks `kinds` against the kinds a source serves (`known`) and the built-in kinds.
-pub fn check_known_kinds<'a, 'b>(
-    flag: &'static str,
-    kinds: impl IntoIterator<Item = &'a str>,
-    known: impl Iterator<Item = &'b str>,
-) -> Result<(), ClusterError> {
-    let known: BTreeSet<&str> = known.chain(BUILTIN_KINDS.iter().copied()).collect();
-    for k in kinds {
-        if !known.iter().any(|known| kind_matches(k, known)) {
-            return Err(ClusterError::UnknownKind {
-                flag,
-                kind: k.to_string(),
-                known: known.into_iter().collect::<Vec<_>>().join(", "),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// What a backup captures.
 #[derive(Debug, Clone, Default)]
 pub struct Scope {
+    /// `-n/--namespace`: namespaces named, each must exist.
     pub namespaces: Vec<String>,
+    /// `--include-namespaces`: patterns of more namespaces ([`Scope::in_namespaces_of`]).
+    pub include_namespaces: Vec<NamespaceGlob>,
+    /// `--exclude-namespaces`: patterns of namespaces left out, named or not.
+    pub exclude_namespaces: Vec<NamespaceGlob>,
     pub selector: Selector,
+    /// `--include-objects`: only these objects (empty: every object).
     pub include: Vec<ResourceFilter>,
-    pub exclude_types: Vec<String>,
+    /// `--include-resources`: only these types (empty: every type).
+    pub include_types: Vec<ResourceName>,
+    /// `--exclude-resources`: never these types.
+    pub exclude_types: Vec<ResourceName>,
+}
+
+impl Scope {
+    /// The scope with its namespace patterns resolved against the namespaces a cluster has:
+    /// [`Scope::namespaces`] then lists every namespace of the scope. Idempotent.
+    pub fn in_namespaces_of(
+        mut self,
+        existing: &[&str],
+        cluster: &str,
+    ) -> Result<Scope, FilterError> {
+        if self.include_namespaces.is_empty() && self.exclude_namespaces.is_empty() {
+            return Ok(self);
+        }
+        self.namespaces = namespaces_in_scope(
+            &self.namespaces,
+            &self.include_namespaces,
+            &self.exclude_namespaces,
+            existing,
+            cluster,
+        )?;
+        self.include_namespaces.clear();
+        self.exclude_namespaces.clear();
+        Ok(self)
+    }
+}
+
+/// The namespaces of a cluster directory's objects (of the objects in them, and the
+/// Namespace objects).
+pub fn namespaces_of(all: &[Exported]) -> Vec<&str> {
+    let set: BTreeSet<&str> = all
+        .iter()
+        .filter_map(|e| {
+            e.r.namespace
+                .as_deref()
+                .or((e.r.kind == "Namespace").then_some(e.r.name.as_str()))
+        })
+        .collect();
+    set.into_iter().collect()
 }
 
 /// The objects of `scope`: the namespaces' objects (filtered), the Namespace objects, and the
@@ -536,21 +441,11 @@ pub fn select(
     scope: &Scope,
     cluster: &str,
 ) -> Result<Vec<Exported>, ClusterError> {
-    let namespaces: HashSet<&str> = all
-        .iter()
-        .filter_map(|e| {
-            e.r.namespace
-                .as_deref()
-                .or((e.r.kind == "Namespace").then_some(e.r.name.as_str()))
-        })
-        .collect();
-    validate_scope(
-        scope,
-        cluster,
-        |ns| namespaces.contains(ns),
-        all.iter().map(|e| e.r.kind.as_str()),
-    )?;
-    let mut sel = ScopeSelector::new(scope);
+    let namespaces = namespaces_of(all);
+    let scope = &scope.clone().in_namespaces_of(&namespaces, cluster)?;
+    let types = crate::k8s::filter::types_of_objects(all.iter().map(|e| &e.value));
+    let kinds = validate_scope(scope, cluster, |ns| namespaces.contains(&ns), &types)?;
+    let mut sel = ScopeSelector::new(scope, kinds);
     let mut out: Vec<Exported> = all
         .iter()
         .filter(|e| e.r.namespace.is_some() && sel.offer(e))
@@ -565,13 +460,15 @@ pub fn select(
     Ok(out)
 }
 
-/// Refuses a scope naming a namespace that does not exist or a kind nobody serves.
-pub fn validate_scope<'a>(
+/// Refuses a scope naming a namespace that does not exist or a kind or resource nobody
+/// serves; gives the types it takes, resolved against `types` (those the source serves) and
+/// the built-in ones.
+pub fn validate_scope(
     scope: &Scope,
     cluster: &str,
     namespace_exists: impl Fn(&str) -> bool,
-    kinds: impl Iterator<Item = &'a str> + Clone,
-) -> Result<(), ClusterError> {
+    types: &[ResourceType],
+) -> Result<Kinds, ClusterError> {
     for ns in &scope.namespaces {
         if !namespace_exists(ns) {
             return Err(ClusterError::NoSuchNamespace {
@@ -580,16 +477,18 @@ pub fn validate_scope<'a>(
             });
         }
     }
+    let mut known = crate::k8s::filter::builtin_types();
+    known.extend(types.iter().cloned());
     check_known_kinds(
-        "--include-resources",
+        "--include-objects",
         scope.include.iter().map(|f| f.kind.as_str()),
-        kinds.clone(),
+        &known,
     )?;
-    check_known_kinds(
-        "--exclude-resource-types",
-        scope.exclude_types.iter().map(String::as_str),
-        kinds,
-    )
+    Ok(Kinds::resolve(
+        &scope.include_types,
+        &scope.exclude_types,
+        &known,
+    )?)
 }
 
 /// Scope selection one object at a time, so a live capture can stream: offer every namespaced
@@ -597,6 +496,7 @@ pub fn validate_scope<'a>(
 /// [`ScopeSelector::cluster_scoped`]. It keeps only names, never objects.
 pub struct ScopeSelector<'a> {
     scope: &'a Scope,
+    kinds: Kinds,
     crds: HashSet<(String, String)>,
     pv_names: HashSet<String>,
     claims: HashSet<(String, String)>,
@@ -609,9 +509,11 @@ fn text(v: &Value, p: &str) -> Option<String> {
 }
 
 impl<'a> ScopeSelector<'a> {
-    pub fn new(scope: &'a Scope) -> Self {
+    /// `kinds`: the types the scope takes ([`validate_scope`]).
+    pub fn new(scope: &'a Scope, kinds: Kinds) -> Self {
         ScopeSelector {
             scope,
+            kinds,
             crds: HashSet::new(),
             pv_names: HashSet::new(),
             claims: HashSet::new(),
@@ -621,10 +523,7 @@ impl<'a> ScopeSelector<'a> {
     }
 
     fn excluded(&self, r: &ObjRef) -> bool {
-        self.scope
-            .exclude_types
-            .iter()
-            .any(|k| kind_matches(k, &r.kind))
+        self.kinds.excluded(r.group(), &r.kind)
     }
 
     /// A namespaced object: true when the backup takes it. Notes what it needs.
@@ -635,7 +534,8 @@ impl<'a> ScopeSelector<'a> {
                 .as_ref()
                 .is_some_and(|n| scope.namespaces.contains(n));
         let included = scope.include.is_empty() || scope.include.iter().any(|f| f.matches(&e.r));
-        if !in_ns || self.excluded(&e.r) || !included || !scope.selector.matches(&e.value) {
+        let taken = self.kinds.takes(e.r.group(), &e.r.kind);
+        if !in_ns || !taken || !included || !scope.selector.matches(&e.value) {
             return false;
         }
         let g = e.r.group();

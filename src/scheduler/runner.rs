@@ -218,7 +218,7 @@ impl RepoRunner {
         };
         let scope = Scope {
             namespaces: s.template.namespaces.clone(),
-            selector: Selector::parse(&s.template.selector)?,
+            selector: Selector::parse(&s.template.selector).map_err(ClusterError::from)?,
             ..Default::default()
         };
         let lock = self.shared_lock(name, cancel).await?;

@@ -333,7 +333,7 @@ fn restore_into_a_cluster_directory_with_existing_resource_policies_and_dry_run(
             "create",
             "--from-backup",
             "apps-1",
-            "--include-resources",
+            "--include-objects",
         ])
         .arg("deployment/pg/postgres,configmap/pg/postgres-config,namespace/pg")
         .args([
@@ -438,7 +438,7 @@ fn bad_input_is_named_and_changes_nothing() {
                 "y",
                 "-n",
                 "pg",
-                "--include-resources",
+                "--include-objects",
                 "gizmo/x",
             ],
             "unknown kind `gizmo`",
@@ -479,7 +479,7 @@ fn bad_input_is_named_and_changes_nothing() {
             vec![
                 "--from-backup",
                 "apps-1",
-                "--include-resources",
+                "--include-objects",
                 "gizmo/x",
                 "--dry-run",
             ],

@@ -222,6 +222,18 @@ fn password_file_and_key_management() {
         .args(["--repo", &repo, "--password-file"])
         .arg(&pwf)
         .args(["repo", "key", "remove", &old])));
+    // LIFEBOAT_PASSWORD_FILE is --password-file's variable; the flag wins over it.
+    ok(run(lifeboat().env("LIFEBOAT_PASSWORD_FILE", &pwf).args([
+        "--repo",
+        &repo,
+        "snapshots",
+    ])));
+    let r = run(lifeboat()
+        .env("LIFEBOAT_PASSWORD_FILE", &pwf)
+        .args(["--repo", &repo, "--password-file"])
+        .arg(d.path().join("no-such-file"))
+        .arg("snapshots"));
+    assert!(r.stderr.contains("no-such-file"), "{}", r.stderr);
     let r = run(with_repo(&repo).arg("snapshots"));
     assert!(
         r.stderr.contains("password does not open"),
@@ -556,4 +568,577 @@ fn ctrl_c_exits_130_and_leaves_no_partial_file() {
         interrupted > 0,
         "no restore was interrupted: make the volume bigger"
     );
+}
+
+// ----- help that teaches ----------------------------------------------------------------
+
+/// Every visible command of the tree, with its path (`lifeboat backup create`).
+fn commands() -> Vec<(String, clap::Command)> {
+    use clap::CommandFactory;
+    fn walk(path: String, c: &clap::Command, out: &mut Vec<(String, clap::Command)>) {
+        out.push((path.clone(), c.clone()));
+        for s in c.get_subcommands().filter(|s| !s.is_hide_set()) {
+            if s.get_name() != "help" {
+                walk(format!("{path} {}", s.get_name()), s, out);
+            }
+        }
+    }
+    let mut cmd = lifeboat::cli::Cli::command();
+    cmd.build();
+    let mut out = Vec::new();
+    walk("lifeboat".into(), &cmd, &mut out);
+    out
+}
+
+#[test]
+fn every_command_and_argument_has_help() {
+    let mut missing = Vec::new();
+    for (path, c) in commands() {
+        if c.get_about().is_none() && path != "lifeboat" {
+            missing.push(format!("{path}: no about"));
+        }
+        for a in c.get_arguments().filter(|a| !a.is_hide_set()) {
+            let id = a.get_id().as_str();
+            if ["help", "version"].contains(&id) {
+                continue;
+            }
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                missing.push(format!("{path}: {id}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "without help:\n{}", missing.join("\n"));
+}
+
+/// Global options have their own section of every command's help, after the command's own.
+#[test]
+fn global_options_are_a_section_of_their_own() {
+    for (path, c) in commands() {
+        for a in c.get_arguments().filter(|a| a.is_global_set()) {
+            assert_eq!(
+                a.get_help_heading(),
+                Some(lifeboat::cli::GLOBAL_HEADING),
+                "{path}: --{}",
+                a.get_id()
+            );
+        }
+    }
+    let r = ok(run(lifeboat().args(["backup", "create", "--help"])));
+    let own = r.stdout.find("--cluster-dir").expect("own option listed");
+    let heading = r.stdout.find("Global options:").expect("a global section");
+    let repo = r.stdout.find("--repo <URL>").expect("--repo listed");
+    assert!(own < heading && heading < repo, "{}", r.stdout);
+}
+
+/// No option shows an empty default (`[default: ""]`), and every command's help ends with an
+/// example of it.
+#[test]
+fn help_shows_no_empty_defaults_and_an_example_per_command() {
+    for (path, mut c) in commands() {
+        let help = c.render_long_help().to_string();
+        assert!(
+            !help.contains("[default: ]") && !help.contains("[default: \"\"]"),
+            "{path}:\n{help}"
+        );
+        if path == "lifeboat" {
+            continue;
+        }
+        let after = c
+            .get_after_help()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        assert!(
+            after.starts_with("Example") && after.contains(&path),
+            "{path}: no example of itself in its help: {after:?}"
+        );
+    }
+}
+
+#[test]
+fn completion_scripts_for_every_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef lifeboat"),
+        ("fish", "complete -c lifeboat"),
+        ("powershell", "Register-ArgumentCompleter"),
+        ("elvish", "edit:completion:arg-completer[lifeboat]"),
+    ] {
+        let r = ok(run(lifeboat().args(["completion", shell])));
+        assert!(r.stdout.contains(marker), "{shell}: {}", r.stdout);
+        // Subcommands and their options are completed too.
+        assert!(
+            r.stdout.contains("include-namespaces") && r.stdout.contains("from-backup"),
+            "{shell}"
+        );
+    }
+    let r = run(lifeboat().args(["completion", "tcsh"]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("bash") && r.stderr.contains("zsh"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn version_names_the_crate_the_commit_and_the_format() {
+    let v = json(&ok(run(lifeboat().args(["version", "--json"]))));
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["format_version"], lifeboat::format::FORMAT_VERSION);
+    let commit = v["commit"].as_str().unwrap();
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{commit}"
+    );
+    assert_eq!(commit, lifeboat::cli::GIT_COMMIT);
+    // Built from a git checkout (this one): its commit.
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let top = git(&["rev-parse", "--show-toplevel"]).map(std::path::PathBuf::from);
+    if top.and_then(|t| t.canonicalize().ok()) == Path::new(dir).canonicalize().ok() {
+        assert_eq!(
+            Some(commit.to_string()),
+            git(&["rev-parse", "--short=12", "HEAD"])
+        );
+    }
+    let human = ok(run(lifeboat().arg("version")));
+    assert!(
+        human.stdout.contains(env!("CARGO_PKG_VERSION"))
+            && human.stdout.contains(commit)
+            && human.stdout.contains("repository format: 1"),
+        "{}",
+        human.stdout
+    );
+    let short = ok(run(lifeboat().arg("--version")));
+    assert!(short.stdout.contains(commit), "{}", short.stdout);
+}
+
+// ----- velero-shaped filters ------------------------------------------------------------
+
+fn prod() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/clusters/prod")
+}
+
+/// The namespaced objects of a backup, as `kind/namespace/name`, sorted.
+fn namespaced_objects(repo: &str, backup: &str) -> Vec<String> {
+    let v = json(&ok(run(
+        with_repo(repo).args(["backup", "describe", backup, "--json"])
+    )));
+    let mut out: Vec<String> = v["backup"]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["namespace"].is_string())
+        .map(|o| {
+            format!(
+                "{}/{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["namespace"].as_str().unwrap(),
+                o["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn kinds(objects: &[String]) -> Vec<&str> {
+    let mut k: Vec<&str> = objects
+        .iter()
+        .map(|o| o.split('/').next().unwrap())
+        .collect();
+    k.dedup();
+    k
+}
+
+#[test]
+fn backup_filters_take_resource_names_selectors_and_namespace_patterns() {
+    let d = tmp();
+    let repo = d.path().join("repo").display().to_string();
+    init(&repo);
+    let create = |name: &str, args: &[&str]| {
+        let mut c = with_repo(&repo);
+        c.args([
+            "backup",
+            "create",
+            name,
+            "--include-volumes=false",
+            "--cluster-dir",
+        ])
+        .arg(prod())
+        .args(args);
+        run(&mut c)
+    };
+    // Resource names as velero takes them: plural, plural.group, kind; excludes win.
+    ok(create(
+        "types",
+        &[
+            "--include-namespaces",
+            "p?",
+            "--include-resources",
+            "deployments.apps,ConfigMap,secrets",
+            "--exclude-resources",
+            "secrets",
+        ],
+    ));
+    let objs = namespaced_objects(&repo, "types");
+    assert_eq!(kinds(&objs), ["ConfigMap", "Deployment"], "{objs:?}");
+    let v = json(&ok(run(
+        with_repo(&repo).args(["backup", "describe", "types", "--json"])
+    )));
+    assert_eq!(
+        v["backup"]["filters"]["namespaces"],
+        serde_json::json!(["pg"])
+    );
+    // Custom resources by their CRD's plural.
+    ok(create(
+        "crs",
+        &["-n", "pg", "--include-resources", "postgresclusters"],
+    ));
+    assert_eq!(
+        kinds(&namespaced_objects(&repo, "crs")),
+        ["PostgresCluster"]
+    );
+    // The whole selector grammar.
+    ok(create(
+        "labels",
+        &[
+            "-n",
+            "pg",
+            "-l",
+            "app in (postgres, other),pod-template-hash notin (zzz)",
+        ],
+    ));
+    let objs = namespaced_objects(&repo, "labels");
+    assert!(
+        objs.contains(&"Deployment/pg/postgres".to_string())
+            && objs.iter().all(|o| !o.starts_with("ConfigMap/")),
+        "{objs:?}"
+    );
+    ok(create(
+        "no-pods",
+        &["-n", "pg", "-l", "!pod-template-hash,app"],
+    ));
+    let objs = namespaced_objects(&repo, "no-pods");
+    assert!(objs.iter().all(|o| !o.starts_with("Pod/")), "{objs:?}");
+    // Every namespace but one; the old flag name still works.
+    ok(create(
+        "all-but",
+        &[
+            "--include-namespaces",
+            "*",
+            "--exclude-namespaces",
+            "cass*",
+            "--exclude-resource-types",
+            "Pod",
+        ],
+    ));
+    let objs = namespaced_objects(&repo, "all-but");
+    assert!(
+        objs.iter()
+            .all(|o| o.contains("/pg/") && !o.starts_with("Pod/")),
+        "{objs:?}"
+    );
+    // Single objects moved to --include-objects.
+    ok(create(
+        "one",
+        &["-n", "pg", "--include-objects", "deployment/pg/postgres"],
+    ));
+    assert_eq!(namespaced_objects(&repo, "one"), ["Deployment/pg/postgres"]);
+
+    for (args, needles) in [
+        (
+            vec!["-n", "pg", "--include-resources", "gizmos"],
+            vec!["`gizmos`", "deployments.apps"],
+        ),
+        (
+            vec!["-n", "pg", "--include-resources", "deployment/pg/postgres"],
+            vec!["--include-objects"],
+        ),
+        (
+            vec!["-n", "pg", "-l", "app in (a"],
+            vec!["--selector", "`app in (a`"],
+        ),
+        (
+            vec!["-n", "pg", "-l", "app within (a)"],
+            vec!["`app within (a)`", "key in ("],
+        ),
+        (
+            vec!["--include-namespaces", "nope-*"],
+            vec!["`nope-*`", "cassandra, pg"],
+        ),
+        (
+            vec!["-n", "pg", "--exclude-namespaces", "p*"],
+            vec!["no namespace left"],
+        ),
+    ] {
+        let r = create("bad", &args);
+        assert_ne!(r.code, 0, "{args:?}");
+        for n in needles {
+            assert!(r.stderr.contains(n), "{args:?}: {n}: {}", r.stderr);
+        }
+    }
+    // Neither -n nor a pattern: bad usage.
+    let r = create("bad", &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+#[test]
+fn restore_filters_take_resource_names_and_selectors() {
+    let d = tmp();
+    let repo = d.path().join("repo").display().to_string();
+    init(&repo);
+    ok(run(with_repo(&repo)
+        .args([
+            "backup",
+            "create",
+            "b",
+            "-n",
+            "pg",
+            "--include-volumes=false",
+            "--cluster-dir",
+        ])
+        .arg(prod())));
+    let planned = |args: &[&str]| -> Vec<String> {
+        let v = json(&ok(run(with_repo(&repo)
+            .args([
+                "restore",
+                "create",
+                "--from-backup",
+                "b",
+                "--dry-run",
+                "--json",
+            ])
+            .args(args))));
+        let mut out: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["skipped"].is_null() && p["target"]["namespace"].is_string())
+            .map(|p| p["target"]["kind"].as_str().unwrap().to_string())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    };
+    assert_eq!(
+        planned(&["--include-resources", "configmaps,services"]),
+        ["ConfigMap", "Service"]
+    );
+    let all = planned(&[]);
+    let without = planned(&["--exclude-resources", "Secret,deployments.apps"]);
+    assert!(
+        all.contains(&"Secret".to_string()) && !without.contains(&"Secret".to_string()),
+        "{without:?}"
+    );
+    assert!(!without.contains(&"Deployment".to_string()), "{without:?}");
+    assert_eq!(
+        planned(&[
+            "-l",
+            "app in (postgres)",
+            "--include-resources",
+            "deployments"
+        ]),
+        ["Deployment"]
+    );
+}
+
+// ----- passwords from the terminal --------------------------------------------------------
+
+/// Runs `lifeboat ARGS` on a pseudo-terminal (util-linux `script`), typing `lines` one by
+/// one; None when `script` is not installed.
+fn on_a_terminal(args: &str, lines: &[&str]) -> Option<crate::support::Run> {
+    use std::io::Write;
+    let script = ["/usr/bin/script", "/bin/script"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let bin = env!("CARGO_BIN_EXE_lifeboat");
+    let mut child = Command::new(script)
+        .args(["-qec", &format!("{bin} --no-cache {args}"), "/dev/null"])
+        .env_remove("LIFEBOAT_PASSWORD")
+        .env_remove("LIFEBOAT_PASSWORD_FILE")
+        .env_remove("LIFEBOAT_REPOSITORY")
+        .env("LIFEBOAT_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for l in lines {
+        std::thread::sleep(Duration::from_millis(700));
+        stdin.write_all(format!("{l}\n").as_bytes()).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    Some(crate::support::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// No password given and a terminal: it is asked for, not echoed (twice for a new
+/// repository); off a terminal the command fails at once naming the fix.
+#[test]
+fn a_password_is_asked_for_on_a_terminal() {
+    let d = tmp();
+    let repo = d.path().join("repo").display().to_string();
+    let Some(r) = on_a_terminal(
+        &format!("--repo {repo} repo init --insecure-fast-kdf"),
+        &["typed secret", "typed secret"],
+    ) else {
+        eprintln!("no `script` here: the terminal prompt is not tested");
+        return;
+    };
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("repository password again"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("typed secret"), "echoed: {}", r.stdout);
+    // The typed password is the repository's.
+    let opened = run(lifeboat().env("LIFEBOAT_PASSWORD", "typed secret").args([
+        "--no-cache",
+        "--repo",
+        &repo,
+        "snapshots",
+    ]));
+    assert_eq!(opened.code, 0, "{}", opened.stderr);
+    let r = on_a_terminal(&format!("--repo {repo} snapshots"), &["typed secret"]).unwrap();
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("no snapshots"), "{}", r.stdout);
+    let r = on_a_terminal(&format!("--repo {repo} snapshots"), &["wrong"]).unwrap();
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.contains("does not open"), "{}", r.stdout);
+    // Two different answers for a new repository: refused, nothing created.
+    let other = d.path().join("other").display().to_string();
+    let r = on_a_terminal(
+        &format!("--repo {other} repo init --insecure-fast-kdf"),
+        &["a", "b"],
+    )
+    .unwrap();
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(r.stdout.contains("differ"), "{}", r.stdout);
+    assert!(!Path::new(&other).join("config").exists());
+    // Off a terminal (stdin is not one): no prompt, the fix named.
+    let r = run(lifeboat().args(["--repo", &repo, "snapshots"]));
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--password-file"), "{}", r.stderr);
+}
+
+#[test]
+fn backup_list_shows_status_and_size() {
+    let d = tmp();
+    let repo = d.path().join("repo").display().to_string();
+    init(&repo);
+    ok(run(with_repo(&repo)
+        .args(["backup", "create", "pg-1", "-n", "pg", "--cluster-dir"])
+        .arg(prod())));
+    let list = json(&ok(
+        run(with_repo(&repo).args(["backup", "list", "--json"])),
+    ));
+    let row = &list[0];
+    assert_eq!(row["status"], "complete", "{row}");
+    let b = json(&ok(run(
+        with_repo(&repo).args(["backup", "describe", "pg-1", "--json"])
+    )));
+    let sum = |k: &str| -> u64 {
+        b["backup"][k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["size"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(sum("volumes") > 0, "the fixture has volume data: {b}");
+    assert_eq!(
+        row["size"].as_u64().unwrap(),
+        sum("objects") + sum("volumes")
+    );
+    let took = row["duration_seconds"].as_f64().unwrap();
+    assert!(took > 0.0 && took < 600.0, "{row}");
+    assert_eq!(b["backup"]["duration_seconds"], row["duration_seconds"]);
+    let human = ok(run(with_repo(&repo).args(["backup", "list"])));
+    let mut lines = human.stdout.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.contains("STATUS") && header.contains("SIZE") && header.contains("DURATION"),
+        "{header}"
+    );
+    let line = lines.next().unwrap();
+    assert!(
+        line.contains("pg-1")
+            && line.contains("complete")
+            && line.contains(&lifeboat::cli::human(row["size"].as_u64().unwrap())),
+        "{line}"
+    );
+}
+
+/// build.rs outside a git checkout (a source tarball) gives "unknown", and inside another
+/// repository (a tarball unpacked in some checkout) does not take that repository's commit.
+#[test]
+fn the_build_script_works_without_git() {
+    let d = tmp();
+    let exe = d.path().join("build-script");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(rustc)
+        .args(["--edition", "2021", "-o"])
+        .arg(&exe)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("build.rs"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tarball = d.path().join("lifeboat-0.1.0");
+    std::fs::create_dir_all(&tarball).unwrap();
+    let other = d.path().join("checkout");
+    std::fs::create_dir_all(other.join("vendor/lifeboat")).unwrap();
+    let git_init = Command::new("git")
+        .arg("init")
+        .arg("-q")
+        .arg(&other)
+        .status();
+    for (dir, git) in [
+        (tarball, true),
+        (other.join("vendor/lifeboat"), git_init.is_ok()),
+    ] {
+        if !git {
+            continue;
+        }
+        let r = Command::new(&exe)
+            .env("CARGO_MANIFEST_DIR", &dir)
+            .env_remove("LIFEBOAT_GIT_COMMIT")
+            .output()
+            .unwrap();
+        assert!(r.status.success());
+        let stdout = String::from_utf8_lossy(&r.stdout);
+        assert!(
+            stdout.contains("cargo:rustc-env=LIFEBOAT_GIT_COMMIT=unknown"),
+            "{}: {stdout}",
+            dir.display()
+        );
+    }
+    // A packager's own value wins.
+    let r = Command::new(&exe)
+        .env("CARGO_MANIFEST_DIR", d.path())
+        .env("LIFEBOAT_GIT_COMMIT", "0123456789ab")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&r.stdout).contains("LIFEBOAT_GIT_COMMIT=0123456789ab"));
 }

@@ -301,3 +301,55 @@ async fn a_refused_list_is_recorded_and_the_rest_is_captured() {
     assert_eq!(b.failures.len(), 1);
     assert!(!b.objects.iter().any(|o| o.kind == "Secret"));
 }
+
+/// Resource names resolve through discovery (custom resources by plural and group), and
+/// namespace patterns through the cluster's namespaces.
+#[tokio::test]
+async fn live_filters_resolve_through_discovery() {
+    use lifeboat::k8s::source::{NamespaceGlob, ResourceName};
+    let (cluster, _) = fake_cluster(false);
+    let scope = Scope {
+        include_namespaces: NamespaceGlob::parse_list("--include-namespaces", "p*").unwrap(),
+        include_types: ResourceName::parse_list(
+            "--include-resources",
+            "postgresclusters.db.example.com,deployments",
+        )
+        .unwrap(),
+        exclude_types: ResourceName::parse_list("--exclude-resources", "Deployment").unwrap(),
+        ..Default::default()
+    };
+    let scope = cluster.resolve_namespaces(&scope).await.unwrap();
+    assert_eq!(scope.namespaces, ["pg"]);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<lifeboat::k8s::source::Exported>(64);
+    cluster.capture(&scope, tx).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(e) = rx.recv().await {
+        if e.r.namespace.is_some() {
+            got.push(e.r.display());
+        }
+    }
+    assert_eq!(got, ["PostgresCluster/pg/main"]);
+
+    let (cluster, _) = fake_cluster(false);
+    let bad = Scope {
+        namespaces: vec!["pg".into()],
+        include_types: ResourceName::parse_list("--include-resources", "gizmos").unwrap(),
+        ..Default::default()
+    };
+    let (tx, _rx) = tokio::sync::mpsc::channel(64);
+    let e = cluster.capture(&bad, tx).await.unwrap_err().to_string();
+    assert!(
+        e.contains("`gizmos`") && e.contains("postgresclusters.db.example.com"),
+        "{e}"
+    );
+    let nothing = Scope {
+        include_namespaces: NamespaceGlob::parse_list("--include-namespaces", "q*").unwrap(),
+        ..Default::default()
+    };
+    let e = cluster
+        .resolve_namespaces(&nothing)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`q*`") && e.contains("other, pg"), "{e}");
+}

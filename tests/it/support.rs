@@ -299,6 +299,7 @@ pub fn lifeboat() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
     c.env_remove("LIFEBOAT_REPOSITORY")
         .env_remove("LIFEBOAT_PASSWORD")
+        .env_remove("LIFEBOAT_PASSWORD_FILE")
         .env("LIFEBOAT_LOG", "warn")
         .stdin(Stdio::null());
     c
