@@ -258,6 +258,12 @@ pub fn difference(live: &Value, planned: &Value) -> Option<String> {
                     None => Some(format!("{here}: the backup has {v}, the site none")),
                 }
             }),
+            // Finalizers: controllers on the site add their own (a claim a snapshot is taken
+            // of gets `pvc-as-source-protection`); the backup's must all be there.
+            (Value::Array(l), Value::Array(p)) if at == "/metadata/finalizers" => p
+                .iter()
+                .find(|f| !l.contains(f))
+                .map(|f| format!("{at}: the backup has {f}, the site not")),
             (Value::Array(l), Value::Array(p)) if l.len() == p.len() => l
                 .iter()
                 .zip(p)
@@ -431,6 +437,14 @@ mod tests {
             difference(&other, &planned).unwrap(),
             "/spec/replicas: the backup has 3, the site 0"
         );
+        // Finalizers the site's controllers added hold; one of the backup's missing does not.
+        let mut finalized = planned.clone();
+        finalized["metadata"]["finalizers"] = json!(["a"]);
+        let mut live_f = live.clone();
+        live_f["metadata"]["finalizers"] = json!(["b", "a"]);
+        assert!(holds(&live_f, &finalized));
+        live_f["metadata"]["finalizers"] = json!(["b"]);
+        assert!(!holds(&live_f, &finalized));
         // An empty map the API server dropped holds.
         let mut with_empty = planned.clone();
         with_empty["metadata"]["annotations"] = json!({});

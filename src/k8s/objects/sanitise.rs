@@ -237,6 +237,18 @@ pub fn skip_reason(r: &ObjRef, v: &Value, set: &HashSet<ObjRef>) -> Option<Strin
         {
             return Some("the cluster's own CA bundle: the target cluster publishes its own".into())
         }
+        // lifeboat's own snapshots in an application's namespace (a claim's delta base, a
+        // backup's group or snapshot): they belong to the source cluster's storage. Found by
+        // the drill on the real test clusters, which restored a base VolumeSnapshot.
+        ("snapshot.storage.k8s.io", "VolumeSnapshot")
+        | ("groupsnapshot.storage.k8s.io", "VolumeGroupSnapshot")
+            if str_at("/metadata/labels/app.kubernetes.io~1managed-by") == Some("lifeboat")
+                || str_at("/metadata/labels/lifeboat.dev~1base-of").is_some() =>
+        {
+            return Some(
+                "lifeboat's own snapshot (a delta base or a backup's): it belongs to the source cluster's storage".into(),
+            )
+        }
         ("", "Pod") if matches!(str_at("/status/phase"), Some("Succeeded") | Some("Failed")) => {
             return Some("completed pod".into())
         }
@@ -527,5 +539,8 @@ mod tests {
         assert!(reason(json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "external", "namespace": "n"}})).is_none());
         assert!(reason(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt", "namespace": "n"}})).is_some());
         assert!(reason(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ca.crt", "namespace": "n"}})).is_none());
+        assert!(reason(json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot", "metadata": {"name": "s", "namespace": "n", "labels": {"lifeboat.dev/base-of": "ab"}}})).is_some());
+        assert!(reason(json!({"apiVersion": "groupsnapshot.storage.k8s.io/v1beta2", "kind": "VolumeGroupSnapshot", "metadata": {"name": "g", "namespace": "n", "labels": {"app.kubernetes.io/managed-by": "lifeboat"}}})).is_some());
+        assert!(reason(json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot", "metadata": {"name": "users-own", "namespace": "n"}})).is_none());
     }
 }
