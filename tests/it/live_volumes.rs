@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::live::{serve, Answer};
-use crate::support::{init_repo, lb, run, tmp};
+use crate::support::{init_repo, lb, open_pw, run, tmp};
 
 struct CsiCluster {
     dir: PathBuf,
@@ -617,17 +617,6 @@ impl Answer for CsiCluster {
     }
 }
 
-async fn open(path: &Path) -> Arc<Repository> {
-    let store = lifeboat::store::open(&path.to_string_lossy(), &Default::default())
-        .await
-        .unwrap();
-    Arc::new(
-        Repository::open(store, b"pw", None, CancellationToken::new())
-            .await
-            .unwrap(),
-    )
-}
-
 fn merge(target: &mut Value, patch: &Value) {
     match patch {
         Value::Object(p) => {
@@ -700,7 +689,7 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
     let repo_path = init_repo(d.path());
     std::fs::create_dir_all(d.path().join("p")).unwrap();
     let primary = Arc::new(CsiCluster::new(&d.path().join("p"), &repo_path).with_app());
-    let repo = open(&repo_path).await;
+    let repo = open_pw(&repo_path).await;
     let opts = ConsistencyOptions {
         schedule: Some("db-hourly".into()),
         ..Default::default()
@@ -1051,7 +1040,7 @@ async fn a_live_drill_verifies_volumes_and_objects_and_measures_the_rto() {
     let repo_path = init_repo(d.path());
     std::fs::create_dir_all(d.path().join("p")).unwrap();
     let primary = Arc::new(CsiCluster::new(&d.path().join("p"), &repo_path).with_app());
-    let repo = open(&repo_path).await;
+    let repo = open_pw(&repo_path).await;
     let primary_live = LiveCluster::from_client(serve(primary.clone()), "p");
     backup_db(
         &repo,

@@ -37,6 +37,18 @@ pub async fn new_repo(store: Arc<dyn Store>) -> Arc<Repository> {
     )
 }
 
+/// The repository at `path` (a path or URL), opened with the password the CLI tests use ("pw").
+pub async fn open_pw(path: &Path) -> Arc<Repository> {
+    let store = lifeboat::store::open(&path.to_string_lossy(), &Default::default())
+        .await
+        .unwrap();
+    Arc::new(
+        Repository::open(store, b"pw", None, CancellationToken::new())
+            .await
+            .unwrap(),
+    )
+}
+
 pub async fn reopen(store: Arc<dyn Store>) -> Arc<Repository> {
     Arc::new(
         Repository::open(store, PASSWORD, None, CancellationToken::new())

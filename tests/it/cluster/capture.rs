@@ -14,32 +14,7 @@ async fn capture_discovers_a_type_made_now_and_pages_through_every_list() {
     let ns = site.namespace("capture");
     // A custom resource type this test makes, so discovery cannot have known it before.
     let group = format!("{}.lifeboat.test", unique("g"));
-    let crd = format!("gadgets.{group}");
-    site.apply(&format!(
-        r#"apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {{name: {crd}}}
-spec:
-  group: {group}
-  scope: Namespaced
-  names: {{plural: gadgets, singular: gadget, kind: Gadget}}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
-"#
-    ));
-    site.kubectl_ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=60s",
-        &format!("crd/{crd}"),
-    ]);
+    let crd = site.gadget_crd(&group);
     let mut objects = String::new();
     for i in 0..7 {
         objects.push_str(&format!(

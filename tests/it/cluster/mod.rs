@@ -282,6 +282,38 @@ impl Site {
         c
     }
 
+    /// Makes the namespaced custom resource type `gadgets.GROUP` (kind Gadget, v1, any spec)
+    /// and waits until it is Established; gives the CRD's name.
+    pub fn gadget_crd(&self, group: &str) -> String {
+        let crd = format!("gadgets.{group}");
+        self.apply(&format!(
+            r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {{name: {crd}}}
+spec:
+  group: {group}
+  scope: Namespaced
+  names: {{plural: gadgets, singular: gadget, kind: Gadget}}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#
+        ));
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            &format!("crd/{crd}"),
+        ]);
+        crd
+    }
+
     /// A fresh namespace (admin), named `prefix-N` with N unique within this run.
     pub fn namespace(&self, prefix: &str) -> String {
         let name = unique(prefix);

@@ -12,32 +12,7 @@ use crate::support::{init_repo, json, ok, run, tmp};
 /// a ConfigMap, a Secret, a Service with its cluster IP, a ServiceAccount, a Role and its
 /// RoleBinding.
 fn application(primary: &Site, ns: &str, group: &str) {
-    let crd = format!("gadgets.{group}");
-    primary.apply(&format!(
-        r#"apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {{name: {crd}}}
-spec:
-  group: {group}
-  scope: Namespaced
-  names: {{plural: gadgets, singular: gadget, kind: Gadget}}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
-"#
-    ));
-    primary.kubectl_ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=60s",
-        &format!("crd/{crd}"),
-    ]);
+    primary.gadget_crd(group);
     primary.apply(&format!(
         r#"apiVersion: {group}/v1
 kind: Gadget

@@ -7,29 +7,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::volumes::{job, mover_secret, volume_file};
+use super::volumes::{claims, job, mover_secret, volume_file};
 use super::{site, Role, Site};
 use crate::support::{init_repo, json, ok, run, tmp};
 
-/// An application of a Deployment (2 replicas of `sleep`) and a Block-mode claim.
+/// An application of a Deployment (2 replicas of `sleep`) and the claims of [`claims`].
 fn application(primary: &Site, ns: &str) {
+    claims(primary, ns);
     primary.apply(&format!(
-        r#"apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {{name: data-block, namespace: {ns}}}
-spec:
-  accessModes: [ReadWriteOnce]
-  volumeMode: Block
-  resources: {{requests: {{storage: 8Mi}}}}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {{name: data-fs, namespace: {ns}}}
-spec:
-  accessModes: [ReadWriteOnce]
-  resources: {{requests: {{storage: 16Mi}}}}
----
-apiVersion: apps/v1
+        r#"apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: web, namespace: {ns}}}
 spec:
@@ -43,11 +29,6 @@ spec:
       - {{name: web, image: busybox, command: [sleep, "3600"]}}
 "#
     ));
-    for c in ["data-block", "data-fs"] {
-        primary.wait_until(&format!("{ns}/{c} bound"), Duration::from_secs(60), || {
-            primary.get(&["-n", ns, "pvc", c]).unwrap()["status"]["phase"] == "Bound"
-        });
-    }
 }
 
 fn ready_replicas(site: &Site, ns: &str) -> i64 {

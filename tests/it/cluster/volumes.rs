@@ -4,16 +4,13 @@
 //! hand-over, bit for bit; then changed blocks from the real SnapshotMetadata sidecar.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use lifeboat::format::ChangeSource;
-use lifeboat::repository::Repository;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use super::{site, Role, Site};
-use crate::support::{init_repo, json, ok, run, tmp};
+use crate::support::{init_repo, json, ok, open_pw, run, tmp};
 
 /// The movers' Secret and ServiceAccount as `deploy/mover-secret.yaml` has them, filled in for
 /// a local repository and namespace `ns`.
@@ -106,7 +103,9 @@ pub fn volume_file(site: &Site, ns: &str, claim: &str) -> std::path::PathBuf {
         .into()
 }
 
-fn claims(site: &Site, ns: &str) {
+/// Claims `data-block` (Block, 8 MiB) and `data-fs` (Filesystem, 16 MiB), waited on until
+/// bound.
+pub fn claims(site: &Site, ns: &str) {
     site.apply(&format!(
         r#"apiVersion: v1
 kind: PersistentVolumeClaim
@@ -131,17 +130,6 @@ spec:
             || site.get(&["-n", ns, "pvc", c]).unwrap()["status"]["phase"] == "Bound",
         );
     }
-}
-
-async fn open(path: &Path) -> Arc<Repository> {
-    let store = lifeboat::store::open(&path.to_string_lossy(), &Default::default())
-        .await
-        .unwrap();
-    Arc::new(
-        Repository::open(store, b"pw", None, CancellationToken::new())
-            .await
-            .unwrap(),
-    )
 }
 
 const SUMS: &str = "head -c 3145728 /dev/xvda | sha256sum | cut -c1-16 > /dev/termination-log; \
@@ -245,7 +233,7 @@ async fn block_and_filesystem_claims_move_through_a_group_snapshot_and_restore_b
     let second = json(&ok(run(primary
         .lifeboat(&repo)
         .args(["--json", "backup", "create", "vol-2", "-n", &ns]))));
-    let r = open(&repo).await;
+    let r = open_pw(&repo).await;
     let snaps = r.list_snapshots().await.unwrap();
     for v in second["volumes"].as_array().unwrap() {
         let id = v["snapshot"].as_str().unwrap();
