@@ -186,7 +186,11 @@ async fn block_and_filesystem_claims_move_through_a_group_snapshot_and_restore_b
         );
     }
 
-    // The DR site restores them: the claims under the mapped namespace, their data first.
+    // The DR site restores them: the claims under the mapped namespace and storage class
+    // (a class only the DR site has), their data first.
+    dr.apply(
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: csi-hostpath-dr}\nprovisioner: hostpath.csi.k8s.io\nreclaimPolicy: Delete\nvolumeBindingMode: Immediate\n",
+    );
     let target = format!("{ns}-dr");
     let restored = json(&ok(run(dr.lifeboat(&repo).args([
         "--json",
@@ -196,6 +200,8 @@ async fn block_and_filesystem_claims_move_through_a_group_snapshot_and_restore_b
         "vol-1",
         "--namespace-mapping",
         &format!("{ns}:{target}"),
+        "--storage-class-mapping",
+        "csi-hostpath-sc:csi-hostpath-dr",
         "--context",
         "lifeboat",
     ]))));
@@ -219,6 +225,13 @@ async fn block_and_filesystem_claims_move_through_a_group_snapshot_and_restore_b
     }
     let fs = dr.get(&["-n", &target, "pvc", "data-fs"]).unwrap();
     assert_eq!(fs["spec"]["volumeMode"], "Filesystem", "{fs:#}");
+    for c in ["data-block", "data-fs"] {
+        let pvc = dr.get(&["-n", &target, "pvc", c]).unwrap();
+        assert_eq!(
+            pvc["spec"]["storageClassName"], "csi-hostpath-dr",
+            "{c}: {pvc:#}"
+        );
+    }
     // And an application on the DR site reads the same data through its claims.
     assert_eq!(job(dr, &target, "sums", SUMS), written);
 
