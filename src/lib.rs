@@ -20,7 +20,8 @@
 //!    │
 //!  repository/      packs, index, snapshots, keys, locks, check, prune, repair
 //!  store/           local, S3, memory; retry and fault-injection decorators
-//!  crypto, format   keyed ids, sealing, key wrapping; every stored struct (schema/)
+//!  crypto, crd,     keyed ids, sealing, key wrapping; the custom resources' types (deploy/crds/);
+//!  format           every stored struct (schema/)
 //!  util, metrics    names, blocking work off the runtime; the /metrics endpoint
 //! ```
 //!
@@ -61,6 +62,8 @@ pub mod util; // names, blocking work off the runtime
 pub mod metrics; // the /metrics and /healthz endpoint
 
 pub mod format; // every stored struct (schema/FORMAT.md)
+
+pub mod crd; // the custom resources: specs and statuses (deploy/crds/)
 
 pub mod crypto; // keyed ids, sealing, key wrapping
 

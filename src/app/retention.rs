@@ -17,22 +17,7 @@ use crate::crypto::Role;
 use crate::format::{AppBackup, BackupId, SnapshotId};
 use crate::repository::{LockKind, RepoError, Repository};
 
-/// How many backups a policy keeps (grandfather-father-son). A backup kept by any rule stays.
-/// All zero: keep everything.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Retain {
-    #[serde(default)]
-    pub last: u32,
-    #[serde(default)]
-    pub hourly: u32,
-    #[serde(default)]
-    pub daily: u32,
-    #[serde(default)]
-    pub weekly: u32,
-    #[serde(default)]
-    pub monthly: u32,
-}
+pub use crate::crd::Retain;
 
 impl Retain {
     pub fn keeps_everything(&self) -> bool {

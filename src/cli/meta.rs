@@ -1,5 +1,5 @@
-//! `version` and `completion`: what this binary is, and shell completion scripts. Need no
-//! repository.
+//! `version`, `completion` and `crds`: what this binary is, shell completion scripts, and
+//! the CustomResourceDefinitions of its resources. Need no repository.
 
 use clap::CommandFactory;
 
@@ -56,5 +56,25 @@ pub(super) fn completion(shell: clap_complete::Shell) -> Result<(), Error> {
         "lifeboat",
         &mut std::io::stdout(),
     );
+    Ok(())
+}
+
+/// `lifeboat crds`: every CustomResourceDefinition, into a file each under `out`, or on
+/// standard output as one multi-document stream.
+pub fn crds(out: Option<&std::path::Path>) -> Result<(), Error> {
+    let files = crate::crd::rendered();
+    let Some(dir) = out else {
+        let docs: Vec<String> = files.into_iter().map(|(_, text)| text).collect();
+        print!("{}", docs.join("---\n"));
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Usage(format!("cannot create {}: {e}", dir.display())))?;
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text)
+            .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
 }

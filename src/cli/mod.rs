@@ -236,6 +236,14 @@ pub enum Command {
     /// outside a git checkout) and the repository format version it reads and writes.
     #[command(after_help = "Example:\n  lifeboat version --json")]
     Version,
+    /// The CustomResourceDefinitions of the lifeboat.dev resources, as the code defines them:
+    /// one file per kind under OUT, or every one on standard output.
+    #[command(after_help = "Examples:\n  lifeboat crds --out deploy/crds\n  lifeboat crds | kubectl apply --server-side -f -")]
+    Crds {
+        /// Write a file per kind (`backups.yaml`, ...) into this directory.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Generate or change demo volume data (for the benchmark and scripts).
     #[command(hide = true)]
     DemoData {
@@ -679,6 +687,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::DemoData { command } => demo::demo_data(command),
         Command::Completion { shell } => meta::completion(*shell),
         Command::Version => meta::version(&ctx),
+        Command::Crds { out } => meta::crds(out.as_deref()),
     };
     ctx.release_locks().await;
     if let Err(e) = &result {

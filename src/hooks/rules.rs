@@ -16,15 +16,7 @@ pub const RULE_API_VERSION: &str = "lifeboat.dev/v1alpha1";
 /// Expands, in a background action, to the snippet that reports ready and waits.
 pub const WAIT_CMD: &str = "${WAIT_CMD}";
 
-/// What to do when a pre action fails or times out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-pub enum OnError {
-    /// The backup fails and no snapshot is used.
-    #[default]
-    Abort,
-    /// The backup goes on and records a warning.
-    Continue,
-}
+pub use crate::crd::OnError;
 
 /// One validated action.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,36 +68,7 @@ pub(crate) struct MetaDoc {
     _annotations: BTreeMap<String, String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct SpecDoc {
-    rules: Vec<ItemDoc>,
-    #[serde(default)]
-    on_error: OnError,
-    #[serde(default)]
-    timeout: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ItemDoc {
-    pod_selector: BTreeMap<String, String>,
-    #[serde(default)]
-    container: Option<String>,
-    actions: Vec<ActionDoc>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ActionDoc {
-    #[serde(rename = "type")]
-    kind: String,
-    value: String,
-    #[serde(default)]
-    background: bool,
-    #[serde(default)]
-    run_in_single_pod: bool,
-}
+use crate::crd::{ActionSpec as ActionDoc, RuleSpec as SpecDoc};
 
 /// Parses a duration such as `60s`, `5m`, `1m30s`, `1h`, `500ms`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -192,25 +155,32 @@ pub fn parse_rules(path: &str, text: &str) -> Result<Vec<Rule>, HookError> {
 }
 
 fn validate(path: &str, d: RuleDoc) -> Result<Rule, HookError> {
-    let name = d.metadata.name.clone();
+    if d.api_version != RULE_API_VERSION || d.kind != "Rule" {
+        return Err(HookError::Invalid {
+            path: path.to_string(),
+            what: format!("Rule {}: apiVersion/kind", d.metadata.name),
+            reason: format!(
+                "is {}/{}; a rule is apiVersion: {RULE_API_VERSION}, kind: Rule",
+                d.api_version, d.kind
+            ),
+        });
+    }
+    rule_of(path, &d.metadata.name, d.spec)
+}
+
+/// A rule's spec (a file's document, or a `Rule` object of the cluster), validated; `path`
+/// is where it came from, for messages.
+pub fn rule_of(path: &str, name: &str, spec: SpecDoc) -> Result<Rule, HookError> {
+    let name = name.to_string();
     let bad = |field: String, reason: String| HookError::Invalid {
         path: path.to_string(),
         what: format!("Rule {name}: {field}"),
         reason,
     };
-    if d.api_version != RULE_API_VERSION || d.kind != "Rule" {
-        return Err(bad(
-            "apiVersion/kind".into(),
-            format!(
-                "is {}/{}; a rule is apiVersion: {RULE_API_VERSION}, kind: Rule",
-                d.api_version, d.kind
-            ),
-        ));
-    }
     if name.is_empty() {
         return Err(bad("metadata.name".into(), "must not be empty".into()));
     }
-    let timeout = match &d.spec.timeout {
+    let timeout = match &spec.timeout {
         None => Duration::from_secs(60),
         Some(t) => parse_duration(t).map_err(|e| bad("spec.timeout".into(), e))?,
     };
@@ -220,14 +190,14 @@ fn validate(path: &str, d: RuleDoc) -> Result<Rule, HookError> {
             "must be more than 0 and at most 24h".into(),
         ));
     }
-    if d.spec.rules.is_empty() {
+    if spec.rules.is_empty() {
         return Err(bad(
             "spec.rules".into(),
             "is empty; give at least one".into(),
         ));
     }
     let mut items = Vec::new();
-    for (i, it) in d.spec.rules.into_iter().enumerate() {
+    for (i, it) in spec.rules.into_iter().enumerate() {
         if it.pod_selector.is_empty() {
             return Err(bad(
                 format!("spec.rules[{i}].podSelector"),
@@ -256,10 +226,10 @@ fn validate(path: &str, d: RuleDoc) -> Result<Rule, HookError> {
         });
     }
     Ok(Rule {
-        name,
+        name: name.clone(),
         file: path.to_string(),
         items,
-        on_error: d.spec.on_error,
+        on_error: spec.on_error,
         timeout,
     })
 }

@@ -47,82 +47,11 @@ struct Doc {
     spec: serde_yaml::Value,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct PolicySpec {
-    #[serde(default)]
-    cron: Option<CronDoc>,
-    #[serde(default)]
-    interval: Option<IntervalDoc>,
-    #[serde(default)]
-    daily: Option<AtDoc>,
-    #[serde(default)]
-    weekly: Option<AtDoc>,
-    #[serde(default)]
-    monthly: Option<AtDoc>,
-    #[serde(default)]
-    timezone: Option<String>,
-    #[serde(default)]
-    retain: Option<Retain>,
-}
+use crate::crd::{
+    AtSpec as AtDoc, BackupScheduleSpec as ScheduleSpec, IntervalSpec as IntervalDoc,
+    SchedulePolicySpec as PolicySpec,
+};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CronDoc {
-    expression: String,
-    #[serde(default)]
-    timezone: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IntervalDoc {
-    #[serde(default)]
-    seconds: u64,
-    #[serde(default)]
-    minutes: u64,
-    #[serde(default)]
-    hours: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AtDoc {
-    time: String,
-    #[serde(default)]
-    day: Option<String>,
-    #[serde(default)]
-    date: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ScheduleSpec {
-    schedule_policy_name: String,
-    #[serde(default)]
-    suspend: bool,
-    template: TemplateDoc,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct TemplateDoc {
-    namespaces: Vec<String>,
-    #[serde(default)]
-    selector: String,
-    #[serde(default)]
-    pre_rules: Vec<String>,
-    #[serde(default)]
-    post_rules: Vec<String>,
-    #[serde(default = "yes")]
-    include_resources: bool,
-    #[serde(default = "yes")]
-    include_volumes: bool,
-}
-
-fn yes() -> bool {
-    true
-}
 
 // ----- typed settings -----------------------------------------------------------------------
 
@@ -223,7 +152,9 @@ impl At<'_> {
     }
 }
 
-fn policy_of(path: &str, name: &str, spec: PolicySpec) -> Result<Policy, ScheduleError> {
+/// A policy's spec (a file's document, or a `SchedulePolicy` object), validated; `path` is
+/// where it came from, for messages.
+pub fn policy_of(path: &str, name: &str, spec: PolicySpec) -> Result<Policy, ScheduleError> {
     let at = At {
         path,
         object: format!("SchedulePolicy {name}"),
@@ -458,10 +389,20 @@ fn read_document(path: &str, doc: Doc, cfg: &mut Config) -> Result<Option<Pendin
 
 /// A schedule, checked against the policies and the rule for names.
 fn schedule_of(p: &Pending, cfg: &Config) -> Result<Schedule, ScheduleError> {
-    let (path, spec) = (p.path.as_str(), &p.spec);
-    let obj = format!("BackupSchedule {}", p.name);
-    if !cfg.policies.contains_key(&spec.schedule_policy_name) {
-        let known: Vec<&str> = cfg.policies.keys().map(String::as_str).collect();
+    schedule_of_spec(&p.path, &p.name, &p.spec, &cfg.policies)
+}
+
+/// A schedule's spec (a file's document, or a `BackupSchedule` object) checked against the
+/// policies it may name; `path` is where it came from, for messages.
+pub fn schedule_of_spec(
+    path: &str,
+    name: &str,
+    spec: &ScheduleSpec,
+    policies: &BTreeMap<String, Policy>,
+) -> Result<Schedule, ScheduleError> {
+    let obj = format!("BackupSchedule {name}");
+    if !policies.contains_key(&spec.schedule_policy_name) {
+        let known: Vec<&str> = policies.keys().map(String::as_str).collect();
         return Err(invalid(
             path,
             &obj,
@@ -494,10 +435,10 @@ fn schedule_of(p: &Pending, cfg: &Config) -> Result<Schedule, ScheduleError> {
             "includeResources and includeVolumes are both false: nothing to back up",
         ));
     }
-    crate::util::check_name(crate::util::NameKind::Schedule, &p.name)
+    crate::util::check_name(crate::util::NameKind::Schedule, name)
         .map_err(|e| invalid(path, &obj, "metadata.name", e))?;
     Ok(Schedule {
-        name: p.name.clone(),
+        name: name.to_string(),
         policy: spec.schedule_policy_name.clone(),
         suspend: spec.suspend,
         template: Template {

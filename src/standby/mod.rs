@@ -199,34 +199,7 @@ pub struct VolumeReport {
     pub bytes_written: u64,
 }
 
-/// Where a namespace of the site stands after a cycle.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NamespaceState {
-    /// Being applied by this cycle (a finished cycle reports none so).
-    #[default]
-    Pending,
-    /// The newest backup was applied.
-    Applied,
-    /// It held the newest backup already.
-    UpToDate,
-    /// Failed over to: left alone.
-    Activated,
-    /// Not applied (`error` says why); the site keeps its previous state.
-    Failed,
-}
-
-impl std::fmt::Display for NamespaceState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            NamespaceState::Pending => "pending",
-            NamespaceState::Applied => "applied",
-            NamespaceState::UpToDate => "up-to-date",
-            NamespaceState::Activated => "activated",
-            NamespaceState::Failed => "failed",
-        })
-    }
-}
+pub use crate::crd::NamespaceState;
 
 /// What one cycle did for one namespace.
 #[derive(Debug, Clone, Default, Serialize)]
