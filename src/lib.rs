@@ -83,6 +83,8 @@ pub mod scheduler; // policies, fire times, the catalog, the server loop
 
 pub mod standby; // the DR site: warm standby, activate, drill
 
+pub mod operator; // the controllers of the lifeboat.dev resources
+
 // The shell.
 pub mod demo;
 

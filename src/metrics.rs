@@ -32,7 +32,7 @@ pub async fn serve_metrics(
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
                 "/metrics" => ("200 OK", render()),
-                "/healthz" => ("200 OK", "ok\n".to_string()),
+                "/healthz" | "/readyz" => ("200 OK", "ok\n".to_string()),
                 _ => ("404 Not Found", "not found; try /metrics\n".to_string()),
             };
             let resp = format!(

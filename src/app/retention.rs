@@ -49,6 +49,9 @@ pub enum KeepReason {
     NewestComplete,
     #[serde(rename = "no retention rules")]
     NoRules,
+    /// Not the backup a deletion named.
+    #[serde(rename = "not asked for")]
+    NotAsked,
     #[serde(rename = "weekly")]
     Weekly,
 }
@@ -57,6 +60,7 @@ impl KeepReason {
     pub fn as_str(self) -> &'static str {
         match self {
             KeepReason::Daily => "daily",
+            KeepReason::NotAsked => "not asked for",
             KeepReason::Hourly => "hourly",
             KeepReason::Last => "last",
             KeepReason::Monthly => "monthly",
@@ -260,6 +264,24 @@ pub fn orphans(intent: &ForgetIntent, records: &[(BackupId, AppBackup)]) -> Vec<
         .iter()
         .filter(|s| !named.contains(s))
         .copied()
+        .collect()
+}
+
+/// The decisions that remove the one backup `id` and keep every other.
+pub fn only(backups: &[(BackupId, AppBackup)], id: &BackupId) -> Vec<Decision> {
+    backups
+        .iter()
+        .map(|(i, b)| Decision {
+            id: *i,
+            name: b.name.clone(),
+            schedule: b.schedule.clone(),
+            time: b.time,
+            kept_by: if i == id {
+                vec![]
+            } else {
+                vec![KeepReason::NotAsked]
+            },
+        })
         .collect()
 }
 

@@ -252,6 +252,12 @@ fn emit_cycle(ctx: &Ctx<'_>, reports: &[NamespaceReport]) {
 }
 
 pub(super) async fn set_running(ctx: &Ctx<'_>, a: &NamespaceArgs, run: bool) -> Result<(), Error> {
+    // A controller's Standby holds the namespace: it is flipped there, the controller acts.
+    if a.target.cluster_dir.is_none()
+        && super::controller::flip(ctx, a.target.context.as_deref(), &a.namespace, run).await?
+    {
+        return Ok(());
+    }
     let catalog = ctx.catalog().await?;
     let site = site(&a.target).await?;
     let report = standby::set_running(&catalog, &site, &a.namespace, run).await?;

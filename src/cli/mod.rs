@@ -7,6 +7,7 @@
 //! (`Ctx`: the repository, the catalog, output) and the dispatch.
 
 mod backup;
+mod controller;
 mod demo;
 mod dr;
 mod meta;
@@ -236,6 +237,15 @@ pub enum Command {
     /// outside a git checkout) and the repository format version it reads and writes.
     #[command(after_help = "Example:\n  lifeboat version --json")]
     Version,
+    /// Run the operator: reconcile the lifeboat.dev resources (BackupLocation, SchedulePolicy,
+    /// Rule, BackupSchedule, Backup, Restore, Standby) of a cluster while this replica holds
+    /// the Lease; serve /metrics, /healthz and /readyz.
+    #[command(after_help = "Example:\n  lifeboat controller --namespace lifeboat --state-dir /var/lib/lifeboat")]
+    Controller(controller::ControllerArgs),
+    /// List lifeboat resources of a cluster (backups, schedules, restores, standby) with their
+    /// status.
+    #[command(after_help = "Examples:\n  lifeboat get backups -n appns\n  lifeboat get standby --context dr --json")]
+    Get(controller::GetArgs),
     /// The CustomResourceDefinitions of the lifeboat.dev resources, as the code defines them:
     /// one file per kind under OUT, or every one on standard output.
     #[command(after_help = "Examples:\n  lifeboat crds --out deploy/crds\n  lifeboat crds | kubectl apply --server-side -f -")]
@@ -383,6 +393,8 @@ pub enum Error {
     PartialBackup(usize),
     #[error("{0} object(s) failed to restore; see the results above")]
     ObjectsFailed(usize),
+    #[error(transparent)]
+    Operator(#[from] crate::operator::OperatorError),
 }
 
 impl Error {
@@ -400,6 +412,7 @@ impl Error {
             Error::Demo(e) => e.is_retryable(),
             Error::Scheduler(e) => e.is_retryable(),
             Error::Catalog(e) => e.is_retryable(),
+            Error::Operator(e) => e.is_retryable(),
             Error::LocksKept(_) => true,
             _ => false,
         }
@@ -688,6 +701,8 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Completion { shell } => meta::completion(*shell),
         Command::Version => meta::version(&ctx),
         Command::Crds { out } => meta::crds(out.as_deref()),
+        Command::Controller(a) => controller::controller(&ctx, a).await,
+        Command::Get(a) => controller::get(&ctx, a).await,
     };
     ctx.release_locks().await;
     if let Err(e) = &result {

@@ -105,7 +105,7 @@ pub struct ForgetArgs {
 }
 
 impl Ctx<'_> {
-    fn state_dir(&self) -> PathBuf {
+    pub(super) fn state_dir(&self) -> PathBuf {
         self.g.state_dir.clone().unwrap_or_else(|| {
             std::env::var_os("XDG_STATE_HOME")
                 .map(PathBuf::from)

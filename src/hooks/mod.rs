@@ -39,6 +39,7 @@ pub use exec::{exit_code_of, Exec, ExecError, KubeExec, LocalExec, Process};
 pub use plan::{plan_chains, pod_targets, Chain, Phase, PodTarget};
 pub(crate) use rules::MetaDoc;
 pub use rules::{
+    rule_of,
     load_rules, parse_duration, parse_rules, Action, OnError, Rule, RuleItem, RULE_API_VERSION,
     WAIT_CMD,
 };

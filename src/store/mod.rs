@@ -175,6 +175,15 @@ impl Default for StoreOptions {
 /// or `memory://` (an empty in-memory store, for tests and demos). The store comes wrapped in
 /// the retry decorator.
 pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, None, options).await
+}
+
+/// [`open`], an S3 store with these settings rather than the environment's.
+pub async fn open_with(
+    url: &str,
+    s3: Option<s3::S3Settings>,
+    options: &StoreOptions,
+) -> Result<Arc<dyn Store>, StoreError> {
     let inner: Arc<dyn Store> = if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
@@ -183,7 +192,8 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, S
                 reason: "no bucket name; write s3://BUCKET/PREFIX".into(),
             });
         }
-        Arc::new(s3::S3Store::from_env(bucket, prefix, options.clone()).await?)
+        let settings = s3.unwrap_or_else(s3::S3Settings::from_env);
+        Arc::new(s3::S3Store::new(bucket, prefix, settings, options.clone()).await?)
     } else if url == "memory://" {
         Arc::new(memory::MemoryStore::new())
     } else if let Some(path) = url.strip_prefix("file://") {

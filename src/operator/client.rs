@@ -1,0 +1,210 @@
+//! The CLI's side of the operator: takes a cluster; gives the lifeboat resources as table
+//! rows (`lifeboat get`), and failover through a Standby's `spec.active` when a controller
+//! runs there (`lifeboat activate|deactivate`). Reads and patches resources only; the
+//! controller does the work.
+
+use std::time::Duration;
+
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde::Serialize;
+
+use super::OperatorError;
+use crate::crd::{Backup, BackupSchedule, Restore, Standby};
+
+/// What `lifeboat get` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    Backups,
+    Schedules,
+    Restores,
+    Standby,
+}
+
+/// One resource as `lifeboat get` shows it: its columns, in order, and the object itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub namespace: String,
+    pub name: String,
+    pub columns: Vec<(String, String)>,
+    #[serde(skip)]
+    pub object: serde_json::Value,
+}
+
+fn or_dash(v: Option<String>) -> String {
+    v.filter(|s| !s.is_empty()).unwrap_or_else(|| "-".into())
+}
+
+fn ready_of(c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> String {
+    c.iter()
+        .find(|c| c.type_ == crate::crd::COND_READY)
+        .map(|c| {
+            if c.status == "True" {
+                c.reason.clone()
+            } else {
+                format!("{}: {}", c.reason, c.message)
+            }
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The resources of `kind` in `namespace` (None: every namespace), oldest first.
+pub async fn list(client: &Client, kind: Kind, namespace: Option<&str>) -> Result<Vec<Row>, OperatorError> {
+    let lp = ListParams::default();
+    let mut rows = match kind {
+        Kind::Backups => api::<Backup>(client, namespace)
+            .list(&lp)
+            .await?
+            .items
+            .into_iter()
+            .map(|b| {
+                let s = b.status.clone().unwrap_or_default();
+                Row {
+                    namespace: b.namespace().unwrap_or_default(),
+                    name: b.name_any(),
+                    columns: vec![
+                        ("PHASE".into(), or_dash(s.phase.map(|p| format!("{p:?}")))),
+                        ("SCHEDULE".into(), or_dash(b.spec.schedule.clone())),
+                        ("TAKEN".into(), or_dash(s.backup_time.clone())),
+                        ("VOLUMES".into(), or_dash(s.volumes.map(|v| v.to_string()))),
+                        ("ERROR".into(), if s.phase == Some(crate::crd::BackupPhase::Failed) { ready_of(&s.conditions) } else { "-".into() }),
+                    ],
+                    object: serde_json::to_value(&b).unwrap_or_default(),
+                }
+            })
+            .collect::<Vec<_>>(),
+        Kind::Schedules => api::<BackupSchedule>(client, namespace)
+            .list(&lp)
+            .await?
+            .items
+            .into_iter()
+            .map(|b| {
+                let s = b.status.clone().unwrap_or_default();
+                Row {
+                    namespace: b.namespace().unwrap_or_default(),
+                    name: b.name_any(),
+                    columns: vec![
+                        ("POLICY".into(), b.spec.schedule_policy_name.clone()),
+                        ("LAST GOOD".into(), or_dash(s.last_successful_backup.clone())),
+                        ("RPO".into(), or_dash(s.rpo_seconds.map(|r| format!("{r}s")))),
+                        ("NEXT".into(), or_dash(s.next_run.clone())),
+                        ("READY".into(), ready_of(&s.conditions)),
+                    ],
+                    object: serde_json::to_value(&b).unwrap_or_default(),
+                }
+            })
+            .collect(),
+        Kind::Restores => api::<Restore>(client, namespace)
+            .list(&lp)
+            .await?
+            .items
+            .into_iter()
+            .map(|b| {
+                let s = b.status.clone().unwrap_or_default();
+                Row {
+                    namespace: b.namespace().unwrap_or_default(),
+                    name: b.name_any(),
+                    columns: vec![
+                        ("BACKUP".into(), b.spec.backup_name.clone()),
+                        ("PHASE".into(), or_dash(s.phase.map(|p| format!("{p:?}")))),
+                        ("READY".into(), ready_of(&s.conditions)),
+                    ],
+                    object: serde_json::to_value(&b).unwrap_or_default(),
+                }
+            })
+            .collect(),
+        Kind::Standby => api::<Standby>(client, namespace)
+            .list(&lp)
+            .await?
+            .items
+            .into_iter()
+            .map(|b| {
+                let s = b.status.clone().unwrap_or_default();
+                Row {
+                    namespace: b.namespace().unwrap_or_default(),
+                    name: b.name_any(),
+                    columns: vec![
+                        ("SCHEDULE".into(), b.spec.schedule.clone()),
+                        ("ACTIVE".into(), b.spec.active.to_string()),
+                        ("APPLIED".into(), or_dash(s.applied_backup.clone())),
+                        ("LAG".into(), or_dash(s.lag_seconds.map(|l| format!("{l}s")))),
+                        ("READY".into(), ready_of(&s.conditions)),
+                    ],
+                    object: serde_json::to_value(&b).unwrap_or_default(),
+                }
+            })
+            .collect(),
+    };
+    rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    Ok(rows)
+}
+
+/// What a flip of a Standby did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Flip {
+    pub standby: String,
+    pub namespace: String,
+    pub active: bool,
+    /// The status once the controller acted on it (when waited for).
+    pub rto_seconds: Option<f64>,
+    pub ready: String,
+}
+
+/// Sets `spec.active` of the Standby that holds namespace `ns` and waits up to `wait` for the
+/// controller to act on it. None: no Standby holds the namespace (the caller acts directly).
+pub async fn flip(client: &Client, ns: &str, active: bool, wait: Duration) -> Result<Option<Flip>, OperatorError> {
+    let all: Api<Standby> = Api::all(client.clone());
+    let list = match all.list(&ListParams::default()).await {
+        Ok(l) => l.items,
+        // No lifeboat CRDs on this cluster: no controller either.
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(s) = list.into_iter().find(|s| {
+        s.status
+            .as_ref()
+            .is_some_and(|st| st.namespaces.iter().any(|n| n.namespace == ns))
+    }) else {
+        return Ok(None);
+    };
+    let (name, sns) = (s.name_any(), s.namespace().unwrap_or_default());
+    let api: Api<Standby> = Api::namespaced(client.clone(), &sns);
+    let patch = serde_json::json!({"spec": {"active": active}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let now = api.get(&name).await?;
+        let st = now.status.clone().unwrap_or_default();
+        let acted = if active {
+            st.activated_at.is_some()
+        } else {
+            st.activated_at.is_none()
+                && st.namespaces.iter().all(|n| n.state != crate::crd::NamespaceState::Activated)
+        };
+        if acted || tokio::time::Instant::now() >= deadline {
+            return Ok(Some(Flip {
+                standby: format!("{sns}/{name}"),
+                namespace: ns.to_string(),
+                active,
+                rto_seconds: st.rto_seconds,
+                ready: if acted { ready_of(&st.conditions) } else { format!("the controller did not act within {} s; `lifeboat get standby` shows it", wait.as_secs()) },
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
