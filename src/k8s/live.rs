@@ -720,17 +720,27 @@ impl LiveCluster {
 impl LiveCluster {
     /// `activate` (run) or `deactivate` (hold) the workloads of a namespace: Deployments,
     /// StatefulSets and ReplicaSets get their recorded replica counts back (or 0, recording
-    /// them), CronJobs are resumed (or suspended). Merge patches of just those fields.
+    /// them), CronJobs and lifeboat's BackupSchedules are resumed (or suspended). Merge patches
+    /// of just those fields.
     pub async fn set_running(&self, namespace: &str, run: bool) -> Result<Vec<Change>, LiveError> {
         let kinds = [
             ("apps", "v1", "Deployment", "deployments"),
             ("apps", "v1", "StatefulSet", "statefulsets"),
             ("apps", "v1", "ReplicaSet", "replicasets"),
             ("batch", "v1", "CronJob", "cronjobs"),
+            ("lifeboat.dev", "v1alpha1", "BackupSchedule", "backupschedules"),
         ];
         let mut changes = Vec::new();
         for kind @ (g, v, k, _) in kinds {
-            let (api, items) = self.list_in(namespace, kind).await?;
+            let (api, items) = match self.list_in(namespace, kind).await {
+                Ok(x) => x,
+                // A cluster without lifeboat's resources has no schedules to hold.
+                Err(LiveError::Api {
+                    error: kube::Error::Api(e),
+                    ..
+                }) if g == "lifeboat.dev" && e.code == 404 => continue,
+                Err(e) => return Err(e),
+            };
             for item in items {
                 let mut value = serde_json::to_value(&item).expect("an object serialises");
                 value["apiVersion"] = Value::from(format!("{g}/{v}"));

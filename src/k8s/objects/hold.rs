@@ -17,8 +17,18 @@ pub fn is_scalable(r: &ObjRef) -> bool {
     )
 }
 
+/// Kinds whose `spec.suspend` is held true: CronJobs, and lifeboat's own BackupSchedules (a
+/// standby site must not back up the application it holds; activated, it does, as the new
+/// primary).
+pub fn is_suspendable(r: &ObjRef) -> bool {
+    matches!(
+        (r.group(), r.kind.as_str()),
+        ("batch", "CronJob") | ("lifeboat.dev", "BackupSchedule")
+    )
+}
+
 /// The warm-standby form: scalable workloads at 0 replicas with the original count recorded,
-/// CronJobs suspended with the original setting recorded. [`release_applications`] undoes it
+/// CronJobs and BackupSchedules suspended with the original setting recorded. [`release_applications`] undoes it
 /// exactly. Objects already held keep their recorded originals.
 fn annotations(v: &mut Value) -> Option<&mut Map<String, Value>> {
     let meta = v.get_mut("metadata")?.as_object_mut()?;
@@ -43,7 +53,7 @@ pub fn hold_applications(r: &ObjRef, v: &mut Value) -> bool {
         }
         return true;
     }
-    if r.group() == "batch" && r.kind == "CronJob" {
+    if is_suspendable(r) {
         let suspend = v
             .pointer("/spec/suspend")
             .and_then(Value::as_bool)
@@ -81,7 +91,7 @@ pub fn release_applications(r: &ObjRef, v: &mut Value) -> Option<(String, String
             .insert("replicas".into(), json!(n));
         return Some(("spec.replicas".into(), before.to_string(), n.to_string()));
     }
-    if r.group() == "batch" && r.kind == "CronJob" {
+    if is_suspendable(r) {
         let original = take(v, ORIGINAL_SUSPEND)? == "true";
         v.get_mut("spec")?
             .as_object_mut()?

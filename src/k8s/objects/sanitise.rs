@@ -209,6 +209,11 @@ const NEVER_RESTORED: &[(&str, &str)] = &[
     ("", "ComponentStatus"),
     ("", "Binding"),
     ("authorization.k8s.io", "SelfSubjectReview"),
+    // lifeboat's own records of what happened on the source cluster: the target's controller
+    // shows the repository's backups itself, and runs its own restores and standbys.
+    ("lifeboat.dev", "Backup"),
+    ("lifeboat.dev", "Restore"),
+    ("lifeboat.dev", "Standby"),
 ];
 
 /// Why an object is not restored, or None when it is. `set` holds every object of the

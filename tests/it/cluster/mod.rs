@@ -24,6 +24,7 @@ use serde_json::Value;
 use crate::support::lb;
 
 mod capture;
+mod operator;
 mod restore;
 mod standby;
 mod volumes;
@@ -101,7 +102,7 @@ impl Site {
             .and_then(|l| l.split('\'').next())
             .map(PathBuf::from)
             .ok_or_else(|| format!("{}: no PATH line", dir.join("env").display()))?;
-        let mut site = Site {
+        let site = Site {
             lifeboat_kubeconfig: dir.join("lifeboat.kubeconfig"),
             dir,
             bin,
@@ -125,7 +126,7 @@ impl Site {
             ]);
         }
         site.map_mover_image()?;
-        site.write_lifeboat_kubeconfig()?;
+        site.write_token_kubeconfig("lifeboat", &site.lifeboat_kubeconfig)?;
         Ok(site)
     }
 
@@ -145,16 +146,10 @@ impl Site {
         Ok(())
     }
 
-    /// A kubeconfig holding a token of ServiceAccount lifeboat/lifeboat (for the whole run).
-    fn write_lifeboat_kubeconfig(&mut self) -> Result<(), String> {
-        let token = self.kubectl_ok(&[
-            "-n",
-            "lifeboat",
-            "create",
-            "token",
-            "lifeboat",
-            "--duration=6h",
-        ]);
+    /// Writes at `path` a kubeconfig holding a token of ServiceAccount lifeboat/`sa` (for the
+    /// whole run).
+    pub fn write_token_kubeconfig(&self, sa: &str, path: &Path) -> Result<(), String> {
+        let token = self.kubectl_ok(&["-n", "lifeboat", "create", "token", sa, "--duration=6h"]);
         let admin = std::fs::read_to_string(self.dir.join("kubeconfig"))
             .map_err(|e| format!("read the admin kubeconfig: {e}"))?;
         let field = |key: &str| {
@@ -170,8 +165,7 @@ impl Site {
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: lifeboat\n  user:\n    token: {}\ncontexts:\n- name: lifeboat\n  context: {{cluster: test, user: lifeboat}}\ncurrent-context: lifeboat\n",
             token.trim()
         );
-        std::fs::write(&self.lifeboat_kubeconfig, kubeconfig)
-            .map_err(|e| format!("write {}: {e}", self.lifeboat_kubeconfig.display()))
+        std::fs::write(path, kubeconfig).map_err(|e| format!("write {}: {e}", path.display()))
     }
 
     /// kubectl as the cluster's admin (the test's own arrangements).
@@ -336,4 +330,9 @@ pub fn unique(prefix: &str) -> String {
         std::process::id() % 1000,
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The restore role's file (a restoring site binds it).
+pub fn restore_role() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac-restore.yaml")
 }

@@ -1,0 +1,448 @@
+//! The operator on two real clusters, the seed's DR flow end to end: `lifeboat controller`
+//! runs on each site as a process with the ServiceAccount's token (bound to `deploy/rbac.yaml`,
+//! `deploy/rbac-controller.yaml`, and on a restoring site the restore role), one Garage
+//! bucket between them. Everything is driven by applying lifeboat.dev resources with kubectl:
+//! a BackupLocation, a SchedulePolicy of a few seconds, a Rule and a BackupSchedule on the
+//! primary; Backups reach Completed; a Standby on the DR site holds the application at 0
+//! replicas with its volume current; failover by patching `spec.active` (the Deployment
+//! starts, the claim holds the backed-up data, the status has the RTO); then failback: the DR
+//! site backs up and the old primary follows it as a standby, activated by `lifeboat
+//! activate`. A second controller replica on the primary waits on the Lease and takes over
+//! when the first is killed.
+//!
+//! What the test cluster cannot show: `pods/exec` (the pod runner has none), so the Rule
+//! selects no pod and the backup records that as a warning.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::volumes::{claims, job, volume_file};
+use super::{site, Role, Site};
+use crate::support::{free_port, garage, lb, ok, run};
+
+/// A `lifeboat controller` process, killed when dropped.
+struct Controller {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Controller {
+    /// Starts one on `site` as the ServiceAccount of `kubeconfig`, named `name` in the Lease.
+    fn start(kubeconfig: &Path, name: &str, state: &Path) -> Controller {
+        let log = std::env::temp_dir().join(format!(
+            "lifeboat-controller-{}-{name}.log",
+            std::process::id()
+        ));
+        let port = free_port();
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "lifeboat=info")
+            .env_remove("LIFEBOAT_REPOSITORY")
+            .args(["controller", "--namespace", "lifeboat", "--identity", name])
+            .args(["--lease-duration", "4s", "--resync", "3s"])
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--state-dir")
+            .arg(state)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start lifeboat controller");
+        std::fs::write(log.with_extension("port"), port.to_string()).unwrap();
+        Controller { child, log }
+    }
+
+    fn metrics(&self) -> String {
+        let port = std::fs::read_to_string(self.log.with_extension("port")).unwrap();
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{port}/metrics")])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+            let _ = std::fs::remove_file(self.log.with_extension("port"));
+        } else {
+            eprintln!("controller log kept: {}", self.log.display());
+        }
+    }
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The CRDs and the controller's roles; no lifeboat resource of an earlier run (this is the
+/// one test that makes them, and a controller reconciles every one on the cluster).
+fn install(site: &Site) {
+    let root = root();
+    site.kubectl_ok(&["apply", "--server-side", "-f", root.join("deploy/crds").to_str().unwrap()]);
+    site.kubectl_ok(&["apply", "-f", root.join("deploy/rbac-controller.yaml").to_str().unwrap()]);
+    for kind in ["standbies", "backupschedules", "backups", "backuplocations", "schedulepolicies", "rules"] {
+        // No controller runs yet: finalizers of an earlier run's objects are dropped with them.
+        let all = site.kubectl_ok(&["get", &format!("{kind}.lifeboat.dev"), "-A", "-o", "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}{\"\\n\"}{end}"]);
+        for line in all.lines().filter(|l| !l.is_empty()) {
+            let (ns, name) = line.split_once('/').unwrap();
+            let mut args = vec!["patch".to_string(), format!("{kind}.lifeboat.dev"), name.to_string(), "--type".into(), "merge".into(), "-p".into(), r#"{"metadata":{"finalizers":null}}"#.into()];
+            if !ns.is_empty() {
+                args.extend(["-n".to_string(), ns.to_string()]);
+            }
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            site.kubectl_ok(&a);
+        }
+        site.kubectl_ok(&["delete", &format!("{kind}.lifeboat.dev"), "--all", "-A", "--wait=false"]);
+    }
+    site.kubectl_ok(&["-n", "lifeboat", "delete", "lease", "lifeboat-controller", "--ignore-not-found"]);
+    for crd in ["backups", "standbies", "backupschedules", "backuplocations"] {
+        site.kubectl_ok(&[
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            &format!("crd/{crd}.lifeboat.dev"),
+        ]);
+    }
+}
+
+/// The BackupLocation `default` on `site`, with its Secrets.
+fn location(site: &Site, url: &str, read_only: bool) {
+    let g = garage();
+    site.apply(&format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: lifeboat-s3, namespace: lifeboat}}
+stringData: {{AWS_ACCESS_KEY_ID: "{}", AWS_SECRET_ACCESS_KEY: "{}"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: lifeboat-password, namespace: lifeboat}}
+stringData: {{password: pw}}
+---
+apiVersion: lifeboat.dev/v1alpha1
+kind: BackupLocation
+metadata: {{name: default, namespace: lifeboat}}
+spec:
+  repository: {url}
+  endpoint: {}
+  region: garage
+  credentialsSecret: lifeboat-s3
+  passwordSecret: {{name: lifeboat-password}}
+  readOnly: {read_only}
+"#,
+        g.access_key, g.secret_key, g.endpoint
+    ));
+}
+
+/// The movers' Secret in the application's namespace (the repository's settings).
+fn mover_secret(site: &Site, ns: &str, url: &str) {
+    let g = garage();
+    site.apply(&format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: lifeboat-repository, namespace: {ns}}}
+stringData:
+  LIFEBOAT_REPOSITORY: {url}
+  LIFEBOAT_PASSWORD: pw
+  AWS_ACCESS_KEY_ID: "{}"
+  AWS_SECRET_ACCESS_KEY: "{}"
+  AWS_ENDPOINT_URL_S3: {}
+  AWS_REGION: garage
+"#,
+        g.access_key, g.secret_key, g.endpoint
+    ));
+}
+
+/// A SchedulePolicy of a few seconds, a Rule and a BackupSchedule of `ns` named `schedule`
+/// (a DR site gets the last two with the application).
+fn schedule(site: &Site, ns: &str, schedule: &str) {
+    policy(site, schedule);
+    site.apply(&format!(
+        r#"apiVersion: lifeboat.dev/v1alpha1
+kind: Rule
+metadata: {{name: quiesce, namespace: {ns}}}
+spec:
+  onError: Continue
+  rules:
+  - podSelector: {{app: no-such-pod}}
+    actions:
+    - {{type: command, value: sync}}
+---
+apiVersion: lifeboat.dev/v1alpha1
+kind: BackupSchedule
+metadata: {{name: {schedule}, namespace: {ns}}}
+spec:
+  schedulePolicyName: {schedule}-often
+  template:
+    namespaces: [{ns}]
+    preRules: [quiesce]
+"#
+    ));
+}
+
+/// The SchedulePolicy `SCHEDULE-often` (cluster-scoped: each site keeps its own, as from Git).
+fn policy(site: &Site, schedule: &str) {
+    site.apply(&format!(
+        "apiVersion: lifeboat.dev/v1alpha1\nkind: SchedulePolicy\nmetadata: {{name: {schedule}-often}}\nspec:\n  interval: {{seconds: 8}}\n  retain: {{last: 3}}\n"
+    ));
+}
+
+/// A Deployment `web` of one replica mounting the claims of [`claims`].
+fn application(site: &Site, ns: &str) {
+    claims(site, ns);
+    site.apply(&format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {{name: web, image: busybox, command: [sleep, "3600"]}}
+"#
+    ));
+}
+
+/// A ServiceAccount `lifeboat-failback` on the old primary, bound as a restoring site's
+/// (backup, restore and controller roles), and a kubeconfig with its token. Its own account:
+/// the other tests hold ServiceAccount lifeboat of the primary to the backup role alone.
+fn failback_account(site: &Site, dir: &Path) -> PathBuf {
+    let restore = std::fs::read_to_string(super::restore_role()).unwrap();
+    let role = restore
+        .split("\n---")
+        .find(|d| d.contains("\nkind: ClusterRole\n"))
+        .expect("the restore ClusterRole");
+    site.apply(role);
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: lifeboat-failback, namespace: lifeboat}\n",
+    );
+    for r in ["lifeboat-backup", "lifeboat-restore", "lifeboat-controller"] {
+        yaml.push_str(&format!(
+            "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: failback-{r}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {r}}}\nsubjects: [{{kind: ServiceAccount, name: lifeboat-failback, namespace: lifeboat}}]\n"
+        ));
+    }
+    yaml.push_str("---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: failback-leases, namespace: lifeboat}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: lifeboat-controller-leases}\nsubjects: [{kind: ServiceAccount, name: lifeboat-failback, namespace: lifeboat}]\n");
+    site.apply(&yaml);
+    let path = dir.join("failback.kubeconfig");
+    site.write_token_kubeconfig("lifeboat-failback", &path).unwrap();
+    path
+}
+
+fn replicas(site: &Site, ns: &str) -> (i64, i64) {
+    site.get(&["-n", ns, "deployment", "web"])
+        .map(|d| {
+            (
+                d["spec"]["replicas"].as_i64().unwrap_or(-1),
+                d["status"]["readyReplicas"].as_i64().unwrap_or(0),
+            )
+        })
+        .unwrap_or((-1, 0))
+}
+
+fn completed_backups(site: &Site, ns: &str, schedule: &str) -> Vec<Value> {
+    site.get(&["-n", ns, "backups.lifeboat.dev", "-l", &format!("lifeboat.dev/schedule={schedule}")])
+        .map(|l| l["items"].as_array().cloned().unwrap_or_default())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|b| b["status"]["phase"] == "Completed")
+        .collect()
+}
+
+fn standby(site: &Site) -> Value {
+    site.get(&["-n", "lifeboat", "standby.lifeboat.dev", "app"]).unwrap_or(Value::Null)
+}
+
+fn held_current(site: &Site, ns: &str, newest: &str) -> bool {
+    let s = standby(site);
+    s["status"]["appliedBackup"].as_str().is_some_and(|a| a >= newest)
+        && replicas(site, ns).0 == 0
+}
+
+#[test]
+fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_back() {
+    let (Some(primary), Some(dr)) = (site(Role::Primary), site(Role::Dr)) else {
+        return;
+    };
+    let g = garage();
+    let url = format!("s3://{}/{}", g.bucket, g.unique_prefix());
+    ok(run(lb(&url)
+        .envs(g.env())
+        .args(["repo", "init", "--insecure-fast-kdf", "--chunk-size-kib", "64"])));
+    let d = crate::support::tmp();
+    let t0 = std::time::Instant::now();
+    let step = |what: &str| eprintln!("{:>6.1} s  {what}", t0.elapsed().as_secs_f64());
+    install(primary);
+    install(dr);
+    let ns = super::unique("appns");
+    primary.kubectl_ok(&["create", "namespace", &ns]);
+    application(primary, &ns);
+    mover_secret(primary, &ns, &url);
+    job(
+        primary,
+        &ns,
+        "write",
+        "set -e; head -c 1048576 /dev/urandom > /tmp/$$; dd if=/tmp/$$ of=/dev/xvda bs=1M conv=fsync 2>/dev/null; rm /tmp/$$; \
+         mkdir -p /srv/data/app; echo one > /srv/data/app/file; sync",
+    );
+
+    // 1-2. The primary: a location, a policy of 8 s, a Rule, a schedule; Backups complete.
+    let (pk, dk) = (&primary.lifeboat_kubeconfig, &dr.lifeboat_kubeconfig);
+    let holder = || {
+        primary.get(&["-n", "lifeboat", "lease", "lifeboat-controller"]).map(|l| l["spec"]["holderIdentity"].clone())
+    };
+    // A Lease of an earlier run expires first (4 s).
+    let mut leader = Some(Controller::start(pk, "primary-1", &d.path().join("a1")));
+    step("the first replica leads");
+    primary.wait_until("the first replica leads", Duration::from_secs(30), || {
+        holder().is_some_and(|h| h == "primary-1")
+    });
+    let replica = Controller::start(pk, "primary-2", &d.path().join("a2"));
+    location(primary, &url, false);
+    schedule(primary, &ns, "app");
+    step("a scheduled Backup completes");
+    primary.wait_until("a scheduled Backup completes", Duration::from_secs(180), || {
+        !completed_backups(primary, &ns, "app").is_empty()
+    });
+    let b = &completed_backups(primary, &ns, "app")[0];
+    assert!(b["status"]["volumes"].as_i64() == Some(2), "{b:#}");
+    assert!(
+        b["status"]["warnings"].to_string().contains("quiesce"),
+        "the Rule that selected no pod is a warning: {b:#}"
+    );
+    let sched = primary.get(&["-n", &ns, "backupschedule", "app"]).unwrap();
+    let st = &sched["status"];
+    assert!(st["lastSuccessfulBackup"].is_string() && st["rpoSeconds"].is_i64(), "{sched:#}");
+    assert_eq!(st["conditions"][0]["status"], "True", "{sched:#}");
+    let loc = primary.get(&["-n", "lifeboat", "backuplocation", "default"]).unwrap();
+    assert_eq!(loc["status"]["phase"], "Available", "{loc:#}");
+    assert_eq!(holder().unwrap(), "primary-1", "the replica waits on the Lease");
+    assert!(
+        leader.as_ref().unwrap().metrics().contains(&format!("lifeboat_schedule_rpo_seconds{{schedule=\"{ns}/app\"}}")),
+        "the RPO on /metrics"
+    );
+
+    // The leader dies: the replica takes the Lease over and the schedule goes on.
+    drop(leader.take());
+    step("the second replica takes the Lease");
+    primary.wait_until("the second replica takes the Lease", Duration::from_secs(30), || {
+        holder().is_some_and(|h| h == "primary-2")
+    });
+    let before = completed_backups(primary, &ns, "app").len();
+    step("a Backup completes under the new leader");
+    primary.wait_until("a Backup completes under the new leader", Duration::from_secs(120), || {
+        completed_backups(primary, &ns, "app").len() > before
+            || completed_backups(primary, &ns, "app").len() == 3
+    });
+
+    // 3. The DR site: a read-only location, a Standby; appns held at 0 with its volumes.
+    let _dr_ctrl = Controller::start(dk, "dr-1", &d.path().join("b1"));
+    location(dr, &url, true);
+    policy(dr, "app");
+    dr.apply(&format!(
+        "apiVersion: lifeboat.dev/v1alpha1\nkind: Standby\nmetadata: {{name: app, namespace: lifeboat}}\nspec: {{schedule: app, interval: 3s}}\n"
+    ));
+    step("the DR location shows the bucket's backups");
+    dr.wait_until("the DR location shows the bucket's backups", Duration::from_secs(60), || {
+        dr.get(&["-n", "lifeboat", "backups.lifeboat.dev", "-l", "lifeboat.dev/origin=repository"])
+            .is_some_and(|l| !l["items"].as_array().unwrap().is_empty())
+    });
+    step("the standby holds a backup");
+    dr.wait_until("the standby holds a backup", Duration::from_secs(180), || {
+        standby(dr)["status"]["appliedBackup"].is_string()
+    });
+    // The primary stops backing up (it is about to be lost): the standby catches up to the last.
+    primary.kubectl_ok(&["-n", &ns, "patch", "backupschedule", "app", "--type", "merge", "-p", r#"{"spec":{"suspend":true}}"#]);
+    std::thread::sleep(Duration::from_secs(2));
+    let last = completed_backups(primary, &ns, "app")
+        .iter()
+        .filter_map(|b| b["metadata"]["name"].as_str().map(String::from))
+        .max()
+        .unwrap();
+    step("the standby holds the last backup, held at 0");
+    dr.wait_until("the standby holds the last backup, held at 0", Duration::from_secs(180), || {
+        held_current(dr, &ns, &last)
+    });
+    let s = standby(dr);
+    assert!(s["status"]["lagSeconds"].is_i64(), "{s:#}");
+    let same = |claim: &str| {
+        std::fs::read(volume_file(primary, &ns, claim)).unwrap() == std::fs::read(volume_file(dr, &ns, claim)).unwrap()
+    };
+    assert!(same("data-block") && same("data-fs"), "the DR claims hold the data");
+
+    // 4. Failover: spec.active true; the Deployment starts, the status has the RTO.
+    dr.kubectl_ok(&["-n", "lifeboat", "patch", "standby.lifeboat.dev", "app", "--type", "merge", "-p", r#"{"spec":{"active":true}}"#]);
+    step("the failover");
+    dr.wait_until("the failover", Duration::from_secs(120), || {
+        standby(dr)["status"]["rtoSeconds"].is_number() && replicas(dr, &ns) == (1, 1)
+    });
+    assert!(same("data-block") && same("data-fs"), "the activated claims hold the last backup");
+
+    // 5. Failback. The DR site runs the application now, and its copy of the BackupSchedule
+    //    (held while the site was a standby, released by the failover) backs it up.
+    let dr_schedule = dr.get(&["-n", &ns, "backupschedule", "app"]).expect("the schedule came with the application");
+    assert_eq!(dr_schedule["spec"]["suspend"], false, "released by the failover: {dr_schedule:#}");
+    location(dr, &url, false);
+    job(dr, &ns, "change", "set -e; echo two > /srv/data/app/file; sync");
+    let changed = time::OffsetDateTime::now_utc().unix_timestamp();
+    let after_change = |b: &Value| {
+        b["metadata"]["creationTimestamp"]
+            .as_str()
+            .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+            .is_some_and(|t| t.unix_timestamp() >= changed)
+    };
+    step("the DR site backs up its changed data");
+    dr.wait_until("the DR site backs up its changed data", Duration::from_secs(180), || {
+        completed_backups(dr, &ns, "app").iter().any(after_change)
+    });
+    // The old primary follows it as a standby, under an account bound as a restoring site's.
+    drop(replica);
+    let fk = failback_account(primary, d.path());
+    let _restoring = Controller::start(&fk, "primary-3", &d.path().join("a3"));
+    primary.apply("apiVersion: lifeboat.dev/v1alpha1\nkind: Standby\nmetadata: {name: app, namespace: lifeboat}\nspec: {schedule: app, interval: 3s, overwriteClaims: true}\n");
+    // The DR site stops (`lifeboat deactivate` flips its Standby): held again, schedule too.
+    let r = ok(run(dr
+        .lifeboat(Path::new("unused"))
+        .args(["--json", "deactivate", "-n", &ns, "--context", "lifeboat"])));
+    let flip: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(flip["active"], false, "{flip:#}");
+    step("the DR site is held again");
+    dr.wait_until("the DR site is held again", Duration::from_secs(60), || {
+        replicas(dr, &ns).0 == 0
+            && dr.get(&["-n", &ns, "backupschedule", "app"]).unwrap()["spec"]["suspend"] == true
+    });
+    let last = completed_backups(dr, &ns, "app")
+        .iter()
+        .filter_map(|b| b["metadata"]["name"].as_str().map(String::from))
+        .max()
+        .unwrap();
+    step("the old primary follows the DR site, held");
+    primary.wait_until("the old primary follows the DR site, held", Duration::from_secs(180), || {
+        held_current(primary, &ns, &last)
+    });
+    assert!(same("data-fs") && same("data-block"), "the old primary's claims hold the DR site's data");
+    let r = ok(run(primary
+        .lifeboat(Path::new("unused"))
+        .args(["--json", "activate", "-n", &ns, "--context", "lifeboat"])));
+    let flip: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(flip["active"], true, "{flip:#}");
+    step("the old primary runs again, its schedule released");
+    primary.wait_until("the old primary runs again, its schedule released", Duration::from_secs(120), || {
+        replicas(primary, &ns) == (1, 1)
+            && primary.get(&["-n", &ns, "backupschedule", "app"]).unwrap()["spec"]["suspend"] == false
+    });
+    assert!(standby(primary)["status"]["rtoSeconds"].is_number());
+}
