@@ -5,8 +5,9 @@
 //!
 //! lifeboat runs here with the token of its own ServiceAccount `lifeboat/lifeboat`, bound to
 //! the roles in `deploy/` and nothing else: the primary binds `deploy/rbac.yaml` (backup) only,
-//! the DR site `deploy/rbac-restore.yaml` too. A permission lifeboat lacks fails a test. The
-//! test's own arrangements (the application, its data) are made with the admin kubeconfig.
+//! the DR site `deploy/restore/rbac-restore.yaml` too. A permission lifeboat lacks fails a
+//! test. The test's own arrangements (the application, its data) are made with the admin
+//! kubeconfig.
 //!
 //! `tests/run.sh` starts both clusters (`tests/cluster/up.sh`) and names them in
 //! `LIFEBOAT_TEST_CLUSTER` and `LIFEBOAT_TEST_CLUSTER_DR`. Without them these tests fail and
@@ -24,6 +25,7 @@ use serde_json::Value;
 use crate::support::lb;
 
 mod capture;
+mod deploy;
 mod restore;
 mod standby;
 mod volumes;
@@ -46,7 +48,7 @@ pub struct Site {
 pub enum Role {
     /// Backs up: binds `deploy/rbac.yaml` only.
     Primary,
-    /// Restores: binds `deploy/rbac.yaml` and `deploy/rbac-restore.yaml`.
+    /// Restores: binds `deploy/rbac.yaml` and `deploy/restore/rbac-restore.yaml`.
     Dr,
 }
 
@@ -112,7 +114,7 @@ impl Site {
             "-f",
             root.join("deploy/rbac.yaml").to_str().unwrap(),
         ]);
-        let restore = root.join("deploy/rbac-restore.yaml");
+        let restore = root.join("deploy/restore/rbac-restore.yaml");
         if role == Role::Dr {
             site.kubectl_ok(&["apply", "-f", restore.to_str().unwrap()]);
         } else {
