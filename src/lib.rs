@@ -20,7 +20,7 @@
 //!    │
 //!  repository/      packs, index, snapshots, keys, locks, check, prune, repair
 //!  store/           local, S3, memory; retry and fault-injection decorators
-//!  crypto, crd,     keyed ids, sealing, key wrapping; the custom resources' types (deploy/crds/);
+//!  crypto, crd,     keyed ids, sealing, key wrapping; the custom resources' types (deploy/base/crds/);
 //!  format           every stored struct (schema/)
 //!  util, metrics    names, blocking work off the runtime; the /metrics endpoint
 //! ```
@@ -63,7 +63,7 @@ pub mod metrics; // the /metrics and /healthz endpoint
 
 pub mod format; // every stored struct (schema/FORMAT.md)
 
-pub mod crd; // the custom resources: specs and statuses (deploy/crds/)
+pub mod crd; // the custom resources: specs and statuses (deploy/base/crds/)
 
 pub mod crypto; // keyed ids, sealing, key wrapping
 

@@ -248,7 +248,7 @@ pub enum Command {
     Get(controller::GetArgs),
     /// The CustomResourceDefinitions of the lifeboat.dev resources, as the code defines them:
     /// one file per kind under OUT, or every one on standard output.
-    #[command(after_help = "Examples:\n  lifeboat crds --out deploy/crds\n  lifeboat crds | kubectl apply --server-side -f -")]
+    #[command(after_help = "Examples:\n  lifeboat crds --out deploy/base/crds\n  lifeboat crds | kubectl apply --server-side -f -")]
     Crds {
         /// Write a file per kind (`backups.yaml`, ...) into this directory.
         #[arg(long, value_name = "DIR")]

@@ -1,6 +1,6 @@
 //! The custom resources of group `lifeboat.dev`, version `v1alpha1`: takes nothing; gives
 //! the typed specs and statuses of the seven kinds that `lifeboat controller` reconciles and
-//! `lifeboat crds` writes under `deploy/crds/` (kube's `CustomResource` with schemars, so the
+//! `lifeboat crds` writes under `deploy/base/crds/` (kube's `CustomResource` with schemars, so the
 //! CustomResourceDefinitions are generated from these structs and nothing else).
 //!
 //! The specs of `SchedulePolicy`, `BackupSchedule` and `Rule` are the documents the file
@@ -653,7 +653,7 @@ pub fn definitions() -> Vec<(
 
 /// The header of each generated file.
 pub const GENERATED: &str =
-    "# Generated from src/crd/ by `lifeboat crds --out deploy/crds`; do not edit.\n";
+    "# Generated from src/crd/ by `lifeboat crds --out deploy/base/crds`; do not edit.\n";
 
 /// Every CustomResourceDefinition as YAML: (file name, text), each text [`GENERATED`] and
 /// one document.

@@ -593,7 +593,7 @@ fn apply_failure(e: &kube::Error) -> String {
     let cause = super::error::api_cause(e);
     match e {
         kube::Error::Api(s) if s.code == 403 => format!(
-            "{cause}; lifeboat's account may not write it: a restoring site binds deploy/rbac-restore.yaml as well as deploy/rbac.yaml"
+            "{cause}; lifeboat's account may not write it: a restoring site binds deploy/restore/rbac-restore.yaml as well as deploy/base/rbac.yaml"
         ),
         _ => cause,
     }

@@ -310,7 +310,7 @@ fn deploy_manifests_parse_and_match_the_code() {
             .unwrap_or_else(|e| panic!("{}: {e}", v["metadata"]["name"].as_str().unwrap()));
         deployments += 1;
     }
-    assert_eq!(deployments, 2, "the server and the standby");
+    assert_eq!(deployments, 3, "the server, the standby and the controller");
     // The server's own schedules are a valid configuration.
     let cm = kinds
         .iter()

@@ -4,9 +4,10 @@
 //! a primary that backs up and a DR site that restores.
 //!
 //! lifeboat runs here with the token of its own ServiceAccount `lifeboat/lifeboat`, bound to
-//! the roles in `deploy/` and nothing else: the primary binds `deploy/rbac.yaml` (backup) only,
-//! the DR site `deploy/rbac-restore.yaml` too. A permission lifeboat lacks fails a test. The
-//! test's own arrangements (the application, its data) are made with the admin kubeconfig.
+//! the roles in `deploy/` and nothing else: the primary binds `deploy/base/rbac.yaml` (backup) only,
+//! the DR site `deploy/restore/rbac-restore.yaml` too. A permission lifeboat lacks fails a
+//! test. The test's own arrangements (the application, its data) are made with the admin
+//! kubeconfig.
 //!
 //! `tests/run.sh` starts both clusters (`tests/cluster/up.sh`) and names them in
 //! `LIFEBOAT_TEST_CLUSTER` and `LIFEBOAT_TEST_CLUSTER_DR`. Without them these tests fail and
@@ -24,6 +25,7 @@ use serde_json::Value;
 use crate::support::lb;
 
 mod capture;
+mod deploy;
 mod operator;
 mod restore;
 mod standby;
@@ -45,9 +47,9 @@ pub struct Site {
 /// Which of the two clusters.
 #[derive(Clone, Copy, PartialEq)]
 pub enum Role {
-    /// Backs up: binds `deploy/rbac.yaml` only.
+    /// Backs up: binds `deploy/base/rbac.yaml` only.
     Primary,
-    /// Restores: binds `deploy/rbac.yaml` and `deploy/rbac-restore.yaml`.
+    /// Restores: binds `deploy/base/rbac.yaml` and `deploy/restore/rbac-restore.yaml`.
     Dr,
 }
 
@@ -111,9 +113,9 @@ impl Site {
         site.kubectl_ok(&[
             "apply",
             "-f",
-            root.join("deploy/rbac.yaml").to_str().unwrap(),
+            root.join("deploy/base/rbac.yaml").to_str().unwrap(),
         ]);
-        let restore = root.join("deploy/rbac-restore.yaml");
+        let restore = root.join("deploy/restore/rbac-restore.yaml");
         if role == Role::Dr {
             site.kubectl_ok(&["apply", "-f", restore.to_str().unwrap()]);
         } else {
@@ -334,5 +336,5 @@ pub fn unique(prefix: &str) -> String {
 
 /// The restore role's file (a restoring site binds it).
 pub fn restore_role() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac-restore.yaml")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/restore/rbac-restore.yaml")
 }

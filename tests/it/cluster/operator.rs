@@ -1,6 +1,6 @@
 //! The operator on two real clusters, the seed's DR flow end to end: `lifeboat controller`
-//! runs on each site as a process with the ServiceAccount's token (bound to `deploy/rbac.yaml`,
-//! `deploy/rbac-controller.yaml`, and on a restoring site the restore role), one Garage
+//! runs on each site as a process with the ServiceAccount's token (bound to `deploy/base/rbac.yaml`,
+//! `deploy/base/rbac-controller.yaml`, and on a restoring site the restore role), one Garage
 //! bucket between them. Everything is driven by applying lifeboat.dev resources with kubectl:
 //! a BackupLocation, a SchedulePolicy of a few seconds, a Rule and a BackupSchedule on the
 //! primary; Backups reach Completed; a Standby on the DR site holds the application at 0
@@ -88,8 +88,8 @@ fn root() -> &'static Path {
 /// one test that makes them, and a controller reconciles every one on the cluster).
 fn install(site: &Site) {
     let root = root();
-    site.kubectl_ok(&["apply", "--server-side", "-f", root.join("deploy/crds").to_str().unwrap()]);
-    site.kubectl_ok(&["apply", "-f", root.join("deploy/rbac-controller.yaml").to_str().unwrap()]);
+    site.kubectl_ok(&["apply", "--server-side", "-f", root.join("deploy/base/crds").to_str().unwrap()]);
+    site.kubectl_ok(&["apply", "-f", root.join("deploy/base/rbac-controller.yaml").to_str().unwrap()]);
     for kind in ["standbies", "backupschedules", "backups", "backuplocations", "schedulepolicies", "rules"] {
         // No controller runs yet: finalizers of an earlier run's objects are dropped with them.
         let all = site.kubectl_ok(&["get", &format!("{kind}.lifeboat.dev"), "-A", "-o", "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}{\"\\n\"}{end}"]);

@@ -276,7 +276,7 @@ fn a_backup_only_site_refuses_a_restore_and_says_which_permission_is_missing() {
     assert!(
         all.contains("the API server refused")
             && all.contains("HTTP 403")
-            && all.contains("binds deploy/rbac-restore.yaml")
+            && all.contains("binds deploy/restore/rbac-restore.yaml")
             && !all.contains("Status {"),
         "{all}"
     );
