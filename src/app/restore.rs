@@ -94,6 +94,21 @@ pub enum Destination {
         context: String,
         movers: MoverSettings,
     },
+    /// A live cluster through a client already made (the controller's own).
+    Connected {
+        client: Connected,
+        movers: MoverSettings,
+    },
+}
+
+/// A client of the cluster a restore writes to.
+#[derive(Clone)]
+pub struct Connected(pub kube::Client);
+
+impl std::fmt::Debug for Connected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a connected cluster")
+    }
 }
 
 /// Whether a restore changes anything.
@@ -222,6 +237,10 @@ impl Target {
             Destination::Live { context, movers } => {
                 Target::Live(LiveCluster::connect(Some(context)).await?, movers.clone())
             }
+            Destination::Connected { client, movers } => Target::Live(
+                LiveCluster::from_client(client.0.clone(), "in-cluster"),
+                movers.clone(),
+            ),
         })
     }
 }

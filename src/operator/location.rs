@@ -153,7 +153,8 @@ async fn open_spec(op: &Operator, name: &str, spec: &BackupLocationSpec) -> Resu
             };
             (reason, format!("spec.repository {}: {e}", spec.repository))
         })?;
-    let repo = Arc::new(repo);
+    // Backups and standby cycles wait out a forget or prune rather than fail at once.
+    let repo = Arc::new(repo.with_lock_wait(crate::scheduler::runner::LOCK_WAIT));
     op.repos
         .lock()
         .expect("repos")

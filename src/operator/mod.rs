@@ -9,7 +9,9 @@
 //! run one schedule twice), `location` (a BackupLocation opened as a repository, and the
 //! repository's backups shown as Backup objects), `policy` (SchedulePolicy validation),
 //! `backup` (a Backup made, or its record forgotten on deletion when asked), `schedule`
-//! (BackupSchedules create Backups on time and apply retention), `standby` (the DR site).
+//! (BackupSchedules create Backups on time and apply retention), `restore` (a Restore into
+//! this cluster), `standby` (the DR site); `client` is the CLI's side (`lifeboat get`, and
+//! failover through a Standby).
 //!
 //! Must not: crash-loop on a bad spec (it is a condition, and a fixed spec recovers on the
 //! next reconcile); delete anything in a repository unless a policy's retention or a
@@ -40,6 +42,8 @@ mod policy;
 mod backup;
 
 mod schedule;
+
+mod restore;
 
 mod standby;
 
@@ -232,14 +236,20 @@ impl Operator {
     }
 }
 
-/// Writes `status` as the object's status subresource (a merge patch of the whole status).
+/// Writes `status` as the object's status subresource, by server-side apply: a field this
+/// status leaves out (a time cleared, a failure gone) is removed, where a merge patch would
+/// keep it.
 pub async fn patch_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<(), kube::Error>
 where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize,
 {
-    let patch = serde_json::json!({ "status": status });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map(|_| ())
 }
@@ -339,6 +349,7 @@ pub async fn run(client: Client, options: ControllerOptions, cancel: Cancellatio
         policy::controller(op.clone(), stop.clone()),
         backup::controller(op.clone(), stop.clone()),
         schedule::controller(op.clone(), stop.clone()),
+        restore::controller(op.clone(), stop.clone()),
         standby::controller(op.clone(), stop.clone()),
     );
     if lost.is_cancelled() && !cancel.is_cancelled() {
@@ -351,8 +362,11 @@ pub async fn run(client: Client, options: ControllerOptions, cancel: Cancellatio
 
 /// A failed reconcile is tried again: soon when it may pass unchanged, later when it needs a
 /// change (which a watch event brings sooner).
-pub fn retry_later<K>(_obj: Arc<K>, e: &OperatorError, _op: Arc<Operator>) -> kube::runtime::controller::Action {
-    tracing::warn!("reconcile failed: {e}");
+pub fn retry_later<K>(obj: Arc<K>, e: &OperatorError, _op: Arc<Operator>) -> kube::runtime::controller::Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    tracing::warn!(kind = %K::kind(&()), object = %key(&*obj), "reconcile failed: {e}");
     kube::runtime::controller::Action::requeue(if e.is_retryable() {
         Duration::from_secs(5)
     } else {

@@ -166,6 +166,8 @@ mod tests {
             json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"replicas": 3}}),
             json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "s", "annotations": {"x": "y"}}, "spec": {}}),
             json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"}, "spec": {"suspend": false, "schedule": "* * * * *"}}),
+            // A standby must not back up the application it holds.
+            json!({"apiVersion": "lifeboat.dev/v1alpha1", "kind": "BackupSchedule", "metadata": {"name": "b"}, "spec": {"suspend": false, "schedulePolicyName": "hourly"}}),
         ] {
             let r = ObjRef::of(&v, "t").unwrap();
             let mut held = v.clone();

@@ -547,5 +547,8 @@ mod tests {
         assert!(reason(json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot", "metadata": {"name": "s", "namespace": "n", "labels": {"lifeboat.dev/base-of": "ab"}}})).is_some());
         assert!(reason(json!({"apiVersion": "groupsnapshot.storage.k8s.io/v1beta2", "kind": "VolumeGroupSnapshot", "metadata": {"name": "g", "namespace": "n", "labels": {"app.kubernetes.io/managed-by": "lifeboat"}}})).is_some());
         assert!(reason(json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot", "metadata": {"name": "users-own", "namespace": "n"}})).is_none());
+        // lifeboat's records of the source cluster's runs; its schedules and rules travel.
+        assert!(reason(json!({"apiVersion": "lifeboat.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "b", "namespace": "n"}})).is_some());
+        assert!(reason(json!({"apiVersion": "lifeboat.dev/v1alpha1", "kind": "BackupSchedule", "metadata": {"name": "s", "namespace": "n"}})).is_none());
     }
 }

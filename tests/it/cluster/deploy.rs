@@ -1,4 +1,4 @@
-//! The packaging of `lifeboat controller`: the kustomize base `deploy/` and its overlays
+//! The packaging of `lifeboat controller`: the kustomize base `deploy/base/` and its overlays
 //! `deploy/overlays/primary` and `deploy/overlays/dr`, rendered by the test cluster's own
 //! `kubectl kustomize` and judged by a real API server (`apply --server-side
 //! --dry-run=server`: schemas, RBAC escalation checks, admission, Pod Security), so that
@@ -87,7 +87,7 @@ fn bound_cluster_roles(objs: &[Value]) -> BTreeSet<String> {
 
 /// The sites the base and the overlays are judged on.
 const RENDERS: [(&str, Role); 3] = [
-    ("deploy", Role::Primary),
+    ("deploy/base", Role::Primary),
     ("deploy/overlays/primary", Role::Primary),
     ("deploy/overlays/dr", Role::Dr),
 ];
@@ -186,7 +186,7 @@ fn the_controller_pod_passes_pod_security_restricted() {
     let Some(site) = site(Role::Primary) else {
         return;
     };
-    let objs = documents(&render(site, "deploy"));
+    let objs = documents(&render(site, "deploy/base"));
     let deployment = objs
         .iter()
         .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "lifeboat-controller")

@@ -90,7 +90,7 @@ fn install(site: &Site) {
     let root = root();
     site.kubectl_ok(&["apply", "--server-side", "-f", root.join("deploy/base/crds").to_str().unwrap()]);
     site.kubectl_ok(&["apply", "-f", root.join("deploy/base/rbac-controller.yaml").to_str().unwrap()]);
-    for kind in ["standbies", "backupschedules", "backups", "backuplocations", "schedulepolicies", "rules"] {
+    for kind in ["standbies", "restores", "backupschedules", "backups", "backuplocations", "schedulepolicies", "rules"] {
         // No controller runs yet: finalizers of an earlier run's objects are dropped with them.
         let all = site.kubectl_ok(&["get", &format!("{kind}.lifeboat.dev"), "-A", "-o", "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}{\"\\n\"}{end}"]);
         for line in all.lines().filter(|l| !l.is_empty()) {
@@ -312,7 +312,20 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
     });
     let replica = Controller::start(pk, "primary-2", &d.path().join("a2"));
     location(primary, &url, false);
+    // A bad spec is a condition naming the field, and a fixed one recovers without a restart.
+    let bad = "apiVersion: lifeboat.dev/v1alpha1\nkind: SchedulePolicy\nmetadata: {name: app-often}\nspec: {cron: {expression: \"61 * * * *\"}}\n";
+    primary.apply(bad);
+    let ready = |what: &[&str]| primary.get(what).map(|p| p["status"]["conditions"][0].clone()).unwrap_or(Value::Null);
+    step("a bad policy is a condition");
+    primary.wait_until("a bad policy is a condition", Duration::from_secs(30), || {
+        ready(&["schedulepolicy", "app-often"])["status"] == "False"
+    });
+    let c = ready(&["schedulepolicy", "app-often"]);
+    assert!(c["message"].as_str().unwrap().contains("spec.cron.expression"), "{c:#}");
     schedule(primary, &ns, "app");
+    primary.wait_until("the fixed policy is Ready", Duration::from_secs(30), || {
+        ready(&["schedulepolicy", "app-often"])["status"] == "True"
+    });
     step("a scheduled Backup completes");
     primary.wait_until("a scheduled Backup completes", Duration::from_secs(180), || {
         !completed_backups(primary, &ns, "app").is_empty()
@@ -334,6 +347,29 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
         leader.as_ref().unwrap().metrics().contains(&format!("lifeboat_schedule_rpo_seconds{{schedule=\"{ns}/app\"}}")),
         "the RPO on /metrics"
     );
+
+    // `lifeboat get`, also as a kubectl plugin (`kubectl-lifeboat` on the PATH).
+    let listed = ok(run(primary
+        .lifeboat(Path::new("unused"))
+        .args(["--json", "get", "backups", "-n", &ns, "--context", "lifeboat"])));
+    let listed: Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert!(
+        listed.as_array().unwrap().iter().any(|b| b["status"]["phase"] == "Completed"),
+        "{listed:#}"
+    );
+    let plugins = d.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_lifeboat"), plugins.join("kubectl-lifeboat")).unwrap();
+    let path = format!("{}:{}", plugins.display(), std::env::var("PATH").unwrap_or_default());
+    let out = primary
+        .kubectl()
+        .env("PATH", path)
+        .env("KUBECONFIG", &primary.lifeboat_kubeconfig)
+        .args(["lifeboat", "get", "schedules", "-n", &ns])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && table.contains("LAST GOOD") && table.contains("Scheduled"), "{table}{}", String::from_utf8_lossy(&out.stderr));
 
     // The leader dies: the replica takes the Lease over and the schedule goes on.
     drop(leader.take());
@@ -364,15 +400,14 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
     dr.wait_until("the standby holds a backup", Duration::from_secs(180), || {
         standby(dr)["status"]["appliedBackup"].is_string()
     });
-    // The primary stops backing up (it is about to be lost): the standby catches up to the last.
-    primary.kubectl_ok(&["-n", &ns, "patch", "backupschedule", "app", "--type", "merge", "-p", r#"{"spec":{"suspend":true}}"#]);
-    std::thread::sleep(Duration::from_secs(2));
+    // The primary is lost: its controllers stop (a backup running then is never recorded);
+    // the standby catches up to the last backup the bucket holds.
+    drop(replica);
     let last = completed_backups(primary, &ns, "app")
         .iter()
         .filter_map(|b| b["metadata"]["name"].as_str().map(String::from))
         .max()
         .unwrap();
-    step("the standby holds the last backup, held at 0");
     dr.wait_until("the standby holds the last backup, held at 0", Duration::from_secs(180), || {
         held_current(dr, &ns, &last)
     });
@@ -382,6 +417,27 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
         std::fs::read(volume_file(primary, &ns, claim)).unwrap() == std::fs::read(volume_file(dr, &ns, claim)).unwrap()
     };
     assert!(same("data-block") && same("data-fs"), "the DR claims hold the data");
+
+    // Restore on demand, beside the standby: a copy of the last backup in a mapped namespace,
+    // held; and a Restore of a backup the bucket does not hold fails, naming it.
+    let copy = format!("{ns}-copy");
+    dr.apply(&format!(
+        "apiVersion: lifeboat.dev/v1alpha1\nkind: Restore\nmetadata: {{name: copy, namespace: lifeboat}}\nspec:\n  backupName: {last}\n  namespaceMapping: {{{ns}: {copy}}}\n  startApplications: false\n---\napiVersion: lifeboat.dev/v1alpha1\nkind: Restore\nmetadata: {{name: missing, namespace: lifeboat}}\nspec: {{backupName: no-such-backup}}\n"
+    ));
+    let restore = |name: &str| dr.get(&["-n", "lifeboat", "restore.lifeboat.dev", name]).unwrap();
+    step("the Restores end");
+    dr.wait_until("the Restores end", Duration::from_secs(180), || {
+        ["copy", "missing"].iter().all(|n| {
+            matches!(restore(n)["status"]["phase"].as_str(), Some("Completed" | "PartiallyFailed" | "Failed"))
+        })
+    });
+    let c = restore("copy");
+    assert_eq!(c["status"]["phase"], "Completed", "{c:#}");
+    assert!(c["status"]["created"].as_i64().unwrap_or(0) > 0, "{c:#}");
+    assert_eq!(replicas(dr, &copy).0, 0, "restored held");
+    let m = restore("missing");
+    assert_eq!(m["status"]["phase"], "Failed", "{m:#}");
+    assert!(m["status"]["conditions"].to_string().contains("no-such-backup"), "{m:#}");
 
     // 4. Failover: spec.active true; the Deployment starts, the status has the RTO.
     dr.kubectl_ok(&["-n", "lifeboat", "patch", "standby.lifeboat.dev", "app", "--type", "merge", "-p", r#"{"spec":{"active":true}}"#]);
@@ -408,8 +464,9 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
     dr.wait_until("the DR site backs up its changed data", Duration::from_secs(180), || {
         completed_backups(dr, &ns, "app").iter().any(after_change)
     });
-    // The old primary follows it as a standby, under an account bound as a restoring site's.
-    drop(replica);
+    // The old primary, repaired, follows it as a standby, under an account bound as a
+    // restoring site's. Its own schedule is suspended before its controller starts again.
+    primary.kubectl_ok(&["-n", &ns, "patch", "backupschedule", "app", "--type", "merge", "-p", r#"{"spec":{"suspend":true}}"#]);
     let fk = failback_account(primary, d.path());
     let _restoring = Controller::start(&fk, "primary-3", &d.path().join("a3"));
     primary.apply("apiVersion: lifeboat.dev/v1alpha1\nkind: Standby\nmetadata: {name: app, namespace: lifeboat}\nspec: {schedule: app, interval: 3s, overwriteClaims: true}\n");
