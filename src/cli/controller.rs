@@ -16,7 +16,12 @@ pub struct ControllerArgs {
     #[arg(long, value_name = "CTX")]
     context: Option<String>,
     /// lifeboat's namespace: its BackupLocations and their Secrets, its Lease.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "lifeboat", value_name = "NS")]
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "lifeboat",
+        value_name = "NS"
+    )]
     namespace: String,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9469")]

@@ -240,15 +240,21 @@ pub enum Command {
     /// Run the operator: reconcile the lifeboat.dev resources (BackupLocation, SchedulePolicy,
     /// Rule, BackupSchedule, Backup, Restore, Standby) of a cluster while this replica holds
     /// the Lease; serve /metrics, /healthz and /readyz.
-    #[command(after_help = "Example:\n  lifeboat controller --namespace lifeboat --state-dir /var/lib/lifeboat")]
+    #[command(
+        after_help = "Example:\n  lifeboat controller --namespace lifeboat --state-dir /var/lib/lifeboat"
+    )]
     Controller(controller::ControllerArgs),
     /// List lifeboat resources of a cluster (backups, schedules, restores, standby) with their
     /// status.
-    #[command(after_help = "Examples:\n  lifeboat get backups -n appns\n  lifeboat get standby --context dr --json")]
+    #[command(
+        after_help = "Examples:\n  lifeboat get backups -n appns\n  lifeboat get standby --context dr --json"
+    )]
     Get(controller::GetArgs),
     /// The CustomResourceDefinitions of the lifeboat.dev resources, as the code defines them:
     /// one file per kind under OUT, or every one on standard output.
-    #[command(after_help = "Examples:\n  lifeboat crds --out deploy/base/crds\n  lifeboat crds | kubectl apply --server-side -f -")]
+    #[command(
+        after_help = "Examples:\n  lifeboat crds --out deploy/base/crds\n  lifeboat crds | kubectl apply --server-side -f -"
+    )]
     Crds {
         /// Write a file per kind (`backups.yaml`, ...) into this directory.
         #[arg(long, value_name = "DIR")]
@@ -394,7 +400,13 @@ pub enum Error {
     #[error("{0} object(s) failed to restore; see the results above")]
     ObjectsFailed(usize),
     #[error(transparent)]
-    Operator(#[from] crate::operator::OperatorError),
+    Operator(Box<crate::operator::OperatorError>),
+}
+
+impl From<crate::operator::OperatorError> for Error {
+    fn from(e: crate::operator::OperatorError) -> Error {
+        Error::Operator(Box::new(e))
+    }
 }
 
 impl Error {

@@ -18,6 +18,10 @@
 //! | [`Restore`] | namespaced |
 //! | [`Standby`] | namespaced, on the DR cluster |
 
+// kube's `printcolumn(...)` attributes repeat `type_ = ...` by design; the lint takes them for
+// duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -28,8 +32,8 @@ use serde::{Deserialize, Serialize};
 mod status;
 
 pub use status::{
-    condition, set_condition, BackupPhase, CheckPhase, ConditionStatus, ItemFailure,
-    RestorePhase, COND_READY,
+    condition, set_condition, BackupPhase, CheckPhase, ConditionStatus, ItemFailure, RestorePhase,
+    COND_READY,
 };
 
 /// The API group of every lifeboat resource.
@@ -54,7 +58,11 @@ pub const API_VERSION: &str = "lifeboat.dev/v1alpha1";
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Repository", type_ = "string", json_path = ".spec.repository"),
     printcolumn(name = "Last check", type_ = "date", json_path = ".status.lastChecked"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BackupLocationSpec {
@@ -123,8 +131,16 @@ pub struct BackupLocationStatus {
     status = "ConditionsStatus",
     shortname = "sp",
     category = "lifeboat",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(deny_unknown_fields)]
 pub struct SchedulePolicySpec {
@@ -274,11 +290,23 @@ pub struct ActionSpec {
     status = "BackupScheduleStatus",
     shortname = "bs",
     category = "lifeboat",
-    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.schedulePolicyName"),
-    printcolumn(name = "Last good", type_ = "string", json_path = ".status.lastSuccessfulBackup"),
+    printcolumn(
+        name = "Policy",
+        type_ = "string",
+        json_path = ".spec.schedulePolicyName"
+    ),
+    printcolumn(
+        name = "Last good",
+        type_ = "string",
+        json_path = ".status.lastSuccessfulBackup"
+    ),
     printcolumn(name = "RPO s", type_ = "integer", json_path = ".status.rpoSeconds"),
     printcolumn(name = "Next", type_ = "date", json_path = ".status.nextRun"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    )
 )]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BackupScheduleSpec {
@@ -357,9 +385,17 @@ pub struct BackupScheduleStatus {
     category = "lifeboat",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
-    printcolumn(name = "Completed", type_ = "date", json_path = ".status.completionTime"),
+    printcolumn(
+        name = "Completed",
+        type_ = "date",
+        json_path = ".status.completionTime"
+    ),
     printcolumn(name = "Volumes", type_ = "integer", json_path = ".status.volumes"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BackupSpec {
@@ -459,7 +495,11 @@ pub struct BackupStatus {
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Created", type_ = "integer", json_path = ".status.created"),
     printcolumn(name = "Failed", type_ = "integer", json_path = ".status.failed"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RestoreSpec {
@@ -538,9 +578,17 @@ pub struct RestoreStatus {
     category = "lifeboat",
     printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
     printcolumn(name = "Active", type_ = "boolean", json_path = ".spec.active"),
-    printcolumn(name = "Applied", type_ = "string", json_path = ".status.appliedBackup"),
+    printcolumn(
+        name = "Applied",
+        type_ = "string",
+        json_path = ".status.appliedBackup"
+    ),
     printcolumn(name = "Lag s", type_ = "integer", json_path = ".status.lagSeconds"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    )
 )]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StandbySpec {

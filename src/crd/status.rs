@@ -117,14 +117,26 @@ mod tests {
     #[test]
     fn a_condition_keeps_its_transition_time_while_its_status_holds() {
         let mut cs = Vec::new();
-        set_condition(&mut cs, condition("Ready", ConditionStatus::False, "Invalid", "a", None, 100));
-        set_condition(&mut cs, condition("Ready", ConditionStatus::False, "Invalid", "b", None, 200));
+        set_condition(
+            &mut cs,
+            condition("Ready", ConditionStatus::False, "Invalid", "a", None, 100),
+        );
+        set_condition(
+            &mut cs,
+            condition("Ready", ConditionStatus::False, "Invalid", "b", None, 200),
+        );
         assert_eq!(cs.len(), 1);
         assert_eq!(cs[0].message, "b");
         assert_eq!(cs[0].last_transition_time.0.as_second(), 100);
-        set_condition(&mut cs, condition("Ready", ConditionStatus::True, "Ok", "", None, 300));
+        set_condition(
+            &mut cs,
+            condition("Ready", ConditionStatus::True, "Ok", "", None, 300),
+        );
         assert_eq!(cs[0].last_transition_time.0.as_second(), 300);
-        set_condition(&mut cs, condition("Other", ConditionStatus::True, "Ok", "", None, 300));
+        set_condition(
+            &mut cs,
+            condition("Other", ConditionStatus::True, "Ok", "", None, 300),
+        );
         assert_eq!(cs.len(), 2);
     }
 }

@@ -39,9 +39,8 @@ pub use exec::{exit_code_of, Exec, ExecError, KubeExec, LocalExec, Process};
 pub use plan::{plan_chains, pod_targets, Chain, Phase, PodTarget};
 pub(crate) use rules::MetaDoc;
 pub use rules::{
-    rule_of,
-    load_rules, parse_duration, parse_rules, Action, OnError, Rule, RuleItem, RULE_API_VERSION,
-    WAIT_CMD,
+    load_rules, parse_duration, parse_rules, rule_of, Action, OnError, Rule, RuleItem,
+    RULE_API_VERSION, WAIT_CMD,
 };
 
 /// Why rules do not load, or why the step did not run.

@@ -728,7 +728,12 @@ impl LiveCluster {
             ("apps", "v1", "StatefulSet", "statefulsets"),
             ("apps", "v1", "ReplicaSet", "replicasets"),
             ("batch", "v1", "CronJob", "cronjobs"),
-            ("lifeboat.dev", "v1alpha1", "BackupSchedule", "backupschedules"),
+            (
+                "lifeboat.dev",
+                "v1alpha1",
+                "BackupSchedule",
+                "backupschedules",
+            ),
         ];
         let mut changes = Vec::new();
         for kind @ (g, v, k, _) in kinds {

@@ -55,7 +55,13 @@ async fn apply(op: &Operator, api: &Api<Backup>, b: Arc<Backup>) -> Result<Actio
         let mut s = b.status.clone().unwrap_or_default();
         fail(&mut s, "Interrupted", "the controller stopped while this backup ran (a restart, or another replica took over): it was not recorded; create a new Backup".into());
         patch_status(api, &name, &s).await?;
-        op.event(&*b, true, "Interrupted", "the backup was interrupted".into()).await;
+        op.event(
+            &*b,
+            true,
+            "Interrupted",
+            "the backup was interrupted".into(),
+        )
+        .await;
         return Ok(Action::await_change());
     }
     let mut status = BackupStatus {
@@ -74,9 +80,19 @@ async fn apply(op: &Operator, api: &Api<Backup>, b: Arc<Backup>) -> Result<Actio
             return Ok(Action::await_change());
         }
     };
-    ready(&mut status.conditions, Err(("InProgress", "backing up".into())), b.metadata.generation);
+    ready(
+        &mut status.conditions,
+        Err(("InProgress", "backing up".into())),
+        b.metadata.generation,
+    );
     patch_status(api, &name, &status).await?;
-    op.event(&*b, false, "Started", format!("backing up namespaces {}", req.scope.namespaces.join(", "))).await;
+    op.event(
+        &*b,
+        false,
+        "Started",
+        format!("backing up namespaces {}", req.scope.namespaces.join(", ")),
+    )
+    .await;
     let k = key(&*b);
     op.running.lock().expect("running").push(k.clone());
     let result = run(op, req, opened).await;
@@ -94,7 +110,17 @@ async fn apply(op: &Operator, api: &Api<Backup>, b: Arc<Backup>) -> Result<Actio
                 summary.bytes_uploaded,
                 summary.duration_seconds
             );
-            op.event(&*b, partial, if partial { "PartiallyFailed" } else { "Completed" }, note).await;
+            op.event(
+                &*b,
+                partial,
+                if partial {
+                    "PartiallyFailed"
+                } else {
+                    "Completed"
+                },
+                note,
+            )
+            .await;
         }
         Err(e) => {
             fail(&mut status, "BackupFailed", e.to_string());
@@ -108,7 +134,11 @@ async fn apply(op: &Operator, api: &Api<Backup>, b: Arc<Backup>) -> Result<Actio
 fn fail(s: &mut BackupStatus, reason: &str, message: String) {
     s.phase = Some(BackupPhase::Failed);
     s.completion_time = Some(rfc3339(now()));
-    ready(&mut s.conditions, Err((reason, message)), s.observed_generation);
+    ready(
+        &mut s.conditions,
+        Err((reason, message)),
+        s.observed_generation,
+    );
 }
 
 fn finished(s: &mut BackupStatus, summary: &BackupSummary, generation: Option<i64>) {
@@ -138,7 +168,14 @@ fn finished(s: &mut BackupStatus, summary: &BackupSummary, generation: Option<i6
         ready(&mut s.conditions, Ok("Completed"), generation);
     } else {
         let n = summary.failures.len();
-        ready(&mut s.conditions, Err(("PartiallyFailed", format!("{n} part(s) of the scope were not captured (status.failures)"))), generation);
+        ready(
+            &mut s.conditions,
+            Err((
+                "PartiallyFailed",
+                format!("{n} part(s) of the scope were not captured (status.failures)"),
+            )),
+            generation,
+        );
     }
 }
 
@@ -148,7 +185,13 @@ async fn prepare(op: &Operator, b: &Backup) -> Result<(BackupRequest, location::
     let s = &b.spec;
     let opened = location::open(op, location::name_of(s.location.as_deref())).await?;
     if opened.read_only {
-        return Err(("LocationReadOnly", format!("spec.location: BackupLocation `{}` is readOnly; back up into a writable one", location::name_of(s.location.as_deref()))));
+        return Err((
+            "LocationReadOnly",
+            format!(
+                "spec.location: BackupLocation `{}` is readOnly; back up into a writable one",
+                location::name_of(s.location.as_deref())
+            ),
+        ));
     }
     let flags = BackupFlags {
         name: b.name_any(),
@@ -168,9 +211,13 @@ async fn prepare(op: &Operator, b: &Backup) -> Result<(BackupRequest, location::
         context: None,
         movers: opened.movers.clone(),
     };
-    let mut req = BackupRequest::new(flags, source).map_err(|e| ("InvalidSpec", format!("spec: {e}")))?;
+    let mut req =
+        BackupRequest::new(flags, source).map_err(|e| ("InvalidSpec", format!("spec: {e}")))?;
     if !s.include_resources && !s.include_volumes {
-        return Err(("InvalidSpec", "spec: includeResources and includeVolumes are both false: nothing to back up".into()));
+        return Err((
+            "InvalidSpec",
+            "spec: includeResources and includeVolumes are both false: nothing to back up".into(),
+        ));
     }
     req.consistency.include_resources = s.include_resources;
     req.consistency.pre = super::policy::rules(op, &ns, &s.pre_rules, "spec.preRules").await?;
@@ -181,7 +228,11 @@ async fn prepare(op: &Operator, b: &Backup) -> Result<(BackupRequest, location::
 /// The backup itself: the namespaces resolved, then objects and volumes into the repository
 /// under a shared lock. Driven on a blocking-pool thread (the rules' step is not provably
 /// Send, see [`crate::scheduler::runner`]); its own tasks run on the runtime.
-async fn run(op: &Operator, req: BackupRequest, opened: location::Opened) -> Result<BackupSummary, OperatorError> {
+async fn run(
+    op: &Operator,
+    req: BackupRequest,
+    opened: location::Opened,
+) -> Result<BackupSummary, OperatorError> {
     let client = op.client.clone();
     let cancel = op.cancel.clone();
     let handle = tokio::runtime::Handle::current();
@@ -193,7 +244,10 @@ async fn run(op: &Operator, req: BackupRequest, opened: location::Opened) -> Res
             filters.namespaces = scope.namespaces.clone();
             let lock = opened
                 .repo
-                .lock(crate::repository::LockKind::Shared, &format!("backup {}", req.name))
+                .lock(
+                    crate::repository::LockKind::Shared,
+                    &format!("backup {}", req.name),
+                )
                 .await?;
             let r = crate::app::volumes::backup_live(
                 opened.repo.clone(),
@@ -211,7 +265,11 @@ async fn run(op: &Operator, req: BackupRequest, opened: location::Opened) -> Res
         })
     })
     .await
-    .unwrap_or_else(|e| Err(OperatorError::Failed(format!("the backup's worker failed: {e}"))))
+    .unwrap_or_else(|e| {
+        Err(OperatorError::Failed(format!(
+            "the backup's worker failed: {e}"
+        )))
+    })
 }
 
 /// A deleted Backup: its record is forgotten when `deletePolicy: Delete` says so.
@@ -227,10 +285,20 @@ async fn cleanup(op: &Operator, b: Arc<Backup>) -> Result<Action, OperatorError>
     let opened = match location::open(op, &loc).await {
         Ok(o) if !o.read_only => o,
         Ok(_) => {
-            op.event(&*b, true, "RecordKept", format!("BackupLocation `{loc}` is readOnly: the record stays in the repository")).await;
+            op.event(
+                &*b,
+                true,
+                "RecordKept",
+                format!("BackupLocation `{loc}` is readOnly: the record stays in the repository"),
+            )
+            .await;
             return Ok(Action::await_change());
         }
-        Err((_, message)) => return Err(OperatorError::Failed(format!("cannot forget the record: {message}"))),
+        Err((_, message)) => {
+            return Err(OperatorError::Failed(format!(
+                "cannot forget the record: {message}"
+            )))
+        }
     };
     let backups = crate::app::record::list_backups(&opened.repo).await?;
     let Some((id, _)) = backups.iter().find(|(id, _)| id.to_string() == record) else {

@@ -62,7 +62,11 @@ where
 }
 
 /// The resources of `kind` in `namespace` (None: every namespace), oldest first.
-pub async fn list(client: &Client, kind: Kind, namespace: Option<&str>) -> Result<Vec<Row>, OperatorError> {
+pub async fn list(
+    client: &Client,
+    kind: Kind,
+    namespace: Option<&str>,
+) -> Result<Vec<Row>, OperatorError> {
     let lp = ListParams::default();
     let mut rows = match kind {
         Kind::Backups => api::<Backup>(client, namespace)
@@ -80,7 +84,14 @@ pub async fn list(client: &Client, kind: Kind, namespace: Option<&str>) -> Resul
                         ("SCHEDULE".into(), or_dash(b.spec.schedule.clone())),
                         ("TAKEN".into(), or_dash(s.backup_time.clone())),
                         ("VOLUMES".into(), or_dash(s.volumes.map(|v| v.to_string()))),
-                        ("ERROR".into(), if s.phase == Some(crate::crd::BackupPhase::Failed) { ready_of(&s.conditions) } else { "-".into() }),
+                        (
+                            "ERROR".into(),
+                            if s.phase == Some(crate::crd::BackupPhase::Failed) {
+                                ready_of(&s.conditions)
+                            } else {
+                                "-".into()
+                            },
+                        ),
                     ],
                     object: serde_json::to_value(&b).unwrap_or_default(),
                 }
@@ -98,8 +109,14 @@ pub async fn list(client: &Client, kind: Kind, namespace: Option<&str>) -> Resul
                     name: b.name_any(),
                     columns: vec![
                         ("POLICY".into(), b.spec.schedule_policy_name.clone()),
-                        ("LAST GOOD".into(), or_dash(s.last_successful_backup.clone())),
-                        ("RPO".into(), or_dash(s.rpo_seconds.map(|r| format!("{r}s")))),
+                        (
+                            "LAST GOOD".into(),
+                            or_dash(s.last_successful_backup.clone()),
+                        ),
+                        (
+                            "RPO".into(),
+                            or_dash(s.rpo_seconds.map(|r| format!("{r}s"))),
+                        ),
                         ("NEXT".into(), or_dash(s.next_run.clone())),
                         ("READY".into(), ready_of(&s.conditions)),
                     ],
@@ -140,7 +157,10 @@ pub async fn list(client: &Client, kind: Kind, namespace: Option<&str>) -> Resul
                         ("SCHEDULE".into(), b.spec.schedule.clone()),
                         ("ACTIVE".into(), b.spec.active.to_string()),
                         ("APPLIED".into(), or_dash(s.applied_backup.clone())),
-                        ("LAG".into(), or_dash(s.lag_seconds.map(|l| format!("{l}s")))),
+                        (
+                            "LAG".into(),
+                            or_dash(s.lag_seconds.map(|l| format!("{l}s"))),
+                        ),
                         ("READY".into(), ready_of(&s.conditions)),
                     ],
                     object: serde_json::to_value(&b).unwrap_or_default(),
@@ -166,7 +186,12 @@ pub struct Flip {
 
 /// Sets `spec.active` of the Standby that holds namespace `ns` and waits up to `wait` for the
 /// controller to act on it. None: no Standby holds the namespace (the caller acts directly).
-pub async fn flip(client: &Client, ns: &str, active: bool, wait: Duration) -> Result<Option<Flip>, OperatorError> {
+pub async fn flip(
+    client: &Client,
+    ns: &str,
+    active: bool,
+    wait: Duration,
+) -> Result<Option<Flip>, OperatorError> {
     let all: Api<Standby> = Api::all(client.clone());
     let list = match all.list(&ListParams::default()).await {
         Ok(l) => l.items,
@@ -194,7 +219,10 @@ pub async fn flip(client: &Client, ns: &str, active: bool, wait: Duration) -> Re
             st.activated_at.is_some()
         } else {
             st.activated_at.is_none()
-                && st.namespaces.iter().all(|n| n.state != crate::crd::NamespaceState::Activated)
+                && st
+                    .namespaces
+                    .iter()
+                    .all(|n| n.state != crate::crd::NamespaceState::Activated)
         };
         if acted || tokio::time::Instant::now() >= deadline {
             return Ok(Some(Flip {
@@ -202,7 +230,14 @@ pub async fn flip(client: &Client, ns: &str, active: bool, wait: Duration) -> Re
                 namespace: ns.to_string(),
                 active,
                 rto_seconds: st.rto_seconds,
-                ready: if acted { ready_of(&st.conditions) } else { format!("the controller did not act within {} s; `lifeboat get standby` shows it", wait.as_secs()) },
+                ready: if acted {
+                    ready_of(&st.conditions)
+                } else {
+                    format!(
+                        "the controller did not act within {} s; `lifeboat get standby` shows it",
+                        wait.as_secs()
+                    )
+                },
             }));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -74,12 +74,21 @@ pub async fn open(op: &Operator, name: &str) -> Result<Opened, Unusable> {
                 ),
             ))
         }
-        Err(e) => return Err(("LocationUnreadable", format!("BackupLocation `{name}`: {e}"))),
+        Err(e) => {
+            return Err((
+                "LocationUnreadable",
+                format!("BackupLocation `{name}`: {e}"),
+            ))
+        }
     };
     open_spec(op, name, &loc.spec).await
 }
 
-async fn open_spec(op: &Operator, name: &str, spec: &BackupLocationSpec) -> Result<Opened, Unusable> {
+async fn open_spec(
+    op: &Operator,
+    name: &str,
+    spec: &BackupLocationSpec,
+) -> Result<Opened, Unusable> {
     let pw_secret = secret(op, &spec.password_secret.name, "spec.passwordSecret").await?;
     let password = secret_value(&pw_secret, &spec.password_secret.key).ok_or_else(|| {
         (
@@ -194,7 +203,11 @@ async fn reconcile(loc: Arc<BackupLocation>, op: Arc<Operator>) -> Result<Action
         Err((reason, message)) => {
             status.phase = Some(CheckPhase::Unavailable);
             status.reachable = false;
-            ready(&mut status.conditions, Err((reason, message.clone())), generation);
+            ready(
+                &mut status.conditions,
+                Err((reason, message.clone())),
+                generation,
+            );
             if differs(loc.status.as_ref(), &status, &[], 0) {
                 op.event(&*loc, true, reason, message.clone()).await;
             }
@@ -202,7 +215,13 @@ async fn reconcile(loc: Arc<BackupLocation>, op: Arc<Operator>) -> Result<Action
     }
     match synced {
         Ok(n) if n > 0 => {
-            op.event(&*loc, false, "BackupsFound", format!("{n} backup(s) in the repository shown as Backup objects")).await;
+            op.event(
+                &*loc,
+                false,
+                "BackupsFound",
+                format!("{n} backup(s) in the repository shown as Backup objects"),
+            )
+            .await;
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(location = %name, "could not show the repository's backups: {e}"),
@@ -210,7 +229,9 @@ async fn reconcile(loc: Arc<BackupLocation>, op: Arc<Operator>) -> Result<Action
     // lastChecked moves every resync: written then, not on every wake-up.
     let mut cmp = status.clone();
     cmp.last_checked = loc.status.as_ref().and_then(|s| s.last_checked.clone());
-    if differs(loc.status.as_ref(), &cmp, &[], 0) || stale(loc.status.as_ref(), op.options.resync.as_secs() as i64) {
+    if differs(loc.status.as_ref(), &cmp, &[], 0)
+        || stale(loc.status.as_ref(), op.options.resync.as_secs() as i64)
+    {
         patch_status(&api, &name, &status).await?;
     }
     Ok(Action::requeue(op.options.resync))
@@ -241,10 +262,15 @@ async fn show_backups(
     let api: Api<Backup> = Api::namespaced(op.client.clone(), &op.options.namespace);
     let mut made = 0;
     for (id, b) in backups {
-        if known.contains(&b.name) || crate::util::check_kube_name(crate::util::KubeName::Subdomain, &b.name).is_err() {
+        if known.contains(&b.name)
+            || crate::util::check_kube_name(crate::util::KubeName::Subdomain, &b.name).is_err()
+        {
             continue;
         }
-        let mut labels = BTreeMap::from([(super::LABEL_ORIGIN.to_string(), super::ORIGIN_REPOSITORY.to_string())]);
+        let mut labels = BTreeMap::from([(
+            super::LABEL_ORIGIN.to_string(),
+            super::ORIGIN_REPOSITORY.to_string(),
+        )]);
         if let Some(s) = &b.schedule {
             labels.insert(super::LABEL_SCHEDULE.to_string(), s.clone());
         }

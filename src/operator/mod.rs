@@ -231,7 +231,10 @@ impl Operator {
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::warn!("could not write an Event for {}: {e}", obj.meta().name.as_deref().unwrap_or("?"));
+            tracing::warn!(
+                "could not write an Event for {}: {e}",
+                obj.meta().name.as_deref().unwrap_or("?")
+            );
         }
     }
 }
@@ -249,9 +252,13 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map(|_| ())
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// The `Ready` condition of a reconcile: true, or false with why (`reason` CamelCase, the
@@ -262,7 +269,14 @@ pub fn ready(
     generation: Option<i64>,
 ) {
     let c = match result {
-        Ok(reason) => condition(COND_READY, ConditionStatus::True, reason, "", generation, now()),
+        Ok(reason) => condition(
+            COND_READY,
+            ConditionStatus::True,
+            reason,
+            "",
+            generation,
+            now(),
+        ),
         Err((reason, message)) => condition(
             COND_READY,
             ConditionStatus::False,
@@ -286,7 +300,10 @@ pub fn differs<S: Serialize>(old: Option<&S>, new: &S, clocks: &[&str], slack: i
         serde_json::to_value(new).unwrap_or_default(),
     );
     for k in clocks {
-        let (x, y) = (a.get(*k).and_then(|v| v.as_i64()), b.get(*k).and_then(|v| v.as_i64()));
+        let (x, y) = (
+            a.get(*k).and_then(|v| v.as_i64()),
+            b.get(*k).and_then(|v| v.as_i64()),
+        );
         if let (Some(x), Some(y)) = (x, y) {
             if (x - y).abs() < slack {
                 b[*k] = a[*k].clone();
@@ -317,7 +334,11 @@ pub fn key<K: Resource>(obj: &K) -> String {
 
 /// Runs every controller until `cancel`, while this process holds the Lease (it gives up
 /// and returns an error when another replica takes the Lease over).
-pub async fn run(client: Client, options: ControllerOptions, cancel: CancellationToken) -> Result<(), OperatorError> {
+pub async fn run(
+    client: Client,
+    options: ControllerOptions,
+    cancel: CancellationToken,
+) -> Result<(), OperatorError> {
     let op = Arc::new(Operator::new(client.clone(), options, cancel.clone()));
     if let Some(addr) = op.options.metrics_addr {
         let listener = crate::metrics::listen(addr)
@@ -362,7 +383,11 @@ pub async fn run(client: Client, options: ControllerOptions, cancel: Cancellatio
 
 /// A failed reconcile is tried again: soon when it may pass unchanged, later when it needs a
 /// change (which a watch event brings sooner).
-pub fn retry_later<K>(obj: Arc<K>, e: &OperatorError, _op: Arc<Operator>) -> kube::runtime::controller::Action
+pub fn retry_later<K>(
+    obj: Arc<K>,
+    e: &OperatorError,
+    _op: Arc<Operator>,
+) -> kube::runtime::controller::Action
 where
     K: Resource<DynamicType = ()>,
 {

@@ -47,7 +47,12 @@ pub async fn policy(op: &Operator, name: &str) -> Result<Policy, Unusable> {
 }
 
 /// The Rule objects `names` of namespace `ns`, validated (`field` is where they are named).
-pub async fn rules(op: &Operator, ns: &str, names: &[String], field: &str) -> Result<Vec<Rule>, Unusable> {
+pub async fn rules(
+    op: &Operator,
+    ns: &str,
+    names: &[String],
+    field: &str,
+) -> Result<Vec<Rule>, Unusable> {
     let api: Api<crate::crd::Rule> = Api::namespaced(op.client.clone(), ns);
     let mut out = Vec::new();
     for (i, n) in names.iter().enumerate() {
@@ -75,7 +80,11 @@ async fn reconcile(p: Arc<SchedulePolicy>, op: Arc<Operator>) -> Result<Action, 
     status.observed_generation = generation;
     match policy_of(FROM, &name, p.spec.clone()) {
         Ok(_) => ready(&mut status.conditions, Ok("Valid"), generation),
-        Err(e) => ready(&mut status.conditions, Err(("InvalidSpec", message(&e))), generation),
+        Err(e) => ready(
+            &mut status.conditions,
+            Err(("InvalidSpec", message(&e))),
+            generation,
+        ),
     }
     if differs(p.status.as_ref(), &status, &[], 0) {
         if let Some(c) = status.conditions.iter().find(|c| c.status == "False") {

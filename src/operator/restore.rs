@@ -72,13 +72,19 @@ async fn prepare(
 
 /// The restore itself, on a blocking-pool thread (not all of it is provably Send; see
 /// [`crate::scheduler::runner`]), under a shared lock of the repository.
-async fn run(req: RestoreRequest, opened: location::Opened) -> Result<RestoreReport, OperatorError> {
+async fn run(
+    req: RestoreRequest,
+    opened: location::Opened,
+) -> Result<RestoreReport, OperatorError> {
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         handle.block_on(async move {
             let lock = opened
                 .repo
-                .lock(crate::repository::LockKind::Shared, &format!("restore {}", req.backup))
+                .lock(
+                    crate::repository::LockKind::Shared,
+                    &format!("restore {}", req.backup),
+                )
                 .await?;
             let r = crate::app::restore::restore(opened.repo.clone(), &req).await;
             let _ = lock.release().await;
@@ -86,7 +92,11 @@ async fn run(req: RestoreRequest, opened: location::Opened) -> Result<RestoreRep
         })
     })
     .await
-    .unwrap_or_else(|e| Err(OperatorError::Failed(format!("the restore's worker failed: {e}"))))
+    .unwrap_or_else(|e| {
+        Err(OperatorError::Failed(format!(
+            "the restore's worker failed: {e}"
+        )))
+    })
 }
 
 fn fill(s: &mut RestoreStatus, report: &RestoreReport, generation: Option<i64>) {
@@ -118,7 +128,10 @@ fn fill(s: &mut RestoreStatus, report: &RestoreReport, generation: Option<i64>) 
                 ready(&mut s.conditions, Ok("Completed"), generation);
             } else {
                 s.phase = Some(RestorePhase::PartiallyFailed);
-                let m = format!("{} object(s) failed to restore (status.failures)", s.failures.len());
+                let m = format!(
+                    "{} object(s) failed to restore (status.failures)",
+                    s.failures.len()
+                );
                 ready(&mut s.conditions, Err(("PartiallyFailed", m)), generation);
             }
         }
@@ -133,7 +146,13 @@ async fn reconcile(r: Arc<Restore>, op: Arc<Operator>) -> Result<Action, Operato
         Some(RestorePhase::Completed | RestorePhase::PartiallyFailed | RestorePhase::Failed) => {
             return Ok(Action::await_change())
         }
-        Some(RestorePhase::InProgress) if !op.running.lock().expect("running").contains(&running_key(&r)) => {
+        Some(RestorePhase::InProgress)
+            if !op
+                .running
+                .lock()
+                .expect("running")
+                .contains(&running_key(&r)) =>
+        {
             let mut s = r.status.clone().unwrap_or_default();
             s.phase = Some(RestorePhase::Failed);
             ready(&mut s.conditions, Err(("Interrupted", "the controller stopped while this restore ran: create a new Restore (objects restored so far stay)".into())), generation);
@@ -153,13 +172,21 @@ async fn reconcile(r: Arc<Restore>, op: Arc<Operator>) -> Result<Action, Operato
         Ok(x) => x,
         Err((reason, message)) => {
             status.phase = Some(RestorePhase::Failed);
-            ready(&mut status.conditions, Err((reason, message.clone())), generation);
+            ready(
+                &mut status.conditions,
+                Err((reason, message.clone())),
+                generation,
+            );
             patch_status(&api, &name, &status).await?;
             op.event(&*r, true, reason, message).await;
             return Ok(Action::await_change());
         }
     };
-    ready(&mut status.conditions, Err(("InProgress", "restoring".into())), generation);
+    ready(
+        &mut status.conditions,
+        Err(("InProgress", "restoring".into())),
+        generation,
+    );
     patch_status(&api, &name, &status).await?;
     let k = running_key(&r);
     op.running.lock().expect("running").push(k.clone());
@@ -170,18 +197,32 @@ async fn reconcile(r: Arc<Restore>, op: Arc<Operator>) -> Result<Action, Operato
             fill(&mut status, &report, generation);
             patch_status(&api, &name, &status).await?;
             let failed = status.failed.unwrap_or(0);
-            op.event(&*r, failed > 0, if failed > 0 { "PartiallyFailed" } else { "Completed" }, format!(
-                "{} planned, {} created, {} updated, {} skipped, {failed} failed",
-                status.planned.unwrap_or(0),
-                status.created.unwrap_or(0),
-                status.updated.unwrap_or(0),
-                status.skipped.unwrap_or(0)
-            )).await;
+            op.event(
+                &*r,
+                failed > 0,
+                if failed > 0 {
+                    "PartiallyFailed"
+                } else {
+                    "Completed"
+                },
+                format!(
+                    "{} planned, {} created, {} updated, {} skipped, {failed} failed",
+                    status.planned.unwrap_or(0),
+                    status.created.unwrap_or(0),
+                    status.updated.unwrap_or(0),
+                    status.skipped.unwrap_or(0)
+                ),
+            )
+            .await;
         }
         Err(e) => {
             status.phase = Some(RestorePhase::Failed);
             status.completion_time = Some(rfc3339(now()));
-            ready(&mut status.conditions, Err(("RestoreFailed", e.to_string())), generation);
+            ready(
+                &mut status.conditions,
+                Err(("RestoreFailed", e.to_string())),
+                generation,
+            );
             patch_status(&api, &name, &status).await?;
             op.event(&*r, true, "Failed", e.to_string()).await;
         }

@@ -18,7 +18,10 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use super::location::{self, Unusable};
-use super::{differs, key, now, patch_status, ready, rfc3339, unix_of, Operator, OperatorError, LABEL_SCHEDULE};
+use super::{
+    differs, key, now, patch_status, ready, rfc3339, unix_of, Operator, OperatorError,
+    LABEL_SCHEDULE,
+};
 use crate::crd::{Backup, BackupPhase, BackupSchedule, BackupSpec};
 use crate::scheduler::config::{backup_name, schedule_of_spec, Policy, Schedule};
 use crate::scheduler::cron::{next_fires, previous_fire, Trigger};
@@ -32,11 +35,18 @@ fn time_of(t: i64) -> OffsetDateTime {
 
 /// The fire a schedule is due for at `now`, if any: the newest one missed since `anchor`
 /// (runs that were missed are not made up one by one).
-fn due(trigger: &Trigger, anchor: i64, last_run: Option<i64>, now: i64) -> (Option<i64>, Option<i64>) {
+fn due(
+    trigger: &Trigger,
+    anchor: i64,
+    last_run: Option<i64>,
+    now: i64,
+) -> (Option<i64>, Option<i64>) {
     let next = next_fires(trigger, time_of(anchor), last_run.map(time_of), 1)
         .first()
         .map(|t| t.unix_timestamp());
-    let Some(next) = next else { return (None, None) };
+    let Some(next) = next else {
+        return (None, None);
+    };
     if next > now {
         return (None, Some(next));
     }
@@ -69,7 +79,10 @@ async fn check(op: &Operator, s: &BackupSchedule) -> Result<(Policy, Schedule), 
         .map_err(|e| ("InvalidSpec", super::policy::message(&e)))?;
     let loc = location::name_of(s.spec.location.as_deref());
     if location::open(op, loc).await?.read_only {
-        return Err(("LocationReadOnly", format!("spec.location: BackupLocation `{loc}` is readOnly")));
+        return Err((
+            "LocationReadOnly",
+            format!("spec.location: BackupLocation `{loc}` is readOnly"),
+        ));
     }
     let t = &s.spec.template;
     super::policy::rules(op, &ns, &t.pre_rules, "spec.template.preRules").await?;
@@ -97,7 +110,12 @@ async fn reconcile(s: Arc<BackupSchedule>, op: Arc<Operator>) -> Result<Action, 
         .iter()
         .filter(|b| phase(b) == Some(BackupPhase::Completed))
         .filter_map(|b| {
-            let t = b.status.as_ref()?.backup_time.as_deref().and_then(unix_of)?;
+            let t = b
+                .status
+                .as_ref()?
+                .backup_time
+                .as_deref()
+                .and_then(unix_of)?;
             Some((t, b.name_any()))
         })
         .max();
@@ -105,15 +123,28 @@ async fn reconcile(s: Arc<BackupSchedule>, op: Arc<Operator>) -> Result<Action, 
         status.last_successful_backup = Some(n.clone());
         status.last_success_time = Some(rfc3339(*t));
         status.rpo_seconds = Some(now() - t);
-        op.figures.lock().expect("figures").last_success.insert(key(&*s), *t);
+        op.figures
+            .lock()
+            .expect("figures")
+            .last_success
+            .insert(key(&*s), *t);
     }
     let checked = check(&op, &s).await;
     let mut requeue = REFRESH;
     match checked {
         Err((reason, message)) => {
             status.next_run = None;
-            ready(&mut status.conditions, Err((reason, message.clone())), generation);
-            if differs(s.status.as_ref(), &status, &["rpoSeconds"], REFRESH.as_secs() as i64) {
+            ready(
+                &mut status.conditions,
+                Err((reason, message.clone())),
+                generation,
+            );
+            if differs(
+                s.status.as_ref(),
+                &status,
+                &["rpoSeconds"],
+                REFRESH.as_secs() as i64,
+            ) {
                 op.event(&*s, true, reason, message).await;
             }
         }
@@ -126,16 +157,35 @@ async fn reconcile(s: Arc<BackupSchedule>, op: Arc<Operator>) -> Result<Action, 
                 .last_run
                 .as_deref()
                 .and_then(unix_of)
-                .or_else(|| s.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()))
+                .or_else(|| {
+                    s.metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .map(|t| t.0.as_second())
+                })
                 .unwrap_or_else(now);
             let last_run = status.last_run.as_deref().and_then(unix_of);
-            let busy = mine.iter().any(|b| !phase(b).is_some_and(BackupPhase::is_final));
+            let busy = mine
+                .iter()
+                .any(|b| !phase(b).is_some_and(BackupPhase::is_final));
             let (fire, next) = due(&policy.trigger, anchor, last_run, now());
             match fire {
                 Some(fire) if !busy => {
                     let b = start(&backups, &s, &sched, fire).await?;
-                    op.figures.lock().expect("figures").runs.entry((key(&*s), "started")).and_modify(|n| *n += 1).or_insert(1);
-                    op.event(&*s, false, "BackupCreated", format!("Backup {b} for the run of {}", rfc3339(fire))).await;
+                    op.figures
+                        .lock()
+                        .expect("figures")
+                        .runs
+                        .entry((key(&*s), "started"))
+                        .and_modify(|n| *n += 1)
+                        .or_insert(1);
+                    op.event(
+                        &*s,
+                        false,
+                        "BackupCreated",
+                        format!("Backup {b} for the run of {}", rfc3339(fire)),
+                    )
+                    .await;
                     status.last_run = Some(rfc3339(fire));
                     status.last_backup = Some(b);
                 }
@@ -154,7 +204,12 @@ async fn reconcile(s: Arc<BackupSchedule>, op: Arc<Operator>) -> Result<Action, 
             }
         }
     }
-    if differs(s.status.as_ref(), &status, &["rpoSeconds"], REFRESH.as_secs() as i64) {
+    if differs(
+        s.status.as_ref(),
+        &status,
+        &["rpoSeconds"],
+        REFRESH.as_secs() as i64,
+    ) {
         patch_status(&api, &name, &status).await?;
     }
     Ok(Action::requeue(requeue))
@@ -164,7 +219,9 @@ async fn reconcile(s: Arc<BackupSchedule>, op: Arc<Operator>) -> Result<Action, 
 fn count_runs(op: &Operator, schedule: &str, mine: &[Backup]) {
     let mut f = op.figures.lock().expect("figures");
     for b in mine {
-        let Some(p) = phase(b).filter(|p| p.is_final()) else { continue };
+        let Some(p) = phase(b).filter(|p| p.is_final()) else {
+            continue;
+        };
         let k = format!("{schedule}/{}", b.name_any());
         if f.counted.insert(k) {
             let result = match p {
@@ -178,13 +235,21 @@ fn count_runs(op: &Operator, schedule: &str, mine: &[Backup]) {
 }
 
 /// Creates the Backup of the run at `fire`; its name.
-async fn start(api: &Api<Backup>, s: &BackupSchedule, sched: &Schedule, fire: i64) -> Result<String, OperatorError> {
+async fn start(
+    api: &Api<Backup>,
+    s: &BackupSchedule,
+    sched: &Schedule,
+    fire: i64,
+) -> Result<String, OperatorError> {
     let name = backup_name(&sched.name, time_of(fire));
     let t = &s.spec.template;
     let obj = Backup {
         metadata: ObjectMeta {
             name: Some(name.clone()),
-            labels: Some(BTreeMap::from([(LABEL_SCHEDULE.to_string(), sched.name.clone())])),
+            labels: Some(BTreeMap::from([(
+                LABEL_SCHEDULE.to_string(),
+                sched.name.clone(),
+            )])),
             ..Default::default()
         },
         spec: BackupSpec {
@@ -218,7 +283,14 @@ async fn start(api: &Api<Backup>, s: &BackupSchedule, sched: &Schedule, fire: i6
 async fn retain(op: &Operator, s: &BackupSchedule, policy: &Policy, newest: &str, mine: &[Backup]) {
     let k = key(s);
     if policy.retain.keeps_everything()
-        || op.figures.lock().expect("figures").retained.get(&k).map(String::as_str) == Some(newest)
+        || op
+            .figures
+            .lock()
+            .expect("figures")
+            .retained
+            .get(&k)
+            .map(String::as_str)
+            == Some(newest)
     {
         return;
     }
@@ -242,17 +314,32 @@ async fn retain(op: &Operator, s: &BackupSchedule, policy: &Policy, newest: &str
     .await;
     match result {
         Ok(gone) => {
-            op.figures.lock().expect("figures").retained.insert(k, newest.to_string());
+            op.figures
+                .lock()
+                .expect("figures")
+                .retained
+                .insert(k, newest.to_string());
             if gone.is_empty() {
                 return;
             }
-            let api: Api<Backup> = Api::namespaced(op.client.clone(), &s.namespace().unwrap_or_default());
+            let api: Api<Backup> =
+                Api::namespaced(op.client.clone(), &s.namespace().unwrap_or_default());
             for b in mine.iter().filter(|b| gone.contains(&b.name_any())) {
                 if let Err(e) = api.delete(&b.name_any(), &DeleteParams::default()).await {
                     tracing::warn!("retention: could not delete Backup {}: {e}", b.name_any());
                 }
             }
-            op.event(s, false, "Retention", format!("forgot {} backup(s) the policy no longer keeps: {}", gone.len(), gone.join(", "))).await;
+            op.event(
+                s,
+                false,
+                "Retention",
+                format!(
+                    "forgot {} backup(s) the policy no longer keeps: {}",
+                    gone.len(),
+                    gone.join(", ")
+                ),
+            )
+            .await;
         }
         Err(e) => op.event(s, true, "RetentionFailed", e.to_string()).await,
     }
@@ -262,10 +349,14 @@ pub async fn controller(op: Arc<Operator>, stop: CancellationToken) {
     let api: Api<BackupSchedule> = Api::all(op.client.clone());
     let backups: Api<Backup> = Api::all(op.client.clone());
     Controller::new(api, watcher::Config::default())
-        .watches(backups, watcher::Config::default().labels(LABEL_SCHEDULE), |b: Backup| {
-            let s = b.labels().get(LABEL_SCHEDULE)?.clone();
-            Some(ObjectRef::new(&s).within(&b.namespace()?))
-        })
+        .watches(
+            backups,
+            watcher::Config::default().labels(LABEL_SCHEDULE),
+            |b: Backup| {
+                let s = b.labels().get(LABEL_SCHEDULE)?.clone();
+                Some(ObjectRef::new(&s).within(&b.namespace()?))
+            },
+        )
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile, super::retry_later, op)
         .for_each(|r| async move {

@@ -32,10 +32,11 @@ async fn catalog(op: &Operator, s: &Standby) -> Result<Arc<Catalog>, OperatorErr
     if let Some(c) = op.catalogs.lock().expect("catalogs").get(&k) {
         return Ok(c.clone());
     }
-    let path = op
-        .options
-        .state_dir
-        .join(format!("standby-{}-{}.db", s.namespace().unwrap_or_default(), s.name_any()));
+    let path = op.options.state_dir.join(format!(
+        "standby-{}-{}.db",
+        s.namespace().unwrap_or_default(),
+        s.name_any()
+    ));
     let c = Arc::new(crate::util::blocking(move || Catalog::open(&path)).await?);
     op.catalogs.lock().expect("catalogs").insert(k, c.clone());
     Ok(c)
@@ -84,7 +85,11 @@ where
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || handle.block_on(f()))
         .await
-        .unwrap_or_else(|e| Err(OperatorError::Failed(format!("the standby worker failed: {e}"))))
+        .unwrap_or_else(|e| {
+            Err(OperatorError::Failed(format!(
+                "the standby worker failed: {e}"
+            )))
+        })
 }
 
 async fn reconcile(s: Arc<Standby>, op: Arc<Operator>) -> Result<Action, OperatorError> {
@@ -134,7 +139,11 @@ async fn reconcile(s: Arc<Standby>, op: Arc<Operator>) -> Result<Action, Operato
         match cycled {
             Ok(()) => ready(&mut status.conditions, Ok("Following"), generation),
             Err(e) => {
-                ready(&mut status.conditions, Err(("CycleFailed", e.to_string())), generation);
+                ready(
+                    &mut status.conditions,
+                    Err(("CycleFailed", e.to_string())),
+                    generation,
+                );
                 op.event(&*s, true, "CycleFailed", e.to_string()).await;
             }
         }
@@ -144,12 +153,19 @@ async fn reconcile(s: Arc<Standby>, op: Arc<Operator>) -> Result<Action, Operato
     {
         let mut f = op.figures.lock().expect("figures");
         f.standby_active.insert(key(&*s), s.spec.active);
-        if let Some(t) = rows.iter().filter_map(|r| r.applied_backup_time.as_deref().and_then(unix_of)).min() {
+        if let Some(t) = rows
+            .iter()
+            .filter_map(|r| r.applied_backup_time.as_deref().and_then(unix_of))
+            .min()
+        {
             f.standby_applied.insert(key(&*s), t);
         }
     }
     let slack = interval.as_secs().max(30) as i64;
-    if differs(s.status.as_ref(), &status, &["lagSeconds"], slack) || status.last_cycle != s.status.as_ref().and_then(|x| x.last_cycle.clone()) && stale(s.status.as_ref(), slack) {
+    if differs(s.status.as_ref(), &status, &["lagSeconds"], slack)
+        || status.last_cycle != s.status.as_ref().and_then(|x| x.last_cycle.clone())
+            && stale(s.status.as_ref(), slack)
+    {
         patch_status(&api, &name, &status).await?;
     }
     Ok(match requeue {
@@ -173,7 +189,11 @@ async fn refuse(
     reason: &str,
     message: String,
 ) -> Result<Action, OperatorError> {
-    ready(&mut status.conditions, Err((reason, message.clone())), s.metadata.generation);
+    ready(
+        &mut status.conditions,
+        Err((reason, message.clone())),
+        s.metadata.generation,
+    );
     if differs(s.status.as_ref(), &status, &["lagSeconds"], i64::MAX) {
         op.event(s, true, reason, message).await;
         patch_status(api, &s.name_any(), &status).await?;
@@ -205,8 +225,14 @@ fn fill(status: &mut StandbyStatus, rows: &[StatusRow], schedule: &str) {
         })
         .collect();
     // The site holds a backup when every namespace does; its lag is the oldest one's.
-    let applied: Vec<&str> = rows.iter().filter_map(|r| r.applied_backup.as_deref()).collect();
-    status.applied_backup = if !rows.is_empty() && applied.len() == rows.len() && applied.windows(2).all(|w| w[0] == w[1]) {
+    let applied: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.applied_backup.as_deref())
+        .collect();
+    status.applied_backup = if !rows.is_empty()
+        && applied.len() == rows.len()
+        && applied.windows(2).all(|w| w[0] == w[1])
+    {
         applied.first().map(|s| s.to_string())
     } else {
         None
@@ -261,10 +287,27 @@ async fn activate(
     status.rto_seconds = Some((rto * 10.0).round() / 10.0);
     if ready_all {
         ready(&mut status.conditions, Ok("Active"), s.metadata.generation);
-        op.event(s, false, "Activated", format!("namespaces {} started; ready after {rto:.1} s", namespaces.join(", "))).await;
+        op.event(
+            s,
+            false,
+            "Activated",
+            format!(
+                "namespaces {} started; ready after {rto:.1} s",
+                namespaces.join(", ")
+            ),
+        )
+        .await;
     } else {
-        let m = format!("namespaces {} started, but their workloads were not ready within {} s", namespaces.join(", "), READY_WAIT.as_secs());
-        ready(&mut status.conditions, Err(("NotReady", m.clone())), s.metadata.generation);
+        let m = format!(
+            "namespaces {} started, but their workloads were not ready within {} s",
+            namespaces.join(", "),
+            READY_WAIT.as_secs()
+        );
+        ready(
+            &mut status.conditions,
+            Err(("NotReady", m.clone())),
+            s.metadata.generation,
+        );
         op.event(s, true, "NotReady", m).await;
     }
     Ok(())
@@ -286,7 +329,16 @@ async fn deactivate(
     }
     status.activated_at = None;
     status.rto_seconds = None;
-    op.event(s, false, "Deactivated", format!("namespaces {} held at 0 replicas and followed again", done.join(", "))).await;
+    op.event(
+        s,
+        false,
+        "Deactivated",
+        format!(
+            "namespaces {} held at 0 replicas and followed again",
+            done.join(", ")
+        ),
+    )
+    .await;
     Ok(())
 }
 

@@ -52,7 +52,6 @@ use crate::crd::{
     SchedulePolicySpec as PolicySpec,
 };
 
-
 // ----- typed settings -----------------------------------------------------------------------
 
 #[derive(Debug, Clone)]

@@ -88,23 +88,69 @@ fn root() -> &'static Path {
 /// one test that makes them, and a controller reconciles every one on the cluster).
 fn install(site: &Site) {
     let root = root();
-    site.kubectl_ok(&["apply", "--server-side", "-f", root.join("deploy/base/crds").to_str().unwrap()]);
-    site.kubectl_ok(&["apply", "-f", root.join("deploy/base/rbac-controller.yaml").to_str().unwrap()]);
-    for kind in ["standbies", "restores", "backupschedules", "backups", "backuplocations", "schedulepolicies", "rules"] {
+    site.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "-f",
+        root.join("deploy/base/crds").to_str().unwrap(),
+    ]);
+    site.kubectl_ok(&[
+        "apply",
+        "-f",
+        root.join("deploy/base/rbac-controller.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    for kind in [
+        "standbies",
+        "restores",
+        "backupschedules",
+        "backups",
+        "backuplocations",
+        "schedulepolicies",
+        "rules",
+    ] {
         // No controller runs yet: finalizers of an earlier run's objects are dropped with them.
-        let all = site.kubectl_ok(&["get", &format!("{kind}.lifeboat.dev"), "-A", "-o", "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}{\"\\n\"}{end}"]);
+        let all = site.kubectl_ok(&[
+            "get",
+            &format!("{kind}.lifeboat.dev"),
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}{\"\\n\"}{end}",
+        ]);
         for line in all.lines().filter(|l| !l.is_empty()) {
             let (ns, name) = line.split_once('/').unwrap();
-            let mut args = vec!["patch".to_string(), format!("{kind}.lifeboat.dev"), name.to_string(), "--type".into(), "merge".into(), "-p".into(), r#"{"metadata":{"finalizers":null}}"#.into()];
+            let mut args = vec![
+                "patch".to_string(),
+                format!("{kind}.lifeboat.dev"),
+                name.to_string(),
+                "--type".into(),
+                "merge".into(),
+                "-p".into(),
+                r#"{"metadata":{"finalizers":null}}"#.into(),
+            ];
             if !ns.is_empty() {
                 args.extend(["-n".to_string(), ns.to_string()]);
             }
             let a: Vec<&str> = args.iter().map(String::as_str).collect();
             site.kubectl_ok(&a);
         }
-        site.kubectl_ok(&["delete", &format!("{kind}.lifeboat.dev"), "--all", "-A", "--wait=false"]);
+        site.kubectl_ok(&[
+            "delete",
+            &format!("{kind}.lifeboat.dev"),
+            "--all",
+            "-A",
+            "--wait=false",
+        ]);
     }
-    site.kubectl_ok(&["-n", "lifeboat", "delete", "lease", "lifeboat-controller", "--ignore-not-found"]);
+    site.kubectl_ok(&[
+        "-n",
+        "lifeboat",
+        "delete",
+        "lease",
+        "lifeboat-controller",
+        "--ignore-not-found",
+    ]);
     for crd in ["backups", "standbies", "backupschedules", "backuplocations"] {
         site.kubectl_ok(&[
             "wait",
@@ -238,7 +284,8 @@ fn failback_account(site: &Site, dir: &Path) -> PathBuf {
     yaml.push_str("---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: failback-leases, namespace: lifeboat}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: lifeboat-controller-leases}\nsubjects: [{kind: ServiceAccount, name: lifeboat-failback, namespace: lifeboat}]\n");
     site.apply(&yaml);
     let path = dir.join("failback.kubeconfig");
-    site.write_token_kubeconfig("lifeboat-failback", &path).unwrap();
+    site.write_token_kubeconfig("lifeboat-failback", &path)
+        .unwrap();
     path
 }
 
@@ -254,21 +301,30 @@ fn replicas(site: &Site, ns: &str) -> (i64, i64) {
 }
 
 fn completed_backups(site: &Site, ns: &str, schedule: &str) -> Vec<Value> {
-    site.get(&["-n", ns, "backups.lifeboat.dev", "-l", &format!("lifeboat.dev/schedule={schedule}")])
-        .map(|l| l["items"].as_array().cloned().unwrap_or_default())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|b| b["status"]["phase"] == "Completed")
-        .collect()
+    site.get(&[
+        "-n",
+        ns,
+        "backups.lifeboat.dev",
+        "-l",
+        &format!("lifeboat.dev/schedule={schedule}"),
+    ])
+    .map(|l| l["items"].as_array().cloned().unwrap_or_default())
+    .unwrap_or_default()
+    .into_iter()
+    .filter(|b| b["status"]["phase"] == "Completed")
+    .collect()
 }
 
 fn standby(site: &Site) -> Value {
-    site.get(&["-n", "lifeboat", "standby.lifeboat.dev", "app"]).unwrap_or(Value::Null)
+    site.get(&["-n", "lifeboat", "standby.lifeboat.dev", "app"])
+        .unwrap_or(Value::Null)
 }
 
 fn held_current(site: &Site, ns: &str, newest: &str) -> bool {
     let s = standby(site);
-    s["status"]["appliedBackup"].as_str().is_some_and(|a| a >= newest)
+    s["status"]["appliedBackup"]
+        .as_str()
+        .is_some_and(|a| a >= newest)
         && replicas(site, ns).0 == 0
 }
 
@@ -279,9 +335,13 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
     };
     let g = garage();
     let url = format!("s3://{}/{}", g.bucket, g.unique_prefix());
-    ok(run(lb(&url)
-        .envs(g.env())
-        .args(["repo", "init", "--insecure-fast-kdf", "--chunk-size-kib", "64"])));
+    ok(run(lb(&url).envs(g.env()).args([
+        "repo",
+        "init",
+        "--insecure-fast-kdf",
+        "--chunk-size-kib",
+        "64",
+    ])));
     let d = crate::support::tmp();
     let t0 = std::time::Instant::now();
     let step = |what: &str| eprintln!("{:>6.1} s  {what}", t0.elapsed().as_secs_f64());
@@ -302,7 +362,9 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
     // 1-2. The primary: a location, a policy of 8 s, a Rule, a schedule; Backups complete.
     let (pk, dk) = (&primary.lifeboat_kubeconfig, &dr.lifeboat_kubeconfig);
     let holder = || {
-        primary.get(&["-n", "lifeboat", "lease", "lifeboat-controller"]).map(|l| l["spec"]["holderIdentity"].clone())
+        primary
+            .get(&["-n", "lifeboat", "lease", "lifeboat-controller"])
+            .map(|l| l["spec"]["holderIdentity"].clone())
     };
     // A Lease of an earlier run expires first (4 s).
     let mut leader = Some(Controller::start(pk, "primary-1", &d.path().join("a1")));
@@ -315,21 +377,83 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
     // A bad spec is a condition naming the field, and a fixed one recovers without a restart.
     let bad = "apiVersion: lifeboat.dev/v1alpha1\nkind: SchedulePolicy\nmetadata: {name: app-often}\nspec: {cron: {expression: \"61 * * * *\"}}\n";
     primary.apply(bad);
-    let ready = |what: &[&str]| primary.get(what).map(|p| p["status"]["conditions"][0].clone()).unwrap_or(Value::Null);
+    let ready = |what: &[&str]| {
+        primary
+            .get(what)
+            .map(|p| p["status"]["conditions"][0].clone())
+            .unwrap_or(Value::Null)
+    };
     step("a bad policy is a condition");
-    primary.wait_until("a bad policy is a condition", Duration::from_secs(30), || {
-        ready(&["schedulepolicy", "app-often"])["status"] == "False"
-    });
+    primary.wait_until(
+        "a bad policy is a condition",
+        Duration::from_secs(30),
+        || ready(&["schedulepolicy", "app-often"])["status"] == "False",
+    );
     let c = ready(&["schedulepolicy", "app-often"]);
-    assert!(c["message"].as_str().unwrap().contains("spec.cron.expression"), "{c:#}");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.cron.expression"),
+        "{c:#}"
+    );
+    // A Backup made by hand, deleted with `deletePolicy: Delete`: its record goes with it (the
+    // finalizer); each run is an Event on its object. (Before the schedule runs: forgetting
+    // takes the repository's exclusive lock, which back-to-back backups would keep waiting.)
+    primary.apply(&format!(
+        "apiVersion: lifeboat.dev/v1alpha1\nkind: Backup\nmetadata: {{name: by-hand, namespace: {ns}}}\nspec: {{namespaces: [{ns}], includeVolumes: false, deletePolicy: Delete}}\n"
+    ));
+    let by_hand = || primary.get(&["-n", &ns, "backups.lifeboat.dev", "by-hand"]);
+    step("a Backup by hand completes");
+    primary.wait_until(
+        "a Backup by hand completes",
+        Duration::from_secs(120),
+        || by_hand().is_some_and(|b| b["status"]["phase"] == "Completed"),
+    );
+    let records = || {
+        let r = ok(run(lb(&url)
+            .envs(g.env())
+            .args(["--json", "backup", "list"])));
+        r.stdout
+    };
+    assert!(records().contains("\"by-hand\""), "recorded");
+    let events = primary.kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=by-hand",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    assert!(
+        events.contains("Started") && events.contains("Completed"),
+        "Events: {events}"
+    );
+    primary.kubectl_ok(&[
+        "-n",
+        &ns,
+        "delete",
+        "backups.lifeboat.dev",
+        "by-hand",
+        "--timeout=60s",
+    ]);
+    assert!(
+        !records().contains("\"by-hand\""),
+        "deletePolicy: Delete forgets the record"
+    );
+
     schedule(primary, &ns, "app");
     primary.wait_until("the fixed policy is Ready", Duration::from_secs(30), || {
         ready(&["schedulepolicy", "app-often"])["status"] == "True"
     });
     step("a scheduled Backup completes");
-    primary.wait_until("a scheduled Backup completes", Duration::from_secs(180), || {
-        !completed_backups(primary, &ns, "app").is_empty()
-    });
+    primary.wait_until(
+        "a scheduled Backup completes",
+        Duration::from_secs(180),
+        || !completed_backups(primary, &ns, "app").is_empty(),
+    );
     let b = &completed_backups(primary, &ns, "app")[0];
     assert!(b["status"]["volumes"].as_i64() == Some(2), "{b:#}");
     assert!(
@@ -338,29 +462,58 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
     );
     let sched = primary.get(&["-n", &ns, "backupschedule", "app"]).unwrap();
     let st = &sched["status"];
-    assert!(st["lastSuccessfulBackup"].is_string() && st["rpoSeconds"].is_i64(), "{sched:#}");
-    assert_eq!(st["conditions"][0]["status"], "True", "{sched:#}");
-    let loc = primary.get(&["-n", "lifeboat", "backuplocation", "default"]).unwrap();
-    assert_eq!(loc["status"]["phase"], "Available", "{loc:#}");
-    assert_eq!(holder().unwrap(), "primary-1", "the replica waits on the Lease");
     assert!(
-        leader.as_ref().unwrap().metrics().contains(&format!("lifeboat_schedule_rpo_seconds{{schedule=\"{ns}/app\"}}")),
+        st["lastSuccessfulBackup"].is_string() && st["rpoSeconds"].is_i64(),
+        "{sched:#}"
+    );
+    assert_eq!(st["conditions"][0]["status"], "True", "{sched:#}");
+    let loc = primary
+        .get(&["-n", "lifeboat", "backuplocation", "default"])
+        .unwrap();
+    assert_eq!(loc["status"]["phase"], "Available", "{loc:#}");
+    assert_eq!(
+        holder().unwrap(),
+        "primary-1",
+        "the replica waits on the Lease"
+    );
+    assert!(
+        leader.as_ref().unwrap().metrics().contains(&format!(
+            "lifeboat_schedule_rpo_seconds{{schedule=\"{ns}/app\"}}"
+        )),
         "the RPO on /metrics"
     );
 
     // `lifeboat get`, also as a kubectl plugin (`kubectl-lifeboat` on the PATH).
-    let listed = ok(run(primary
-        .lifeboat(Path::new("unused"))
-        .args(["--json", "get", "backups", "-n", &ns, "--context", "lifeboat"])));
+    let listed = ok(run(primary.lifeboat(Path::new("unused")).args([
+        "--json",
+        "get",
+        "backups",
+        "-n",
+        &ns,
+        "--context",
+        "lifeboat",
+    ])));
     let listed: Value = serde_json::from_str(&listed.stdout).unwrap();
     assert!(
-        listed.as_array().unwrap().iter().any(|b| b["status"]["phase"] == "Completed"),
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["status"]["phase"] == "Completed"),
         "{listed:#}"
     );
     let plugins = d.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_lifeboat"), plugins.join("kubectl-lifeboat")).unwrap();
-    let path = format!("{}:{}", plugins.display(), std::env::var("PATH").unwrap_or_default());
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_lifeboat"),
+        plugins.join("kubectl-lifeboat"),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        plugins.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let out = primary
         .kubectl()
         .env("PATH", path)
@@ -369,37 +522,57 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && table.contains("LAST GOOD") && table.contains("Scheduled"), "{table}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && table.contains("LAST GOOD") && table.contains("Scheduled"),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The leader dies: the replica takes the Lease over and the schedule goes on.
     drop(leader.take());
     step("the second replica takes the Lease");
-    primary.wait_until("the second replica takes the Lease", Duration::from_secs(30), || {
-        holder().is_some_and(|h| h == "primary-2")
-    });
+    primary.wait_until(
+        "the second replica takes the Lease",
+        Duration::from_secs(30),
+        || holder().is_some_and(|h| h == "primary-2"),
+    );
     let before = completed_backups(primary, &ns, "app").len();
     step("a Backup completes under the new leader");
-    primary.wait_until("a Backup completes under the new leader", Duration::from_secs(120), || {
-        completed_backups(primary, &ns, "app").len() > before
-            || completed_backups(primary, &ns, "app").len() == 3
-    });
+    primary.wait_until(
+        "a Backup completes under the new leader",
+        Duration::from_secs(120),
+        || {
+            completed_backups(primary, &ns, "app").len() > before
+                || completed_backups(primary, &ns, "app").len() == 3
+        },
+    );
 
     // 3. The DR site: a read-only location, a Standby; appns held at 0 with its volumes.
-    let _dr_ctrl = Controller::start(dk, "dr-1", &d.path().join("b1"));
+    let dr_ctrl = Controller::start(dk, "dr-1", &d.path().join("b1"));
     location(dr, &url, true);
     policy(dr, "app");
-    dr.apply(&format!(
-        "apiVersion: lifeboat.dev/v1alpha1\nkind: Standby\nmetadata: {{name: app, namespace: lifeboat}}\nspec: {{schedule: app, interval: 3s}}\n"
-    ));
+    dr.apply("apiVersion: lifeboat.dev/v1alpha1\nkind: Standby\nmetadata: {name: app, namespace: lifeboat}\nspec: {schedule: app, interval: 3s}\n");
     step("the DR location shows the bucket's backups");
-    dr.wait_until("the DR location shows the bucket's backups", Duration::from_secs(60), || {
-        dr.get(&["-n", "lifeboat", "backups.lifeboat.dev", "-l", "lifeboat.dev/origin=repository"])
+    dr.wait_until(
+        "the DR location shows the bucket's backups",
+        Duration::from_secs(60),
+        || {
+            dr.get(&[
+                "-n",
+                "lifeboat",
+                "backups.lifeboat.dev",
+                "-l",
+                "lifeboat.dev/origin=repository",
+            ])
             .is_some_and(|l| !l["items"].as_array().unwrap().is_empty())
-    });
+        },
+    );
     step("the standby holds a backup");
-    dr.wait_until("the standby holds a backup", Duration::from_secs(180), || {
-        standby(dr)["status"]["appliedBackup"].is_string()
-    });
+    dr.wait_until(
+        "the standby holds a backup",
+        Duration::from_secs(180),
+        || standby(dr)["status"]["appliedBackup"].is_string(),
+    );
     // The primary is lost: its controllers stop (a backup running then is never recorded);
     // the standby catches up to the last backup the bucket holds.
     drop(replica);
@@ -408,15 +581,27 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
         .filter_map(|b| b["metadata"]["name"].as_str().map(String::from))
         .max()
         .unwrap();
-    dr.wait_until("the standby holds the last backup, held at 0", Duration::from_secs(180), || {
-        held_current(dr, &ns, &last)
-    });
+    dr.wait_until(
+        "the standby holds the last backup, held at 0",
+        Duration::from_secs(180),
+        || held_current(dr, &ns, &last),
+    );
     let s = standby(dr);
     assert!(s["status"]["lagSeconds"].is_i64(), "{s:#}");
+    assert!(
+        dr_ctrl
+            .metrics()
+            .contains("lifeboat_standby_lag_seconds{standby=\"lifeboat/app\"}"),
+        "the standby's lag on /metrics"
+    );
     let same = |claim: &str| {
-        std::fs::read(volume_file(primary, &ns, claim)).unwrap() == std::fs::read(volume_file(dr, &ns, claim)).unwrap()
+        std::fs::read(volume_file(primary, &ns, claim)).unwrap()
+            == std::fs::read(volume_file(dr, &ns, claim)).unwrap()
     };
-    assert!(same("data-block") && same("data-fs"), "the DR claims hold the data");
+    assert!(
+        same("data-block") && same("data-fs"),
+        "the DR claims hold the data"
+    );
 
     // Restore on demand, beside the standby: a copy of the last backup in a mapped namespace,
     // held; and a Restore of a backup the bucket does not hold fails, naming it.
@@ -424,11 +609,17 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
     dr.apply(&format!(
         "apiVersion: lifeboat.dev/v1alpha1\nkind: Restore\nmetadata: {{name: copy, namespace: lifeboat}}\nspec:\n  backupName: {last}\n  namespaceMapping: {{{ns}: {copy}}}\n  startApplications: false\n---\napiVersion: lifeboat.dev/v1alpha1\nkind: Restore\nmetadata: {{name: missing, namespace: lifeboat}}\nspec: {{backupName: no-such-backup}}\n"
     ));
-    let restore = |name: &str| dr.get(&["-n", "lifeboat", "restore.lifeboat.dev", name]).unwrap();
+    let restore = |name: &str| {
+        dr.get(&["-n", "lifeboat", "restore.lifeboat.dev", name])
+            .unwrap()
+    };
     step("the Restores end");
     dr.wait_until("the Restores end", Duration::from_secs(180), || {
         ["copy", "missing"].iter().all(|n| {
-            matches!(restore(n)["status"]["phase"].as_str(), Some("Completed" | "PartiallyFailed" | "Failed"))
+            matches!(
+                restore(n)["status"]["phase"].as_str(),
+                Some("Completed" | "PartiallyFailed" | "Failed")
+            )
         })
     });
     let c = restore("copy");
@@ -437,43 +628,90 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
     assert_eq!(replicas(dr, &copy).0, 0, "restored held");
     let m = restore("missing");
     assert_eq!(m["status"]["phase"], "Failed", "{m:#}");
-    assert!(m["status"]["conditions"].to_string().contains("no-such-backup"), "{m:#}");
+    assert!(
+        m["status"]["conditions"]
+            .to_string()
+            .contains("no-such-backup"),
+        "{m:#}"
+    );
 
     // 4. Failover: spec.active true; the Deployment starts, the status has the RTO.
-    dr.kubectl_ok(&["-n", "lifeboat", "patch", "standby.lifeboat.dev", "app", "--type", "merge", "-p", r#"{"spec":{"active":true}}"#]);
+    dr.kubectl_ok(&[
+        "-n",
+        "lifeboat",
+        "patch",
+        "standby.lifeboat.dev",
+        "app",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"active":true}}"#,
+    ]);
     step("the failover");
     dr.wait_until("the failover", Duration::from_secs(120), || {
         standby(dr)["status"]["rtoSeconds"].is_number() && replicas(dr, &ns) == (1, 1)
     });
-    assert!(same("data-block") && same("data-fs"), "the activated claims hold the last backup");
+    assert!(
+        same("data-block") && same("data-fs"),
+        "the activated claims hold the last backup"
+    );
 
     // 5. Failback. The DR site runs the application now, and its copy of the BackupSchedule
     //    (held while the site was a standby, released by the failover) backs it up.
-    let dr_schedule = dr.get(&["-n", &ns, "backupschedule", "app"]).expect("the schedule came with the application");
-    assert_eq!(dr_schedule["spec"]["suspend"], false, "released by the failover: {dr_schedule:#}");
+    let dr_schedule = dr
+        .get(&["-n", &ns, "backupschedule", "app"])
+        .expect("the schedule came with the application");
+    assert_eq!(
+        dr_schedule["spec"]["suspend"], false,
+        "released by the failover: {dr_schedule:#}"
+    );
     location(dr, &url, false);
-    job(dr, &ns, "change", "set -e; echo two > /srv/data/app/file; sync");
+    job(
+        dr,
+        &ns,
+        "change",
+        "set -e; echo two > /srv/data/app/file; sync",
+    );
     let changed = time::OffsetDateTime::now_utc().unix_timestamp();
     let after_change = |b: &Value| {
         b["metadata"]["creationTimestamp"]
             .as_str()
-            .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
             .is_some_and(|t| t.unix_timestamp() >= changed)
     };
     step("the DR site backs up its changed data");
-    dr.wait_until("the DR site backs up its changed data", Duration::from_secs(180), || {
-        completed_backups(dr, &ns, "app").iter().any(after_change)
-    });
+    dr.wait_until(
+        "the DR site backs up its changed data",
+        Duration::from_secs(180),
+        || completed_backups(dr, &ns, "app").iter().any(after_change),
+    );
     // The old primary, repaired, follows it as a standby, under an account bound as a
     // restoring site's. Its own schedule is suspended before its controller starts again.
-    primary.kubectl_ok(&["-n", &ns, "patch", "backupschedule", "app", "--type", "merge", "-p", r#"{"spec":{"suspend":true}}"#]);
+    primary.kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "backupschedule",
+        "app",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"suspend":true}}"#,
+    ]);
     let fk = failback_account(primary, d.path());
     let _restoring = Controller::start(&fk, "primary-3", &d.path().join("a3"));
     primary.apply("apiVersion: lifeboat.dev/v1alpha1\nkind: Standby\nmetadata: {name: app, namespace: lifeboat}\nspec: {schedule: app, interval: 3s, overwriteClaims: true}\n");
     // The DR site stops (`lifeboat deactivate` flips its Standby): held again, schedule too.
-    let r = ok(run(dr
-        .lifeboat(Path::new("unused"))
-        .args(["--json", "deactivate", "-n", &ns, "--context", "lifeboat"])));
+    let r = ok(run(dr.lifeboat(Path::new("unused")).args([
+        "--json",
+        "deactivate",
+        "-n",
+        &ns,
+        "--context",
+        "lifeboat",
+    ])));
     let flip: Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(flip["active"], false, "{flip:#}");
     step("the DR site is held again");
@@ -487,19 +725,34 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
         .max()
         .unwrap();
     step("the old primary follows the DR site, held");
-    primary.wait_until("the old primary follows the DR site, held", Duration::from_secs(180), || {
-        held_current(primary, &ns, &last)
-    });
-    assert!(same("data-fs") && same("data-block"), "the old primary's claims hold the DR site's data");
-    let r = ok(run(primary
-        .lifeboat(Path::new("unused"))
-        .args(["--json", "activate", "-n", &ns, "--context", "lifeboat"])));
+    primary.wait_until(
+        "the old primary follows the DR site, held",
+        Duration::from_secs(180),
+        || held_current(primary, &ns, &last),
+    );
+    assert!(
+        same("data-fs") && same("data-block"),
+        "the old primary's claims hold the DR site's data"
+    );
+    let r = ok(run(primary.lifeboat(Path::new("unused")).args([
+        "--json",
+        "activate",
+        "-n",
+        &ns,
+        "--context",
+        "lifeboat",
+    ])));
     let flip: Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(flip["active"], true, "{flip:#}");
     step("the old primary runs again, its schedule released");
-    primary.wait_until("the old primary runs again, its schedule released", Duration::from_secs(120), || {
-        replicas(primary, &ns) == (1, 1)
-            && primary.get(&["-n", &ns, "backupschedule", "app"]).unwrap()["spec"]["suspend"] == false
-    });
+    primary.wait_until(
+        "the old primary runs again, its schedule released",
+        Duration::from_secs(120),
+        || {
+            replicas(primary, &ns) == (1, 1)
+                && primary.get(&["-n", &ns, "backupschedule", "app"]).unwrap()["spec"]["suspend"]
+                    == false
+        },
+    );
     assert!(standby(primary)["status"]["rtoSeconds"].is_number());
 }
