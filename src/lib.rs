@@ -6,6 +6,8 @@
 //! ```text
 //!  cli/, demo       the shell: parse, call one library function, print
 //!    │
+//!  operator/        the controllers of the lifeboat.dev resources: leader (a Lease), location,
+//!    │              policy, backup, schedule, restore, standby; client (`get`, failover)
 //!  standby/         the DR site: journal, delta, cycle, dir_site, live_site, activate, drill,
 //!    │              worker (the loop)
 //!  scheduler/       cron (pure), config, catalog (SQLite), runner (one run), server (the loop)
@@ -20,8 +22,8 @@
 //!    │
 //!  repository/      packs, index, snapshots, keys, locks, check, prune, repair
 //!  store/           local, S3, memory; retry and fault-injection decorators
-//!  crypto, crd,     keyed ids, sealing, key wrapping; the custom resources' types (deploy/base/crds/);
-//!  format           every stored struct (schema/)
+//!  crd              the custom resources' types, specs and statuses (deploy/base/crds/)
+//!  crypto, format   keyed ids, sealing, key wrapping; every stored struct (schema/)
 //!  util, metrics    names, blocking work off the runtime; the /metrics endpoint
 //! ```
 //!
@@ -48,12 +50,15 @@
 //!  target ◄── k8s::source / k8s::live ◄── k8s::objects: skip, sanitise, map, hold, order ◄── app
 //! ```
 //!
-//! Scheduling drives it all, and the DR site reads it back:
+//! Scheduling drives it all, and the DR site reads it back (from files and the CLI, or from the
+//! resources the operator reconciles):
 //!
 //! ```text
 //!  scheduler::config ─► scheduler::server ─► app (backup, retention) ─► repository
 //!                          └► scheduler::catalog (SQLite) ◄── backups seen
 //!  repository ─► standby: block-map difference, journal, commit ─► DR site (held; activate)
+//!  operator: BackupSchedule ─► Backup objects ─► app ─► repository ─► Backup objects on the DR
+//!            site; Standby ─► standby (cycles; active: activate) ; Restore ─► app::restore
 //! ```
 
 // Bottom to top (rustfmt keeps the order of declarations separated by blank lines).

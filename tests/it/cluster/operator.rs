@@ -161,6 +161,55 @@ fn install(site: &Site) {
     }
 }
 
+/// The file configuration's documents of today (fixtures/schedules, fixtures/rules) are valid
+/// resources: the real API server accepts each (strict field validation, dry run) once it has
+/// an apiVersion, and a namespace where the kind is namespaced.
+fn todays_yaml_is_valid(site: &Site) {
+    let mut docs = Vec::new();
+    for dir in ["fixtures/schedules", "fixtures/rules"] {
+        for f in crate::support::files(&root().join(dir)) {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for d in text.split("\n---").filter(|d| d.contains("kind:")) {
+                let mut v: serde_yaml::Value = serde_yaml::from_str(d).unwrap();
+                v["apiVersion"] = "lifeboat.dev/v1alpha1".into();
+                if v["kind"] != "SchedulePolicy" {
+                    v["metadata"]["namespace"] = "default".into();
+                }
+                docs.push(serde_yaml::to_string(&v).unwrap());
+            }
+        }
+    }
+    assert!(docs.len() >= 4, "{docs:?}");
+    let mut child = site
+        .kubectl()
+        .args([
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--validate=strict",
+            "-f",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(docs.join("---\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The BackupLocation `default` on `site`, with its Secrets.
 fn location(site: &Site, url: &str, read_only: bool) {
     let g = garage();
@@ -347,6 +396,7 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
     let step = |what: &str| eprintln!("{:>6.1} s  {what}", t0.elapsed().as_secs_f64());
     install(primary);
     install(dr);
+    todays_yaml_is_valid(primary);
     let ns = super::unique("appns");
     primary.kubectl_ok(&["create", "namespace", &ns]);
     application(primary, &ns);
