@@ -398,3 +398,68 @@ where
         Duration::from_secs(60)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::BackupScheduleStatus;
+
+    #[test]
+    fn a_status_is_rewritten_when_it_changed_but_not_for_a_clock_moving_within_its_slack() {
+        let mut old = BackupScheduleStatus {
+            rpo_seconds: Some(100),
+            ..Default::default()
+        };
+        ready(&mut old.conditions, Ok("Scheduled"), Some(1));
+        let mut new = old.clone();
+        new.rpo_seconds = Some(120);
+        assert!(
+            !differs(Some(&old), &new, &["rpoSeconds"], 30),
+            "20 s within 30"
+        );
+        new.rpo_seconds = Some(131);
+        assert!(
+            differs(Some(&old), &new, &["rpoSeconds"], 30),
+            "31 s past it"
+        );
+        new.rpo_seconds = Some(100);
+        new.last_successful_backup = Some("b".into());
+        assert!(
+            differs(Some(&old), &new, &["rpoSeconds"], 30),
+            "a new good backup"
+        );
+        let mut later = old.clone();
+        later.conditions[0].last_transition_time =
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(5).unwrap(),
+            );
+        assert!(
+            !differs(Some(&old), &later, &[], 0),
+            "transition times alone"
+        );
+        assert!(differs(None, &old, &[], 0), "no status yet");
+    }
+
+    #[test]
+    fn the_metrics_give_the_rpo_and_the_lag_as_of_now() {
+        let mut f = Figures::default();
+        f.last_success.insert("ns/s".into(), 1000);
+        f.standby_applied.insert("lifeboat/app".into(), 900);
+        f.runs.insert(("ns/s".into(), "completed"), 3);
+        let text = f.render(1060);
+        assert!(
+            text.contains("lifeboat_schedule_rpo_seconds{schedule=\"ns/s\"} 60\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lifeboat_standby_lag_seconds{standby=\"lifeboat/app\"} 160\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "lifeboat_schedule_runs_total{schedule=\"ns/s\",result=\"completed\"} 3\n"
+            ),
+            "{text}"
+        );
+    }
+}
