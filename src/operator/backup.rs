@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
@@ -225,9 +224,8 @@ async fn prepare(op: &Operator, b: &Backup) -> Result<(BackupRequest, location::
     Ok((req, opened))
 }
 
-/// The backup itself: the namespaces resolved, then objects and volumes into the repository
-/// under a shared lock. Driven on a blocking-pool thread (the rules' step is not provably
-/// Send, see [`crate::scheduler::runner`]); its own tasks run on the runtime.
+/// The backup itself, off the runtime ([`super::off_runtime`]): the namespaces resolved, then
+/// objects and volumes into the repository under a shared lock.
 async fn run(
     op: &Operator,
     req: BackupRequest,
@@ -235,41 +233,33 @@ async fn run(
 ) -> Result<BackupSummary, OperatorError> {
     let client = op.client.clone();
     let cancel = op.cancel.clone();
-    let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        handle.block_on(async move {
-            let live = crate::k8s::live::LiveCluster::from_client(client, "in-cluster");
-            let scope = live.resolve_namespaces(&req.scope).await?;
-            let mut filters = req.filters.clone();
-            filters.namespaces = scope.namespaces.clone();
-            let lock = opened
-                .repo
-                .lock(
-                    crate::repository::LockKind::Shared,
-                    &format!("backup {}", req.name),
-                )
-                .await?;
-            let r = crate::app::volumes::backup_live(
-                opened.repo.clone(),
-                &req.name,
-                &live,
-                &scope,
-                filters,
-                &req.consistency,
-                opened.movers.clone(),
-                &cancel,
+    super::off_runtime("backup", move || async move {
+        let live = crate::k8s::live::LiveCluster::from_client(client, "in-cluster");
+        let scope = live.resolve_namespaces(&req.scope).await?;
+        let mut filters = req.filters.clone();
+        filters.namespaces = scope.namespaces.clone();
+        let lock = opened
+            .repo
+            .lock(
+                crate::repository::LockKind::Shared,
+                &format!("backup {}", req.name),
             )
-            .await;
-            let _ = lock.release().await;
-            Ok(r?)
-        })
+            .await?;
+        let r = crate::app::volumes::backup_live(
+            opened.repo.clone(),
+            &req.name,
+            &live,
+            &scope,
+            filters,
+            &req.consistency,
+            opened.movers.clone(),
+            &cancel,
+        )
+        .await;
+        let _ = lock.release().await;
+        Ok(r?)
     })
     .await
-    .unwrap_or_else(|e| {
-        Err(OperatorError::Failed(format!(
-            "the backup's worker failed: {e}"
-        )))
-    })
 }
 
 /// A deleted Backup: its record is forgotten when `deletePolicy: Delete` says so.
@@ -312,14 +302,7 @@ async fn cleanup(op: &Operator, b: Arc<Backup>) -> Result<Action, OperatorError>
 
 pub async fn controller(op: Arc<Operator>, stop: CancellationToken) {
     let api: Api<Backup> = Api::all(op.client.clone());
-    Controller::new(api, watcher::Config::default())
-        .with_config(kube::runtime::controller::Config::default().concurrency(4))
-        .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, super::retry_later, op)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!("Backup reconcile: {e}");
-            }
-        })
-        .await;
+    let c = Controller::new(api, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(4));
+    super::drive(c, reconcile, op, stop).await;
 }

@@ -48,125 +48,105 @@ fn ready_of(c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> 
         .unwrap_or_else(|| "-".into())
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+/// Every `K` in `namespace` (None: every namespace) as rows of the `columns` it gives.
+async fn rows<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    columns: impl Fn(&K) -> Vec<(&'static str, String)>,
+) -> Result<Vec<Row>, OperatorError>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
+        + Serialize
         + std::fmt::Debug,
 {
-    match namespace {
+    let api: Api<K> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
-    }
+    };
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|o| Row {
+            namespace: o.namespace().unwrap_or_default(),
+            name: o.name_any(),
+            columns: columns(&o)
+                .into_iter()
+                .map(|(h, v)| (h.to_string(), v))
+                .collect(),
+            object: serde_json::to_value(&o).unwrap_or_default(),
+        })
+        .collect())
 }
 
-/// The resources of `kind` in `namespace` (None: every namespace), oldest first.
+/// The resources of `kind` in `namespace` (None: every namespace), by namespace and name.
 pub async fn list(
     client: &Client,
     kind: Kind,
     namespace: Option<&str>,
 ) -> Result<Vec<Row>, OperatorError> {
-    let lp = ListParams::default();
     let mut rows = match kind {
-        Kind::Backups => api::<Backup>(client, namespace)
-            .list(&lp)
-            .await?
-            .items
-            .into_iter()
-            .map(|b| {
+        Kind::Backups => {
+            rows(client, namespace, |b: &Backup| {
                 let s = b.status.clone().unwrap_or_default();
-                Row {
-                    namespace: b.namespace().unwrap_or_default(),
-                    name: b.name_any(),
-                    columns: vec![
-                        ("PHASE".into(), or_dash(s.phase.map(|p| format!("{p:?}")))),
-                        ("SCHEDULE".into(), or_dash(b.spec.schedule.clone())),
-                        ("TAKEN".into(), or_dash(s.backup_time.clone())),
-                        ("VOLUMES".into(), or_dash(s.volumes.map(|v| v.to_string()))),
-                        (
-                            "ERROR".into(),
-                            if s.phase == Some(crate::crd::BackupPhase::Failed) {
-                                ready_of(&s.conditions)
-                            } else {
-                                "-".into()
-                            },
-                        ),
-                    ],
-                    object: serde_json::to_value(&b).unwrap_or_default(),
-                }
+                let failed = s.phase == Some(crate::crd::BackupPhase::Failed);
+                vec![
+                    ("PHASE", or_dash(s.phase.map(|p| format!("{p:?}")))),
+                    ("SCHEDULE", or_dash(b.spec.schedule.clone())),
+                    ("TAKEN", or_dash(s.backup_time.clone())),
+                    ("VOLUMES", or_dash(s.volumes.map(|v| v.to_string()))),
+                    (
+                        "ERROR",
+                        if failed {
+                            ready_of(&s.conditions)
+                        } else {
+                            "-".into()
+                        },
+                    ),
+                ]
             })
-            .collect::<Vec<_>>(),
-        Kind::Schedules => api::<BackupSchedule>(client, namespace)
-            .list(&lp)
             .await?
-            .items
-            .into_iter()
-            .map(|b| {
+        }
+        Kind::Schedules => {
+            rows(client, namespace, |b: &BackupSchedule| {
                 let s = b.status.clone().unwrap_or_default();
-                Row {
-                    namespace: b.namespace().unwrap_or_default(),
-                    name: b.name_any(),
-                    columns: vec![
-                        ("POLICY".into(), b.spec.schedule_policy_name.clone()),
-                        (
-                            "LAST GOOD".into(),
-                            or_dash(s.last_successful_backup.clone()),
-                        ),
-                        (
-                            "RPO".into(),
-                            or_dash(s.rpo_seconds.map(|r| format!("{r}s"))),
-                        ),
-                        ("NEXT".into(), or_dash(s.next_run.clone())),
-                        ("READY".into(), ready_of(&s.conditions)),
-                    ],
-                    object: serde_json::to_value(&b).unwrap_or_default(),
-                }
+                vec![
+                    ("POLICY", b.spec.schedule_policy_name.clone()),
+                    ("LAST GOOD", or_dash(s.last_successful_backup.clone())),
+                    ("RPO", or_dash(s.rpo_seconds.map(|r| format!("{r}s")))),
+                    ("NEXT", or_dash(s.next_run.clone())),
+                    ("READY", ready_of(&s.conditions)),
+                ]
             })
-            .collect(),
-        Kind::Restores => api::<Restore>(client, namespace)
-            .list(&lp)
             .await?
-            .items
-            .into_iter()
-            .map(|b| {
+        }
+        Kind::Restores => {
+            rows(client, namespace, |b: &Restore| {
                 let s = b.status.clone().unwrap_or_default();
-                Row {
-                    namespace: b.namespace().unwrap_or_default(),
-                    name: b.name_any(),
-                    columns: vec![
-                        ("BACKUP".into(), b.spec.backup_name.clone()),
-                        ("PHASE".into(), or_dash(s.phase.map(|p| format!("{p:?}")))),
-                        ("READY".into(), ready_of(&s.conditions)),
-                    ],
-                    object: serde_json::to_value(&b).unwrap_or_default(),
-                }
+                vec![
+                    ("BACKUP", b.spec.backup_name.clone()),
+                    ("PHASE", or_dash(s.phase.map(|p| format!("{p:?}")))),
+                    ("READY", ready_of(&s.conditions)),
+                ]
             })
-            .collect(),
-        Kind::Standby => api::<Standby>(client, namespace)
-            .list(&lp)
             .await?
-            .items
-            .into_iter()
-            .map(|b| {
+        }
+        Kind::Standby => {
+            rows(client, namespace, |b: &Standby| {
                 let s = b.status.clone().unwrap_or_default();
-                Row {
-                    namespace: b.namespace().unwrap_or_default(),
-                    name: b.name_any(),
-                    columns: vec![
-                        ("SCHEDULE".into(), b.spec.schedule.clone()),
-                        ("ACTIVE".into(), b.spec.active.to_string()),
-                        ("APPLIED".into(), or_dash(s.applied_backup.clone())),
-                        (
-                            "LAG".into(),
-                            or_dash(s.lag_seconds.map(|l| format!("{l}s"))),
-                        ),
-                        ("READY".into(), ready_of(&s.conditions)),
-                    ],
-                    object: serde_json::to_value(&b).unwrap_or_default(),
-                }
+                vec![
+                    ("SCHEDULE", b.spec.schedule.clone()),
+                    ("ACTIVE", b.spec.active.to_string()),
+                    ("APPLIED", or_dash(s.applied_backup.clone())),
+                    ("LAG", or_dash(s.lag_seconds.map(|l| format!("{l}s")))),
+                    ("READY", ready_of(&s.conditions)),
+                ]
             })
-            .collect(),
+            .await?
+        }
     };
     rows.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     Ok(rows)

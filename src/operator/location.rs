@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -343,13 +342,6 @@ pub fn recorded_status(id: &crate::format::BackupId, b: &crate::format::AppBacku
 
 pub async fn controller(op: Arc<Operator>, stop: CancellationToken) {
     let api: Api<BackupLocation> = Api::namespaced(op.client.clone(), &op.options.namespace);
-    Controller::new(api, watcher::Config::default())
-        .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, super::retry_later, op)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!("BackupLocation reconcile: {e}");
-            }
-        })
-        .await;
+    let c = Controller::new(api, watcher::Config::default());
+    super::drive(c, reconcile, op, stop).await;
 }

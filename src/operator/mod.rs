@@ -381,6 +381,57 @@ pub async fn run(
     Ok(())
 }
 
+/// Runs controller `c` with `reconcile` until `stop`; a failed reconcile is tried again as
+/// [`retry_later`] says.
+pub async fn drive<K, R, Fut>(
+    c: kube::runtime::Controller<K>,
+    reconcile: R,
+    op: Arc<Operator>,
+    stop: CancellationToken,
+) where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    R: FnMut(Arc<K>, Arc<Operator>) -> Fut,
+    Fut: std::future::Future<Output = Result<kube::runtime::controller::Action, OperatorError>>
+        + Send
+        + 'static,
+{
+    use futures::StreamExt;
+    c.graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(reconcile, retry_later, op)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(kind = %K::kind(&()), "reconcile: {e}");
+            }
+        })
+        .await;
+}
+
+/// Runs the future `f` makes on a blocking-pool thread and waits for it: a backup, restore or
+/// standby cycle is not provably Send (higher-ranked lifetimes in the rules' step, see
+/// [`crate::scheduler::runner`]), which a reconciler's future must be. Its own tasks still run
+/// on the runtime. `what` names it if the thread dies.
+pub async fn off_runtime<T, F, Fut>(what: &str, f: F) -> Result<T, OperatorError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, OperatorError>>,
+{
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || handle.block_on(f()))
+        .await
+        .unwrap_or_else(|e| {
+            Err(OperatorError::Failed(format!(
+                "the {what}'s worker failed: {e}"
+            )))
+        })
+}
+
 /// A failed reconcile is tried again: soon when it may pass unchanged, later when it needs a
 /// change (which a watch event brings sooner).
 pub fn retry_later<K>(

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -98,13 +97,6 @@ async fn reconcile(p: Arc<SchedulePolicy>, op: Arc<Operator>) -> Result<Action, 
 
 pub async fn controller(op: Arc<Operator>, stop: CancellationToken) {
     let api: Api<SchedulePolicy> = Api::all(op.client.clone());
-    Controller::new(api, watcher::Config::default())
-        .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, super::retry_later, op)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!("SchedulePolicy reconcile: {e}");
-            }
-        })
-        .await;
+    let c = Controller::new(api, watcher::Config::default());
+    super::drive(c, reconcile, op, stop).await;
 }

@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -70,33 +69,25 @@ async fn prepare(
     Ok((req, opened))
 }
 
-/// The restore itself, on a blocking-pool thread (not all of it is provably Send; see
-/// [`crate::scheduler::runner`]), under a shared lock of the repository.
+/// The restore itself, off the runtime ([`super::off_runtime`]), under a shared lock of the
+/// repository.
 async fn run(
     req: RestoreRequest,
     opened: location::Opened,
 ) -> Result<RestoreReport, OperatorError> {
-    let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        handle.block_on(async move {
-            let lock = opened
-                .repo
-                .lock(
-                    crate::repository::LockKind::Shared,
-                    &format!("restore {}", req.backup),
-                )
-                .await?;
-            let r = crate::app::restore::restore(opened.repo.clone(), &req).await;
-            let _ = lock.release().await;
-            Ok(r?)
-        })
+    super::off_runtime("restore", move || async move {
+        let lock = opened
+            .repo
+            .lock(
+                crate::repository::LockKind::Shared,
+                &format!("restore {}", req.backup),
+            )
+            .await?;
+        let r = crate::app::restore::restore(opened.repo.clone(), &req).await;
+        let _ = lock.release().await;
+        Ok(r?)
     })
     .await
-    .unwrap_or_else(|e| {
-        Err(OperatorError::Failed(format!(
-            "the restore's worker failed: {e}"
-        )))
-    })
 }
 
 fn fill(s: &mut RestoreStatus, report: &RestoreReport, generation: Option<i64>) {
@@ -232,13 +223,6 @@ async fn reconcile(r: Arc<Restore>, op: Arc<Operator>) -> Result<Action, Operato
 
 pub async fn controller(op: Arc<Operator>, stop: CancellationToken) {
     let api: Api<Restore> = Api::all(op.client.clone());
-    Controller::new(api, watcher::Config::default())
-        .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, super::retry_later, op)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!("Restore reconcile: {e}");
-            }
-        })
-        .await;
+    let c = Controller::new(api, watcher::Config::default());
+    super::drive(c, reconcile, op, stop).await;
 }

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -348,23 +347,15 @@ async fn retain(op: &Operator, s: &BackupSchedule, policy: &Policy, newest: &str
 pub async fn controller(op: Arc<Operator>, stop: CancellationToken) {
     let api: Api<BackupSchedule> = Api::all(op.client.clone());
     let backups: Api<Backup> = Api::all(op.client.clone());
-    Controller::new(api, watcher::Config::default())
-        .watches(
-            backups,
-            watcher::Config::default().labels(LABEL_SCHEDULE),
-            |b: Backup| {
-                let s = b.labels().get(LABEL_SCHEDULE)?.clone();
-                Some(ObjectRef::new(&s).within(&b.namespace()?))
-            },
-        )
-        .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, super::retry_later, op)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!("BackupSchedule reconcile: {e}");
-            }
-        })
-        .await;
+    let c = Controller::new(api, watcher::Config::default()).watches(
+        backups,
+        watcher::Config::default().labels(LABEL_SCHEDULE),
+        |b: Backup| {
+            let s = b.labels().get(LABEL_SCHEDULE)?.clone();
+            Some(ObjectRef::new(&s).within(&b.namespace()?))
+        },
+    );
+    super::drive(c, reconcile, op, stop).await;
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -74,24 +73,6 @@ fn site(op: &Operator) -> Site {
     Site::Live(LiveCluster::from_client(op.client.clone(), "in-cluster"))
 }
 
-/// Runs the future `f` makes on a blocking-pool thread (the standby steps are not all
-/// provably Send, see [`crate::scheduler::runner`]); its own tasks still run on the runtime.
-async fn off_runtime<T, F, Fut>(f: F) -> Result<T, OperatorError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<T, OperatorError>>,
-{
-    let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || handle.block_on(f()))
-        .await
-        .unwrap_or_else(|e| {
-            Err(OperatorError::Failed(format!(
-                "the standby worker failed: {e}"
-            )))
-        })
-}
-
 async fn reconcile(s: Arc<Standby>, op: Arc<Operator>) -> Result<Action, OperatorError> {
     let (name, ns) = (s.name_any(), s.namespace().unwrap_or_default());
     let api: Api<Standby> = Api::namespaced(op.client.clone(), &ns);
@@ -126,7 +107,7 @@ async fn reconcile(s: Arc<Standby>, op: Arc<Operator>) -> Result<Action, Operato
         };
         let (repo, cat, site) = (opened.repo.clone(), catalog.clone(), site(&op));
         let cancel = op.cancel.clone();
-        let cycled = off_runtime(move || async move {
+        let cycled = super::off_runtime("standby cycle", move || async move {
             let open = || {
                 let r = repo.clone();
                 async move { Ok(r) }
@@ -148,8 +129,8 @@ async fn reconcile(s: Arc<Standby>, op: Arc<Operator>) -> Result<Action, Operato
             }
         }
     }
-    let rows = crate::standby::status(&catalog).await?;
-    fill(&mut status, &rows, &s.spec.schedule);
+    let rows = rows_of(&catalog, &s).await?;
+    fill(&mut status, &rows);
     {
         let mut f = op.figures.lock().expect("figures");
         f.standby_active.insert(key(&*s), s.spec.active);
@@ -201,9 +182,15 @@ async fn refuse(
     Ok(Action::requeue(Duration::from_secs(30)))
 }
 
-/// The per-namespace rows of the catalog in the status.
-fn fill(status: &mut StandbyStatus, rows: &[StatusRow], schedule: &str) {
-    let rows: Vec<&StatusRow> = rows.iter().filter(|r| r.schedule == schedule).collect();
+/// The catalog's rows of the namespaces this Standby's schedule put on the site.
+async fn rows_of(catalog: &Arc<Catalog>, s: &Standby) -> Result<Vec<StatusRow>, OperatorError> {
+    let mut rows = crate::standby::status(catalog).await?;
+    rows.retain(|r| r.schedule == s.spec.schedule);
+    Ok(rows)
+}
+
+/// The per-namespace rows (of [`rows_of`]) in the status.
+fn fill(status: &mut StandbyStatus, rows: &[StatusRow]) {
     status.namespaces = rows
         .iter()
         .map(|r| StandbyNamespaceStatus {
@@ -253,11 +240,10 @@ async fn activate(
     catalog: &Arc<Catalog>,
     status: &mut StandbyStatus,
 ) -> Result<(), OperatorError> {
-    let rows = crate::standby::status(catalog).await?;
-    let namespaces: Vec<String> = rows
-        .iter()
-        .filter(|r| r.schedule == s.spec.schedule)
-        .map(|r| r.namespace.clone())
+    let namespaces: Vec<String> = rows_of(catalog, s)
+        .await?
+        .into_iter()
+        .map(|r| r.namespace)
         .collect();
     if namespaces.is_empty() {
         ready(&mut status.conditions, Err(("NothingApplied", "spec.active: no namespace was applied by this standby yet; there is nothing to fail over to".into())), s.metadata.generation);
@@ -320,10 +306,9 @@ async fn deactivate(
     catalog: &Arc<Catalog>,
     status: &mut StandbyStatus,
 ) -> Result<(), OperatorError> {
-    let rows = crate::standby::status(catalog).await?;
     let site = site(op);
     let mut done = Vec::new();
-    for r in rows.iter().filter(|r| r.schedule == s.spec.schedule) {
+    for r in rows_of(catalog, s).await? {
         crate::standby::set_running(catalog, &site, &r.namespace, false).await?;
         done.push(r.namespace.clone());
     }
@@ -344,13 +329,6 @@ async fn deactivate(
 
 pub async fn controller(op: Arc<Operator>, stop: CancellationToken) {
     let api: Api<Standby> = Api::all(op.client.clone());
-    Controller::new(api, watcher::Config::default())
-        .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(reconcile, super::retry_later, op)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!("Standby reconcile: {e}");
-            }
-        })
-        .await;
+    let c = Controller::new(api, watcher::Config::default());
+    super::drive(c, reconcile, op, stop).await;
 }

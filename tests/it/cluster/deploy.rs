@@ -37,28 +37,17 @@ fn documents(yaml: &str) -> Vec<Value> {
 /// `kubectl apply --server-side --dry-run=server` of `input` (admin, field manager
 /// lifeboat-test): nothing is written.
 fn dry_run(site: &Site, input: &str) -> Output {
-    let mut child = site
-        .kubectl()
-        .args([
+    site.kubectl_input(
+        &[
             "apply",
             "--server-side",
             "--dry-run=server",
             "--field-manager=lifeboat-test",
             "-f",
             "-",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+        ],
+        input,
+    )
 }
 
 /// How kubectl names an object in its output: `deployment.apps/NAME`, `namespace/NAME`.

@@ -191,11 +191,11 @@ impl Site {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Admin `kubectl apply -f -` of `yaml`.
-    pub fn apply(&self, yaml: &str) {
+    /// Admin kubectl ARGS with `input` on its standard input; its output, whatever the exit.
+    pub fn kubectl_input(&self, args: &[&str], input: &str) -> std::process::Output {
         let mut child = self
             .kubectl()
-            .args(["apply", "--server-side", "-f", "-"])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -205,9 +205,14 @@ impl Site {
             .stdin
             .take()
             .unwrap()
-            .write_all(yaml.as_bytes())
+            .write_all(input.as_bytes())
             .unwrap();
-        let out = child.wait_with_output().unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Admin `kubectl apply -f -` of `yaml`.
+    pub fn apply(&self, yaml: &str) {
+        let out = self.kubectl_input(&["apply", "--server-side", "-f", "-"], yaml);
         assert!(
             out.status.success(),
             "kubectl apply:\n{yaml}\n{}",

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::volumes::{claims, job, volume_file};
+use super::volumes::{application, job, volume_file};
 use super::{site, Role, Site};
 use crate::support::{free_port, garage, lb, ok, run};
 
@@ -180,29 +180,17 @@ fn todays_yaml_is_valid(site: &Site) {
         }
     }
     assert!(docs.len() >= 4, "{docs:?}");
-    let mut child = site
-        .kubectl()
-        .args([
+    let out = site.kubectl_input(
+        &[
             "apply",
             "--server-side",
             "--dry-run=server",
             "--validate=strict",
             "-f",
             "-",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(docs.join("---\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        ],
+        &docs.join("---\n"),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -289,26 +277,6 @@ spec:
 fn policy(site: &Site, schedule: &str) {
     site.apply(&format!(
         "apiVersion: lifeboat.dev/v1alpha1\nkind: SchedulePolicy\nmetadata: {{name: {schedule}-often}}\nspec:\n  interval: {{seconds: 8}}\n  retain: {{last: 3}}\n"
-    ));
-}
-
-/// A Deployment `web` of one replica mounting the claims of [`claims`].
-fn application(site: &Site, ns: &str) {
-    claims(site, ns);
-    site.apply(&format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: {ns}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - {{name: web, image: busybox, command: [sleep, "3600"]}}
-"#
     ));
 }
 
@@ -399,7 +367,7 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
     todays_yaml_is_valid(primary);
     let ns = super::unique("appns");
     primary.kubectl_ok(&["create", "namespace", &ns]);
-    application(primary, &ns);
+    application(primary, &ns, 1);
     mover_secret(primary, &ns, &url);
     job(
         primary,

@@ -7,29 +7,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::volumes::{claims, job, mover_secret, volume_file};
+use super::volumes::{application, job, mover_secret, volume_file};
 use super::{site, Role, Site};
 use crate::support::{init_repo, json, ok, run, tmp};
-
-/// An application of a Deployment (2 replicas of `sleep`) and the claims of [`claims`].
-fn application(primary: &Site, ns: &str) {
-    claims(primary, ns);
-    primary.apply(&format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: {ns}}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - {{name: web, image: busybox, command: [sleep, "3600"]}}
-"#
-    ));
-}
 
 fn ready_replicas(site: &Site, ns: &str) -> i64 {
     site.get(&["-n", ns, "deployment", "web"])
@@ -62,7 +42,7 @@ fn a_warm_standby_follows_the_schedule_in_place_activates_and_drills() {
     let repo = init_repo(d.path());
     let state = d.path().join("standby-state");
     let ns = primary.namespace("web");
-    application(primary, &ns);
+    application(primary, &ns, 2);
     mover_secret(primary, &ns, &repo);
     job(
         primary,

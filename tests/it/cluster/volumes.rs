@@ -103,6 +103,27 @@ pub fn volume_file(site: &Site, ns: &str, claim: &str) -> std::path::PathBuf {
         .into()
 }
 
+/// An application: a Deployment `web` of `replicas` replicas of `sleep`, and the claims of
+/// [`claims`].
+pub fn application(site: &Site, ns: &str, replicas: u32) {
+    claims(site, ns);
+    site.apply(&format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {{name: web, image: busybox, command: [sleep, "3600"]}}
+"#
+    ));
+}
+
 /// Claims `data-block` (Block, 8 MiB) and `data-fs` (Filesystem, 16 MiB), waited on until
 /// bound.
 pub fn claims(site: &Site, ns: &str) {
