@@ -6,9 +6,8 @@
 //! and the controller's ClusterRole names every resource (and subresource) of those CRDs.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use serde_json::{json, Value};
 
