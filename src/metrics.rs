@@ -30,6 +30,16 @@ pub fn router(render: Render) -> Router {
         .route("/healthz", get(ok))
         .route("/readyz", get(ok))
         .fallback(not_found)
+        .layer(axum::middleware::map_response(close))
+}
+
+/// One request a connection, as scrapers that read to the end expect (and as before).
+async fn close(mut r: axum::response::Response) -> axum::response::Response {
+    r.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    r
 }
 
 async fn ok() -> impl IntoResponse {
@@ -143,6 +153,8 @@ mod tests {
         assert_eq!(code, 404);
         assert!(body.contains("try /metrics"), "{body}");
         assert_eq!(send(addr, &req("GET", "/metrics/x", "")).await.0, 404);
+        // No `connection: close` from the client (the it tests' scrapers): still closed.
+        assert_eq!(send(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await.0, 200);
         stop.cancel();
         h.await.unwrap();
     }
