@@ -602,7 +602,7 @@ pub fn write_output_dir(dir: &Path, plan: &[Planned]) -> Result<Vec<ApplyResult>
     for (i, p) in plan.iter().filter(|p| p.skipped.is_none()).enumerate() {
         let path = dir.join(file_name(i, &p.target));
         let write = || -> std::io::Result<()> {
-            let yaml = serde_yaml::to_string(&p.value).map_err(std::io::Error::other)?;
+            let yaml = serde_yaml_ng::to_string(&p.value).map_err(std::io::Error::other)?;
             crate::k8s::source::write_private(&path, yaml.as_bytes(), p.target.kind == "Secret")
         };
         results.push(ApplyResult {

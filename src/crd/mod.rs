@@ -709,7 +709,7 @@ pub fn rendered() -> Vec<(&'static str, String)> {
     definitions()
         .into_iter()
         .map(|(file, crd)| {
-            let yaml = serde_yaml::to_string(&crd).expect("a CRD serializes");
+            let yaml = serde_yaml_ng::to_string(&crd).expect("a CRD serializes");
             (file, format!("{GENERATED}{yaml}"))
         })
         .collect()

@@ -121,15 +121,15 @@ pub fn load_rules(path: &Path) -> Result<Vec<Rule>, HookError> {
 /// [`load_rules`] on text.
 pub fn parse_rules(path: &str, text: &str) -> Result<Vec<Rule>, HookError> {
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let v = serde_yaml::Value::deserialize(doc).map_err(|e| HookError::Read {
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let v = serde_yaml_ng::Value::deserialize(doc).map_err(|e| HookError::Read {
             path: path.to_string(),
             reason: format!("not YAML: {e}"),
         })?;
         if v.is_null() {
             continue;
         }
-        let d: RuleDoc = serde_yaml::from_value(v).map_err(|e| HookError::Invalid {
+        let d: RuleDoc = serde_yaml_ng::from_value(v).map_err(|e| HookError::Invalid {
             path: path.to_string(),
             what: format!("document {}", i + 1),
             reason: e.to_string(),

@@ -80,7 +80,7 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ClusterError> {
 /// Parses one file's documents into objects, expanding `kind: List`.
 pub fn parse_documents(path: &str, text: &str) -> Result<Vec<Exported>, ClusterError> {
     let mut out = Vec::new();
-    for (doc, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (doc, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let v: Value = serde::Deserialize::deserialize(de).map_err(|e| ClusterError::Parse {
             path: path.to_string(),
             doc: doc + 1,
@@ -206,7 +206,7 @@ impl ClusterDir {
             };
             let write = || -> std::io::Result<()> {
                 std::fs::create_dir_all(path.parent().expect("object path has a parent"))?;
-                let yaml = serde_yaml::to_string(v).map_err(std::io::Error::other)?;
+                let yaml = serde_yaml_ng::to_string(v).map_err(std::io::Error::other)?;
                 write_private(&path, yaml.as_bytes(), r.kind == "Secret")
             };
             results.push(match write() {
@@ -236,7 +236,7 @@ impl ClusterDir {
             let mut out = String::new();
             for v in kept {
                 out.push_str("---\n");
-                out.push_str(&serde_yaml::to_string(&v).map_err(|e| ClusterError::Io {
+                out.push_str(&serde_yaml_ng::to_string(&v).map_err(|e| ClusterError::Io {
                     path: file.clone(),
                     source: std::io::Error::other(e),
                 })?);

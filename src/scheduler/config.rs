@@ -44,7 +44,7 @@ struct Doc {
     api_version: Option<String>,
     kind: String,
     metadata: crate::hooks::MetaDoc,
-    spec: serde_yaml::Value,
+    spec: serde_yaml_ng::Value,
 }
 
 use crate::crd::{
@@ -321,15 +321,15 @@ pub fn parse_config(files: &[(String, String)]) -> Result<Config, ScheduleError>
     let mut cfg = Config::default();
     let mut pending = Vec::new();
     for (path, text) in files {
-        for (i, d) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let v = serde_yaml::Value::deserialize(d).map_err(|e| ScheduleError::Read {
+        for (i, d) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let v = serde_yaml_ng::Value::deserialize(d).map_err(|e| ScheduleError::Read {
                 path: path.clone(),
                 reason: format!("not YAML: {e}"),
             })?;
             if v.is_null() {
                 continue;
             }
-            let doc: Doc = serde_yaml::from_value(v)
+            let doc: Doc = serde_yaml_ng::from_value(v)
                 .map_err(|e| invalid(path, &format!("document {}", i + 1), "(object)", e))?;
             if let Some(p) = read_document(path, doc, &mut cfg)? {
                 pending.push(p);
@@ -362,10 +362,10 @@ fn read_document(path: &str, doc: Doc, cfg: &mut Config) -> Result<Option<Pendin
             format!("`{v}` is unknown; write apiVersion: {SCHEDULE_API_VERSION} (or leave it out)"),
         ));
     }
-    let spec_err = |e: serde_yaml::Error| invalid(path, &object, "spec", e);
+    let spec_err = |e: serde_yaml_ng::Error| invalid(path, &object, "spec", e);
     match doc.kind.as_str() {
         "SchedulePolicy" => {
-            let spec: PolicySpec = serde_yaml::from_value(doc.spec).map_err(spec_err)?;
+            let spec: PolicySpec = serde_yaml_ng::from_value(doc.spec).map_err(spec_err)?;
             let p = policy_of(path, &name, spec)?;
             if cfg.policies.insert(name, p).is_some() {
                 return Err(invalid(path, &object, "metadata.name", "defined twice"));
@@ -375,7 +375,7 @@ fn read_document(path: &str, doc: Doc, cfg: &mut Config) -> Result<Option<Pendin
         "BackupSchedule" => Ok(Some(Pending {
             path: path.to_string(),
             name,
-            spec: serde_yaml::from_value(doc.spec).map_err(spec_err)?,
+            spec: serde_yaml_ng::from_value(doc.spec).map_err(spec_err)?,
         })),
         _ => Err(invalid(
             path,

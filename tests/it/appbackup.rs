@@ -41,7 +41,7 @@ fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn yaml(path: &Path) -> Value {
-    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 #[test]

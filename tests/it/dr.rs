@@ -39,7 +39,7 @@ fn change(root: &Path, pod: &str, at: u64, len: usize, seed: u8) {
 fn site_object(site: &Path, kind: &str, name: &str) -> Value {
     for f in crate::support::files(&site.join("resources")) {
         let text = std::fs::read_to_string(&f).unwrap();
-        let v: Value = serde_yaml::from_str(&text).unwrap();
+        let v: Value = serde_yaml_ng::from_str(&text).unwrap();
         if v["kind"] == kind && v["metadata"]["name"] == name {
             return v;
         }

@@ -223,8 +223,8 @@ fn deploy_manifests_parse_and_match_the_code() {
             continue;
         }
         let text = std::fs::read_to_string(&f).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v = serde_yaml::Value::deserialize(doc)
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let v = serde_yaml_ng::Value::deserialize(doc)
                 .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             let kind = v["kind"]
                 .as_str()

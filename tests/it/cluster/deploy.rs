@@ -24,9 +24,9 @@ fn render(site: &Site, dir: &str) -> String {
 
 /// The documents of a multi-document YAML stream, as JSON.
 fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
+    serde_yaml_ng::Deserializer::from_str(yaml)
         .map(|d| {
-            let v: serde_yaml::Value = serde::Deserialize::deserialize(d).expect("YAML");
+            let v: serde_yaml_ng::Value = serde::Deserialize::deserialize(d).expect("YAML");
             serde_json::to_value(v).expect("YAML as JSON")
         })
         .filter(|v| !v.is_null())

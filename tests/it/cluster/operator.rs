@@ -170,12 +170,12 @@ fn todays_yaml_is_valid(site: &Site) {
         for f in crate::support::files(&root().join(dir)) {
             let text = std::fs::read_to_string(&f).unwrap();
             for d in text.split("\n---").filter(|d| d.contains("kind:")) {
-                let mut v: serde_yaml::Value = serde_yaml::from_str(d).unwrap();
+                let mut v: serde_yaml_ng::Value = serde_yaml_ng::from_str(d).unwrap();
                 v["apiVersion"] = "lifeboat.dev/v1alpha1".into();
                 if v["kind"] != "SchedulePolicy" {
                     v["metadata"]["namespace"] = "default".into();
                 }
-                docs.push(serde_yaml::to_string(&v).unwrap());
+                docs.push(serde_yaml_ng::to_string(&v).unwrap());
             }
         }
     }
