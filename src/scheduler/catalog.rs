@@ -329,8 +329,10 @@ impl Catalog {
         for s in cfg.schedules.values() {
             let p = cfg.policy_of(s);
             let (expr, tz, secs) = match &p.trigger {
-                Trigger::Cron { schedule, tz, .. } => (
-                    Some(schedule.to_string()),
+                // As the user wrote it (5 fields stay 5); the 6-field form is parsed again
+                // from it, inside only.
+                Trigger::Cron { expression, tz, .. } => (
+                    Some(expression.clone()),
                     Some(tz.name().to_string()),
                     None,
                 ),
@@ -817,6 +819,35 @@ mod tests {
         drop(c);
         let e = Catalog::open(&p).err().unwrap().to_string();
         assert!(e.contains("newer lifeboat"), "{e}");
+    }
+
+    /// A user's cron is shown as written (`0 * * * *`, not the 6-field `0 0 * * * *` used
+    /// inside), and the fire times read back from the catalog are the expression's.
+    #[test]
+    fn a_cron_is_listed_as_written_and_fires_as_written() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&d.path().join("c.sqlite")).unwrap();
+        let text = "kind: SchedulePolicy\nmetadata: {name: hourly}\nspec: {cron: {expression: \"0 * * * *\"}}\n---\nkind: SchedulePolicy\nmetadata: {name: workdays}\nspec: {cron: {expression: \"30 9 * * 1-5\", timezone: Europe/Paris}}\n---\nkind: BackupSchedule\nmetadata: {name: a}\nspec: {schedulePolicyName: hourly, template: {namespaces: [a]}}\n---\nkind: BackupSchedule\nmetadata: {name: b}\nspec: {schedulePolicyName: workdays, template: {namespaces: [b]}}\n";
+        let cfg = crate::scheduler::config::parse_config(&[("c.yaml".into(), text.into())])
+            .unwrap();
+        c.sync_schedules(&cfg).unwrap();
+        let now = time::macros::datetime!(2026-12-04 10:15 UTC); // a Friday
+        let rows = c.listing(now).unwrap();
+        let trigger = |n: &str| rows.iter().find(|r| r.name == n).unwrap().trigger.clone();
+        assert_eq!(trigger("a"), "cron `0 * * * *` UTC");
+        assert_eq!(trigger("b"), "cron `30 9 * * 1-5` Europe/Paris");
+        assert_eq!(c.schedule("a").unwrap().expression.unwrap(), "0 * * * *");
+        let (_, fires) = c.upcoming("a", now, 2).unwrap();
+        assert_eq!(
+            fires,
+            [
+                time::macros::datetime!(2026-12-04 11:00 UTC),
+                time::macros::datetime!(2026-12-04 12:00 UTC)
+            ]
+        );
+        // Friday 09:30 in Paris has passed; Monday's is next (08:30 UTC in winter).
+        let (_, fires) = c.upcoming("b", now, 1).unwrap();
+        assert_eq!(fires, [time::macros::datetime!(2026-12-07 08:30 UTC)]);
     }
 
     #[test]
