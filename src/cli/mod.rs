@@ -349,11 +349,12 @@ pub enum Error {
     RepairLost { lost: usize, dry_run: bool },
     #[error("{0} lock(s) kept (listed above); they expire by themselves")]
     LocksKept(usize),
-    #[error("{target} is not snapshot {snapshot}: it differs at block {block} (or in size)")]
+    #[error("{target} is not snapshot {snapshot}: {mismatched} of {total} blocks differ (or its size does)")]
     VolumeDiffers {
         target: String,
         snapshot: String,
-        block: u64,
+        mismatched: u64,
+        total: u64,
     },
     #[error(transparent)]
     Demo(#[from] DemoError),

@@ -195,8 +195,8 @@ pub async fn drill_cluster_dir(
     for v in backup.volumes.iter().filter(|v| v.namespace == ns) {
         let snap = repo.load_snapshot(&v.snapshot).await?;
         let path = volume_path(site.root(), into, &v.pvc);
-        let (verified, n) =
-            crate::volume::verify::verify_volume(repo, &index, &snap, &path).await?;
+        let count = crate::volume::verify::verify_volume(repo, &index, &snap, &path).await?;
+        let (verified, n) = (count.verified(), count.blocks_matching);
         report.volumes.push(DrillVolume {
             pvc: v.pvc.clone(),
             snapshot: v.snapshot.to_hex(),

@@ -1142,3 +1142,53 @@ fn the_build_script_works_without_git() {
         .unwrap();
     assert!(String::from_utf8_lossy(&r.stdout).contains("LIFEBOAT_GIT_COMMIT=0123456789ab"));
 }
+
+/// One flipped byte is one mismatching block: every block is counted (511 of 512 match) and
+/// the mismatch's offset is listed; a difference exits 4, as the README says.
+#[test]
+fn volume_verify_counts_every_block_and_lists_the_first_mismatches() {
+    let d = tmp();
+    let repo = d.path().join("repo").display().to_string();
+    let src = d.path().join("v.img");
+    generate_image(&src, 32 << 20, 5).unwrap();
+    init(&repo);
+    ok(run(with_repo(&repo)
+        .args(["volume", "backup", "--name", "v"])
+        .arg(&src)));
+    let v = json(&ok(run(with_repo(&repo)
+        .args(["volume", "verify", "v:latest", "--json"])
+        .arg(&src))));
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["blocks_verified"], 512);
+    assert_eq!(v["blocks_mismatched"], 0);
+
+    let mut data = std::fs::read(&src).unwrap();
+    let byte = 100 * 65536 + 12345;
+    data[byte] ^= 0xFF;
+    std::fs::write(&src, data).unwrap();
+    let r = run(with_repo(&repo)
+        .args(["volume", "verify", "v:latest"])
+        .arg(&src));
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("511 of 512 blocks match")
+            && r.stdout.contains("1 block(s) mismatch")
+            && r.stdout.contains(&format!("{} (block 100)", 100 * 65536)),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stderr.contains("1 of 512 blocks differ"), "{}", r.stderr);
+    let r = run(with_repo(&repo)
+        .args(["volume", "verify", "v:latest", "--json"])
+        .arg(&src));
+    assert_eq!(r.code, 4);
+    let v = json(&r);
+    assert_eq!(v["verified"], false);
+    assert_eq!(v["size_matches"], true);
+    assert_eq!(v["blocks_verified"], 511);
+    assert_eq!(v["blocks_mismatched"], 1);
+    assert_eq!(
+        v["first_mismatches"],
+        serde_json::json!([{"block": 100, "offset_bytes": 100 * 65536}])
+    );
+}
