@@ -299,7 +299,9 @@ async fn verify(
     if let Some(f) = report_file {
         write_report(f, &report);
     }
-    ctx.emit(&report, || verify_text(&report, target, &id.short(), &snap.name));
+    ctx.emit(&report, || {
+        verify_text(&report, target, &id.short(), &snap.name)
+    });
     if report.verified || report_file.is_some() {
         Ok(())
     } else {
@@ -336,38 +338,73 @@ fn verify_text(r: &VerifyReport, target: &Path, short: &str, name: &str) -> Stri
     text
 }
 
+/// One row of `snapshots --json`.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct SnapshotListing {
+    /// The snapshot's id (hex).
+    pub id: String,
+    /// The volume's name.
+    pub name: String,
+    /// When it was taken (RFC 3339, UTC, milliseconds).
+    pub started_at: String,
+    pub size_bytes: u64,
+    /// The snapshot it is incremental to.
+    pub parent_id: Option<String>,
+    pub hostname: String,
+    /// The file or device it was read from.
+    pub source: String,
+    /// How the changed blocks were found: `full`, `hash-compare` or `changed-ranges`.
+    pub change_source: String,
+    pub read_bytes: u64,
+    pub new_bytes: u64,
+    pub uploaded_bytes: u64,
+    pub blocks_total: u64,
+    pub blocks_changed: u64,
+    pub duration_seconds: f64,
+}
+
 pub(super) async fn snapshots(ctx: &Ctx<'_>) -> Result<(), Error> {
     let repo = ctx.open().await?;
     let all = repo.list_snapshots().await?;
-    if ctx.g.json {
-        let v: Vec<serde_json::Value> = all
-            .iter()
-            .map(|(id, s)| {
-                serde_json::json!({
-                    "id": id, "name": s.name, "time": rfc3339(s.time),
-                    "size": s.size, "parent": s.parent, "hostname": s.hostname, "source": s.source,
-                    "change_source": s.change_source, "stats": s.stats,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v).expect("serialises"));
-    } else if all.is_empty() {
-        println!("no snapshots");
-    } else {
-        println!(
-            "{:<10} {:<25} {:<20} {:>10} {:<10}",
-            "ID", "TIME", "NAME", "SIZE", "PARENT"
-        );
-        for (id, s) in &all {
-            println!(
-                "{:<10} {:<25} {:<20} {:>10} {:<10}",
-                id.short(),
-                rfc3339(s.time),
-                s.name,
-                human(s.size),
-                s.parent.map(|p| p.short()).unwrap_or_else(|| "-".into())
-            );
+    let rows: Vec<SnapshotListing> = all
+        .iter()
+        .map(|(id, s)| SnapshotListing {
+            id: id.to_hex(),
+            name: s.name.clone(),
+            started_at: rfc3339(s.time),
+            size_bytes: s.size,
+            parent_id: s.parent.map(|p| p.to_hex()),
+            hostname: s.hostname.clone(),
+            source: s.source.clone(),
+            change_source: s.change_source.to_string(),
+            read_bytes: s.stats.bytes_read,
+            new_bytes: s.stats.bytes_new,
+            uploaded_bytes: s.stats.bytes_uploaded,
+            blocks_total: s.stats.blocks_total,
+            blocks_changed: s.stats.blocks_changed,
+            duration_seconds: s.stats.duration_seconds,
+        })
+        .collect();
+    ctx.emit(&rows, || {
+        if rows.is_empty() {
+            return "no snapshots".into();
         }
-    }
+        super::table(
+            &["ID", "STARTED", "NAME", "SIZE", "PARENT"],
+            &[3],
+            rows.iter().map(|r| {
+                vec![
+                    r.id[..8].to_string(),
+                    r.started_at.clone(),
+                    r.name.clone(),
+                    human(r.size_bytes),
+                    r.parent_id
+                        .as_deref()
+                        .map(|p| p[..8].to_string())
+                        .unwrap_or_else(|| "-".into()),
+                ]
+            }),
+        )
+    });
     Ok(())
 }
