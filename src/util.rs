@@ -170,3 +170,47 @@ mod tests {
         assert!(e.to_string().contains("1 to 237"), "{e}");
     }
 }
+
+/// The one form of a time in output (tables, `--json`, the catalog's text): RFC 3339 in UTC
+/// to the millisecond, `2026-12-02T14:03:07.123Z`; fixed width, so the text sorts as the time.
+pub fn timestamp(t: time::OffsetDateTime) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(FORMAT)
+        .unwrap_or_default()
+}
+
+/// An RFC 3339 text (as the catalog or a status holds it) in the form of [`timestamp`]; text
+/// that is no time is given back as it is.
+pub fn timestamp_text(text: &str) -> String {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(timestamp)
+        .unwrap_or_else(|_| text.to_string())
+}
+
+/// serde: a time of an output struct as [`timestamp`]
+/// (`#[serde(serialize_with = "crate::util::serialize_timestamp")]`).
+pub fn serialize_timestamp<S: serde::Serializer>(
+    t: &time::OffsetDateTime,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&timestamp(*t))
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    #[test]
+    fn times_are_utc_to_the_millisecond() {
+        let t = time::macros::datetime!(2026-12-02 15:03:07.123456789 +01:00);
+        assert_eq!(super::timestamp(t), "2026-12-02T14:03:07.123Z");
+        let t = time::macros::datetime!(2026-12-02 14:03:07 UTC);
+        assert_eq!(super::timestamp(t), "2026-12-02T14:03:07.000Z");
+        assert_eq!(
+            super::timestamp_text("2026-12-02T14:03:07.5+00:00"),
+            "2026-12-02T14:03:07.500Z"
+        );
+        assert_eq!(super::timestamp_text("-"), "-");
+    }
+}

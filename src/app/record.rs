@@ -176,7 +176,7 @@ pub fn namespaces_of(b: &AppBackup) -> Vec<String> {
 }
 
 /// Whether a backup holds its whole scope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackupStatus {
     Complete,
@@ -198,6 +198,13 @@ impl BackupStatus {
             BackupStatus::Complete => "complete",
             BackupStatus::PartiallyFailed => "partially-failed",
         }
+    }
+}
+
+/// The same name in tables as in JSON.
+impl std::fmt::Display for BackupStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

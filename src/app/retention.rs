@@ -133,7 +133,7 @@ pub struct Decision {
     pub id: BackupId,
     pub name: String,
     pub schedule: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(serialize_with = "crate::util::serialize_timestamp")]
     pub time: time::OffsetDateTime,
     /// Why it is kept; empty: it is removed.
     pub kept_by: Vec<KeepReason>,

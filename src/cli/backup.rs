@@ -177,43 +177,79 @@ async fn create(ctx: &Ctx<'_>, a: &BackupCreateArgs) -> Result<(), Error> {
     }
 }
 
+/// One row of `backup list --json`.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct BackupListing {
+    /// The backup's id (hex).
+    pub id: String,
+    pub name: String,
+    /// When the backup started (RFC 3339, UTC, milliseconds).
+    pub started_at: String,
+    /// How the scope was read (a live cluster, a cluster directory).
+    pub source: String,
+    pub namespaces: Vec<String>,
+    /// Objects captured.
+    pub objects: usize,
+    pub status: BackupStatus,
+    /// Objects as exported plus the volumes' logical sizes.
+    pub size_bytes: u64,
+    pub duration_seconds: Option<f64>,
+    /// Volumes captured.
+    pub volumes: usize,
+    /// The schedule that made it (none: made by hand).
+    pub schedule: Option<String>,
+}
+
 async fn list(ctx: &Ctx<'_>) -> Result<(), Error> {
     let repo = ctx.open().await?;
     let all = record::list_backups(&repo).await?;
-    let rows: Vec<serde_json::Value> = all
+    let rows: Vec<BackupListing> = all
         .iter()
-        .map(|(id, b)| {
-            serde_json::json!({"id": id, "name": b.name, "time": rfc3339(b.time),
-                "source": b.source, "namespaces": b.filters.namespaces, "objects": b.objects.len(),
-                "status": BackupStatus::of(b), "size": record::logical_size(b),
-                "duration_seconds": b.duration_seconds,
-                "volumes": b.volumes.len(), "schedule": b.schedule})
+        .map(|(id, b)| BackupListing {
+            id: id.to_hex(),
+            name: b.name.clone(),
+            started_at: rfc3339(b.time),
+            source: b.source.clone(),
+            namespaces: b.filters.namespaces.clone(),
+            objects: b.objects.len(),
+            status: BackupStatus::of(b),
+            size_bytes: record::logical_size(b),
+            duration_seconds: b.duration_seconds,
+            volumes: b.volumes.len(),
+            schedule: b.schedule.clone(),
         })
         .collect();
     ctx.emit(&rows, || {
-        if all.is_empty() {
+        if rows.is_empty() {
             return "no backups".into();
         }
-        let mut out = format!(
-            "{:<10} {:<25} {:<24} {:<16} {:>10} {:>9} {:>8}  NAMESPACES",
-            "ID", "TIME", "NAME", "STATUS", "SIZE", "DURATION", "OBJECTS"
-        );
-        for (id, b) in &all {
-            out.push_str(&format!(
-                "\n{:<10} {:<25} {:<24} {:<16} {:>10} {:>9} {:>8}  {}",
-                id.short(),
-                rfc3339(b.time),
-                b.name,
-                BackupStatus::of(b).as_str(),
-                human(record::logical_size(b)),
-                b.duration_seconds
-                    .map(|s| format!("{s:.1}s"))
-                    .unwrap_or_else(|| "-".into()),
-                b.objects.len(),
-                b.filters.namespaces.join(",")
-            ));
-        }
-        out
+        super::table(
+            &[
+                "ID",
+                "STARTED",
+                "NAME",
+                "STATUS",
+                "SIZE",
+                "DURATION",
+                "OBJECTS",
+                "NAMESPACES",
+            ],
+            &[4, 5, 6],
+            rows.iter().map(|r| {
+                vec![
+                    r.id[..8].to_string(),
+                    r.started_at.clone(),
+                    r.name.clone(),
+                    r.status.to_string(),
+                    human(r.size_bytes),
+                    r.duration_seconds
+                        .map(|s| format!("{s:.1}s"))
+                        .unwrap_or_else(|| "-".into()),
+                    r.objects.to_string(),
+                    r.namespaces.join(","),
+                ]
+            }),
+        )
     });
     Ok(())
 }

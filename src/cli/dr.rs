@@ -197,25 +197,29 @@ fn status_text(rows: &[StatusRow]) -> String {
     if rows.is_empty() {
         return "no namespace applied by standby on this site".into();
     }
-    let mut out = format!(
-        "{:<20} {:<28} {:>10} {:<28} STATE",
-        "NAMESPACE", "APPLIED", "LAG", "NEWEST IN BUCKET"
-    );
-    for r in rows {
-        let lag = r
-            .lag_seconds
-            .map(|s| format!("{s:.0}s"))
-            .unwrap_or("-".into());
-        out.push_str(&format!(
-            "\n{:<20} {:<28} {:>10} {:<28} {}",
-            r.namespace,
-            r.applied_backup.as_deref().unwrap_or("-"),
-            lag,
-            r.newest_backup.as_deref().unwrap_or("-"),
-            r.standing()
-        ));
-    }
-    out
+    super::table(
+        &[
+            "NAMESPACE",
+            "APPLIED",
+            "LAG",
+            "NEWEST IN BUCKET",
+            "STATE",
+            "ERROR",
+        ],
+        &[2],
+        rows.iter().map(|r| {
+            vec![
+                r.namespace.clone(),
+                r.applied_backup.clone().unwrap_or_else(|| "-".into()),
+                r.lag_seconds
+                    .map(|s| format!("{s:.0}s"))
+                    .unwrap_or_else(|| "-".into()),
+                r.newest_backup.clone().unwrap_or_else(|| "-".into()),
+                r.state.to_string(),
+                r.error.clone().unwrap_or_default(),
+            ]
+        }),
+    )
 }
 
 fn emit_cycle(ctx: &Ctx<'_>, reports: &[NamespaceReport]) {
@@ -329,8 +333,8 @@ fn drill_text(report: &DrillReport) -> String {
             "\n  volume {}: {} blocks verified against snapshot {} ({}): {}",
             v.pvc,
             v.blocks_verified,
-            &v.snapshot[..8],
-            human(v.bytes),
+            &v.snapshot_id[..8],
+            human(v.size_bytes),
             if v.verified { "OK" } else { "MISMATCH" }
         ));
     }

@@ -349,11 +349,12 @@ pub enum Error {
     RepairLost { lost: usize, dry_run: bool },
     #[error("{0} lock(s) kept (listed above); they expire by themselves")]
     LocksKept(usize),
-    #[error("{target} is not snapshot {snapshot}: it differs at block {block} (or in size)")]
+    #[error("{target} is not snapshot {snapshot}: {mismatched} of {total} blocks differ (or its size does)")]
     VolumeDiffers {
         target: String,
         snapshot: String,
-        block: u64,
+        mismatched: u64,
+        total: u64,
     },
     #[error(transparent)]
     Demo(#[from] DemoError),
@@ -486,7 +487,14 @@ impl Error {
 
 /// The `--json` error object (also for a command line clap rejects).
 pub fn json_error(message: &str, exit_code: u8, retryable: bool) -> serde_json::Value {
-    serde_json::json!({"error": {"message": message, "exit_code": exit_code, "retryable": retryable}})
+    serde_json::to_value(ErrorOutput {
+        error: ErrorBody {
+            message: message.to_string(),
+            exit_code,
+            retryable,
+        },
+    })
+    .expect("serialises")
 }
 
 /// A password from `file`, else from the variable `env` (None: neither is given). One rule for
@@ -744,6 +752,75 @@ pub fn human(n: u64) -> String {
     }
 }
 
+/// A table for people: each column as wide as its widest cell (long names and timestamps
+/// keep it aligned), two spaces between columns, no borders and no colour, so `cut`, `awk`
+/// and `column` still split it. `right`: the columns of numbers, aligned right.
+pub(crate) fn table<R, C>(header: &[&str], right: &[usize], rows: R) -> String
+where
+    R: IntoIterator<Item = Vec<C>>,
+    C: Into<comfy_table::Cell>,
+{
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    for row in rows {
+        t.add_row(row);
+    }
+    let last = header.len().saturating_sub(1);
+    for (i, c) in t.column_iter_mut().enumerate() {
+        c.set_padding((0, if i == last { 0 } else { 2 }));
+        if right.contains(&i) {
+            c.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+    t.trim_fmt()
+}
+
+/// The JSON Schema of each command's `--json` output that has a typed one, generated from the
+/// output structs: (file name under `schema/cli/`, text). A test compares them with the
+/// checked-in files, so they cannot drift.
+pub fn output_schemas() -> Vec<(&'static str, String)> {
+    fn text<T: schemars::JsonSchema>() -> String {
+        let schema = schemars::schema_for!(T);
+        serde_json::to_string_pretty(&schema).expect("a schema serialises") + "\n"
+    }
+    use crate::scheduler::catalog::{RunRow, ScheduleListing};
+    vec![
+        (
+            "backup-list.schema.json",
+            text::<Vec<backup::BackupListing>>(),
+        ),
+        (
+            "snapshots.schema.json",
+            text::<Vec<volume::SnapshotListing>>(),
+        ),
+        ("volume-verify.schema.json", text::<VerifyReport>()),
+        ("schedule-list.schema.json", text::<Vec<ScheduleListing>>()),
+        ("runs.schema.json", text::<Vec<RunRow>>()),
+        (
+            "standby-status.schema.json",
+            text::<Vec<crate::standby::StatusRow>>(),
+        ),
+        ("error.schema.json", text::<ErrorOutput>()),
+    ]
+}
+
+/// The `--json` form of a failure.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct ErrorOutput {
+    pub error: ErrorBody,
+}
+
+/// What failed: the message (also on standard error), the exit code and whether a retry may
+/// succeed (exit 3).
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct ErrorBody {
+    pub message: String,
+    pub exit_code: u8,
+    pub retryable: bool,
+}
+
 /// Writes a command's result as compact JSON to `file` (a Job's termination message, which
 /// lifeboat reads back); a failure is a warning, the command's own outcome stands.
 fn write_report<T: serde::Serialize>(file: &Path, value: &T) {
@@ -781,6 +858,38 @@ mod tests {
         assert!(read_secret(None, "LIFEBOAT_TEST_SECRET_UNSET")
             .unwrap()
             .is_none());
+    }
+
+    /// Columns are as wide as their widest cell: a long name moves the next column for every
+    /// row, so each column starts at the same place on every line.
+    #[test]
+    fn tables_size_their_columns_to_their_cells() {
+        let long = "a-very-long-backup-name-that-no-fixed-width-would-hold";
+        let t = table(
+            &["NAME", "SIZE", "TIME"],
+            &[1],
+            vec![
+                vec![
+                    "db".to_string(),
+                    "1 B".into(),
+                    "2026-12-02T14:03:07.123Z".into(),
+                ],
+                vec![long.to_string(), "10.5 MiB".into(), "-".into()],
+            ],
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        let time_at = long.len() + 2 + "10.5 MiB".len() + 2;
+        assert_eq!(lines[0].find("TIME"), Some(time_at), "{t}");
+        assert_eq!(lines[1].find("2026"), Some(time_at), "{t}");
+        assert_eq!(lines[2].find("10.5 MiB"), Some(long.len() + 2), "{t}");
+        // Numbers align right: `1 B` ends where `10.5 MiB` does.
+        assert_eq!(lines[1].find("1 B").unwrap() + 3, long.len() + 2 + 8, "{t}");
+        assert!(
+            !t.contains('\x1b') && !t.contains('|') && !t.contains('+'),
+            "{t}"
+        );
+        assert!(lines.iter().all(|l| !l.ends_with(' ')), "{t}");
     }
 
     #[test]

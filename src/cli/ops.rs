@@ -207,29 +207,29 @@ fn schedule_table(rows: &[ScheduleListing]) -> String {
     if rows.is_empty() {
         return "no schedules (the server records them when it loads its configuration)".into();
     }
-    let mut out = format!(
-        "{:<24} {:<12} {:<28} {:<22} {:<10} LAST RUN",
-        "NAME", "POLICY", "TRIGGER", "NEXT RUN", "LAST"
-    );
-    for r in rows {
-        let state = if !r.active {
-            "(not in the configuration)"
-        } else if r.suspended {
-            "suspended"
-        } else {
-            r.next_run.as_deref().unwrap_or("-")
-        };
-        out.push_str(&format!(
-            "\n{:<24} {:<12} {:<28} {:<22} {:<10} {}",
-            r.name,
-            r.policy,
-            r.trigger,
-            state,
-            r.last_result.map(|s| s.as_str()).unwrap_or("-"),
-            r.last_run.as_deref().unwrap_or("-")
-        ));
-    }
-    out
+    super::table(
+        &["NAME", "POLICY", "TRIGGER", "NEXT RUN", "LAST", "LAST RUN"],
+        &[],
+        rows.iter().map(|r| {
+            let next = if !r.active {
+                "(not in the configuration)"
+            } else if r.suspended {
+                "suspended"
+            } else {
+                r.next_run_at.as_deref().unwrap_or("-")
+            };
+            vec![
+                r.name.clone(),
+                r.policy.clone(),
+                r.trigger.clone(),
+                next.to_string(),
+                r.last_result
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                r.last_run_at.clone().unwrap_or_else(|| "-".into()),
+            ]
+        }),
+    )
 }
 
 pub(super) async fn runs(
@@ -243,27 +243,36 @@ pub(super) async fn runs(
         if rows.is_empty() {
             return "no runs".into();
         }
-        let mut out = format!(
-            "{:>5} {:<20} {:<25} {:<10} {:>10} {:>10}  BACKUP / ERROR",
-            "ID", "SCHEDULE", "STARTED", "RESULT", "READ", "UPLOADED"
-        );
-        for r in &rows {
-            out.push_str(&format!(
-                "\n{:>5} {:<20} {:<25} {:<10} {:>10} {:>10}  {}{}",
-                r.id,
-                r.schedule,
-                r.started,
-                r.result,
-                r.bytes_read.map(human).unwrap_or_default(),
-                r.bytes_uploaded.map(human).unwrap_or_default(),
-                r.backup.as_deref().unwrap_or("-"),
-                r.error
-                    .as_deref()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
-            ));
-        }
-        out
+        super::table(
+            &[
+                "ID",
+                "SCHEDULE",
+                "STARTED",
+                "RESULT",
+                "READ",
+                "UPLOADED",
+                "BACKUP / ERROR",
+            ],
+            &[0, 4, 5],
+            rows.iter().map(|r| {
+                vec![
+                    r.id.to_string(),
+                    r.schedule.clone(),
+                    r.started_at.clone(),
+                    r.result.to_string(),
+                    r.read_bytes.map(human).unwrap_or_default(),
+                    r.uploaded_bytes.map(human).unwrap_or_default(),
+                    format!(
+                        "{}{}",
+                        r.backup.as_deref().unwrap_or("-"),
+                        r.error
+                            .as_deref()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default()
+                    ),
+                ]
+            }),
+        )
     });
     Ok(())
 }
@@ -332,15 +341,20 @@ pub(super) async fn forget(ctx: &Ctx<'_>, a: &ForgetArgs) -> Result<(), Error> {
         }
     }
     ctx.emit(&serde_json::json!({"dry_run": a.dry_run, "decisions": decisions, "removed": report}), || {
-        let mut out = String::new();
-        for d in &decisions {
-            out.push_str(&format!(
-                "{:<7} {} {:<32} {}\n",
-                if d.removed() { "remove" } else { "keep" },
-                rfc3339(d.time),
-                d.name,
-                d.kept_by.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(",")
-            ));
+        let mut out = super::table(
+            &["ACTION", "STARTED", "NAME", "KEPT BY"],
+            &[],
+            decisions.iter().map(|d| {
+                vec![
+                    if d.removed() { "remove" } else { "keep" }.to_string(),
+                    rfc3339(d.time),
+                    d.name.clone(),
+                    d.kept_by.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(","),
+                ]
+            }),
+        );
+        if !decisions.is_empty() {
+            out.push('\n');
         }
         let n = decisions.iter().filter(|d| d.removed()).count();
         match &report {

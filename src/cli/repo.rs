@@ -287,18 +287,22 @@ async fn key(ctx: &Ctx<'_>, cmd: &KeyCommand) -> Result<(), Error> {
         KeyCommand::List => {
             let keys = repo.list_keys().await?;
             ctx.emit(&keys, || {
-                keys.iter()
-                    .map(|k| {
-                        format!(
-                            "{} {} {}{}",
+                super::table(
+                    &["ID", "CREATED", "HOSTNAME", "CURRENT"],
+                    &[],
+                    keys.iter().map(|k| {
+                        vec![
                             k.id.short(),
-                            k.created,
-                            k.hostname,
-                            if k.current { " (current)" } else { "" }
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                            crate::util::timestamp(k.created_at),
+                            k.hostname.clone(),
+                            match (k.current, &k.damaged) {
+                                (_, Some(why)) => format!("damaged: {why}"),
+                                (true, None) => "current".into(),
+                                (false, None) => String::new(),
+                            },
+                        ]
+                    }),
+                )
             });
         }
     }

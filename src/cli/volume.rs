@@ -126,13 +126,33 @@ pub enum VolumeCommand {
     },
 }
 
-/// `volume verify`'s result.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// `volume verify`'s result (also a drill's verify Job report, which the drill reads back:
+/// `verified` and `blocks_verified` keep their names).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct VerifyReport {
-    pub snapshot: String,
+    /// The snapshot compared with.
+    pub snapshot_id: String,
+    /// Whether every block (and the size) is the snapshot's.
     pub verified: bool,
+    /// Whether the target's size fits the snapshot (an image file exactly, a device at least).
+    pub size_matches: bool,
+    /// Blocks that are the snapshot's.
     pub blocks_verified: u64,
+    /// Blocks that are not.
+    pub blocks_mismatched: u64,
+    /// Blocks the snapshot has.
     pub blocks_total: u64,
+    /// The first (up to 10) mismatching blocks.
+    pub first_mismatches: Vec<BlockMismatch>,
+}
+
+/// One block of a target that is not the snapshot's.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct BlockMismatch {
+    /// The block's number (from 0).
+    pub block: u64,
+    /// Where it starts in the target.
+    pub offset_bytes: u64,
 }
 
 pub(super) async fn volume(ctx: &Ctx<'_>, cmd: &VolumeCommand) -> Result<(), Error> {
@@ -259,70 +279,132 @@ async fn verify(
         .await?;
     let (id, snap) = repo.resolve_snapshot(snapshot).await?;
     let index = repo.load_index().await?;
-    let (verified, n) = crate::volume::verify::verify_volume(&repo, &index, &snap, target).await?;
+    let count = crate::volume::verify::verify_volume(&repo, &index, &snap, target).await?;
     let report = VerifyReport {
-        snapshot: id.to_hex(),
-        verified,
-        blocks_verified: n,
-        blocks_total: snap.blocks(),
+        snapshot_id: id.to_hex(),
+        verified: count.verified(),
+        size_matches: count.size_fits,
+        blocks_verified: count.blocks_matching,
+        blocks_mismatched: count.blocks_mismatching(),
+        blocks_total: count.blocks_total,
+        first_mismatches: count
+            .first_mismatches
+            .iter()
+            .map(|&(block, offset_bytes)| BlockMismatch {
+                block,
+                offset_bytes,
+            })
+            .collect(),
     };
     if let Some(f) = report_file {
         write_report(f, &report);
     }
     ctx.emit(&report, || {
-        format!(
-            "{}: {} of {} blocks match snapshot {} ({}){}",
-            target.display(),
-            n,
-            report.blocks_total,
-            id.short(),
-            snap.name,
-            if verified { "" } else { ": DIFFERENT" }
-        )
+        verify_text(&report, target, &id.short(), &snap.name)
     });
-    if verified || report_file.is_some() {
+    if report.verified || report_file.is_some() {
         Ok(())
     } else {
         Err(Error::VolumeDiffers {
             target: target.display().to_string(),
             snapshot: id.short(),
-            block: n,
+            mismatched: report.blocks_mismatched,
+            total: report.blocks_total,
         })
     }
+}
+
+/// The human form of a verify: the counts, then the first mismatching blocks.
+fn verify_text(r: &VerifyReport, target: &Path, short: &str, name: &str) -> String {
+    let mut text = format!(
+        "{}: {} of {} blocks match snapshot {short} ({name})",
+        target.display(),
+        r.blocks_verified,
+        r.blocks_total,
+    );
+    if !r.size_matches {
+        text.push_str(": DIFFERENT (its size does not fit the snapshot's)");
+    } else if !r.verified {
+        text.push_str(&format!(
+            ": DIFFERENT, {} block(s) mismatch; first at byte offsets {}",
+            r.blocks_mismatched,
+            r.first_mismatches
+                .iter()
+                .map(|m| format!("{} (block {})", m.offset_bytes, m.block))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    text
+}
+
+/// One row of `snapshots --json`.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct SnapshotListing {
+    /// The snapshot's id (hex).
+    pub id: String,
+    /// The volume's name.
+    pub name: String,
+    /// When it was taken (RFC 3339, UTC, milliseconds).
+    pub started_at: String,
+    pub size_bytes: u64,
+    /// The snapshot it is incremental to.
+    pub parent_id: Option<String>,
+    pub hostname: String,
+    /// The file or device it was read from.
+    pub source: String,
+    /// How the changed blocks were found: `full`, `hash-compare` or `changed-ranges`.
+    pub change_source: String,
+    pub read_bytes: u64,
+    pub new_bytes: u64,
+    pub uploaded_bytes: u64,
+    pub blocks_total: u64,
+    pub blocks_changed: u64,
+    pub duration_seconds: f64,
 }
 
 pub(super) async fn snapshots(ctx: &Ctx<'_>) -> Result<(), Error> {
     let repo = ctx.open().await?;
     let all = repo.list_snapshots().await?;
-    if ctx.g.json {
-        let v: Vec<serde_json::Value> = all
-            .iter()
-            .map(|(id, s)| {
-                serde_json::json!({
-                    "id": id, "name": s.name, "time": rfc3339(s.time),
-                    "size": s.size, "parent": s.parent, "hostname": s.hostname, "source": s.source,
-                    "change_source": s.change_source, "stats": s.stats,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v).expect("serialises"));
-    } else if all.is_empty() {
-        println!("no snapshots");
-    } else {
-        println!(
-            "{:<10} {:<25} {:<20} {:>10} {:<10}",
-            "ID", "TIME", "NAME", "SIZE", "PARENT"
-        );
-        for (id, s) in &all {
-            println!(
-                "{:<10} {:<25} {:<20} {:>10} {:<10}",
-                id.short(),
-                rfc3339(s.time),
-                s.name,
-                human(s.size),
-                s.parent.map(|p| p.short()).unwrap_or_else(|| "-".into())
-            );
+    let rows: Vec<SnapshotListing> = all
+        .iter()
+        .map(|(id, s)| SnapshotListing {
+            id: id.to_hex(),
+            name: s.name.clone(),
+            started_at: rfc3339(s.time),
+            size_bytes: s.size,
+            parent_id: s.parent.map(|p| p.to_hex()),
+            hostname: s.hostname.clone(),
+            source: s.source.clone(),
+            change_source: s.change_source.to_string(),
+            read_bytes: s.stats.bytes_read,
+            new_bytes: s.stats.bytes_new,
+            uploaded_bytes: s.stats.bytes_uploaded,
+            blocks_total: s.stats.blocks_total,
+            blocks_changed: s.stats.blocks_changed,
+            duration_seconds: s.stats.duration_seconds,
+        })
+        .collect();
+    ctx.emit(&rows, || {
+        if rows.is_empty() {
+            return "no snapshots".into();
         }
-    }
+        super::table(
+            &["ID", "STARTED", "NAME", "SIZE", "PARENT"],
+            &[3],
+            rows.iter().map(|r| {
+                vec![
+                    r.id[..8].to_string(),
+                    r.started_at.clone(),
+                    r.name.clone(),
+                    human(r.size_bytes),
+                    r.parent_id
+                        .as_deref()
+                        .map(|p| p[..8].to_string())
+                        .unwrap_or_else(|| "-".into()),
+                ]
+            }),
+        )
+    });
     Ok(())
 }

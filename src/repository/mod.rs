@@ -182,8 +182,8 @@ impl InitOptions {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct KeyInfo {
     pub id: KeyId,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created: OffsetDateTime,
+    #[serde(serialize_with = "crate::util::serialize_timestamp")]
+    pub created_at: OffsetDateTime,
     pub hostname: String,
     pub current: bool,
     /// Why the key object cannot be read, when it is damaged (it opens nothing).
@@ -204,10 +204,10 @@ pub struct Repository {
     lock_wait: std::time::Duration,
 }
 
-/// A time as RFC 3339 text, for listings and messages.
+/// A time as RFC 3339 text, for listings and messages: UTC to the millisecond
+/// ([`crate::util::timestamp`]).
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    crate::util::timestamp(t)
 }
 
 pub(crate) fn hostname() -> String {
@@ -419,7 +419,7 @@ impl Repository {
             match read_key(&self.store, &o.key, &self.cancel).await {
                 Ok((id, kf)) => out.push(KeyInfo {
                     id,
-                    created: kf.created,
+                    created_at: kf.created,
                     hostname: kf.hostname,
                     current: id == self.key_id,
                     damaged: None,
@@ -431,7 +431,7 @@ impl Repository {
                     };
                     out.push(KeyInfo {
                         id,
-                        created: OffsetDateTime::UNIX_EPOCH,
+                        created_at: OffsetDateTime::UNIX_EPOCH,
                         hostname: String::new(),
                         current: false,
                         damaged: Some(e.to_string()),

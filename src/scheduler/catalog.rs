@@ -17,6 +17,7 @@ use crate::format::{AppBackup, BackupId, Snapshot, SnapshotId};
 use crate::repository::rfc3339;
 use crate::scheduler::config::{Config, Template};
 use crate::scheduler::cron::{next_fires, parse_cron, Trigger, TriggerKind};
+use crate::util::timestamp_text;
 
 /// Migrations in order; the database's `user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -76,7 +77,7 @@ pub enum RunResult {
 }
 
 /// Where a run is, as `runs` shows it: going, ended (a [`RunResult`]), or skipped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunState {
     Running,
@@ -218,33 +219,35 @@ impl ScheduleRow {
 
 /// One line of `schedule list`: a schedule, its next fire and its newest run. The fields are
 /// in the order of their names, as the JSON output has always listed them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ScheduleListing {
     pub active: bool,
     pub last_result: Option<RunState>,
     /// When the newest run started.
-    pub last_run: Option<String>,
+    pub last_run_at: Option<String>,
     pub name: String,
     pub namespaces: Vec<String>,
     /// None while suspended or out of the configuration.
-    pub next_run: Option<String>,
+    pub next_run_at: Option<String>,
     pub policy: String,
     pub suspended: bool,
     pub trigger: String,
 }
 
 /// One run of a schedule.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RunRow {
     pub id: i64,
     pub schedule: String,
+    /// The backup's name.
     pub backup: Option<String>,
-    pub scheduled: Option<String>,
-    pub started: String,
-    pub ended: Option<String>,
+    /// The fire time it ran for.
+    pub scheduled_at: Option<String>,
+    pub started_at: String,
+    pub ended_at: Option<String>,
     pub result: RunState,
-    pub bytes_read: Option<u64>,
-    pub bytes_uploaded: Option<u64>,
+    pub read_bytes: Option<u64>,
+    pub uploaded_bytes: Option<u64>,
     pub error: Option<String>,
 }
 
@@ -329,11 +332,11 @@ impl Catalog {
         for s in cfg.schedules.values() {
             let p = cfg.policy_of(s);
             let (expr, tz, secs) = match &p.trigger {
-                Trigger::Cron { schedule, tz, .. } => (
-                    Some(schedule.to_string()),
-                    Some(tz.name().to_string()),
-                    None,
-                ),
+                // As the user wrote it (5 fields stay 5); the 6-field form is parsed again
+                // from it, inside only.
+                Trigger::Cron { expression, tz, .. } => {
+                    (Some(expression.clone()), Some(tz.name().to_string()), None)
+                }
                 Trigger::Interval(d) => (None, None, Some(d.as_secs() as i64)),
             };
             tx.execute(
@@ -411,8 +414,8 @@ impl Catalog {
             out.push(ScheduleListing {
                 active: s.active,
                 last_result: last.as_ref().map(|r| r.result),
-                last_run: last.map(|r| r.started),
-                next_run: next.map(rfc3339),
+                last_run_at: last.map(|r| r.started_at),
+                next_run_at: next.map(rfc3339),
                 trigger: s.describe_trigger(),
                 name: s.name,
                 namespaces: s.template.namespaces,
@@ -515,12 +518,18 @@ impl Catalog {
                 id: r.get(0)?,
                 schedule: r.get(1)?,
                 backup: r.get(2)?,
-                scheduled: r.get(3)?,
-                started: r.get(4)?,
-                ended: r.get(5)?,
+                scheduled_at: r
+                    .get::<_, Option<String>>(3)?
+                    .as_deref()
+                    .map(timestamp_text),
+                started_at: timestamp_text(&r.get::<_, String>(4)?),
+                ended_at: r
+                    .get::<_, Option<String>>(5)?
+                    .as_deref()
+                    .map(timestamp_text),
                 result: r.get(6)?,
-                bytes_read: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
-                bytes_uploaded: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+                read_bytes: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+                uploaded_bytes: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
                 error: r.get(9)?,
             })
         })?;
@@ -817,6 +826,35 @@ mod tests {
         drop(c);
         let e = Catalog::open(&p).err().unwrap().to_string();
         assert!(e.contains("newer lifeboat"), "{e}");
+    }
+
+    /// A user's cron is shown as written (`0 * * * *`, not the 6-field `0 0 * * * *` used
+    /// inside), and the fire times read back from the catalog are the expression's.
+    #[test]
+    fn a_cron_is_listed_as_written_and_fires_as_written() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&d.path().join("c.sqlite")).unwrap();
+        let text = "kind: SchedulePolicy\nmetadata: {name: hourly}\nspec: {cron: {expression: \"0 * * * *\"}}\n---\nkind: SchedulePolicy\nmetadata: {name: workdays}\nspec: {cron: {expression: \"30 9 * * 1-5\", timezone: Europe/Paris}}\n---\nkind: BackupSchedule\nmetadata: {name: a}\nspec: {schedulePolicyName: hourly, template: {namespaces: [a]}}\n---\nkind: BackupSchedule\nmetadata: {name: b}\nspec: {schedulePolicyName: workdays, template: {namespaces: [b]}}\n";
+        let cfg =
+            crate::scheduler::config::parse_config(&[("c.yaml".into(), text.into())]).unwrap();
+        c.sync_schedules(&cfg).unwrap();
+        let now = time::macros::datetime!(2026-12-04 10:15 UTC); // a Friday
+        let rows = c.listing(now).unwrap();
+        let trigger = |n: &str| rows.iter().find(|r| r.name == n).unwrap().trigger.clone();
+        assert_eq!(trigger("a"), "cron `0 * * * *` UTC");
+        assert_eq!(trigger("b"), "cron `30 9 * * 1-5` Europe/Paris");
+        assert_eq!(c.schedule("a").unwrap().expression.unwrap(), "0 * * * *");
+        let (_, fires) = c.upcoming("a", now, 2).unwrap();
+        assert_eq!(
+            fires,
+            [
+                time::macros::datetime!(2026-12-04 11:00 UTC),
+                time::macros::datetime!(2026-12-04 12:00 UTC)
+            ]
+        );
+        // Friday 09:30 in Paris has passed; Monday's is next (08:30 UTC in winter).
+        let (_, fires) = c.upcoming("b", now, 1).unwrap();
+        assert_eq!(fires, [time::macros::datetime!(2026-12-07 08:30 UTC)]);
     }
 
     #[test]

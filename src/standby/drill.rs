@@ -37,7 +37,7 @@ pub struct DrillReport {
     pub backup: String,
     pub namespace: String,
     pub into: String,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(serialize_with = "crate::util::serialize_timestamp")]
     pub backup_time: OffsetDateTime,
     pub objects_restored: usize,
     pub objects_verified: usize,
@@ -77,8 +77,8 @@ impl DrillReport {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DrillVolume {
     pub pvc: String,
-    pub snapshot: String,
-    pub bytes: u64,
+    pub snapshot_id: String,
+    pub size_bytes: u64,
     pub blocks_verified: u64,
     pub verified: bool,
 }
@@ -195,12 +195,12 @@ pub async fn drill_cluster_dir(
     for v in backup.volumes.iter().filter(|v| v.namespace == ns) {
         let snap = repo.load_snapshot(&v.snapshot).await?;
         let path = volume_path(site.root(), into, &v.pvc);
-        let (verified, n) =
-            crate::volume::verify::verify_volume(repo, &index, &snap, &path).await?;
+        let count = crate::volume::verify::verify_volume(repo, &index, &snap, &path).await?;
+        let (verified, n) = (count.verified(), count.blocks_matching);
         report.volumes.push(DrillVolume {
             pvc: v.pvc.clone(),
-            snapshot: v.snapshot.to_hex(),
-            bytes: snap.size,
+            snapshot_id: v.snapshot.to_hex(),
+            size_bytes: snap.size,
             blocks_verified: n,
             verified,
         });
@@ -408,8 +408,8 @@ async fn verify_live(
             .await?;
         out.push(DrillVolume {
             pvc: v.pvc.clone(),
-            snapshot: v.snapshot.to_hex(),
-            bytes: snap.size,
+            snapshot_id: v.snapshot.to_hex(),
+            size_bytes: snap.size,
             blocks_verified: n,
             verified,
         });

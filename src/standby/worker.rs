@@ -193,7 +193,7 @@ fn render_metrics(rows: &[StandbyRow], now: OffsetDateTime) -> String {
 
 /// One namespace of `standby status`. (Fields in the order `--json` has always printed
 /// them.)
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct StatusRow {
     pub activated: bool,
     pub applied_backup: Option<String>,
@@ -207,56 +207,63 @@ pub struct StatusRow {
     pub newest_backup_time: Option<String>,
     pub schedule: String,
     pub source_namespace: String,
+    pub state: Standing,
 }
 
-/// Where a namespace of `standby status` stands, for its table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a namespace of `standby status` stands: its `state`, spelled the same in the table
+/// and in JSON (and as the Standby resource's namespace states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
 pub enum Standing {
     Activated,
-    /// The last cycle failed, so.
-    Error(String),
+    /// The last cycle failed (`error` says why).
+    Failed,
     /// The bucket holds a newer backup.
     Behind,
-    Current,
+    UpToDate,
 }
 
 impl std::fmt::Display for Standing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Standing::Activated => f.write_str("activated"),
-            Standing::Error(e) => write!(f, "ERROR: {e}"),
-            Standing::Behind => f.write_str("behind"),
-            Standing::Current => f.write_str("current"),
-        }
+        f.write_str(match self {
+            Standing::Activated => "activated",
+            Standing::Failed => "failed",
+            Standing::Behind => "behind",
+            Standing::UpToDate => "up-to-date",
+        })
     }
 }
 
 impl StatusRow {
     fn of(r: StandbyRow, now: OffsetDateTime) -> StatusRow {
-        StatusRow {
+        let time = |t: Option<String>| t.as_deref().map(crate::util::timestamp_text);
+        let mut row = StatusRow {
             lag_seconds: age_seconds(r.applied_backup_time.as_deref(), now),
             activated: r.activated,
             applied_backup: r.applied_backup,
-            applied_backup_time: r.applied_backup_time,
-            checked_at: r.checked_at,
+            applied_backup_time: time(r.applied_backup_time),
+            checked_at: time(r.checked_at),
             error: r.error,
             namespace: r.namespace,
             newest_backup: r.newest_backup,
-            newest_backup_time: r.newest_backup_time,
+            newest_backup_time: time(r.newest_backup_time),
             schedule: r.schedule,
             source_namespace: r.source_namespace,
-        }
+            state: Standing::UpToDate,
+        };
+        row.state = row.standing();
+        row
     }
 
     pub fn standing(&self) -> Standing {
         if self.activated {
             Standing::Activated
-        } else if let Some(e) = &self.error {
-            Standing::Error(e.clone())
+        } else if self.error.is_some() {
+            Standing::Failed
         } else if self.newest_backup != self.applied_backup {
             Standing::Behind
         } else {
-            Standing::Current
+            Standing::UpToDate
         }
     }
 }
@@ -308,9 +315,10 @@ mod tests {
         let s = StatusRow::of(row("a"), now);
         assert_eq!(s.lag_seconds, Some(100.0));
         assert_eq!(s.standing(), Standing::Behind);
+        assert_eq!(StatusRow::of(failed, now).standing().to_string(), "failed");
         assert_eq!(
-            StatusRow::of(failed, now).standing().to_string(),
-            "ERROR: down"
+            serde_json::to_value(Standing::UpToDate).unwrap(),
+            Standing::UpToDate.to_string()
         );
         let keys: Vec<String> = serde_json::to_value(&s)
             .unwrap()

@@ -9,6 +9,16 @@ use lifeboat::demo::{generate_image, mutate, write_ranges};
 use crate::support::{garage, json, lifeboat, ok, run, tmp};
 use crate::volume::same;
 
+/// `2026-12-02T14:03:07.123Z`: RFC 3339, UTC, to the millisecond (the one form of a time in
+/// output).
+pub fn is_ms_utc(t: &str) -> bool {
+    let b = t.as_bytes();
+    b.len() == 24
+        && time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).is_ok()
+        && b[19] == b'.'
+        && b[23] == b'Z'
+}
+
 fn with_repo(repo: &str) -> Command {
     let mut c = lifeboat();
     c.env("LIFEBOAT_REPOSITORY", repo)
@@ -77,7 +87,7 @@ fn backup_restore_list_check_with_json() {
 
     let list = json(&ok(run(with_repo(&repo).args(["snapshots", "--json"]))));
     assert_eq!(list.as_array().unwrap().len(), 2);
-    assert_eq!(list[1]["parent"], first.as_str());
+    assert_eq!(list[1]["parent_id"], first.as_str());
     let human = ok(run(with_repo(&repo).arg("snapshots")));
     assert!(
         human.stdout.contains("pg-data") && human.stdout.contains(&first[..8]),
@@ -1065,9 +1075,10 @@ fn backup_list_shows_status_and_size() {
     };
     assert!(sum("volumes") > 0, "the fixture has volume data: {b}");
     assert_eq!(
-        row["size"].as_u64().unwrap(),
+        row["size_bytes"].as_u64().unwrap(),
         sum("objects") + sum("volumes")
     );
+    assert!(is_ms_utc(row["started_at"].as_str().unwrap()), "{row}");
     let took = row["duration_seconds"].as_f64().unwrap();
     assert!(took > 0.0 && took < 600.0, "{row}");
     assert_eq!(b["backup"]["duration_seconds"], row["duration_seconds"]);
@@ -1082,9 +1093,10 @@ fn backup_list_shows_status_and_size() {
     assert!(
         line.contains("pg-1")
             && line.contains("complete")
-            && line.contains(&lifeboat::cli::human(row["size"].as_u64().unwrap())),
+            && line.contains(&lifeboat::cli::human(row["size_bytes"].as_u64().unwrap())),
         "{line}"
     );
+    conforms_to_cli_schema("backup-list.schema.json", &list);
 }
 
 /// build.rs outside a git checkout (a source tarball) gives "unknown", and inside another
@@ -1141,4 +1153,125 @@ fn the_build_script_works_without_git() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&r.stdout).contains("LIFEBOAT_GIT_COMMIT=0123456789ab"));
+}
+
+/// One flipped byte is one mismatching block: every block is counted (511 of 512 match) and
+/// the mismatch's offset is listed; a difference exits 4, as the README says.
+#[test]
+fn volume_verify_counts_every_block_and_lists_the_first_mismatches() {
+    let d = tmp();
+    let repo = d.path().join("repo").display().to_string();
+    let src = d.path().join("v.img");
+    generate_image(&src, 32 << 20, 5).unwrap();
+    init(&repo);
+    ok(run(with_repo(&repo)
+        .args(["volume", "backup", "--name", "v"])
+        .arg(&src)));
+    let v = json(&ok(run(with_repo(&repo)
+        .args(["volume", "verify", "v:latest", "--json"])
+        .arg(&src))));
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["blocks_verified"], 512);
+    assert_eq!(v["blocks_mismatched"], 0);
+
+    let mut data = std::fs::read(&src).unwrap();
+    let byte = 100 * 65536 + 12345;
+    data[byte] ^= 0xFF;
+    std::fs::write(&src, data).unwrap();
+    let r = run(with_repo(&repo)
+        .args(["volume", "verify", "v:latest"])
+        .arg(&src));
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("511 of 512 blocks match")
+            && r.stdout.contains("1 block(s) mismatch")
+            && r.stdout.contains(&format!("{} (block 100)", 100 * 65536)),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stderr.contains("1 of 512 blocks differ"), "{}", r.stderr);
+    let r = run(with_repo(&repo)
+        .args(["volume", "verify", "v:latest", "--json"])
+        .arg(&src));
+    assert_eq!(r.code, 4);
+    let v = json(&r);
+    assert_eq!(v["verified"], false);
+    assert_eq!(v["size_matches"], true);
+    assert_eq!(v["blocks_verified"], 511);
+    assert_eq!(v["blocks_mismatched"], 1);
+    assert_eq!(
+        v["first_mismatches"],
+        serde_json::json!([{"block": 100, "offset_bytes": 100 * 65536}])
+    );
+}
+
+/// `schema/cli/*.schema.json` are the output structs' schemas, byte for byte: a change of an
+/// output changes its schema in the same commit. `LIFEBOAT_WRITE_SCHEMAS=1` writes them.
+#[test]
+fn output_schemas_are_the_checked_in_files() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/cli");
+    for (file, text) in lifeboat::cli::output_schemas() {
+        let path = dir.join(file);
+        if std::env::var_os("LIFEBOAT_WRITE_SCHEMAS").is_some() {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == text,
+            "{} differs from the output struct's schema: run `LIFEBOAT_WRITE_SCHEMAS=1 cargo test --test it cli::output_schemas` and commit it",
+            path.display()
+        );
+    }
+}
+
+/// Checks a command's real `--json` output against its checked-in schema.
+pub fn conforms_to_cli_schema(file: &str, output: &serde_json::Value) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schema/cli")
+        .join(file);
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let v = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = v.iter_errors(output).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{file}: {errors:?}\n{output:#}");
+}
+
+/// Real output of `snapshots`, `volume verify`, a failure and the catalog's listings conforms
+/// to the schemas, with times in one form (UTC, milliseconds) and sizes in bytes.
+#[test]
+fn json_outputs_conform_to_their_schemas() {
+    let d = tmp();
+    let repo = d.path().join("repo").display().to_string();
+    let src = d.path().join("v.img");
+    generate_image(&src, 1 << 20, 9).unwrap();
+    init(&repo);
+    for _ in 0..2 {
+        ok(run(with_repo(&repo)
+            .args(["volume", "backup", "--name", "v"])
+            .arg(&src)));
+    }
+    let list = json(&ok(run(with_repo(&repo).args(["snapshots", "--json"]))));
+    conforms_to_cli_schema("snapshots.schema.json", &list);
+    assert!(is_ms_utc(list[0]["started_at"].as_str().unwrap()), "{list}");
+    assert_eq!(list[0]["size_bytes"], 1 << 20);
+    let v = json(&ok(run(with_repo(&repo)
+        .args(["volume", "verify", "v:latest", "--json"])
+        .arg(&src))));
+    conforms_to_cli_schema("volume-verify.schema.json", &v);
+    let r = run(with_repo(&repo)
+        .args(["volume", "verify", "nope:latest", "--json"])
+        .arg(&src));
+    assert_ne!(r.code, 0);
+    conforms_to_cli_schema("error.schema.json", &json(&r));
+    let state = d.path().join("state");
+    let schedules = json(&ok(run(with_repo(&repo)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["schedule", "list", "--json"]))));
+    conforms_to_cli_schema("schedule-list.schema.json", &schedules);
+    let runs = json(&ok(run(with_repo(&repo)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["runs", "--json"]))));
+    conforms_to_cli_schema("runs.schema.json", &runs);
 }

@@ -475,7 +475,7 @@ fn an_incremental_application_backup_stores_only_the_changed_blocks() {
         .unwrap()
         .iter()
         .filter(|s| two.contains(&s["id"].as_str().unwrap().to_string()))
-        .map(|s| s["stats"]["bytes_new"].as_u64().unwrap())
+        .map(|s| s["new_bytes"].as_u64().unwrap())
         .sum();
     // One 64 KiB block changed (plus at most a map segment each).
     assert!(new_bytes <= (64 << 10) * 2, "{new_bytes} new bytes");

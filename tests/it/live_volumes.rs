@@ -1127,7 +1127,7 @@ async fn a_live_drill_verifies_volumes_and_objects_and_measures_the_rto() {
         report
             .volumes
             .iter()
-            .all(|v| !v.verified && v.blocks_verified == 1),
+            .all(|v| !v.verified && v.blocks_verified == 63),
         "{report:#?}"
     );
     assert!(report.removed);

@@ -127,11 +127,11 @@ fn the_server_runs_a_seconds_schedule_on_garage_skips_overlaps_and_keeps_its_ret
     // Never two runs at once.
     let mut spans: Vec<(String, String)> = runs
         .iter()
-        .filter(|x| x["result"] != "skipped" && !x["ended"].is_null())
+        .filter(|x| x["result"] != "skipped" && !x["ended_at"].is_null())
         .map(|x| {
             (
-                x["started"].as_str().unwrap().to_string(),
-                x["ended"].as_str().unwrap().to_string(),
+                x["started_at"].as_str().unwrap().to_string(),
+                x["ended_at"].as_str().unwrap().to_string(),
             )
         })
         .collect();
@@ -191,7 +191,7 @@ fn the_server_runs_a_seconds_schedule_on_garage_skips_overlaps_and_keeps_its_ret
     ok(run(lbg().args(["schedule", "suspend", "db"])));
     let list = json(&ok(run(lbg().args(["schedule", "list", "--json"]))));
     assert_eq!(list[0]["suspended"], true);
-    assert!(list[0]["next_run"].is_null());
+    assert!(list[0]["next_run_at"].is_null());
     let r = run(lbg().args(["schedule", "resume", "nope"]));
     assert_eq!(r.code, 1);
     assert!(
