@@ -22,6 +22,7 @@ use crate::scheduler::cron::{next_fires, parse_cron, Trigger, TriggerKind};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/migrations/0001_catalog.sql"),
     include_str!("../../schema/migrations/0002_standby.sql"),
+    include_str!("../../schema/migrations/0003_restores.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,14 @@ pub enum CatalogError {
     NotStandby(String),
     #[error("schedule {0}: its stored trigger does not parse; restart the server with its configuration")]
     BadTrigger(String),
+    #[error("no restore `{0}` in the catalog; `lifeboat restore list` shows them (restores are recorded in the catalog of the --state-dir they ran with)")]
+    NoRestore(String),
+    #[error("catalog: restore {id}: stored {what} `{value}` is not one this lifeboat knows; upgrade lifeboat")]
+    BadRestoreRow {
+        id: String,
+        what: &'static str,
+        value: String,
+    },
 }
 
 impl CatalogError {
