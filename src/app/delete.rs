@@ -167,7 +167,11 @@ mod tests {
         ];
         let p = |n: u8| protected_by(&all, &BackupId([n; 32]));
         assert_eq!(p(1), None, "an older complete backup");
-        assert_eq!(p(2).as_deref(), Some("s"), "newest complete, a newer one failed");
+        assert_eq!(
+            p(2).as_deref(),
+            Some("s"),
+            "newest complete, a newer one failed"
+        );
         assert_eq!(p(3), None, "a partial backup protects nothing");
         assert_eq!(p(4).as_deref(), Some("t"));
         assert_eq!(p(5), None, "made by hand");
@@ -181,7 +185,10 @@ mod tests {
             schedule: "nightly".into(),
         };
         let text = e.to_string();
-        assert!(text.contains("`nightly`") && text.contains("--force"), "{text}");
+        assert!(
+            text.contains("`nightly`") && text.contains("--force"),
+            "{text}"
+        );
         assert!(e.is_usage() && !e.is_retryable());
     }
 }

@@ -203,7 +203,11 @@ impl RestoreFlags {
             }
         }
         for (flag, v, default) in [
-            ("start-applications", self.start_applications, d.start_applications),
+            (
+                "start-applications",
+                self.start_applications,
+                d.start_applications,
+            ),
             ("keep-status", self.keep_status, d.keep_status),
             ("keep-node-ports", self.keep_node_ports, d.keep_node_ports),
         ] {

@@ -326,7 +326,10 @@ mod tests {
         for a in ObjectAction::ALL {
             assert_eq!(ObjectAction::from_name(a.as_str()), Some(*a));
         }
-        assert_eq!(TargetKind::from_name("output-dir"), Some(TargetKind::OutputDir));
+        assert_eq!(
+            TargetKind::from_name("output-dir"),
+            Some(TargetKind::OutputDir)
+        );
         assert_eq!(RestoreStatus::from_name("done"), None);
     }
 

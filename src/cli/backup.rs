@@ -330,10 +330,8 @@ async fn delete(ctx: &Ctx<'_>, a: &BackupDeleteArgs) -> Result<(), Error> {
         // Best effort, as forget: the catalog is a copy, `catalog rebuild` recreates it.
         if let Ok(catalog) = ctx.catalog().await {
             let gone = vec![report.id];
-            let _ = crate::scheduler::catalog::blocking(&catalog, move |c| {
-                c.remove_backups(&gone)
-            })
-            .await;
+            let _ = crate::scheduler::catalog::blocking(&catalog, move |c| c.remove_backups(&gone))
+                .await;
         }
     }
     ctx.emit(&delete_json(&report), || delete_text(&report));

@@ -10,9 +10,9 @@ use super::{Ctx, Error, MoverArgs};
 use crate::app::record::Planned;
 use crate::app::restore::{self, RestoreFlags, RestoreReport, RestoreRequest};
 use crate::app::restore_record::{rfc3339_ms, RestoreRecord};
-use crate::scheduler::catalog::blocking;
 use crate::k8s::objects::ObjRef;
 use crate::k8s::source::{ApplyResult, ExistingPolicy, Outcome};
+use crate::scheduler::catalog::blocking;
 
 #[derive(Debug, Subcommand)]
 pub enum RestoreCommand {
@@ -105,7 +105,12 @@ pub(super) async fn restore(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), E
         .await?;
     let started = time::OffsetDateTime::now_utc();
     let result = restore::restore(repo, &req).await;
-    let rec = RestoreRecord::new(&req, started, time::OffsetDateTime::now_utc(), result.as_ref());
+    let rec = RestoreRecord::new(
+        &req,
+        started,
+        time::OffsetDateTime::now_utc(),
+        result.as_ref(),
+    );
     keep_record(ctx, rec).await;
     let report = result?;
     match &report {

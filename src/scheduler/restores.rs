@@ -70,13 +70,12 @@ impl Raw {
         };
         let started = time("start time", self.started)?;
         let ended = time("end time", self.ended)?;
-        let options = serde_json::from_str(&self.options).map_err(|_| {
-            CatalogError::BadRestoreRow {
+        let options =
+            serde_json::from_str(&self.options).map_err(|_| CatalogError::BadRestoreRow {
                 id: id.clone(),
                 what: "options",
                 value: self.options.clone(),
-            }
-        })?;
+            })?;
         let [objects, created, updated, skipped, failed] = self.counts.map(|c| c.max(0) as usize);
         Ok(RestoreRecord {
             target_kind: named(&id, "target kind", self.target_kind, TargetKind::from_name)?,

@@ -54,11 +54,19 @@ fn backup_delete_forgets_one_backup_but_not_a_schedules_newest_good_one_unless_f
     // Unknown name: a clear error that says how to see the names.
     let r = run(lbs(&repo, d).args(["backup", "delete", "nope"]));
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("`nope`") && r.stderr.contains("backup list"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("`nope`") && r.stderr.contains("backup list"),
+        "{}",
+        r.stderr
+    );
 
     // A dry run deletes nothing.
     let dry = json(&ok(run(lbs(&repo, d).args([
-        "backup", "delete", "n1", "--dry-run", "--json",
+        "backup",
+        "delete",
+        "n1",
+        "--dry-run",
+        "--json",
     ]))));
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["backups_removed"], 0);
@@ -67,18 +75,27 @@ fn backup_delete_forgets_one_backup_but_not_a_schedules_newest_good_one_unless_f
     // The newest complete backup of a schedule is refused without --force (usage, exit 2).
     let r = run(lbs(&repo, d).args(["backup", "delete", "n2"]));
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("`nightly`") && r.stderr.contains("--force"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("`nightly`") && r.stderr.contains("--force"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(names(&repo, d), ["n1", "n2", "manual"]);
 
     // An older one goes; its data stays until prune.
     let out = ok(run(lbs(&repo, d).args(["backup", "delete", "n1"])));
-    assert!(out.stdout.contains("until `lifeboat prune`"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("until `lifeboat prune`"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(names(&repo, d), ["n2", "manual"]);
 
     // With --force, the newest good one goes too; --prune reports what it freed.
-    let forced = json(&ok(run(lbs(&repo, d).args([
-        "backup", "delete", "n2", "--force", "--prune", "--json",
-    ]))));
+    let forced =
+        json(&ok(run(lbs(&repo, d).args([
+            "backup", "delete", "n2", "--force", "--prune", "--json",
+        ]))));
     assert_eq!(forced["backups_removed"], 1, "{forced}");
     assert_eq!(forced["newest_complete"], true);
     assert_eq!(forced["pruned"], true);
@@ -87,7 +104,13 @@ fn backup_delete_forgets_one_backup_but_not_a_schedules_newest_good_one_unless_f
     ok(run(lb(&repo).args(["repo", "check", "--read-data"])));
     // What is left still restores.
     ok(run(lbs(&repo, d)
-        .args(["restore", "create", "--from-backup", "manual", "--output-dir"])
+        .args([
+            "restore",
+            "create",
+            "--from-backup",
+            "manual",
+            "--output-dir",
+        ])
         .arg(d.join("out"))));
 }
 
@@ -119,7 +142,13 @@ fn every_restore_is_recorded_with_its_objects_results() {
             "--output-dir",
         ])
         .arg(&out)));
-    ok(run(lbs(&repo, d).args(["restore", "create", "--from-backup", "apps-1", "--dry-run"])));
+    ok(run(lbs(&repo, d).args([
+        "restore",
+        "create",
+        "--from-backup",
+        "apps-1",
+        "--dry-run",
+    ])));
     let r = run(lbs(&repo, d).args(["restore", "create", "--from-backup", "nope", "--dry-run"]));
     assert_eq!(r.code, 1, "{}", r.stderr);
 
@@ -141,21 +170,34 @@ fn every_restore_is_recorded_with_its_objects_results() {
     assert_eq!(rows[1]["dry_run"], true);
     assert_eq!(rows[1]["target_kind"], "none");
     assert_eq!(rows[2]["status"], "failed");
-    assert!(rows[2]["error"].as_str().unwrap().contains("nope"), "{}", rows[2]);
+    assert!(
+        rows[2]["error"].as_str().unwrap().contains("nope"),
+        "{}",
+        rows[2]
+    );
     assert_ne!(rows[0]["id"], rows[1]["id"], "ids are unique");
 
-    let described = json(&ok(run(lbs(&repo, d).args(["restore", "describe", id, "--json"]))));
+    let described = json(&ok(run(
+        lbs(&repo, d).args(["restore", "describe", id, "--json"])
+    )));
     let results = described["results"].as_array().unwrap();
     assert_eq!(results.len() as u64, first["objects"].as_u64().unwrap());
     assert!(
         results.iter().any(|o| o["action"] == "created"
-            && o["object"].as_str().unwrap().starts_with("Deployment/pg-dr/")),
+            && o["object"]
+                .as_str()
+                .unwrap()
+                .starts_with("Deployment/pg-dr/")),
         "{described:#}"
     );
     let text = ok(run(lbs(&repo, d).args(["restore", "describe", id])));
     assert!(text.stdout.contains("status: complete"), "{}", text.stdout);
     let table = ok(run(lbs(&repo, d).args(["restore", "list"])));
-    assert!(table.stdout.contains("STATUS") && table.stdout.contains(id), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("STATUS") && table.stdout.contains(id),
+        "{}",
+        table.stdout
+    );
 
     let r = run(lbs(&repo, d).args(["restore", "describe", "nope"]));
     assert_eq!(r.code, 1);
@@ -167,7 +209,13 @@ fn every_restore_is_recorded_with_its_objects_results() {
     let r = ok(run(lb(&repo)
         .arg("--state-dir")
         .arg(&blocked)
-        .args(["restore", "create", "--from-backup", "apps-1", "--output-dir"])
+        .args([
+            "restore",
+            "create",
+            "--from-backup",
+            "apps-1",
+            "--output-dir",
+        ])
         .arg(d.join("out2"))));
     assert!(r.stderr.contains("not recorded"), "{}", r.stderr);
     assert!(d.join("out2").read_dir().unwrap().next().is_some());
