@@ -8,7 +8,7 @@
 //!  hooks: pre ─► barrier ─► copies (reflink/copy) or CSI snapshots ─► post
 //!                              └► volumes: each copy through the volume backup ─► record
 //!  record ─► plan ─► restore (volumes first, then objects in order)
-//!  records ─► retention (forget)
+//!  records ─► retention (forget) ─► delete (one backup by name)
 //! ```
 
 pub mod copies; // group copies of volume files (reflink or copy)
@@ -24,3 +24,7 @@ pub mod request; // a backup request: typed, validated, run from a cluster dir o
 pub mod restore; // a restore in order: plan, volumes, then objects (or a dry run)
 
 pub mod retention; // retention applied: records and their snapshots
+
+pub mod delete; // one backup deleted by name: forget (never a schedule's last good one), prune
+
+pub mod restore_record; // what a restore did, as its record keeps it (pure)

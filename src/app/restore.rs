@@ -129,11 +129,15 @@ pub struct RestoreRequest {
     pub types: (Vec<ResourceName>, Vec<ResourceName>),
     pub policy: ExistingPolicy,
     pub mode: RestoreMode,
+    /// The mappings and filters given, by flag name without `--` (what a restore record
+    /// keeps): only those given, and the policies when not the default.
+    pub given: std::collections::BTreeMap<String, String>,
 }
 
 impl RestoreRequest {
     /// Parses and checks every value; `movers` are used when the destination is live.
     pub fn new(flags: RestoreFlags, movers: MoverSettings) -> Result<Self, RequestError> {
+        let recorded = flags.given();
         let plan = RestorePlanOptions {
             namespaces: Mapping::parse("--namespace-mapping", &flags.namespace_mapping)?,
             storage_classes: Mapping::parse(
@@ -176,7 +180,48 @@ impl RestoreRequest {
             ),
             policy: flags.existing_resource_policy,
             mode,
+            given: recorded,
         })
+    }
+}
+
+impl RestoreFlags {
+    /// The mappings, filters and policies that differ from the defaults, by flag name.
+    fn given(&self) -> std::collections::BTreeMap<String, String> {
+        let d = RestoreFlags::default();
+        let mut out = std::collections::BTreeMap::new();
+        for (flag, v) in [
+            ("namespace-mapping", &self.namespace_mapping),
+            ("storage-class-mapping", &self.storage_class_mapping),
+            ("include-objects", &self.include_objects),
+            ("include-resources", &self.include_resources),
+            ("exclude-resources", &self.exclude_resources),
+            ("selector", &self.selector),
+        ] {
+            if !v.is_empty() {
+                out.insert(flag.to_string(), v.clone());
+            }
+        }
+        for (flag, v, default) in [
+            (
+                "start-applications",
+                self.start_applications,
+                d.start_applications,
+            ),
+            ("keep-status", self.keep_status, d.keep_status),
+            ("keep-node-ports", self.keep_node_ports, d.keep_node_ports),
+        ] {
+            if v != default {
+                out.insert(flag.to_string(), v.to_string());
+            }
+        }
+        if self.existing_resource_policy != d.existing_resource_policy {
+            out.insert(
+                "existing-resource-policy".into(),
+                format!("{:?}", self.existing_resource_policy).to_lowercase(),
+            );
+        }
+        out
     }
 }
 

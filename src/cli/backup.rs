@@ -28,6 +28,27 @@ pub enum BackupCommand {
         /// The backup's name.
         name: String,
     },
+    /// Forget one backup (and the volume snapshots only it referenced); with --prune the
+    /// data only it held goes too, else it stays until `lifeboat prune`. The newest complete
+    /// backup of a schedule is kept unless --force.
+    #[command(after_help = "Example:\n  lifeboat backup delete pg-nightly-20260101 --prune")]
+    Delete(BackupDeleteArgs),
+}
+
+/// `backup delete`.
+#[derive(Debug, Args)]
+pub struct BackupDeleteArgs {
+    /// The backup's name (or an id prefix of at least 8 characters; `backup list` shows them).
+    pub name: String,
+    /// Delete it even when it is the newest complete backup of its schedule.
+    #[arg(long)]
+    pub force: bool,
+    /// Run prune afterwards, so the data only this backup held is removed now.
+    #[arg(long)]
+    pub prune: bool,
+    /// Show what would be deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `backup create`.
@@ -105,6 +126,7 @@ pub(super) async fn backup(ctx: &Ctx<'_>, cmd: &BackupCommand) -> Result<(), Err
         BackupCommand::Create(a) => create(ctx, a).await,
         BackupCommand::List => list(ctx).await,
         BackupCommand::Describe { name } => describe(ctx, name).await,
+        BackupCommand::Delete(a) => delete(ctx, a).await,
     }
 }
 
@@ -330,4 +352,64 @@ fn volume_line(v: &crate::format::BackedUpVolume) -> String {
         human(v.size),
         v.method
     )
+}
+
+async fn delete(ctx: &Ctx<'_>, a: &BackupDeleteArgs) -> Result<(), Error> {
+    let repo = ctx.open().await?;
+    let opts = crate::app::delete::DeleteOptions {
+        force: a.force,
+        prune: a.prune,
+        dry_run: a.dry_run,
+    };
+    let report = crate::app::delete::delete(&repo, &a.name, opts).await?;
+    if report.forgot.is_some() {
+        // Best effort, as forget: the catalog is a copy, `catalog rebuild` recreates it.
+        if let Ok(catalog) = ctx.catalog().await {
+            let gone = vec![report.id];
+            let _ = crate::scheduler::catalog::blocking(&catalog, move |c| c.remove_backups(&gone))
+                .await;
+        }
+    }
+    ctx.emit(&delete_json(&report), || delete_text(&report));
+    Ok(())
+}
+
+/// `backup delete --json`: snake_case, sizes in bytes.
+fn delete_json(r: &crate::app::delete::DeleteReport) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id, "name": r.name, "schedule": r.schedule, "time": rfc3339(r.time),
+        "dry_run": r.dry_run, "newest_complete": r.newest_complete,
+        "backups_removed": r.forgot.as_ref().map_or(0, |f| f.backups_removed),
+        "snapshots_removed": r.forgot.as_ref().map_or(0, |f| f.snapshots_removed),
+        "pruned": r.prune.is_some(), "bytes_freed": r.bytes_freed(), "prune": r.prune,
+    })
+}
+
+fn delete_text(r: &crate::app::delete::DeleteReport) -> String {
+    let what = format!("backup {} ({})", r.name, r.id.short());
+    let Some(f) = &r.forgot else {
+        return format!("dry run: {what} would be deleted; nothing was changed");
+    };
+    let mut out = format!(
+        "deleted {what}: {} record, {} volume snapshot(s)",
+        f.backups_removed, f.snapshots_removed
+    );
+    if r.newest_complete {
+        out.push_str(&format!(
+            "\nwarning: it was the newest complete backup of schedule {}",
+            r.schedule.as_deref().unwrap_or("-")
+        ));
+    }
+    match (&r.prune, r.bytes_freed()) {
+        (Some(p), Some(freed)) => out.push_str(&format!(
+            "\npruned: {} freed ({} pack(s) deleted, {} repacked; data {} -> {})",
+            human(freed),
+            p.packs_deleted,
+            p.packs_repacked,
+            human(p.bytes_before),
+            human(p.bytes_after)
+        )),
+        _ => out.push_str("\nits data stays in the repository until `lifeboat prune`"),
+    }
+    out
 }

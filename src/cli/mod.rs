@@ -25,7 +25,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-pub use backup::{BackupCommand, BackupCreateArgs};
+pub use backup::{BackupCommand, BackupCreateArgs, BackupDeleteArgs};
 pub use demo::DemoDataCommand;
 pub use meta::{VersionInfo, GIT_COMMIT};
 pub use repo::{KeyCommand, RepoCommand};
@@ -402,6 +402,8 @@ pub enum Error {
     ObjectsFailed(usize),
     #[error(transparent)]
     Operator(Box<crate::operator::OperatorError>),
+    #[error(transparent)]
+    Delete(#[from] crate::app::delete::DeleteError),
 }
 
 impl From<crate::operator::OperatorError> for Error {
@@ -426,6 +428,7 @@ impl Error {
             Error::Scheduler(e) => e.is_retryable(),
             Error::Catalog(e) => e.is_retryable(),
             Error::Operator(e) => e.is_retryable(),
+            Error::Delete(e) => e.is_retryable(),
             Error::LocksKept(_) => true,
             _ => false,
         }
@@ -433,6 +436,9 @@ impl Error {
 
     /// Bad usage or configuration: what was given cannot work as it is (exit 2).
     fn is_usage(&self) -> bool {
+        if let Error::Delete(e) = self {
+            return e.is_usage();
+        }
         matches!(
             self,
             Error::Usage(_)

@@ -1,5 +1,6 @@
-//! `restore create`: an application backup restored to a directory of YAML, a cluster
-//! directory or a live cluster, or its plan printed (`--dry-run`).
+//! `restore create|list|describe`: an application backup restored to a directory of YAML, a
+//! cluster directory or a live cluster, or its plan printed (`--dry-run`); every one recorded
+//! in the local catalog (a warning when it cannot be), and the records listed and described.
 
 use std::path::PathBuf;
 
@@ -8,8 +9,10 @@ use clap::{Args, Subcommand};
 use super::{Ctx, Error, MoverArgs};
 use crate::app::record::Planned;
 use crate::app::restore::{self, RestoreFlags, RestoreReport, RestoreRequest};
+use crate::app::restore_record::{rfc3339_ms, RestoreRecord};
 use crate::k8s::objects::ObjRef;
 use crate::k8s::source::{ApplyResult, ExistingPolicy, Outcome};
+use crate::scheduler::catalog::blocking;
 
 #[derive(Debug, Subcommand)]
 pub enum RestoreCommand {
@@ -19,6 +22,20 @@ pub enum RestoreCommand {
         after_help = "Example:\n  lifeboat restore create --from-backup pg-nightly --namespace-mapping pg:pg-dr --context dr"
     )]
     Create(RestoreCreateArgs),
+    /// The restores run from this machine (recorded in the catalog of --state-dir), oldest
+    /// first.
+    #[command(after_help = "Example:\n  lifeboat restore list --json")]
+    List {
+        /// The newest N restores.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One restore: its target, options, outcome and each object's result.
+    #[command(after_help = "Example:\n  lifeboat restore describe pg-nightly-20260102T030405")]
+    Describe {
+        /// The restore's id (`restore list` shows them).
+        id: String,
+    },
 }
 
 /// `restore create`.
@@ -77,12 +94,25 @@ pub struct RestoreCreateArgs {
 }
 
 pub(super) async fn restore(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), Error> {
-    let RestoreCommand::Create(a) = cmd;
+    let a = match cmd {
+        RestoreCommand::Create(a) => a,
+        RestoreCommand::List { limit } => return list(ctx, *limit).await,
+        RestoreCommand::Describe { id } => return describe(ctx, id).await,
+    };
     let req = a.request(ctx)?;
     let repo = ctx
         .open_shared(&format!("restore {}", a.from_backup))
         .await?;
-    let report = restore::restore(repo, &req).await?;
+    let started = time::OffsetDateTime::now_utc();
+    let result = restore::restore(repo, &req).await;
+    let rec = RestoreRecord::new(
+        &req,
+        started,
+        time::OffsetDateTime::now_utc(),
+        result.as_ref(),
+    );
+    keep_record(ctx, rec).await;
+    let report = result?;
     match &report {
         RestoreReport::Planned { plan, conflicts } => {
             print_plan(ctx, plan, conflicts, a.existing_resource_policy);
@@ -188,5 +218,104 @@ fn print_results(
     if failed > 0 {
         return Err(Error::ObjectsFailed(failed));
     }
+    Ok(())
+}
+
+/// Keeps the record of a restore in the catalog; a catalog that cannot be opened or written
+/// is a warning (the restore itself stands).
+async fn keep_record(ctx: &Ctx<'_>, rec: RestoreRecord) {
+    let kept = match ctx.catalog().await {
+        Ok(catalog) => blocking(&catalog, move |c| c.record_restore(&rec))
+            .await
+            .map_err(Error::from),
+        Err(e) => Err(e),
+    };
+    match kept {
+        Ok(id) => tracing::info!(%id, "restore recorded"),
+        Err(e) => tracing::warn!(
+            "the restore was not recorded (`restore list` will not show it): {}; give a writable --state-dir",
+            e.one_line()
+        ),
+    }
+}
+
+async fn list(ctx: &Ctx<'_>, limit: usize) -> Result<(), Error> {
+    let catalog = ctx.catalog().await?;
+    let rows = blocking(&catalog, move |c| c.restores(limit)).await?;
+    ctx.emit(&rows, || restore_table(&rows));
+    Ok(())
+}
+
+/// `restore list` for people.
+fn restore_table(rows: &[RestoreRecord]) -> String {
+    if rows.is_empty() {
+        return "no restores recorded (in the catalog of this --state-dir)".into();
+    }
+    let mut out = format!(
+        "{:<36} {:<24} {:<32} {:<16} {:>7} {:>6} {:<24} {:>8}",
+        "ID", "BACKUP", "TARGET", "STATUS", "OBJECTS", "FAILED", "STARTED", "DURATION"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "\n{:<36} {:<24} {:<32} {:<16} {:>7} {:>6} {:<24} {:>8}",
+            r.id,
+            r.backup,
+            target(r),
+            status(r),
+            r.objects,
+            r.failed,
+            rfc3339_ms(r.started_at),
+            format!("{:.1}s", r.duration_seconds)
+        ));
+    }
+    out
+}
+
+/// `kind:where`, as listings show a restore's target.
+fn target(r: &RestoreRecord) -> String {
+    match &r.target {
+        Some(t) => format!("{}:{t}", r.target_kind),
+        None => r.target_kind.to_string(),
+    }
+}
+
+fn status(r: &RestoreRecord) -> String {
+    if r.dry_run {
+        format!("{} (dry run)", r.status)
+    } else {
+        r.status.to_string()
+    }
+}
+
+async fn describe(ctx: &Ctx<'_>, id: &str) -> Result<(), Error> {
+    let catalog = ctx.catalog().await?;
+    let want = id.to_string();
+    let r = blocking(&catalog, move |c| c.restore(&want)).await?;
+    ctx.emit(&r, || {
+        let mut out = format!(
+            "restore {}\nbackup: {}\ntarget: {}\nstatus: {}\nstarted: {}\nduration: {:.1}s\nobjects: {} ({} created, {} updated, {} skipped, {} failed)",
+            r.id,
+            r.backup,
+            target(&r),
+            status(&r),
+            rfc3339_ms(r.started_at),
+            r.duration_seconds,
+            r.objects,
+            r.created,
+            r.updated,
+            r.skipped,
+            r.failed
+        );
+        for (k, v) in &r.options {
+            out.push_str(&format!("\noption --{k}: {v}"));
+        }
+        if let Some(e) = &r.error {
+            out.push_str(&format!("\nerror: {e}"));
+        }
+        for o in &r.results {
+            out.push_str(&format!("\n  {:<8} {} {}", o.action, o.object, o.message));
+        }
+        out
+    });
     Ok(())
 }

@@ -23,6 +23,7 @@ use crate::util::timestamp_text;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/migrations/0001_catalog.sql"),
     include_str!("../../schema/migrations/0002_standby.sql"),
+    include_str!("../../schema/migrations/0003_restores.sql"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,14 @@ pub enum CatalogError {
     NotStandby(String),
     #[error("schedule {0}: its stored trigger does not parse; restart the server with its configuration")]
     BadTrigger(String),
+    #[error("no restore `{0}` in the catalog; `lifeboat restore list` shows them (restores are recorded in the catalog of the --state-dir they ran with)")]
+    NoRestore(String),
+    #[error("catalog: restore {id}: stored {what} `{value}` is not one this lifeboat knows; upgrade lifeboat")]
+    BadRestoreRow {
+        id: String,
+        what: &'static str,
+        value: String,
+    },
 }
 
 impl CatalogError {

@@ -17,6 +17,8 @@ pub mod config; // policies, templates, schedules from YAML (pure)
 
 pub mod catalog; // SQLite: schedules, runs, backups seen, standby state
 
+pub mod restores; // the catalog's records of restores: kept, listed, described
+
 pub mod runner; // one run: its backup and its retention
 
 pub mod server; // the scheduler loop, metrics, SIGHUP

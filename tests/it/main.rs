@@ -22,6 +22,7 @@ mod layout;
 mod live;
 mod live_volumes;
 mod mover;
+mod records;
 mod repository;
 mod robustness;
 mod schedules;
