@@ -281,6 +281,37 @@ pub struct MoverArgs {
     /// How long a snapshot, a clone or a mover Job may take.
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = crate::hooks::parse_duration)]
     mover_timeout: Duration,
+    /// CPU request of the mover Jobs' pods ("" for none).
+    #[arg(long, value_name = "QUANTITY", default_value = "250m")]
+    mover_cpu_request: String,
+    /// Memory request of the mover Jobs' pods ("" for none).
+    #[arg(long, value_name = "QUANTITY", default_value = "256Mi")]
+    mover_memory_request: String,
+    /// CPU limit of the mover Jobs' pods ("" for none; a ResourceQuota on limits needs one).
+    #[arg(long, value_name = "QUANTITY", default_value = "2")]
+    mover_cpu_limit: String,
+    /// Memory limit of the mover Jobs' pods ("" for none; a ResourceQuota on limits needs one).
+    #[arg(long, value_name = "QUANTITY", default_value = "2Gi")]
+    mover_memory_limit: String,
+    /// Node selector of the mover Jobs' pods (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = crate::k8s::csi::parse_label)]
+    mover_node_selector: Vec<(String, String)>,
+    /// Toleration of the mover Jobs' pods, in taint syntax KEY[=VALUE][:EFFECT] (repeatable).
+    #[arg(long, value_name = "TOLERATION", value_parser = crate::k8s::csi::parse_toleration)]
+    mover_toleration: Vec<k8s_openapi::api::core::v1::Toleration>,
+    /// User the movers run as; 0 (root) leaves Pod Security `restricted` (see README, "Mover pods").
+    #[arg(long, value_name = "UID", default_value_t = crate::k8s::csi::NONROOT)]
+    mover_run_as_user: i64,
+    /// Group the movers run as.
+    #[arg(long, value_name = "GID", default_value_t = crate::k8s::csi::NONROOT)]
+    mover_run_as_group: i64,
+    /// fsGroup of the movers' pods (the standby journal's filesystem is made writable by it).
+    #[arg(long, value_name = "GID", default_value_t = crate::k8s::csi::NONROOT)]
+    mover_fs_group: i64,
+    /// Supplemental group of the movers (repeatable), e.g. 6, the group `disk` that owns
+    /// the nodes' block devices where the runtime keeps the host's device ownership.
+    #[arg(long, value_name = "GID")]
+    mover_supplemental_group: Vec<i64>,
 }
 
 impl MoverArgs {
@@ -320,7 +351,24 @@ impl MoverArgs {
             secret: self.mover_secret.clone(),
             timeout: self.mover_timeout,
             secret_data: complete.then_some(data),
+            pod: self.pod(),
             ..Default::default()
+        }
+    }
+
+    fn pod(&self) -> crate::k8s::csi::PodSettings {
+        let q = |s: &String| Some(s.trim().to_string()).filter(|s| !s.is_empty());
+        crate::k8s::csi::PodSettings {
+            cpu_request: q(&self.mover_cpu_request),
+            memory_request: q(&self.mover_memory_request),
+            cpu_limit: q(&self.mover_cpu_limit),
+            memory_limit: q(&self.mover_memory_limit),
+            node_selector: self.mover_node_selector.iter().cloned().collect(),
+            tolerations: self.mover_toleration.clone(),
+            run_as_user: self.mover_run_as_user,
+            run_as_group: self.mover_run_as_group,
+            fs_group: Some(self.mover_fs_group),
+            supplemental_groups: self.mover_supplemental_group.clone(),
         }
     }
 }

@@ -84,6 +84,43 @@ pub struct BackupLocationSpec {
     /// view of the primary's bucket).
     #[serde(default)]
     pub read_only: bool,
+    /// Requests, limits, placement and user of the mover, restore, verify and standby Jobs
+    /// of this location's backups, restores and standbys; what is not set is the
+    /// controller's (`--mover-*` flags).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub movers: Option<MoverPodSpec>,
+}
+
+/// The pods of lifeboat's Jobs (see README, "Jobs on locked-down clusters").
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MoverPodSpec {
+    /// CPU and memory requests and limits (quantities: `250m`, `2`, `256Mi`, `2Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_limit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<String>,
+    /// Node selector of the Jobs' pods (replaces the controller's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the Jobs' pods (replace the controller's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<k8s_openapi::api::core::v1::Toleration>>,
+    /// runAsUser; 0 (root) leaves Pod Security `restricted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_user: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_group: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_group: Option<i64>,
+    /// Supplemental groups, e.g. the group owning the nodes' block devices (replace the
+    /// controller's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supplemental_groups: Option<Vec<i64>>,
 }
 
 /// One key of a Secret in the resource's namespace.

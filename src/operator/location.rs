@@ -133,10 +133,13 @@ async fn open_spec(
     if let Some(r) = &spec.region {
         env.insert("AWS_REGION".into(), r.clone());
     }
-    let movers = MoverSettings {
+    let mut movers = MoverSettings {
         secret_data: Some(env),
         ..op.options.movers.clone()
     };
+    if let Some(m) = &spec.movers {
+        movers.pod = mover_pod(m, movers.pod);
+    }
     if let Some((f, repo)) = op.repos.lock().expect("repos").get(name) {
         if *f == fingerprint {
             return Ok(Opened {
@@ -344,4 +347,31 @@ pub async fn controller(op: Arc<Operator>, stop: CancellationToken) {
     let api: Api<BackupLocation> = Api::namespaced(op.client.clone(), &op.options.namespace);
     let c = Controller::new(api, watcher::Config::default());
     super::drive(c, reconcile, op, stop).await;
+}
+
+/// The controller's Job pod settings with what a BackupLocation's `spec.movers` sets (pure).
+pub fn mover_pod(
+    m: &crate::crd::MoverPodSpec,
+    base: crate::k8s::csi::PodSettings,
+) -> crate::k8s::csi::PodSettings {
+    let q = |v: &Option<String>, b: Option<String>| match v {
+        Some(s) if s.trim().is_empty() => None,
+        Some(s) => Some(s.trim().to_string()),
+        None => b,
+    };
+    crate::k8s::csi::PodSettings {
+        cpu_request: q(&m.cpu_request, base.cpu_request),
+        memory_request: q(&m.memory_request, base.memory_request),
+        cpu_limit: q(&m.cpu_limit, base.cpu_limit),
+        memory_limit: q(&m.memory_limit, base.memory_limit),
+        node_selector: m.node_selector.clone().unwrap_or(base.node_selector),
+        tolerations: m.tolerations.clone().unwrap_or(base.tolerations),
+        run_as_user: m.run_as_user.unwrap_or(base.run_as_user),
+        run_as_group: m.run_as_group.unwrap_or(base.run_as_group),
+        fs_group: m.fs_group.or(base.fs_group),
+        supplemental_groups: m
+            .supplemental_groups
+            .clone()
+            .unwrap_or(base.supplemental_groups),
+    }
 }

@@ -232,17 +232,18 @@ impl Csi {
         api.create(&PostParams::default(), &obj)
             .await
             .map_err(api_err(format!("create VolumeGroupSnapshot {ns}/{group}")))?;
-        self.wait(&format!("VolumeGroupSnapshot {ns}/{group}"), async || {
-            let v = api
-                .get(&group)
-                .await
-                .map_err(api_err(format!("read VolumeGroupSnapshot {ns}/{group}")))?;
-            let v = serde_json::to_value(v).expect("serialises");
-            if let Some(e) = v.pointer("/status/error/message").and_then(Value::as_str) {
-                return Ok(Some(Err(e.to_string())));
-            }
-            Ok(v.pointer("/status/creationTime").map(|_| Ok(())))
-        })
+        self.watch_until(
+            &format!("VolumeGroupSnapshot {ns}/{group}"),
+            &api,
+            &group,
+            |o| {
+                let v = serde_json::to_value(o).expect("serialises");
+                if let Some(e) = v.pointer("/status/error/message").and_then(Value::as_str) {
+                    return Some(Err(e.to_string()));
+                }
+                v.pointer("/status/creationTime").map(|_| Ok(()))
+            },
+        )
         .await?;
         let snapshots =
             Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &volume_snapshots());

@@ -29,7 +29,10 @@
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{
+    EnvVar, PersistentVolume, PersistentVolumeClaim, ProjectedVolumeSource,
+    ServiceAccountTokenProjection, Volume, VolumeDevice, VolumeMount, VolumeProjection,
+};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
@@ -41,6 +44,7 @@ use crate::k8s::LiveError;
 
 mod bases;
 mod group;
+mod pod;
 mod site;
 
 use bases::{snapshot_contents, DeltaMount};
@@ -48,6 +52,7 @@ pub use bases::{MetadataService, CBT_TOKEN_DIR};
 pub use group::{
     default_group_class, group_members, DEFAULT_GROUP_CLASS, GROUP_API, GROUP_VERSIONS,
 };
+pub use pod::{parse_label, parse_toleration, PodSettings, NONROOT, SCRATCH_DIR};
 pub use site::{
     quantity_bytes, AppliedClaim, StandbyClaim, VerifyTarget, JOURNAL_CLAIM, JOURNAL_DIR,
     STANDBY_SNAPSHOT,
@@ -73,6 +78,8 @@ pub struct MoverSettings {
     /// For each snapshot to be cut, each clone to bind, each Job to finish.
     pub timeout: Duration,
     pub poll: Duration,
+    /// Requests, limits, placement and securityContext of the Jobs' pods.
+    pub pod: PodSettings,
 }
 
 impl Default for MoverSettings {
@@ -86,6 +93,7 @@ impl Default for MoverSettings {
             secret_data: None,
             timeout: Duration::from_secs(1800),
             poll: Duration::from_secs(2),
+            pod: PodSettings::default(),
         }
     }
 }
@@ -208,6 +216,9 @@ pub struct Csi {
     kept: std::sync::Mutex<Vec<String>>,
     /// Namespaces found ready for mover Jobs (the namespace and its mover Secret exist).
     ready: std::sync::Mutex<Vec<String>>,
+    /// Namespaces that have the movers' ServiceAccount: their Jobs run under it (an
+    /// OpenShift SCC or a policy can then be granted to it alone).
+    accounts: std::sync::Mutex<Vec<String>>,
 }
 
 impl Csi {
@@ -217,6 +228,7 @@ impl Csi {
             settings,
             kept: Default::default(),
             ready: Default::default(),
+            accounts: Default::default(),
         }
     }
 
@@ -282,10 +294,19 @@ impl Csi {
                 .map_err(api_err(format!("create Secret {ns}/{name}")))?;
             tracing::info!(namespace = ns, secret = %name, "wrote this process's repository settings into the movers' Secret");
         }
+        // Unreadable (a role without `get serviceaccounts`) counts as absent.
+        let sa = &self.settings.service_account;
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), ns);
+        if let Ok(Some(_)) = accounts.get_opt(sa).await {
+            self.accounts.lock().expect("accounts").push(ns.to_string());
+        }
         self.ready.lock().expect("ready").push(ns.to_string());
         Ok(())
     }
 
+    /// Polls `done` every [`MoverSettings::poll`] until it gives a verdict, for at most
+    /// [`MoverSettings::timeout`] (what a single watch cannot follow: a list of objects).
     async fn wait<F>(&self, what: &str, mut done: F) -> Result<(), LiveError>
     where
         F: AsyncFnMut() -> Result<Option<Result<(), String>>, LiveError>,
@@ -309,6 +330,42 @@ impl Csi {
                 });
             }
             tokio::time::sleep(self.settings.poll).await;
+        }
+    }
+
+    /// Watches object `name` of `api` (kube-runtime's `await_condition`: a watch, no
+    /// polling) until `verdict` gives one, for at most [`MoverSettings::timeout`]; an object
+    /// that is deleted fails the wait. Dropping the future cancels the watch.
+    async fn watch_until<K>(
+        &self,
+        what: &str,
+        api: &Api<K>,
+        name: &str,
+        verdict: impl Fn(&K) -> Option<Result<(), String>>,
+    ) -> Result<(), LiveError>
+    where
+        K: kube::Resource + Clone + std::fmt::Debug + Send + serde::de::DeserializeOwned + 'static,
+    {
+        let decided = |o: Option<&K>| o.is_none_or(|k| verdict(k).is_some());
+        let watched = kube::runtime::wait::await_condition(api.clone(), name, decided);
+        let outcome = match tokio::time::timeout(self.settings.timeout, watched).await {
+            Err(_) => Some(Err(format!("not done within {:?}", self.settings.timeout))),
+            Ok(Err(e)) => {
+                return Err(LiveError::Volume {
+                    what: what.to_string(),
+                    reason: format!("could not watch it (lifeboat needs `watch` on it): {e}"),
+                })
+            }
+            Ok(Ok(None)) => Some(Err("was deleted while lifeboat waited for it".into())),
+            Ok(Ok(Some(k))) => verdict(&k),
+        };
+        match outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err(reason)) => Err(LiveError::Volume {
+                what: what.to_string(),
+                reason,
+            }),
+            None => unreachable!("await_condition returns a decided object"),
         }
     }
 
@@ -406,24 +463,11 @@ impl Csi {
         let ns = &s.claim.namespace;
         let api =
             Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &volume_snapshots());
-        self.wait(
+        self.watch_until(
             &format!("VolumeSnapshot {ns}/{} to be {state}", s.snapshot),
-            async || {
-                let v = api
-                    .get(&s.snapshot)
-                    .await
-                    .map_err(api_err(format!("read VolumeSnapshot {ns}/{}", s.snapshot)))?;
-                let v = serde_json::to_value(v).expect("serialises");
-                if let Some(e) = v.pointer("/status/error/message").and_then(Value::as_str) {
-                    return Ok(Some(Err(e.to_string())));
-                }
-                let done = match v.pointer(pointer) {
-                    Some(Value::Bool(b)) => *b,
-                    Some(Value::Null) | None => false,
-                    Some(_) => true,
-                };
-                Ok(done.then_some(Ok(())))
-            },
+            &api,
+            &s.snapshot,
+            |o| snapshot_verdict(&serde_json::to_value(o).expect("serialises"), pointer),
         )
         .await
     }
@@ -502,28 +546,43 @@ impl Csi {
         mut args: Vec<String>,
         delta: Option<&DeltaMount<'_>>,
     ) -> Result<String, LiveError> {
-        let mut spec = self.job_spec(
+        let mut plan = self.job_plan(
             ns,
             job,
             "mover",
-            &args,
-            json!([{"name": "data", "devicePath": "/dev/lifeboat-volume"}]),
-            json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]),
+            vec![pod::device("data", "/dev/lifeboat-volume")],
+            vec![pod::claim_volume("data", claim)],
         );
         if let Some(d) = delta {
             // An audience-scoped token of the mover's ServiceAccount, and the service's CA.
-            let pod = &mut spec["spec"]["template"]["spec"];
-            pod["serviceAccountName"] = json!(self.settings.service_account);
-            pod["volumes"]
-                .as_array_mut()
-                .expect("volumes")
-                .push(json!({"name": "cbt-token",
-                "projected": {"sources": [{"serviceAccountToken": {"audience": d.service.audience,
-                    "expirationSeconds": 3600, "path": "token"}}]}}));
-            let c = &mut pod["containers"][0];
-            c["volumeMounts"] =
-                json!([{"name": "cbt-token", "mountPath": CBT_TOKEN_DIR, "readOnly": true}]);
-            c["env"] = json!([{"name": "LIFEBOAT_CSI_DELTA_CA", "value": d.service.ca_cert}]);
+            plan.service_account = Some(self.settings.service_account.clone());
+            plan.volumes.push(Volume {
+                name: "cbt-token".into(),
+                projected: Some(ProjectedVolumeSource {
+                    sources: Some(vec![VolumeProjection {
+                        service_account_token: Some(ServiceAccountTokenProjection {
+                            audience: Some(d.service.audience.clone()),
+                            expiration_seconds: Some(3600),
+                            path: "token".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            plan.mounts.push(VolumeMount {
+                name: "cbt-token".into(),
+                mount_path: CBT_TOKEN_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+            plan.env.push(EnvVar {
+                name: "LIFEBOAT_CSI_DELTA_CA".into(),
+                value: Some(d.service.ca_cert.clone()),
+                ..Default::default()
+            });
             if let Some((id, base)) = &d.base {
                 args.extend([
                     "--csi-delta-address".into(),
@@ -542,48 +601,50 @@ impl Csi {
                     "/dev/termination-log".into(),
                 ]);
             }
-            pod["containers"][0]["args"] = json!(args);
         }
-        self.run_job(ns, job, spec).await
+        plan.args = args;
+        self.run_job(ns, job, self.settings.pod.job(plan)).await
     }
 
-    /// A Job of one container running `lifeboat ARGS` with the movers' Secret as environment,
-    /// the claims `volumes` attached as `devices`; run once, never retried.
-    fn job_spec(
+    /// A Job of one container running the lifeboat image with the movers' Secret as
+    /// environment and the claims `volumes` attached as `devices` (arguments still to set).
+    fn job_plan(
         &self,
         ns: &str,
         job: &str,
         container: &str,
-        args: &[String],
-        devices: Value,
-        volumes: Value,
-    ) -> Value {
-        json!({
-            "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": job, "namespace": ns,
-                "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
-            "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 3600,
-                "template": {"metadata": {"labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
-                "spec": {"restartPolicy": "Never",
-                    "containers": [{"name": container, "image": self.settings.image, "args": args,
-                        "envFrom": [{"secretRef": {"name": self.settings.secret}}],
-                        "volumeDevices": devices}],
-                    "volumes": volumes}}}})
+        devices: Vec<VolumeDevice>,
+        volumes: Vec<Volume>,
+    ) -> pod::JobPlan {
+        pod::JobPlan {
+            namespace: ns.into(),
+            name: job.into(),
+            container: container.into(),
+            image: self.settings.image.clone(),
+            args: Vec::new(),
+            secret: self.settings.secret.clone(),
+            devices,
+            mounts: Vec::new(),
+            volumes,
+            env: Vec::new(),
+            service_account: self
+                .accounts
+                .lock()
+                .expect("accounts")
+                .iter()
+                .any(|n| n == ns)
+                .then(|| self.settings.service_account.clone()),
+        }
     }
 
-    /// Creates Job `job` from `spec`, waits for it to succeed, and removes it.
+    /// Creates Job `spec`, waits for it to succeed, and removes it.
     /// Returns the container's termination message: what the command wrote to
     /// `/dev/termination-log`, or on failure the end of its log.
-    async fn run_job(&self, ns: &str, job: &str, mut spec: Value) -> Result<String, LiveError> {
-        spec["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] =
-            json!("FallbackToLogsOnError");
+    async fn run_job(&self, ns: &str, job: &str, spec: Job) -> Result<String, LiveError> {
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), ns);
-        jobs.create(
-            &PostParams::default(),
-            &serde_json::from_value(spec).expect("a Job"),
-        )
-        .await
-        .map_err(api_err(format!("create Job {ns}/{job}")))?;
+        jobs.create(&PostParams::default(), &spec)
+            .await
+            .map_err(api_err(format!("create Job {ns}/{job}")))?;
         let r = self.wait_job(&jobs, ns, job).await;
         let message = self.job_message(ns, job).await;
         self.delete_quietly(jobs, job).await;
@@ -625,21 +686,8 @@ impl Csi {
     }
 
     async fn wait_job(&self, jobs: &Api<Job>, ns: &str, job: &str) -> Result<(), LiveError> {
-        self.wait(&format!("Job {ns}/{job}"), async || {
-            let j = jobs
-                .get(job)
-                .await
-                .map_err(api_err(format!("read Job {ns}/{job}")))?;
-            let st = j.status.unwrap_or_default();
-            if st.succeeded.unwrap_or(0) > 0 {
-                return Ok(Some(Ok(())));
-            }
-            if st.failed.unwrap_or(0) > 0 {
-                return Ok(Some(Err(format!(
-                    "failed; see `kubectl logs -n {ns} job/{job}`"
-                ))));
-            }
-            Ok(None)
+        self.watch_until(&format!("Job {ns}/{job}"), jobs, job, |j| {
+            job_verdict(j, ns, job)
         })
         .await
     }
@@ -868,6 +916,32 @@ impl Csi {
             .map_err(api_err(format!("create PersistentVolume {new_name}")))?;
         Ok(new_name)
     }
+}
+
+/// A snapshot's verdict: its error, or done once `pointer` is set (true, or any value that
+/// is not a boolean); None: not yet (pure).
+fn snapshot_verdict(v: &Value, pointer: &str) -> Option<Result<(), String>> {
+    if let Some(e) = v.pointer("/status/error/message").and_then(Value::as_str) {
+        return Some(Err(e.to_string()));
+    }
+    let done = match v.pointer(pointer) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Null) | None => false,
+        Some(_) => true,
+    };
+    done.then_some(Ok(()))
+}
+
+/// A Job's verdict: succeeded, failed, or None while it runs (pure).
+fn job_verdict(j: &Job, ns: &str, job: &str) -> Option<Result<(), String>> {
+    let st = j.status.clone().unwrap_or_default();
+    if st.succeeded.unwrap_or(0) > 0 {
+        return Some(Ok(()));
+    }
+    if st.failed.unwrap_or(0) > 0 {
+        return Some(Err(format!("failed; see `kubectl logs -n {ns} job/{job}`")));
+    }
+    None
 }
 
 #[cfg(test)]

@@ -384,9 +384,7 @@ impl Csi {
                 "/dev/termination-log".into(),
             ];
             let mut pod_devices = Vec::new();
-            let mut volumes = vec![
-                json!({"name": "journal", "persistentVolumeClaim": {"claimName": JOURNAL_CLAIM}}),
-            ];
+            let mut volumes = vec![super::pod::claim_volume("journal", JOURNAL_CLAIM)];
             for (i, (c, dev)) in claims.iter().zip(&devices).enumerate() {
                 let path = format!("/dev/lifeboat-{i}");
                 // A claim without a known base is written whole.
@@ -397,21 +395,17 @@ impl Csi {
                     c.base.as_deref().unwrap_or("whole")
                 );
                 args.extend(["--volume".into(), spec]);
-                pod_devices.push(json!({"name": format!("v{i}"), "devicePath": path}));
-                volumes.push(
-                    json!({"name": format!("v{i}"), "persistentVolumeClaim": {"claimName": dev}}),
-                );
+                pod_devices.push(super::pod::device(&format!("v{i}"), &path));
+                volumes.push(super::pod::claim_volume(&format!("v{i}"), dev));
             }
-            let mut spec = self.job_spec(
-                ns,
-                &job,
-                "standby",
-                &args,
-                json!(pod_devices),
-                json!(volumes),
-            );
-            spec["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] =
-                json!([{"name": "journal", "mountPath": JOURNAL_DIR}]);
+            let mut plan = self.job_plan(ns, &job, "standby", pod_devices, volumes);
+            plan.args = args;
+            plan.mounts.push(k8s_openapi::api::core::v1::VolumeMount {
+                name: "journal".into(),
+                mount_path: JOURNAL_DIR.into(),
+                ..Default::default()
+            });
+            let spec = self.settings.pod.job(plan);
             result = self.run_job(ns, &job, spec).await.map(|message| {
                 serde_json::from_str::<Vec<AppliedClaim>>(message.trim()).unwrap_or_else(|e| {
                     tracing::warn!(job = %job, "the standby Job's report does not parse: {e}");

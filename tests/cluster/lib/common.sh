@@ -33,7 +33,7 @@ wait_for() {
 
 # The kube-controller-manager controllers lifeboat needs (no scheduler: the
 # pod runner binds pods itself; no node lifecycle controller).
-KCM_CONTROLLERS="${LIFEBOAT_KCM_CONTROLLERS:-job-controller,deployment-controller,replicaset-controller,statefulset-controller,persistentvolume-binder-controller,persistentvolume-expander-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,garbage-collector-controller,namespace-controller,serviceaccount-token-controller,serviceaccount-controller,root-ca-certificate-publisher-controller}"
+KCM_CONTROLLERS="${LIFEBOAT_KCM_CONTROLLERS:-job-controller,deployment-controller,replicaset-controller,statefulset-controller,persistentvolume-binder-controller,persistentvolume-expander-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller,garbage-collector-controller,namespace-controller,serviceaccount-token-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,resourcequota-controller}"
 
 # The node the pod runner is (tests/cluster/pod-runner).
 NODE_NAME=lifeboat-node-0

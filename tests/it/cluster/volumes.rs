@@ -432,3 +432,137 @@ fn failures_around_the_movers_are_named_and_leave_nothing_behind() {
     );
     primary.kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
 }
+
+/// Makes namespace `ns` enforce Pod Security `restricted` and a ResourceQuota that counts
+/// `limits.cpu` and `limits.memory`, so a pod without limits (or one `restricted` refuses) is
+/// not admitted; waits until the quota controller has counted it (before that, the quota
+/// admission refuses every pod).
+pub fn restricted_with_quota(site: &Site, ns: &str) {
+    site.kubectl_ok(&[
+        "label",
+        "namespace",
+        ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    ]);
+    site.apply(&format!(
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: limits, namespace: {ns}}}\n\
+         spec: {{hard: {{limits.cpu: '4', limits.memory: 4Gi, requests.cpu: '4', requests.memory: 4Gi}}}}\n"
+    ));
+    site.wait_until(
+        &format!("ResourceQuota {ns}/limits is counted"),
+        Duration::from_secs(60),
+        || !site.get(&["-n", ns, "resourcequota", "limits"]).unwrap()["status"]["hard"].is_null(),
+    );
+    // The namespace really refuses a pod without limits and securityContext.
+    let refused = site.kubectl_input(
+        &["apply", "--dry-run=server", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: plain, namespace: {ns}}}\n\
+             spec: {{containers: [{{name: c, image: busybox, command: [sleep, '1']}}]}}\n"
+        ),
+    );
+    assert!(!refused.status.success(), "a plain pod is refused in {ns}");
+}
+
+/// Mover and restore Jobs are admitted where real clusters put them: a namespace enforcing
+/// Pod Security `restricted` with a ResourceQuota requiring limits (their default requests,
+/// limits and securityContext). A Block and a Filesystem claim, backed up on the primary and
+/// restored on the DR site into such a namespace, bit for bit.
+#[test]
+fn movers_run_under_pod_security_restricted_and_a_quota_requiring_limits() {
+    let (Some(primary), Some(dr)) = (site(Role::Primary), site(Role::Dr)) else {
+        return;
+    };
+    let d = tmp();
+    let repo = init_repo(d.path());
+    let ns = primary.namespace("psa");
+    restricted_with_quota(primary, &ns);
+    claims(primary, &ns);
+    mover_secret(primary, &ns, &repo);
+    // Data written straight into the volumes' files (a writer pod would need the same care).
+    for (i, c) in ["data-block", "data-fs"].iter().enumerate() {
+        let data: Vec<u8> = (0..3u32 << 20)
+            .map(|n| (n.wrapping_mul(2654435761).rotate_left(i as u32 + 7) >> 13) as u8)
+            .collect();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(volume_file(primary, &ns, c))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &data, 0).unwrap();
+    }
+    let backup = run(primary.lifeboat(&repo).args([
+        "--json",
+        "backup",
+        "create",
+        "psa-1",
+        "-n",
+        &ns,
+        "--mover-timeout",
+        "90s",
+    ]));
+    let events = primary.kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "events",
+        "-o",
+        "custom-columns=R:.reason,M:.message",
+    ]);
+    assert_eq!(
+        backup.code, 0,
+        "{}{}\n{events}",
+        backup.stdout, backup.stderr
+    );
+    let first = json(&backup);
+    assert_eq!(first["volumes"].as_array().unwrap().len(), 2, "{first:#}");
+
+    let target = dr.namespace("psa-dr");
+    restricted_with_quota(dr, &target);
+    mover_secret(dr, &target, &repo);
+    let restored = run(dr.lifeboat(&repo).args([
+        "--json",
+        "restore",
+        "create",
+        "--from-backup",
+        "psa-1",
+        "--namespace-mapping",
+        &format!("{ns}:{target}"),
+        "--mover-timeout",
+        "90s",
+        "--context",
+        "lifeboat",
+    ]));
+    let events = dr.kubectl_ok(&[
+        "-n",
+        &target,
+        "get",
+        "events",
+        "-o",
+        "custom-columns=R:.reason,M:.message",
+    ]);
+    assert_eq!(
+        restored.code, 0,
+        "{}{}\n{events}",
+        restored.stdout, restored.stderr
+    );
+    let restored = json(&restored);
+    assert!(
+        restored["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["outcome"] != "failed"),
+        "{restored:#}"
+    );
+    for c in ["data-block", "data-fs"] {
+        let src = volume_file(primary, &ns, c);
+        let dst = volume_file(dr, &target, c);
+        assert!(
+            std::fs::read(&src).unwrap() == std::fs::read(&dst).unwrap(),
+            "{c} restored bit for bit"
+        );
+    }
+    primary.kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
+    dr.kubectl_ok(&["delete", "namespace", &target, "--wait=false"]);
+}
