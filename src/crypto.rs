@@ -276,6 +276,65 @@ impl Keys {
     }
 }
 
+/// The unlocked-key cache's seal (`repository::keycache`): the master secret under a key
+/// that a fast KDF (BLAKE3 `derive_key`) makes of the password and a random salt, so that a
+/// later command with the same password skips Argon2, and the sealed bytes alone open
+/// nothing. `context` (what the entry is bound to: its key object and expiry) is
+/// authenticated, so an edited entry fails to open.
+impl Keys {
+    pub fn seal_for_cache(&self, password: &[u8], context: &[u8]) -> Vec<u8> {
+        let mut salt = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut salt);
+        let mut nonce = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let mut buf = self.master.to_vec();
+        aes_key(&cache_kek(password, &salt))
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(cache_aad(context)),
+                &mut buf,
+            )
+            .expect("sealing 64 bytes cannot fail");
+        [&salt[..], &nonce[..], &buf[..]].concat()
+    }
+
+    /// Opens what [`Keys::seal_for_cache`] sealed; [`CryptoError::Tampered`] for a wrong
+    /// password, another context or altered bytes (the caller falls back to Argon2).
+    pub fn open_from_cache(
+        password: &[u8],
+        context: &[u8],
+        sealed: &[u8],
+    ) -> Result<Keys, CryptoError> {
+        if sealed.len() != 32 + 12 + 64 + 16 {
+            return Err(CryptoError::Malformed("key cache entry: bad length".into()));
+        }
+        let (salt, rest) = sealed.split_at(32);
+        let (nonce, body) = rest.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().expect("12 bytes");
+        let mut buf = body.to_vec();
+        let plain = aes_key(&cache_kek(password, salt))
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(cache_aad(context)),
+                &mut buf,
+            )
+            .map_err(|_| CryptoError::Tampered)?;
+        let master: [u8; 64] = plain.try_into().map_err(|_| CryptoError::Tampered)?;
+        Ok(Keys::from_master(master))
+    }
+}
+
+fn cache_kek(password: &[u8], salt: &[u8]) -> [u8; 32] {
+    let mut input = Vec::with_capacity(salt.len() + password.len());
+    input.extend_from_slice(salt);
+    input.extend_from_slice(password);
+    blake3::derive_key("lifeboat v1 unlocked-key cache", &input)
+}
+
+fn cache_aad(context: &[u8]) -> Vec<u8> {
+    [&b"lifeboat/v1/key-cache/"[..], context].concat()
+}
+
 /// The password-dependent fields of a key object.
 #[derive(Debug, Clone)]
 pub struct Wrapped {
@@ -355,5 +414,19 @@ mod tests {
         let b = Keys::generate();
         assert_ne!(a.blob_id(b"same"), b.blob_id(b"same"));
         assert_ne!(a.blob_id(b"same").0, *blake3::hash(b"same").as_bytes());
+    }
+
+    #[test]
+    fn a_cache_seal_opens_only_with_its_password_and_context() {
+        let k = Keys::generate();
+        let sealed = k.seal_for_cache(b"pw", b"keys/a|100");
+        let back = Keys::open_from_cache(b"pw", b"keys/a|100", &sealed).unwrap();
+        assert_eq!(back.master, k.master);
+        assert!(Keys::open_from_cache(b"other", b"keys/a|100", &sealed).is_err());
+        assert!(Keys::open_from_cache(b"pw", b"keys/a|999", &sealed).is_err());
+        let mut bent = sealed.clone();
+        bent[50] ^= 1;
+        assert!(Keys::open_from_cache(b"pw", b"keys/a|100", &bent).is_err());
+        assert!(Keys::open_from_cache(b"pw", b"keys/a|100", &sealed[1..]).is_err());
     }
 }

@@ -105,6 +105,7 @@ impl Default for BackupFlags {
 
 /// Where a backup captures from.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per command run
 pub enum BackupSource {
     /// A cluster directory (`DIR/resources/`, `DIR/volumes/`).
     ClusterDir(PathBuf),

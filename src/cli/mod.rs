@@ -673,10 +673,17 @@ impl Ctx<'_> {
     async fn open_waiting(&self, lock_wait: Duration) -> Result<Arc<Repository>, Error> {
         let store = self.store().await?;
         let pw = self.password()?;
+        let key_cache = key_cache()?;
         Ok(Arc::new(
-            Repository::open(store, &pw, self.cache_root(), self.cancel.clone())
-                .await?
-                .with_lock_wait(lock_wait),
+            Repository::open_with_key_cache(
+                store,
+                &pw,
+                self.cache_root(),
+                key_cache,
+                self.cancel.clone(),
+            )
+            .await?
+            .with_lock_wait(lock_wait),
         ))
     }
 
@@ -882,6 +889,35 @@ fn write_report<T: serde::Serialize>(file: &Path, value: &T) {
     if let Err(e) = std::fs::write(file, text) {
         tracing::warn!("cannot write the report to {}: {e}", file.display());
     }
+}
+
+/// The unlocked-key cache `LIFEBOAT_KEY_CACHE=SECONDS` asks for (unset, empty or 0: none),
+/// in `LIFEBOAT_KEY_CACHE_DIR` or `$XDG_RUNTIME_DIR/lifeboat/keys`.
+fn key_cache() -> Result<Option<crate::repository::KeyCache>, Error> {
+    let Some(v) = std::env::var_os("LIFEBOAT_KEY_CACHE").filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let secs: u64 = v
+        .to_str()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|s| *s <= 86_400)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "LIFEBOAT_KEY_CACHE={}: give the seconds an unlocked key is kept (0 to 86400), or unset it",
+                v.to_string_lossy()
+            ))
+        })?;
+    if secs == 0 {
+        return Ok(None);
+    }
+    let dir = std::env::var_os("LIFEBOAT_KEY_CACHE_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(crate::repository::default_key_cache_dir);
+    Ok(Some(crate::repository::KeyCache {
+        dir,
+        lifetime: Duration::from_secs(secs),
+    }))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use crate::k8s::source::{ApplyResult, ExistingPolicy, Outcome};
 use crate::scheduler::catalog::blocking;
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // one per command run
 pub enum RestoreCommand {
     /// Restore a backup to a directory of YAML (apply order), into a cluster directory, or
     /// print the plan (--dry-run).

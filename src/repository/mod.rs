@@ -9,6 +9,7 @@
 
 mod check;
 mod index;
+mod keycache;
 mod lock;
 mod prune;
 mod repair;
@@ -16,6 +17,7 @@ mod writer;
 
 pub use check::{CheckOptions, CheckReport};
 pub use index::{BlobLocation, Index};
+pub use keycache::{default_dir as default_key_cache_dir, KeyCache};
 pub use lock::{
     backoff_delay, lock_state, LockFile, LockGuard, LockKind, LockState, UnlockReport,
     LOCK_BACKOFF_FIRST, LOCK_BACKOFF_MAX, LOCK_REFRESH, LOCK_TTL,
@@ -281,6 +283,18 @@ impl Repository {
         cache_root: Option<PathBuf>,
         cancel: CancellationToken,
     ) -> Result<Repository, RepoError> {
+        Repository::open_with_key_cache(store, password, cache_root, None, cancel).await
+    }
+
+    /// [`Repository::open`], taking the keys from `key_cache` when it holds a live entry for
+    /// this password (no Argon2), and keeping them there after an Argon2 unlock.
+    pub async fn open_with_key_cache(
+        store: Arc<dyn Store>,
+        password: &[u8],
+        cache_root: Option<PathBuf>,
+        key_cache: Option<KeyCache>,
+        cancel: CancellationToken,
+    ) -> Result<Repository, RepoError> {
         let location = store.location();
         let raw = match store.get("config", &cancel).await {
             // Keys without a config: a damaged repository, not an empty place to init.
@@ -319,9 +333,19 @@ impl Repository {
             ));
         }
         let mut found = None;
+        if let Some(kc) = key_cache.clone() {
+            let (id, pw) = (config.id.clone(), password.to_vec());
+            let names: Vec<String> = key_objects.iter().map(|o| o.key.clone()).collect();
+            if let Some((object, keys)) = cpu(move || kc.load(&id, &pw, &names)).await? {
+                if let Ok(key_id) = object["keys/".len().min(object.len())..].parse::<KeyId>() {
+                    tracing::debug!("unlocked with the key cache ({object}); Argon2 skipped");
+                    found = Some((key_id, keys, object));
+                }
+            }
+        }
         // One damaged key object must not lock out the passwords of the others.
         let mut damaged = Vec::new();
-        for o in &key_objects {
+        for o in key_objects.iter().filter(|_| found.is_none()) {
             let (id, kf) = match read_key(&store, &o.key, &cancel).await {
                 Ok(k) => k,
                 Err(e @ RepoError::Corrupt { .. }) => {
@@ -342,7 +366,11 @@ impl Repository {
             };
             match cpu(move || Keys::unwrap(&pw, kdf, &w)).await? {
                 Ok(keys) => {
-                    found = Some((id, keys));
+                    if let Some(kc) = &key_cache {
+                        kc.store(&config.id, &o.key, password, &keys);
+                        tracing::debug!("unlocked with Argon2; kept in the key cache");
+                    }
+                    found = Some((id, keys, o.key.clone()));
                     break;
                 }
                 Err(CryptoError::WrongPassword) => continue,
@@ -353,7 +381,7 @@ impl Repository {
                 }
             }
         }
-        let (key_id, keys) = found.ok_or_else(|| RepoError::WrongPassword {
+        let (key_id, keys, _) = found.ok_or_else(|| RepoError::WrongPassword {
             location: location.clone(),
             damaged,
         })?;

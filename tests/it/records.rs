@@ -2,7 +2,8 @@
 //! complete backup without --force; --dry-run; --prune; the repository checks clean after),
 //! and every `restore create` recorded in the catalog of --state-dir (`restore list`,
 //! `restore describe` with each object's result; failures recorded; a restore without a
-//! usable state directory still restores).
+//! usable state directory still restores); the opt-in unlocked-key cache (Argon2 skipped while
+//! it lives, never used when expired, altered, of another password or of a removed key).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -219,4 +220,113 @@ fn every_restore_is_recorded_with_its_objects_results() {
         .arg(d.join("out2"))));
     assert!(r.stderr.contains("not recorded"), "{}", r.stderr);
     assert!(d.join("out2").read_dir().unwrap().next().is_some());
+}
+
+/// `lifeboat snapshots` (its debug lines on) on `repo` with password `pw` and the unlocked-key cache in
+/// `cache` for `secs` seconds: its standard error.
+fn cached_open(repo: &Path, cache: &Path, pw: &str, secs: &str) -> crate::support::Run {
+    run(lb(repo)
+        .env("LIFEBOAT_PASSWORD", pw)
+        .env("LIFEBOAT_KEY_CACHE", secs)
+        .env("LIFEBOAT_KEY_CACHE_DIR", cache)
+        .env("LIFEBOAT_LOG", "lifeboat=debug")
+        .args(["snapshots"]))
+}
+
+const ARGON: &str = "unlocked with Argon2; kept in the key cache";
+const CACHED: &str = "unlocked with the key cache";
+
+#[test]
+fn the_key_cache_skips_argon2_until_it_expires_and_never_opens_what_it_should_not() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tmp();
+    let repo = crate::support::init_repo(d.path());
+    let cache = d.path().join("keys");
+    // Without the variable nothing is cached.
+    ok(run(lb(&repo).args(["snapshots"])));
+    assert!(!cache.exists());
+
+    // The first command pays Argon2 and keeps the key; the second takes it from the cache.
+    let first = ok(cached_open(&repo, &cache, "pw", "60"));
+    assert!(first.stderr.contains(ARGON), "{}", first.stderr);
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    assert_eq!(
+        std::fs::metadata(&files[0]).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let second = ok(cached_open(&repo, &cache, "pw", "60"));
+    assert!(second.stderr.contains(CACHED), "{}", second.stderr);
+    assert!(!second.stderr.contains(ARGON), "{}", second.stderr);
+
+    // A wrong password does not open the cached key, and still fails as wrong.
+    let wrong = cached_open(&repo, &cache, "not-pw", "60");
+    assert_ne!(wrong.code, 0);
+    assert!(!wrong.stderr.contains(CACHED), "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.to_lowercase().contains("password"),
+        "{}",
+        wrong.stderr
+    );
+
+    // An altered entry (its expiry pushed out, or its sealed bytes bent) is not used.
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let mut entry: Value = serde_json::from_str(&text).unwrap();
+    entry["expires_at"] = Value::from(entry["expires_at"].as_u64().unwrap() + 3600);
+    std::fs::write(&files[0], entry.to_string()).unwrap();
+    let altered = ok(cached_open(&repo, &cache, "pw", "60"));
+    assert!(altered.stderr.contains(ARGON), "{}", altered.stderr);
+
+    // An expired entry is removed and Argon2 runs again.
+    std::fs::remove_dir_all(&cache).unwrap();
+    let short = ok(cached_open(&repo, &cache, "pw", "1"));
+    assert!(short.stderr.contains(ARGON), "{}", short.stderr);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let expired = ok(cached_open(&repo, &cache, "pw", "60"));
+    assert!(expired.stderr.contains("expired"), "{}", expired.stderr);
+    assert!(expired.stderr.contains(ARGON), "{}", expired.stderr);
+
+    // A removed key's cached unlock opens nothing: a second password is cached, its key
+    // removed with the first password, and the second password is then refused.
+    let pw2 = d.path().join("pw2");
+    std::fs::write(&pw2, "second\n").unwrap();
+    ok(run(lb(&repo)
+        .args([
+            "repo",
+            "key",
+            "add",
+            "--insecure-fast-kdf",
+            "--new-password-file",
+        ])
+        .arg(&pw2)));
+    let second_key = ok(cached_open(&repo, &cache, "second", "60"));
+    assert!(second_key.stderr.contains(ARGON), "{}", second_key.stderr);
+    let keys = json(&ok(run(lb(&repo)
+        .env("LIFEBOAT_PASSWORD", "second")
+        .args(["repo", "key", "list", "--json"]))));
+    let id = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["current"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(run(lb(&repo).args(["repo", "key", "remove", &id])));
+    let removed = cached_open(&repo, &cache, "second", "60");
+    assert_ne!(removed.code, 0, "{}", removed.stderr);
+    assert!(!removed.stderr.contains(CACHED), "{}", removed.stderr);
+
+    // A bad value is a usage error naming the variable.
+    let bad = cached_open(&repo, &cache, "pw", "soon");
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("LIFEBOAT_KEY_CACHE"), "{}", bad.stderr);
 }
