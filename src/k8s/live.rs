@@ -360,43 +360,34 @@ impl LiveCluster {
         Ok(())
     }
 
+    /// Waits, by a watch, until CustomResourceDefinition `name` is `Established` (its
+    /// resources served), for at most `limit`. No CRD type served: nothing to wait for.
     async fn wait_established(
         &self,
         discovery: &Discovery,
         name: &str,
         limit: Duration,
     ) -> Result<(), LiveError> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        use kube::runtime::wait::{await_condition, conditions::is_crd_established};
         let gvk = GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition");
-        let Some((ar, _)) = discovery.resolve_gvk(&gvk) else {
+        if discovery.resolve_gvk(&gvk).is_none() {
             return Ok(());
-        };
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let crd = api.get_opt(name).await.map_err(|error| LiveError::Api {
-                what: format!("read CustomResourceDefinition {name}"),
-                error,
-            })?;
-            let established = crd
-                .as_ref()
-                .and_then(|c| c.data.pointer("/status/conditions"))
-                .and_then(Value::as_array)
-                .is_some_and(|cs| {
-                    cs.iter().any(|c| {
-                        c.get("type").and_then(Value::as_str) == Some("Established")
-                            && c.get("status").and_then(Value::as_str) == Some("True")
-                    })
-                });
-            if established {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(LiveError::NotEstablished {
-                    name: name.to_string(),
-                    after: limit,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        match tokio::time::timeout(limit, await_condition(api, name, is_crd_established())).await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(LiveError::Volume {
+                what: format!("CustomResourceDefinition {name}"),
+                reason: format!(
+                    "could not watch it until established (lifeboat needs `watch` on customresourcedefinitions): {e}"
+                ),
+            }),
+            Err(_) => Err(LiveError::NotEstablished {
+                name: name.to_string(),
+                after: limit,
+            }),
         }
     }
 
@@ -599,6 +590,9 @@ fn apply_failure(e: &kube::Error) -> String {
     }
 }
 
+/// How long a re-created object's old version may take to go.
+const RECREATE_WAIT: Duration = Duration::from_secs(60);
+
 async fn apply_one(
     api: &Api<DynamicObject>,
     name: &str,
@@ -615,14 +609,18 @@ async fn apply_one(
                 existing.metadata.uid,
             ));
         }
-        (Some(_), ExistingPolicy::Recreate) => {
+        (Some(existing), ExistingPolicy::Recreate) => {
             api.delete(name, &DeleteParams::foreground()).await?;
-            // Wait (bounded) until the old object is gone.
-            for _ in 0..120 {
-                if api.get_opt(name).await?.is_none() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            // Until the old object is gone (a watch; foreground deletion waits for its
+            // dependents), for at most a minute: then the apply below reports the conflict.
+            let uid = existing.metadata.uid.unwrap_or_default();
+            let gone = kube::runtime::wait::await_condition(
+                api.clone(),
+                name,
+                kube::runtime::wait::conditions::is_deleted(&uid),
+            );
+            if let Ok(Err(e)) = tokio::time::timeout(RECREATE_WAIT, gone).await {
+                tracing::warn!(object = name, "could not watch the deletion before re-creating: {e}");
             }
         }
         _ => {}

@@ -14,6 +14,7 @@ use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use serde_json::{json, Value};
 
+use super::claims::GROUP_LABEL;
 use super::{api_err, object_name, volume_snapshots, Claim, Csi, CsiSnapshot, GroupSnapshots};
 use crate::format::CopyMethod;
 use crate::k8s::LiveError;
@@ -209,7 +210,7 @@ impl Csi {
             pvcs.patch(
                 &c.name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {"lifeboat.dev/group": group}}})),
+                &Patch::Merge(json!({"metadata": {"labels": {GROUP_LABEL: group}}})),
             )
             .await
             .map_err(api_err(format!(
@@ -217,13 +218,13 @@ impl Csi {
                 c.name
             )))?;
         }
-        let obj: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": format!("{GROUP_API}/{}", class.version), "kind": "VolumeGroupSnapshot",
-            "metadata": {"name": group, "namespace": ns,
-                "labels": {"app.kubernetes.io/managed-by": "lifeboat", "lifeboat.dev/backup": backup}},
-            "spec": {"volumeGroupSnapshotClassName": class.name,
-                "source": {"selector": {"matchLabels": {"lifeboat.dev/group": group}}}}}))
-        .expect("a VolumeGroupSnapshot");
+        let obj = super::claims::volume_group_snapshot(
+            ns,
+            &group,
+            &format!("{GROUP_API}/{}", class.version),
+            &class.name,
+            backup,
+        );
         let api = Api::<DynamicObject>::namespaced_with(
             self.client.clone(),
             ns,

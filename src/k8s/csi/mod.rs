@@ -43,16 +43,18 @@ use crate::format::CopyMethod;
 use crate::k8s::LiveError;
 
 mod bases;
+mod claims;
 mod group;
 mod pod;
 mod site;
 
 use bases::{snapshot_contents, DeltaMount};
 pub use bases::{MetadataService, CBT_TOKEN_DIR};
+pub use claims::ClaimMode;
 pub use group::{
     default_group_class, group_members, DEFAULT_GROUP_CLASS, GROUP_API, GROUP_VERSIONS,
 };
-pub use pod::{parse_label, parse_toleration, PodSettings, NONROOT, SCRATCH_DIR};
+pub use pod::{parse_label, parse_quantity, parse_toleration, PodSettings, NONROOT, SCRATCH_DIR};
 pub use site::{
     quantity_bytes, AppliedClaim, StandbyClaim, VerifyTarget, JOURNAL_CLAIM, JOURNAL_DIR,
     STANDBY_SNAPSHOT,
@@ -132,8 +134,7 @@ pub struct Claim {
     pub storage_class: Option<String>,
     /// `spec.resources.requests.storage`, e.g. `10Gi`.
     pub size: String,
-    /// `Block` or `Filesystem`.
-    pub volume_mode: String,
+    pub volume_mode: ClaimMode,
     /// The PersistentVolume it is bound to (`spec.volumeName`).
     pub volume: Option<String>,
 }
@@ -146,7 +147,7 @@ pub fn claim_of(v: &Value) -> Option<Claim> {
         name: s("/metadata/name")?,
         storage_class: s("/spec/storageClassName"),
         size: s("/status/capacity/storage").or_else(|| s("/spec/resources/requests/storage"))?,
-        volume_mode: s("/spec/volumeMode").unwrap_or_else(|| "Filesystem".into()),
+        volume_mode: ClaimMode::of(s("/spec/volumeMode").as_deref()),
         volume: s("/spec/volumeName"),
     })
 }
@@ -256,11 +257,8 @@ impl Csi {
                 == Some("lifeboat")
         });
         if found.is_none() {
-            let obj = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": ns, "labels": {"app.kubernetes.io/managed-by": "lifeboat"}}}))
-            .expect("a Namespace");
             namespaces
-                .create(&PostParams::default(), &obj)
+                .create(&PostParams::default(), &claims::namespace(ns))
                 .await
                 .map_err(api_err(format!("create Namespace {ns}")))?;
             tracing::info!(
@@ -283,13 +281,8 @@ impl Csi {
                     reason: "is missing: the mover Jobs read the repository settings from it; create it (deploy/mover-secret.yaml)".into(),
                 });
             };
-            let obj = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": name, "namespace": ns,
-                    "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
-                "type": "Opaque", "stringData": data}))
-            .expect("a Secret");
             secrets
-                .create(&PostParams::default(), &obj)
+                .create(&PostParams::default(), &claims::movers_secret(ns, name, data))
                 .await
                 .map_err(api_err(format!("create Secret {ns}/{name}")))?;
             tracing::info!(namespace = ns, secret = %name, "wrote this process's repository settings into the movers' Secret");
@@ -406,16 +399,13 @@ impl Csi {
         let first_single = out.len();
         for c in singles {
             let name = object_name("lifeboat", &[backup, &c.name]);
-            let mut spec = json!({"source": {"persistentVolumeClaimName": c.name}});
-            if let Some(class) = &self.settings.snapshot_class {
-                spec["volumeSnapshotClassName"] = json!(class);
-            }
-            let obj: DynamicObject = serde_json::from_value(json!({
-                "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
-                "metadata": {"name": name, "namespace": c.namespace,
-                    "labels": {"app.kubernetes.io/managed-by": "lifeboat", "lifeboat.dev/backup": backup}},
-                "spec": spec}))
-            .expect("a VolumeSnapshot");
+            let obj = claims::volume_snapshot(
+                &c.namespace,
+                &name,
+                &c.name,
+                self.settings.snapshot_class.as_deref(),
+                backup,
+            );
             Api::<DynamicObject>::namespaced_with(
                 self.client.clone(),
                 &c.namespace,
@@ -514,23 +504,11 @@ impl Csi {
         like: &Claim,
         snapshot: Option<&str>,
     ) -> Result<(), LiveError> {
-        let mut spec = json!({"accessModes": ["ReadWriteOnce"], "volumeMode": "Block",
-            "resources": {"requests": {"storage": like.size}}});
-        if let Some(class) = &like.storage_class {
-            spec["storageClassName"] = json!(class);
-        }
-        if let Some(s) = snapshot {
-            spec["dataSource"] =
-                json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": s});
-        }
-        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": name, "namespace": ns,
-                "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
-            "spec": spec}))
-        .expect("a claim");
         Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
-            .create(&PostParams::default(), &pvc)
+            .create(
+                &PostParams::default(),
+                &claims::block_claim(ns, name, like, snapshot),
+            )
             .await
             .map_err(api_err(format!("create PersistentVolumeClaim {ns}/{name}")))?;
         Ok(())
@@ -685,11 +663,61 @@ impl Csi {
             .unwrap_or_default()
     }
 
+    /// Until Job `ns/job` succeeds or fails, for at most the movers' timeout. Its pod refused
+    /// at admission for good (Pod Security, an OpenShift SCC) fails the wait at once with the
+    /// refusal; any other refusal (a quota, for one, may free up) is told with the timeout.
     async fn wait_job(&self, jobs: &Api<Job>, ns: &str, job: &str) -> Result<(), LiveError> {
-        self.watch_until(&format!("Job {ns}/{job}"), jobs, job, |j| {
-            job_verdict(j, ns, job)
-        })
-        .await
+        let what = format!("Job {ns}/{job}");
+        let last = std::sync::Mutex::new(None::<String>);
+        let done = self.watch_until(&what, jobs, job, |j| job_verdict(j, ns, job));
+        let refused = self.pod_refusal(ns, job, &last);
+        let r = tokio::select! {
+            r = done => r,
+            m = refused => Err(LiveError::Volume {
+                what: what.clone(),
+                reason: format!("its pod was refused at admission: {m}; {}", refusal_fix(&m)),
+            }),
+        };
+        let last = last.lock().expect("last refusal").take();
+        match (r, last) {
+            (Err(LiveError::Volume { what, reason }), Some(m)) => Err(LiveError::Volume {
+                what,
+                reason: format!(
+                    "{reason}; its pod was not created: {m}; {}",
+                    refusal_fix(&m)
+                ),
+            }),
+            (r, _) => r,
+        }
+    }
+
+    /// Resolves with the Job controller's `FailedCreate` message once it says the Job's pod is
+    /// refused for good; keeps the newest other refusal in `last`. Never resolves when the
+    /// Events cannot be watched (the wait then ends as it would without).
+    async fn pod_refusal(&self, ns: &str, job: &str, last: &std::sync::Mutex<Option<String>>) -> String {
+        use futures::StreamExt;
+        use kube::runtime::{watcher, WatchStreamExt};
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), ns);
+        let cfg = watcher::Config::default()
+            .fields(&format!("involvedObject.kind=Job,involvedObject.name={job}"));
+        let mut stream = std::pin::pin!(watcher(events, cfg).applied_objects());
+        while let Some(e) = stream.next().await {
+            let e = match e {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::debug!(job, "cannot watch the Job's Events: {e}");
+                    break;
+                }
+            };
+            let message = e.message.unwrap_or_default();
+            match admission_refusal(e.reason.as_deref().unwrap_or(""), &message) {
+                Some(Refusal::Permanent) => return message,
+                Some(Refusal::Transient) => *last.lock().expect("last refusal") = Some(message),
+                None => {}
+            }
+        }
+        std::future::pending().await
     }
 
     async fn delete_quietly<K>(&self, api: Api<K>, name: &str)
@@ -727,7 +755,7 @@ impl Csi {
             Some(svc) => self.delta_for(s, svc).await?,
             None => None,
         };
-        if s.claim.volume_mode != "Block" {
+        if s.claim.volume_mode != ClaimMode::Block {
             self.allow_volume_mode_change(s).await?;
         }
         self.block_claim(ns, &clone, &s.claim, Some(&s.snapshot))
@@ -811,7 +839,7 @@ impl Csi {
         manifest: Option<&Value>,
     ) -> Result<Option<String>, LiveError> {
         self.prepare_namespace(ns).await?;
-        let block = like.volume_mode == "Block";
+        let block = like.volume_mode == ClaimMode::Block;
         let writer_claim = if block {
             target.to_string()
         } else {
@@ -819,22 +847,12 @@ impl Csi {
         };
         match manifest.filter(|_| block) {
             Some(m) => {
-                let mut v = m.clone();
-                if let Some(o) = v.as_object_mut() {
-                    o.remove("status");
-                }
-                if let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut) {
-                    for k in ["volumeName", "dataSource", "dataSourceRef"] {
-                        spec.remove(k);
-                    }
-                }
-                v["metadata"]["namespace"] = json!(ns);
-                v["metadata"]["name"] = json!(target);
-                let pvc: PersistentVolumeClaim =
-                    serde_json::from_value(v).map_err(|e| LiveError::Volume {
+                let old: PersistentVolumeClaim =
+                    serde_json::from_value(m.clone()).map_err(|e| LiveError::Volume {
                         what: format!("PersistentVolumeClaim {ns}/{target}"),
                         reason: format!("the backed-up claim is not a valid claim: {e}"),
                     })?;
+                let pvc = claims::claim_again(old, ns, target);
                 Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
                     .create(&PostParams::default(), &pvc)
                     .await
@@ -900,17 +918,8 @@ impl Csi {
         pvs.delete(&pv_name, &DeleteParams::default())
             .await
             .map_err(api_err(format!("delete PersistentVolume {pv_name}")))?;
-        let mut v = serde_json::to_value(pv).expect("serialises");
         let new_name = object_name("lifeboat-pv", &[ns, to]);
-        v["metadata"] =
-            json!({"name": new_name, "labels": {"app.kubernetes.io/managed-by": "lifeboat"}});
-        v["spec"]["volumeMode"] = json!("Filesystem");
-        v["spec"]["persistentVolumeReclaimPolicy"] = json!("Delete");
-        v["spec"]["claimRef"] = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns, "name": to});
-        if let Some(o) = v.as_object_mut() {
-            o.remove("status");
-        }
-        let pv: PersistentVolume = serde_json::from_value(v).expect("a PersistentVolume");
+        let pv = claims::second_volume(&pv, &new_name, ClaimMode::Filesystem, "Delete", ns, to);
         pvs.create(&PostParams::default(), &pv)
             .await
             .map_err(api_err(format!("create PersistentVolume {new_name}")))?;
@@ -932,6 +941,42 @@ fn snapshot_verdict(v: &Value, pointer: &str) -> Option<Result<(), String>> {
     done.then_some(Ok(()))
 }
 
+/// What a Job controller's Event says of its pod's admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Refused until the namespace or the Job changes: Pod Security, an SCC.
+    Permanent,
+    /// Refused for now: a quota, a webhook, anything else.
+    Transient,
+}
+
+/// Whether a Job's Event (`reason`, `message`) is its pod refused at admission, and for how
+/// long (pure). The Job controller reports a pod it could not create as `FailedCreate` with
+/// the API server's refusal as the message.
+fn admission_refusal(reason: &str, message: &str) -> Option<Refusal> {
+    if reason != "FailedCreate" {
+        return None;
+    }
+    let permanent = message.contains("violates PodSecurity")
+        || message.contains("unable to validate against any security context constraint");
+    Some(if permanent {
+        Refusal::Permanent
+    } else {
+        Refusal::Transient
+    })
+}
+
+/// What to change for a refused Job pod (pure).
+fn refusal_fix(message: &str) -> &'static str {
+    if message.contains("violates PodSecurity") || message.contains("security context constraint") {
+        "the Job's securityContext comes from the --mover-* options (or a BackupLocation's spec.movers): a root mover (--mover-run-as-user 0) needs Pod Security `baseline` or the SCC of deploy/openshift/scc-mover.yaml; see the README's \"Jobs on locked-down clusters\""
+    } else if message.contains("exceeded quota") || message.contains("must specify limits") {
+        "the namespace's ResourceQuota: set --mover-cpu-limit/--mover-memory-limit (and requests) within it, or raise it"
+    } else {
+        "see `kubectl get events` in the Job's namespace"
+    }
+}
+
 /// A Job's verdict: succeeded, failed, or None while it runs (pure).
 fn job_verdict(j: &Job, ns: &str, job: &str) -> Option<Result<(), String>> {
     let st = j.status.clone().unwrap_or_default();
@@ -947,6 +992,19 @@ fn job_verdict(j: &Job, ns: &str, job: &str) -> Option<Result<(), String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pod_refused_by_pod_security_or_an_scc_is_permanent_and_a_quota_is_not() {
+        let psa = r#"Error creating: pods "lifeboat-backup-x-abc" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true"#;
+        assert_eq!(admission_refusal("FailedCreate", psa), Some(Refusal::Permanent));
+        assert!(refusal_fix(psa).contains("--mover-run-as-user"));
+        let scc = r#"Error creating: pods "x" is forbidden: unable to validate against any security context constraint: [provider "restricted-v2": Forbidden]"#;
+        assert_eq!(admission_refusal("FailedCreate", scc), Some(Refusal::Permanent));
+        let quota = r#"Error creating: pods "x" is forbidden: exceeded quota: limits, requested: limits.memory=2Gi, used: limits.memory=3Gi, limited: limits.memory=4Gi"#;
+        assert_eq!(admission_refusal("FailedCreate", quota), Some(Refusal::Transient));
+        assert!(refusal_fix(quota).contains("--mover-memory-limit"));
+        assert_eq!(admission_refusal("SuccessfulCreate", "Created pod: x"), None);
+    }
 
     #[test]
     fn object_names_are_valid_and_unique() {
@@ -1017,8 +1075,8 @@ mod tests {
         let c = claims_of(&v);
         assert_eq!(c.len(), 1);
         assert_eq!(
-            (c[0].size.as_str(), c[0].volume_mode.as_str()),
-            ("2Gi", "Block")
+            (c[0].size.as_str(), c[0].volume_mode),
+            ("2Gi", ClaimMode::Block)
         );
     }
 }

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
+use super::claims::{bound_claim, second_volume, ClaimMode};
 use super::{api_err, object_name, Csi};
 use crate::format::standby::VolumeMode;
 use crate::k8s::LiveError;
@@ -177,13 +178,7 @@ impl Csi {
                 Ok(())
             }
             None => {
-                let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                    "metadata": {"name": JOURNAL_CLAIM, "namespace": ns,
-                        "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
-                    "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem",
-                        "resources": {"requests": {"storage": format!("{want}Mi")}}}}))
-                .expect("a claim");
+                let pvc = super::claims::journal_claim(ns, JOURNAL_CLAIM, want);
                 Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
                     .create(&PostParams::default(), &pvc)
                     .await
@@ -234,31 +229,14 @@ impl Csi {
             .get(pv_name)
             .await
             .map_err(api_err(format!("read PersistentVolume {pv_name}")))?;
-        let mut v = serde_json::to_value(pv).expect("serialises");
         let raw_claim = object_name("lifeboat-raw", &[ns, name]);
         let raw_pv = object_name("lifeboat-raw-pv", &[ns, name]);
-        v["metadata"] =
-            json!({"name": raw_pv, "labels": {"app.kubernetes.io/managed-by": "lifeboat"}});
-        v["spec"]["volumeMode"] = json!("Block");
         // Retained: removing this second object must never delete the volume.
-        v["spec"]["persistentVolumeReclaimPolicy"] = json!("Retain");
-        v["spec"]["claimRef"] = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns, "name": raw_claim});
-        if let Some(o) = v.as_object_mut() {
-            o.remove("status");
-        }
-        pvs.create(
-            &PostParams::default(),
-            &serde_json::from_value(v.clone()).expect("a PersistentVolume"),
-        )
-        .await
-        .map_err(api_err(format!("create PersistentVolume {raw_pv}")))?;
-        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": raw_claim, "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
-            "spec": {"accessModes": v["spec"]["accessModes"], "volumeMode": "Block", "volumeName": raw_pv,
-                "storageClassName": v["spec"]["storageClassName"],
-                "resources": {"requests": {"storage": v["spec"]["capacity"]["storage"]}}}}))
-        .expect("a claim");
+        let raw = second_volume(&pv, &raw_pv, ClaimMode::Block, "Retain", ns, &raw_claim);
+        pvs.create(&PostParams::default(), &raw)
+            .await
+            .map_err(api_err(format!("create PersistentVolume {raw_pv}")))?;
+        let pvc = bound_claim(ns, &raw_claim, &raw);
         if let Err(e) = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
             .create(&PostParams::default(), &pvc)
             .await
@@ -355,7 +333,8 @@ impl Csi {
                 });
                 break;
             };
-            let block = claim.spec.and_then(|s| s.volume_mode).as_deref() == Some("Block");
+            let block = ClaimMode::of(claim.spec.and_then(|s| s.volume_mode).as_deref())
+                == ClaimMode::Block;
             if block {
                 devices.push(c.name.clone());
                 continue;

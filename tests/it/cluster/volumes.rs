@@ -566,3 +566,56 @@ fn movers_run_under_pod_security_restricted_and_a_quota_requiring_limits() {
     primary.kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
     dr.kubectl_ok(&["delete", "namespace", &target, "--wait=false"]);
 }
+
+/// A mover Job that Pod Security refuses (a root mover in a `restricted` namespace) fails the
+/// backup at once with the refusal and its fix, not after `--mover-timeout`: the Job
+/// controller's `FailedCreate` Event is watched beside the Job. Nothing is left behind.
+#[test]
+fn a_mover_refused_by_pod_security_fails_at_once_with_the_reason() {
+    let Some(primary) = site(Role::Primary) else {
+        return;
+    };
+    let d = tmp();
+    let repo = init_repo(d.path());
+    let ns = primary.namespace("psa-root");
+    restricted_with_quota(primary, &ns);
+    claims(primary, &ns);
+    mover_secret(primary, &ns, &repo);
+    // A timeout far beyond what the test would wait: a refusal told only by the timeout
+    // would hang here instead of failing the assertions below.
+    let r = run(primary.lifeboat(&repo).args([
+        "backup",
+        "create",
+        "psa-root-1",
+        "-n",
+        &ns,
+        "--mover-run-as-user",
+        "0",
+        "--mover-timeout",
+        "20m",
+    ]));
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("refused at admission")
+            && r.stderr.contains("violates PodSecurity")
+            && r.stderr.contains("--mover-run-as-user 0"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("not done within"), "{}", r.stderr);
+    let left = primary.kubectl_ok(&["-n", &ns, "get", "jobs,pvc", "-o", "name"]);
+    assert!(!left.contains("lifeboat-"), "Jobs and clones removed: {left}");
+    // A bad quantity is refused before anything is made.
+    let bad = run(primary.lifeboat(&repo).args([
+        "backup",
+        "create",
+        "psa-root-2",
+        "-n",
+        &ns,
+        "--mover-memory-limit",
+        "2GB",
+    ]));
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("not a resource quantity"), "{}", bad.stderr);
+    primary.kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
+}
