@@ -282,16 +282,16 @@ pub struct MoverArgs {
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = crate::hooks::parse_duration)]
     mover_timeout: Duration,
     /// CPU request of the mover Jobs' pods ("" for none).
-    #[arg(long, value_name = "QUANTITY", default_value = "250m")]
+    #[arg(long, value_name = "QUANTITY", default_value = "250m", value_parser = crate::k8s::csi::parse_quantity)]
     mover_cpu_request: String,
     /// Memory request of the mover Jobs' pods ("" for none).
-    #[arg(long, value_name = "QUANTITY", default_value = "256Mi")]
+    #[arg(long, value_name = "QUANTITY", default_value = "256Mi", value_parser = crate::k8s::csi::parse_quantity)]
     mover_memory_request: String,
     /// CPU limit of the mover Jobs' pods ("" for none; a ResourceQuota on limits needs one).
-    #[arg(long, value_name = "QUANTITY", default_value = "2")]
+    #[arg(long, value_name = "QUANTITY", default_value = "2", value_parser = crate::k8s::csi::parse_quantity)]
     mover_cpu_limit: String,
     /// Memory limit of the mover Jobs' pods ("" for none; a ResourceQuota on limits needs one).
-    #[arg(long, value_name = "QUANTITY", default_value = "2Gi")]
+    #[arg(long, value_name = "QUANTITY", default_value = "2Gi", value_parser = crate::k8s::csi::parse_quantity)]
     mover_memory_limit: String,
     /// Node selector of the mover Jobs' pods (repeatable).
     #[arg(long, value_name = "KEY=VALUE", value_parser = crate::k8s::csi::parse_label)]
@@ -299,7 +299,7 @@ pub struct MoverArgs {
     /// Toleration of the mover Jobs' pods, in taint syntax KEY[=VALUE][:EFFECT] (repeatable).
     #[arg(long, value_name = "TOLERATION", value_parser = crate::k8s::csi::parse_toleration)]
     mover_toleration: Vec<k8s_openapi::api::core::v1::Toleration>,
-    /// User the movers run as; 0 (root) leaves Pod Security `restricted` (see README, "Mover pods").
+    /// User the movers run as; 0 (root) leaves Pod Security `restricted` (README: "Jobs on locked-down clusters").
     #[arg(long, value_name = "UID", default_value_t = crate::k8s::csi::NONROOT)]
     mover_run_as_user: i64,
     /// Group the movers run as.

@@ -138,6 +138,7 @@ async fn open_spec(
         ..op.options.movers.clone()
     };
     if let Some(m) = &spec.movers {
+        check_quantities(m)?;
         movers.pod = mover_pod(m, movers.pod);
     }
     if let Some((f, repo)) = op.repos.lock().expect("repos").get(name) {
@@ -349,6 +350,23 @@ pub async fn controller(op: Arc<Operator>, stop: CancellationToken) {
     super::drive(c, reconcile, op, stop).await;
 }
 
+/// `spec.movers`' requests and limits are quantities, or a status condition names the field
+/// (pure).
+pub fn check_quantities(m: &crate::crd::MoverPodSpec) -> Result<(), Unusable> {
+    for (field, v) in [
+        ("cpuRequest", &m.cpu_request),
+        ("memoryRequest", &m.memory_request),
+        ("cpuLimit", &m.cpu_limit),
+        ("memoryLimit", &m.memory_limit),
+    ] {
+        if let Some(v) = v {
+            crate::k8s::csi::parse_quantity(v)
+                .map_err(|e| ("InvalidSpec", format!("spec.movers.{field}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
 /// The controller's Job pod settings with what a BackupLocation's `spec.movers` sets (pure).
 pub fn mover_pod(
     m: &crate::crd::MoverPodSpec,
@@ -373,5 +391,27 @@ pub fn mover_pod(
             .supplemental_groups
             .clone()
             .unwrap_or(base.supplemental_groups),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mover_quantity_that_is_not_one_names_its_field() {
+        let m: crate::crd::MoverPodSpec =
+            serde_json::from_value(serde_json::json!({"cpuLimit": "2", "memoryLimit": "2GB"}))
+                .unwrap();
+        let (reason, message) = check_quantities(&m).unwrap_err();
+        assert_eq!(reason, "InvalidSpec");
+        assert!(message.starts_with("spec.movers.memoryLimit: "), "{message}");
+        let ok: crate::crd::MoverPodSpec =
+            serde_json::from_value(serde_json::json!({"cpuLimit": "500m", "memoryLimit": ""}))
+                .unwrap();
+        assert!(check_quantities(&ok).is_ok());
+        let pod = mover_pod(&ok, crate::k8s::csi::PodSettings::default());
+        assert_eq!(pod.cpu_limit.as_deref(), Some("500m"));
+        assert_eq!(pod.memory_limit, None, "an empty limit is none");
     }
 }

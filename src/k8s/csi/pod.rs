@@ -122,6 +122,40 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A resource quantity as Kubernetes writes them (`250m`, `2`, `1.5Gi`, `512M`, `1e3`), or
+/// empty for none; anything else is refused here rather than by the API server at the first
+/// Job.
+pub fn parse_quantity(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Ok(String::new());
+    }
+    let body = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let digits_end = body
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(body.len());
+    let (number, suffix) = body.split_at(digits_end);
+    let number_ok = !number.is_empty()
+        && number != "."
+        && number.matches('.').count() <= 1
+        && number.chars().any(|c| c.is_ascii_digit());
+    let suffix_ok = matches!(
+        suffix,
+        "" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti"
+            | "Pi" | "Ei"
+    ) || suffix
+        .strip_prefix(['e', 'E'])
+        .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
+        .is_some_and(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_digit()));
+    if number_ok && suffix_ok && !t.starts_with('-') {
+        Ok(t.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a resource quantity: give a number with an optional suffix, e.g. 250m, 2, 512Mi, 2Gi (or \"\" for none)"
+        ))
+    }
+}
+
 /// What one Job runs: one container of the lifeboat image.
 pub struct JobPlan {
     pub namespace: String,
@@ -292,6 +326,17 @@ pub fn device(name: &str, path: &str) -> VolumeDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantities_are_checked_as_kubernetes_writes_them() {
+        for ok in ["250m", "2", "1.5Gi", "512Mi", "1e3", "0.5", "100k", "+1", ""] {
+            assert!(parse_quantity(ok).is_ok(), "{ok}");
+        }
+        for bad in ["2GB", "two", "1.2.3", "Gi", "-1", "1 Gi", "512mi", ".", "1e"] {
+            let e = parse_quantity(bad).unwrap_err();
+            assert!(e.contains("not a resource quantity"), "{bad}: {e}");
+        }
+    }
 
     fn plan() -> JobPlan {
         JobPlan {
