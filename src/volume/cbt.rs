@@ -4,8 +4,8 @@
 //! the byte ranges that differ between them, merged and checked, for the volume backup to
 //! read instead of comparing every block.
 //!
-//! It speaks the one streaming call it needs, `GetMetadataDelta`, as gRPC over HTTP/2 and TLS
-//! itself (messages in `prost`, frames here). An interrupted stream is resumed from the end of
+//! It makes the one streaming call it needs, `GetMetadataDelta`, with tonic's gRPC client
+//! (messages in `prost`, declared here, so no protoc) over a TLS connection of its own. An interrupted stream is resumed from the end of
 //! the last range received. Must not be trusted beyond that: the caller checks that the base
 //! snapshot is the one the repository's parent snapshot was read from, and whatever goes
 //! wrong here makes the caller compare hashes instead (slower, never wrong).
@@ -13,7 +13,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -125,53 +124,6 @@ pub struct DeltaResponse {
     pub volume_capacity_bytes: i64,
     #[prost(message, repeated, tag = "3")]
     pub block_metadata: Vec<BlockMetadata>,
-}
-
-/// One length-prefixed gRPC message (uncompressed).
-pub fn frame(message: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(5 + message.len());
-    b.extend_from_slice(&[0]);
-    b.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    b.extend_from_slice(message);
-    b.freeze()
-}
-
-/// Splits a byte stream into gRPC messages (pure).
-#[derive(Default)]
-pub struct Frames {
-    buf: BytesMut,
-}
-
-impl Frames {
-    pub fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
-    }
-
-    /// The next whole message, if one has arrived.
-    pub fn next_message(&mut self) -> Result<Option<Bytes>, String> {
-        if self.buf.len() < 5 {
-            return Ok(None);
-        }
-        if self.buf[0] != 0 {
-            return Err("a compressed message, though none was asked for".into());
-        }
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-        if len > MAX_MESSAGE {
-            return Err(format!(
-                "a message of {len} bytes (the limit is {MAX_MESSAGE})"
-            ));
-        }
-        if self.buf.len() < 5 + len {
-            return Ok(None);
-        }
-        self.buf.advance(5);
-        Ok(Some(self.buf.split_to(len).freeze()))
-    }
-
-    /// Bytes of an unfinished message.
-    pub fn pending(&self) -> usize {
-        self.buf.len()
-    }
 }
 
 /// Where the service is and how to talk to it.
@@ -331,17 +283,12 @@ fn tls_config(ep: &Endpoint) -> Result<rustls::ClientConfig, CbtError> {
     Ok(cfg)
 }
 
-/// One streaming call from `acc.next_offset` on, adding what arrives to `acc`.
-async fn call(ep: &Endpoint, q: &DeltaQuery, acc: &mut DeltaBuilder) -> Result<(), CbtError> {
-    let address = ep.address.clone();
-    let connect = |reason: String| CbtError::Connect {
-        address: address.clone(),
-        reason,
-    };
-    let protocol = |reason: String| CbtError::Protocol {
-        address: address.clone(),
-        reason,
-    };
+/// The TLS connection to the service (TCP, then TLS with the service's CA only), its
+/// failures told apart: unreachable, or a certificate the CA did not sign.
+async fn connect_tls(
+    ep: &Endpoint,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, CbtError> {
+    let address = &ep.address;
     let host = address
         .rsplit_once(':')
         .map(|(h, _)| h.trim_matches(['[', ']']))
@@ -349,10 +296,14 @@ async fn call(ep: &Endpoint, q: &DeltaQuery, acc: &mut DeltaBuilder) -> Result<(
     let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| CbtError::Input(format!("address `{address}`: {e}")))?;
     let cfg = tls_config(ep)?;
-    let tcp = tokio::net::TcpStream::connect(&address)
+    let connect = |reason: String| CbtError::Connect {
+        address: address.clone(),
+        reason,
+    };
+    let tcp = tokio::net::TcpStream::connect(address)
         .await
         .map_err(|e| connect(e.to_string()))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(server_name, tcp)
         .await
         .map_err(|e| match e.kind() {
@@ -361,103 +312,74 @@ async fn call(ep: &Endpoint, q: &DeltaQuery, acc: &mut DeltaBuilder) -> Result<(
                 reason: e.to_string(),
             },
             _ => connect(e.to_string()),
-        })?;
-    let (client, conn) = h2::client::handshake(tls)
+        })
+}
+
+/// A gRPC status as the call's error: one the service sent, or (a status with a source)
+/// one tonic made of a broken connection or stream, which is worth resuming.
+fn status_error(address: &str, s: tonic::Status) -> CbtError {
+    if let Some(source) = std::error::Error::source(&s) {
+        return CbtError::Connect {
+            address: address.to_string(),
+            reason: format!("stream broke: {source}"),
+        };
+    }
+    CbtError::Status {
+        code: s.code() as u32,
+        message: s.message().to_string(),
+    }
+}
+
+/// One streaming call from `acc.next_offset` on, adding what arrives to `acc`: tonic's
+/// client (HTTP/2 and gRPC framing) over the TLS connection of [`connect_tls`].
+async fn call(ep: &Endpoint, q: &DeltaQuery, acc: &mut DeltaBuilder) -> Result<(), CbtError> {
+    let address = ep.address.clone();
+    let connect = |reason: String| CbtError::Connect {
+        address: address.clone(),
+        reason,
+    };
+    let tls = connect_tls(ep).await?;
+    // The channel's one connection is the one made above (tonic's own TLS would not say a
+    // CA problem from a network one); a reconnect finds none and fails the call, which
+    // `delta` resumes on a new one.
+    let once = Arc::new(std::sync::Mutex::new(Some(hyper_util::rt::TokioIo::new(tls))));
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+        .map_err(|e| CbtError::Input(format!("address `{address}`: {e}")))?
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let io = once.lock().expect("connection slot").take();
+            async move { io.ok_or_else(|| std::io::Error::other("the call's connection is gone")) }
+        }))
         .await
         .map_err(|e| connect(format!("HTTP/2: {e}")))?;
-    let driver = tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!("SnapshotMetadata connection ended: {e}");
-        }
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    grpc.ready()
+        .await
+        .map_err(|e| connect(format!("HTTP/2: {e}")))?;
+    let request = tonic::Request::new(DeltaRequest {
+        security_token: ep.token.clone(),
+        namespace: q.namespace.clone(),
+        base_snapshot: q.base.clone(),
+        target_snapshot_name: q.target.clone(),
+        starting_offset: acc.next_offset as i64,
+        max_results: 0,
     });
-    let result = async {
-        let mut client = client.ready().await.map_err(|e| connect(e.to_string()))?;
-        let req = http::Request::builder()
-            .method("POST")
-            .uri(format!("https://{address}{DELTA_PATH}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .expect("a request");
-        let (response, mut send) = client
-            .send_request(req, false)
-            .map_err(|e| connect(e.to_string()))?;
-        let msg = DeltaRequest {
-            security_token: ep.token.clone(),
-            namespace: q.namespace.clone(),
-            base_snapshot: q.base.clone(),
-            target_snapshot_name: q.target.clone(),
-            starting_offset: acc.next_offset as i64,
-            max_results: 0,
-        };
-        send.send_data(frame(&msg.encode_to_vec()), true)
-            .map_err(|e| connect(e.to_string()))?;
-        let response = response.await.map_err(|e| connect(e.to_string()))?;
-        if response.status() != http::StatusCode::OK {
-            return Err(protocol(format!("HTTP status {}", response.status())));
-        }
-        // A "trailers-only" answer carries the status in the headers.
-        if let Some(e) = grpc_status(response.headers()) {
-            return e;
-        }
-        let mut body = response.into_body();
-        let mut frames = Frames::default();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.map_err(|e| connect(format!("stream broke: {e}")))?;
-            let _ = body.flow_control().release_capacity(chunk.len());
-            frames.push(&chunk);
-            while let Some(m) = frames.next_message().map_err(protocol)? {
-                let r = DeltaResponse::decode(m).map_err(|e| protocol(e.to_string()))?;
-                acc.add(&r).map_err(protocol)?;
-            }
-        }
-        if frames.pending() > 0 {
-            return Err(connect("stream ended inside a message".into()));
-        }
-        let trailers = body
-            .trailers()
-            .await
-            .map_err(|e| connect(format!("stream broke: {e}")))?
-            .ok_or_else(|| connect("stream ended without a status".into()))?;
-        grpc_status(&trailers).unwrap_or_else(|| Err(protocol("no grpc-status".into())))
+    let codec = tonic_prost::ProstCodec::<DeltaRequest, DeltaResponse>::default();
+    let mut stream = grpc
+        .server_streaming(request, http::uri::PathAndQuery::from_static(DELTA_PATH), codec)
+        .await
+        .map_err(|s| status_error(&address, s))?
+        .into_inner();
+    while let Some(r) = stream
+        .message()
+        .await
+        .map_err(|s| status_error(&address, s))?
+    {
+        acc.add(&r).map_err(|reason| CbtError::Protocol {
+            address: address.clone(),
+            reason,
+        })?;
     }
-    .await;
-    driver.abort();
-    result
-}
-
-/// The call's outcome from `grpc-status`/`grpc-message`, if present.
-fn grpc_status(h: &http::HeaderMap) -> Option<Result<(), CbtError>> {
-    let code: u32 = h.get("grpc-status")?.to_str().ok()?.parse().ok()?;
-    if code == 0 {
-        return Some(Ok(()));
-    }
-    let message = h
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .map(percent_decode)
-        .unwrap_or_default();
-    Some(Err(CbtError::Status { code, message }))
-}
-
-/// `grpc-message` is percent-encoded.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    Ok(())
 }
 
 #[cfg(test)]
@@ -476,30 +398,6 @@ mod tests {
                 })
                 .collect(),
         }
-    }
-
-    #[test]
-    fn frames_split_a_stream_cut_anywhere() {
-        let msgs: Vec<Vec<u8>> = vec![vec![1, 2, 3], vec![], vec![7; 300]];
-        let wire: Vec<u8> = msgs.iter().flat_map(|m| frame(m).to_vec()).collect();
-        for cut in 0..wire.len() {
-            let mut f = Frames::default();
-            let mut got = Vec::new();
-            for part in [&wire[..cut], &wire[cut..]] {
-                f.push(part);
-                while let Some(m) = f.next_message().unwrap() {
-                    got.push(m.to_vec());
-                }
-            }
-            assert_eq!(got, msgs, "cut at {cut}");
-            assert_eq!(f.pending(), 0);
-        }
-        let mut f = Frames::default();
-        f.push(&[1, 0, 0, 0, 0]);
-        assert!(f.next_message().is_err(), "compressed");
-        let mut f = Frames::default();
-        f.push(&[0, 0xff, 0xff, 0xff, 0xff]);
-        assert!(f.next_message().is_err(), "too large");
     }
 
     #[test]
@@ -556,24 +454,5 @@ mod tests {
         // require a message for an empty delta; the test cluster's plugin sends none).
         let none = DeltaBuilder::default().finish().unwrap();
         assert_eq!((none.capacity, none.ranges.len()), (None, 0));
-    }
-
-    #[test]
-    fn grpc_messages_are_percent_decoded() {
-        assert_eq!(
-            percent_decode("snapshot%20not%20found"),
-            "snapshot not found"
-        );
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        let mut h = http::HeaderMap::new();
-        h.insert("grpc-status", "9".parse().unwrap());
-        h.insert("grpc-message", "cbt%20off".parse().unwrap());
-        let e = grpc_status(&h).unwrap().unwrap_err();
-        assert!(
-            e.to_string().contains("FAILED_PRECONDITION (9): cbt off"),
-            "{e}"
-        );
-        assert!(!e.is_retryable());
     }
 }

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
+use bytes::{Buf, Bytes, BytesMut};
 use lifeboat::volume::cbt::{
-    delta, frame, BlockMetadata, CbtError, DeltaQuery, DeltaRequest, DeltaResponse, Endpoint,
-    Frames, DELTA_PATH,
+    delta, BlockMetadata, CbtError, DeltaQuery, DeltaRequest, DeltaResponse, Endpoint, DELTA_PATH,
 };
 use lifeboat::volume::diff::ByteRange;
 use prost::Message;
@@ -160,6 +160,43 @@ async fn one_call(
             trailers.insert("grpc-status", "0".parse().unwrap());
             send.send_trailers(trailers).unwrap();
         }
+    }
+}
+
+/// One length-prefixed gRPC message (uncompressed), as the fake service sends it.
+fn frame(message: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(5 + message.len());
+    b.extend_from_slice(&[0]);
+    b.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    b.extend_from_slice(message);
+    b.freeze()
+}
+
+/// Splits the request stream into gRPC messages, as the fake service reads it.
+#[derive(Default)]
+struct Frames {
+    buf: BytesMut,
+}
+
+impl Frames {
+    fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next whole message, if one has arrived.
+    fn next_message(&mut self) -> Result<Option<Bytes>, String> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        if self.buf[0] != 0 {
+            return Err("a compressed message, though none was asked for".into());
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                if self.buf.len() < 5 + len {
+            return Ok(None);
+        }
+        self.buf.advance(5);
+        Ok(Some(self.buf.split_to(len).freeze()))
     }
 }
 
@@ -416,3 +453,4 @@ fn volume_backup_reads_only_the_blocks_the_service_reports_changed() {
     assert!(std::fs::read(&restored).unwrap() == c);
     ok(run(lb(&repo).args(["repo", "check", "--read-data"])));
 }
+
