@@ -20,7 +20,7 @@ for kib in 64 128 256 512 1024; do
   size=$(du -sm "$W/r" | cut -f1)
   "$LB" demo-data mutate "$W/img" --seed 2 --ranges-out "$W/ranges.json"
   inc=$(/usr/bin/time -f '%e' -o "$W/t" "$LB" --repo "$W/r" --no-cache --json volume backup --name v --changed-ranges "$W/ranges.json" "$W/img")
-  read -r up rd < <(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(round(d['bytes_uploaded']/2**20,1), round(d['bytes_read']/2**20,1))" "$inc")
+  read -r up rd < <(python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(round(d['uploaded_bytes']/2**20,1), round(d['read_bytes']/2**20,1))" "$inc")
   hc=$(t "$LB" --repo "$W/r" --no-cache volume backup --name v "$W/img")
   rm -f /dev/shm/lifeboat-chunk-out.img
   rs=$(t "$LB" --repo "$W/r" --no-cache volume restore v:latest /dev/shm/lifeboat-chunk-out.img)

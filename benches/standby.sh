@@ -49,7 +49,7 @@ cp -a "$SHM/dr" "$SHM/dr-one"; cp -a "$SHM/state" "$SHM/state-one"
 "$LB" demo-data mutate "$VOL" --fraction 0.01 --extent-kib 64 --seed 2 --ranges-out "$WORK/ranges.json" > /dev/null
 lb backup create two -n db --schedule s --cluster-dir "$P" > /dev/null
 restic --repo "$WORK/restic" backup -q "$VOL"
-SNAP=$(lb backup describe two --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["backup"]["volumes"][0]["snapshot"])')
+SNAP=$(lb backup describe two --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["volumes"][0]["snapshot_id"])')
 
 now() { date +%s.%N; }
 : > "$WORK/times.tsv"
@@ -76,5 +76,5 @@ print(f"| lifeboat standby, next backup (block-map difference) | {delta:.2f} | 1
 print(f"| lifeboat full restore of the same snapshot | {full:.2f} | {full/delta:.2f}x |")
 print(f"| restic restore of the same data | {restic:.2f} | {restic/delta:.2f}x |")
 print()
-print(f"standby mode {v['mode']}: {v['blocks_changed']} blocks changed, fetched {mib(v['bytes_fetched']):.1f} MiB, wrote {mib(v['bytes_written']):.1f} MiB of a {size} MiB volume")
+print(f"standby mode {v['mode']}: {v['blocks_changed']} blocks changed, fetched {mib(v['fetched_bytes']):.1f} MiB, wrote {mib(v['written_bytes']):.1f} MiB of a {size} MiB volume")
 PY

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::app::record::AppBackupError;
@@ -16,7 +16,9 @@ use crate::k8s::source::Outcome;
 /// A restore's id: the backup's name and the UTC start to the second
 /// (`pg-nightly-20260102T030405`), with `-2`, `-3`... for restores of one backup started in
 /// the same second.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct RestoreId(pub String);
 
@@ -57,7 +59,7 @@ impl std::fmt::Display for RestoreId {
 macro_rules! named {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
         pub enum $name { $($(#[$vm])* #[serde(rename = $s)] $v),+ }
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$v),+];
@@ -123,7 +125,7 @@ impl From<Outcome> for ObjectAction {
 }
 
 /// One object's (or volume's) result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ObjectResult {
     /// `Kind/namespace/name` on the target.
     pub object: String,
@@ -131,22 +133,15 @@ pub struct ObjectResult {
     pub message: String,
 }
 
-/// RFC 3339 in UTC, to the millisecond.
+/// RFC 3339 in UTC, to the millisecond, fixed width ([`crate::util::timestamp`]): as the
+/// catalog keeps it, so its text sorts as the time.
 pub fn rfc3339_ms(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    let t = t
-        .replace_nanosecond(t.nanosecond() / 1_000_000 * 1_000_000)
-        .expect("in range");
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    crate::util::timestamp(t)
 }
 
-fn ms<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&rfc3339_ms(*t))
-}
-
-/// The record of one `restore create`.
-#[derive(Debug, Clone, Serialize)]
+/// The record of one `restore create` (`restore describe --json`; each row of `restore list
+/// --json`, without `results`).
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RestoreRecord {
     pub id: RestoreId,
     /// `--from-backup` as given.
@@ -159,9 +154,11 @@ pub struct RestoreRecord {
     pub options: BTreeMap<String, String>,
     pub status: RestoreStatus,
     pub error: Option<String>,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "crate::util::serialize_timestamp")]
+    #[schemars(with = "String")]
     pub started_at: OffsetDateTime,
-    #[serde(serialize_with = "ms")]
+    #[serde(serialize_with = "crate::util::serialize_timestamp")]
+    #[schemars(with = "String")]
     pub ended_at: OffsetDateTime,
     pub duration_seconds: f64,
     /// Results (objects and volumes) listed; the counts are of them.
@@ -356,8 +353,8 @@ mod tests {
         assert_eq!(r.duration_seconds, 1.5);
         assert_eq!(r.results[2].message, "not restored: never restored");
         let v = serde_json::to_value(&r).unwrap();
-        assert_eq!(v["started_at"], "2026-09-21T14:13:20Z");
-        assert_eq!(v["ended_at"], "2026-09-21T14:13:21.5Z");
+        assert_eq!(v["started_at"], "2026-09-21T14:13:20.000Z");
+        assert_eq!(v["ended_at"], "2026-09-21T14:13:21.500Z");
         assert_eq!(v["status"], "partially-failed");
 
         let all_failed = RestoreReport::Applied {

@@ -35,7 +35,19 @@ pub struct Candidate {
 
 /// Why a backup is kept. Declared in the alphabetical order of the serde names, so a set of
 /// reasons lists them as it did when they were strings (`forget --json`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub enum KeepReason {
     #[serde(rename = "daily")]
     Daily,
@@ -242,7 +254,7 @@ pub fn choose_rules(
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct ForgetReport {
     pub backups_removed: usize,
     pub snapshots_removed: usize,

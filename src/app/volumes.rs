@@ -274,7 +274,7 @@ pub async fn restore_volumes_to_dir(
                 detail: format!(
                     "volume data: {} ({} bytes written)",
                     path.display(),
-                    stats.bytes_written
+                    stats.written_bytes
                 ),
             },
             Err(e) => {

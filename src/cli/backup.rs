@@ -276,10 +276,178 @@ async fn list(ctx: &Ctx<'_>) -> Result<(), Error> {
     Ok(())
 }
 
+/// `backup describe --json`: a backup record as output, complete, in the output vocabulary
+/// (the stored record keeps its own names and nanosecond times).
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct BackupDescription {
+    /// The backup's id (hex).
+    pub id: String,
+    pub name: String,
+    /// When the backup started (RFC 3339, UTC, milliseconds).
+    pub started_at: String,
+    /// How the scope was read (a live cluster, a cluster directory).
+    pub source: String,
+    /// The schedule that made it (none: made by hand).
+    pub schedule: Option<String>,
+    pub status: BackupStatus,
+    /// Objects as exported plus the volumes' logical sizes.
+    pub size_bytes: u64,
+    /// None: a record older than the field.
+    pub duration_seconds: Option<f64>,
+    /// The namespaces backed up.
+    pub namespaces: Vec<String>,
+    /// The label selector given (empty: none).
+    pub selector: String,
+    /// `--include-objects` items, then `--include-resources` names.
+    pub include_resources: Vec<String>,
+    /// `--exclude-resources` names.
+    pub exclude_resources: Vec<String>,
+    /// The objects captured.
+    pub objects: Vec<DescribedObject>,
+    /// Each claim's data: one volume snapshot each.
+    pub volumes: Vec<DescribedVolume>,
+    /// What each pre and post rule action did, per pod, in start order.
+    pub rules: Vec<DescribedAction>,
+    /// What could not be captured; a backup with any is partially failed.
+    pub failures: Vec<DescribedFailure>,
+    /// What did not fail the backup but weakens it.
+    pub warnings: Vec<String>,
+    /// The version of lifeboat that wrote it.
+    pub program_version: String,
+    /// The record's format version.
+    pub format_version: u32,
+}
+
+/// One object of a backup.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct DescribedObject {
+    pub api_version: String,
+    pub kind: String,
+    /// None: cluster-scoped.
+    pub namespace: Option<String>,
+    pub name: String,
+    /// The blob holding it as exported (hex).
+    pub blob_id: String,
+    /// Its size as exported.
+    pub size_bytes: u64,
+}
+
+/// One claim's data in a backup.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct DescribedVolume {
+    pub namespace: String,
+    pub pvc: String,
+    /// The volume snapshot holding the data (hex).
+    pub snapshot_id: String,
+    pub size_bytes: u64,
+    /// How the point-in-time copy was taken.
+    pub method: crate::format::CopyMethod,
+}
+
+/// What one rule action did in one pod.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct DescribedAction {
+    pub phase: crate::format::RulePhase,
+    /// The Rule object's name.
+    pub rule: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub command: String,
+    pub background: bool,
+    pub started_at: String,
+    pub ended_at: String,
+    pub duration_seconds: f64,
+    pub outcome: crate::format::ActionOutcome,
+    pub exit_code: Option<i32>,
+    /// The last few KiB of its stdout and stderr.
+    pub output_tail: String,
+}
+
+/// One part of the scope a backup could not capture.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct DescribedFailure {
+    /// What was attempted, e.g. `list secrets in namespace pg`.
+    pub what: String,
+    pub reason: String,
+}
+
+impl BackupDescription {
+    pub fn of(id: &crate::format::BackupId, b: &crate::format::AppBackup) -> BackupDescription {
+        BackupDescription {
+            id: id.to_hex(),
+            name: b.name.clone(),
+            started_at: rfc3339(b.time),
+            source: b.source.clone(),
+            schedule: b.schedule.clone(),
+            status: BackupStatus::of(b),
+            size_bytes: record::logical_size(b),
+            duration_seconds: b.duration_seconds,
+            namespaces: b.filters.namespaces.clone(),
+            selector: b.filters.selector.clone(),
+            include_resources: b.filters.include_resources.clone(),
+            exclude_resources: b.filters.exclude_resource_types.clone(),
+            objects: b
+                .objects
+                .iter()
+                .map(|o| DescribedObject {
+                    api_version: o.api_version.clone(),
+                    kind: o.kind.clone(),
+                    namespace: o.namespace.clone(),
+                    name: o.name.clone(),
+                    blob_id: o.blob.to_hex(),
+                    size_bytes: o.size.into(),
+                })
+                .collect(),
+            volumes: b
+                .volumes
+                .iter()
+                .map(|v| DescribedVolume {
+                    namespace: v.namespace.clone(),
+                    pvc: v.pvc.clone(),
+                    snapshot_id: v.snapshot.to_hex(),
+                    size_bytes: v.size,
+                    method: v.method,
+                })
+                .collect(),
+            rules: b
+                .rules
+                .iter()
+                .map(|r| DescribedAction {
+                    phase: r.phase,
+                    rule: r.rule.clone(),
+                    namespace: r.namespace.clone(),
+                    pod: r.pod.clone(),
+                    container: r.container.clone(),
+                    command: r.command.clone(),
+                    background: r.background,
+                    started_at: rfc3339(r.started),
+                    ended_at: rfc3339(r.ended),
+                    duration_seconds: (r.ended - r.started).as_seconds_f64().max(0.0),
+                    outcome: r.outcome,
+                    exit_code: r.exit_code,
+                    output_tail: r.output_tail.clone(),
+                })
+                .collect(),
+            failures: b
+                .failures
+                .iter()
+                .map(|f| DescribedFailure {
+                    what: f.what.clone(),
+                    reason: f.reason.clone(),
+                })
+                .collect(),
+            warnings: b.warnings.clone(),
+            program_version: b.program_version.clone(),
+            format_version: b.version,
+        }
+    }
+}
+
 async fn describe(ctx: &Ctx<'_>, name: &str) -> Result<(), Error> {
     let repo = ctx.open().await?;
     let (id, b) = record::find_backup(&repo, name).await?;
-    ctx.emit(&serde_json::json!({"id": id, "backup": b}), || {
+    ctx.emit(&BackupDescription::of(&id, &b), || {
         let mut out = format!(
             "backup {} ({})\nstatus: {}\nsize: {}\nduration: {}\ntime: {}\nsource: {}\nnamespaces: {}\nselector: {}\nobjects: {}",
             b.name,
@@ -374,15 +542,41 @@ async fn delete(ctx: &Ctx<'_>, a: &BackupDeleteArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// `backup delete --json`: snake_case, sizes in bytes.
-fn delete_json(r: &crate::app::delete::DeleteReport) -> serde_json::Value {
-    serde_json::json!({
-        "id": r.id, "name": r.name, "schedule": r.schedule, "time": rfc3339(r.time),
-        "dry_run": r.dry_run, "newest_complete": r.newest_complete,
-        "backups_removed": r.forgot.as_ref().map_or(0, |f| f.backups_removed),
-        "snapshots_removed": r.forgot.as_ref().map_or(0, |f| f.snapshots_removed),
-        "pruned": r.prune.is_some(), "bytes_freed": r.bytes_freed(), "prune": r.prune,
-    })
+/// `backup delete --json`.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct DeleteOutput {
+    /// The backup's id (hex).
+    pub id: String,
+    pub name: String,
+    pub schedule: Option<String>,
+    /// When the backup started (RFC 3339, UTC, milliseconds).
+    pub started_at: String,
+    pub dry_run: bool,
+    /// It was the newest complete backup of its schedule (deleted with --force).
+    pub newest_complete: bool,
+    pub backups_removed: usize,
+    pub snapshots_removed: usize,
+    /// Whether prune ran (`--prune`, not a dry run).
+    pub pruned: bool,
+    /// What prune gave back (None: it did not run).
+    pub freed_bytes: Option<u64>,
+    pub prune: Option<crate::repository::PruneReport>,
+}
+
+fn delete_json(r: &crate::app::delete::DeleteReport) -> DeleteOutput {
+    DeleteOutput {
+        id: r.id.to_hex(),
+        name: r.name.clone(),
+        schedule: r.schedule.clone(),
+        started_at: rfc3339(r.time),
+        dry_run: r.dry_run,
+        newest_complete: r.newest_complete,
+        backups_removed: r.forgot.as_ref().map_or(0, |f| f.backups_removed),
+        snapshots_removed: r.forgot.as_ref().map_or(0, |f| f.snapshots_removed),
+        pruned: r.prune.is_some(),
+        freed_bytes: r.bytes_freed(),
+        prune: r.prune.clone(),
+    }
 }
 
 fn delete_text(r: &crate::app::delete::DeleteReport) -> String {

@@ -185,8 +185,8 @@ fn devices_text(reports: &[VolumeReport]) -> String {
                 v.pvc,
                 v.mode,
                 &v.snapshot[..8.min(v.snapshot.len())],
-                human(v.bytes_fetched),
-                human(v.bytes_written)
+                human(v.fetched_bytes),
+                human(v.written_bytes)
             )
         })
         .collect::<Vec<_>>()
@@ -246,8 +246,8 @@ fn emit_cycle(ctx: &Ctx<'_>, reports: &[NamespaceReport]) {
                     v.pvc,
                     v.mode,
                     v.blocks_changed,
-                    human(v.bytes_fetched),
-                    human(v.bytes_written)
+                    human(v.fetched_bytes),
+                    human(v.written_bytes)
                 ));
             }
         }

@@ -863,6 +863,41 @@ pub fn output_schemas() -> Vec<(&'static str, String)> {
             "standby-status.schema.json",
             text::<Vec<crate::standby::StatusRow>>(),
         ),
+        (
+            "backup-describe.schema.json",
+            text::<backup::BackupDescription>(),
+        ),
+        ("backup-delete.schema.json", text::<backup::DeleteOutput>()),
+        (
+            "restore-list.schema.json",
+            text::<Vec<crate::app::restore_record::RestoreRecord>>(),
+        ),
+        (
+            "restore-describe.schema.json",
+            text::<crate::app::restore_record::RestoreRecord>(),
+        ),
+        (
+            "volume-backup.schema.json",
+            text::<crate::volume::backup::BackupReport>(),
+        ),
+        (
+            "volume-restore.schema.json",
+            text::<crate::volume::restore::RestoreStats>(),
+        ),
+        ("forget.schema.json", text::<ops::ForgetOutput>()),
+        (
+            "prune.schema.json",
+            text::<crate::repository::PruneReport>(),
+        ),
+        (
+            "standby-cycle.schema.json",
+            text::<Vec<crate::standby::NamespaceReport>>(),
+        ),
+        (
+            "standby-apply-devices.schema.json",
+            text::<Vec<crate::standby::VolumeReport>>(),
+        ),
+        ("drill.schema.json", text::<crate::standby::DrillReport>()),
         ("error.schema.json", text::<ErrorOutput>()),
     ]
 }

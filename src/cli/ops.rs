@@ -300,6 +300,29 @@ pub(super) async fn catalog(ctx: &Ctx<'_>, cmd: &CatalogCommand) -> Result<(), E
     Ok(())
 }
 
+/// `forget --json`: each backup's fate, then what was removed.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct ForgetOutput {
+    pub dry_run: bool,
+    /// Every backup the rules looked at.
+    pub decisions: Vec<ForgetDecision>,
+    /// What was removed (None: a dry run).
+    pub removed: Option<crate::app::retention::ForgetReport>,
+}
+
+/// One backup's fate.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct ForgetDecision {
+    /// The backup's id (hex).
+    pub id: String,
+    pub name: String,
+    pub schedule: Option<String>,
+    /// When the backup started (RFC 3339, UTC, milliseconds).
+    pub started_at: String,
+    /// Why it is kept; empty: it is removed.
+    pub kept_by: Vec<crate::app::retention::KeepReason>,
+}
+
 pub(super) async fn forget(ctx: &Ctx<'_>, a: &ForgetArgs) -> Result<(), Error> {
     let flags = Retain {
         last: a.keep_last,
@@ -340,7 +363,21 @@ pub(super) async fn forget(ctx: &Ctx<'_>, a: &ForgetArgs) -> Result<(), Error> {
             let _ = blocking(&catalog, move |c| c.remove_backups(&gone)).await;
         }
     }
-    ctx.emit(&serde_json::json!({"dry_run": a.dry_run, "decisions": decisions, "removed": report}), || {
+    let out = ForgetOutput {
+        dry_run: a.dry_run,
+        decisions: decisions
+            .iter()
+            .map(|d| ForgetDecision {
+                id: d.id.to_hex(),
+                name: d.name.clone(),
+                schedule: d.schedule.clone(),
+                started_at: rfc3339(d.time),
+                kept_by: d.kept_by.clone(),
+            })
+            .collect(),
+        removed: report.clone(),
+    };
+    ctx.emit(&out, || {
         let mut out = super::table(
             &["ACTION", "STARTED", "NAME", "KEPT BY"],
             &[],

@@ -256,10 +256,10 @@ async fn restore(
             snap.name,
             stats.target,
             stats.mode,
-            human(stats.bytes_written),
+            human(stats.written_bytes),
             stats.blocks_written,
             stats.blocks_unchanged,
-            human(stats.bytes_fetched),
+            human(stats.fetched_bytes),
             stats.duration_seconds
         )
     });
@@ -353,8 +353,8 @@ pub struct SnapshotListing {
     pub hostname: String,
     /// The file or device it was read from.
     pub source: String,
-    /// How the changed blocks were found: `full`, `hash-compare` or `changed-ranges`.
-    pub change_source: String,
+    /// How the changed blocks were found.
+    pub change_source: crate::format::ChangeSource,
     pub read_bytes: u64,
     pub new_bytes: u64,
     pub uploaded_bytes: u64,
@@ -376,7 +376,7 @@ pub(super) async fn snapshots(ctx: &Ctx<'_>) -> Result<(), Error> {
             parent_id: s.parent.map(|p| p.to_hex()),
             hostname: s.hostname.clone(),
             source: s.source.clone(),
-            change_source: s.change_source.to_string(),
+            change_source: s.change_source,
             read_bytes: s.stats.bytes_read,
             new_bytes: s.stats.bytes_new,
             uploaded_bytes: s.stats.bytes_uploaded,

@@ -340,7 +340,7 @@ pub struct Snapshot {
 }
 
 /// How a volume backup found the blocks that changed since its parent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ChangeSource {
     /// No parent (or `--full`): every block read.
@@ -529,7 +529,7 @@ pub struct BackedUpVolume {
 }
 
 /// How a volume's point-in-time copy was taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum CopyMethod {
     /// A reflink of the volume file (FICLONE), in constant time.
@@ -583,7 +583,7 @@ pub struct ActionRecord {
 }
 
 /// Which phase of a backup a rule action ran in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RulePhase {
     /// Before the snapshots, inside the barrier.
@@ -602,7 +602,7 @@ impl RulePhase {
 }
 
 /// How one rule action ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ActionOutcome {
     Succeeded,

@@ -133,7 +133,9 @@ pub struct CommitMarker {
 
 /// What applying one volume was: its report's `mode`, also in a standby Job's per-claim
 /// report (`lifeboat standby apply-devices --report-file`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum VolumeMode {
     /// Written whole (new to the site, or of unknown content).

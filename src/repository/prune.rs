@@ -35,7 +35,8 @@ impl Default for PruneOptions {
     }
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+/// What a prune did (`prune --json`, `backup delete --prune --json`).
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
 pub struct PruneReport {
     pub dry_run: bool,
     pub snapshots: usize,
@@ -48,7 +49,11 @@ pub struct PruneReport {
     pub packs_written: u64,
     /// Packs in the store that no index listed (left by interrupted backups).
     pub packs_unindexed: usize,
+    /// The packs' size before.
+    #[serde(rename = "before_bytes")]
     pub bytes_before: u64,
+    /// The packs' size after.
+    #[serde(rename = "after_bytes")]
     pub bytes_after: u64,
     pub index_files_replaced: usize,
 }

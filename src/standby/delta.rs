@@ -214,8 +214,8 @@ async fn stage_new(
         &ProgressBar::hidden(),
     )
     .await?;
-    report.bytes_fetched = stats.bytes_fetched;
-    report.bytes_written = stats.bytes_written;
+    report.fetched_bytes = stats.fetched_bytes;
+    report.written_bytes = stats.written_bytes;
     report.blocks_changed = stats.blocks_written;
     Ok(staged)
 }
@@ -282,7 +282,7 @@ impl<'a> Journaling<'a> {
                     let off = b * chunk;
                     let len = ((b + 1) * chunk).min(snap.size) - off;
                     zeros.push((off, len as u32));
-                    report.bytes_written += len;
+                    report.written_bytes += len;
                 }
                 BlockRef::Blob(id) => needed.push((b, id)),
             }
@@ -320,8 +320,8 @@ impl<'a> Journaling<'a> {
             }
             let Some(r) = fetches.next().await else { break };
             let (fetched, written) = r?;
-            report.bytes_fetched += fetched;
-            report.bytes_written += written;
+            report.fetched_bytes += fetched;
+            report.written_bytes += written;
         }
         Ok(())
     }

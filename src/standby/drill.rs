@@ -31,13 +31,19 @@ use crate::util::blocking;
 /// How long one apply of the drill's objects may take.
 const APPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// `drill`: what the scratch restore proved.
-#[derive(Debug, Clone, Serialize)]
+/// `drill`: what the scratch restore proved (`drill --json`).
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct DrillReport {
+    /// The backup drilled (its name).
     pub backup: String,
+    /// The namespace, as backed up.
     pub namespace: String,
+    /// The scratch namespace it was restored into.
     pub into: String,
+    /// When the backup started (RFC 3339, UTC, milliseconds; as `standby status` names a
+    /// backup's time).
     #[serde(serialize_with = "crate::util::serialize_timestamp")]
+    #[schemars(with = "String")]
     pub backup_time: OffsetDateTime,
     pub objects_restored: usize,
     pub objects_verified: usize,
@@ -48,6 +54,7 @@ pub struct DrillReport {
     pub rto_seconds: f64,
     /// How old the data was: backup time to the drill's start.
     pub rpo_seconds: f64,
+    /// The scratch namespace was removed after the report (`--remove`).
     pub removed: bool,
 }
 
@@ -74,12 +81,14 @@ impl DrillReport {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+/// One claim of a drill, checked block by block against its snapshot.
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct DrillVolume {
     pub pvc: String,
     pub snapshot_id: String,
     pub size_bytes: u64,
     pub blocks_verified: u64,
+    /// Every block (and the size) is the snapshot's.
     pub verified: bool,
 }
 

@@ -241,8 +241,8 @@ impl LiveNamespace<'_> {
                 if let Some(r) = reports.iter_mut().find(|r| r.pvc == a.pvc) {
                     r.mode = a.mode;
                     r.blocks_changed = a.blocks_changed;
-                    r.bytes_fetched = a.bytes_fetched;
-                    r.bytes_written = a.bytes_written;
+                    r.fetched_bytes = a.fetched_bytes;
+                    r.written_bytes = a.written_bytes;
                 }
             }
         }
@@ -366,8 +366,8 @@ impl From<&VolumeReport> for AppliedClaim {
             pvc: v.pvc.clone(),
             mode: v.mode,
             blocks_changed: v.blocks_changed,
-            bytes_fetched: v.bytes_fetched,
-            bytes_written: v.bytes_written,
+            fetched_bytes: v.fetched_bytes,
+            written_bytes: v.written_bytes,
         }
     }
 }
@@ -499,7 +499,7 @@ mod tests {
         let text = serde_json::to_string(&[AppliedClaim::from(&r)]).unwrap();
         assert_eq!(
             text,
-            r#"[{"pvc":"data","mode":"delta","blocks_changed":1,"bytes_fetched":0,"bytes_written":0}]"#
+            r#"[{"pvc":"data","mode":"delta","blocks_changed":1,"fetched_bytes":0,"written_bytes":0}]"#
         );
         let back: Vec<AppliedClaim> = serde_json::from_str(&text).unwrap();
         assert_eq!(back[0].mode, VolumeMode::Delta);

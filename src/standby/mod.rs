@@ -187,26 +187,33 @@ pub struct StandbyOptions {
     pub overwrite_claims: bool,
 }
 
-/// What applying one volume cost.
-#[derive(Debug, Clone, Default, Serialize)]
+/// What applying one volume cost (a cycle's `volumes`, `standby apply-devices --json`).
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct VolumeReport {
     pub namespace: String,
     pub pvc: String,
+    /// The repository snapshot the claim now holds (hex).
+    #[serde(rename = "snapshot_id")]
     pub snapshot: String,
     pub mode: VolumeMode,
     pub blocks_changed: u64,
-    pub bytes_fetched: u64,
-    pub bytes_written: u64,
+    /// Read from the repository.
+    pub fetched_bytes: u64,
+    /// Written to the claim.
+    pub written_bytes: u64,
 }
 
 pub use crate::crd::NamespaceState;
 
-/// What one cycle did for one namespace.
-#[derive(Debug, Clone, Default, Serialize)]
+/// What one cycle did for one namespace (`standby --json` prints a cycle's as a list).
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct NamespaceReport {
+    /// The namespace on this site.
     pub namespace: String,
+    /// Its name in the backups.
     pub source_namespace: String,
     pub state: NamespaceState,
+    /// The backup applied or looked at (its name).
     pub backup: Option<String>,
     pub error: Option<String>,
     pub volumes: Vec<VolumeReport>,

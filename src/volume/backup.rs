@@ -103,13 +103,56 @@ pub struct GivenRanges {
     pub ranges: Vec<crate::volume::diff::ByteRange>,
 }
 
+/// What one volume backup made; printed (`volume backup --json`, the demo) as its
+/// [`BackupReport`].
 #[derive(Debug, Clone, serde::Serialize)]
+#[serde(into = "BackupReport")]
 pub struct BackupOutcome {
     pub snapshot_id: SnapshotId,
     pub parent: Option<SnapshotId>,
     pub change_source: ChangeSource,
-    #[serde(flatten)]
     pub stats: BackupStats,
+}
+
+/// `volume backup --json`: the snapshot made and what it cost, in the output vocabulary
+/// (sizes `_bytes`; the stored counters keep their own names).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
+pub struct BackupReport {
+    /// The snapshot made (hex).
+    pub snapshot_id: String,
+    /// The snapshot it is incremental to.
+    pub parent_id: Option<String>,
+    pub change_source: ChangeSource,
+    /// Read from the source.
+    pub read_bytes: u64,
+    /// Plaintext of blobs new to the repository.
+    pub new_bytes: u64,
+    /// Written to the store (packs, index, snapshot).
+    pub uploaded_bytes: u64,
+    pub blocks_total: u64,
+    /// Blocks that differ from the parent (every non-zero block without one).
+    pub blocks_changed: u64,
+    /// Blocks of zeros or holes, stored as nothing.
+    pub blocks_zero: u64,
+    pub duration_seconds: f64,
+}
+
+impl From<BackupOutcome> for BackupReport {
+    fn from(o: BackupOutcome) -> BackupReport {
+        let s = o.stats;
+        BackupReport {
+            snapshot_id: o.snapshot_id.to_hex(),
+            parent_id: o.parent.map(|p| p.to_hex()),
+            change_source: o.change_source,
+            read_bytes: s.bytes_read,
+            new_bytes: s.bytes_new,
+            uploaded_bytes: s.bytes_uploaded,
+            blocks_total: s.blocks_total,
+            blocks_changed: s.blocks_changed,
+            blocks_zero: s.blocks_zero,
+            duration_seconds: s.duration_seconds,
+        }
+    }
 }
 
 /// Validates a volume name: what `NAME:latest` and listings can show unambiguously.

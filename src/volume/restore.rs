@@ -53,7 +53,7 @@ impl RestoreError {
 }
 
 /// How a restore wrote its target.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestoreMode {
     /// A new file, written whole as `.lifeboat-partial` and renamed when complete.
@@ -72,20 +72,26 @@ impl std::fmt::Display for RestoreMode {
     }
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+/// What one volume restore did (`volume restore --json`).
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
 pub struct RestoreStats {
+    /// The snapshot restored (hex).
     pub snapshot_id: String,
+    /// The file or device written.
     pub target: String,
     /// `new` (a fresh file) or `in-place` (an existing file or device, only differences written).
     pub mode: RestoreMode,
-    pub size: u64,
+    /// The volume's size.
+    pub size_bytes: u64,
     pub blocks_total: u64,
     pub blocks_written: u64,
     /// Blocks the target already held.
     pub blocks_unchanged: u64,
     pub blocks_zero: u64,
-    pub bytes_written: u64,
-    pub bytes_fetched: u64,
+    /// Written to the target.
+    pub written_bytes: u64,
+    /// Read from the repository.
+    pub fetched_bytes: u64,
     pub duration_seconds: f64,
 }
 
@@ -288,7 +294,7 @@ async fn restore_inner(
     let mut stats = written?;
     t.finish(target, snap).await?;
     stats.duration_seconds = started.elapsed().as_secs_f64();
-    tracing::info!(bytes_written = stats.bytes_written, "volume restored");
+    tracing::info!(written_bytes = stats.written_bytes, "volume restored");
     Ok(stats)
 }
 
@@ -310,7 +316,7 @@ async fn write_blocks(
         } else {
             RestoreMode::New
         },
-        size: snap.size,
+        size_bytes: snap.size,
         blocks_total: snap.blocks(),
         ..Default::default()
     };
@@ -461,7 +467,7 @@ impl RestoreTarget {
         .await?
         .map_err(self.err())?;
         stats.blocks_written += zeroed;
-        stats.bytes_written += zeroed * chunk;
+        stats.written_bytes += zeroed * chunk;
         stats.blocks_unchanged += same;
         stats.blocks_zero += zeroed;
         progress.inc((zeroed + same) * chunk);
@@ -578,9 +584,9 @@ impl FetchStep<'_> {
             .buffer_unordered(self.downloads.max(1));
         while let Some(r) = results.next().await {
             let (fetched, (blocks, bytes)) = r?;
-            stats.bytes_fetched += fetched;
+            stats.fetched_bytes += fetched;
             stats.blocks_written += blocks;
-            stats.bytes_written += bytes;
+            stats.written_bytes += bytes;
             progress.inc(bytes);
         }
         Ok(())

@@ -51,7 +51,7 @@ fn backup_captures_scope_dedups_and_never_stores_secrets_in_plaintext() {
     let desc = json(&ok(run(
         lb(&repo).args(["backup", "describe", "apps-1", "--json"])
     )));
-    let objects: Vec<String> = desc["backup"]["objects"]
+    let objects: Vec<String> = desc["objects"]
         .as_array()
         .unwrap()
         .iter()

@@ -411,7 +411,7 @@ fn volume_backup_reads_only_the_blocks_the_service_reports_changed() {
     // The parent was read from the base: only the two 64 KiB blocks holding the changes.
     let (out, _) = backup_with_delta(&repo, &img, "second", &svc.address, "base-1", d.path());
     assert_eq!(out["change_source"], "changed-ranges", "{out}");
-    assert_eq!(out["bytes_read"], 2 * 65536, "{out}");
+    assert_eq!(out["read_bytes"], 2 * 65536, "{out}");
     let restored = d.path().join("restored.img");
     ok(run(lb(&repo)
         .args(["volume", "restore", "vol:latest"])

@@ -56,9 +56,9 @@ fn backup_restore_list_check_with_json() {
     let v = json(&r);
     for field in [
         "snapshot_id",
-        "bytes_read",
-        "bytes_new",
-        "bytes_uploaded",
+        "read_bytes",
+        "new_bytes",
+        "uploaded_bytes",
         "blocks_total",
         "blocks_changed",
         "duration_seconds",
@@ -83,7 +83,7 @@ fn backup_restore_list_check_with_json() {
         .arg(&rf)
         .arg(&src))));
     assert_eq!(v["change_source"], "changed-ranges");
-    assert_eq!(v["bytes_read"], ranges.len() as u64 * 65536);
+    assert_eq!(v["read_bytes"], ranges.len() as u64 * 65536);
 
     let list = json(&ok(run(with_repo(&repo).args(["snapshots", "--json"]))));
     assert_eq!(list.as_array().unwrap().len(), 2);
@@ -744,7 +744,7 @@ fn namespaced_objects(repo: &str, backup: &str) -> Vec<String> {
     let v = json(&ok(run(
         with_repo(repo).args(["backup", "describe", backup, "--json"])
     )));
-    let mut out: Vec<String> = v["backup"]["objects"]
+    let mut out: Vec<String> = v["objects"]
         .as_array()
         .unwrap()
         .iter()
@@ -806,10 +806,7 @@ fn backup_filters_take_resource_names_selectors_and_namespace_patterns() {
     let v = json(&ok(run(
         with_repo(&repo).args(["backup", "describe", "types", "--json"])
     )));
-    assert_eq!(
-        v["backup"]["filters"]["namespaces"],
-        serde_json::json!(["pg"])
-    );
+    assert_eq!(v["namespaces"], serde_json::json!(["pg"]));
     // Custom resources by their CRD's plural.
     ok(create(
         "crs",
@@ -1066,11 +1063,10 @@ fn backup_list_shows_status_and_size() {
         with_repo(&repo).args(["backup", "describe", "pg-1", "--json"])
     )));
     let sum = |k: &str| -> u64 {
-        b["backup"][k]
-            .as_array()
+        b[k].as_array()
             .unwrap()
             .iter()
-            .map(|o| o["size"].as_u64().unwrap())
+            .map(|o| o["size_bytes"].as_u64().unwrap())
             .sum()
     };
     assert!(sum("volumes") > 0, "the fixture has volume data: {b}");
@@ -1081,7 +1077,18 @@ fn backup_list_shows_status_and_size() {
     assert!(is_ms_utc(row["started_at"].as_str().unwrap()), "{row}");
     let took = row["duration_seconds"].as_f64().unwrap();
     assert!(took > 0.0 && took < 600.0, "{row}");
-    assert_eq!(b["backup"]["duration_seconds"], row["duration_seconds"]);
+    assert_eq!(b["duration_seconds"], row["duration_seconds"]);
+    assert_eq!(b["size_bytes"], row["size_bytes"]);
+    assert_eq!(b["started_at"], row["started_at"]);
+    conforms_to_cli_schema("backup-describe.schema.json", &b);
+    assert!(
+        b["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["snapshot_id"].as_str().unwrap().len() == 64),
+        "{b}"
+    );
     let human = ok(run(with_repo(&repo).args(["backup", "list"])));
     let mut lines = human.stdout.lines();
     let header = lines.next().unwrap();
@@ -1236,8 +1243,9 @@ pub fn conforms_to_cli_schema(file: &str, output: &serde_json::Value) {
     assert!(errors.is_empty(), "{file}: {errors:?}\n{output:#}");
 }
 
-/// Real output of `snapshots`, `volume verify`, a failure and the catalog's listings conforms
-/// to the schemas, with times in one form (UTC, milliseconds) and sizes in bytes.
+/// Real output of `snapshots`, `volume backup|restore|verify`, `prune`, a failure and the
+/// catalog's listings conforms to the schemas, with times in one form (UTC, milliseconds)
+/// and sizes in bytes.
 #[test]
 fn json_outputs_conform_to_their_schemas() {
     let d = tmp();
@@ -1245,15 +1253,40 @@ fn json_outputs_conform_to_their_schemas() {
     let src = d.path().join("v.img");
     generate_image(&src, 1 << 20, 9).unwrap();
     init(&repo);
+    let mut backups = Vec::new();
     for _ in 0..2 {
-        ok(run(with_repo(&repo)
-            .args(["volume", "backup", "--name", "v"])
-            .arg(&src)));
+        backups.push(json(&ok(run(with_repo(&repo)
+            .args(["volume", "backup", "--json", "--name", "v"])
+            .arg(&src)))));
     }
+    for b in &backups {
+        conforms_to_cli_schema("volume-backup.schema.json", b);
+    }
+    assert_eq!(backups[0]["read_bytes"], 1 << 20, "{}", backups[0]);
+    assert!(backups[0]["parent_id"].is_null());
+    assert_eq!(backups[1]["parent_id"], backups[0]["snapshot_id"]);
+    assert_eq!(backups[1]["change_source"], "hash-compare");
     let list = json(&ok(run(with_repo(&repo).args(["snapshots", "--json"]))));
     conforms_to_cli_schema("snapshots.schema.json", &list);
     assert!(is_ms_utc(list[0]["started_at"].as_str().unwrap()), "{list}");
     assert_eq!(list[0]["size_bytes"], 1 << 20);
+    assert_eq!(list[1]["change_source"], backups[1]["change_source"]);
+    let restored = json(&ok(run(with_repo(&repo)
+        .args(["volume", "restore", "v:latest", "--json"])
+        .arg(d.path().join("r.img")))));
+    conforms_to_cli_schema("volume-restore.schema.json", &restored);
+    assert_eq!(restored["size_bytes"], 1 << 20);
+    assert!(
+        restored["fetched_bytes"].as_u64().unwrap() > 0,
+        "{restored}"
+    );
+    let pruned = json(&ok(run(with_repo(&repo).args([
+        "prune",
+        "--dry-run",
+        "--json",
+    ]))));
+    conforms_to_cli_schema("prune.schema.json", &pruned);
+    assert!(pruned["before_bytes"].as_u64().unwrap() > 0, "{pruned}");
     let v = json(&ok(run(with_repo(&repo)
         .args(["volume", "verify", "v:latest", "--json"])
         .arg(&src))));

@@ -440,7 +440,7 @@ fn volumes_can_be_left_out_and_a_claim_without_data_is_a_recorded_failure() {
     let desc = json(&ok(run(
         lb(&repo).args(["backup", "describe", "data", "--json"])
     )));
-    assert_eq!(desc["backup"]["volumes"].as_array().unwrap().len(), 2);
+    assert_eq!(desc["volumes"].as_array().unwrap().len(), 2);
 }
 
 #[test]
@@ -460,7 +460,7 @@ fn an_incremental_application_backup_stores_only_the_changed_blocks() {
         let s = json(&ok(run(
             lb(&repo).args(["backup", "describe", name, "--json"])
         )));
-        s["backup"]["volumes"].clone()
+        s["volumes"].clone()
     };
     ok(backup(&repo, &root, "two", &[]));
     let all = json(&ok(run(lb(&repo).args(["snapshots", "--json"]))));
@@ -468,7 +468,7 @@ fn an_incremental_application_backup_stores_only_the_changed_blocks() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v["snapshot"].as_str().unwrap().to_string())
+        .map(|v| v["snapshot_id"].as_str().unwrap().to_string())
         .collect();
     let new_bytes: u64 = all
         .as_array()

@@ -145,6 +145,10 @@ fn standby_follows_a_schedule_by_block_map_difference_and_activate_deactivate_to
     s.backup("db-1");
     let first = s.ns_report();
     assert_eq!(first["state"], "applied", "{first:#}");
+    crate::cli::conforms_to_cli_schema(
+        "standby-cycle.schema.json",
+        &Value::Array(vec![first.clone()]),
+    );
     assert!(first["volumes"]
         .as_array()
         .unwrap()
@@ -179,13 +183,13 @@ fn standby_follows_a_schedule_by_block_map_difference_and_activate_deactivate_to
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v["bytes_written"].as_u64().unwrap())
+        .map(|v| v["written_bytes"].as_u64().unwrap())
         .sum();
     let fetched: u64 = second["volumes"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v["bytes_fetched"].as_u64().unwrap())
+        .map(|v| v["fetched_bytes"].as_u64().unwrap())
         .sum();
     assert!(
         ((128 << 10)..=(192 << 10)).contains(&written),
@@ -437,6 +441,11 @@ fn a_drill_restores_verifies_reports_an_rto_and_cleans_up() {
             "--cluster-dir",
         ])
         .arg(&s.dr))));
+    crate::cli::conforms_to_cli_schema("drill.schema.json", &out);
+    assert!(
+        crate::cli::is_ms_utc(out["backup_time"].as_str().unwrap()),
+        "{out}"
+    );
     assert_eq!(out["backup"], "db-1");
     assert!(
         out["volumes"]

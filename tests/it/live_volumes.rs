@@ -855,9 +855,9 @@ async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_tog
             } else {
                 // One 4 KiB write: its 64 KiB block, fetched compressed, nothing else.
                 assert_eq!(v.mode, VolumeMode::Delta, "{v:?}");
-                assert_eq!((v.blocks_changed, v.bytes_written), (1, 65536), "{v:?}");
+                assert_eq!((v.blocks_changed, v.written_bytes), (1, 65536), "{v:?}");
                 assert!(
-                    v.bytes_fetched > 0 && v.bytes_fetched <= 65536 + 1024,
+                    v.fetched_bytes > 0 && v.fetched_bytes <= 65536 + 1024,
                     "{v:?}"
                 );
             }

@@ -10,6 +10,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use crate::cli::conforms_to_cli_schema;
 use crate::support::{json, lb, ok, run, tmp};
 
 fn prod() -> PathBuf {
@@ -52,6 +53,28 @@ fn backup_delete_forgets_one_backup_but_not_a_schedules_newest_good_one_unless_f
     backup(&repo, d, "n2", Some("nightly"));
     backup(&repo, d, "manual", None);
 
+    // forget's plan in the output vocabulary: by hand and by schedule, each its own group.
+    let planned = json(&ok(run(lbs(&repo, d).args([
+        "forget",
+        "--keep-last",
+        "1",
+        "--dry-run",
+        "--json",
+    ]))));
+    conforms_to_cli_schema("forget.schema.json", &planned);
+    let gone: Vec<&str> = planned["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kept_by"].as_array().unwrap().is_empty())
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(gone, ["n1"], "{planned:#}");
+    assert!(planned["removed"].is_null());
+    assert!(crate::cli::is_ms_utc(
+        planned["decisions"][0]["started_at"].as_str().unwrap()
+    ));
+
     // Unknown name: a clear error that says how to see the names.
     let r = run(lbs(&repo, d).args(["backup", "delete", "nope"]));
     assert_eq!(r.code, 1, "{}", r.stderr);
@@ -69,8 +92,13 @@ fn backup_delete_forgets_one_backup_but_not_a_schedules_newest_good_one_unless_f
         "--dry-run",
         "--json",
     ]))));
+    conforms_to_cli_schema("backup-delete.schema.json", &dry);
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["backups_removed"], 0);
+    assert!(
+        dry["freed_bytes"].is_null() && dry["prune"].is_null(),
+        "{dry}"
+    );
     assert_eq!(names(&repo, d), ["n1", "n2", "manual"]);
 
     // The newest complete backup of a schedule is refused without --force (usage, exit 2).
@@ -97,10 +125,11 @@ fn backup_delete_forgets_one_backup_but_not_a_schedules_newest_good_one_unless_f
         json(&ok(run(lbs(&repo, d).args([
             "backup", "delete", "n2", "--force", "--prune", "--json",
         ]))));
+    conforms_to_cli_schema("backup-delete.schema.json", &forced);
     assert_eq!(forced["backups_removed"], 1, "{forced}");
     assert_eq!(forced["newest_complete"], true);
     assert_eq!(forced["pruned"], true);
-    assert!(forced["bytes_freed"].is_u64(), "{forced}");
+    assert!(forced["freed_bytes"].is_u64(), "{forced}");
     assert_eq!(names(&repo, d), ["manual"]);
     ok(run(lb(&repo).args(["repo", "check", "--read-data"])));
     // What is left still restores.
@@ -155,6 +184,12 @@ fn every_restore_is_recorded_with_its_objects_results() {
 
     let rows = restores(&repo, d);
     assert_eq!(rows.len(), 3, "{rows:#?}");
+    conforms_to_cli_schema("restore-list.schema.json", &Value::Array(rows.clone()));
+    for r in &rows {
+        for t in ["started_at", "ended_at"] {
+            assert!(crate::cli::is_ms_utc(r[t].as_str().unwrap()), "{r}");
+        }
+    }
     let first = &rows[0];
     assert_eq!(first["backup"], "apps-1");
     assert_eq!(first["status"], "complete");
@@ -181,6 +216,7 @@ fn every_restore_is_recorded_with_its_objects_results() {
     let described = json(&ok(run(
         lbs(&repo, d).args(["restore", "describe", id, "--json"])
     )));
+    conforms_to_cli_schema("restore-describe.schema.json", &described);
     let results = described["results"].as_array().unwrap();
     assert_eq!(results.len() as u64, first["objects"].as_u64().unwrap());
     assert!(

@@ -430,6 +430,7 @@ fn forget_and_prune_give_space_back_and_every_kept_backup_still_restores() {
         "--dry-run",
         "--json",
     ]))));
+    crate::cli::conforms_to_cli_schema("forget.schema.json", &dry);
     let removed: Vec<&str> = dry["decisions"]
         .as_array()
         .unwrap()
@@ -456,6 +457,7 @@ fn forget_and_prune_give_space_back_and_every_kept_backup_still_restores() {
         "2",
         "--json",
     ]))));
+    crate::cli::conforms_to_cli_schema("forget.schema.json", &out);
     assert_eq!(out["removed"]["backups_removed"], 2);
     assert_eq!(
         out["removed"]["snapshots_removed"], 6,
@@ -471,7 +473,8 @@ fn forget_and_prune_give_space_back_and_every_kept_backup_still_restores() {
         before - after >= 1 << 20,
         "at least the two forgotten MiB: {before} → {after}; {pruned:#}"
     );
-    assert_eq!(pruned["bytes_after"].as_u64().unwrap(), after);
+    assert_eq!(pruned["after_bytes"].as_u64().unwrap(), after);
+    crate::cli::conforms_to_cli_schema("prune.schema.json", &pruned);
     ok(run(lb(&repo).args(["repo", "check", "--read-data"])));
     // The kept backups restore bit-identical.
     for (i, name) in [(2usize, "b2"), (3, "b3")] {

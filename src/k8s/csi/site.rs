@@ -29,8 +29,8 @@ pub struct AppliedClaim {
     pub pvc: String,
     pub mode: VolumeMode,
     pub blocks_changed: u64,
-    pub bytes_fetched: u64,
-    pub bytes_written: u64,
+    pub fetched_bytes: u64,
+    pub written_bytes: u64,
 }
 
 /// What `verify_restored` reads.
