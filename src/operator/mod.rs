@@ -218,7 +218,14 @@ impl Figures {
             "Seconds since the schedule's newest good backup was taken",
             self.last_success
                 .iter()
-                .map(|(s, t)| (ScheduleLabels { schedule: s.clone() }, age(t)))
+                .map(|(s, t)| {
+                    (
+                        ScheduleLabels {
+                            schedule: s.clone(),
+                        },
+                        age(t),
+                    )
+                })
                 .collect::<Sorted<_, _>>(),
         );
         r.register(
@@ -564,7 +571,8 @@ mod tests {
         f.last_success.insert("ns/s".into(), 1000);
         f.standby_applied.insert("lifeboat/app".into(), 900);
         f.runs.insert(("ns/s".into(), ScheduleRun::Completed), 3);
-        f.runs.insert(("ns/s".into(), ScheduleRun::PartiallyFailed), 1);
+        f.runs
+            .insert(("ns/s".into(), ScheduleRun::PartiallyFailed), 1);
         // A quote, a backslash and a newline in a label: escaped, one line still.
         f.standby_active.insert("x\"y\\z\nw".into(), true);
         let text = f.render(1060);

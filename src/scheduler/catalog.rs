@@ -87,7 +87,19 @@ pub enum RunResult {
 
 /// Where a run is, as `runs` shows it: going, ended (a [`RunResult`]), or skipped. (Ordered
 /// as declared, for the metrics' listing.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunState {
     Running,

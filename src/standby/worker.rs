@@ -179,9 +179,7 @@ fn render_metrics(rows: &[StandbyRow], now: OffsetDateTime) -> String {
     reg.register(
         "lifeboat_standby_lag_seconds",
         "Age of the backup a namespace holds (the RPO lag)",
-        gauges(&|r| {
-            age_seconds(r.applied_backup_time.as_deref(), now).map(|a| a.round() as i64)
-        }),
+        gauges(&|r| age_seconds(r.applied_backup_time.as_deref(), now).map(|a| a.round() as i64)),
     );
     reg.register(
         "lifeboat_standby_behind",
