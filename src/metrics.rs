@@ -1,9 +1,11 @@
 //! The metrics endpoint shared by the scheduler server, the standby worker and the operator:
-//! takes a listener and a function rendering the Prometheus text; gives, on axum, `GET
+//! takes a listener and a function rendering the OpenMetrics text; gives, on axum, `GET
 //! /metrics`, `/healthz` and `/readyz` (both "ok" while the process serves), 405 for another
 //! method on those paths, 404 for another path, and a graceful stop on the caller's
-//! CancellationToken ([`listen`] gives the listener). Knows nothing of what the figures mean
-//! (the callers render them); must not block on the render (it is a plain function).
+//! CancellationToken ([`listen`] gives the listener). Gives the callers what they render
+//! with, on `prometheus-client`: [`Sorted`] (a family listed in the order given) and
+//! [`encode`]. Knows nothing of what the figures mean (the callers render them); must not
+//! block on the render (it is a plain function).
 
 use std::sync::Arc;
 
@@ -11,19 +13,59 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-/// The Prometheus text format's content type.
-const TEXT_FORMAT: &str = "text/plain; version=0.0.4";
+/// The content type of what [`encode`] writes (OpenMetrics text, as prometheus-client gives).
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// A function rendering the Prometheus text of the current figures.
+/// The content type of the other answers.
+const PLAIN: &str = "text/plain; charset=utf-8";
+
+/// A function rendering the OpenMetrics text of the current figures.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// A metric family whose samples are written in the order given: the crate's `Family` writes
+/// them in hash order, and a scrape read by a person lists its schedules sorted.
+#[derive(Debug)]
+pub struct Sorted<S, M>(pub Vec<(S, M)>);
+
+impl<S, M> FromIterator<(S, M)> for Sorted<S, M> {
+    fn from_iter<I: IntoIterator<Item = (S, M)>>(iter: I) -> Self {
+        Sorted(iter.into_iter().collect())
+    }
+}
+
+impl<S: EncodeLabelSet, M: EncodeMetric + TypedMetric> EncodeMetric for Sorted<S, M> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, metric) in &self.0 {
+            metric.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+}
+
+/// The OpenMetrics text of `registry`, its `# EOF` line included. (Label values are escaped
+/// by the crate.)
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing to a String does not fail, nor do lifeboat's label values.
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("the metrics text is written to a String");
+    out
+}
 
 /// The routes: `GET /metrics` (what `render` gives), `GET /healthz` and `GET /readyz`.
 pub fn router(render: Render) -> Router {
     let metrics = move || {
         let render = render.clone();
-        async move { ([(header::CONTENT_TYPE, TEXT_FORMAT)], render()) }
+        async move { ([(header::CONTENT_TYPE, OPENMETRICS)], render()) }
     };
     Router::new()
         .route("/metrics", get(metrics))
@@ -43,13 +85,13 @@ async fn close(mut r: axum::response::Response) -> axum::response::Response {
 }
 
 async fn ok() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, TEXT_FORMAT)], "ok\n")
+    ([(header::CONTENT_TYPE, PLAIN)], "ok\n")
 }
 
 async fn not_found() -> impl IntoResponse {
     (
         StatusCode::NOT_FOUND,
-        [(header::CONTENT_TYPE, TEXT_FORMAT)],
+        [(header::CONTENT_TYPE, PLAIN)],
         "not found; try /metrics, /healthz or /readyz\n",
     )
 }
@@ -122,6 +164,16 @@ mod tests {
         (code, body)
     }
 
+    /// The head of the answer to a GET of `path`, lower case.
+    async fn head(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&req("GET", path, "")).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out).to_lowercase();
+        text.split("\r\n\r\n").next().unwrap().to_string()
+    }
+
     fn req(method: &str, path: &str, extra: &str) -> Vec<u8> {
         format!("{method} {path} HTTP/1.1\r\nhost: x\r\n{extra}connection: close\r\n\r\n")
             .into_bytes()
@@ -157,6 +209,45 @@ mod tests {
         assert_eq!(send(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await.0, 200);
         stop.cancel();
         h.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_metrics_are_openmetrics_text_and_the_other_answers_plain_text() {
+        let (addr, stop, h) = start().await;
+        let want = format!("content-type: {OPENMETRICS}\r\n");
+        let metrics = head(addr, "/metrics").await;
+        assert!(metrics.contains(&want), "{metrics}");
+        for path in ["/healthz", "/other"] {
+            let other = head(addr, path).await;
+            assert!(
+                other.contains("content-type: text/plain; charset=utf-8\r\n"),
+                "{other}"
+            );
+        }
+        stop.cancel();
+        h.await.unwrap();
+    }
+
+    #[test]
+    fn a_sorted_family_keeps_its_order_and_counters_get_total_once() {
+        use prometheus_client::encoding::EncodeLabelSet;
+        use prometheus_client::metrics::counter::ConstCounter;
+        #[derive(Debug, EncodeLabelSet)]
+        struct L {
+            k: String,
+        }
+        let mut r = Registry::default();
+        let family: Sorted<L, ConstCounter> = ["b", "a", "c"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| (L { k: k.into() }, ConstCounter::new(i as u64)))
+            .collect();
+        r.register("things", "Things seen", family);
+        assert_eq!(
+            encode(&r),
+            "# HELP things Things seen.\n# TYPE things counter\n\
+             things_total{k=\"b\"} 0\nthings_total{k=\"a\"} 1\nthings_total{k=\"c\"} 2\n# EOF\n"
+        );
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@
 //! Backup's `deletePolicy: Delete` says so; run while another replica holds the Lease.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,12 +27,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::crd::{condition, set_condition, ConditionStatus, COND_READY};
 use crate::k8s::csi::MoverSettings;
+use crate::metrics::{encode, Sorted};
 
 mod leader;
 
@@ -127,11 +133,12 @@ pub struct Operator {
     pub cancel: CancellationToken,
 }
 
-/// What /metrics shows.
+/// What /metrics shows: recorded by the reconcilers, rendered at a given `now` (for the RPO
+/// and lag clocks).
 #[derive(Debug, Default, Clone)]
 pub struct Figures {
     /// Per schedule (`namespace/name`): runs by result, and the newest good backup's time.
-    pub runs: BTreeMap<(String, &'static str), u64>,
+    pub runs: BTreeMap<(String, ScheduleRun), u64>,
     pub last_success: BTreeMap<String, i64>,
     /// Per standby (`namespace/name`): the applied backup's time, and whether it is active.
     pub standby_applied: BTreeMap<String, i64>,
@@ -142,38 +149,105 @@ pub struct Figures {
     pub retained: BTreeMap<String, String>,
 }
 
+/// A schedule's Backup as `lifeboat_schedule_runs_total` counts it: made, then once in its
+/// final phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ScheduleRun {
+    Started,
+    Completed,
+    PartiallyFailed,
+    Failed,
+}
+
+impl ScheduleRun {
+    /// The `result` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScheduleRun::Started => "started",
+            ScheduleRun::Completed => "completed",
+            ScheduleRun::PartiallyFailed => "partially-failed",
+            ScheduleRun::Failed => "failed",
+        }
+    }
+}
+
+/// Spelled as [`ScheduleRun::as_str`] (the crate's derive would write `PartiallyFailed`).
+impl EncodeLabelValue for ScheduleRun {
+    fn encode(&self, e: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        e.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct ScheduleLabels {
+    schedule: String,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct RunLabels {
+    schedule: String,
+    result: ScheduleRun,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct StandbyLabels {
+    standby: String,
+}
+
 impl Figures {
-    /// The Prometheus text at `now` (Unix seconds).
+    /// The OpenMetrics text at `now` (Unix seconds).
     pub fn render(&self, now: i64) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP lifeboat_schedule_runs_total Backups a schedule started, by result.\n# TYPE lifeboat_schedule_runs_total counter\n");
-        for ((s, result), n) in &self.runs {
-            out.push_str(&format!(
-                "lifeboat_schedule_runs_total{{schedule=\"{s}\",result=\"{result}\"}} {n}\n"
-            ));
-        }
-        out.push_str("# HELP lifeboat_schedule_rpo_seconds Seconds since the schedule's newest good backup was taken.\n# TYPE lifeboat_schedule_rpo_seconds gauge\n");
-        for (s, t) in &self.last_success {
-            out.push_str(&format!(
-                "lifeboat_schedule_rpo_seconds{{schedule=\"{s}\"}} {}\n",
-                (now - t).max(0)
-            ));
-        }
-        out.push_str("# HELP lifeboat_standby_lag_seconds Seconds since the backup a standby holds was taken.\n# TYPE lifeboat_standby_lag_seconds gauge\n");
-        for (s, t) in &self.standby_applied {
-            out.push_str(&format!(
-                "lifeboat_standby_lag_seconds{{standby=\"{s}\"}} {}\n",
-                (now - t).max(0)
-            ));
-        }
-        out.push_str("# HELP lifeboat_standby_active Whether a standby was failed over to (1).\n# TYPE lifeboat_standby_active gauge\n");
-        for (s, a) in &self.standby_active {
-            out.push_str(&format!(
-                "lifeboat_standby_active{{standby=\"{s}\"}} {}\n",
-                u8::from(*a)
-            ));
-        }
-        out
+        let age = |t: &i64| ConstGauge::new((now - t).max(0));
+        let mut r = Registry::default();
+        r.register(
+            "lifeboat_schedule_runs",
+            "Backups a schedule started, by result",
+            self.runs
+                .iter()
+                .map(|((s, result), n)| {
+                    let l = RunLabels {
+                        schedule: s.clone(),
+                        result: *result,
+                    };
+                    (l, ConstCounter::new(*n))
+                })
+                .collect::<Sorted<_, _>>(),
+        );
+        r.register(
+            "lifeboat_schedule_rpo_seconds",
+            "Seconds since the schedule's newest good backup was taken",
+            self.last_success
+                .iter()
+                .map(|(s, t)| {
+                    (
+                        ScheduleLabels {
+                            schedule: s.clone(),
+                        },
+                        age(t),
+                    )
+                })
+                .collect::<Sorted<_, _>>(),
+        );
+        r.register(
+            "lifeboat_standby_lag_seconds",
+            "Seconds since the backup a standby holds was taken",
+            self.standby_applied
+                .iter()
+                .map(|(s, t)| (StandbyLabels { standby: s.clone() }, age(t)))
+                .collect::<Sorted<_, _>>(),
+        );
+        r.register(
+            "lifeboat_standby_active",
+            "Whether a standby was failed over to (1)",
+            self.standby_active
+                .iter()
+                .map(|(s, a)| {
+                    let l = StandbyLabels { standby: s.clone() };
+                    (l, ConstGauge::new(i64::from(*a)))
+                })
+                .collect::<Sorted<_, _>>(),
+        );
+        encode(&r)
     }
 }
 
@@ -496,8 +570,23 @@ mod tests {
         let mut f = Figures::default();
         f.last_success.insert("ns/s".into(), 1000);
         f.standby_applied.insert("lifeboat/app".into(), 900);
-        f.runs.insert(("ns/s".into(), "completed"), 3);
+        f.runs.insert(("ns/s".into(), ScheduleRun::Completed), 3);
+        f.runs
+            .insert(("ns/s".into(), ScheduleRun::PartiallyFailed), 1);
+        // A quote, a backslash and a newline in a label: escaped, one line still.
+        f.standby_active.insert("x\"y\\z\nw".into(), true);
         let text = f.render(1060);
+        assert!(
+            text.contains(r#"lifeboat_standby_active{standby="x\"y\\z\nw"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "lifeboat_schedule_runs_total{schedule=\"ns/s\",result=\"partially-failed\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
         assert!(
             text.contains("lifeboat_schedule_rpo_seconds{schedule=\"ns/s\"} 60\n"),
             "{text}"

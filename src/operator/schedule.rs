@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::location::{self, Unusable};
 use super::{
-    differs, key, now, patch_status, ready, rfc3339, unix_of, Operator, OperatorError,
+    differs, key, now, patch_status, ready, rfc3339, unix_of, Operator, OperatorError, ScheduleRun,
     LABEL_SCHEDULE,
 };
 use crate::crd::{Backup, BackupPhase, BackupSchedule, BackupSpec};
@@ -175,7 +175,7 @@ async fn reconcile(s: Arc<BackupSchedule>, op: Arc<Operator>) -> Result<Action, 
                         .lock()
                         .expect("figures")
                         .runs
-                        .entry((key(&*s), "started"))
+                        .entry((key(&*s), ScheduleRun::Started))
                         .and_modify(|n| *n += 1)
                         .or_insert(1);
                     op.event(
@@ -224,9 +224,9 @@ fn count_runs(op: &Operator, schedule: &str, mine: &[Backup]) {
         let k = format!("{schedule}/{}", b.name_any());
         if f.counted.insert(k) {
             let result = match p {
-                BackupPhase::Completed => "completed",
-                BackupPhase::PartiallyFailed => "partially-failed",
-                _ => "failed",
+                BackupPhase::Completed => ScheduleRun::Completed,
+                BackupPhase::PartiallyFailed => ScheduleRun::PartiallyFailed,
+                _ => ScheduleRun::Failed,
             };
             *f.runs.entry((schedule.to_string(), result)).or_insert(0) += 1;
         }

@@ -85,8 +85,21 @@ pub enum RunResult {
     Cancelled,
 }
 
-/// Where a run is, as `runs` shows it: going, ended (a [`RunResult`]), or skipped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+/// Where a run is, as `runs` shows it: going, ended (a [`RunResult`]), or skipped. (Ordered
+/// as declared, for the metrics' listing.)
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunState {
     Running,

@@ -10,18 +10,24 @@
 //! wall-clock base ([`Clock`]), so tests drive whole days of schedules with paused time.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::metrics::{serve_metrics, MetricsError};
+use crate::metrics::{encode, serve_metrics, MetricsError, Sorted};
 use crate::scheduler::catalog::{blocking, Catalog, CatalogError, RunResult, RunState};
 use crate::scheduler::config::{backup_name, load_config, Config, Schedule};
 use crate::scheduler::cron::{missed, next_fires};
@@ -82,47 +88,62 @@ impl Clock {
     }
 }
 
-/// Counters and gauges for `/metrics`.
+/// The figures of `/metrics`, recorded from the runs' outcomes (rendered at a given `now`, for
+/// the RPO clock).
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// By schedule and result (the label's text, so the families list in its order).
-    runs: BTreeMap<(String, &'static str), u64>,
-    duration: BTreeMap<String, f64>,
+    /// By schedule and result.
+    runs: BTreeMap<(String, RunState), u64>,
+    /// How long each schedule's runs took.
+    durations: BTreeMap<String, Histogram>,
     bytes_read: BTreeMap<String, u64>,
     bytes_uploaded: BTreeMap<String, u64>,
     last_success: BTreeMap<String, OffsetDateTime>,
     running: BTreeMap<String, bool>,
 }
 
-/// One metric family of the Prometheus text: its help, its type, and a line per labelled value.
-fn family(
-    o: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    lines: impl IntoIterator<Item = (String, String)>,
-) {
-    o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-    for (labels, value) in lines {
-        o.push_str(&format!("{name}{{{labels}}} {value}\n"));
+/// The labels of a schedule's figures.
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct ScheduleLabels {
+    schedule: String,
+}
+
+/// The labels of `lifeboat_runs_total`.
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct RunLabels {
+    schedule: String,
+    result: RunState,
+}
+
+/// A result is labelled as the catalog spells it (`succeeded`, `skipped`); the crate's derive
+/// would write the variant's name (`Succeeded`), which dashboards do not know.
+impl EncodeLabelValue for RunState {
+    fn encode(&self, e: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        e.write_str(self.as_str())
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
+/// The buckets of the run durations: 1 s to about 4.5 hours, doubling.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 15))
 }
 
-fn schedule_label(s: &str) -> String {
-    format!("schedule=\"{}\"", esc(s))
+fn by_schedule(s: &str) -> ScheduleLabels {
+    ScheduleLabels {
+        schedule: s.to_string(),
+    }
 }
 
 impl Metrics {
     fn record(&mut self, schedule: &str, out: &RunOutcome, seconds: f64, ended: OffsetDateTime) {
         *self
             .runs
-            .entry((schedule.to_string(), out.result.as_str()))
+            .entry((schedule.to_string(), out.result.into()))
             .or_default() += 1;
-        self.duration.insert(schedule.to_string(), seconds);
+        self.durations
+            .entry(schedule.to_string())
+            .or_insert_with(duration_histogram)
+            .observe(seconds);
         *self.bytes_read.entry(schedule.to_string()).or_default() += out.bytes_read;
         *self.bytes_uploaded.entry(schedule.to_string()).or_default() += out.bytes_uploaded;
         if out.result == RunResult::Succeeded {
@@ -133,7 +154,7 @@ impl Metrics {
     fn skipped(&mut self, schedule: &str) {
         *self
             .runs
-            .entry((schedule.to_string(), RunState::Skipped.as_str()))
+            .entry((schedule.to_string(), RunState::Skipped))
             .or_default() += 1;
     }
 
@@ -141,82 +162,82 @@ impl Metrics {
         self.running.insert(schedule.to_string(), running);
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text at `now`, the RPO clock and the runs going listed for `schedules`.
     pub fn render(&self, now: OffsetDateTime, schedules: &[String]) -> String {
-        let mut o = String::new();
-        family(
-            &mut o,
-            "lifeboat_runs_total",
-            "counter",
-            "Scheduled runs by result.",
-            self.runs.iter().map(|((s, r), n)| {
-                (
-                    format!("{},result=\"{}\"", schedule_label(s), esc(r)),
-                    n.to_string(),
-                )
-            }),
+        let mut r = Registry::default();
+        let counters = |m: &BTreeMap<String, u64>| -> Sorted<ScheduleLabels, ConstCounter> {
+            m.iter()
+                .map(|(s, n)| (by_schedule(s), ConstCounter::new(*n)))
+                .collect()
+        };
+        r.register(
+            "lifeboat_runs",
+            "Scheduled runs by result",
+            self.runs
+                .iter()
+                .map(|((s, result), n)| {
+                    let l = RunLabels {
+                        schedule: s.clone(),
+                        result: *result,
+                    };
+                    (l, ConstCounter::new(*n))
+                })
+                .collect::<Sorted<_, _>>(),
         );
-        family(
-            &mut o,
+        r.register(
             "lifeboat_run_duration_seconds",
-            "gauge",
-            "Duration of the newest run.",
-            self.duration
+            "How long the schedule's runs took, in seconds, from the start (once a slot of \
+             max_concurrent is free) to the end; skipped runs are not in it",
+            self.durations
                 .iter()
-                .map(|(s, d)| (schedule_label(s), format!("{d:.3}"))),
+                .map(|(s, h)| (by_schedule(s), h.clone()))
+                .collect::<Sorted<_, _>>(),
         );
-        family(
-            &mut o,
-            "lifeboat_bytes_read_total",
-            "counter",
-            "Bytes read from volumes by runs.",
-            self.bytes_read
-                .iter()
-                .map(|(s, b)| (schedule_label(s), b.to_string())),
+        r.register(
+            "lifeboat_bytes_read",
+            "Bytes read from volumes by runs",
+            counters(&self.bytes_read),
         );
-        family(
-            &mut o,
-            "lifeboat_bytes_uploaded_total",
-            "counter",
-            "Bytes written to the repository by runs.",
-            self.bytes_uploaded
-                .iter()
-                .map(|(s, b)| (schedule_label(s), b.to_string())),
+        r.register(
+            "lifeboat_bytes_uploaded",
+            "Bytes written to the repository by runs",
+            counters(&self.bytes_uploaded),
         );
-        family(
-            &mut o,
+        r.register(
             "lifeboat_last_success_timestamp_seconds",
-            "gauge",
-            "When the newest good backup of a schedule ended.",
+            "When the newest good backup of a schedule ended",
             self.last_success
                 .iter()
-                .map(|(s, t)| (schedule_label(s), t.unix_timestamp().to_string())),
+                .map(|(s, t)| (by_schedule(s), ConstGauge::new(t.unix_timestamp())))
+                .collect::<Sorted<_, _>>(),
         );
-        family(
-            &mut o,
+        r.register(
             "lifeboat_seconds_since_last_success",
-            "gauge",
-            "The RPO clock: seconds since the newest good backup (-1: none yet).",
-            schedules.iter().map(|s| {
-                let v = self
-                    .last_success
-                    .get(s)
-                    .map(|t| (now - *t).as_seconds_f64())
-                    .unwrap_or(-1.0);
-                (schedule_label(s), format!("{v:.0}"))
-            }),
+            "The RPO clock: seconds since the newest good backup (-1: none yet)",
+            schedules
+                .iter()
+                .map(|s| {
+                    let v = self
+                        .last_success
+                        .get(s)
+                        .map(|t| (now - *t).as_seconds_f64().round() as i64)
+                        .unwrap_or(-1);
+                    (by_schedule(s), ConstGauge::new(v))
+                })
+                .collect::<Sorted<_, _>>(),
         );
-        family(
-            &mut o,
+        r.register(
             "lifeboat_run_in_progress",
-            "gauge",
-            "1 while a run of the schedule is going.",
-            schedules.iter().map(|s| {
-                let v = self.running.get(s).copied().unwrap_or(false) as u8;
-                (schedule_label(s), v.to_string())
-            }),
+            "1 while a run of the schedule is going",
+            schedules
+                .iter()
+                .map(|s| {
+                    let v = i64::from(self.running.get(s).copied().unwrap_or(false));
+                    (by_schedule(s), ConstGauge::new(v))
+                })
+                .collect::<Sorted<_, _>>(),
         );
-        o
+        encode(&r)
     }
 }
 
@@ -713,15 +734,17 @@ mod tests {
     }
 
     #[test]
-    fn the_metrics_text_is_prometheus_exposition() {
+    fn the_metrics_text_is_openmetrics_with_its_labels_escaped() {
         let mut m = Metrics::default();
         let ok = RunOutcome {
             bytes_read: 5,
             bytes_uploaded: 3,
             ..RunOutcome::new(RunResult::Succeeded)
         };
-        m.record("a\"b", &ok, 1.5, t("2026-11-24T00:00:00Z"));
-        m.skipped("a\"b");
+        // A quote, a backslash and a newline: each escaped, the line stays one line.
+        let odd = "a\"b\\c\nd";
+        m.record(odd, &ok, 1.5, t("2026-11-24T00:00:00Z"));
+        m.skipped(odd);
         m.record(
             "c",
             &RunOutcome::new(RunResult::Partial),
@@ -729,39 +752,57 @@ mod tests {
             t("2026-11-24T00:00:00Z"),
         );
         m.set_running("c", true);
-        let text = m.render(t("2026-11-24T00:01:00Z"), &["a\"b".into(), "c".into()]);
+        let text = m.render(t("2026-11-24T00:01:00Z"), &[odd.into(), "c".into()]);
+        let (buckets, rest): (Vec<&str>, Vec<&str>) = text
+            .lines()
+            .partition(|l| l.starts_with("lifeboat_run_duration_seconds_bucket"));
         assert_eq!(
-            text,
-            r#"# HELP lifeboat_runs_total Scheduled runs by result.
-# TYPE lifeboat_runs_total counter
-lifeboat_runs_total{schedule="a\"b",result="skipped"} 1
-lifeboat_runs_total{schedule="a\"b",result="succeeded"} 1
+            rest.join("\n") + "\n",
+            r#"# HELP lifeboat_runs Scheduled runs by result.
+# TYPE lifeboat_runs counter
+lifeboat_runs_total{schedule="a\"b\\c\nd",result="succeeded"} 1
+lifeboat_runs_total{schedule="a\"b\\c\nd",result="skipped"} 1
 lifeboat_runs_total{schedule="c",result="partial"} 1
-# HELP lifeboat_run_duration_seconds Duration of the newest run.
-# TYPE lifeboat_run_duration_seconds gauge
-lifeboat_run_duration_seconds{schedule="a\"b"} 1.500
-lifeboat_run_duration_seconds{schedule="c"} 2.000
-# HELP lifeboat_bytes_read_total Bytes read from volumes by runs.
-# TYPE lifeboat_bytes_read_total counter
-lifeboat_bytes_read_total{schedule="a\"b"} 5
+# HELP lifeboat_run_duration_seconds How long the schedule's runs took, in seconds, from the start (once a slot of max_concurrent is free) to the end; skipped runs are not in it.
+# TYPE lifeboat_run_duration_seconds histogram
+lifeboat_run_duration_seconds_sum{schedule="a\"b\\c\nd"} 1.5
+lifeboat_run_duration_seconds_count{schedule="a\"b\\c\nd"} 1
+lifeboat_run_duration_seconds_sum{schedule="c"} 2.0
+lifeboat_run_duration_seconds_count{schedule="c"} 1
+# HELP lifeboat_bytes_read Bytes read from volumes by runs.
+# TYPE lifeboat_bytes_read counter
+lifeboat_bytes_read_total{schedule="a\"b\\c\nd"} 5
 lifeboat_bytes_read_total{schedule="c"} 0
-# HELP lifeboat_bytes_uploaded_total Bytes written to the repository by runs.
-# TYPE lifeboat_bytes_uploaded_total counter
-lifeboat_bytes_uploaded_total{schedule="a\"b"} 3
+# HELP lifeboat_bytes_uploaded Bytes written to the repository by runs.
+# TYPE lifeboat_bytes_uploaded counter
+lifeboat_bytes_uploaded_total{schedule="a\"b\\c\nd"} 3
 lifeboat_bytes_uploaded_total{schedule="c"} 0
 # HELP lifeboat_last_success_timestamp_seconds When the newest good backup of a schedule ended.
 # TYPE lifeboat_last_success_timestamp_seconds gauge
-lifeboat_last_success_timestamp_seconds{schedule="a\"b"} 1795478400
+lifeboat_last_success_timestamp_seconds{schedule="a\"b\\c\nd"} 1795478400
 # HELP lifeboat_seconds_since_last_success The RPO clock: seconds since the newest good backup (-1: none yet).
 # TYPE lifeboat_seconds_since_last_success gauge
-lifeboat_seconds_since_last_success{schedule="a\"b"} 60
+lifeboat_seconds_since_last_success{schedule="a\"b\\c\nd"} 60
 lifeboat_seconds_since_last_success{schedule="c"} -1
 # HELP lifeboat_run_in_progress 1 while a run of the schedule is going.
 # TYPE lifeboat_run_in_progress gauge
-lifeboat_run_in_progress{schedule="a\"b"} 0
+lifeboat_run_in_progress{schedule="a\"b\\c\nd"} 0
 lifeboat_run_in_progress{schedule="c"} 1
+# EOF
 "#
         );
+        // 15 bounds and +Inf for each schedule; cumulative counts.
+        assert_eq!(buckets.len(), 2 * 16, "{text}");
+        for line in [
+            r#"lifeboat_run_duration_seconds_bucket{le="1.0",schedule="a\"b\\c\nd"} 0"#,
+            r#"lifeboat_run_duration_seconds_bucket{le="2.0",schedule="a\"b\\c\nd"} 1"#,
+            r#"lifeboat_run_duration_seconds_bucket{le="1.0",schedule="c"} 0"#,
+            r#"lifeboat_run_duration_seconds_bucket{le="2.0",schedule="c"} 1"#,
+            r#"lifeboat_run_duration_seconds_bucket{le="16384.0",schedule="c"} 1"#,
+            r#"lifeboat_run_duration_seconds_bucket{le="+Inf",schedule="c"} 1"#,
+        ] {
+            assert!(buckets.contains(&line), "{line}\n{text}");
+        }
     }
 
     /// Counts the runs going at once.
@@ -868,6 +909,22 @@ lifeboat_run_in_progress{schedule="c"} 1
             metrics.contains("lifeboat_bytes_read_total{schedule=\"app\"} 240"),
             "{metrics}"
         );
+        // 24 runs of a minute each: all in the bucket up to 64 s, none up to 32 s.
+        for line in [
+            "lifeboat_run_duration_seconds_count{schedule=\"app\"} 24",
+            "lifeboat_run_duration_seconds_bucket{le=\"32.0\",schedule=\"app\"} 0",
+            "lifeboat_run_duration_seconds_bucket{le=\"64.0\",schedule=\"app\"} 24",
+            "lifeboat_run_duration_seconds_bucket{le=\"+Inf\",schedule=\"app\"} 24",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+        }
+        let sum: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("lifeboat_run_duration_seconds_sum{schedule=\"app\"} "))
+            .expect("a _sum line")
+            .parse()
+            .unwrap();
+        assert!((1440.0..1441.0).contains(&sum), "{sum}");
     }
 
     #[tokio::test(start_paused = true)]

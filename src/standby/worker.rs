@@ -11,6 +11,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +23,7 @@ use super::dir_site::cycle_cluster_dir;
 use super::live_site::cycle_live;
 use super::{NamespaceReport, Site, StandbyError, StandbyOptions};
 use crate::k8s::csi::MoverSettings;
+use crate::metrics::{encode, Sorted};
 use crate::repository::{LockKind, Repository};
 use crate::scheduler::catalog::{blocking, Catalog, StandbyRow};
 
@@ -54,7 +58,8 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<Arc<Repository>, StandbyError>>,
 {
-    let figures = Arc::new(Mutex::new(String::new()));
+    // Until the first cycle: no figures, a valid (empty) exposition.
+    let figures = Arc::new(Mutex::new(encode(&Registry::default())));
     if let Some(addr) = w.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -154,41 +159,48 @@ pub fn age_seconds(t: Option<&str>, now: OffsetDateTime) -> Option<f64> {
         .map(|t| (now - t).as_seconds_f64())
 }
 
-/// The `/metrics` figures of the site's namespaces (Prometheus text).
+/// The labels of a namespace's figures.
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct NamespaceLabels {
+    namespace: String,
+}
+
+/// The `/metrics` figures of the site's namespaces (OpenMetrics text).
 fn render_metrics(rows: &[StandbyRow], now: OffsetDateTime) -> String {
-    let mut o = String::from("# HELP lifeboat_standby_lag_seconds Age of the backup a namespace holds (the RPO lag).\n# TYPE lifeboat_standby_lag_seconds gauge\n");
-    for r in rows {
-        if let Some(a) = age_seconds(r.applied_backup_time.as_deref(), now) {
-            o.push_str(&format!(
-                "lifeboat_standby_lag_seconds{{namespace=\"{}\"}} {a:.0}\n",
-                r.namespace
-            ));
-        }
-    }
-    o.push_str("# HELP lifeboat_standby_behind 1 when the bucket holds a newer backup than the one applied.\n# TYPE lifeboat_standby_behind gauge\n");
-    for r in rows {
-        let behind = (r.newest_backup.is_some() && r.newest_backup != r.applied_backup) as u8;
-        o.push_str(&format!(
-            "lifeboat_standby_behind{{namespace=\"{}\"}} {behind}\n",
-            r.namespace
-        ));
-    }
-    o.push_str("# HELP lifeboat_standby_error 1 when the last cycle failed (the applied state is kept).\n# TYPE lifeboat_standby_error gauge\n");
-    for r in rows {
-        o.push_str(&format!(
-            "lifeboat_standby_error{{namespace=\"{}\"}} {}\n",
-            r.namespace,
-            r.error.is_some() as u8
-        ));
-    }
-    o.push_str("# HELP lifeboat_standby_activated 1 once the namespace was activated (failover).\n# TYPE lifeboat_standby_activated gauge\n");
-    for r in rows {
-        o.push_str(&format!(
-            "lifeboat_standby_activated{{namespace=\"{}\"}} {}\n",
-            r.namespace, r.activated as u8
-        ));
-    }
-    o
+    let by = |r: &StandbyRow| NamespaceLabels {
+        namespace: r.namespace.clone(),
+    };
+    let gauges = |f: &dyn Fn(&StandbyRow) -> Option<i64>| -> Sorted<NamespaceLabels, ConstGauge> {
+        rows.iter()
+            .filter_map(|r| Some((by(r), ConstGauge::new(f(r)?))))
+            .collect()
+    };
+    let mut reg = Registry::default();
+    reg.register(
+        "lifeboat_standby_lag_seconds",
+        "Age of the backup a namespace holds (the RPO lag)",
+        gauges(&|r| age_seconds(r.applied_backup_time.as_deref(), now).map(|a| a.round() as i64)),
+    );
+    reg.register(
+        "lifeboat_standby_behind",
+        "1 when the bucket holds a newer backup than the one applied",
+        gauges(&|r| {
+            Some(i64::from(
+                r.newest_backup.is_some() && r.newest_backup != r.applied_backup,
+            ))
+        }),
+    );
+    reg.register(
+        "lifeboat_standby_error",
+        "1 when the last cycle failed (the applied state is kept)",
+        gauges(&|r| Some(i64::from(r.error.is_some()))),
+    );
+    reg.register(
+        "lifeboat_standby_activated",
+        "1 once the namespace was activated (failover)",
+        gauges(&|r| Some(i64::from(r.activated))),
+    );
+    encode(&reg)
 }
 
 /// One namespace of `standby status`. (Fields in the order `--json` has always printed
@@ -302,16 +314,29 @@ mod tests {
         let now = crate::scheduler::catalog::parse_time("2026-01-01T00:01:40Z").unwrap();
         let mut failed = row("b");
         failed.error = Some("down".into());
-        let text = render_metrics(&[row("a"), failed.clone()], now);
+        // A quote, a backslash and a newline in a label: escaped, one line still.
+        let mut odd = row("x\"y\\z\nw");
+        odd.applied_backup_time = None;
+        let text = render_metrics(&[row("a"), failed.clone(), odd], now);
         for line in [
             "lifeboat_standby_lag_seconds{namespace=\"a\"} 100",
             "lifeboat_standby_behind{namespace=\"a\"} 1",
             "lifeboat_standby_error{namespace=\"a\"} 0",
             "lifeboat_standby_error{namespace=\"b\"} 1",
             "lifeboat_standby_activated{namespace=\"b\"} 0",
+            r#"lifeboat_standby_behind{namespace="x\"y\\z\nw"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "{line}\n{text}");
         }
+        assert!(
+            !text.contains("lifeboat_standby_lag_seconds{namespace=\"x"),
+            "no lag without an applied backup: {text}"
+        );
+        assert_eq!(
+            text.lines().filter(|l| l.contains("namespace=\"x")).count(),
+            3
+        );
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
         let s = StatusRow::of(row("a"), now);
         assert_eq!(s.lag_seconds, Some(100.0));
         assert_eq!(s.standing(), Standing::Behind);
