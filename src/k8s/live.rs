@@ -620,7 +620,10 @@ async fn apply_one(
                 kube::runtime::wait::conditions::is_deleted(&uid),
             );
             if let Ok(Err(e)) = tokio::time::timeout(RECREATE_WAIT, gone).await {
-                tracing::warn!(object = name, "could not watch the deletion before re-creating: {e}");
+                tracing::warn!(
+                    object = name,
+                    "could not watch the deletion before re-creating: {e}"
+                );
             }
         }
         _ => {}

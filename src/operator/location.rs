@@ -405,7 +405,10 @@ mod tests {
                 .unwrap();
         let (reason, message) = check_quantities(&m).unwrap_err();
         assert_eq!(reason, "InvalidSpec");
-        assert!(message.starts_with("spec.movers.memoryLimit: "), "{message}");
+        assert!(
+            message.starts_with("spec.movers.memoryLimit: "),
+            "{message}"
+        );
         let ok: crate::crd::MoverPodSpec =
             serde_json::from_value(serde_json::json!({"cpuLimit": "500m", "memoryLimit": ""}))
                 .unwrap();

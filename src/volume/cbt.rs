@@ -342,7 +342,9 @@ async fn call(ep: &Endpoint, q: &DeltaQuery, acc: &mut DeltaBuilder) -> Result<(
     // The channel's one connection is the one made above (tonic's own TLS would not say a
     // CA problem from a network one); a reconnect finds none and fails the call, which
     // `delta` resumes on a new one.
-    let once = Arc::new(std::sync::Mutex::new(Some(hyper_util::rt::TokioIo::new(tls))));
+    let once = Arc::new(std::sync::Mutex::new(Some(hyper_util::rt::TokioIo::new(
+        tls,
+    ))));
     let channel = tonic::transport::Endpoint::from_shared(format!("https://{address}"))
         .map_err(|e| CbtError::Input(format!("address `{address}`: {e}")))?
         .connect_with_connector(tower::service_fn(move |_: http::Uri| {
@@ -365,7 +367,11 @@ async fn call(ep: &Endpoint, q: &DeltaQuery, acc: &mut DeltaBuilder) -> Result<(
     });
     let codec = tonic_prost::ProstCodec::<DeltaRequest, DeltaResponse>::default();
     let mut stream = grpc
-        .server_streaming(request, http::uri::PathAndQuery::from_static(DELTA_PATH), codec)
+        .server_streaming(
+            request,
+            http::uri::PathAndQuery::from_static(DELTA_PATH),
+            codec,
+        )
         .await
         .map_err(|s| status_error(&address, s))?
         .into_inner();

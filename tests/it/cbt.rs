@@ -192,7 +192,7 @@ impl Frames {
             return Err("a compressed message, though none was asked for".into());
         }
         let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-                if self.buf.len() < 5 + len {
+        if self.buf.len() < 5 + len {
             return Ok(None);
         }
         self.buf.advance(5);
@@ -453,4 +453,3 @@ fn volume_backup_reads_only_the_blocks_the_service_reports_changed() {
     assert!(std::fs::read(&restored).unwrap() == c);
     ok(run(lb(&repo).args(["repo", "check", "--read-data"])));
 }
-

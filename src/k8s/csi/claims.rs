@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Namespace, ObjectReference, PersistentVolume, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, Secret, TypedLocalObjectReference, VolumeResourceRequirements,
+    Namespace, ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    Secret, TypedLocalObjectReference, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -313,8 +313,16 @@ mod tests {
 
     #[test]
     fn a_block_clone_names_its_snapshot_and_an_empty_claim_has_no_source() {
-        let c = v(&block_claim("app", "lifeboat-x", &like("Filesystem"), Some("snap")));
-        assert_eq!(c["metadata"]["labels"]["app.kubernetes.io/managed-by"], "lifeboat");
+        let c = v(&block_claim(
+            "app",
+            "lifeboat-x",
+            &like("Filesystem"),
+            Some("snap"),
+        ));
+        assert_eq!(
+            c["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "lifeboat"
+        );
         assert_eq!(
             c["spec"],
             json!({"accessModes": ["ReadWriteOnce"], "volumeMode": "Block",
@@ -366,7 +374,10 @@ mod tests {
         .unwrap();
         let raw = second_volume(&pv, "raw-pv", ClaimMode::Block, "Retain", "app", "raw");
         let r = v(&raw);
-        assert_eq!(r["metadata"], json!({"name": "raw-pv", "labels": {"app.kubernetes.io/managed-by": "lifeboat"}}));
+        assert_eq!(
+            r["metadata"],
+            json!({"name": "raw-pv", "labels": {"app.kubernetes.io/managed-by": "lifeboat"}})
+        );
         assert_eq!(r["spec"]["csi"]["volumeHandle"], "h-1");
         assert_eq!(r["spec"]["volumeMode"], "Block");
         assert_eq!(r["spec"]["persistentVolumeReclaimPolicy"], "Retain");
@@ -389,20 +400,42 @@ mod tests {
         assert_eq!(s["apiVersion"], "snapshot.storage.k8s.io/v1");
         assert_eq!(s["kind"], "VolumeSnapshot");
         assert_eq!(s["metadata"]["labels"]["lifeboat.dev/backup"], "b1");
-        assert_eq!(s["spec"], json!({"source": {"persistentVolumeClaimName": "data"}}));
-        let s = v(&volume_snapshot("app", "lifeboat-s", "data", Some("csi"), "b1"));
+        assert_eq!(
+            s["spec"],
+            json!({"source": {"persistentVolumeClaimName": "data"}})
+        );
+        let s = v(&volume_snapshot(
+            "app",
+            "lifeboat-s",
+            "data",
+            Some("csi"),
+            "b1",
+        ));
         assert_eq!(s["spec"]["volumeSnapshotClassName"], "csi");
-        let g = v(&volume_group_snapshot("app", "g1", "groupsnapshot.storage.k8s.io/v1beta2", "cls", "b1"));
+        let g = v(&volume_group_snapshot(
+            "app",
+            "g1",
+            "groupsnapshot.storage.k8s.io/v1beta2",
+            "cls",
+            "b1",
+        ));
         assert_eq!(g["apiVersion"], "groupsnapshot.storage.k8s.io/v1beta2");
         assert_eq!(
             g["spec"],
             json!({"volumeGroupSnapshotClassName": "cls",
                 "source": {"selector": {"matchLabels": {"lifeboat.dev/group": "g1"}}}})
         );
-        let sec = v(&movers_secret("dr", "lifeboat-mover", &BTreeMap::from([("K".into(), "V".into())])));
+        let sec = v(&movers_secret(
+            "dr",
+            "lifeboat-mover",
+            &BTreeMap::from([("K".into(), "V".into())]),
+        ));
         assert_eq!(sec["stringData"], json!({"K": "V"}));
         assert_eq!(sec["type"], "Opaque");
-        assert_eq!(v(&namespace("dr"))["metadata"]["labels"]["app.kubernetes.io/managed-by"], "lifeboat");
+        assert_eq!(
+            v(&namespace("dr"))["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "lifeboat"
+        );
         assert_eq!(ClaimMode::of(None), ClaimMode::Filesystem);
         assert_eq!(ClaimMode::of(Some("Block")).as_str(), "Block");
     }

@@ -282,7 +282,10 @@ impl Csi {
                 });
             };
             secrets
-                .create(&PostParams::default(), &claims::movers_secret(ns, name, data))
+                .create(
+                    &PostParams::default(),
+                    &claims::movers_secret(ns, name, data),
+                )
                 .await
                 .map_err(api_err(format!("create Secret {ns}/{name}")))?;
             tracing::info!(namespace = ns, secret = %name, "wrote this process's repository settings into the movers' Secret");
@@ -694,13 +697,19 @@ impl Csi {
     /// Resolves with the Job controller's `FailedCreate` message once it says the Job's pod is
     /// refused for good; keeps the newest other refusal in `last`. Never resolves when the
     /// Events cannot be watched (the wait then ends as it would without).
-    async fn pod_refusal(&self, ns: &str, job: &str, last: &std::sync::Mutex<Option<String>>) -> String {
+    async fn pod_refusal(
+        &self,
+        ns: &str,
+        job: &str,
+        last: &std::sync::Mutex<Option<String>>,
+    ) -> String {
         use futures::StreamExt;
         use kube::runtime::{watcher, WatchStreamExt};
         let events: Api<k8s_openapi::api::core::v1::Event> =
             Api::namespaced(self.client.clone(), ns);
-        let cfg = watcher::Config::default()
-            .fields(&format!("involvedObject.kind=Job,involvedObject.name={job}"));
+        let cfg = watcher::Config::default().fields(&format!(
+            "involvedObject.kind=Job,involvedObject.name={job}"
+        ));
         let mut stream = std::pin::pin!(watcher(events, cfg).applied_objects());
         while let Some(e) = stream.next().await {
             let e = match e {
@@ -996,14 +1005,26 @@ mod tests {
     #[test]
     fn a_pod_refused_by_pod_security_or_an_scc_is_permanent_and_a_quota_is_not() {
         let psa = r#"Error creating: pods "lifeboat-backup-x-abc" is forbidden: violates PodSecurity "restricted:latest": runAsNonRoot != true"#;
-        assert_eq!(admission_refusal("FailedCreate", psa), Some(Refusal::Permanent));
+        assert_eq!(
+            admission_refusal("FailedCreate", psa),
+            Some(Refusal::Permanent)
+        );
         assert!(refusal_fix(psa).contains("--mover-run-as-user"));
         let scc = r#"Error creating: pods "x" is forbidden: unable to validate against any security context constraint: [provider "restricted-v2": Forbidden]"#;
-        assert_eq!(admission_refusal("FailedCreate", scc), Some(Refusal::Permanent));
+        assert_eq!(
+            admission_refusal("FailedCreate", scc),
+            Some(Refusal::Permanent)
+        );
         let quota = r#"Error creating: pods "x" is forbidden: exceeded quota: limits, requested: limits.memory=2Gi, used: limits.memory=3Gi, limited: limits.memory=4Gi"#;
-        assert_eq!(admission_refusal("FailedCreate", quota), Some(Refusal::Transient));
+        assert_eq!(
+            admission_refusal("FailedCreate", quota),
+            Some(Refusal::Transient)
+        );
         assert!(refusal_fix(quota).contains("--mover-memory-limit"));
-        assert_eq!(admission_refusal("SuccessfulCreate", "Created pod: x"), None);
+        assert_eq!(
+            admission_refusal("SuccessfulCreate", "Created pod: x"),
+            None
+        );
     }
 
     #[test]

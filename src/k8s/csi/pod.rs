@@ -141,8 +141,21 @@ pub fn parse_quantity(s: &str) -> Result<String, String> {
         && number.chars().any(|c| c.is_ascii_digit());
     let suffix_ok = matches!(
         suffix,
-        "" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti"
-            | "Pi" | "Ei"
+        "" | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
+            | "E"
+            | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
     ) || suffix
         .strip_prefix(['e', 'E'])
         .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
@@ -329,10 +342,14 @@ mod tests {
 
     #[test]
     fn quantities_are_checked_as_kubernetes_writes_them() {
-        for ok in ["250m", "2", "1.5Gi", "512Mi", "1e3", "0.5", "100k", "+1", ""] {
+        for ok in [
+            "250m", "2", "1.5Gi", "512Mi", "1e3", "0.5", "100k", "+1", "",
+        ] {
             assert!(parse_quantity(ok).is_ok(), "{ok}");
         }
-        for bad in ["2GB", "two", "1.2.3", "Gi", "-1", "1 Gi", "512mi", ".", "1e"] {
+        for bad in [
+            "2GB", "two", "1.2.3", "Gi", "-1", "1 Gi", "512mi", ".", "1e",
+        ] {
             let e = parse_quantity(bad).unwrap_err();
             assert!(e.contains("not a resource quantity"), "{bad}: {e}");
         }

@@ -604,7 +604,10 @@ fn a_mover_refused_by_pod_security_fails_at_once_with_the_reason() {
     );
     assert!(!r.stderr.contains("not done within"), "{}", r.stderr);
     let left = primary.kubectl_ok(&["-n", &ns, "get", "jobs,pvc", "-o", "name"]);
-    assert!(!left.contains("lifeboat-"), "Jobs and clones removed: {left}");
+    assert!(
+        !left.contains("lifeboat-"),
+        "Jobs and clones removed: {left}"
+    );
     // A bad quantity is refused before anything is made.
     let bad = run(primary.lifeboat(&repo).args([
         "backup",
@@ -616,6 +619,10 @@ fn a_mover_refused_by_pod_security_fails_at_once_with_the_reason() {
         "2GB",
     ]));
     assert_eq!(bad.code, 2, "{}", bad.stderr);
-    assert!(bad.stderr.contains("not a resource quantity"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("not a resource quantity"),
+        "{}",
+        bad.stderr
+    );
     primary.kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
 }
