@@ -75,7 +75,8 @@ pub struct BackupLocationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// Secret (in this namespace) with the S3 keys `AWS_ACCESS_KEY_ID` and
-    /// `AWS_SECRET_ACCESS_KEY`; empty: the controller's own environment.
+    /// `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN` for temporary keys); empty: the
+    /// controller's own environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
     /// Secret key (in this namespace) holding the repository password.

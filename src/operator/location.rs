@@ -111,6 +111,7 @@ async fn open_spec(
         region: spec.region.clone(),
         access_key_id: None,
         secret_access_key: None,
+        session_token: None,
     };
     if let Some(c) = &spec.credentials_secret {
         let keys = secret(op, c, "spec.credentialsSecret").await?;
@@ -125,6 +126,11 @@ async fn open_spec(
         }
         s3.access_key_id = env.get("AWS_ACCESS_KEY_ID").cloned();
         s3.secret_access_key = env.get("AWS_SECRET_ACCESS_KEY").cloned();
+        // Temporary keys carry a session token; it is optional, and goes to the movers too.
+        if let Some(t) = secret_value(&keys, "AWS_SESSION_TOKEN") {
+            env.insert("AWS_SESSION_TOKEN".into(), t.clone());
+            s3.session_token = Some(t);
+        }
         fingerprint.push_str(&keys.resource_version().unwrap_or_default());
     }
     if let Some(e) = &spec.endpoint {

@@ -1,8 +1,8 @@
 //! A store in an S3 bucket (AWS S3, MinIO, Garage, Ceph RGW) through `aws-sdk-s3`.
 //!
 //! Configuration comes from the standard AWS environment (`AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`). With a
-//! custom endpoint, requests use path-style addressing. Only the S3 API that both AWS and the
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` for temporary keys, `AWS_REGION`,
+//! `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`). With a custom endpoint, requests use path-style addressing. Only the S3 API that both AWS and the
 //! S3-compatible servers speak is used; checksums are sent only where a request requires them
 //! (newer SDK defaults break several S3-compatible servers), and single PUTs carry Content-MD5.
 //! A PUT is create-only: a HEAD first, and `If-None-Match: *` for servers that enforce it.
@@ -35,6 +35,9 @@ pub struct S3Settings {
     pub region: Option<String>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+    /// The session token of temporary credentials (STS, `aws sts assume-role`, SSO): sent as
+    /// `x-amz-security-token` with every request; without it such keys are refused.
+    pub session_token: Option<String>,
 }
 
 impl S3Settings {
@@ -45,6 +48,7 @@ impl S3Settings {
             region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
             access_key_id: var("AWS_ACCESS_KEY_ID"),
             secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
+            session_token: var("AWS_SESSION_TOKEN"),
         }
     }
 }
@@ -81,8 +85,9 @@ impl S3Store {
         let mut loader =
             aws_config::defaults(aws_config::BehaviorVersion::latest()).region(Region::new(region));
         if let (Some(id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
+            let token = settings.session_token.clone();
             loader =
-                loader.credentials_provider(Credentials::new(id, secret, None, None, "lifeboat"));
+                loader.credentials_provider(Credentials::new(id, secret, token, None, "lifeboat"));
         }
         let sdk = loader.load().await;
         let mut b = aws_sdk_s3::config::Builder::from(&sdk)
@@ -253,7 +258,8 @@ const MISSING_CREDENTIALS_FIX: &str = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCE
      cluster: the keys of the repository Secret), or AWS_PROFILE, a web identity token or an \
      instance role";
 const REJECTED_CREDENTIALS_FIX: &str = "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (in a \
-     cluster: the keys of the repository Secret) and that the key may use this bucket";
+     cluster: the keys of the repository Secret), AWS_SESSION_TOKEN for temporary keys (they \
+     expire), and that the key may use this bucket";
 /// S3 error codes that mean the credentials are wrong, not the request.
 const REJECTED_CREDENTIALS: [&str; 4] = [
     "InvalidAccessKeyId",

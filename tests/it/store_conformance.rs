@@ -162,6 +162,7 @@ async fn s3_dead_endpoint_is_a_timeout_or_transient_error() {
         region: Some("x".into()),
         access_key_id: Some("a".into()),
         secret_access_key: Some("b".into()),
+        session_token: None,
     };
     let opts = StoreOptions {
         op_timeout: Duration::from_secs(2),
@@ -175,6 +176,60 @@ async fn s3_dead_endpoint_is_a_timeout_or_transient_error() {
         .await
         .unwrap_err();
     assert!(e.is_retryable(), "{e}");
+}
+
+/// What one S3 request carried: the listener answers 404 to whatever comes and returns the
+/// request's head, lower-cased.
+async fn one_request_head(session_token: Option<&str>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                break;
+            }
+            head.push_str(&line.to_ascii_lowercase());
+        }
+        let mut conn = conn;
+        let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+        head
+    });
+    let settings = lifeboat::store::s3::S3Settings {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        region: Some("x".into()),
+        access_key_id: Some("ASIAEXAMPLE".into()),
+        secret_access_key: Some("b".into()),
+        session_token: session_token.map(str::to_string),
+    };
+    let opts = StoreOptions {
+        op_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let s = lifeboat::store::s3::S3Store::new("b", "", settings, opts)
+        .await
+        .unwrap();
+    let _ = s.get("config", &CancellationToken::new()).await;
+    server.join().unwrap()
+}
+
+#[tokio::test]
+async fn s3_temporary_keys_send_their_session_token_and_sign_it() {
+    let head = one_request_head(Some("tok-123")).await;
+    assert!(head.contains("x-amz-security-token: tok-123\r\n"), "{head}");
+    // The token is one of the signed headers, or the server refuses the signature.
+    let auth = head
+        .lines()
+        .find(|l| l.starts_with("authorization:"))
+        .unwrap_or_else(|| panic!("no authorization header: {head}"));
+    assert!(auth.contains("x-amz-security-token"), "{auth}");
+
+    let head = one_request_head(None).await;
+    assert!(!head.contains("x-amz-security-token"), "{head}");
 }
 
 #[tokio::test]

@@ -80,6 +80,7 @@ impl Garage {
             region: Some("garage".into()),
             access_key_id: Some(self.access_key.clone()),
             secret_access_key: Some(self.secret_key.clone()),
+            session_token: None,
         }
     }
 
