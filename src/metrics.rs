@@ -7,6 +7,7 @@
 //! [`encode`]. Knows nothing of what the figures mean (the callers render them); must not
 //! block on the render (it is a plain function).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::http::{header, StatusCode};
@@ -14,6 +15,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +51,18 @@ impl<S: EncodeLabelSet, M: EncodeMetric + TypedMetric> EncodeMetric for Sorted<S
     fn metric_type(&self) -> MetricType {
         M::TYPE
     }
+}
+
+/// A family of counters from counts kept in a map, one sample per key in the map's order,
+/// labelled by `labels`.
+pub fn counted<K, L>(
+    counts: &BTreeMap<K, u64>,
+    labels: impl Fn(&K) -> L,
+) -> Sorted<L, ConstCounter> {
+    counts
+        .iter()
+        .map(|(k, n)| (labels(k), ConstCounter::new(*n)))
+        .collect()
 }
 
 /// The OpenMetrics text of `registry`, its `# EOF` line included. (Label values are escaped

@@ -28,7 +28,6 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
-use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
@@ -37,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::crd::{condition, set_condition, ConditionStatus, COND_READY};
 use crate::k8s::csi::MoverSettings;
-use crate::metrics::{encode, Sorted};
+use crate::metrics::{counted, encode, Sorted};
 
 mod leader;
 
@@ -202,16 +201,10 @@ impl Figures {
         r.register(
             "lifeboat_schedule_runs",
             "Backups a schedule started, by result",
-            self.runs
-                .iter()
-                .map(|((s, result), n)| {
-                    let l = RunLabels {
-                        schedule: s.clone(),
-                        result: *result,
-                    };
-                    (l, ConstCounter::new(*n))
-                })
-                .collect::<Sorted<_, _>>(),
+            counted(&self.runs, |(s, result)| RunLabels {
+                schedule: s.clone(),
+                result: *result,
+            }),
         );
         r.register(
             "lifeboat_schedule_rpo_seconds",

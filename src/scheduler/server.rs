@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
-use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -27,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::metrics::{encode, serve_metrics, MetricsError, Sorted};
+use crate::metrics::{counted, encode, serve_metrics, MetricsError, Sorted};
 use crate::scheduler::catalog::{blocking, Catalog, CatalogError, RunResult, RunState};
 use crate::scheduler::config::{backup_name, load_config, Config, Schedule};
 use crate::scheduler::cron::{missed, next_fires};
@@ -165,24 +164,14 @@ impl Metrics {
     /// The OpenMetrics text at `now`, the RPO clock and the runs going listed for `schedules`.
     pub fn render(&self, now: OffsetDateTime, schedules: &[String]) -> String {
         let mut r = Registry::default();
-        let counters = |m: &BTreeMap<String, u64>| -> Sorted<ScheduleLabels, ConstCounter> {
-            m.iter()
-                .map(|(s, n)| (by_schedule(s), ConstCounter::new(*n)))
-                .collect()
-        };
+        let counters = |m: &BTreeMap<String, u64>| counted(m, |s| by_schedule(s));
         r.register(
             "lifeboat_runs",
             "Scheduled runs by result",
-            self.runs
-                .iter()
-                .map(|((s, result), n)| {
-                    let l = RunLabels {
-                        schedule: s.clone(),
-                        result: *result,
-                    };
-                    (l, ConstCounter::new(*n))
-                })
-                .collect::<Sorted<_, _>>(),
+            counted(&self.runs, |(s, result)| RunLabels {
+                schedule: s.clone(),
+                result: *result,
+            }),
         );
         r.register(
             "lifeboat_run_duration_seconds",
