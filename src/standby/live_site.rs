@@ -503,6 +503,12 @@ mod tests {
         );
         let back: Vec<AppliedClaim> = serde_json::from_str(&text).unwrap();
         assert_eq!(back[0].mode, VolumeMode::Delta);
+        // A Job of the previous image, still running across an upgrade, used the old names.
+        let old: Vec<AppliedClaim> = serde_json::from_str(
+            r#"[{"pvc":"data","mode":"full","blocks_changed":2,"bytes_fetched":5,"bytes_written":6}]"#,
+        )
+        .unwrap();
+        assert_eq!((old[0].fetched_bytes, old[0].written_bytes), (5, 6));
         // The fields are the schema's.
         let path = format!(
             "{}/schema/standby-claims.schema.json",

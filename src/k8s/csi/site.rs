@@ -29,7 +29,11 @@ pub struct AppliedClaim {
     pub pvc: String,
     pub mode: VolumeMode,
     pub blocks_changed: u64,
+    /// `bytes_fetched` before the JSON vocabulary was unified: a Job of the previous image,
+    /// still running across an upgrade, reports it so.
+    #[serde(alias = "bytes_fetched")]
     pub fetched_bytes: u64,
+    #[serde(alias = "bytes_written")]
     pub written_bytes: u64,
 }
 
