@@ -241,30 +241,55 @@ impl LiveCluster {
         Ok((api, list.items))
     }
 
-    /// Whether every Deployment and StatefulSet of `namespace` has all its replicas ready.
-    pub async fn workloads_ready(&self, namespace: &str) -> Result<bool, LiveError> {
-        for (k, plural) in [
-            ("Deployment", "deployments"),
-            ("StatefulSet", "statefulsets"),
-        ] {
-            let (_, items) = self.list_in(namespace, ("apps", "v1", k, plural)).await?;
-            for item in items {
-                let want = item
-                    .data
-                    .pointer("/spec/replicas")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(1);
-                let ready = item
-                    .data
-                    .pointer("/status/readyReplicas")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                if ready < want {
-                    return Ok(false);
-                }
+    /// Waits, watching, until every Deployment and StatefulSet of `namespace` has all its
+    /// replicas ready, for at most `limit`: whether they were. A namespace without workloads
+    /// is ready at once.
+    pub async fn wait_workloads_ready(
+        &self,
+        namespace: &str,
+        limit: Duration,
+    ) -> Result<bool, LiveError> {
+        use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+        let deadline = tokio::time::Instant::now() + limit;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
+        let all_ready = |replicas: &[(Option<i32>, Option<i32>)]| {
+            replicas
+                .iter()
+                .all(|&(want, ready)| replicas_ready(want, ready))
+        };
+        loop {
+            let what = format!("Deployments in namespace {namespace}");
+            let d = super::watch::until(&what, deployments.clone(), (), left(), |all| {
+                let r: Vec<_> = all.iter().map(|d| deployment_replicas(d)).collect();
+                all_ready(&r).then_some(())
+            });
+            if d.await?.is_none() {
+                return Ok(false);
+            }
+            let what = format!("StatefulSets in namespace {namespace}");
+            let s = super::watch::until(&what, sets.clone(), (), left(), |all| {
+                let r: Vec<_> = all.iter().map(|s| set_replicas(s)).collect();
+                all_ready(&r).then_some(())
+            });
+            if s.await?.is_none() {
+                return Ok(false);
+            }
+            // The Deployments were ready before the StatefulSets were: still? (A list, not a
+            // poll: another watch follows only if one of them went down meanwhile.)
+            let now = deployments
+                .list(&ListParams::default())
+                .await
+                .map_err(|error| LiveError::Api {
+                    what: format!("list Deployments in namespace {namespace}"),
+                    error,
+                })?;
+            let r: Vec<_> = now.items.iter().map(deployment_replicas).collect();
+            if all_ready(&r) {
+                return Ok(true);
             }
         }
-        Ok(true)
     }
 
     /// Whether namespace `ns` exists.
@@ -792,5 +817,41 @@ impl LiveCluster {
             }
         }
         Ok(changes)
+    }
+}
+
+/// Whether a workload asking for `want` replicas (none given: 1) has them ready.
+fn replicas_ready(want: Option<i32>, ready: Option<i32>) -> bool {
+    ready.unwrap_or(0) >= want.unwrap_or(1)
+}
+
+fn deployment_replicas(d: &k8s_openapi::api::apps::v1::Deployment) -> (Option<i32>, Option<i32>) {
+    (
+        d.spec.as_ref().and_then(|s| s.replicas),
+        d.status.as_ref().and_then(|s| s.ready_replicas),
+    )
+}
+
+fn set_replicas(s: &k8s_openapi::api::apps::v1::StatefulSet) -> (Option<i32>, Option<i32>) {
+    (
+        s.spec.as_ref().and_then(|s| s.replicas),
+        s.status.as_ref().and_then(|s| s.ready_replicas),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replicas_ready;
+
+    #[test]
+    fn a_workload_is_ready_with_all_its_replicas_and_one_by_default() {
+        assert!(replicas_ready(Some(2), Some(2)));
+        assert!(!replicas_ready(Some(2), Some(1)));
+        assert!(
+            !replicas_ready(None, None),
+            "one replica by default, none ready"
+        );
+        assert!(replicas_ready(None, Some(1)));
+        assert!(replicas_ready(Some(0), None), "scaled to zero is ready");
     }
 }

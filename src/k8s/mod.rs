@@ -13,6 +13,8 @@
 //!    ▲
 //!  error (one enum for the layer, wrapping the two above)
 //!    ▲
+//!  watch (waits on the API server: a list, then a watch, and a verdict)
+//!    ▲
 //!  csi (snapshots, movers, restore and standby Jobs) ◄── live (the API server)
 //! ```
 
@@ -23,6 +25,8 @@ pub mod filter; // selectors, resource names, namespace globs (pure)
 pub mod source; // cluster directories, scopes, filters
 
 pub mod error; // one error type for the layer
+
+pub mod watch; // waiting by watching, never polling
 
 pub mod csi; // CSI snapshots and the mover Jobs of a live cluster
 

@@ -191,35 +191,51 @@ pub async fn flip(
     let patch = serde_json::json!({"spec": {"active": active}});
     api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let now = api.get(&name).await?;
-        let st = now.status.clone().unwrap_or_default();
-        let acted = if active {
-            st.activated_at.is_some()
-        } else {
-            st.activated_at.is_none()
-                && st
-                    .namespaces
-                    .iter()
-                    .all(|n| n.state != crate::crd::NamespaceState::Activated)
-        };
-        if acted || tokio::time::Instant::now() >= deadline {
-            return Ok(Some(Flip {
-                standby: format!("{sns}/{name}"),
-                namespace: ns.to_string(),
-                active,
-                rto_seconds: st.rto_seconds,
-                ready: if acted {
-                    ready_of(&st.conditions)
-                } else {
-                    format!(
-                        "the controller did not act within {} s; `lifeboat get standby` shows it",
-                        wait.as_secs()
-                    )
-                },
-            }));
+    // Watched (kube-runtime's await_condition), not polled: the controller's status write
+    // ends the wait.
+    let watched =
+        kube::runtime::wait::await_condition(api.clone(), &name, move |s: Option<&Standby>| {
+            s.and_then(|s| s.status.as_ref())
+                .is_some_and(|st| acted(st, active))
+        });
+    let (st, acted) = match tokio::time::timeout(wait, watched).await {
+        Ok(Ok(Some(s))) => (s.status.unwrap_or_default(), true),
+        Ok(Ok(None)) => {
+            return Err(OperatorError::Failed(format!(
+                "Standby {sns}/{name} was deleted while lifeboat waited for its controller"
+            )))
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(Err(kube::runtime::wait::Error::ProbeFailed(e))) => {
+            return Err(crate::k8s::watch::watch_error(&format!("Standby {sns}/{name}"), e).into())
+        }
+        Err(_) => (api.get(&name).await?.status.unwrap_or_default(), false),
+    };
+    Ok(Some(Flip {
+        standby: format!("{sns}/{name}"),
+        namespace: ns.to_string(),
+        active,
+        rto_seconds: st.rto_seconds,
+        ready: if acted {
+            ready_of(&st.conditions)
+        } else {
+            format!(
+                "the controller did not act within {} s; `lifeboat get standby` shows it",
+                wait.as_secs()
+            )
+        },
+    }))
+}
+
+/// Whether the controller has acted on `spec.active` = `active`: activated, or every
+/// namespace held again.
+fn acted(st: &crate::crd::StandbyStatus, active: bool) -> bool {
+    if active {
+        st.activated_at.is_some()
+    } else {
+        st.activated_at.is_none()
+            && st
+                .namespaces
+                .iter()
+                .all(|n| n.state != crate::crd::NamespaceState::Activated)
     }
 }

@@ -255,18 +255,22 @@ async fn activate(
         crate::standby::set_running(catalog, &site, ns, true).await?;
     }
     let live = LiveCluster::from_client(op.client.clone(), "in-cluster");
+    // One wait (a watch) per namespace, all within READY_WAIT of the start.
     let deadline = tokio::time::Instant::now() + READY_WAIT;
-    let mut ready_all = false;
-    while tokio::time::Instant::now() < deadline {
-        let mut all = true;
-        for ns in &namespaces {
-            all &= live.workloads_ready(ns).await.unwrap_or(false);
+    let mut ready_all = true;
+    for ns in &namespaces {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match live.wait_workloads_ready(ns, left).await {
+            Ok(true) => {}
+            Ok(false) => ready_all = false,
+            Err(e) => {
+                tracing::warn!(namespace = %ns, "cannot follow the workloads' readiness: {e}");
+                ready_all = false;
+            }
         }
-        if all {
-            ready_all = true;
+        if !ready_all {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let rto = start.elapsed().as_secs_f64();
     status.activated_at = Some(rfc3339(now()));

@@ -325,7 +325,7 @@ pub async fn drill_live(
             "namespace {into} exists on the site; a drill restores into a new namespace: remove it, or pick another --into"
         )));
     }
-    let (timeout, poll) = (movers.timeout, movers.poll);
+    let timeout = movers.timeout;
     let mut plan = drill_plan(repo, backup, ns, into).await?;
     let mut only = backup.clone();
     only.volumes.retain(|v| v.namespace == ns);
@@ -352,14 +352,10 @@ pub async fn drill_live(
         .await?;
     report.objects_restored = results.len() + created.len();
     // Time to ready: the applications up.
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !live.workloads_ready(into).await? {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(StandbyError::Failed(format!(
-                "the workloads of namespace {into} were not ready within {timeout:?}; the drill's namespace is left for a look (kubectl -n {into} get pods)"
-            )));
-        }
-        tokio::time::sleep(poll).await;
+    if !live.wait_workloads_ready(into, timeout).await? {
+        return Err(StandbyError::Failed(format!(
+            "the workloads of namespace {into} were not ready within {timeout:?}; the drill's namespace is left for a look (kubectl -n {into} get pods)"
+        )));
     }
     report.rto_seconds = started.elapsed().as_secs_f64();
     let refs: Vec<ObjRef> = plan.iter().map(|p| p.target.clone()).collect();

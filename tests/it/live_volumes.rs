@@ -669,7 +669,6 @@ async fn backup_db(
 fn movers() -> MoverSettings {
     MoverSettings {
         timeout: Duration::from_secs(30),
-        poll: Duration::from_millis(20),
         secret_data: Some(
             [
                 ("LIFEBOAT_REPOSITORY".to_string(), "/repo".to_string()),

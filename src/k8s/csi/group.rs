@@ -249,30 +249,32 @@ impl Csi {
         let snapshots =
             Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &volume_snapshots());
         let names: Vec<&str> = mine.iter().map(|c| c.name.as_str()).collect();
-        let mut members = BTreeMap::new();
-        self.wait(
-            &format!(
-                "the member VolumeSnapshots of VolumeGroupSnapshot {ns}/{group} (claims {})",
-                names.join(", ")
-            ),
-            async || {
-                let listed = snapshots
-                    .list(&Default::default())
-                    .await
-                    .map_err(api_err(format!("list VolumeSnapshots in {ns}")))?;
+        let what = format!(
+            "the member VolumeSnapshots of VolumeGroupSnapshot {ns}/{group} (claims {})",
+            names.join(", ")
+        );
+        let members = crate::k8s::watch::until(
+            &what,
+            snapshots,
+            volume_snapshots(),
+            self.settings.timeout,
+            |listed| {
                 let listed: Vec<Value> = listed
-                    .items
-                    .into_iter()
+                    .iter()
                     .map(|s| serde_json::to_value(s).expect("serialises"))
                     .collect();
-                members = group_members(&listed, &group);
-                Ok(names
+                let members = group_members(&listed, &group);
+                names
                     .iter()
                     .all(|n| members.contains_key(*n))
-                    .then_some(Ok(())))
+                    .then_some(members)
             },
         )
-        .await?;
+        .await?
+        .ok_or_else(|| LiveError::Volume {
+            what,
+            reason: format!("not done within {:?}", self.settings.timeout),
+        })?;
         Ok(mine
             .iter()
             .map(|c| CsiSnapshot {

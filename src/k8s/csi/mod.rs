@@ -79,7 +79,6 @@ pub struct MoverSettings {
     pub service_account: String,
     /// For each snapshot to be cut, each clone to bind, each Job to finish.
     pub timeout: Duration,
-    pub poll: Duration,
     /// Requests, limits, placement and securityContext of the Jobs' pods.
     pub pod: PodSettings,
 }
@@ -94,7 +93,6 @@ impl Default for MoverSettings {
             service_account: "lifeboat-mover".into(),
             secret_data: None,
             timeout: Duration::from_secs(1800),
-            poll: Duration::from_secs(2),
             pod: PodSettings::default(),
         }
     }
@@ -299,34 +297,6 @@ impl Csi {
         }
         self.ready.lock().expect("ready").push(ns.to_string());
         Ok(())
-    }
-
-    /// Polls `done` every [`MoverSettings::poll`] until it gives a verdict, for at most
-    /// [`MoverSettings::timeout`] (what a single watch cannot follow: a list of objects).
-    async fn wait<F>(&self, what: &str, mut done: F) -> Result<(), LiveError>
-    where
-        F: AsyncFnMut() -> Result<Option<Result<(), String>>, LiveError>,
-    {
-        let deadline = tokio::time::Instant::now() + self.settings.timeout;
-        loop {
-            match done().await? {
-                Some(Ok(())) => return Ok(()),
-                Some(Err(reason)) => {
-                    return Err(LiveError::Volume {
-                        what: what.to_string(),
-                        reason,
-                    })
-                }
-                None => {}
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(LiveError::Volume {
-                    what: what.to_string(),
-                    reason: format!("not done within {:?}", self.settings.timeout),
-                });
-            }
-            tokio::time::sleep(self.settings.poll).await;
-        }
     }
 
     /// Watches object `name` of `api` (kube-runtime's `await_condition`: a watch, no
