@@ -49,7 +49,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // 8 MiB of stack per worker (tokio's default is 2): a debug build's futures for a whole
+    // standby cycle or backup run deep.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(8 << 20)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

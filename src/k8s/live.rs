@@ -827,14 +827,14 @@ fn replicas_ready(want: Option<i32>, ready: Option<i32>) -> bool {
 
 fn deployment_replicas(d: &k8s_openapi::api::apps::v1::Deployment) -> (Option<i32>, Option<i32>) {
     (
-        d.spec.as_ref().and_then(|s| s.replicas),
+        d.spec.replicas,
         d.status.as_ref().and_then(|s| s.ready_replicas),
     )
 }
 
 fn set_replicas(s: &k8s_openapi::api::apps::v1::StatefulSet) -> (Option<i32>, Option<i32>) {
     (
-        s.spec.as_ref().and_then(|s| s.replicas),
+        s.spec.replicas,
         s.status.as_ref().and_then(|s| s.ready_replicas),
     )
 }

@@ -85,8 +85,8 @@ pub enum RunResult {
     Cancelled,
 }
 
-/// Where a run is, as `runs` shows it: going, ended (a [`RunResult`]), or skipped. (Ordered
-/// as declared, for the metrics' listing.)
+/// Where a run is, as `runs` shows it: going, ended (a [`RunResult`]), or skipped.
+// Ordered as declared, for the metrics' listing.
 #[derive(
     Debug,
     Clone,

@@ -680,459 +680,469 @@ fn movers() -> MoverSettings {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_toggle() {
-    use lifeboat::format::standby::VolumeMode;
-    use lifeboat::standby::{cycle_live, NamespaceState, StandbyOptions};
-    let d = tmp();
-    let repo_path = init_repo(d.path());
-    std::fs::create_dir_all(d.path().join("p")).unwrap();
-    let primary = Arc::new(CsiCluster::new(&d.path().join("p"), &repo_path).with_app());
-    let repo = open_pw(&repo_path).await;
-    let opts = ConsistencyOptions {
-        schedule: Some("db-hourly".into()),
-        ..Default::default()
-    };
-    backup_db(
-        &repo,
-        "live-1",
-        &LiveCluster::from_client(serve(primary.clone()), "p"),
-        &opts,
-        movers(),
-    )
-    .await
-    .unwrap();
-
-    // The DR site: an empty cluster.
-    let dr_dir = d.path().join("dr");
-    std::fs::create_dir_all(&dr_dir).unwrap();
-    let dr = Arc::new(CsiCluster::new(&dr_dir, &repo_path));
-    let live = LiveCluster::from_client(serve(dr.clone()), "dr");
-    let catalog = Arc::new(
-        lifeboat::scheduler::catalog::Catalog::open(&d.path().join("state/catalog.sqlite"))
-            .unwrap(),
-    );
-    let o = StandbyOptions {
-        schedule: "db-hourly".into(),
-        namespaces: Default::default(),
-        overwrite_claims: false,
-    };
-    let reports = cycle_live(&repo, &live, &catalog, &o, movers())
-        .await
-        .unwrap();
-    assert_eq!(
-        reports[0].state,
-        NamespaceState::Applied,
-        "{reports:#?}\n{:#?}",
-        dr.log.lock().unwrap()
-    );
-    {
-        let objects = dr.objects.lock().unwrap();
-        let api = &objects["/apis/apps/v1/namespaces/db/deployments/api"];
-        assert_eq!(api["spec"]["replicas"], 0, "held");
-        assert_eq!(
-            api["metadata"]["annotations"]["lifeboat.dev/original-replicas"],
-            "3"
-        );
-        assert_eq!(
-            objects["/apis/batch/v1/namespaces/db/cronjobs/report"]["spec"]["suspend"],
-            true
-        );
-    }
-    {
-        // The namespace standby made is labelled as lifeboat's, and its movers' Secret holds
-        // this process's repository settings.
-        let objects = dr.objects.lock().unwrap();
-        let ns = &objects["/api/v1/namespaces/db"];
-        assert_eq!(ns["kind"], "Namespace");
-        let secret = &objects["/api/v1/namespaces/db/secrets/lifeboat-repository"];
-        assert_eq!(secret["stringData"]["LIFEBOAT_PASSWORD"], "pw");
-    }
-    let (pd, dd) = (
-        primary.disks.lock().unwrap().clone(),
-        dr.disks.lock().unwrap().clone(),
-    );
-    for claim in ["data-db-0", "logs-db-0"] {
-        assert!(
-            std::fs::read(&pd[&format!("db/{claim}")]).unwrap()
-                == std::fs::read(&dd[&format!("db/{claim}")]).unwrap(),
-            "{claim}"
-        );
-    }
-    assert_eq!(
-        cycle_live(&repo, &live, &catalog, &o, movers())
-            .await
-            .unwrap()[0]
-            .state,
-        NamespaceState::UpToDate
-    );
-
-    // The primary changes both claims; the next backup moves the site's existing claims by
-    // the block-map difference, in one standby Job (the filesystem-mode one through a
-    // block-mode view of its volume). A Job killed right after its commit leaves the site
-    // to the next cycle, which finishes it.
-    let change = |round: u8| {
-        for (claim, at) in [("db/data-db-0", 65536usize), ("db/logs-db-0", 3 << 20)] {
-            primary.fill(claim, at, 4096, round);
-        }
-    };
-    let same_as_primary = || {
-        let (pd, dd) = (
-            primary.disks.lock().unwrap().clone(),
-            dr.disks.lock().unwrap().clone(),
-        );
-        ["data-db-0", "logs-db-0"].iter().all(|claim| {
-            std::fs::read(&pd[&format!("db/{claim}")]).unwrap()
-                == std::fs::read(&dd[&format!("db/{claim}")]).unwrap()
-        })
-    };
-    for (round, kill) in [(1u8, false), (2, true)] {
-        change(round);
+#[test]
+fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_toggle() {
+    // Its futures (a whole standby cycle, in a debug build) need more than the 2 MiB of
+    // stack a test thread has.
+    crate::support::on_big_stack(|| async move {
+        use lifeboat::format::standby::VolumeMode;
+        use lifeboat::standby::{cycle_live, NamespaceState, StandbyOptions};
+        let d = tmp();
+        let repo_path = init_repo(d.path());
+        std::fs::create_dir_all(d.path().join("p")).unwrap();
+        let primary = Arc::new(CsiCluster::new(&d.path().join("p"), &repo_path).with_app());
+        let repo = open_pw(&repo_path).await;
+        let opts = ConsistencyOptions {
+            schedule: Some("db-hourly".into()),
+            ..Default::default()
+        };
         backup_db(
             &repo,
-            &format!("live-{}", round + 1),
+            "live-1",
             &LiveCluster::from_client(serve(primary.clone()), "p"),
             &opts,
             movers(),
         )
         .await
         .unwrap();
-        if round == 1 {
-            // A journal claim too small for the changed blocks: refused with the fix named,
-            // before anything on the site changed.
-            let key = "/api/v1/namespaces/db/persistentvolumeclaims/lifeboat-standby-journal";
-            dr.put(key.into(), json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {"name": "lifeboat-standby-journal", "namespace": "db"},
-                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Ki"}}},
-                "status": {"phase": "Bound", "capacity": {"storage": "64Ki"}}}));
-            let site = || -> Vec<Vec<u8>> {
-                let dd = dr.disks.lock().unwrap().clone();
-                ["data-db-0", "logs-db-0"]
-                    .iter()
-                    .map(|c| std::fs::read(&dd[&format!("db/{c}")]).unwrap())
-                    .collect()
-            };
-            let before = site();
-            let r = cycle_live(&repo, &live, &catalog, &o, movers())
-                .await
-                .unwrap();
-            let e = r[0].error.clone().unwrap_or_default();
-            assert!(
-                r[0].state == NamespaceState::Failed
-                    && e.contains("expand it")
-                    && e.contains("kubectl -n db patch pvc lifeboat-standby-journal"),
-                "{r:#?}"
-            );
-            assert!(site() == before, "the site is unchanged");
-            dr.objects.lock().unwrap().remove(key);
-        }
-        if kill {
-            dr.job_env
-                .lock()
-                .unwrap()
-                .push(("LIFEBOAT_FAILPOINT".into(), "standby-after-commit".into()));
-            let r = cycle_live(&repo, &live, &catalog, &o, movers())
-                .await
-                .unwrap();
-            assert_eq!(r[0].state, NamespaceState::Failed, "{r:#?}");
-            assert!(!same_as_primary(), "committed, not yet replayed");
-            dr.job_env.lock().unwrap().clear();
-        }
-        let r = cycle_live(&repo, &live, &catalog, &o, movers())
+
+        // The DR site: an empty cluster.
+        let dr_dir = d.path().join("dr");
+        std::fs::create_dir_all(&dr_dir).unwrap();
+        let dr = Arc::new(CsiCluster::new(&dr_dir, &repo_path));
+        let live = LiveCluster::from_client(serve(dr.clone()), "dr");
+        let catalog = Arc::new(
+            lifeboat::scheduler::catalog::Catalog::open(&d.path().join("state/catalog.sqlite"))
+                .unwrap(),
+        );
+        let o = StandbyOptions {
+            schedule: "db-hourly".into(),
+            namespaces: Default::default(),
+            overwrite_claims: false,
+        };
+        let reports = cycle_live(&repo, &live, &catalog, &o, movers())
             .await
             .unwrap();
         assert_eq!(
-            r[0].state,
+            reports[0].state,
             NamespaceState::Applied,
-            "{r:#?}\n{:#?}",
+            "{reports:#?}\n{:#?}",
             dr.log.lock().unwrap()
         );
-        for v in &r[0].volumes {
-            if kill {
-                // The killed Job's commit was finished first: nothing was left to do.
-                assert_eq!(v.mode, VolumeMode::Unchanged, "{v:?}");
-            } else {
-                // One 4 KiB write: its 64 KiB block, fetched compressed, nothing else.
-                assert_eq!(v.mode, VolumeMode::Delta, "{v:?}");
-                assert_eq!((v.blocks_changed, v.written_bytes), (1, 65536), "{v:?}");
+        {
+            let objects = dr.objects.lock().unwrap();
+            let api = &objects["/apis/apps/v1/namespaces/db/deployments/api"];
+            assert_eq!(api["spec"]["replicas"], 0, "held");
+            assert_eq!(
+                api["metadata"]["annotations"]["lifeboat.dev/original-replicas"],
+                "3"
+            );
+            assert_eq!(
+                objects["/apis/batch/v1/namespaces/db/cronjobs/report"]["spec"]["suspend"],
+                true
+            );
+        }
+        {
+            // The namespace standby made is labelled as lifeboat's, and its movers' Secret holds
+            // this process's repository settings.
+            let objects = dr.objects.lock().unwrap();
+            let ns = &objects["/api/v1/namespaces/db"];
+            assert_eq!(ns["kind"], "Namespace");
+            let secret = &objects["/api/v1/namespaces/db/secrets/lifeboat-repository"];
+            assert_eq!(secret["stringData"]["LIFEBOAT_PASSWORD"], "pw");
+        }
+        let (pd, dd) = (
+            primary.disks.lock().unwrap().clone(),
+            dr.disks.lock().unwrap().clone(),
+        );
+        for claim in ["data-db-0", "logs-db-0"] {
+            assert!(
+                std::fs::read(&pd[&format!("db/{claim}")]).unwrap()
+                    == std::fs::read(&dd[&format!("db/{claim}")]).unwrap(),
+                "{claim}"
+            );
+        }
+        assert_eq!(
+            cycle_live(&repo, &live, &catalog, &o, movers())
+                .await
+                .unwrap()[0]
+                .state,
+            NamespaceState::UpToDate
+        );
+
+        // The primary changes both claims; the next backup moves the site's existing claims by
+        // the block-map difference, in one standby Job (the filesystem-mode one through a
+        // block-mode view of its volume). A Job killed right after its commit leaves the site
+        // to the next cycle, which finishes it.
+        let change = |round: u8| {
+            for (claim, at) in [("db/data-db-0", 65536usize), ("db/logs-db-0", 3 << 20)] {
+                primary.fill(claim, at, 4096, round);
+            }
+        };
+        let same_as_primary = || {
+            let (pd, dd) = (
+                primary.disks.lock().unwrap().clone(),
+                dr.disks.lock().unwrap().clone(),
+            );
+            ["data-db-0", "logs-db-0"].iter().all(|claim| {
+                std::fs::read(&pd[&format!("db/{claim}")]).unwrap()
+                    == std::fs::read(&dd[&format!("db/{claim}")]).unwrap()
+            })
+        };
+        for (round, kill) in [(1u8, false), (2, true)] {
+            change(round);
+            backup_db(
+                &repo,
+                &format!("live-{}", round + 1),
+                &LiveCluster::from_client(serve(primary.clone()), "p"),
+                &opts,
+                movers(),
+            )
+            .await
+            .unwrap();
+            if round == 1 {
+                // A journal claim too small for the changed blocks: refused with the fix named,
+                // before anything on the site changed.
+                let key = "/api/v1/namespaces/db/persistentvolumeclaims/lifeboat-standby-journal";
+                dr.put(key.into(), json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "lifeboat-standby-journal", "namespace": "db"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Ki"}}},
+                "status": {"phase": "Bound", "capacity": {"storage": "64Ki"}}}));
+                let site = || -> Vec<Vec<u8>> {
+                    let dd = dr.disks.lock().unwrap().clone();
+                    ["data-db-0", "logs-db-0"]
+                        .iter()
+                        .map(|c| std::fs::read(&dd[&format!("db/{c}")]).unwrap())
+                        .collect()
+                };
+                let before = site();
+                let r = cycle_live(&repo, &live, &catalog, &o, movers())
+                    .await
+                    .unwrap();
+                let e = r[0].error.clone().unwrap_or_default();
                 assert!(
-                    v.fetched_bytes > 0 && v.fetched_bytes <= 65536 + 1024,
-                    "{v:?}"
+                    r[0].state == NamespaceState::Failed
+                        && e.contains("expand it")
+                        && e.contains("kubectl -n db patch pvc lifeboat-standby-journal"),
+                    "{r:#?}"
+                );
+                assert!(site() == before, "the site is unchanged");
+                dr.objects.lock().unwrap().remove(key);
+            }
+            if kill {
+                dr.job_env
+                    .lock()
+                    .unwrap()
+                    .push(("LIFEBOAT_FAILPOINT".into(), "standby-after-commit".into()));
+                let r = cycle_live(&repo, &live, &catalog, &o, movers())
+                    .await
+                    .unwrap();
+                assert_eq!(r[0].state, NamespaceState::Failed, "{r:#?}");
+                assert!(!same_as_primary(), "committed, not yet replayed");
+                dr.job_env.lock().unwrap().clear();
+            }
+            let r = cycle_live(&repo, &live, &catalog, &o, movers())
+                .await
+                .unwrap();
+            assert_eq!(
+                r[0].state,
+                NamespaceState::Applied,
+                "{r:#?}\n{:#?}",
+                dr.log.lock().unwrap()
+            );
+            for v in &r[0].volumes {
+                if kill {
+                    // The killed Job's commit was finished first: nothing was left to do.
+                    assert_eq!(v.mode, VolumeMode::Unchanged, "{v:?}");
+                } else {
+                    // One 4 KiB write: its 64 KiB block, fetched compressed, nothing else.
+                    assert_eq!(v.mode, VolumeMode::Delta, "{v:?}");
+                    assert_eq!((v.blocks_changed, v.written_bytes), (1, 65536), "{v:?}");
+                    assert!(
+                        v.fetched_bytes > 0 && v.fetched_bytes <= 65536 + 1024,
+                        "{v:?}"
+                    );
+                }
+            }
+            assert!(
+                same_as_primary(),
+                "round {round}: the site's claims hold the new backup"
+            );
+            let objects = dr.objects.lock().unwrap();
+            for claim in ["data-db-0", "logs-db-0"] {
+                let c = &objects[&format!("/api/v1/namespaces/db/persistentvolumeclaims/{claim}")];
+                let want = r[0]
+                    .volumes
+                    .iter()
+                    .find(|v| v.pvc == claim)
+                    .unwrap()
+                    .snapshot
+                    .clone();
+                assert_eq!(
+                    c["metadata"]["annotations"]["lifeboat.dev/standby-snapshot"],
+                    want.as_str()
+                );
+            }
+            let raw: Vec<&String> = objects
+                .keys()
+                .filter(|k| k.contains("lifeboat-raw"))
+                .collect();
+            assert!(raw.is_empty(), "the block-mode views are removed: {raw:?}");
+            assert!(
+                !objects.keys().any(|k| k.contains("/jobs/")),
+                "Jobs removed"
+            );
+        }
+        let journal = dr_dir.join("fs-db-lifeboat-standby-journal");
+        let left: Vec<String> = std::fs::read_dir(&journal)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            left.iter().all(|f| f.ends_with(".lifeboat-applied")),
+            "only the records stay on the journal claim: {left:?}"
+        );
+
+        // Failover on the live site, then back. Activation first drops standby's records of the
+        // claims (the application will change them).
+        lifeboat::standby::forget_live_claims(&live, "db")
+            .await
+            .unwrap();
+        {
+            let objects = dr.objects.lock().unwrap();
+            assert!(!objects.contains_key(
+                "/api/v1/namespaces/db/persistentvolumeclaims/lifeboat-standby-journal"
+            ));
+            for claim in ["data-db-0", "logs-db-0"] {
+                let c = &objects[&format!("/api/v1/namespaces/db/persistentvolumeclaims/{claim}")];
+                assert!(
+                    c["metadata"]["annotations"]
+                        .get("lifeboat.dev/standby-snapshot")
+                        .is_none(),
+                    "{c}"
                 );
             }
         }
-        assert!(
-            same_as_primary(),
-            "round {round}: the site's claims hold the new backup"
-        );
-        let objects = dr.objects.lock().unwrap();
-        for claim in ["data-db-0", "logs-db-0"] {
-            let c = &objects[&format!("/api/v1/namespaces/db/persistentvolumeclaims/{claim}")];
-            let want = r[0]
-                .volumes
-                .iter()
-                .find(|v| v.pvc == claim)
-                .unwrap()
-                .snapshot
-                .clone();
+        let changes = live.set_running("db", true).await.unwrap();
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        {
+            let objects = dr.objects.lock().unwrap();
+            let api = &objects["/apis/apps/v1/namespaces/db/deployments/api"];
+            assert_eq!(api["spec"]["replicas"], 3);
+            assert!(api["metadata"]["annotations"]
+                .get("lifeboat.dev/original-replicas")
+                .is_none());
             assert_eq!(
-                c["metadata"]["annotations"]["lifeboat.dev/standby-snapshot"],
-                want.as_str()
+                objects["/apis/batch/v1/namespaces/db/cronjobs/report"]["spec"]["suspend"],
+                false
             );
         }
-        let raw: Vec<&String> = objects
-            .keys()
-            .filter(|k| k.contains("lifeboat-raw"))
-            .collect();
-        assert!(raw.is_empty(), "the block-mode views are removed: {raw:?}");
         assert!(
-            !objects.keys().any(|k| k.contains("/jobs/")),
-            "Jobs removed"
+            live.set_running("db", true).await.unwrap().is_empty(),
+            "idempotent"
         );
-    }
-    let journal = dr_dir.join("fs-db-lifeboat-standby-journal");
-    let left: Vec<String> = std::fs::read_dir(&journal)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        left.iter().all(|f| f.ends_with(".lifeboat-applied")),
-        "only the records stay on the journal claim: {left:?}"
-    );
-
-    // Failover on the live site, then back. Activation first drops standby's records of the
-    // claims (the application will change them).
-    lifeboat::standby::forget_live_claims(&live, "db")
-        .await
-        .unwrap();
-    {
-        let objects = dr.objects.lock().unwrap();
-        assert!(!objects
-            .contains_key("/api/v1/namespaces/db/persistentvolumeclaims/lifeboat-standby-journal"));
-        for claim in ["data-db-0", "logs-db-0"] {
-            let c = &objects[&format!("/api/v1/namespaces/db/persistentvolumeclaims/{claim}")];
-            assert!(
-                c["metadata"]["annotations"]
-                    .get("lifeboat.dev/standby-snapshot")
-                    .is_none(),
-                "{c}"
-            );
-        }
-    }
-    let changes = live.set_running("db", true).await.unwrap();
-    assert_eq!(changes.len(), 2, "{changes:?}");
-    {
-        let objects = dr.objects.lock().unwrap();
-        let api = &objects["/apis/apps/v1/namespaces/db/deployments/api"];
-        assert_eq!(api["spec"]["replicas"], 3);
-        assert!(api["metadata"]["annotations"]
-            .get("lifeboat.dev/original-replicas")
-            .is_none());
+        // A standby that lost its catalog (a restarted pod) still leaves an activated namespace
+        // alone: activation is on the namespace too.
+        use lifeboat::standby::ACTIVATED;
+        live.annotate_namespace("db", ACTIVATED, Some("true"))
+            .await
+            .unwrap();
+        let fresh = Arc::new(
+            lifeboat::scheduler::catalog::Catalog::open(&d.path().join("state/fresh.sqlite"))
+                .unwrap(),
+        );
+        let r = cycle_live(&repo, &live, &fresh, &o, movers())
+            .await
+            .unwrap();
+        assert_eq!(r[0].state, NamespaceState::Activated, "{r:#?}");
         assert_eq!(
-            objects["/apis/batch/v1/namespaces/db/cronjobs/report"]["spec"]["suspend"],
-            false
+            dr.objects.lock().unwrap()["/apis/apps/v1/namespaces/db/deployments/api"]["spec"]
+                ["replicas"],
+            3,
+            "still running"
         );
-    }
-    assert!(
-        live.set_running("db", true).await.unwrap().is_empty(),
-        "idempotent"
-    );
-    // A standby that lost its catalog (a restarted pod) still leaves an activated namespace
-    // alone: activation is on the namespace too.
-    use lifeboat::standby::ACTIVATED;
-    live.annotate_namespace("db", ACTIVATED, Some("true"))
-        .await
-        .unwrap();
-    let fresh = Arc::new(
-        lifeboat::scheduler::catalog::Catalog::open(&d.path().join("state/fresh.sqlite")).unwrap(),
-    );
-    let r = cycle_live(&repo, &live, &fresh, &o, movers())
-        .await
-        .unwrap();
-    assert_eq!(r[0].state, NamespaceState::Activated, "{r:#?}");
-    assert_eq!(
-        dr.objects.lock().unwrap()["/apis/apps/v1/namespaces/db/deployments/api"]["spec"]
-            ["replicas"],
-        3,
-        "still running"
-    );
-    live.annotate_namespace("db", ACTIVATED, None)
-        .await
-        .unwrap();
-    assert_eq!(live.set_running("db", false).await.unwrap().len(), 2);
-    assert_eq!(
-        dr.objects.lock().unwrap()["/apis/apps/v1/namespaces/db/deployments/api"]["spec"]
-            ["replicas"],
-        0
-    );
+        live.annotate_namespace("db", ACTIVATED, None)
+            .await
+            .unwrap();
+        assert_eq!(live.set_running("db", false).await.unwrap().len(), 2);
+        assert_eq!(
+            dr.objects.lock().unwrap()["/apis/apps/v1/namespaces/db/deployments/api"]["spec"]
+                ["replicas"],
+            0
+        );
 
-    // While active, the application wrote to its claims. `deactivate` gives them back to
-    // standby with unknown content, so the next backup is written whole, never as a delta
-    // onto what the application changed.
-    dr.fill("db/data-db-0", 1 << 20, 4096, 0xEE);
-    lifeboat::standby::claim_live_claims(&live, "db")
+        // While active, the application wrote to its claims. `deactivate` gives them back to
+        // standby with unknown content, so the next backup is written whole, never as a delta
+        // onto what the application changed.
+        dr.fill("db/data-db-0", 1 << 20, 4096, 0xEE);
+        lifeboat::standby::claim_live_claims(&live, "db")
+            .await
+            .unwrap();
+        catalog.set_activated("db", false).unwrap();
+        catalog.forget_applied("db").unwrap();
+        change(4);
+        backup_db(
+            &repo,
+            "live-5",
+            &LiveCluster::from_client(serve(primary.clone()), "p"),
+            &opts,
+            movers(),
+        )
         .await
         .unwrap();
-    catalog.set_activated("db", false).unwrap();
-    catalog.forget_applied("db").unwrap();
-    change(4);
-    backup_db(
-        &repo,
-        "live-5",
-        &LiveCluster::from_client(serve(primary.clone()), "p"),
-        &opts,
-        movers(),
-    )
-    .await
-    .unwrap();
-    let r = cycle_live(&repo, &live, &catalog, &o, movers())
-        .await
-        .unwrap();
-    assert_eq!(r[0].state, NamespaceState::Applied, "{r:#?}");
-    assert!(
-        r[0].volumes.iter().all(|v| v.mode == VolumeMode::Full),
-        "{:?}",
-        r[0].volumes
-    );
-    assert!(same_as_primary(), "written whole");
+        let r = cycle_live(&repo, &live, &catalog, &o, movers())
+            .await
+            .unwrap();
+        assert_eq!(r[0].state, NamespaceState::Applied, "{r:#?}");
+        assert!(
+            r[0].volumes.iter().all(|v| v.mode == VolumeMode::Full),
+            "{:?}",
+            r[0].volumes
+        );
+        assert!(same_as_primary(), "written whole");
 
-    // Failback onto the primary: its own claims are not standby's. Refused, naming the
-    // option; with it, written whole.
-    let primary_live = LiveCluster::from_client(serve(primary.clone()), "p");
-    let back = Arc::new(
-        lifeboat::scheduler::catalog::Catalog::open(&d.path().join("state/primary.sqlite"))
-            .unwrap(),
-    );
-    primary.fill("db/logs-db-0", 0, 4096, 0x11); // the primary's stale data
-    let r = cycle_live(&repo, &primary_live, &back, &o, movers())
-        .await
-        .unwrap();
-    let e = r[0].error.clone().unwrap_or_default();
-    assert!(
-        r[0].state == NamespaceState::Failed && e.contains("--overwrite-claims"),
-        "{r:#?}"
-    );
-    let o2 = StandbyOptions {
-        overwrite_claims: true,
-        ..o.clone()
-    };
-    let r = cycle_live(&repo, &primary_live, &back, &o2, movers())
-        .await
-        .unwrap();
-    assert_eq!(r[0].state, NamespaceState::Applied, "{r:#?}");
-    assert!(
-        r[0].volumes.iter().all(|v| v.mode == VolumeMode::Full),
-        "{:?}",
-        r[0].volumes
-    );
-    assert!(same_as_primary(), "the primary holds the backup again");
+        // Failback onto the primary: its own claims are not standby's. Refused, naming the
+        // option; with it, written whole.
+        let primary_live = LiveCluster::from_client(serve(primary.clone()), "p");
+        let back = Arc::new(
+            lifeboat::scheduler::catalog::Catalog::open(&d.path().join("state/primary.sqlite"))
+                .unwrap(),
+        );
+        primary.fill("db/logs-db-0", 0, 4096, 0x11); // the primary's stale data
+        let r = cycle_live(&repo, &primary_live, &back, &o, movers())
+            .await
+            .unwrap();
+        let e = r[0].error.clone().unwrap_or_default();
+        assert!(
+            r[0].state == NamespaceState::Failed && e.contains("--overwrite-claims"),
+            "{r:#?}"
+        );
+        let o2 = StandbyOptions {
+            overwrite_claims: true,
+            ..o.clone()
+        };
+        let r = cycle_live(&repo, &primary_live, &back, &o2, movers())
+            .await
+            .unwrap();
+        assert_eq!(r[0].state, NamespaceState::Applied, "{r:#?}");
+        assert!(
+            r[0].volumes.iter().all(|v| v.mode == VolumeMode::Full),
+            "{:?}",
+            r[0].volumes
+        );
+        assert!(same_as_primary(), "the primary holds the backup again");
+    })
 }
 
 /// A drill on a live site: the newest backup restored into a new namespace, every volume
 /// verified against its snapshot by a Job before the applications start, the applications
 /// up (the RTO measured), every object checked, and the namespace removed on request. A
 /// volume the storage corrupted is reported, and a drill never writes over a namespace.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_live_drill_verifies_volumes_and_objects_and_measures_the_rto() {
-    use lifeboat::standby::drill_live;
-    let d = tmp();
-    let repo_path = init_repo(d.path());
-    std::fs::create_dir_all(d.path().join("p")).unwrap();
-    let primary = Arc::new(CsiCluster::new(&d.path().join("p"), &repo_path).with_app());
-    let repo = open_pw(&repo_path).await;
-    let primary_live = LiveCluster::from_client(serve(primary.clone()), "p");
-    backup_db(
-        &repo,
-        "live-1",
-        &primary_live,
-        &ConsistencyOptions::default(),
-        movers(),
-    )
-    .await
-    .unwrap();
-    let backup = find_backup(&repo, "live-1").await.unwrap().1;
-    let dr_dir = d.path().join("dr");
-    std::fs::create_dir_all(&dr_dir).unwrap();
-    let dr = Arc::new(CsiCluster::new(&dr_dir, &repo_path));
-    let live = LiveCluster::from_client(serve(dr.clone()), "dr");
-
-    let report = drill_live(&repo, &live, movers(), &backup, "db", "db-drill", false)
+#[test]
+fn a_live_drill_verifies_volumes_and_objects_and_measures_the_rto() {
+    // Its futures (a whole standby cycle, in a debug build) need more than the 2 MiB of
+    // stack a test thread has.
+    crate::support::on_big_stack(|| async move {
+        use lifeboat::standby::drill_live;
+        let d = tmp();
+        let repo_path = init_repo(d.path());
+        std::fs::create_dir_all(d.path().join("p")).unwrap();
+        let primary = Arc::new(CsiCluster::new(&d.path().join("p"), &repo_path).with_app());
+        let repo = open_pw(&repo_path).await;
+        let primary_live = LiveCluster::from_client(serve(primary.clone()), "p");
+        backup_db(
+            &repo,
+            "live-1",
+            &primary_live,
+            &ConsistencyOptions::default(),
+            movers(),
+        )
         .await
         .unwrap();
-    assert_eq!(report.volumes.len(), 2, "{report:#?}");
-    assert!(
-        report
-            .volumes
-            .iter()
-            .all(|v| v.verified && v.blocks_verified == 64),
-        "{report:#?}"
-    );
-    assert!(report.objects_restored > 0);
-    assert_eq!(
-        report.objects_verified, report.objects_restored,
-        "{report:#?}"
-    );
-    assert!(report.rto_seconds > 0.0 && !report.removed);
-    {
-        let objects = dr.objects.lock().unwrap();
-        let api = &objects["/apis/apps/v1/namespaces/db-drill/deployments/api"];
-        assert_eq!(api["spec"]["replicas"], 3, "started");
-        let claim = &objects["/api/v1/namespaces/db-drill/persistentvolumeclaims/data-db-0"];
-        assert_eq!(
-            claim["metadata"]["labels"]["app"], "db",
-            "created from the backed-up claim"
+        let backup = find_backup(&repo, "live-1").await.unwrap().1;
+        let dr_dir = d.path().join("dr");
+        std::fs::create_dir_all(&dr_dir).unwrap();
+        let dr = Arc::new(CsiCluster::new(&dr_dir, &repo_path));
+        let live = LiveCluster::from_client(serve(dr.clone()), "dr");
+
+        let report = drill_live(&repo, &live, movers(), &backup, "db", "db-drill", false)
+            .await
+            .unwrap();
+        assert_eq!(report.volumes.len(), 2, "{report:#?}");
+        assert!(
+            report
+                .volumes
+                .iter()
+                .all(|v| v.verified && v.blocks_verified == 64),
+            "{report:#?}"
         );
-        let posted = dr
-            .created("PersistentVolumeClaim")
-            .into_iter()
-            .find(|c| c["metadata"]["name"] == "data-db-0")
+        assert!(report.objects_restored > 0);
+        assert_eq!(
+            report.objects_verified, report.objects_restored,
+            "{report:#?}"
+        );
+        assert!(report.rto_seconds > 0.0 && !report.removed);
+        {
+            let objects = dr.objects.lock().unwrap();
+            let api = &objects["/apis/apps/v1/namespaces/db-drill/deployments/api"];
+            assert_eq!(api["spec"]["replicas"], 3, "started");
+            let claim = &objects["/api/v1/namespaces/db-drill/persistentvolumeclaims/data-db-0"];
+            assert_eq!(
+                claim["metadata"]["labels"]["app"], "db",
+                "created from the backed-up claim"
+            );
+            let posted = dr
+                .created("PersistentVolumeClaim")
+                .into_iter()
+                .find(|c| c["metadata"]["name"] == "data-db-0")
+                .unwrap();
+            assert!(
+                posted["spec"]["volumeName"].is_null(),
+                "on a volume of its own: {posted}"
+            );
+            assert!(
+                !objects
+                    .keys()
+                    .any(|k| k.contains("lifeboat-raw") || k.contains("/jobs/")),
+                "verify views and Jobs removed"
+            );
+        }
+        let (pd, dd) = (
+            primary.disks.lock().unwrap().clone(),
+            dr.disks.lock().unwrap().clone(),
+        );
+        for claim in ["data-db-0", "logs-db-0"] {
+            assert!(
+                std::fs::read(&pd[&format!("db/{claim}")]).unwrap()
+                    == std::fs::read(&dd[&format!("db-drill/{claim}")]).unwrap(),
+                "{claim}"
+            );
+        }
+
+        // Never over an existing namespace.
+        let e = drill_live(&repo, &live, movers(), &backup, "db", "db-drill", true)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("namespace db-drill exists"), "{e}");
+
+        // Storage that corrupts what was written: the drill says which volume.
+        *dr.corrupt_restores.lock().unwrap() = Some(70_000);
+        let report = drill_live(&repo, &live, movers(), &backup, "db", "db-drill-2", true)
+            .await
             .unwrap();
         assert!(
-            posted["spec"]["volumeName"].is_null(),
-            "on a volume of its own: {posted}"
+            report
+                .volumes
+                .iter()
+                .all(|v| !v.verified && v.blocks_verified == 63),
+            "{report:#?}"
         );
-        assert!(
-            !objects
-                .keys()
-                .any(|k| k.contains("lifeboat-raw") || k.contains("/jobs/")),
-            "verify views and Jobs removed"
-        );
-    }
-    let (pd, dd) = (
-        primary.disks.lock().unwrap().clone(),
-        dr.disks.lock().unwrap().clone(),
-    );
-    for claim in ["data-db-0", "logs-db-0"] {
-        assert!(
-            std::fs::read(&pd[&format!("db/{claim}")]).unwrap()
-                == std::fs::read(&dd[&format!("db-drill/{claim}")]).unwrap(),
-            "{claim}"
-        );
-    }
-
-    // Never over an existing namespace.
-    let e = drill_live(&repo, &live, movers(), &backup, "db", "db-drill", true)
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("namespace db-drill exists"), "{e}");
-
-    // Storage that corrupts what was written: the drill says which volume.
-    *dr.corrupt_restores.lock().unwrap() = Some(70_000);
-    let report = drill_live(&repo, &live, movers(), &backup, "db", "db-drill-2", true)
-        .await
-        .unwrap();
-    assert!(
-        report
-            .volumes
-            .iter()
-            .all(|v| !v.verified && v.blocks_verified == 63),
-        "{report:#?}"
-    );
-    assert!(report.removed);
-    assert!(!dr
-        .objects
-        .lock()
-        .unwrap()
-        .contains_key("/api/v1/namespaces/db-drill-2"));
+        assert!(report.removed);
+        assert!(!dr
+            .objects
+            .lock()
+            .unwrap()
+            .contains_key("/api/v1/namespaces/db-drill-2"));
+    })
 }

@@ -243,11 +243,21 @@ api_bind_addr = "127.0.0.1:{admin}"
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     };
-    garage_cli(
-        &bin,
-        &cfg,
-        &["layout", "assign", "-z", "dc1", "-c", "10G", &node],
-    )?;
+    // `node id` can answer before the server listens for RPC (a first start on a machine
+    // generates its keys and opens its database first): the first RPC waits for it.
+    loop {
+        match garage_cli(
+            &bin,
+            &cfg,
+            &["layout", "assign", "-z", "dc1", "-c", "10G", &node],
+        ) {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline || !e.contains("Connection refused") => {
+                return Err(e)
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
     garage_cli(&bin, &cfg, &["layout", "apply", "--version", "1"])?;
     let access_key = format!("GK{}", hex::encode(rand::random::<[u8; 12]>()));
     let secret_key = hex::encode(rand::random::<[u8; 32]>());
@@ -392,4 +402,30 @@ pub async fn keys_under(
         .into_iter()
         .map(|o| o.key)
         .collect()
+}
+
+/// Runs the future `make` gives to completion on a multi-threaded runtime (2 workers) whose
+/// threads, and the one blocking on it, have 16 MiB of stack: for tests whose futures are too
+/// deep for a test thread's 2 MiB in a debug build.
+pub fn on_big_stack<M, F>(make: M) -> F::Output
+where
+    M: FnOnce() -> F + Send + 'static,
+    F: std::future::Future,
+    F::Output: Send + 'static,
+{
+    const STACK: usize = 16 << 20;
+    std::thread::Builder::new()
+        .stack_size(STACK)
+        .spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_stack_size(STACK)
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(Box::pin(make()))
+        })
+        .expect("a thread")
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }

@@ -261,7 +261,7 @@ impl Csi {
             |listed| {
                 let listed: Vec<Value> = listed
                     .iter()
-                    .map(|s| serde_json::to_value(s).expect("serialises"))
+                    .map(|s| serde_json::to_value(s.as_ref()).expect("serialises"))
                     .collect();
                 let members = group_members(&listed, &group);
                 names
