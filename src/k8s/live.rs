@@ -254,26 +254,13 @@ impl LiveCluster {
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
         let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
-        let all_ready = |replicas: &[(Option<i32>, Option<i32>)]| {
-            replicas
-                .iter()
-                .all(|&(want, ready)| replicas_ready(want, ready))
-        };
         loop {
             let what = format!("Deployments in namespace {namespace}");
-            let d = super::watch::until(&what, deployments.clone(), (), left(), |all| {
-                let r: Vec<_> = all.iter().map(|d| deployment_replicas(d)).collect();
-                all_ready(&r).then_some(())
-            });
-            if d.await?.is_none() {
+            if !watch_all_ready(&what, deployments.clone(), left(), deployment_ready).await? {
                 return Ok(false);
             }
             let what = format!("StatefulSets in namespace {namespace}");
-            let s = super::watch::until(&what, sets.clone(), (), left(), |all| {
-                let r: Vec<_> = all.iter().map(|s| set_replicas(s)).collect();
-                all_ready(&r).then_some(())
-            });
-            if s.await?.is_none() {
+            if !watch_all_ready(&what, sets.clone(), left(), set_ready).await? {
                 return Ok(false);
             }
             // The Deployments were ready before the StatefulSets were: still? (A list, not a
@@ -285,8 +272,7 @@ impl LiveCluster {
                     what: format!("list Deployments in namespace {namespace}"),
                     error,
                 })?;
-            let r: Vec<_> = now.items.iter().map(deployment_replicas).collect();
-            if all_ready(&r) {
+            if now.items.iter().all(deployment_ready) {
                 return Ok(true);
             }
         }
@@ -825,18 +811,40 @@ fn replicas_ready(want: Option<i32>, ready: Option<i32>) -> bool {
     ready.unwrap_or(0) >= want.unwrap_or(1)
 }
 
-fn deployment_replicas(d: &k8s_openapi::api::apps::v1::Deployment) -> (Option<i32>, Option<i32>) {
-    (
+fn deployment_ready(d: &k8s_openapi::api::apps::v1::Deployment) -> bool {
+    replicas_ready(
         d.spec.replicas,
         d.status.as_ref().and_then(|s| s.ready_replicas),
     )
 }
 
-fn set_replicas(s: &k8s_openapi::api::apps::v1::StatefulSet) -> (Option<i32>, Option<i32>) {
-    (
+fn set_ready(s: &k8s_openapi::api::apps::v1::StatefulSet) -> bool {
+    replicas_ready(
         s.spec.replicas,
         s.status.as_ref().and_then(|s| s.ready_replicas),
     )
+}
+
+/// Watches the workloads of `api` until `ready` holds for all of them, for at most `limit`:
+/// whether it did.
+async fn watch_all_ready<K>(
+    what: &str,
+    api: Api<K>,
+    limit: Duration,
+    ready: fn(&K) -> bool,
+) -> Result<bool, LiveError>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    let verdict = super::watch::until(what, api, (), limit, |all| {
+        all.iter().all(|k| ready(k)).then_some(())
+    });
+    Ok(verdict.await?.is_some())
 }
 
 #[cfg(test)]

@@ -1040,7 +1040,7 @@ fn live_standby_applies_held_writes_new_claims_and_activate_deactivate_toggle() 
 /// volume the storage corrupted is reported, and a drill never writes over a namespace.
 #[test]
 fn a_live_drill_verifies_volumes_and_objects_and_measures_the_rto() {
-    // Its futures (a whole standby cycle, in a debug build) need more than the 2 MiB of
+    // Its futures (a whole drill, in a debug build) need more than the 2 MiB of
     // stack a test thread has.
     crate::support::on_big_stack(|| async move {
         use lifeboat::standby::drill_live;
