@@ -48,7 +48,9 @@ async fn apply(op: &Operator, api: &Api<Backup>, b: Arc<Backup>) -> Result<Actio
         return Ok(Action::await_change());
     }
     if phase == Some(BackupPhase::InProgress) {
-        if op.running.lock().expect("running").contains(&key(&*b)) {
+        let in_progress =
+            |b: &Backup| b.status.as_ref().and_then(|s| s.phase) == Some(BackupPhase::InProgress);
+        if !op.abandoned(api, &key(&*b), &name, in_progress).await? {
             return Ok(Action::await_change());
         }
         let mut s = b.status.clone().unwrap_or_default();

@@ -124,7 +124,7 @@ pub struct Operator {
     /// Repositories opened, by location (and the fingerprint of the settings they were
     /// opened with).
     repos: Mutex<BTreeMap<String, (String, Arc<crate::repository::Repository>)>>,
-    /// Backup objects whose backup runs in this process (`namespace/name`).
+    /// Backups and Restores whose work runs in this process (their keys).
     running: Mutex<Vec<String>>,
     /// Standby catalogs, by Standby (`namespace/name`).
     catalogs: Mutex<BTreeMap<String, Arc<crate::scheduler::catalog::Catalog>>>,
@@ -279,6 +279,33 @@ impl Operator {
             figures: Default::default(),
             cancel,
         }
+    }
+
+    /// Whether work whose cached status says in progress was abandoned (the controller restarted,
+    /// or another replica took over): it is not running in this process under `key`, and a fresh
+    /// read of the object still says `in_progress`. The fresh read matters: the controller's
+    /// cache can lag behind this process's own last status patch, so a reconcile queued while
+    /// the work ran may still see it in progress after it ended.
+    pub async fn abandoned<K>(
+        &self,
+        api: &Api<K>,
+        key: &str,
+        name: &str,
+        in_progress: fn(&K) -> bool,
+    ) -> Result<bool, kube::Error>
+    where
+        K: Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        if self
+            .running
+            .lock()
+            .expect("running")
+            .iter()
+            .any(|k| k == key)
+        {
+            return Ok(false);
+        }
+        Ok(in_progress(&api.get_status(name).await?))
     }
 
     /// An Event on `obj` (a failure to write it is only logged).

@@ -138,11 +138,11 @@ async fn reconcile(r: Arc<Restore>, op: Arc<Operator>) -> Result<Action, Operato
             return Ok(Action::await_change())
         }
         Some(RestorePhase::InProgress)
-            if !op
-                .running
-                .lock()
-                .expect("running")
-                .contains(&running_key(&r)) =>
+            if op
+                .abandoned(&api, &running_key(&r), &name, |r: &Restore| {
+                    r.status.as_ref().and_then(|s| s.phase) == Some(RestorePhase::InProgress)
+                })
+                .await? =>
         {
             let mut s = r.status.clone().unwrap_or_default();
             s.phase = Some(RestorePhase::Failed);
