@@ -166,7 +166,7 @@ async fn create(ctx: &Ctx<'_>, a: &BackupCreateArgs) -> Result<(), Error> {
     let name = &a.name;
     let purpose = format!("backup {name}");
     let out = request::backup(a.request(ctx)?, ctx.open_shared(&purpose), &ctx.cancel).await?;
-    ctx.emit(&out, || {
+    ctx.emit(&BackupCreated::of(&out), || {
         let mut text = format!(
             "backup {name} ({}): {} objects, {} new, uploaded {}, {:.2}s",
             out.id.short(),
@@ -196,6 +196,59 @@ async fn create(ctx: &Ctx<'_>, a: &BackupCreateArgs) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::PartialBackup(out.failures.len()))
+    }
+}
+
+/// `backup create --json`: the backup made, what it moved, and the parts of its record that
+/// tell whether it is whole (`backup describe` gives the rest).
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct BackupCreated {
+    /// The backup's id (hex).
+    pub id: String,
+    pub name: String,
+    /// When the backup started (RFC 3339, UTC, milliseconds).
+    pub started_at: String,
+    pub status: BackupStatus,
+    /// Objects captured.
+    pub objects: usize,
+    /// Objects and blocks the repository did not hold yet, stored by this backup.
+    pub new_objects: u64,
+    /// Bytes read from the volumes.
+    pub read_bytes: u64,
+    /// Bytes written to the repository (compressed, encrypted, with pack overhead).
+    pub uploaded_bytes: u64,
+    /// Objects as exported plus the volumes' logical sizes.
+    pub size_bytes: u64,
+    pub duration_seconds: f64,
+    /// Each claim's data: one volume snapshot each.
+    pub volumes: Vec<DescribedVolume>,
+    /// What each pre and post rule action did, per pod, in start order.
+    pub rules: Vec<DescribedAction>,
+    /// What could not be captured; a backup with any is partially failed.
+    pub failures: Vec<DescribedFailure>,
+    /// What did not fail the backup but weakens it.
+    pub warnings: Vec<String>,
+}
+
+impl BackupCreated {
+    pub fn of(s: &record::BackupSummary) -> BackupCreated {
+        let d = BackupDescription::of(&s.id, &s.record);
+        BackupCreated {
+            id: d.id,
+            name: d.name,
+            started_at: d.started_at,
+            status: d.status,
+            objects: s.objects,
+            new_objects: s.objects_new,
+            read_bytes: s.bytes_read,
+            uploaded_bytes: s.bytes_uploaded,
+            size_bytes: d.size_bytes,
+            duration_seconds: s.duration_seconds,
+            volumes: d.volumes,
+            rules: d.rules,
+            failures: d.failures,
+            warnings: d.warnings,
+        }
     }
 }
 

@@ -141,7 +141,7 @@ pub(super) async fn flip(
     let Some(f) = client::flip(live.client(), ns, active, wait).await? else {
         return Ok(false);
     };
-    ctx.emit(&f, || {
+    ctx.emit(&super::dr::Activation::Standby(&f), || {
         format!(
             "Standby {} set active={} for namespace {}: {}{}",
             f.standby,

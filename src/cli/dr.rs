@@ -255,6 +255,15 @@ fn emit_cycle(ctx: &Ctx<'_>, reports: &[NamespaceReport]) {
     });
 }
 
+/// `activate|deactivate --json`: what was changed on the site, or, when a controller's
+/// Standby holds the namespace, the flip of that Standby (the controller makes the changes).
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum Activation<'a> {
+    Site(&'a RunningReport),
+    Standby(&'a crate::operator::client::Flip),
+}
+
 pub(super) async fn set_running(ctx: &Ctx<'_>, a: &NamespaceArgs, run: bool) -> Result<(), Error> {
     // A controller's Standby holds the namespace: it is flipped there, the controller acts.
     if a.target.cluster_dir.is_none()
@@ -265,7 +274,7 @@ pub(super) async fn set_running(ctx: &Ctx<'_>, a: &NamespaceArgs, run: bool) -> 
     let catalog = ctx.catalog().await?;
     let site = site(&a.target).await?;
     let report = standby::set_running(&catalog, &site, &a.namespace, run).await?;
-    ctx.emit(&report, || running_text(&report));
+    ctx.emit(&Activation::Site(&report), || running_text(&report));
     Ok(())
 }
 

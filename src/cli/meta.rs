@@ -17,7 +17,7 @@ pub const VERSION_LINE: &str = concat!(
 );
 
 /// `lifeboat version`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct VersionInfo {
     /// The crate version.
     pub version: &'static str,

@@ -898,6 +898,42 @@ pub fn output_schemas() -> Vec<(&'static str, String)> {
             text::<Vec<crate::standby::VolumeReport>>(),
         ),
         ("drill.schema.json", text::<crate::standby::DrillReport>()),
+        ("backup-create.schema.json", text::<backup::BackupCreated>()),
+        (
+            "restore-create.schema.json",
+            text::<restore::RestoreApplied<'static>>(),
+        ),
+        (
+            "restore-plan.schema.json",
+            text::<Vec<restore::PlannedObject>>(),
+        ),
+        ("repo-init.schema.json", text::<repo::RepoCreated>()),
+        (
+            "repo-check.schema.json",
+            text::<crate::repository::CheckReport>(),
+        ),
+        (
+            "repo-repair.schema.json",
+            text::<crate::repository::RepairReport>(),
+        ),
+        (
+            "repo-unlock.schema.json",
+            text::<crate::repository::UnlockReport>(),
+        ),
+        ("repo-key-add.schema.json", text::<repo::KeyAdded>()),
+        ("repo-key-remove.schema.json", text::<repo::KeyRemoved>()),
+        (
+            "repo-key-list.schema.json",
+            text::<Vec<crate::repository::KeyInfo>>(),
+        ),
+        ("schedule-next.schema.json", text::<Vec<String>>()),
+        (
+            "schedule-suspend.schema.json",
+            text::<ops::ScheduleSuspension>(),
+        ),
+        ("catalog-rebuild.schema.json", text::<ops::CatalogRebuilt>()),
+        ("activate.schema.json", text::<dr::Activation<'static>>()),
+        ("version.schema.json", text::<meta::VersionInfo>()),
         ("error.schema.json", text::<ErrorOutput>()),
     ]
 }

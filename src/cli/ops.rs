@@ -160,6 +160,28 @@ pub(super) async fn server(ctx: &Ctx<'_>, a: &ServerArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// `schedule suspend|resume --json`.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct ScheduleSuspension {
+    pub name: String,
+    /// As set: true after `suspend`, false after `resume`.
+    pub suspended: bool,
+}
+
+/// `catalog rebuild --json`.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct CatalogRebuilt {
+    /// The catalog file rebuilt.
+    pub catalog: String,
+    /// Backup records and volume snapshots read from the bucket into it.
+    pub backups: usize,
+    pub snapshots: usize,
+    /// Runs of scheduled backups the catalog did not know, recovered from their records.
+    pub runs_recovered: usize,
+    /// Names held by more than one record (the catalog lists the oldest).
+    pub duplicate_names: Vec<crate::scheduler::catalog::DuplicateName>,
+}
+
 pub(super) async fn schedule(ctx: &Ctx<'_>, cmd: &ScheduleCommand) -> Result<(), Error> {
     let catalog = ctx.catalog().await?;
     let now = time::OffsetDateTime::now_utc();
@@ -189,7 +211,10 @@ pub(super) async fn schedule(ctx: &Ctx<'_>, cmd: &ScheduleCommand) -> Result<(),
             let n = name.clone();
             blocking(&catalog, move |c| c.set_suspended(&n, suspend)).await?;
             ctx.emit(
-                &serde_json::json!({"name": name, "suspended": suspend}),
+                &ScheduleSuspension {
+                    name: name.clone(),
+                    suspended: suspend,
+                },
                 || {
                     format!(
                         "schedule {name} {}",
@@ -293,10 +318,20 @@ pub(super) async fn catalog(ctx: &Ctx<'_>, cmd: &CatalogCommand) -> Result<(), E
             d.ids.join(", ")
         );
     }
-    ctx.emit(
-        &serde_json::json!({"catalog": catalog.path(), "backups": b, "snapshots": s, "runs_recovered": r, "duplicate_names": rebuilt.duplicates}),
-        || format!("catalog {} rebuilt from {}: {b} backups, {s} snapshots, {r} runs recovered", catalog.path().display(), repo.location()),
-    );
+    let out = CatalogRebuilt {
+        catalog: catalog.path().display().to_string(),
+        backups: b,
+        snapshots: s,
+        runs_recovered: r,
+        duplicate_names: rebuilt.duplicates,
+    };
+    ctx.emit(&out, || {
+        format!(
+            "catalog {} rebuilt from {}: {b} backups, {s} snapshots, {r} runs recovered",
+            catalog.path().display(),
+            repo.location()
+        )
+    });
     Ok(())
 }
 

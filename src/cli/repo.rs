@@ -134,12 +134,54 @@ fn kdf(insecure_fast: bool) -> KdfParams {
     }
 }
 
+/// `repo init --json`: the repository made (its stored `config`, in the output vocabulary).
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct RepoCreated {
+    /// The repository's id (32 hex digits): names its local cache.
+    pub id: String,
+    /// Where it is (`s3://bucket/prefix`, a directory).
+    pub location: String,
+    /// The repository format version written.
+    pub format_version: u32,
+    /// The fixed block size of volume snapshots.
+    pub chunk_size_bytes: u32,
+    /// Packs are sealed once they reach this size.
+    pub pack_size_bytes: u32,
+    /// The zstd level of blobs (0: no compression).
+    pub compression_level: i32,
+    /// RFC 3339, UTC, milliseconds.
+    pub created_at: String,
+}
+
+/// `repo key add --json`.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct KeyAdded {
+    /// The new key's id (hex).
+    pub added: crate::format::KeyId,
+}
+
+/// `repo key remove --json`.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct KeyRemoved {
+    /// The removed key's id (hex).
+    pub removed: crate::format::KeyId,
+}
+
 async fn init(ctx: &Ctx<'_>, opts: &InitOptions) -> Result<(), Error> {
     let store = ctx.store().await?;
     let pw = ctx.password_asked(true)?;
     let repo = Repository::init(store, &pw, opts, ctx.cancel.clone()).await?;
     let cfg = repo.config();
-    ctx.emit(cfg, || {
+    let created = RepoCreated {
+        id: cfg.id.clone(),
+        location: repo.location(),
+        format_version: cfg.version,
+        chunk_size_bytes: cfg.chunk_size,
+        pack_size_bytes: cfg.pack_size,
+        compression_level: cfg.compression_level,
+        created_at: crate::util::timestamp(cfg.created),
+    };
+    ctx.emit(&created, || {
         format!(
             "created repository {} at {} (blocks {} KiB, packs {} MiB, zstd {})",
             &cfg.id[..8],
@@ -178,7 +220,7 @@ async fn check(ctx: &Ctx<'_>, read_data: bool) -> Result<(), Error> {
             if read_data {
                 format!(
                     ", {} packs ({} bytes) read and verified",
-                    report.packs_read, report.bytes_read
+                    report.packs_read, report.read_bytes
                 )
             } else {
                 String::new()
@@ -274,13 +316,13 @@ async fn key(ctx: &Ctx<'_>, cmd: &KeyCommand) -> Result<(), Error> {
         } => {
             let pw = new_password(new_password_file.as_deref())?;
             let id = repo.add_key(&pw, kdf(*insecure_fast_kdf)).await?;
-            ctx.emit(&serde_json::json!({"added": id}), || {
+            ctx.emit(&KeyAdded { added: id }, || {
                 format!("added key {}", id.short())
             });
         }
         KeyCommand::Remove { id } => {
             let removed = repo.remove_key(id).await?;
-            ctx.emit(&serde_json::json!({"removed": removed}), || {
+            ctx.emit(&KeyRemoved { removed }, || {
                 format!("removed key {}", removed.short())
             });
         }

@@ -148,13 +148,46 @@ impl RestoreCreateArgs {
     }
 }
 
+/// One row of `restore create --dry-run --json`: an object of the backup, in apply order.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct PlannedObject {
+    /// As backed up.
+    pub source: ObjRef,
+    /// As it would be on the target (after the namespace mapping).
+    pub target: ObjRef,
+    /// Null: it would be applied; otherwise why it would not be.
+    pub skipped: Option<String>,
+    /// The target already has it (the existing-resource policy decides).
+    pub exists: bool,
+    /// The object as it would be applied (null when skipped).
+    pub object: Option<serde_json::Value>,
+}
+
+/// `restore create --json`: each volume's and object's result, in apply order, then what the
+/// rules kept out.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct RestoreApplied<'a> {
+    pub results: &'a [ApplyResult],
+    pub not_restored: Vec<NotRestored>,
+}
+
+/// An object of the backup that a restore rule kept out (status, an event, a node-bound pod…).
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct NotRestored {
+    pub object: ObjRef,
+    pub reason: String,
+}
+
 /// A dry run: each object to apply in order (renames and conflicts marked), then the skipped.
 fn print_plan(ctx: &Ctx<'_>, plan: &[Planned], conflicts: &[ObjRef], policy: ExistingPolicy) {
-    let rows: Vec<serde_json::Value> = plan
+    let rows: Vec<PlannedObject> = plan
         .iter()
-        .map(|p| {
-            serde_json::json!({"source": p.source, "target": p.target, "skipped": p.skipped,
-                "exists": conflicts.contains(&p.target), "object": if p.skipped.is_none() { p.value.clone() } else { serde_json::Value::Null }})
+        .map(|p| PlannedObject {
+            source: p.source.clone(),
+            target: p.target.clone(),
+            skipped: p.skipped.clone(),
+            exists: conflicts.contains(&p.target),
+            object: p.skipped.is_none().then(|| p.value.clone()),
         })
         .collect();
     ctx.emit(&rows, || {
@@ -197,11 +230,18 @@ fn print_results(
     from_backup: &str,
 ) -> Result<(), Error> {
     let failed = report.count(Outcome::Failed);
-    let skipped: Vec<serde_json::Value> = report
+    let skipped: Vec<NotRestored> = report
         .not_restored()
-        .map(|(r, why)| serde_json::json!({"object": r, "reason": why}))
+        .map(|(r, why)| NotRestored {
+            object: r.clone(),
+            reason: why.to_string(),
+        })
         .collect();
-    ctx.emit(&serde_json::json!({"results": results, "not_restored": skipped}), || {
+    let applied = RestoreApplied {
+        results,
+        not_restored: skipped,
+    };
+    ctx.emit(&applied, || {
         let mut out = String::new();
         for r in results {
             out.push_str(&format!("{:<8} {} {}\n", format!("{:?}", r.outcome).to_lowercase(), r.r.display(), r.detail));
@@ -212,7 +252,7 @@ fn print_results(
             report.count(Outcome::Updated),
             report.count(Outcome::Skipped),
             failed,
-            skipped.len()
+            applied.not_restored.len()
         ));
         out
     });

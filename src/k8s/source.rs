@@ -302,7 +302,7 @@ pub enum ExistingPolicy {
     Recreate,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Created,
@@ -320,11 +320,12 @@ pub struct ApplyItem {
 }
 
 /// The result of one object of a restore.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct ApplyResult {
     #[serde(flatten)]
     pub r: ObjRef,
     pub outcome: Outcome,
+    /// What was done or why it failed.
     pub detail: String,
 }
 

@@ -152,15 +152,19 @@ pub async fn list(
     Ok(rows)
 }
 
-/// What a flip of a Standby did.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// What a flip of a Standby did (`activate|deactivate --json` on a site whose controller
+/// holds the namespace).
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Flip {
+    /// The Standby object (`namespace/name`).
     pub standby: String,
     pub namespace: String,
+    /// Its `spec.active` as set.
     pub active: bool,
-    /// The status once the controller acted on it (when waited for).
+    /// The Standby's RTO: seconds from its last activation to its workloads ready, as the
+    /// controller measured it (null: none measured yet).
     pub rto_seconds: Option<f64>,
+    /// Its Ready condition's message once the controller acted (or why the wait ended).
     pub ready: String,
 }
 

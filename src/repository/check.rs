@@ -21,7 +21,8 @@ pub struct CheckOptions {
     pub read_data: bool,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+/// What `repo check` found (`repo check --json`).
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
 pub struct CheckReport {
     /// Damage: each names the object.
     pub errors: Vec<String>,
@@ -32,8 +33,9 @@ pub struct CheckReport {
     pub index_files: usize,
     pub packs: usize,
     pub blobs: usize,
+    /// With `--read-data`: packs read whole and verified, and their bytes.
     pub packs_read: usize,
-    pub bytes_read: u64,
+    pub read_bytes: u64,
 }
 
 impl CheckReport {
@@ -305,7 +307,7 @@ impl Repository {
         while let Some(res) = results.next().await {
             let (n, errs) = res?;
             r.packs_read += 1;
-            r.bytes_read += n;
+            r.read_bytes += n;
             r.errors.extend(errs);
         }
         Ok(())

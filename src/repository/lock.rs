@@ -145,9 +145,11 @@ pub fn lock_state(bytes: &[u8], now: OffsetDateTime) -> LockState {
 }
 
 /// What `repo unlock` removed, and what it left because it is still live (each with why).
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
 pub struct UnlockReport {
+    /// Locks removed (`key: what it was`).
     pub removed: Vec<String>,
+    /// Locks left because they are live (`key: why`).
     pub kept: Vec<String>,
 }
 

@@ -181,12 +181,15 @@ impl InitOptions {
 }
 
 /// One key object, as `repo key list` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct KeyInfo {
     pub id: KeyId,
     #[serde(serialize_with = "crate::util::serialize_timestamp")]
+    #[schemars(with = "String")]
     pub created_at: OffsetDateTime,
+    /// The host the key was added on.
     pub hostname: String,
+    /// The key this command opened the repository with.
     pub current: bool,
     /// Why the key object cannot be read, when it is damaged (it opens nothing).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -35,7 +35,8 @@ pub struct RepairOptions {
     pub read_data: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+/// What `repo repair` did, or would do with `--dry-run` (`repo repair --json`).
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct RepairReport {
     pub dry_run: bool,
     /// Packs whose trailers were read into the new index.

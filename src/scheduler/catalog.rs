@@ -793,9 +793,10 @@ pub struct Rebuilt {
 }
 
 /// A backup name that more than one record in the bucket holds.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct DuplicateName {
     pub name: String,
+    /// The records' ids (hex).
     pub ids: Vec<String>,
 }
 

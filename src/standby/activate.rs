@@ -17,7 +17,7 @@ use crate::k8s::objects::Change;
 use crate::scheduler::catalog::{blocking, Catalog, CatalogError};
 
 /// Which way a namespace was switched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Switch {
     Activated,
@@ -35,8 +35,9 @@ impl std::fmt::Display for Switch {
 
 /// What `activate` or `deactivate` changed. (Fields in the order `--json` has always printed
 /// them.)
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RunningReport {
+    /// Each workload changed (replicas, suspension), with the values before and after.
     pub changes: Vec<Change>,
     pub namespace: String,
     pub state: Switch,

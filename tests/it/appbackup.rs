@@ -108,7 +108,9 @@ fn backup_captures_scope_dedups_and_never_stores_secrets_in_plaintext() {
             "--cluster-dir",
         ])
         .arg(prod()))));
-    assert_eq!(v["objects_new"], 0, "{v}");
+    crate::cli::conforms_to_cli_schema("backup-create.schema.json", &v);
+    assert_eq!(v["new_objects"], 0, "{v}");
+    assert_eq!(v["status"], "complete", "{v}");
     let list = json(&ok(run(lb(&repo).args(["backup", "list", "--json"]))));
     assert_eq!(list.as_array().unwrap().len(), 2);
 
@@ -346,6 +348,7 @@ fn restore_into_a_cluster_directory_with_existing_resource_policies_and_dry_run(
         json(&ok(run(&mut c)))
     };
     let first = restore("skip");
+    crate::cli::conforms_to_cli_schema("restore-create.schema.json", &first);
     let outcomes: Vec<&str> = first["results"]
         .as_array()
         .unwrap()
@@ -377,6 +380,25 @@ fn restore_into_a_cluster_directory_with_existing_resource_policies_and_dry_run(
         plan.stdout
     );
     assert!(plan.stdout.contains("nothing was changed"));
+    let plan = json(&ok(run(lb(&repo)
+        .args([
+            "restore",
+            "create",
+            "--from-backup",
+            "apps-1",
+            "--dry-run",
+            "--json",
+            "--cluster-dir",
+        ])
+        .arg(&target))));
+    crate::cli::conforms_to_cli_schema("restore-plan.schema.json", &plan);
+    assert!(
+        plan.as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["exists"] == true && p["target"]["kind"] == "Deployment"),
+        "{plan:#}"
+    );
     let after: Vec<(PathBuf, Vec<u8>)> = files(&target)
         .into_iter()
         .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
@@ -705,6 +727,7 @@ fn backup_names_stay_unique_under_concurrent_creates_and_old_duplicates_are_name
         .arg("--state-dir")
         .arg(&state)
         .args(["catalog", "rebuild", "--json"]))));
+    crate::cli::conforms_to_cli_schema("catalog-rebuild.schema.json", &rebuilt);
     assert_eq!(rebuilt["backups"], 2, "{rebuilt:#}");
     let dup = &rebuilt["duplicate_names"][0];
     assert_eq!(dup["name"], "same", "{rebuilt:#}");

@@ -570,6 +570,7 @@ fn cli_repair_of_a_damaged_snapshot() {
     let r = run(lb(&repo).args(["repo", "repair", "--dry-run", "--json"]));
     assert_eq!(r.code, 4, "{}", r.stderr);
     let v = json(&r);
+    crate::cli::conforms_to_cli_schema("repo-repair.schema.json", &v);
     assert_eq!(v["dry_run"], true);
     assert_eq!(v["snapshots_removed"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(listing(), before, "a dry run changes nothing");
@@ -602,6 +603,7 @@ fn cli_unlock_removes_garbage_and_forces_only_when_told() {
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(r.stderr.contains("locks/garbage"), "{}", r.stderr);
     let v = json(&ok(run(lb(&repo).args(["repo", "unlock", "--json"]))));
+    crate::cli::conforms_to_cli_schema("repo-unlock.schema.json", &v);
     assert_eq!(v["removed"].as_array().unwrap().len(), 1, "{v}");
     ok(run(lb(&repo).args(["repo", "check"])));
 

@@ -218,6 +218,7 @@ fn standby_follows_a_schedule_by_block_map_difference_and_activate_deactivate_to
         .lb()
         .args(["activate", "-n", "db", "--json", "--cluster-dir"])
         .arg(&s.dr))));
+    crate::cli::conforms_to_cli_schema("activate.schema.json", &act);
     assert_eq!(act["changes"].as_array().unwrap().len(), 2, "{act:#}");
     assert_eq!(
         site_object(&s.dr, "Deployment", "api")["spec"]["replicas"],

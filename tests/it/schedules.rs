@@ -187,8 +187,13 @@ fn the_server_runs_a_seconds_schedule_on_garage_skips_overlaps_and_keeps_its_ret
     let next = json(&ok(run(
         lbg().args(["schedule", "next", "db", "--count", "3", "--json"])
     )));
+    crate::cli::conforms_to_cli_schema("schedule-next.schema.json", &next);
     assert_eq!(next.as_array().unwrap().len(), 3);
-    ok(run(lbg().args(["schedule", "suspend", "db"])));
+    let suspended = json(&ok(
+        run(lbg().args(["schedule", "suspend", "db", "--json"])),
+    ));
+    crate::cli::conforms_to_cli_schema("schedule-suspend.schema.json", &suspended);
+    assert_eq!(suspended["suspended"], true, "{suspended}");
     let list = json(&ok(run(lbg().args(["schedule", "list", "--json"]))));
     assert_eq!(list[0]["suspended"], true);
     assert!(list[0]["next_run_at"].is_null());

@@ -238,11 +238,10 @@ impl Csi {
             &api,
             &group,
             |o| {
-                let v = serde_json::to_value(o).expect("serialises");
-                if let Some(e) = v.pointer("/status/error/message").and_then(Value::as_str) {
-                    return Some(Err(e.to_string()));
-                }
-                v.pointer("/status/creationTime").map(|_| Ok(()))
+                super::snapshot_verdict(
+                    &serde_json::to_value(o).expect("serialises"),
+                    "/status/creationTime",
+                )
             },
         )
         .await?;

@@ -906,11 +906,16 @@ impl Csi {
     }
 }
 
-/// A snapshot's verdict: its error, or done once `pointer` is set (true, or any value that
-/// is not a boolean); None: not yet (pure).
+/// A snapshot's verdict (a VolumeSnapshot's or a VolumeGroupSnapshot's): its error, or done
+/// once `pointer` is set (true, or any value that is not a boolean); None: not yet (pure).
+/// An error the snapshot controller retries past on its own ([`retried_error`]) is waited
+/// through.
 fn snapshot_verdict(v: &Value, pointer: &str) -> Option<Result<(), String>> {
     if let Some(e) = v.pointer("/status/error/message").and_then(Value::as_str) {
-        return Some(Err(e.to_string()));
+        if !retried_error(e) {
+            return Some(Err(e.to_string()));
+        }
+        tracing::debug!("snapshot status error, retried by the snapshot controller: {e}");
     }
     let done = match v.pointer(pointer) {
         Some(Value::Bool(b)) => *b,
@@ -918,6 +923,17 @@ fn snapshot_verdict(v: &Value, pointer: &str) -> Option<Result<(), String>> {
         Some(_) => true,
     };
     done.then_some(Ok(()))
+}
+
+/// Whether a snapshot's `status.error` is a conflict of the snapshot controller's own writes
+/// (pure). The controller retries after an error and clears the field once it succeeds
+/// (external-snapshotter's API: "The snapshot controller will keep retrying when an error
+/// occurs"); a conflict — another writer updated the object between its read and its write,
+/// "the object has been modified" — always clears on that retry, so lifeboat waits on. Any
+/// other error (no such class, a claim not bound, the driver refusing) fails the wait at once,
+/// naming it, rather than holding the application's pre rules for the whole timeout.
+fn retried_error(message: &str) -> bool {
+    message.contains("the object has been modified")
 }
 
 /// What a Job controller's Event says of its pod's admission.
@@ -971,6 +987,35 @@ fn job_verdict(j: &Job, ns: &str, job: &str) -> Option<Result<(), String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_waits_through_the_controllers_own_conflicts_and_fails_on_other_errors() {
+        let with_error = |m: &str| json!({"status": {"error": {"message": m}}});
+        let conflict = "Failed to create group snapshot: error updating status for volume group snapshot content groupsnapcontent-1: snapshot controller failed to update groupsnapcontent-1 on API server: Operation cannot be fulfilled on volumegroupsnapshotcontents.groupsnapshot.storage.k8s.io \"groupsnapcontent-1\": the object has been modified; please apply your changes to the latest version and try again";
+        assert_eq!(
+            snapshot_verdict(&with_error(conflict), "/status/creationTime"),
+            None
+        );
+        let mut cleared = with_error(conflict);
+        cleared["status"]["creationTime"] = json!("2026-12-03T13:00:00Z");
+        cleared["status"]["error"] = Value::Null;
+        assert_eq!(
+            snapshot_verdict(&cleared, "/status/creationTime"),
+            Some(Ok(()))
+        );
+        let missing = "Failed to get snapshot class with error volumesnapshotclass.snapshot.storage.k8s.io \"nope\" not found";
+        assert_eq!(
+            snapshot_verdict(&with_error(missing), "/status/readyToUse"),
+            Some(Err(missing.to_string()))
+        );
+        assert_eq!(
+            snapshot_verdict(
+                &json!({"status": {"readyToUse": false}}),
+                "/status/readyToUse"
+            ),
+            None
+        );
+    }
 
     #[test]
     fn a_pod_refused_by_pod_security_or_an_scc_is_permanent_and_a_quota_is_not() {

@@ -102,9 +102,11 @@ pub fn release_applications(r: &ObjRef, v: &mut Value) -> Option<(String, String
 }
 
 /// One workload's change by `activate` or `deactivate`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct Change {
+    /// `Kind/namespace/name`.
     pub object: String,
+    /// The field changed, e.g. `spec.replicas`.
     pub field: String,
     pub from: String,
     pub to: String,

@@ -53,7 +53,16 @@ fn path_segment(name: &str) -> Result<(), String> {
 
 /// Identity of an object: apiVersion, kind, namespace (None: cluster-scoped), name.
 #[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
 )]
 pub struct ObjRef {
     pub api_version: String,

@@ -731,6 +731,7 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
         "lifeboat",
     ])));
     let flip: Value = serde_json::from_str(&r.stdout).unwrap();
+    crate::cli::conforms_to_cli_schema("activate.schema.json", &flip);
     assert_eq!(flip["active"], false, "{flip:#}");
     step("the DR site is held again");
     dr.wait_until("the DR site is held again", Duration::from_secs(60), || {
@@ -761,6 +762,7 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
         "lifeboat",
     ])));
     let flip: Value = serde_json::from_str(&r.stdout).unwrap();
+    crate::cli::conforms_to_cli_schema("activate.schema.json", &flip);
     assert_eq!(flip["active"], true, "{flip:#}");
     step("the old primary runs again, its schedule released");
     primary.wait_until(
