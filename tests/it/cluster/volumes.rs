@@ -179,6 +179,7 @@ async fn block_and_filesystem_claims_move_through_a_group_snapshot_and_restore_b
     let first = json(&ok(run(primary
         .lifeboat(&repo)
         .args(["--json", "backup", "create", "vol-1", "-n", &ns]))));
+    crate::cli::conforms_to_cli_schema("backup-create.schema.json", &first);
     let volumes = first["volumes"].as_array().unwrap();
     assert_eq!(volumes.len(), 2, "{first:#}");
     assert!(
@@ -198,7 +199,7 @@ async fn block_and_filesystem_claims_move_through_a_group_snapshot_and_restore_b
         let v = volumes.iter().find(|v| v["pvc"] == c).unwrap();
         let out = d.path().join(format!("{c}.img"));
         ok(run(crate::support::lb(&repo)
-            .args(["volume", "restore", v["snapshot"].as_str().unwrap()])
+            .args(["volume", "restore", v["snapshot_id"].as_str().unwrap()])
             .arg(&out)));
         let src = volume_file(primary, &ns, c);
         assert!(
@@ -270,7 +271,7 @@ async fn block_and_filesystem_claims_move_through_a_group_snapshot_and_restore_b
     let r = open_pw(&repo).await;
     let snaps = r.list_snapshots().await.unwrap();
     for v in second["volumes"].as_array().unwrap() {
-        let id = v["snapshot"].as_str().unwrap();
+        let id = v["snapshot_id"].as_str().unwrap();
         let (_, s) = snaps
             .iter()
             .find(|(i, _)| i.to_hex() == id)
