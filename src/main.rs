@@ -49,22 +49,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .init();
-    // 8 MiB of stack per worker (tokio's default is 2): a debug build's futures for a whole
-    // standby cycle or backup run deep.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_stack_size(8 << 20)
-        .build()
-    {
-        Ok(r) => r,
+    match cli::run_to_end(args) {
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            ExitCode::from(1)
         }
-    };
-    match runtime.block_on(cli::run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             let code = e.exit_code();
             match cli::interrupted_by() {
                 Some(_) => eprintln!("interrupted: {}", e.one_line()),

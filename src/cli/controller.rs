@@ -94,38 +94,17 @@ fn table(rows: &[client::Row]) -> String {
     if rows.is_empty() {
         return "none found".into();
     }
-    let mut head = vec!["NAMESPACE".to_string(), "NAME".to_string()];
-    head.extend(rows[0].columns.iter().map(|(h, _)| h.clone()));
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
+    let mut head = vec!["NAMESPACE", "NAME"];
+    head.extend(rows[0].columns.iter().map(|(h, _)| h.as_str()));
+    super::table(
+        &head,
+        &[],
+        rows.iter().map(|r| {
             let mut v = vec![r.namespace.clone(), r.name.clone()];
             v.extend(r.columns.iter().map(|(_, c)| c.clone()));
             v
-        })
-        .collect();
-    let widths: Vec<usize> = (0..head.len())
-        .map(|i| {
-            body.iter()
-                .map(|r| r[i].chars().count())
-                .chain([head[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: &[String]| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = vec![line(&head)];
-    out.extend(body.iter().map(|r| line(r)));
-    out.join("\n")
+        }),
+    )
 }
 
 /// `activate`/`deactivate` through a Standby when a controller runs on the site: None when

@@ -731,6 +731,20 @@ pub fn interrupted_by() -> Option<u8> {
 /// Runs one command. Ctrl-C cancels storage calls in flight; nothing half-written is
 /// committed, because a snapshot is written only after everything it needs. With `--json`, a
 /// failure before the command gave its result prints the JSON error object on stdout.
+/// [`run`] on a multi-threaded runtime of its own, until it ends: the binary's whole work
+/// after parsing and tracing. Err: the runtime could not start. It is a plain function of the
+/// library so that the runtime's code for the command's future is compiled once, here: with
+/// `block_on` in `main`, a release build compiled it again in the binary, for 3 minutes.
+pub fn run_to_end(cli: Cli) -> std::io::Result<Result<(), Error>> {
+    // 8 MiB of stack per worker (tokio's default is 2): a debug build's futures for a whole
+    // standby cycle or backup run deep.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(8 << 20)
+        .build()?;
+    Ok(runtime.block_on(run(cli)))
+}
+
 pub async fn run(cli: Cli) -> Result<(), Error> {
     let cancel = CancellationToken::new();
     let c = cancel.clone();

@@ -292,24 +292,24 @@ fn restore_table(rows: &[RestoreRecord]) -> String {
     if rows.is_empty() {
         return "no restores recorded (in the catalog of this --state-dir)".into();
     }
-    let mut out = format!(
-        "{:<36} {:<24} {:<32} {:<16} {:>7} {:>6} {:<24} {:>8}",
-        "ID", "BACKUP", "TARGET", "STATUS", "OBJECTS", "FAILED", "STARTED", "DURATION"
-    );
-    for r in rows {
-        out.push_str(&format!(
-            "\n{:<36} {:<24} {:<32} {:<16} {:>7} {:>6} {:<24} {:>8}",
-            r.id,
-            r.backup,
-            target(r),
-            status(r),
-            r.objects,
-            r.failed,
-            rfc3339_ms(r.started_at),
-            format!("{:.1}s", r.duration_seconds)
-        ));
-    }
-    out
+    super::table(
+        &[
+            "ID", "BACKUP", "TARGET", "STATUS", "OBJECTS", "FAILED", "STARTED", "DURATION",
+        ],
+        &[4, 5, 7],
+        rows.iter().map(|r| {
+            vec![
+                r.id.to_string(),
+                r.backup.clone(),
+                target(r),
+                status(r),
+                r.objects.to_string(),
+                r.failed.to_string(),
+                rfc3339_ms(r.started_at),
+                format!("{:.1}s", r.duration_seconds),
+            ]
+        }),
+    )
 }
 
 /// `kind:where`, as listings show a restore's target.
