@@ -151,13 +151,13 @@ pub fn markers_in_and_out(root: &Path, scratch: &Path) -> Vec<String> {
     let last_pre_end = rules
         .iter()
         .filter(|r| r["phase"] == "pre")
-        .map(|r| t(r, "ended"))
+        .map(|r| t(r, "ended_at"))
         .max()
         .unwrap();
     let first_post = rules
         .iter()
         .filter(|r| r["phase"] == "post")
-        .map(|r| t(r, "started"))
+        .map(|r| t(r, "started_at"))
         .min()
         .unwrap();
     assert!(last_pre_end <= first_post, "{out:#}");

@@ -281,10 +281,17 @@ async fn block_and_filesystem_claims_move_through_a_group_snapshot_and_restore_b
             ChangeSource::ChangedRanges,
             "{v}: {s:?}\n{second:#}"
         );
-        // The plugin reports changes in 1 MiB blocks: the block claim's 4 KiB write is one,
-        // and mounting the filesystem claim (the Job mounts both) rewrote its superblock's.
+        // The plugin reports changes in 1 MiB blocks: the block claim's 4 KiB write is one.
+        // Mounting the filesystem claim (the Job mounts both) rewrote its superblock's block
+        // and, in some runs, a second one (ext4's journal or group descriptors): at most a
+        // quarter of its 16 MiB, where a backup without changed blocks reads all of it.
+        let bound = if v["pvc"] == "data-block" {
+            1 << 20
+        } else {
+            4 << 20
+        };
         assert!(
-            s.stats.bytes_read <= 1 << 20,
+            s.stats.bytes_read <= bound,
             "{v}: read {} of {} bytes",
             s.stats.bytes_read,
             s.size
