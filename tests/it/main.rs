@@ -26,6 +26,7 @@ mod records;
 mod repository;
 mod robustness;
 mod schedules;
+mod secrets;
 mod store_conformance;
 mod support;
 mod volume;
