@@ -775,4 +775,34 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
         },
     );
     assert!(standby(primary)["status"]["rtoSeconds"].is_number());
+
+    // No secret in what the controllers wrote (issue #14, point 6): the bucket's secret key is
+    // in no Event, no lifeboat resource (their statuses and conditions) and no log of the
+    // controllers still running (which log warnings only, at their default level).
+    step("no secret in Events, statuses or logs");
+    for site in [primary, dr] {
+        let written = site.kubectl_ok(&[
+            "get",
+            "events,backups.lifeboat.dev,restores.lifeboat.dev,standbies.lifeboat.dev,backupschedules.lifeboat.dev,backuplocations.lifeboat.dev",
+            "-A",
+            "-o",
+            "json",
+        ]);
+        assert!(
+            written.contains("\"reason\": \"Completed\""),
+            "the Events and statuses the flow wrote are there to scan"
+        );
+        assert!(
+            !written.contains(&g.secret_key),
+            "the bucket's secret key in an Event or a status"
+        );
+    }
+    for c in [&dr_ctrl, &_restoring] {
+        let log = std::fs::read_to_string(&c.log).unwrap();
+        assert!(
+            !log.contains(&g.secret_key),
+            "the bucket's secret key in {}",
+            c.log.display()
+        );
+    }
 }
