@@ -232,22 +232,22 @@ pub struct BackupCreated {
 
 impl BackupCreated {
     pub fn of(s: &record::BackupSummary) -> BackupCreated {
-        let d = BackupDescription::of(&s.id, &s.record);
+        let b = &s.record;
         BackupCreated {
-            id: d.id,
-            name: d.name,
-            started_at: d.started_at,
-            status: d.status,
+            id: s.id.to_hex(),
+            name: b.name.clone(),
+            started_at: rfc3339(b.time),
+            status: BackupStatus::of(b),
             objects: s.objects,
             new_objects: s.objects_new,
             read_bytes: s.bytes_read,
             uploaded_bytes: s.bytes_uploaded,
-            size_bytes: d.size_bytes,
+            size_bytes: record::logical_size(b),
             duration_seconds: s.duration_seconds,
-            volumes: d.volumes,
-            rules: d.rules,
-            failures: d.failures,
-            warnings: d.warnings,
+            volumes: DescribedVolume::all(b),
+            rules: DescribedAction::all(b),
+            failures: DescribedFailure::all(b),
+            warnings: b.warnings.clone(),
         }
     }
 }
@@ -425,6 +425,56 @@ pub struct DescribedFailure {
     pub reason: String,
 }
 
+impl DescribedVolume {
+    fn all(b: &crate::format::AppBackup) -> Vec<DescribedVolume> {
+        b.volumes
+            .iter()
+            .map(|v| DescribedVolume {
+                namespace: v.namespace.clone(),
+                pvc: v.pvc.clone(),
+                snapshot_id: v.snapshot.to_hex(),
+                size_bytes: v.size,
+                method: v.method,
+            })
+            .collect()
+    }
+}
+
+impl DescribedAction {
+    fn all(b: &crate::format::AppBackup) -> Vec<DescribedAction> {
+        b.rules
+            .iter()
+            .map(|r| DescribedAction {
+                phase: r.phase,
+                rule: r.rule.clone(),
+                namespace: r.namespace.clone(),
+                pod: r.pod.clone(),
+                container: r.container.clone(),
+                command: r.command.clone(),
+                background: r.background,
+                started_at: rfc3339(r.started),
+                ended_at: rfc3339(r.ended),
+                duration_seconds: (r.ended - r.started).as_seconds_f64().max(0.0),
+                outcome: r.outcome,
+                exit_code: r.exit_code,
+                output_tail: r.output_tail.clone(),
+            })
+            .collect()
+    }
+}
+
+impl DescribedFailure {
+    fn all(b: &crate::format::AppBackup) -> Vec<DescribedFailure> {
+        b.failures
+            .iter()
+            .map(|f| DescribedFailure {
+                what: f.what.clone(),
+                reason: f.reason.clone(),
+            })
+            .collect()
+    }
+}
+
 impl BackupDescription {
     pub fn of(id: &crate::format::BackupId, b: &crate::format::AppBackup) -> BackupDescription {
         BackupDescription {
@@ -452,44 +502,9 @@ impl BackupDescription {
                     size_bytes: o.size.into(),
                 })
                 .collect(),
-            volumes: b
-                .volumes
-                .iter()
-                .map(|v| DescribedVolume {
-                    namespace: v.namespace.clone(),
-                    pvc: v.pvc.clone(),
-                    snapshot_id: v.snapshot.to_hex(),
-                    size_bytes: v.size,
-                    method: v.method,
-                })
-                .collect(),
-            rules: b
-                .rules
-                .iter()
-                .map(|r| DescribedAction {
-                    phase: r.phase,
-                    rule: r.rule.clone(),
-                    namespace: r.namespace.clone(),
-                    pod: r.pod.clone(),
-                    container: r.container.clone(),
-                    command: r.command.clone(),
-                    background: r.background,
-                    started_at: rfc3339(r.started),
-                    ended_at: rfc3339(r.ended),
-                    duration_seconds: (r.ended - r.started).as_seconds_f64().max(0.0),
-                    outcome: r.outcome,
-                    exit_code: r.exit_code,
-                    output_tail: r.output_tail.clone(),
-                })
-                .collect(),
-            failures: b
-                .failures
-                .iter()
-                .map(|f| DescribedFailure {
-                    what: f.what.clone(),
-                    reason: f.reason.clone(),
-                })
-                .collect(),
+            volumes: DescribedVolume::all(b),
+            rules: DescribedAction::all(b),
+            failures: DescribedFailure::all(b),
             warnings: b.warnings.clone(),
             program_version: b.program_version.clone(),
             format_version: b.version,

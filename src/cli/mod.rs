@@ -732,9 +732,7 @@ pub fn interrupted_by() -> Option<u8> {
 /// committed, because a snapshot is written only after everything it needs. With `--json`, a
 /// failure before the command gave its result prints the JSON error object on stdout.
 /// [`run`] on a multi-threaded runtime of its own, until it ends: the binary's whole work
-/// after parsing and tracing. Err: the runtime could not start. It is a plain function of the
-/// library so that the runtime's code for the command's future is compiled once, here: with
-/// `block_on` in `main`, a release build compiled it again in the binary, for 3 minutes.
+/// after parsing and tracing. Err: the runtime could not start.
 pub fn run_to_end(cli: Cli) -> std::io::Result<Result<(), Error>> {
     // 8 MiB of stack per worker (tokio's default is 2): a debug build's futures for a whole
     // standby cycle or backup run deep.

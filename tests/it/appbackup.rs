@@ -364,33 +364,21 @@ fn restore_into_a_cluster_directory_with_existing_resource_policies_and_dry_run(
         .into_iter()
         .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
         .collect();
-    let plan = ok(run(lb(&repo)
-        .args([
-            "restore",
-            "create",
-            "--from-backup",
-            "apps-1",
-            "--dry-run",
-            "--cluster-dir",
-        ])
-        .arg(&target)));
+    let dry_run = |extra: &[&str]| {
+        ok(run(lb(&repo)
+            .args(["restore", "create", "--from-backup", "apps-1", "--dry-run"])
+            .args(extra)
+            .arg("--cluster-dir")
+            .arg(&target)))
+    };
+    let plan = dry_run(&[]);
     assert!(
         plan.stdout.contains("CONFLICT") && plan.stdout.contains("Deployment/pg/postgres"),
         "{}",
         plan.stdout
     );
     assert!(plan.stdout.contains("nothing was changed"));
-    let plan = json(&ok(run(lb(&repo)
-        .args([
-            "restore",
-            "create",
-            "--from-backup",
-            "apps-1",
-            "--dry-run",
-            "--json",
-            "--cluster-dir",
-        ])
-        .arg(&target))));
+    let plan = json(&dry_run(&["--json"]));
     crate::cli::conforms_to_cli_schema("restore-plan.schema.json", &plan);
     assert!(
         plan.as_array()
