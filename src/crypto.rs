@@ -49,6 +49,7 @@ pub enum Role {
     Snapshot,
     Backup,
     ForgetIntent,
+    PendingDeletion,
 }
 
 impl Role {
@@ -65,6 +66,7 @@ impl Role {
             Role::Snapshot => v.extend_from_slice(b"snapshot"),
             Role::Backup => v.extend_from_slice(b"backup"),
             Role::ForgetIntent => v.extend_from_slice(b"forget-intent"),
+            Role::PendingDeletion => v.extend_from_slice(b"pending-deletion"),
         }
         v
     }

@@ -199,6 +199,17 @@ pub fn serialize_timestamp<S: serde::Serializer>(
     s.serialize_str(&timestamp(*t))
 }
 
+/// serde: [`serialize_timestamp`] of a time that may be absent (null).
+pub fn serialize_timestamp_option<S: serde::Serializer>(
+    t: &Option<time::OffsetDateTime>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&timestamp(*t)),
+        None => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod timestamp_tests {
     #[test]

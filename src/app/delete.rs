@@ -43,8 +43,9 @@ impl DeleteError {
 pub struct DeleteOptions {
     /// Delete even the newest complete backup of its schedule.
     pub force: bool,
-    /// Run `prune` afterwards, so the data only this backup held goes.
-    pub prune: bool,
+    /// Run `prune` afterwards with these options, so the data only this backup held goes
+    /// (once their grace period has passed).
+    pub prune: Option<PruneOptions>,
     /// Report what would be deleted; change nothing.
     pub dry_run: bool,
 }
@@ -119,8 +120,8 @@ pub async fn delete(
         return Ok(report);
     }
     report.forgot = Some(forget(repo, &backups, &only(&backups, &id)).await?);
-    if opts.prune {
-        report.prune = Some(repo.prune(&PruneOptions::default()).await?);
+    if let Some(prune) = &opts.prune {
+        report.prune = Some(repo.prune(prune).await?);
     }
     Ok(report)
 }

@@ -43,9 +43,13 @@ pub struct BackupDeleteArgs {
     /// Delete it even when it is the newest complete backup of its schedule.
     #[arg(long)]
     pub force: bool,
-    /// Run prune afterwards, so the data only this backup held is removed now.
+    /// Run prune afterwards, so the data only this backup held is removed (after --grace).
     #[arg(long)]
     pub prune: bool,
+    /// With --prune: how long the packs it takes out stay in the store first, for readers
+    /// that hold no lock (a DR site with a read-only key); 0s deletes them now.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::hooks::parse_duration)]
+    pub grace: std::time::Duration,
     /// Show what would be deleted; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -594,7 +598,10 @@ async fn delete(ctx: &Ctx<'_>, a: &BackupDeleteArgs) -> Result<(), Error> {
     let repo = ctx.open().await?;
     let opts = crate::app::delete::DeleteOptions {
         force: a.force,
-        prune: a.prune,
+        prune: a.prune.then_some(crate::repository::PruneOptions {
+            grace: a.grace,
+            ..Default::default()
+        }),
         dry_run: a.dry_run,
     };
     let report = crate::app::delete::delete(&repo, &a.name, opts).await?;
@@ -663,14 +670,16 @@ fn delete_text(r: &crate::app::delete::DeleteReport) -> String {
         ));
     }
     match (&r.prune, r.bytes_freed()) {
-        (Some(p), Some(freed)) => out.push_str(&format!(
-            "\npruned: {} freed ({} pack(s) deleted, {} repacked; data {} -> {})",
-            human(freed),
-            p.packs_deleted,
-            p.packs_repacked,
-            human(p.bytes_before),
-            human(p.bytes_after)
-        )),
+        (Some(p), Some(freed)) => out.push_str(
+            &(format!(
+                "\npruned: {} freed ({} pack(s) deleted, {} repacked; data {} -> {})",
+                human(freed),
+                p.packs_deleted,
+                p.packs_repacked,
+                human(p.bytes_before),
+                human(p.bytes_after)
+            ) + &super::ops::prune_deferral(p)),
+        ),
         _ => out.push_str("\nits data stays in the repository until `lifeboat prune`"),
     }
     out

@@ -129,7 +129,7 @@ pub(super) async fn standby(ctx: &Ctx<'_>, a: &StandbyArgs) -> Result<(), Error>
             volumes,
             report_file,
         }) => {
-            let repo = ctx.open_shared(&format!("standby apply {backup}")).await?;
+            let repo = ctx.open_to_read(&format!("standby apply {backup}")).await?;
             let reports =
                 standby::apply_devices(&repo, journal_dir, backup, volumes, report_file.as_deref())
                     .await?;
@@ -301,7 +301,7 @@ fn running_text(r: &RunningReport) -> String {
 }
 
 pub(super) async fn drill(ctx: &Ctx<'_>, a: &DrillArgs) -> Result<(), Error> {
-    let repo = ctx.open_shared(&format!("drill {}", a.namespace)).await?;
+    let repo = ctx.open_to_read(&format!("drill {}", a.namespace)).await?;
     let site = site(&a.target).await?;
     let request = DrillRequest {
         namespace: a.namespace.clone(),

@@ -190,6 +190,12 @@ pub enum Command {
         /// Repack a pack when at least this fraction of it is garbage.
         #[arg(long, default_value_t = 0.5, value_name = "FRACTION")]
         repack_threshold: f64,
+        /// How long the packs it takes out of the index stay in the store before a later
+        /// prune deletes them, so that readers holding no lock (a DR site whose key can only
+        /// read) still find them; 0s deletes them now, safe only when every reader can write
+        /// its lock.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::hooks::parse_duration)]
+        grace: Duration,
     },
     /// On the DR site: keep namespaces a warm standby of a schedule's newest backup
     /// (volumes updated by block-map difference, workloads held at 0 replicas); or, with
@@ -495,9 +501,15 @@ impl Error {
                 | Error::NoNewPassword
                 | Error::EmptyPassword(_)
                 | Error::PasswordsDiffer
-                | Error::Store(StoreError::Credentials { .. } | StoreError::BadUrl { .. })
+                | Error::Store(
+                    StoreError::Credentials { .. }
+                        | StoreError::BadUrl { .. }
+                        | StoreError::WriteDenied { .. }
+                )
                 | Error::Repo(RepoError::Store(
-                    StoreError::Credentials { .. } | StoreError::BadUrl { .. }
+                    StoreError::Credentials { .. }
+                        | StoreError::BadUrl { .. }
+                        | StoreError::WriteDenied { .. }
                 ))
         )
     }
@@ -655,6 +667,16 @@ impl Ctx<'_> {
         Ok(repo)
     }
 
+    /// [`Ctx::open_shared`] for a command that only reads: when the credentials cannot write
+    /// the lock, it reads without one ([`Repository::lock_to_read`]).
+    async fn open_to_read(&self, purpose: &str) -> Result<Arc<Repository>, Error> {
+        let repo = self.open().await?;
+        if let Some(guard) = repo.lock_to_read(purpose).await? {
+            self.locks.lock().unwrap().push(guard);
+        }
+        Ok(repo)
+    }
+
     async fn release_locks(&self) {
         let guards: Vec<_> = std::mem::take(&mut *self.locks.lock().unwrap());
         for g in guards {
@@ -789,7 +811,8 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Prune {
             dry_run,
             repack_threshold,
-        } => ops::prune(&ctx, *dry_run, *repack_threshold).await,
+            grace,
+        } => ops::prune(&ctx, *dry_run, *repack_threshold, *grace).await,
         Command::DemoData { command } => demo::demo_data(command),
         Command::Completion { shell } => meta::completion(*shell),
         Command::Version => meta::version(&ctx),

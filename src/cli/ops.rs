@@ -450,6 +450,7 @@ pub(super) async fn prune(
     ctx: &Ctx<'_>,
     dry_run: bool,
     repack_threshold: f64,
+    grace: std::time::Duration,
 ) -> Result<(), Error> {
     if !(0.0..=1.0).contains(&repack_threshold) {
         return Err(Error::Usage(
@@ -461,21 +462,64 @@ pub(super) async fn prune(
         .prune(&PruneOptions {
             dry_run,
             repack_threshold,
+            grace,
         })
         .await?;
-    ctx.emit(&r, || {
-        format!(
-            "{}{} pack(s) deleted, {} repacked into {}, {} unindexed removed; {} blobs referenced, {} removed; data {} → {}",
-            if r.dry_run { "dry run: " } else { "" },
-            r.packs_deleted,
-            r.packs_repacked,
-            r.packs_written,
-            r.packs_unindexed,
-            r.blobs_referenced,
-            r.blobs_removed,
-            human(r.bytes_before),
-            human(r.bytes_after)
-        )
-    });
+    ctx.emit(&r, || prune_summary(&r));
     Ok(())
+}
+
+/// A prune's report in one paragraph.
+pub(super) fn prune_summary(r: &crate::repository::PruneReport) -> String {
+    let out = format!(
+        "{}{} pack(s) deleted, {} repacked into {}, {} unindexed removed; {} blobs referenced, {} removed; data {} → {}",
+        if r.dry_run { "dry run: " } else { "" },
+        r.packs_deleted,
+        r.packs_repacked,
+        r.packs_written,
+        r.packs_unindexed,
+        r.blobs_referenced,
+        r.blobs_removed,
+        human(r.bytes_before),
+        human(r.bytes_after)
+    );
+    out + &prune_deferral(r)
+}
+
+/// What a prune left for its grace period, and what it released: lines to add to its summary
+/// (empty when neither).
+pub(super) fn prune_deferral(r: &crate::repository::PruneReport) -> String {
+    let mut out = String::new();
+    if r.packs_released > 0 {
+        out += &format!(
+            "\n{} pack(s) taken out by earlier prunes deleted, their grace period over",
+            r.packs_released
+        );
+    }
+    if r.deferred_bytes > 0 {
+        out += &format!(
+            "\n{} pack(s), {}, stay in the store for the grace period ({}), for readers that hold no lock; the first can go at {} (prune again then, or now with --grace 0s if every reader can write its lock)",
+            r.packs_deferred + r.packs_waiting,
+            human(r.deferred_bytes),
+            humantime_secs(r.grace_seconds),
+            r.next_release_at.map(rfc3339).unwrap_or_default()
+        );
+    }
+    out
+}
+
+/// `86400` → `24h`, `90` → `1m30s`.
+fn humantime_secs(s: u64) -> String {
+    let (h, m, sec) = (s / 3600, s / 60 % 60, s % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (sec, "s")] {
+        if n > 0 {
+            out += &format!("{n}{unit}");
+        }
+    }
+    if out.is_empty() {
+        "0s".into()
+    } else {
+        out
+    }
 }

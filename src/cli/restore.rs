@@ -102,7 +102,7 @@ pub(super) async fn restore(ctx: &Ctx<'_>, cmd: &RestoreCommand) -> Result<(), E
     };
     let req = a.request(ctx)?;
     let repo = ctx
-        .open_shared(&format!("restore {}", a.from_backup))
+        .open_to_read(&format!("restore {}", a.from_backup))
         .await?;
     let started = time::OffsetDateTime::now_utc();
     let result = restore::restore(repo, &req).await;

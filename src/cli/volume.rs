@@ -243,7 +243,7 @@ async fn restore(
     opts: &RestoreOptions,
 ) -> Result<(), Error> {
     let repo = ctx
-        .open_shared(&format!("volume restore {snapshot}"))
+        .open_to_read(&format!("volume restore {snapshot}"))
         .await?;
     let (id, snap) = repo.resolve_snapshot(snapshot).await?;
     let pb = ctx.progress(&format!("restore {}", id.short()));
@@ -275,7 +275,7 @@ async fn verify(
     report_file: Option<&Path>,
 ) -> Result<(), Error> {
     let repo = ctx
-        .open_shared(&format!("volume verify {snapshot}"))
+        .open_to_read(&format!("volume verify {snapshot}"))
         .await?;
     let (id, snap) = repo.resolve_snapshot(snapshot).await?;
     let index = repo.load_index().await?;

@@ -486,6 +486,24 @@ pub struct ForgetIntent {
 /// Where forget intents are stored.
 pub const FORGET_INTENTS: &str = "forgets";
 
+/// `pending/<hex>` (sealed, role `pending-deletion`): packs that a prune took out of the index
+/// at `time` but left in the store for its grace period, so that a reader holding no lock (a
+/// DR site whose key can only read) and that loaded the index before still finds every pack
+/// it reads. The first prune after `time` + its grace deletes the listed packs that no index
+/// lists, then this object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingDeletion {
+    pub version: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// The packs taken out of the index.
+    pub packs: Vec<PackId>,
+}
+
+/// Where pending deletions are stored.
+pub const PENDING_DELETIONS: &str = "pending";
+
 /// `backups/<id>` (sealed): an application backup: the objects of some namespaces (and the
 /// cluster-scoped objects they need) at one instant. Written after every blob it names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

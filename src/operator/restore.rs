@@ -78,13 +78,12 @@ async fn run(
     super::off_runtime("restore", move || async move {
         let lock = opened
             .repo
-            .lock(
-                crate::repository::LockKind::Shared,
-                &format!("restore {}", req.backup),
-            )
+            .lock_to_read(&format!("restore {}", req.backup))
             .await?;
         let r = crate::app::restore::restore(opened.repo.clone(), &req).await;
-        let _ = lock.release().await;
+        if let Some(lock) = lock {
+            let _ = lock.release().await;
+        }
         Ok(r?)
     })
     .await

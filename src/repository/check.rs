@@ -12,8 +12,8 @@ use futures::StreamExt;
 use super::{cpu, Index, RepoError, Repository};
 use crate::crypto::Role;
 use crate::format::{
-    object_hash, BlobId, BlockRef, IndexFile, IndexId, KeyFile, PackId, PackTrailer, Snapshot,
-    MAP_SEGMENT_ENTRIES, PACK_MAGIC,
+    object_hash, BlobId, BlockRef, IndexFile, IndexId, KeyFile, PackId, PackTrailer,
+    PendingDeletion, Snapshot, MAP_SEGMENT_ENTRIES, PACK_MAGIC, PENDING_DELETIONS,
 };
 
 #[derive(Debug, Clone, Default)]
@@ -36,6 +36,10 @@ pub struct CheckReport {
     /// With `--read-data`: packs read whole and verified, and their bytes.
     pub packs_read: usize,
     pub read_bytes: u64,
+    /// Packs that a prune took out of the index and keeps for its grace period
+    /// (`pending/`), and their bytes: not garbage, a later prune deletes them.
+    pub packs_pending: usize,
+    pub pending_bytes: u64,
 }
 
 impl CheckReport {
@@ -164,7 +168,13 @@ impl Repository {
                 _ => {}
             }
         }
-        for id in stored.keys().filter(|id| !indexed.contains(id)) {
+        let pending = self.check_pending(r).await?;
+        for (id, size) in stored.iter().filter(|(id, _)| !indexed.contains(id)) {
+            if pending.contains(id) {
+                r.packs_pending += 1;
+                r.pending_bytes += size;
+                continue;
+            }
             r.warnings.push(format!(
                 "{}: pack not in any index (left by an interrupted backup; harmless, a later prune removes it)",
                 id.key()
@@ -172,6 +182,32 @@ impl Repository {
         }
 
         Ok(index)
+    }
+
+    /// The packs that prunes took out of the index and keep for their grace period, from
+    /// every `pending/` list (each read directly from the store and verified).
+    async fn check_pending(&self, r: &mut CheckReport) -> Result<HashSet<PackId>, RepoError> {
+        let mut packs = HashSet::new();
+        let dir = format!("{PENDING_DELETIONS}/");
+        for o in self.store().list(&dir, self.cancel()).await? {
+            let Some(hash) = name_of(&o.key, &dir) else {
+                r.errors.push(format!("{}: unexpected object name", o.key));
+                continue;
+            };
+            match self
+                .read_sealed_json_from::<PendingDeletion>(
+                    &o.key,
+                    &hash,
+                    Role::PendingDeletion,
+                    false,
+                )
+                .await
+            {
+                Ok(list) => packs.extend(list.packs),
+                Err(e) => r.errors.push(e.to_string()),
+            }
+        }
+        Ok(packs)
     }
 
     /// Snapshots and everything they reference: the block map's segments and blocks.

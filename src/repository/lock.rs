@@ -6,7 +6,9 @@
 //! and removed by the next locker. Must not be taken for granted across a store that lists
 //! stale results: both sides write first and check after, so two racing lockers back off
 //! rather than both proceed; a locker given a wait ([`Repository::lock_waiting`]) then tries
-//! again after a random, growing delay, so that one of them wins.
+//! again after a random, growing delay, so that one of them wins. A reader whose credentials
+//! cannot write reads without a lock ([`Repository::lock_to_read`]); prune's grace period
+//! keeps what it reads.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -232,6 +234,26 @@ impl Repository {
     /// is released or expired).
     pub async fn lock(&self, kind: LockKind, purpose: &str) -> Result<LockGuard, RepoError> {
         self.lock_waiting(kind, purpose, self.lock_wait()).await
+    }
+
+    /// The shared lock of a command that only reads (restore, standby apply, drill, verify),
+    /// taken like [`Repository::lock`]; but when the store refuses to write it (credentials
+    /// that can only read, as a DR site's should), the read goes on without a lock, and None
+    /// says so. That is safe because a prune leaves what it takes out of the index in the
+    /// store for its grace period ([`super::prune::DEFAULT_GRACE`] unless told otherwise), and
+    /// an exclusive lock already held is still waited for. Writers never fall back this way.
+    pub async fn lock_to_read(&self, purpose: &str) -> Result<Option<LockGuard>, RepoError> {
+        match self.lock(LockKind::Shared, purpose).await {
+            Ok(guard) => Ok(Some(guard)),
+            Err(RepoError::Store(crate::store::StoreError::WriteDenied { message, .. })) => {
+                tracing::warn!(
+                    "reading {} without a lock: these credentials cannot write it ({message}); what this reads stays in the store for the grace period of any prune (24 h unless `prune --grace` says otherwise)",
+                    self.store().location()
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Takes a lock, waiting up to `wait` for conflicting ones to go: tries, and after each

@@ -22,7 +22,7 @@ pub use lock::{
     backoff_delay, lock_state, LockFile, LockGuard, LockKind, LockState, UnlockReport,
     LOCK_BACKOFF_FIRST, LOCK_BACKOFF_MAX, LOCK_REFRESH, LOCK_TTL,
 };
-pub use prune::{PruneOptions, PruneReport};
+pub use prune::{PruneOptions, PruneReport, DEFAULT_GRACE as DEFAULT_PRUNE_GRACE};
 pub use repair::{RepairOptions, RepairReport};
 pub use writer::{BlobWriter, Claims, WriterStats};
 
@@ -771,7 +771,15 @@ impl Repository {
     /// a restore that needs one of them says which, and `repo repair` rebuilds the index from
     /// the packs. (Prune reads the index strictly: it must never take a pack for unindexed.)
     pub async fn load_index(&self) -> Result<Index, RepoError> {
-        let (found, damaged) = self.load_all_readable("index", Role::Index).await?;
+        let mut attempt = 0;
+        let (found, damaged) = loop {
+            match self.load_all_readable("index", Role::Index).await {
+                // Listed, then deleted by a prune that replaced the index (which a reader
+                // holding no lock can see): the new index is complete, list it again.
+                Err(RepoError::Store(StoreError::NotFound { .. })) if attempt < 3 => attempt += 1,
+                r => break r?,
+            }
+        };
         for e in &damaged {
             tracing::warn!("skipping a damaged index object: {e}; run `lifeboat repo check`");
         }

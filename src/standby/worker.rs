@@ -24,7 +24,7 @@ use super::live_site::cycle_live;
 use super::{NamespaceReport, Site, StandbyError, StandbyOptions};
 use crate::k8s::csi::MoverSettings;
 use crate::metrics::{encode, Sorted};
-use crate::repository::{LockKind, Repository};
+use crate::repository::Repository;
 use crate::scheduler::catalog::{blocking, Catalog, StandbyRow};
 
 /// How the worker runs.
@@ -122,13 +122,15 @@ where
     };
     let o = &w.standby;
     let lock = repo
-        .lock(LockKind::Shared, &format!("standby {}", o.schedule))
+        .lock_to_read(&format!("standby {}", o.schedule))
         .await?;
     let r = match site {
         Site::Dir(d) => cycle_cluster_dir(repo, d, catalog, o).await,
         Site::Live(l) => cycle_live(repo, l, catalog, o, w.movers.clone()).await,
     };
-    let _ = lock.release().await;
+    if let Some(lock) = lock {
+        let _ = lock.release().await;
+    }
     r
 }
 

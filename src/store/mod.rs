@@ -61,6 +61,14 @@ pub enum StoreError {
     /// `problem` names the call (`get `config`: …`).
     #[error("{problem}; {fix}")]
     Credentials { problem: String, fix: &'static str },
+    /// The store refused a write or delete that its reads allow: read-only credentials (a
+    /// DR site's key), a read-only mount. A configuration error, not worth retrying.
+    #[error("{op} `{key}`: the storage refused to write ({message}); these credentials can only read the repository: restore, standby, drill, `repo check` and listings work with them, but backups, forget, prune and key changes need credentials that can write")]
+    WriteDenied {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
 }
 
 impl StoreError {
@@ -80,6 +88,15 @@ impl StoreError {
             ErrorKind::AlreadyExists => StoreError::AlreadyExists { key },
             ErrorKind::Interrupted | ErrorKind::TimedOut | ErrorKind::WouldBlock => {
                 StoreError::Transient {
+                    op,
+                    key,
+                    message: e.to_string(),
+                }
+            }
+            ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
+                if matches!(op, "put" | "delete") =>
+            {
+                StoreError::WriteDenied {
                     op,
                     key,
                     message: e.to_string(),

@@ -229,6 +229,14 @@ where
             match status {
                 // Wrong keys (AWS, MinIO: InvalidAccessKeyId; Garage: AccessDenied "No such
                 // key") or a key without access to the bucket: configuration, not retried.
+                // A key that reads but may not write (Garage: AccessDenied "Operation is
+                // forbidden for this key"; AWS, MinIO: AccessDenied).
+                403 if matches!(op, "put" | "delete")
+                    && !REJECTED_CREDENTIALS.contains(&code.as_str())
+                    && !message.contains("No such key") =>
+                {
+                    StoreError::WriteDenied { op, key, message }
+                }
                 _ if status == 403 || REJECTED_CREDENTIALS.contains(&code.as_str()) => {
                     StoreError::Credentials {
                         problem: format!(

@@ -738,3 +738,129 @@ fn a_standby_killed_at_every_step_of_its_apply_is_finished_by_the_next() {
     // removal, the volumes and the objects.
     assert!(killed >= 8, "kill points: {killed}");
 }
+
+/// The keys of the bucket under a Garage repository `s3://bucket/prefix`, read with the key
+/// that can write.
+fn bucket_keys(repo: &str) -> Vec<String> {
+    let g = garage();
+    let prefix = repo.rsplit('/').next().unwrap().to_string();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use lifeboat::store::Store;
+        let s =
+            lifeboat::store::s3::S3Store::new(&g.bucket, &prefix, g.settings(), Default::default())
+                .await
+                .unwrap();
+        let c = tokio_util::sync::CancellationToken::new();
+        s.list("", &c)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect()
+    })
+}
+
+/// A DR site whose key can only read the bucket (issue #14, point 2): restore, standby, drill,
+/// `repo check` and the listings work, reading without a lock, and write nothing to the
+/// bucket; backups, forget and prune are refused with an error that names the fix (exit 2),
+/// and write nothing either. (Why reading without a lock is safe: `readonly::`.)
+#[test]
+fn a_dr_site_whose_key_can_only_read_restores_stands_by_and_drills_and_writes_nothing() {
+    let s = Sites::new(true);
+    s.backup("db-1");
+    let img = s.scratch.join("v.img");
+    std::fs::write(
+        &img,
+        (0..1u32 << 20)
+            .map(|i| ((i * 7) >> 3) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    ok(run(s
+        .lb()
+        .args(["volume", "backup", "--name", "v"])
+        .arg(&img)));
+    let read_only = || {
+        let mut c = s.lb();
+        c.envs(garage().read_only_env());
+        c
+    };
+    let before = bucket_keys(&s.repo);
+    assert!(
+        before.iter().any(|k| k.starts_with("backups/")),
+        "{before:?}"
+    );
+
+    ok(run(read_only().args(["repo", "check", "--read-data"])));
+    ok(run(read_only().arg("snapshots")));
+    ok(run(read_only().args(["backup", "list"])));
+    let standby = ok(run(read_only()
+        .args([
+            "standby",
+            "--schedule",
+            "db-hourly",
+            "--once",
+            "--json",
+            "--cluster-dir",
+        ])
+        .arg(&s.dr)));
+    assert!(
+        standby.stderr.contains("without a lock"),
+        "{}",
+        standby.stderr
+    );
+    assert!(same_volumes(&s.primary, &s.dr), "standby applied db-1");
+    ok(run(read_only()
+        .args(["drill", "-n", "db", "--into", "db-drill", "--cluster-dir"])
+        .arg(&s.dr)));
+    let restored = s.scratch.join("restored");
+    ok(run(read_only()
+        .args(["restore", "create", "--from-backup", "db-1", "--output-dir"])
+        .arg(&restored)));
+    assert!(!crate::support::files(&restored).is_empty());
+    let out = s.scratch.join("v.out");
+    ok(run(read_only()
+        .args(["volume", "restore", "v:latest"])
+        .arg(&out)));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&img).unwrap());
+    ok(run(read_only()
+        .args(["volume", "verify", "v:latest"])
+        .arg(&out)));
+    assert_eq!(
+        bucket_keys(&s.repo),
+        before,
+        "the readers wrote nothing to the bucket"
+    );
+
+    let mut backup = read_only();
+    backup
+        .args(["backup", "create", "db-2", "-n", "db", "--cluster-dir"])
+        .arg(&s.primary);
+    let mut volume = read_only();
+    volume.args(["volume", "backup", "--name", "v"]).arg(&img);
+    let mut forget = read_only();
+    forget.args(["forget", "--keep-last", "1"]);
+    let mut prune = read_only();
+    prune.arg("prune");
+    for (what, cmd) in [
+        ("backup create", backup),
+        ("volume backup", volume),
+        ("forget", forget),
+        ("prune", prune),
+    ] {
+        let mut cmd = cmd;
+        let r = run(&mut cmd);
+        assert_eq!(r.code, 2, "{what}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("can only read")
+                && r.stderr.contains("need credentials that can write"),
+            "{what}: {}",
+            r.stderr
+        );
+    }
+    assert_eq!(
+        bucket_keys(&s.repo),
+        before,
+        "the refused writers wrote nothing"
+    );
+}

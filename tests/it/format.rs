@@ -336,3 +336,22 @@ fn a_forget_intent_conforms_to_its_schema() {
     conforms(&v, &schema("forget-intent.schema.json"), "forget intent");
     assert_eq!(serde_json::from_value::<ForgetIntent>(v).unwrap(), intent);
 }
+
+/// A pending deletion (written by a prune with a grace period) is what
+/// `pending-deletion.schema.json` describes, and reads back.
+#[test]
+fn a_pending_deletion_conforms_to_its_schema() {
+    use lifeboat::format::{PackId, PendingDeletion};
+    let list = PendingDeletion {
+        version: lifeboat::format::FORMAT_VERSION,
+        time: time::OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap(),
+        packs: vec![PackId([6; 32]), PackId([7; 32])],
+    };
+    let v = serde_json::to_value(&list).unwrap();
+    conforms(
+        &v,
+        &schema("pending-deletion.schema.json"),
+        "pending deletion",
+    );
+    assert_eq!(serde_json::from_value::<PendingDeletion>(v).unwrap(), list);
+}

@@ -22,6 +22,7 @@ mod layout;
 mod live;
 mod live_volumes;
 mod mover;
+mod readonly;
 mod records;
 mod repository;
 mod robustness;

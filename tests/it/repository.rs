@@ -424,12 +424,18 @@ async fn a_prune_interrupted_at_any_write_or_delete_loses_nothing() {
     backup(&repo, "v", &src).await;
     // Forget the first snapshot: its unique blocks become garbage.
     mem.delete(&first.snapshot_id.key(), &c()).await.unwrap();
-    let opts = PruneOptions {
+    let with_grace = |grace| PruneOptions {
         dry_run: false,
         repack_threshold: 0.1,
+        grace,
     };
+    let opts = with_grace(std::time::Duration::ZERO);
     let mut crashes = 0;
-    for op in [Op::Put, Op::Delete] {
+    // Packs deleted at once, and packs kept for the grace period (a pending list written
+    // before the new index).
+    for (op, opts) in [Op::Put, Op::Delete].into_iter().flat_map(|op| {
+        [opts, with_grace(lifeboat::repository::DEFAULT_PRUNE_GRACE)].map(|o| (op, o))
+    }) {
         for crash_after in 0u64.. {
             let copy = copy_store(&mem).await;
             let faulty = Arc::new(Faulty::new(Arc::new(copy.clone())));
@@ -462,7 +468,7 @@ async fn a_prune_interrupted_at_any_write_or_delete_loses_nothing() {
             );
         }
     }
-    assert!(crashes >= 6, "crash points exercised: {crashes}");
+    assert!(crashes >= 12, "crash points exercised: {crashes}");
     // And the uninterrupted prune shrank the store.
     let before: u64 = mem
         .list("data/", &c())

@@ -468,7 +468,28 @@ fn forget_and_prune_give_space_back_and_every_kept_backup_still_restores() {
         out["removed"]["snapshots_removed"], 6,
         "three claims' snapshots of each removed backup"
     );
-    let pruned = json(&ok(run(lb(&repo).args(["prune", "--json"]))));
+    // By default the packs prune takes out stay for its grace period (for readers that hold
+    // no lock)...
+    let held = json(&ok(run(lb(&repo).args(["prune", "--json"]))));
+    crate::cli::conforms_to_cli_schema("prune.schema.json", &held);
+    assert_eq!(data_bytes(&repo), before, "{held:#}");
+    assert!(
+        held["deferred_bytes"].as_u64().unwrap() >= 1 << 20,
+        "{held:#}"
+    );
+    assert_eq!(held["grace_seconds"], 24 * 3600);
+    assert!(
+        crate::cli::is_ms_utc(held["next_release_at"].as_str().unwrap()),
+        "{held:#}"
+    );
+    // ...and a prune whose grace is over (here: none) deletes them.
+    let pruned = json(&ok(run(
+        lb(&repo).args(["prune", "--grace", "0s", "--json"])
+    )));
+    assert_eq!(
+        pruned["packs_released"], held["packs_deferred"],
+        "{pruned:#}"
+    );
     let after = data_bytes(&repo);
     assert!(
         after < before,

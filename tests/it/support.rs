@@ -71,6 +71,9 @@ pub struct Garage {
     pub access_key: String,
     pub secret_key: String,
     pub bucket: String,
+    /// A second key, allowed only to read the bucket (a DR site's).
+    pub read_only_access_key: String,
+    pub read_only_secret_key: String,
 }
 
 impl Garage {
@@ -81,6 +84,15 @@ impl Garage {
             access_key_id: Some(self.access_key.clone()),
             secret_access_key: Some(self.secret_key.clone()),
             session_token: None,
+        }
+    }
+
+    /// [`Garage::settings`] with the key that can only read.
+    pub fn read_only_settings(&self) -> S3Settings {
+        S3Settings {
+            access_key_id: Some(self.read_only_access_key.clone()),
+            secret_access_key: Some(self.read_only_secret_key.clone()),
+            ..self.settings()
         }
     }
 
@@ -105,6 +117,14 @@ impl Garage {
             ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
             ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
         ]
+    }
+
+    /// [`Garage::env`] with the key that can only read.
+    pub fn read_only_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = self.env();
+        env[2].1 = self.read_only_access_key.clone();
+        env[3].1 = self.read_only_secret_key.clone();
+        env
     }
 }
 
@@ -290,6 +310,33 @@ api_bind_addr = "127.0.0.1:{admin}"
             &access_key,
         ],
     )?;
+    let read_only_access_key = format!("GK{}", hex::encode(rand::random::<[u8; 12]>()));
+    let read_only_secret_key = hex::encode(rand::random::<[u8; 32]>());
+    garage_cli(
+        &bin,
+        &cfg,
+        &[
+            "key",
+            "import",
+            "--yes",
+            "-n",
+            "lifeboat-test-read-only",
+            &read_only_access_key,
+            &read_only_secret_key,
+        ],
+    )?;
+    garage_cli(
+        &bin,
+        &cfg,
+        &[
+            "bucket",
+            "allow",
+            "--read",
+            &bucket,
+            "--key",
+            &read_only_access_key,
+        ],
+    )?;
     let endpoint = format!("http://127.0.0.1:{s3}");
     // Wait until the S3 API answers.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -304,6 +351,8 @@ api_bind_addr = "127.0.0.1:{admin}"
         access_key,
         secret_key,
         bucket,
+        read_only_access_key,
+        read_only_secret_key,
     })
 }
 

@@ -198,9 +198,67 @@ fn todays_yaml_is_valid(site: &Site) {
     );
 }
 
-/// The BackupLocation `default` on `site`, with its Secrets.
+/// The seed flow's repository password: long and unlikely enough to be looked for.
+const PASSWORD: &str = "pw-seed-flow-7c1e94b2d05a";
+
+/// Reads every process's command line (`/proc/*/cmdline`) on this host every 20 ms while it
+/// runs, looking for `needles`. The pod runner runs containers as host processes, so the
+/// movers' command lines are there to read.
+struct CmdlineWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl CmdlineWatch {
+    fn start(needles: Vec<String>) -> CmdlineWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut movers, mut leaks) = (std::collections::HashSet::new(), Vec::new());
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                        continue;
+                    };
+                    let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+                        continue; // gone already
+                    };
+                    let argv: Vec<String> = raw
+                        .split(|b| *b == 0)
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect();
+                    if argv.len() > 1 && argv[0].ends_with("lifeboat") && argv[1] == "volume" {
+                        movers.insert(pid);
+                    }
+                    let line = argv.join(" ");
+                    if needles.iter().any(|n| line.contains(n.as_str())) {
+                        leaks.push(format!("pid {pid}: {}", argv[0]));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (movers.len(), leaks)
+        });
+        CmdlineWatch { stop, thread }
+    }
+
+    /// Stops it; gives how many mover processes (`lifeboat volume …`) it saw, and each process
+    /// whose command line held a needle.
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// The BackupLocation `default` on `site`, with its Secrets; `read_only` (a DR site's) with
+/// the bucket key that can only read.
 fn location(site: &Site, url: &str, read_only: bool) {
     let g = garage();
+    let (access_key, secret_key) = if read_only {
+        (&g.read_only_access_key, &g.read_only_secret_key)
+    } else {
+        (&g.access_key, &g.secret_key)
+    };
     site.apply(&format!(
         r#"apiVersion: v1
 kind: Secret
@@ -210,7 +268,7 @@ stringData: {{AWS_ACCESS_KEY_ID: "{}", AWS_SECRET_ACCESS_KEY: "{}"}}
 apiVersion: v1
 kind: Secret
 metadata: {{name: lifeboat-password, namespace: lifeboat}}
-stringData: {{password: pw}}
+stringData: {{password: {PASSWORD}}}
 ---
 apiVersion: lifeboat.dev/v1alpha1
 kind: BackupLocation
@@ -223,7 +281,7 @@ spec:
   passwordSecret: {{name: lifeboat-password}}
   readOnly: {read_only}
 "#,
-        g.access_key, g.secret_key, g.endpoint
+        access_key, secret_key, g.endpoint
     ));
 }
 
@@ -236,7 +294,7 @@ kind: Secret
 metadata: {{name: lifeboat-repository, namespace: {ns}}}
 stringData:
   LIFEBOAT_REPOSITORY: {url}
-  LIFEBOAT_PASSWORD: pw
+  LIFEBOAT_PASSWORD: {PASSWORD}
   AWS_ACCESS_KEY_ID: "{}"
   AWS_SECRET_ACCESS_KEY: "{}"
   AWS_ENDPOINT_URL_S3: {}
@@ -352,13 +410,18 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
     };
     let g = garage();
     let url = format!("s3://{}/{}", g.bucket, g.unique_prefix());
-    ok(run(lb(&url).envs(g.env()).args([
-        "repo",
-        "init",
-        "--insecure-fast-kdf",
-        "--chunk-size-kib",
-        "64",
-    ])));
+    let secrets = [PASSWORD, &g.secret_key, &g.read_only_secret_key];
+    let cmdlines = CmdlineWatch::start(secrets.iter().map(|s| s.to_string()).collect());
+    ok(run(lb(&url)
+        .env("LIFEBOAT_PASSWORD", PASSWORD)
+        .envs(g.env())
+        .args([
+            "repo",
+            "init",
+            "--insecure-fast-kdf",
+            "--chunk-size-kib",
+            "64",
+        ])));
     let d = crate::support::tmp();
     let t0 = std::time::Instant::now();
     let step = |what: &str| eprintln!("{:>6.1} s  {what}", t0.elapsed().as_secs_f64());
@@ -430,6 +493,7 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
     );
     let records = || {
         let r = ok(run(lb(&url)
+            .env("LIFEBOAT_PASSWORD", PASSWORD)
             .envs(g.env())
             .args(["--json", "backup", "list"])));
         r.stdout
@@ -565,7 +629,8 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
         },
     );
 
-    // 3. The DR site: a read-only location, a Standby; appns held at 0 with its volumes.
+    // 3. The DR site: a read-only location (lifeboat's `readOnly` and a bucket key that can
+    //    only read), a Standby; appns held at 0 with its volumes.
     let dr_ctrl = Controller::start(dk, "dr-1", &d.path().join("b1"));
     location(dr, &url, true);
     policy(dr, "app");
@@ -651,6 +716,14 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
             .to_string()
             .contains("no-such-backup"),
         "{m:#}"
+    );
+
+    // The standby and the Restore read without a lock, the key being unable to write one.
+    let dr_log = std::fs::read_to_string(&dr_ctrl.log).unwrap();
+    assert!(
+        dr_log.contains("without a lock: these credentials cannot write it"),
+        "the DR site read with its read-only key: {}",
+        dr_log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
     );
 
     // 4. Failover: spec.active true; the Deployment starts, the status has the RTO.
@@ -776,8 +849,8 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
     );
     assert!(standby(primary)["status"]["rtoSeconds"].is_number());
 
-    // No secret in what the controllers wrote (issue #14, point 6): the bucket's secret key is
-    // in no Event, no lifeboat resource (their statuses and conditions) and no log of the
+    // No secret in what the controllers wrote (issue #14, point 6): the password and the
+    // bucket's secret keys are in no Event, no lifeboat resource (their statuses and conditions) and no log of the
     // controllers still running (which log warnings only, at their default level).
     step("no secret in Events, statuses or logs");
     for site in [primary, dr] {
@@ -793,16 +866,21 @@ fn the_seed_flow_schedules_backups_follows_them_on_the_dr_site_fails_over_and_ba
             "the Events and statuses the flow wrote are there to scan"
         );
         assert!(
-            !written.contains(&g.secret_key),
-            "the bucket's secret key in an Event or a status"
+            secrets.iter().all(|n| !written.contains(n)),
+            "the password or a bucket secret key in an Event or a status"
         );
     }
     for c in [&dr_ctrl, &_restoring] {
         let log = std::fs::read_to_string(&c.log).unwrap();
         assert!(
-            !log.contains(&g.secret_key),
-            "the bucket's secret key in {}",
+            secrets.iter().all(|n| !log.contains(n)),
+            "the password or a bucket secret key in {}",
             c.log.display()
         );
     }
+    // Nor in any process's command line while the flow ran: the movers get theirs from the
+    // Secret through their environment, never as arguments.
+    let (movers, leaks) = cmdlines.finish();
+    assert!(movers > 0, "the watch saw the movers run");
+    assert!(leaks.is_empty(), "secrets in command lines: {leaks:?}");
 }
