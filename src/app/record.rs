@@ -249,12 +249,18 @@ async fn name_taken(repo: &Repository, name: &str) -> Result<bool, RepoError> {
         .any(|(_, b)| b.name == name))
 }
 
-/// Builds one backup object by object, so that a capture can stream: only the list of
-/// records (about 150 bytes an object) is held, never the objects.
+/// Objects stored per trip to the blocking pool: serialising, hashing and (when new) sealing
+/// one small object costs less than the trip.
+const OBJECTS_PER_BATCH: usize = 256;
+
+/// Builds one backup object by object, so that a capture can stream: the list of records
+/// (about 150 bytes an object) is held, and never more than [`OBJECTS_PER_BATCH`] objects.
 pub struct BackupBuilder {
     repo: Arc<Repository>,
     name: String,
-    index: crate::repository::Index,
+    index: Arc<crate::repository::Index>,
+    /// Objects added and not stored yet.
+    batch: Vec<Exported>,
     writer: crate::repository::BlobWriter,
     claims: Arc<crate::repository::Claims>,
     records: Vec<BackedUpObject>,
@@ -278,7 +284,8 @@ impl BackupBuilder {
         Ok(BackupBuilder {
             repo,
             name: name.to_string(),
-            index,
+            index: Arc::new(index),
+            batch: Vec::with_capacity(OBJECTS_PER_BATCH),
             writer,
             claims,
             records: Vec::new(),
@@ -290,34 +297,55 @@ impl BackupBuilder {
         })
     }
 
-    /// Stores one object (once: an unchanged object is only referenced).
+    /// Stores one object (once: an unchanged object is only referenced), a batch at a time.
     pub async fn add(&mut self, e: Exported) -> Result<(), AppBackupError> {
+        self.batch.push(e);
+        if self.batch.len() >= OBJECTS_PER_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Stores the objects added so far: serialised and hashed off the runtime, sealed only
+    /// when the index does not hold them already.
+    async fn flush(&mut self) -> Result<(), AppBackupError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(OBJECTS_PER_BATCH));
         let keys = self.repo.keys().clone();
         let level = self.repo.config().compression_level.max(1);
-        let value = e.value;
-        let (id, sealed, len) = cpu(move || {
-            let json = serde_json::to_vec(&value).expect("a parsed object serialises");
-            let id = keys.blob_id(&json);
-            (
-                id,
-                keys.seal(Role::Blob(BlobKind::Object, id), &json, level),
-                json.len(),
-            )
+        let index = self.index.clone();
+        let stored = cpu(move || {
+            batch
+                .into_iter()
+                .map(|e| {
+                    let json = serde_json::to_vec(&e.value).expect("a parsed object serialises");
+                    let id = keys.blob_id(&json);
+                    let sealed = (!index.contains(&id))
+                        .then(|| keys.seal(Role::Blob(BlobKind::Object, id), &json, level));
+                    (e.r, id, sealed, json.len())
+                })
+                .collect::<Vec<_>>()
         })
         .await?;
-        if !self.index.contains(&id) && self.claims.claim(id) {
-            self.writer
-                .add(BlobKind::Object, id, sealed, len as u32)
-                .await?;
+        for (r, id, sealed, len) in stored {
+            if let Some(sealed) = sealed {
+                if self.claims.claim(id) {
+                    self.writer
+                        .add(BlobKind::Object, id, sealed, len as u32)
+                        .await?;
+                }
+            }
+            self.records.push(BackedUpObject {
+                api_version: r.api_version,
+                kind: r.kind,
+                namespace: r.namespace,
+                name: r.name,
+                blob: id,
+                size: len as u32,
+            });
         }
-        self.records.push(BackedUpObject {
-            api_version: e.r.api_version,
-            kind: e.r.kind,
-            namespace: e.r.namespace,
-            name: e.r.name,
-            blob: id,
-            size: len as u32,
-        });
         Ok(())
     }
 
@@ -344,11 +372,12 @@ impl BackupBuilder {
 
     /// Writes the record, after every blob it names.
     pub async fn finish(
-        self,
+        mut self,
         source: &str,
         filters: BackupFilters,
         failures: Vec<CaptureFailure>,
     ) -> Result<BackupSummary, AppBackupError> {
+        self.flush().await?;
         let stats = self.writer.finish().await?;
         let record = AppBackup {
             version: FORMAT_VERSION,

@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use indicatif::ProgressBar;
 use tokio_util::sync::CancellationToken;
 
@@ -342,51 +343,55 @@ pub async fn backup_live(
         tracing::warn!(backup = name, "{w}");
     }
     let snaps = outcome??;
+    // The claims move a few at a time. After a failure (or a cancel) no new mover starts, but
+    // those running finish, so each cleans up after itself.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let parallel = csi.settings.parallel_volumes.max(1);
+    let moves: Vec<Result<Option<(BackedUpVolume, u64, Option<String>)>, AppBackupError>> =
+        futures::stream::iter(&snaps)
+            .map(|s| {
+                let (csi, repo, stop) = (&csi, &repo, &stop);
+                async move {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        return Ok(None);
+                    }
+                    if cancel.is_cancelled() {
+                        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return Err(AppBackupError::Cancelled);
+                    }
+                    let r = move_one(csi, repo, name, s).await;
+                    if r.is_err() {
+                        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    r.map(Some)
+                }
+            })
+            .buffered(parallel)
+            .collect()
+            .await;
     let mut backed_up = Vec::new();
     let mut bytes_read = 0;
     let mut moved = Ok(());
-    for s in &snaps {
-        if cancel.is_cancelled() {
-            moved = Err(AppBackupError::Cancelled);
-            break;
-        }
-        let volume = volume_name(&s.claim.namespace, &s.claim.name);
-        let label = match csi.move_to_repository(name, s, &volume).await {
-            Ok((l, note)) => {
+    for m in moves {
+        match m {
+            Ok(Some((volume, read, note))) => {
                 if let Some(note) = note {
                     report.warnings.push(format!(
                         "claim {}/{}: {note}; its mover compared hashes instead (slower, same data)",
-                        s.claim.namespace, s.claim.name
+                        volume.namespace, volume.pvc
                     ));
                 }
-                l
+                bytes_read += read;
+                backed_up.push(volume);
             }
+            Ok(None) => {}
+            // The first failure in claim order names the backup's failure.
             Err(e) => {
-                moved = Err(e.into());
-                break;
+                if moved.is_ok() {
+                    moved = Err(e);
+                }
             }
-        };
-        let found = repo
-            .list_snapshots()
-            .await?
-            .into_iter()
-            .rev()
-            .find(|(_, snap)| snap.name == volume && snap.source == label);
-        let Some((id, snap)) = found else {
-            moved = Err(AppBackupError::Live(crate::k8s::LiveError::Volume {
-                what: format!("mover for claim {}/{}", s.claim.namespace, s.claim.name),
-                reason: format!("succeeded but no snapshot `{volume}` labelled `{label}` is in the repository; is its Secret pointing at this repository?"),
-            }));
-            break;
-        };
-        bytes_read += snap.stats.bytes_read;
-        backed_up.push(BackedUpVolume {
-            namespace: s.claim.namespace.clone(),
-            pvc: s.claim.name.clone(),
-            snapshot: id,
-            size: snap.size,
-            method: s.method,
-        });
+        }
     }
     csi.remove_snapshots(&snaps).await;
     moved?;
@@ -411,6 +416,38 @@ pub async fn backup_live(
     builder.finish(&live.describe(), filters, failures).await
 }
 
+/// Moves one claim's snapshot into the repository with a mover Job; gives its volume, the
+/// bytes the mover read, and a note when it could not use changed blocks.
+async fn move_one(
+    csi: &crate::k8s::csi::Csi,
+    repo: &Arc<Repository>,
+    name: &str,
+    s: &crate::k8s::csi::CsiSnapshot,
+) -> Result<(BackedUpVolume, u64, Option<String>), AppBackupError> {
+    let volume = volume_name(&s.claim.namespace, &s.claim.name);
+    let (label, note) = csi.move_to_repository(name, s, &volume).await?;
+    let found = repo
+        .list_snapshots()
+        .await?
+        .into_iter()
+        .rev()
+        .find(|(_, snap)| snap.name == volume && snap.source == label);
+    let Some((id, snap)) = found else {
+        return Err(AppBackupError::Live(crate::k8s::LiveError::Volume {
+            what: format!("mover for claim {}/{}", s.claim.namespace, s.claim.name),
+            reason: format!("succeeded but no snapshot `{volume}` labelled `{label}` is in the repository; is its Secret pointing at this repository?"),
+        }));
+    };
+    let backed_up = BackedUpVolume {
+        namespace: s.claim.namespace.clone(),
+        pvc: s.claim.name.clone(),
+        snapshot: id,
+        size: snap.size,
+        method: s.method,
+    };
+    Ok((backed_up, snap.stats.bytes_read, note))
+}
+
 /// Restores the data of each claim the plan restores on a live cluster, before the objects
 /// are applied: a claim that exists on the target is left alone (its data is not
 /// overwritten); a block-mode claim is created and written here (returned, so that it is not
@@ -426,94 +463,119 @@ pub async fn restore_volumes_live(
     standby: bool,
 ) -> (Vec<ApplyResult>, Vec<ObjRef>) {
     let csi = live.csi(movers);
-    let mut out = Vec::new();
-    let mut created = Vec::new();
+    // 1. In claim order: which claims to write (the others' results are known already).
+    let mut out: Vec<Option<ApplyResult>> = Vec::new();
+    let mut writes = Vec::new();
     for v in &backup.volumes {
-        let Some(p) = plan.iter_mut().find(|p| restores_claim(p, v)) else {
+        let Some(i) = plan.iter().position(|p| restores_claim(p, v)) else {
             continue;
         };
+        let p = &plan[i];
         let r = p.target.clone();
-        let ns = r.namespace.clone().unwrap_or_default();
+        let failed = |detail: String| ApplyResult {
+            r: r.clone(),
+            outcome: Outcome::Failed,
+            detail,
+        };
         match live.existing(std::slice::from_ref(&r)).await {
             Ok(found) if !found.is_empty() => {
-                out.push(ApplyResult {
+                out.push(Some(ApplyResult {
                     r,
                     outcome: Outcome::Skipped,
                     detail: "volume data: the claim exists on the target; its data is not overwritten (delete it to restore the data)".into(),
-                });
+                }));
                 continue;
             }
             Err(e) => {
-                out.push(ApplyResult {
-                    r,
-                    outcome: Outcome::Failed,
-                    detail: format!("volume data: {e}"),
-                });
+                out.push(Some(failed(format!("volume data: {e}"))));
                 continue;
             }
             Ok(_) => {}
         }
         let Some(like) = crate::k8s::csi::claim_of(&p.value) else {
-            out.push(ApplyResult {
-                r,
-                outcome: Outcome::Failed,
-                detail: "volume data: the claim object has no size".into(),
-            });
+            out.push(Some(failed(
+                "volume data: the claim object has no size".into(),
+            )));
             continue;
         };
-        match csi
-            .restore_claim(&ns, &r.name, &like, &v.snapshot.to_hex(), Some(&p.value))
-            .await
-        {
-            Ok(None) => {
+        let ns = r.namespace.clone().unwrap_or_default();
+        // Once per namespace, before its restore Jobs start together.
+        if let Err(e) = csi.prepare_namespace(&ns).await {
+            out.push(Some(failed(format!("volume data: {e}"))));
+            continue;
+        }
+        out.push(None);
+        writes.push((out.len() - 1, i, v, like, p.value.clone(), ns, r.name));
+    }
+    // 2. The restore Jobs, a few at a time.
+    let parallel = csi.settings.parallel_volumes.max(1);
+    let csi = &csi;
+    let written: Vec<_> = futures::stream::iter(writes)
+        .map(|(slot, i, v, like, value, ns, name)| async move {
+            let result = csi
+                .restore_claim(&ns, &name, &like, &v.snapshot.to_hex(), Some(&value))
+                .await;
+            let marked = match (&result, standby) {
+                (Ok(None), true) => csi
+                    .mark_claim(&ns, &name, Some(&v.snapshot.to_hex()))
+                    .await
+                    .err(),
+                _ => None,
+            };
+            (slot, i, v, result, marked)
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    // 3. The results, into the plan and in claim order.
+    let mut created = Vec::new();
+    for (slot, i, v, result, marked) in written {
+        let p = &mut plan[i];
+        let r = p.target.clone();
+        let ns = r.namespace.clone().unwrap_or_default();
+        out[slot] = Some(match (result, marked) {
+            (Ok(None), Some(e)) => ApplyResult {
+                r,
+                outcome: Outcome::Failed,
+                detail: format!("volume data: written, but {e}"),
+            },
+            (Ok(None), None) => {
                 // Created from the plan, on a volume of its own.
                 if let Some(spec) = p.value.get_mut("spec").and_then(|s| s.as_object_mut()) {
                     spec.remove("volumeName");
                 }
-                if standby {
-                    if let Err(e) = csi
-                        .mark_claim(&ns, &r.name, Some(&v.snapshot.to_hex()))
-                        .await
-                    {
-                        out.push(ApplyResult {
-                            r,
-                            outcome: Outcome::Failed,
-                            detail: format!("volume data: written, but {e}"),
-                        });
-                        continue;
-                    }
-                }
                 created.push(r.clone());
-                out.push(ApplyResult {
+                ApplyResult {
                     r,
                     outcome: Outcome::Created,
                     detail: format!("volume data: snapshot {} written", v.snapshot.short()),
-                });
+                }
             }
-            Ok(Some(pv)) => {
+            (Ok(Some(pv)), _) => {
                 p.value["spec"]["volumeName"] = serde_json::json!(pv);
                 if standby {
                     p.value["metadata"]["annotations"][crate::k8s::csi::STANDBY_SNAPSHOT] =
                         serde_json::json!(v.snapshot.to_hex());
                 }
-                out.push(ApplyResult {
+                ApplyResult {
                     r,
                     outcome: Outcome::Created,
                     detail: format!(
                         "volume data: snapshot {} written to volume {pv}",
                         v.snapshot.short()
                     ),
-                });
+                }
             }
-            Err(e) => {
+            (Err(e), _) => {
                 tracing::error!(claim = %format!("{ns}/{}", r.name), "volume restore failed: {e}");
-                out.push(ApplyResult {
+                ApplyResult {
                     r,
                     outcome: Outcome::Failed,
                     detail: format!("volume data: {e}"),
-                });
+                }
             }
-        }
+        });
     }
+    let out: Vec<ApplyResult> = out.into_iter().flatten().collect();
     (out, created)
 }

@@ -287,6 +287,10 @@ pub struct MoverArgs {
     /// How long a snapshot, a clone or a mover Job may take.
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = crate::hooks::parse_duration)]
     mover_timeout: Duration,
+    /// How many claims are moved at once: mover Jobs of a backup, restore Jobs of a restore
+    /// or a standby's new claims.
+    #[arg(long, value_name = "N", default_value_t = crate::k8s::csi::DEFAULT_PARALLEL_VOLUMES, value_parser = parse_parallel)]
+    parallel_volumes: usize,
     /// CPU request of the mover Jobs' pods ("" for none).
     #[arg(long, value_name = "QUANTITY", default_value = "250m", value_parser = crate::k8s::csi::parse_quantity)]
     mover_cpu_request: String,
@@ -318,6 +322,14 @@ pub struct MoverArgs {
     /// the nodes' block devices where the runtime keeps the host's device ownership.
     #[arg(long, value_name = "GID")]
     mover_supplemental_group: Vec<i64>,
+}
+
+/// `--parallel-volumes`: a count from 1 to 64.
+fn parse_parallel(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n @ 1..=64) => Ok(n),
+        _ => Err(format!("`{text}` is not a count from 1 to 64")),
+    }
 }
 
 impl MoverArgs {
@@ -358,6 +370,7 @@ impl MoverArgs {
             timeout: self.mover_timeout,
             secret_data: complete.then_some(data),
             pod: self.pod(),
+            parallel_volumes: self.parallel_volumes,
             ..Default::default()
         }
     }

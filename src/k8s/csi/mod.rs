@@ -81,7 +81,14 @@ pub struct MoverSettings {
     pub timeout: Duration,
     /// Requests, limits, placement and securityContext of the Jobs' pods.
     pub pod: PodSettings,
+    /// How many claims are moved at once (mover and restore Jobs running together); the
+    /// snapshots of a backup are cut together anyway.
+    pub parallel_volumes: usize,
 }
+
+/// Claims moved at once by default: enough to hide a Job's start-up behind the others'
+/// transfers, few enough not to crowd a small cluster.
+pub const DEFAULT_PARALLEL_VOLUMES: usize = 4;
 
 impl Default for MoverSettings {
     fn default() -> Self {
@@ -94,6 +101,7 @@ impl Default for MoverSettings {
             secret_data: None,
             timeout: Duration::from_secs(1800),
             pod: PodSettings::default(),
+            parallel_volumes: DEFAULT_PARALLEL_VOLUMES,
         }
     }
 }
@@ -255,14 +263,18 @@ impl Csi {
                 == Some("lifeboat")
         });
         if found.is_none() {
-            namespaces
+            match namespaces
                 .create(&PostParams::default(), &claims::namespace(ns))
                 .await
-                .map_err(api_err(format!("create Namespace {ns}")))?;
-            tracing::info!(
-                namespace = ns,
-                "created the namespace for its volumes' data"
-            );
+            {
+                Ok(_) => tracing::info!(
+                    namespace = ns,
+                    "created the namespace for its volumes' data"
+                ),
+                // Made meanwhile (by another restore of the same namespace): as good.
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(api_err(format!("create Namespace {ns}"))(e)),
+            }
         }
         let secrets: Api<k8s_openapi::api::core::v1::Secret> =
             Api::namespaced(self.client.clone(), ns);
@@ -279,14 +291,19 @@ impl Csi {
                     reason: "is missing: the mover Jobs read the repository settings from it; create it (deploy/mover-secret.yaml)".into(),
                 });
             };
-            secrets
+            match secrets
                 .create(
                     &PostParams::default(),
                     &claims::movers_secret(ns, name, data),
                 )
                 .await
-                .map_err(api_err(format!("create Secret {ns}/{name}")))?;
-            tracing::info!(namespace = ns, secret = %name, "wrote this process's repository settings into the movers' Secret");
+            {
+                Ok(_) => {
+                    tracing::info!(namespace = ns, secret = %name, "wrote this process's repository settings into the movers' Secret")
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(api_err(format!("create Secret {ns}/{name}"))(e)),
+            }
         }
         // Unreadable (a role without `get serviceaccounts`) counts as absent.
         let sa = &self.settings.service_account;
