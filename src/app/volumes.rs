@@ -347,34 +347,37 @@ pub async fn backup_live(
     // those running finish, so each cleans up after itself.
     let stop = std::sync::atomic::AtomicBool::new(false);
     let parallel = csi.settings.parallel_volumes.max(1);
-    let moves: Vec<Result<Option<(BackedUpVolume, u64, Option<String>)>, AppBackupError>> =
-        futures::stream::iter(&snaps)
-            .map(|s| {
-                let (csi, repo, stop) = (&csi, &repo, &stop);
-                async move {
-                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        return Ok(None);
-                    }
-                    if cancel.is_cancelled() {
-                        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-                        return Err(AppBackupError::Cancelled);
-                    }
-                    let r = move_one(csi, repo, name, s).await;
-                    if r.is_err() {
-                        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    r.map(Some)
+    let moves: Vec<Result<Option<Moved>, AppBackupError>> = futures::stream::iter(&snaps)
+        .map(|s| {
+            let (csi, repo, stop) = (&csi, &repo, &stop);
+            async move {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Ok(None);
                 }
-            })
-            .buffered(parallel)
-            .collect()
-            .await;
+                if cancel.is_cancelled() {
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Err(AppBackupError::Cancelled);
+                }
+                let r = move_one(csi, repo, name, s).await;
+                if r.is_err() {
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                r.map(Some)
+            }
+        })
+        .buffered(parallel)
+        .collect()
+        .await;
     let mut backed_up = Vec::new();
     let mut bytes_read = 0;
     let mut moved = Ok(());
     for m in moves {
         match m {
-            Ok(Some((volume, read, note))) => {
+            Ok(Some(Moved {
+                volume,
+                bytes_read: read,
+                note,
+            })) => {
                 if let Some(note) = note {
                     report.warnings.push(format!(
                         "claim {}/{}: {note}; its mover compared hashes instead (slower, same data)",
@@ -416,14 +419,22 @@ pub async fn backup_live(
     builder.finish(&live.describe(), filters, failures).await
 }
 
-/// Moves one claim's snapshot into the repository with a mover Job; gives its volume, the
-/// bytes the mover read, and a note when it could not use changed blocks.
+/// One claim moved into the repository.
+struct Moved {
+    volume: BackedUpVolume,
+    /// The bytes its mover read.
+    bytes_read: u64,
+    /// Why it could not use changed blocks, when it could not.
+    note: Option<String>,
+}
+
+/// Moves one claim's snapshot into the repository with a mover Job.
 async fn move_one(
     csi: &crate::k8s::csi::Csi,
     repo: &Arc<Repository>,
     name: &str,
     s: &crate::k8s::csi::CsiSnapshot,
-) -> Result<(BackedUpVolume, u64, Option<String>), AppBackupError> {
+) -> Result<Moved, AppBackupError> {
     let volume = volume_name(&s.claim.namespace, &s.claim.name);
     let (label, note) = csi.move_to_repository(name, s, &volume).await?;
     let found = repo
@@ -445,7 +456,11 @@ async fn move_one(
         size: snap.size,
         method: s.method,
     };
-    Ok((backed_up, snap.stats.bytes_read, note))
+    Ok(Moved {
+        volume: backed_up,
+        bytes_read: snap.stats.bytes_read,
+        note,
+    })
 }
 
 /// Restores the data of each claim the plan restores on a live cluster, before the objects
