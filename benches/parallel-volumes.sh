@@ -34,6 +34,8 @@ lb() { "$bin" --repo "$repo" --no-cache "$@"; }
 namespace() {
   local ns=$1 count=$2 i
   kubectl create namespace "$ns" >/dev/null
+  kubectl -n "$ns" create secret generic lifeboat-repository \
+    --from-literal=LIFEBOAT_REPOSITORY="$repo" --from-literal=LIFEBOAT_PASSWORD="$LIFEBOAT_PASSWORD" >/dev/null
   for ((i = 0; i < count; i++)); do
     printf 'apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data-%02d, namespace: %s}\nspec:\n  accessModes: [ReadWriteOnce]\n  volumeMode: Block\n  resources: {requests: {storage: 16Mi}}\n---\n' "$i" "$ns"
   done | kubectl apply -f - >/dev/null
@@ -56,6 +58,7 @@ timed() {
   printf -v "$var" '%.1f' "$(echo "$end - $start" | bc)"
 }
 
+ctx=$(kubectl config current-context)
 namespace one 1
 namespace many "$n"
 printf '| claims | --parallel-volumes | backup s | restore s |\n|---|---|---|---|\n'
@@ -66,7 +69,7 @@ for p in 1 default; do
   for ns in one many; do
     name=$ns-$p
     timed b lb backup create "$name" -n "$ns" "${flag[@]}"
-    timed r lb restore create --from-backup "$name" --namespace-mapping "$ns:$ns-$p-r" "${flag[@]}"
+    timed r lb restore create --from-backup "$name" --namespace-mapping "$ns:$ns-$p-r" --context "$ctx" "${flag[@]}"
     count=$([ $ns = one ] && echo 1 || echo "$n")
     back[$ns-$p]=$b rest[$ns-$p]=$r
     printf '| %s | %s | %s | %s |\n' "$count" "$p" "$b" "$r"
