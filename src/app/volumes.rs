@@ -349,7 +349,7 @@ pub async fn backup_live(
     let parallel = csi.settings.parallel_volumes.max(1);
     let moves: Vec<Result<Option<Moved>, AppBackupError>> = futures::stream::iter(&snaps)
         .map(|s| {
-            let (csi, repo, stop) = (&csi, &repo, &stop);
+            let (csi, stop) = (&csi, &stop);
             async move {
                 if stop.load(std::sync::atomic::Ordering::SeqCst) {
                     return Ok(None);
@@ -358,7 +358,12 @@ pub async fn backup_live(
                     stop.store(true, std::sync::atomic::Ordering::SeqCst);
                     return Err(AppBackupError::Cancelled);
                 }
-                let r = move_one(csi, repo, name, s).await;
+                let volume = volume_name(&s.claim.namespace, &s.claim.name);
+                let r = csi
+                    .move_to_repository(name, s, &volume)
+                    .await
+                    .map(|(label, note)| Moved { label, note })
+                    .map_err(AppBackupError::from);
                 if r.is_err() {
                     stop.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
@@ -371,13 +376,24 @@ pub async fn backup_live(
     let mut backed_up = Vec::new();
     let mut bytes_read = 0;
     let mut moved = Ok(());
-    for m in moves {
-        match m {
-            Ok(Some(Moved {
-                volume,
-                bytes_read: read,
-                note,
-            })) => {
+    // The snapshots the movers wrote, listed once they are all done.
+    let stored = if moves.iter().any(|m| matches!(m, Ok(Some(_)))) {
+        repo.list_snapshots().await.unwrap_or_else(|e| {
+            moved = Err(e.into());
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
+    // The first failure in claim order names the backup's failure.
+    for (s, m) in snaps.iter().zip(moves) {
+        let found = match m {
+            Ok(Some(m)) => stored_volume(&stored, s, &m.label).map(|v| (v, m.note)),
+            Ok(None) => continue,
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok(((volume, read), note)) => {
                 if let Some(note) = note {
                     report.warnings.push(format!(
                         "claim {}/{}: {note}; its mover compared hashes instead (slower, same data)",
@@ -387,8 +403,6 @@ pub async fn backup_live(
                 bytes_read += read;
                 backed_up.push(volume);
             }
-            Ok(None) => {}
-            // The first failure in claim order names the backup's failure.
             Err(e) => {
                 if moved.is_ok() {
                     moved = Err(e);
@@ -419,28 +433,24 @@ pub async fn backup_live(
     builder.finish(&live.describe(), filters, failures).await
 }
 
-/// One claim moved into the repository.
+/// One claim's mover done.
 struct Moved {
-    volume: BackedUpVolume,
-    /// The bytes its mover read.
-    bytes_read: u64,
+    /// The source label of the snapshot it wrote.
+    label: String,
     /// Why it could not use changed blocks, when it could not.
     note: Option<String>,
 }
 
-/// Moves one claim's snapshot into the repository with a mover Job.
-async fn move_one(
-    csi: &crate::k8s::csi::Csi,
-    repo: &Arc<Repository>,
-    name: &str,
+/// The volume that the mover of claim snapshot `s` wrote as `label`, found among the
+/// repository's snapshots `stored` (oldest first), and the bytes the mover read.
+fn stored_volume(
+    stored: &[(crate::format::SnapshotId, crate::format::Snapshot)],
     s: &crate::k8s::csi::CsiSnapshot,
-) -> Result<Moved, AppBackupError> {
+    label: &str,
+) -> Result<(BackedUpVolume, u64), AppBackupError> {
     let volume = volume_name(&s.claim.namespace, &s.claim.name);
-    let (label, note) = csi.move_to_repository(name, s, &volume).await?;
-    let found = repo
-        .list_snapshots()
-        .await?
-        .into_iter()
+    let found = stored
+        .iter()
         .rev()
         .find(|(_, snap)| snap.name == volume && snap.source == label);
     let Some((id, snap)) = found else {
@@ -452,15 +462,11 @@ async fn move_one(
     let backed_up = BackedUpVolume {
         namespace: s.claim.namespace.clone(),
         pvc: s.claim.name.clone(),
-        snapshot: id,
+        snapshot: *id,
         size: snap.size,
         method: s.method,
     };
-    Ok(Moved {
-        volume: backed_up,
-        bytes_read: snap.stats.bytes_read,
-        note,
-    })
+    Ok((backed_up, snap.stats.bytes_read))
 }
 
 /// Restores the data of each claim the plan restores on a live cluster, before the objects
@@ -514,11 +520,6 @@ pub async fn restore_volumes_live(
             continue;
         };
         let ns = r.namespace.clone().unwrap_or_default();
-        // Once per namespace, before its restore Jobs start together.
-        if let Err(e) = csi.prepare_namespace(&ns).await {
-            out.push(Some(failed(format!("volume data: {e}"))));
-            continue;
-        }
         out.push(None);
         writes.push((out.len() - 1, i, v, like, p.value.clone(), ns, r.name));
     }

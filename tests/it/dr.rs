@@ -115,8 +115,12 @@ impl Sites {
     }
 
     fn standby(&self) -> Run {
-        run(self
-            .lb()
+        self.standby_as(self.lb())
+    }
+
+    /// [`Sites::standby`] run by `lb` (this site's command with other credentials).
+    fn standby_as(&self, mut lb: Command) -> Run {
+        run(lb
             .args([
                 "standby",
                 "--schedule",
@@ -794,16 +798,7 @@ fn a_dr_site_whose_key_can_only_read_restores_stands_by_and_drills_and_writes_no
     ok(run(read_only().args(["repo", "check", "--read-data"])));
     ok(run(read_only().arg("snapshots")));
     ok(run(read_only().args(["backup", "list"])));
-    let standby = ok(run(read_only()
-        .args([
-            "standby",
-            "--schedule",
-            "db-hourly",
-            "--once",
-            "--json",
-            "--cluster-dir",
-        ])
-        .arg(&s.dr)));
+    let standby = ok(s.standby_as(read_only()));
     assert!(
         standby.stderr.contains("without a lock"),
         "{}",

@@ -6,80 +6,40 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use bytes::Bytes;
+use futures::FutureExt;
 use indicatif::ProgressBar;
+use lifeboat::demo::generate_image;
 use lifeboat::repository::{CheckOptions, PruneOptions, Repository, DEFAULT_PRUNE_GRACE};
+use lifeboat::store::fault::Op;
 use lifeboat::store::s3::S3Store;
-use lifeboat::store::{ObjectInfo, Store, StoreError, StoreOptions};
+use lifeboat::store::{Store, StoreOptions};
 use lifeboat::volume::restore::{restore_volume, RestoreOptions, RestoreStats};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use lifeboat::demo::generate_image;
-
-use crate::support::{garage, new_repo, reopen, tmp};
+use crate::support::{garage, new_repo, reopen, tmp, Paused};
 use crate::volume::{backup, same};
 
-/// A store that holds its first read of a pack until told to go on: the instant at which a
-/// reader has loaded the index and its snapshot and is about to read data.
-#[derive(Debug)]
-struct Gated {
-    inner: Arc<dyn Store>,
-    reached: Arc<Notify>,
-    go: Arc<Notify>,
-    passed: std::sync::atomic::AtomicBool,
-}
-
-impl Gated {
-    async fn gate(&self, key: &str) {
-        if key.starts_with("data/") && !self.passed.swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            self.reached.notify_one();
-            self.go.notified().await;
-        }
-    }
-}
-
-#[async_trait]
-impl Store for Gated {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    async fn put(
-        &self,
-        key: &str,
-        data: Bytes,
-        cancel: &CancellationToken,
-    ) -> Result<(), StoreError> {
-        self.inner.put(key, data, cancel).await
-    }
-    async fn get(&self, key: &str, cancel: &CancellationToken) -> Result<Bytes, StoreError> {
-        self.gate(key).await;
-        self.inner.get(key, cancel).await
-    }
-    async fn get_range(
-        &self,
-        key: &str,
-        offset: u64,
-        length: u64,
-        cancel: &CancellationToken,
-    ) -> Result<Bytes, StoreError> {
-        self.gate(key).await;
-        self.inner.get_range(key, offset, length, cancel).await
-    }
-    async fn head(&self, key: &str, cancel: &CancellationToken) -> Result<Option<u64>, StoreError> {
-        self.inner.head(key, cancel).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        cancel: &CancellationToken,
-    ) -> Result<Vec<ObjectInfo>, StoreError> {
-        self.inner.list(prefix, cancel).await
-    }
-    async fn delete(&self, key: &str, cancel: &CancellationToken) -> Result<(), StoreError> {
-        self.inner.delete(key, cancel).await
+/// A store that holds its first read of a pack until `go` is notified, notifying `reached`
+/// when it gets there: the instant at which a reader has loaded the index and its snapshot and
+/// is about to read data.
+fn gated(inner: Arc<dyn Store>, reached: Arc<Notify>, go: Arc<Notify>) -> Paused {
+    let passed = std::sync::atomic::AtomicBool::new(false);
+    Paused {
+        inner,
+        pause: Box::new(move |op, key| {
+            let first = op == Op::Get
+                && key.starts_with("data/")
+                && !passed.swap(true, std::sync::atomic::Ordering::SeqCst);
+            let (reached, go) = (reached.clone(), go.clone());
+            first.then(|| {
+                async move {
+                    reached.notify_one();
+                    go.notified().await;
+                }
+                .boxed()
+            })
+        }),
     }
 }
 
@@ -119,14 +79,13 @@ async fn restore_across_a_prune(
     Result<RestoreStats, lifeboat::volume::restore::RestoreError>,
     lifeboat::repository::PruneReport,
 ) {
-    let gated = Arc::new(Gated {
-        inner: s3(prefix, true).await,
-        reached: Arc::new(Notify::new()),
-        go: Arc::new(Notify::new()),
-        passed: false.into(),
-    });
-    let (reached, go) = (gated.reached.clone(), gated.go.clone());
-    let reader = reopen(gated).await;
+    let (reached, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let reader = reopen(Arc::new(gated(
+        s3(prefix, true).await,
+        reached.clone(),
+        go.clone(),
+    )))
+    .await;
     let lock = reader.lock_to_read("restore v").await.expect("reads");
     assert!(lock.is_none(), "a key that can only read takes no lock");
     let (id, snap) = reader.resolve_snapshot("v:latest").await.unwrap();

@@ -4,74 +4,41 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
+use futures::FutureExt;
 use indicatif::ProgressBar;
 use lifeboat::demo::{generate_image, mutate};
 use lifeboat::format::{KdfParams, LockFile, LockKind};
 use lifeboat::repository::{CheckOptions, PruneOptions, RepairOptions, RepoError, Repository};
+use lifeboat::store::fault::Op;
 use lifeboat::store::memory::MemoryStore;
-use lifeboat::store::{ObjectInfo, Store, StoreError};
+use lifeboat::store::Store;
 use lifeboat::volume::backup::{backup_volume, BackupOptions};
 use lifeboat::volume::restore::{restore_volume, RestoreOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{keys_under, new_repo, reopen, test_init_options, tmp, PASSWORD};
+use crate::support::{keys_under, new_repo, reopen, test_init_options, tmp, Paused, PASSWORD};
 use crate::volume::{backup, restore, same};
 
 fn c() -> CancellationToken {
     CancellationToken::new()
 }
 
-/// A store whose deletes under one prefix wait (up to a second) until a second delete under
-/// it arrives: two racing commands are both made to pass their checks before either acts.
-#[derive(Debug)]
-struct MeetAtDelete {
-    inner: MemoryStore,
-    prefix: &'static str,
-    barrier: tokio::sync::Barrier,
-}
-
-#[async_trait]
-impl Store for MeetAtDelete {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    async fn put(
-        &self,
-        key: &str,
-        data: Bytes,
-        cancel: &CancellationToken,
-    ) -> Result<(), StoreError> {
-        self.inner.put(key, data, cancel).await
-    }
-    async fn get(&self, key: &str, cancel: &CancellationToken) -> Result<Bytes, StoreError> {
-        self.inner.get(key, cancel).await
-    }
-    async fn get_range(
-        &self,
-        key: &str,
-        offset: u64,
-        length: u64,
-        cancel: &CancellationToken,
-    ) -> Result<Bytes, StoreError> {
-        self.inner.get_range(key, offset, length, cancel).await
-    }
-    async fn head(&self, key: &str, cancel: &CancellationToken) -> Result<Option<u64>, StoreError> {
-        self.inner.head(key, cancel).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        cancel: &CancellationToken,
-    ) -> Result<Vec<ObjectInfo>, StoreError> {
-        self.inner.list(prefix, cancel).await
-    }
-    async fn delete(&self, key: &str, cancel: &CancellationToken) -> Result<(), StoreError> {
-        if key.starts_with(self.prefix) {
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.barrier.wait()).await;
-        }
-        self.inner.delete(key, cancel).await
+/// A store whose deletes under `prefix` wait (up to a second) until a second delete under it
+/// arrives: two racing commands are both made to pass their checks before either acts.
+fn meet_at_delete(inner: MemoryStore, prefix: &'static str) -> Paused {
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    Paused {
+        inner: Arc::new(inner),
+        pause: Box::new(move |op, key| {
+            let barrier = barrier.clone();
+            (op == Op::Delete && key.starts_with(prefix)).then(|| {
+                async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), barrier.wait()).await;
+                }
+                .boxed()
+            })
+        }),
     }
 }
 
@@ -106,11 +73,7 @@ async fn two_key_removals_at_once_never_leave_the_repository_without_a_key() {
     let mem = MemoryStore::new();
     let (_, first_id, second_id) = with_second_key(&mem, b"second").await;
 
-    let racing: Arc<dyn Store> = Arc::new(MeetAtDelete {
-        inner: mem.clone(),
-        prefix: "keys/",
-        barrier: tokio::sync::Barrier::new(2),
-    });
+    let racing: Arc<dyn Store> = Arc::new(meet_at_delete(mem.clone(), "keys/"));
     let a = Repository::open(racing.clone(), PASSWORD, None, c())
         .await
         .unwrap();

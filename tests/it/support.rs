@@ -6,10 +6,14 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::future::BoxFuture;
 use lifeboat::format::KdfParams;
 use lifeboat::repository::{InitOptions, Repository};
+use lifeboat::store::fault::Op;
 use lifeboat::store::s3::{S3Settings, S3Store};
-use lifeboat::store::{Store, StoreOptions};
+use lifeboat::store::{ObjectInfo, Store, StoreError, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
 pub const PASSWORD: &[u8] = b"correct horse battery staple";
@@ -62,6 +66,79 @@ pub fn tmp() -> tempfile::TempDir {
         .prefix("lifeboat-test-")
         .tempdir()
         .expect("tempdir")
+}
+
+// ----- a store that holds a call ------------------------------------------------------------
+
+/// What [`Paused`] asks before each call: given its op and key, a future to await first
+/// (None: the call goes on at once).
+pub type Pause = Box<dyn Fn(Op, &str) -> Option<BoxFuture<'static, ()>> + Send + Sync>;
+
+/// A store that passes every call on to `inner`, after awaiting what `pause` gives for it: for
+/// tests that hold one call at an instant of their choosing. `get_range` counts as a get.
+pub struct Paused {
+    pub inner: Arc<dyn Store>,
+    pub pause: Pause,
+}
+
+impl std::fmt::Debug for Paused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Paused({:?})", self.inner)
+    }
+}
+
+impl Paused {
+    async fn hold(&self, op: Op, key: &str) {
+        if let Some(wait) = (self.pause)(op, key) {
+            wait.await;
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Paused {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        self.hold(Op::Put, key).await;
+        self.inner.put(key, data, cancel).await
+    }
+    async fn get(&self, key: &str, cancel: &CancellationToken) -> Result<Bytes, StoreError> {
+        self.hold(Op::Get, key).await;
+        self.inner.get(key, cancel).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        length: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Bytes, StoreError> {
+        self.hold(Op::Get, key).await;
+        self.inner.get_range(key, offset, length, cancel).await
+    }
+    async fn head(&self, key: &str, cancel: &CancellationToken) -> Result<Option<u64>, StoreError> {
+        self.hold(Op::Head, key).await;
+        self.inner.head(key, cancel).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.hold(Op::List, prefix).await;
+        self.inner.list(prefix, cancel).await
+    }
+    async fn delete(&self, key: &str, cancel: &CancellationToken) -> Result<(), StoreError> {
+        self.hold(Op::Delete, key).await;
+        self.inner.delete(key, cancel).await
+    }
 }
 
 // ----- Garage -------------------------------------------------------------------------------
@@ -279,64 +356,33 @@ api_bind_addr = "127.0.0.1:{admin}"
         }
     }
     garage_cli(&bin, &cfg, &["layout", "apply", "--version", "1"])?;
-    let access_key = format!("GK{}", hex::encode(rand::random::<[u8; 12]>()));
-    let secret_key = hex::encode(rand::random::<[u8; 32]>());
-    garage_cli(
-        &bin,
-        &cfg,
-        &[
-            "key",
-            "import",
-            "--yes",
-            "-n",
-            "lifeboat-test",
-            &access_key,
-            &secret_key,
-        ],
-    )?;
     let bucket = "lifeboat-test".to_string();
     garage_cli(&bin, &cfg, &["bucket", "create", &bucket])?;
-    garage_cli(
-        &bin,
-        &cfg,
-        &[
-            "bucket",
-            "allow",
-            "--read",
-            "--write",
-            "--owner",
-            &bucket,
-            "--key",
-            &access_key,
-        ],
-    )?;
-    let read_only_access_key = format!("GK{}", hex::encode(rand::random::<[u8; 12]>()));
-    let read_only_secret_key = hex::encode(rand::random::<[u8; 32]>());
-    garage_cli(
-        &bin,
-        &cfg,
-        &[
-            "key",
-            "import",
-            "--yes",
-            "-n",
-            "lifeboat-test-read-only",
-            &read_only_access_key,
-            &read_only_secret_key,
-        ],
-    )?;
-    garage_cli(
-        &bin,
-        &cfg,
-        &[
-            "bucket",
-            "allow",
-            "--read",
-            &bucket,
-            "--key",
-            &read_only_access_key,
-        ],
-    )?;
+    // A key named `name` with `allowed` on the bucket: (access key id, secret key).
+    let key = |name: &str, allowed: &[&str]| -> Result<(String, String), String> {
+        let access_key = format!("GK{}", hex::encode(rand::random::<[u8; 12]>()));
+        let secret_key = hex::encode(rand::random::<[u8; 32]>());
+        garage_cli(
+            &bin,
+            &cfg,
+            &[
+                "key",
+                "import",
+                "--yes",
+                "-n",
+                name,
+                &access_key,
+                &secret_key,
+            ],
+        )?;
+        let mut allow = vec!["bucket", "allow"];
+        allow.extend(allowed);
+        allow.extend([bucket.as_str(), "--key", &access_key]);
+        garage_cli(&bin, &cfg, &allow)?;
+        Ok((access_key, secret_key))
+    };
+    let (access_key, secret_key) = key("lifeboat-test", &["--read", "--write", "--owner"])?;
+    let (read_only_access_key, read_only_secret_key) = key("lifeboat-test-read-only", &["--read"])?;
     let endpoint = format!("http://127.0.0.1:{s3}");
     // Wait until the S3 API answers.
     let deadline = Instant::now() + Duration::from_secs(20);
